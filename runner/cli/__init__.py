@@ -1,0 +1,159 @@
+"""The `runner` command: a thin layer, one function per verb, imports loaded per verb.
+
+Shared options live here with RUNNER_* environment fallbacks; no business logic in commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# verb -> (module, function, help). Modules are imported only when their verb runs.
+VERBS = {
+    "daemon": ("runner.cli.daemon_cmd", "daemon", "run the queue in the foreground"),
+    "submit": ("runner.cli.jobs", "submit", "queue a job from a job file or a command"),
+    "ls": ("runner.cli.jobs", "ls", "list jobs"),
+    "show": ("runner.cli.jobs", "show", "show one job"),
+    "logs": ("runner.cli.jobs", "logs", "print (or follow) a job's output"),
+    "cancel": ("runner.cli.jobs", "cancel", "cancel a job (kills its whole process tree)"),
+    "retry": ("runner.cli.jobs", "retry", "queue a copy of an ended job"),
+    "doctor": ("runner.cli.daemon_cmd", "doctor", "what this machine supports"),
+    "envs": ("runner.cli.envs_cmd", "envs", "list, build, remove, collect and lock envs"),
+    "models": ("runner.cli.models_cmd", "models", "list the registry's models"),
+    "schema": ("runner.cli.models_cmd", "schema", "a framework's settings schema"),
+    "gpus": ("runner.cli.models_cmd", "gpus", "the GPUs, their processes and holders"),
+    "infer": ("runner.cli.models_cmd", "infer", "run inference with a job's checkpoint"),
+    "check": ("runner.cli.check_cmd", "check", "plugin check: train, validate, checkpoint, infer per model"),
+    "repo": ("runner.cli.repo_cmd", "repo", "add, list, show and remove pinned GitHub repos"),
+}
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = True):
+    p.add_argument("--home", default=os.environ.get("RUNNER_HOME"), help="state folder (env RUNNER_HOME)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    p = argparse.ArgumentParser(prog="runner", description="Queue and run training jobs on a shared GPU server.")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, _, help_) in VERBS.items():
+        sp = sub.add_parser(verb, help=help_, description=help_)
+        _common(sp, json_flag=verb not in ("daemon", "logs"))
+        ADD_ARGS.get(verb, lambda _p: None)(sp)
+    return p
+
+
+def _daemon(p):
+    p.add_argument("--http", default=os.environ.get("RUNNER_HTTP", "127.0.0.1:8765"), help="HOST:PORT to serve on, or 'none'")
+    p.add_argument("--max-running", type=int, default=None, help="jobs run at once")
+    p.add_argument("--log-level", default=os.environ.get("RUNNER_LOG_LEVEL", "INFO"))
+
+
+def _submit(p):
+    p.add_argument("file", nargs="?", help="job file (YAML or JSON)")
+    p.add_argument("--name")
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--priority", type=int)
+    p.add_argument("--env", help="env name from envs/, or 'system'")
+    p.add_argument("--after", action="append", default=[], metavar="ID", help="start only when job ID has succeeded")
+    p.add_argument("--no-network", action="store_true", help="cut the job off the network")
+    p.add_argument("--workdir")
+    p.add_argument("--parser", help="log parser: generic or a framework name")
+    p.set_defaults(command=[])
+    p.epilog = "or: runner submit [options] -- CMD ARGS...  (a command instead of a job file)"
+
+
+def _ls(p):
+    p.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")
+    p.add_argument("--user")
+    p.add_argument("--all", action="store_true", help="ended jobs too")
+    p.add_argument("--limit", type=int, default=None)
+
+
+def _id(p):
+    p.add_argument("id", help="job id (a unique prefix will do)")
+
+
+def _logs(p):
+    _id(p)
+    p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+
+def _envs(p):
+    p.add_argument("action", choices=["ls", "build", "rm", "gc", "lock"])
+    p.add_argument("target", nargs="?", help="env name (build, lock) or hash (rm)")
+    p.add_argument("--days", type=int, default=None, help="gc: remove envs unused this many days")
+    p.add_argument("--python", default=None)
+
+
+def _models(p):
+    p.add_argument("--framework")
+    p.add_argument("--task")
+    p.add_argument("--tags", default="")
+    p.add_argument("--filter", default="*")
+
+
+def _schema(p):
+    p.add_argument("framework")
+
+
+def _infer(p):
+    p.add_argument("source", help="job id or checkpoint path")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", help="with a checkpoint path: the model (e.g. timm/resnet18)")
+
+
+def _check(p):
+    p.add_argument("models", nargs="*", help="models, e.g. timm/resnet18 repo/yolov7")
+    p.add_argument("--framework")
+    p.add_argument("--out", default=None, help="folder for the report (default: ./check-<time>)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all checks")
+
+
+def _repo(p):
+    p.add_argument("action", choices=["add", "ls", "show", "rm"])
+    p.add_argument("target", nargs="?", help="URL (add) or name")
+    p.add_argument("--commit")
+    p.add_argument("--name")
+
+
+ADD_ARGS = {"daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
+            "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
+
+
+def main(argv=None) -> int:
+    """Entry point of the `runner` console script."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = []
+    if "--" in argv and argv[:1] == ["submit"]:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    args = parser.parse_args(argv)
+    if command:
+        args.command = command
+    if not args.verb:
+        parser.print_help()
+        return 2
+    module, func, _ = VERBS[args.verb]
+    import importlib
+
+    from runner.exceptions import RunnerError, SpecError
+
+    try:
+        return importlib.import_module(module).__dict__[func](args) or 0
+    except SpecError as e:
+        for line in e.problems:
+            print(f"runner: {line}", file=sys.stderr)
+        return 2
+    except RunnerError as e:
+        print(f"runner: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,62 @@
+"""runner daemon, runner doctor."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from .common import home, print_json
+
+
+def daemon(args):
+    """Run the queue in the foreground."""
+    from runner.daemon import Daemon
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    http = None if args.http in ("none", "", "off") else args.http
+    Daemon(home(args), http=http, max_running=args.max_running).run()
+    return 0
+
+
+def doctor(args):
+    """What this machine supports: uv, NVML, bubblewrap, user namespaces, disk."""
+    from runner import envs, gpus, sandbox
+
+    h = home(args)
+    report = {"python": sys.executable, "home": str(h.root), "daemon_pid": h.daemon_pid()}
+    try:
+        uv = envs.uv_binary()
+        report["uv"] = {"path": uv, "version": subprocess.run([uv, "--version"], capture_output=True, text=True).stdout.strip()}
+    except Exception as e:
+        report["uv"] = {"path": None, "error": str(e)}
+    inv = gpus.inventory(h.config)
+    report["gpus"] = {"source": inv.source, "available": inv.available, "note": inv.reason, "count": len(inv.gpus()) if inv.available else 0}
+    if not inv.available:
+        report["gpus"]["note"] += "; the daemon runs CPU jobs only, GPU jobs wait with reason no_gpus_on_this_host"
+    report["sandbox"] = sandbox.report()
+    target = h.root if h.root.exists() else h.root.parent
+    while not target.exists():
+        target = target.parent
+    du = shutil.disk_usage(target)
+    report["disk"] = {"path": str(target), "free_gb": round(du.free / 1e9, 1), "total_gb": round(du.total / 1e9, 1)}
+    uv_vars = {k: v for k, v in os.environ.items() if k.startswith("UV_")}
+    report["uv_settings"] = sorted(uv_vars)
+    if args.json:
+        print_json(report)
+        return 0
+    ok = lambda b: "yes" if b else "NO"  # noqa: E731
+    print(f"home            {report['home']} (daemon {'pid ' + str(report['daemon_pid']) if report['daemon_pid'] else 'not running'})")
+    print(f"python          {report['python']}")
+    print(f"uv              {report['uv'].get('version') or report['uv'].get('error')}")
+    print(f"uv settings     {', '.join(report['uv_settings']) or '(none: uv uses its defaults)'}")
+    print(f"gpus            {ok(inv.available)}: {report['gpus']['note']} ({report['gpus']['count']} GPU(s))")
+    sb = report["sandbox"]
+    print(f"bubblewrap      {ok(sb['bubblewrap_works'])}: {sb['bubblewrap'] or 'not installed (apt-get install bubblewrap)'}")
+    print(f"user namespaces {ok(sb['user_namespaces'])}")
+    print(f"isolation       {sb['isolation']}")
+    print(f"disk            {report['disk']['free_gb']} GB free of {report['disk']['total_gb']} GB at {report['disk']['path']}")
+    return 0

@@ -1,0 +1,240 @@
+"""Verbs on jobs: submit, ls, show, logs, cancel, retry."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from .common import ago, home, print_json, span, store, table
+
+
+def _overrides(args, data: dict):
+    if args.name:
+        data["name"] = args.name
+    if args.gpus is not None:
+        data.setdefault("resources", {})["gpus"] = args.gpus
+    if args.priority is not None:
+        data["priority"] = args.priority
+    if args.env:
+        data["env"] = args.env
+    if args.after:
+        data["after"] = list(data.get("after") or []) + args.after
+    if args.no_network:
+        data["network"] = False
+    if args.workdir:
+        data["workdir"] = args.workdir
+    if args.parser:
+        data["parser"] = args.parser
+
+
+def submit(args):
+    """runner submit job.yaml | runner submit [options] -- CMD ARGS..."""
+    from runner import spool
+    from runner.exceptions import SpecError
+    from runner.spec import load_spec_file, parse_spec
+
+    command = args.command
+    if args.file and command:
+        raise SpecError(["give a job file or a command after --, not both"])
+    if args.file:
+        data = load_spec_file(args.file)
+        base = Path(args.file).resolve().parent
+        if not isinstance(data, dict):
+            raise SpecError([f"{args.file}: expected a mapping of fields (name:, command: or model:, ...)"])
+    elif command:
+        data = {"command": command}
+        base = Path.cwd()
+    else:
+        raise SpecError(["nothing to run: give a job file, or -- CMD ARGS..."])
+    _overrides(args, data)
+    spec = parse_spec(data)
+    h = home(args).ensure()
+    warnings: list[str] = []
+    registry = None
+    if spec.kind == "model":
+        from runner.registry import load
+
+        registry = load(h)
+    from runner.resolve import resolve
+
+    resolved = resolve(spec, base, registry, warnings)
+    if spec.after:
+        from runner.exceptions import JobNotFound
+        from runner.queries import find_job
+
+        s = store(h)
+        ids = []
+        for i, ref in enumerate(spec.after):
+            try:
+                ids.append(find_job(h, s, ref)["id"])
+            except JobNotFound:
+                raise SpecError([f"after.{i}: given {ref!r}; expected the id of a submitted job"]) from None
+        resolved["after"] = ids
+    for w in warnings:
+        print(f"runner: warning: {w}", file=sys.stderr)
+    rec = spool.submit(h, resolved)
+    if args.json:
+        print_json({"id": rec["id"], "state": "submitted", "spec": resolved, "user": rec["user"]})
+    else:
+        print(rec["id"])
+    return 0
+
+
+def _when(j):
+    if j.get("started_at"):
+        return span((j.get("finished_at") or time.time()) - j["started_at"])
+    return ago(j.get("created_at")) + " ago" if j.get("created_at") else ""
+
+
+def ls(args):
+    """runner ls [--state S] [--user U] [--all] [--json]"""
+    from runner.queries import list_jobs
+
+    h = home(args)
+    if not h.db.exists() and not h.spool.exists():
+        rows = []
+    else:
+        rows = list_jobs(h, store(h), args.state, args.user, args.all or bool(args.state), args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    table([[r["id"], r.get("seq") or "", (r["name"] or "")[:40], r["user"], r["state"], r.get("reason") or "",
+            _when(r), ",".join(map(str, r.get("gpus") or [])) or "-"] for r in rows],
+          ["ID", "#", "NAME", "USER", "STATE", "REASON", "TIME", "GPUS"])
+    return 0
+
+
+def show(args):
+    """runner show ID [--json]"""
+    from runner.queries import find_job, job_view
+
+    h = home(args)
+    s = store(h)
+    job = find_job(h, s, args.id)
+    view = job if job.get("spooled") else job_view(s, job, full=True)
+    if args.json:
+        print_json(view)
+        return 0
+    keys = ["id", "name", "user", "state", "reason", "exit_code", "signal", "model", "env", "env_hash", "gpus", "priority",
+            "after", "retry_of", "note", "peak_gpu_mem_mb", "job_dir"]
+    for k in keys:
+        if view.get(k) not in (None, [], ""):
+            print(f"{k + ':':<16}{view[k]}")
+    for k in ("created_at", "started_at", "finished_at"):
+        if view.get(k):
+            print(f"{k + ':':<16}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(view[k]))}")
+    if view.get("duration") is not None:
+        print(f"{'duration:':<16}{span(view['duration'])}")
+    if view.get("metrics"):
+        print("metrics:")
+        for k, v in sorted(view["metrics"].items()):
+            print(f"  {k:<22}{v:.6g}")
+    if view.get("artifacts"):
+        print("artifacts:")
+        for a in view["artifacts"]:
+            print(f"  {a['path']} ({a['size']} bytes)")
+    if view.get("log_tail") and view.get("state") == "failed":
+        print("last lines of the log:")
+        for line in view["log_tail"].splitlines():
+            print(f"  | {line}")
+    return 0
+
+
+def logs(args):
+    """runner logs ID [-f] [--tail N]"""
+    from runner.queries import find_job, read_log
+
+    h = home(args)
+    s = store(h)
+    job = find_job(h, s, args.id)
+    path = Path(job.get("job_dir") or h.job_dir(job["id"])) / "output.log"
+    if not args.follow:
+        sys.stdout.write(read_log(path.parent, args.tail))
+        return 0
+    out = sys.stdout.buffer
+    if args.tail is not None:
+        out.write(read_log(path.parent, args.tail).encode())
+        pos = path.stat().st_size if path.exists() else 0
+    else:
+        pos = 0
+    from runner.exceptions import JobNotFound
+
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            out.write(data)
+            out.flush()
+            pos += len(data)
+            continue
+        try:
+            state = s.get_job(job["id"])["state"]
+        except JobNotFound:
+            state = "submitted"
+        if state in ("succeeded", "failed", "cancelled"):
+            with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
+                f.seek(pos)
+                rest = f.read()
+            out.write(rest)
+            out.flush()
+            return 0
+        time.sleep(0.2)
+
+
+def cancel(args):
+    """runner cancel ID: only the job's owner or root may."""
+    import signal
+
+    from runner import spool
+    from runner.daemon import kill_tree
+    from runner.exceptions import PermissionDenied
+    from runner.queries import find_job
+
+    h = home(args)
+    s = store(h)
+    job = find_job(h, s, args.id)
+    uid = os.getuid()
+    if job.get("uid") is not None and uid not in (0, job["uid"]):
+        raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; only its owner or root may cancel it")
+    if job["state"] in ("succeeded", "failed", "cancelled"):
+        print(f"job {job['id']} already {job['state']}")
+        return 0
+    spool.request_cancel(h, job["id"])
+    if h.daemon_pid() is None and job["state"] == "running":
+        kill_tree(Path(job["job_dir"]), signal.SIGKILL)
+        note = "; daemon not running: processes killed now, the state is recorded when it starts"
+    elif h.daemon_pid() is None:
+        note = "; daemon not running: applied when it starts"
+    else:
+        note = ""
+    if args.json:
+        print_json({"id": job["id"], "cancel_requested": True})
+    else:
+        print(f"cancel requested for {job['id']}{note}")
+    return 0
+
+
+def retry(args):
+    """runner retry ID: queue a copy of an ended job."""
+    from runner import spool
+    from runner.exceptions import RunnerError
+    from runner.queries import find_job
+
+    h = home(args)
+    job = find_job(h, store(h), args.id)
+    if job["state"] not in ("succeeded", "failed", "cancelled"):
+        raise RunnerError(f"job {job['id']}: is {job['state']}; only an ended job can be retried")
+    spec = dict(job["spec"])
+    spec["after"] = []
+    rec = spool.submit(h, spec, retry_of=job["id"])
+    if args.json:
+        print_json({"id": rec["id"], "retry_of": job["id"]})
+    else:
+        print(rec["id"])
+    return 0

@@ -1,0 +1,482 @@
+"""The daemon: takes jobs from the spool, schedules, prepares, launches, watches and reaps.
+
+Persisted state lives in SQLite; process handles live in memory only. Jobs run under a shim in
+sessions of their own and report through files, so the daemon can be killed and restarted at any
+moment: on start it reconciles every row against reality and keeps running jobs running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import defaults, gpus as gpus_mod
+from .envs import EnvManager
+from .exceptions import EnvBuildError, InvalidTransition, JobNotFound, RunnerError, SpecError
+from .home import Home
+from .registry import load as load_registry
+from .scheduler import plan
+from .spec import parse_spec
+from .spool import pending, quarantine, user_name
+from .states import JobState, Reason
+from .watch import LogWatcher, tail_lines
+
+log = logging.getLogger("runner.daemon")
+
+_OOM = re.compile(r"(?i)out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|std::bad_alloc")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid, started=None) -> bool:
+    """Whether pid is a live process (and the same one, when its start time is known)."""
+    import psutil
+
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(p.create_time() - started) < 2.0
+    except psutil.Error:
+        return False
+
+
+def kill_tree(job_dir: Path, sig: int) -> bool:
+    """Send sig to the job's process group and to any descendant that left it. True if any was alive."""
+    import psutil
+
+    child = _read_json(job_dir / "child.json")
+    if not child:
+        return False
+    pid = child["pid"]
+    procs = []
+    try:
+        root = psutil.Process(pid)
+        if abs(root.create_time() - child["started_at"]) < 5:
+            procs = root.children(recursive=True)
+    except psutil.Error:
+        pass
+    sent = False
+    try:
+        os.killpg(child["pgid"], sig)
+        sent = True
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in procs:
+        try:
+            p.send_signal(sig)
+            sent = True
+        except psutil.Error:
+            pass
+    return sent
+
+
+class Daemon:
+    """One daemon per $RUNNER_HOME."""
+
+    def __init__(self, home: Home, http: str | None = defaults.HTTP_BIND, max_running: int | None = None):
+        self.home = home.ensure()
+        cfg = home.config.get("daemon", {})
+        self.max_running = max_running or cfg.get("max_running", defaults.MAX_RUNNING)
+        self.http_bind = http
+        self.store = home.store()
+        self.registry = load_registry(home)
+        self.envs = EnvManager(home.envs, self.store, home.config.get("envs"))
+        self.inventory = gpus_mod.inventory(home.config)
+        self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
+        self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
+        self.wake = threading.Event()
+        self.stopping = False
+        self.started_at = time.time()
+        self.procs = {}  # job_id -> Popen of its shim (to reap zombies)
+        self.watchers: dict[str, LogWatcher] = {}
+        self.killing = {}  # job_id -> when to escalate to SIGKILL
+        self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
+        self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs
+        self._last_gpu_sample = 0.0
+        self._stop_watch = threading.Event()
+        self._lock_fd = None
+        self.http_server = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _take_pidfile(self):
+        fd = os.open(self.home.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode().strip()
+            os.close(fd)
+            raise RunnerError(f"a daemon already runs for {self.home.root} (pid {other}); stop it first")
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def run(self):
+        """Run in the foreground until SIGTERM/SIGINT; running jobs are left running."""
+        self._take_pidfile()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
+        self.reconcile()
+        threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
+        if self.http_bind:
+            self._start_http()
+        try:
+            while not self.stopping:
+                self.tick()
+                self.wake.wait(defaults.POLL_SECONDS)
+                self.wake.clear()
+        finally:
+            self._stop_watch.set()
+            if self.http_server:
+                self.http_server.should_exit = True
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            log.info("runner daemon stopped; %d job(s) left running", len(self.store.list_jobs(states=["running"])))
+            os.close(self._lock_fd)
+
+    def _on_signal(self, signum, _frame):
+        self.stopping = True
+        self.wake.set()
+
+    def _watch_files(self):
+        import watchfiles
+
+        try:
+            for _ in watchfiles.watch(self.home.spool, self.home.jobs, stop_event=self._stop_watch, debounce=20, step=2,
+                                      rust_timeout=1000, yield_on_timeout=True, raise_interrupt=False):
+                self.wake.set()
+        except Exception:  # inotify limits etc.: the poll interval still drives the loop
+            log.exception("file watching failed; polling every %.2fs", defaults.POLL_SECONDS)
+
+    def _start_http(self):
+        import uvicorn
+
+        from .http import create_app
+
+        host, _, port = self.http_bind.rpartition(":")
+        app = create_app(self.home, daemon=self)
+        config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False, lifespan="off")
+        self.http_server = uvicorn.Server(config)
+        t = threading.Thread(target=self.http_server.run, name="http", daemon=True)
+        t.start()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def tick(self, now: float | None = None):
+        """One pass: take the spool, follow and reap running jobs, start what fits."""
+        now = now or time.time()
+        self.ingest(now)
+        self.follow(now)
+        if not self.stopping:
+            self.schedule(now)
+        for jid, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                del self.procs[jid]
+
+    def reconcile(self, now: float | None = None):
+        """After a (re)start: put every row that was mid-way right against what is on disk."""
+        now = now or time.time()
+        for job in self.store.list_jobs(states=["preparing"]):
+            d = self.home.job_dir(job["id"])
+            if (d / "child.json").exists() or (d / "exit.json").exists():
+                self.store.transition(job["id"], JobState.RUNNING, "launched before a daemon restart", now=now)
+            else:
+                self.store.transition(job["id"], JobState.QUEUED, "daemon_restarted", now=now)
+        for job in self.store.list_jobs(states=["running"]):
+            log.info("job %s: still running from before; following from offset %s", job["id"], job["log_offset"])
+
+    def ingest(self, now: float):
+        """Take every spool file: jobs into the store, cancel requests applied, bad files quarantined."""
+        for path in pending(self.home):
+            try:
+                st = path.stat()
+                rec = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                quarantine(self.home, path, f"not valid JSON: {e}")
+                log.warning("quarantined %s: not valid JSON", path.name)
+                continue
+            try:
+                if path.name.endswith(".cancel.json"):
+                    self._cancel(rec, st.st_uid, now)
+                else:
+                    self._ingest_job(rec, st.st_uid, now)
+                path.unlink(missing_ok=True)
+            except (SpecError, RunnerError, KeyError, TypeError) as e:
+                quarantine(self.home, path, f"{type(e).__name__}: {e}")
+                log.warning("quarantined %s: %s", path.name, e)
+
+    def _ingest_job(self, rec: dict, uid: int, now: float):
+        spec = parse_spec(rec["spec"])
+        job_id = rec["id"]
+        if not re.fullmatch(r"[0-9a-z]{4,32}", str(job_id)):
+            raise SpecError([f"id: given {job_id!r}; expected a runner job id"])
+        after = []
+        for ref in spec.after:
+            try:
+                after.append(self.store.get_job(ref)["id"])
+            except JobNotFound:
+                after.append(ref)
+        name = spec.name or (spec.model.split("/", 1)[1] if spec.model else (spec.command if isinstance(spec.command, str) else " ".join(spec.command)))[:60]
+        env = rec["spec"].get("env")
+        self.store.insert_job({
+            "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
+            "priority": spec.priority, "spec": rec["spec"], "env": env if isinstance(env, str) else (env or {}).get("name", "inline"),
+            "after": after, "created_at": rec.get("submitted_at", now), "job_dir": str(self.home.job_dir(job_id)),
+            "gpus": [], "retry_of": rec.get("retry_of"),
+        }, now=now)
+
+    def _cancel(self, rec: dict, uid: int, now: float):
+        job = self.store.get_job(rec["id"])
+        if uid not in (0, job["uid"]):
+            raise RunnerError(f"job {job['id']}: {user_name(uid)} may not cancel a job of {job['user']}")
+        self.request_cancel(job, now)
+
+    def request_cancel(self, job: dict, now: float):
+        """Cancel a job in whatever state it is in; killing a running one takes the whole tree."""
+        state = JobState(job["state"])
+        if state == JobState.QUEUED:
+            try:
+                self.store.transition(job["id"], JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, now=now, expect=JobState.QUEUED)
+                return
+            except InvalidTransition:
+                job = self.store.get_job(job["id"])
+                state = JobState(job["state"])
+        if state in (JobState.PREPARING, JobState.RUNNING):
+            self.store.update_job(job["id"], cancel_requested=1)
+            if state == JobState.RUNNING:
+                kill_tree(self.home.job_dir(job["id"]), signal.SIGTERM)
+                self.killing[job["id"]] = now + defaults.CANCEL_GRACE_SECONDS
+
+    def follow(self, now: float):
+        """Read new log output of running jobs; reap the ones that ended."""
+        for job in self.store.list_jobs(states=["running"]):
+            jid = job["id"]
+            w = self.watchers.get(jid)
+            job_dir = self.home.job_dir(jid)
+            if w is None:
+                meta = _read_json(job_dir / "watch.json") or {}
+                w = self.watchers[jid] = LogWatcher(jid, job_dir, meta.get("parser"), job["log_offset"] or 0,
+                                                    job["parser_state"], meta.get("checkpoints"))
+            exit_info = _read_json(job_dir / "exit.json")
+            w.poll(self.store, final=exit_info is not None)
+            if exit_info is not None:
+                self._reap(job, exit_info, now)
+                continue
+            limit = (job["spec"].get("resources") or {}).get("time_limit")
+            if limit and job["started_at"] and now - job["started_at"] > limit and jid not in self.killing:
+                self.store.update_job(jid, note="timeout")
+                kill_tree(job_dir, signal.SIGTERM)
+                self.killing[jid] = now + defaults.CANCEL_GRACE_SECONDS
+            if jid in self.killing and now >= self.killing[jid]:
+                kill_tree(job_dir, signal.SIGKILL)
+                self.killing[jid] = now + 1.0
+            if not self._running_somewhere(job, job_dir):
+                exit_info = _read_json(job_dir / "exit.json")  # the shim may have just finished
+                if exit_info is None:
+                    w.poll(self.store, final=True)
+                    self._end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
+                else:
+                    self._reap(job, exit_info, now)
+        if now - self._last_gpu_sample >= 2.0:
+            self._last_gpu_sample = now
+            self._sample_gpus(now)
+
+    def _running_somewhere(self, job, job_dir) -> bool:
+        if _alive(job["shim_pid"], job["shim_started"]):
+            return True
+        child = _read_json(job_dir / "child.json")
+        return bool(child) and _alive(child["pid"])
+
+    def _reap(self, job: dict, exit_info: dict, now: float):
+        jid = job["id"]
+        job_dir = self.home.job_dir(jid)
+        failure = _read_json(job_dir / "failure.json") or {}
+        tail = tail_lines(job_dir / "output.log")
+        code, sig = exit_info.get("exit_code"), exit_info.get("signal")
+        fresh = self.store.get_job(jid)
+        if fresh["cancel_requested"]:
+            state, reason = JobState.CANCELLED, Reason.CANCELLED_BY_USER.value
+        elif fresh["note"] == "timeout":
+            state, reason = JobState.FAILED, Reason.TIMEOUT.value
+        elif exit_info.get("spawn_error"):
+            state, reason = JobState.FAILED, Reason.SPAWN_FAILED.value
+        elif code == 0:
+            state, reason = JobState.SUCCEEDED, None
+        elif failure.get("reason"):
+            state, reason = JobState.FAILED, failure["reason"]
+        elif any(_OOM.search(l) for l in tail):
+            state, reason = JobState.FAILED, Reason.OOM.value
+        elif sig:
+            state, reason = JobState.FAILED, Reason.KILLED_BY_SIGNAL.value
+        else:
+            state, reason = JobState.FAILED, Reason.EXIT_CODE.value
+        self._end(job, state, reason, now, exit_code=code, signal=sig, log_tail="\n".join(tail) if state != JobState.SUCCEEDED else None)
+
+    def _end(self, job, state, reason, now, **fields):
+        jid = job["id"]
+        w = self.watchers.pop(jid, None)
+        if w:
+            if w.checkpoints:
+                w.scan_artifacts(self.store)
+            w.close()
+        if "log_tail" not in fields and state == JobState.FAILED:
+            fields["log_tail"] = "\n".join(tail_lines(self.home.job_dir(jid) / "output.log"))
+        try:
+            self.store.transition(jid, state, reason, now=now, expect=JobState.RUNNING, **fields)
+        except InvalidTransition as e:
+            log.warning("%s", e)
+        self.killing.pop(jid, None)
+        log.info("job %s: %s%s", jid, state.value, f" ({reason})" if reason else "")
+
+    def _sample_gpus(self, now):
+        running = [j for j in self.store.list_jobs(states=["running"]) if j.get("gpu_uuids")]
+        if not running or not self.inventory.available:
+            return
+        sample = self.inventory.sample([u for j in running for u in j["gpu_uuids"]])
+        for j in running:
+            points, total = [], 0.0
+            for i, u in enumerate(j["gpu_uuids"]):
+                g = sample.get(u)
+                if g is None:
+                    continue
+                points.append((f"gpu{i}_memory_mb", g.memory_used_mb, None, None))
+                if g.utilization is not None:
+                    points.append((f"gpu{i}_utilization", g.utilization, None, None))
+                total += g.memory_used_mb
+            if points:
+                self.store.add_metrics(j["id"], points, now=now)
+                if total > (j.get("peak_gpu_mem_mb") or 0):
+                    self.store.update_job(j["id"], peak_gpu_mem_mb=total)
+
+    # -- scheduling and launching --------------------------------------------------------------
+    def schedule(self, now: float):
+        """Start the queued jobs that fit now; record why the others wait."""
+        queued = self.store.queued_jobs()
+        if not queued:
+            return
+        deps = {d for j in queued for d in (j["after"] or [])}
+        dep_states = {}
+        for d in deps:
+            try:
+                dep_states[d] = self.store.get_job(d)["state"]
+            except JobNotFound:
+                dep_states[d] = "missing"
+        for j in list(queued):
+            bad = [d for d in (j["after"] or []) if dep_states.get(d) in ("failed", "cancelled", "missing")]
+            if bad:
+                self.store.transition(j["id"], JobState.FAILED, Reason.DEPENDENCY_FAILED.value, now=now, expect=JobState.QUEUED,
+                                      note=f"dependency {bad[0]} is {dep_states[bad[0]]}")
+                queued.remove(j)
+        active = self.store.count_by_state()
+        running = active.get("running", 0) + active.get("preparing", 0)
+        wants_gpus = any((j["spec"].get("resources") or {}).get("gpus") for j in queued)
+        free, count = [], 0
+        allocations = {}
+        held = {}
+        if wants_gpus and self.inventory.available:
+            all_gpus = self.inventory.gpus()
+            count = len(all_gpus)
+            allocations = self.store.gpu_allocations()
+            free = gpus_mod.free_gpus(all_gpus, allocations, job_pids=set())
+            for jid in set(allocations.values()):
+                try:
+                    j = self.store.get_job(jid)
+                    held[j["user"]] = held.get(j["user"], 0) + len(j["gpu_uuids"] or [])
+                except JobNotFound:
+                    pass
+        decision = plan(queued, running, self.max_running, free, count, self.inventory.available and count > 0,
+                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states)
+        for job, chosen in decision.start:
+            try:
+                self.store.claim(job["id"], [(g.index, g.uuid) for g in chosen], now=now)
+            except InvalidTransition as e:
+                log.info("%s", e)
+                continue
+            self.pool.submit(self._prepare_and_launch, self.store.get_job(job["id"]))
+        for j in queued:
+            if j["id"] in decision.waiting:
+                reason = decision.waiting[j["id"]]
+                value = reason.value if reason else None
+                if j["reason"] != value:
+                    self.store.update_job(j["id"], reason=value)
+
+    def _job_log(self, job_id):
+        path = self.home.job_dir(job_id) / "output.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(line: str):
+            with open(path, "a") as f:
+                f.write(line.rstrip("\n") + "\n")
+        return write
+
+    def _prepare_and_launch(self, job: dict):
+        from .prepare import prepare, spawn_shim
+
+        jid = job["id"]
+        job_dir = self.home.job_dir(jid)
+        write = self._job_log(jid)
+        try:
+            prepared = prepare(job, self.home, self.registry, self.envs, write)
+        except EnvBuildError as e:
+            self._fail_preparing(jid, Reason.ENV_BUILD_FAILED, str(e), write)
+            return
+        except (RunnerError, OSError, ValueError, KeyError) as e:
+            self._fail_preparing(jid, Reason.PREPARE_FAILED, str(e), write)
+            return
+        except Exception as e:  # a bug in a translator must not kill the daemon
+            log.exception("job %s: prepare crashed", jid)
+            self._fail_preparing(jid, Reason.PREPARE_FAILED, f"{type(e).__name__}: {e}", write)
+            return
+        (job_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints}))
+        if self.store.get_job(jid)["cancel_requested"]:
+            self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
+            return
+        offset = (job_dir / "output.log").stat().st_size if (job_dir / "output.log").exists() else 0
+        try:
+            proc = spawn_shim(job_dir)
+        except OSError as e:
+            self._fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
+            return
+        import psutil
+
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started = None
+        self.procs[jid] = proc
+        try:
+            self.store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=proc.pid, shim_started=started,
+                                  env_hash=prepared.env_hash, log_offset=offset)
+        except InvalidTransition:
+            kill_tree(job_dir, signal.SIGKILL)
+            return
+        if self.store.get_job(jid)["cancel_requested"]:
+            self.request_cancel(self.store.get_job(jid), time.time())
+        self.wake.set()
+
+    def _fail_preparing(self, jid, reason: Reason, message: str, write):
+        for line in message.splitlines():
+            write(f"runner: {line}")
+        try:
+            self.store.transition(jid, JobState.FAILED, reason.value, expect=JobState.PREPARING,
+                                  log_tail="\n".join(tail_lines(self.home.job_dir(jid) / "output.log")), note=message.splitlines()[0][:500] if message else None)
+        except InvalidTransition as e:
+            log.warning("%s", e)
+        log.info("job %s: failed while preparing (%s): %s", jid, reason.value, message.splitlines()[0] if message else "")

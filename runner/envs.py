@@ -1,0 +1,317 @@
+"""Pinned virtualenvs built with uv: one per lock, built once, shared, never half-built.
+
+An env is named by a hash of (Python version, locked requirements, platform): the content of the
+lock, never a file name. It is built in a temporary folder under a file lock, import-checked, and
+renamed into place only when complete, so two jobs that need it build it once and a killed build
+leaves nothing that looks finished. Index settings reach uv only through its own UV_* variables
+or the `[envs]` table of the site config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .exceptions import EnvBuildError, RunnerError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENVS_SRC = PROJECT_ROOT / "envs"
+COMPLETE = ".runner-env.json"
+
+# [envs] config key -> uv variable. Nothing else reaches uv's index settings.
+_CONFIG_TO_UV = {
+    "index_url": "UV_INDEX_URL",
+    "extra_index_urls": "UV_EXTRA_INDEX_URL",
+    "find_links": "UV_FIND_LINKS",
+    "index_strategy": "UV_INDEX_STRATEGY",
+    "torch_backend": "UV_TORCH_BACKEND",
+}
+
+
+def uv_binary() -> str:
+    """The uv binary shipped by the `uv` package (falls back to one on PATH)."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if not found:
+            raise RunnerError("uv: not found (pip install uv)")
+        return found
+
+
+def uv_environ(config: dict | None = None) -> dict:
+    """The environment for a uv call: ours, plus index settings from the [envs] config table."""
+    env = dict(os.environ)
+    for key, var in _CONFIG_TO_UV.items():
+        value = (config or {}).get(key)
+        if value:
+            env[var] = " ".join(value) if isinstance(value, list) else str(value)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def platform_tag() -> str:
+    """The platform part of an env's key."""
+    return f"{sys.platform}-{platform.machine()}"
+
+
+@dataclass
+class EnvRequest:
+    """What a job needs: a display name, the exact lock text, and the Python to build with."""
+
+    name: str
+    lock: str
+    python: str = field(default_factory=lambda: sys.executable)
+    python_version: str = field(default_factory=lambda: platform.python_version())
+    check_imports: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """sha256 of (Python version, lock content, platform), shortened to 16 hex digits."""
+        h = hashlib.sha256()
+        h.update(f"python={self.python_version}\nplatform={platform_tag()}\n".encode())
+        h.update(normalise_lock(self.lock).encode())
+        return h.hexdigest()[:16]
+
+
+def normalise_lock(text: str) -> str:
+    """The lock without comments and blank lines: what changes the env and nothing else."""
+    out = []
+    for line in text.splitlines():
+        s = line.split("#", 1)[0].rstrip() if not line.lstrip().startswith("--hash") else line.strip()
+        if s.strip():
+            out.append(s.strip())
+    return "\n".join(out) + "\n"
+
+
+def find_python(version: Optional[str]) -> tuple[str, str]:
+    """(interpreter path, full version) for a requested Python version (default: ours)."""
+    ours = platform.python_version()
+    if not version or ours == version or ours.startswith(version + "."):
+        return sys.executable, ours
+    r = subprocess.run([uv_binary(), "python", "find", "--no-python-downloads", version], capture_output=True, text=True, env=uv_environ())
+    if r.returncode != 0:
+        raise EnvBuildError(f"python {version}: not found on this machine ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'uv python find failed'})")
+    path = r.stdout.strip()
+    v = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
+    return path, v
+
+
+def named_env_names() -> list[str]:
+    """Env names defined under envs/."""
+    return sorted(p.name for p in ENVS_SRC.iterdir() if (p / "requirements.in").exists()) if ENVS_SRC.exists() else []
+
+
+def _import_checks(requirements_in: str) -> list[str]:
+    m = re.search(r"^#\s*import-check:\s*(.+)$", requirements_in, re.M)
+    return [s.strip() for s in m.group(1).split(",") if s.strip()] if m else []
+
+
+def named_request(name: str, python: Optional[str] = None) -> EnvRequest:
+    """The request for an env defined in envs/NAME (its committed lock)."""
+    folder = ENVS_SRC / name
+    lock = folder / "requirements.lock"
+    if not (folder / "requirements.in").exists():
+        raise RunnerError(f"env: {name!r} is not defined (known: {', '.join(named_env_names())}, or 'system')")
+    if not lock.exists():
+        raise RunnerError(f"env {name}: no lock yet (run `runner envs lock {name}`)")
+    py, ver = find_python(python)
+    return EnvRequest(name=name, lock=lock.read_text(), python=py, python_version=ver,
+                      check_imports=_import_checks((folder / "requirements.in").read_text()))
+
+
+def compile_lock(requirements: str, python_version: str, config: dict | None = None) -> str:
+    """Lock a requirements text with `uv pip compile` (exact versions, hashes)."""
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "requirements.in"
+        src.write_text(requirements)
+        r = subprocess.run(
+            [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+             "--python-version", ".".join(python_version.split(".")[:2]), str(src)],
+            capture_output=True, text=True, env=uv_environ(config),
+        )
+    if r.returncode != 0:
+        raise EnvBuildError("cannot resolve the requirements:\n" + relevant_lines(r.stderr))
+    return r.stdout
+
+
+def inline_request(requirements: list[str], python: Optional[str] = None, config: dict | None = None, name: str = "inline") -> EnvRequest:
+    """The request for an inline requirements list (locked now, keyed by the lock)."""
+    py, ver = find_python(python)
+    lock = compile_lock("\n".join(requirements) + "\n", ver, config)
+    return EnvRequest(name=name, lock=lock, python=py, python_version=ver)
+
+
+def lock_named(name: str, python: Optional[str] = None, config: dict | None = None) -> Path:
+    """`runner envs lock NAME`: refresh envs/NAME/requirements.lock on purpose."""
+    folder = ENVS_SRC / name
+    src = folder / "requirements.in"
+    if not src.exists():
+        raise RunnerError(f"env: {name!r} is not defined (known: {', '.join(named_env_names())})")
+    _, ver = find_python(python)
+    text = compile_lock(src.read_text(), ver, config)
+    header = (f"# Locked by `runner envs lock {name}` for Python {'.'.join(ver.split('.')[:2])}; "
+              "edit requirements.in, then lock again. Never edit by hand.\n")
+    out = folder / "requirements.lock"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(header + text)
+    os.replace(tmp, out)
+    return out
+
+
+def relevant_lines(text: str, limit: int = 30) -> str:
+    """The lines of uv's output that say what went wrong."""
+    lines = [l for l in text.splitlines() if l.strip()]
+    keep = [l for l in lines if re.search(r"(?i)error|no solution|unsatisfiable|conflict|not found|because|hint|×|╰|failed|no space", l)]
+    return "\n".join((keep or lines)[-limit:])
+
+
+def disk_usage(path: Path, seen: set | None = None) -> int:
+    """Bytes under path, counting each hard-linked file once."""
+    seen = set() if seen is None else seen
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for n in files:
+            try:
+                st = os.lstat(os.path.join(root, n))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+class EnvManager:
+    """Builds and finds envs under $RUNNER_HOME/envs/<key>."""
+
+    def __init__(self, root: Path, store=None, config: dict | None = None):
+        self.root = Path(root)
+        self.store = store
+        self.config = config or {}
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """Where the env with that key lives (complete or not)."""
+        return self.root / key
+
+    def ready(self, key: str) -> bool:
+        """Whether a complete env with that key exists: a lookup, no uv call."""
+        return (self.root / key / COMPLETE).exists()
+
+    def python(self, key: str) -> Path:
+        """The env's interpreter."""
+        return self.root / key / "bin" / "python"
+
+    def ensure(self, req: EnvRequest, job_id: str | None = None, log: Callable[[str], None] | None = None) -> Path:
+        """The env for `req`, built if missing. Returns its folder."""
+        key = req.key
+        if self.ready(key):
+            if self.store:
+                self.store.touch_env(key)
+            return self.path(key)
+        from filelock import FileLock
+
+        with FileLock(str(self.root / f".{key}.lock")):
+            if self.ready(key):  # built by someone else while we waited
+                if self.store:
+                    self.store.touch_env(key)
+                return self.path(key)
+            return self._build(req, key, job_id, log)
+
+    def _run(self, argv, log, env):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if log:
+                log(line.rstrip("\n"))
+        return proc.wait(), "\n".join(lines)
+
+    def _build(self, req: EnvRequest, key: str, job_id, log) -> Path:
+        started = time.time()
+        final = self.path(key)
+        if final.exists():  # a leftover without the completion marker: never trust it
+            shutil.rmtree(final, ignore_errors=True)
+        for stale in self.root.glob(f".build-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=self.root))
+        env = uv_environ(self.config)
+        uv = uv_binary()
+        error = None
+        try:
+            (tmp / "requirements.lock").write_text(req.lock)
+            steps = [
+                [uv, "venv", "--quiet", "--relocatable", "--python", req.python, str(tmp / "venv")],
+                [uv, "pip", "sync", "--compile-bytecode", "--python", str(tmp / "venv" / "bin" / "python"), str(tmp / "requirements.lock")],
+            ]
+            for argv in steps:
+                rc, out = self._run(argv, log, env)
+                if rc != 0:
+                    raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
+            check = "import sys" + "".join(f"; import {m}" for m in req.check_imports)
+            r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise EnvBuildError(f"import check failed ({check}):\n" + relevant_lines(r.stderr))
+            # The venv is the env: move it up so that the env folder is the venv itself.
+            venv = tmp / "venv"
+            shutil.move(str(tmp / "requirements.lock"), venv / "requirements.lock")
+            meta = {"key": key, "name": req.name, "python": req.python_version, "platform": platform_tag(),
+                    "built_at": time.time(), "build_seconds": time.time() - started}
+            (venv / COMPLETE).write_text(json.dumps(meta))
+            os.rename(venv, final)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = e
+            raise
+        finally:
+            if self.store:
+                self.store.add_env_build({
+                    "hash": key, "name": req.name, "job_id": job_id, "started_at": started,
+                    "finished_at": time.time(), "seconds": time.time() - started,
+                    "ok": 0 if error else 1, "error": str(error)[:4000] if error else None,
+                })
+        if self.store:
+            self.store.upsert_env({
+                "hash": key, "name": req.name, "python": req.python_version, "path": str(final),
+                "size": disk_usage(final), "built_at": meta["built_at"], "last_used": time.time(),
+                "build_seconds": meta["build_seconds"],
+            })
+        return final
+
+    def remove(self, key: str):
+        """Delete an env folder and its row."""
+        shutil.rmtree(self.path(key), ignore_errors=True)
+        if self.store:
+            self.store.delete_env(key)
+
+    def listing(self) -> list[dict]:
+        """Every complete env on disk, with its store row where there is one."""
+        rows = {r["hash"]: r for r in (self.store.envs() if self.store else [])}
+        out = []
+        for p in sorted(self.root.iterdir()):
+            meta_file = p / COMPLETE
+            if not meta_file.exists():
+                continue
+            meta = json.loads(meta_file.read_text())
+            row = rows.get(p.name, {})
+            out.append({"hash": p.name, "name": meta["name"], "python": meta["python"], "path": str(p),
+                        "size": row.get("size"), "built_at": meta["built_at"], "last_used": row.get("last_used"),
+                        "jobs": row.get("jobs", 0), "active": row.get("active", 0),
+                        "build_seconds": meta.get("build_seconds")})
+        return out

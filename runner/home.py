@@ -1,0 +1,84 @@
+"""The layout of $RUNNER_HOME and the site config file in it."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import cached_property
+from pathlib import Path
+
+from . import defaults
+
+
+class Home:
+    """Paths under the state folder. Creating it is idempotent."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).resolve() if root else defaults.runner_home()
+        self.spool = self.root / "spool"
+        self.quarantine = self.spool / "quarantine"
+        self.jobs = self.root / "jobs"
+        self.envs = self.root / "envs"
+        self.repos = self.root / "repos"
+        self.cache = self.root / "cache"
+        self.db = self.root / "runner.db"
+        self.pidfile = self.root / "daemon.pid"
+        self.config_file = self.root / "config.toml"
+        self.registry_file = self.root / "registry.toml"
+
+    def ensure(self) -> "Home":
+        """Create the folders; the spool is writable by every user (sticky, like /tmp)."""
+        for p in (self.root, self.jobs, self.envs, self.repos, self.cache, self.quarantine):
+            p.mkdir(parents=True, exist_ok=True)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(self.spool, 0o1777)
+        except PermissionError:
+            pass
+        (self.spool / ".tmp").mkdir(exist_ok=True)
+        try:
+            os.chmod(self.spool / ".tmp", 0o1777)
+        except PermissionError:
+            pass
+        return self
+
+    def job_dir(self, job_id: str) -> Path:
+        """The folder of one job: launch.json, output.log, exit.json, checkpoints."""
+        return self.jobs / job_id
+
+    @cached_property
+    def config(self) -> dict:
+        """The site config ($RUNNER_HOME/config.toml), or {} when there is none."""
+        try:
+            with open(self.config_file, "rb") as f:
+                return tomllib.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def store(self, migrate: bool = True):
+        """The store of this home."""
+        from .store import Store
+
+        if not self.db.exists():
+            self.ensure()
+            migrate = True
+        return Store(self.db, migrate=migrate)
+
+    def daemon_pid(self) -> int | None:
+        """The pid of the running daemon of this home, or None."""
+        import fcntl
+
+        try:
+            fd = os.open(self.pidfile, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.read(fd, 64).decode().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)

@@ -1,0 +1,140 @@
+"""Check a spec against the world at submit: paths, registry, env names, framework settings.
+
+Everything that can be known before the job reaches the queue is checked here, so that a typo
+fails in a second at `runner submit`, not after minutes of env building.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import envs
+from .exceptions import SpecError
+from .spec import EnvSpec as EnvSpecType, JobSpec
+
+_ROOT = Path(__file__).resolve().parent.parent
+_SCHEMAS = _ROOT / "adapters" / "schemas"
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "choice": str}
+
+
+def framework_schema(name: str) -> dict | None:
+    """A framework's ConfigSchema as data (the adapter reads the same file)."""
+    p = _SCHEMAS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def check_settings(train: dict, schema: dict, prefix: str = "train") -> list[str]:
+    """Problems of `train` settings against a ConfigSchema: unknown names, types, ranges, options."""
+    fields = {f["name"]: f for f in schema["fields"]}
+    problems = []
+    for key, value in train.items():
+        f = fields.get(key)
+        if f is None:
+            problems.append(f"{prefix}.{key}: unknown setting for {schema['framework']} (known: {', '.join(sorted(fields))})")
+            continue
+        if value is None:
+            continue
+        t = f["type"]
+        if t in ("int", "float") and isinstance(value, bool) or not isinstance(value, _TYPES[t]):
+            problems.append(f"{prefix}.{key}: given {value!r}; expected {t}")
+            continue
+        if t == "choice" and value not in f["options"]:
+            problems.append(f"{prefix}.{key}: given {value!r}; expected one of {', '.join(map(str, f['options']))}")
+        if f.get("min") is not None and t in ("int", "float") and value < f["min"]:
+            problems.append(f"{prefix}.{key}: given {value}; expected >= {f['min']}")
+        if f.get("max") is not None and t in ("int", "float") and value > f["max"]:
+            problems.append(f"{prefix}.{key}: given {value}; expected <= {f['max']}")
+    return problems
+
+
+def _abs(path: str, base: Path) -> str:
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def known_to_framework(framework: dict, name: str) -> bool:
+    """Whether the framework knows a model name not in the registry (from its names file)."""
+    f = framework.get("known_models_file")
+    if not f:
+        return False
+    try:
+        return name in set((_ROOT / f).read_text().split())
+    except OSError:
+        return False
+
+
+def resolve(spec: JobSpec, base: Path, registry, warnings: list) -> dict:
+    """The spec as it goes into the spool: paths absolute, defaults filled, checked.
+
+    Raises SpecError with every problem found; appends non-fatal notes to `warnings`.
+    """
+    problems = []
+    data = spec.model_dump(exclude_none=True)
+    if spec.workdir:
+        data["workdir"] = _abs(spec.workdir, base)
+        if not Path(data["workdir"]).is_dir():
+            problems.append(f"workdir: {data['workdir']} is not a folder")
+    elif spec.kind == "command":
+        data["workdir"] = str(base)
+    if isinstance(spec.env, EnvSpecType) and spec.env.requirements_file:
+        p = Path(_abs(spec.env.requirements_file, base))
+        if not p.is_file():
+            problems.append(f"env.requirements_file: {p} does not exist")
+        else:
+            data["env"] = {"requirements": [l for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")],
+                           "python": spec.env.python, "name": spec.env.name or p.stem}
+            data["env"] = {k: v for k, v in data["env"].items() if v is not None}
+    elif isinstance(spec.env, str) and spec.env != "system" and spec.env not in envs.named_env_names():
+        problems.append(f"env: given {spec.env!r}; expected 'system' or one of envs/: {', '.join(envs.named_env_names())}")
+    for i, dep in enumerate(spec.after):
+        if not dep:
+            problems.append(f"after.{i}: empty job id")
+    if spec.kind == "command":
+        data.setdefault("env", "system")
+        if spec.network is None:
+            data["network"] = True
+    else:
+        problems += _resolve_model(spec, data, base, registry, warnings)
+    if problems:
+        raise SpecError(problems)
+    return data
+
+
+
+def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: list) -> list[str]:
+    from config_translators import for_framework
+
+    problems = []
+    fw_name, _, name = spec.model.partition("/")
+    try:
+        fw = registry.get_framework(fw_name) if fw_name != "repo" else {"env": None, "adapter": "repo"}
+    except Exception as e:
+        return [str(e)]
+    entry = registry.get_model(spec.model)
+    if fw_name == "repo":
+        if entry is None:
+            return [f"model: repo/{name} is not in the registry (add it with `runner repo add URL --commit SHA --name {name}`)"]
+    elif entry is None:
+        if known_to_framework(fw, name):
+            warnings.append(f"model {spec.model}: not in the registry; {fw_name} knows it, but its metadata (input size, batch size, lr) is unknown")
+        else:
+            known = ", ".join(m["model_name"] for m in registry.list_models(framework=fw_name))
+            return [f"model: given {spec.model!r}; neither the registry nor {fw_name} knows it (registry: {known})"]
+    data["dataset"]["path"] = _abs(spec.dataset.path, base)
+    if spec.dataset.annotations:
+        data["dataset"]["annotations"] = _abs(spec.dataset.annotations, base)
+    if spec.train.resume and not spec.train.resume.isalnum():
+        data["train"]["resume"] = _abs(spec.train.resume, base)
+    translator = for_framework("repo" if fw_name == "repo" else fw_name)
+    problems += translator.check_dataset(data["dataset"]) if fw_name != "repo" else translator.check_dataset(data["dataset"], registry.get_repo(name))
+    schema = framework_schema(fw_name)
+    if schema is not None:
+        problems += check_settings(dict(spec.train.model_extra or {}), schema)
+    data.setdefault("env", fw.get("env") or f"repo:{name}")
+    if spec.network is None:
+        data["network"] = bool(spec.train.pretrained)
+    if fw_name != "repo" and entry is not None and spec.task and spec.task != entry.get("task_type"):
+        problems.append(f"task: given {spec.task!r}; {spec.model} is {entry.get('task_type')}")
+    return problems

@@ -1,0 +1,82 @@
+"""Which queued jobs start now: priority, then age, within the running cap and the free GPUs.
+
+Pure: it takes the queue and the free GPUs and returns decisions, so it is tested and benched
+without a daemon. A smaller job may start ahead of a larger GPU job that waits (backfill) only
+`backfill_limit` times; after that the GPUs that free up are held for the large job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .states import Reason
+
+
+@dataclass
+class Decision:
+    """Jobs to start with their GPUs, and why the others wait."""
+
+    start: list = field(default_factory=list)  # [(job, [GPU])]
+    waiting: dict = field(default_factory=dict)  # job_id -> Reason
+
+
+def _fits(job, free, gpu_count):
+    res = job["spec"].get("resources", {})
+    want = res.get("gpus", 0) or 0
+    if want == 0:
+        return []
+    ids = res.get("gpu_ids")
+    mem = res.get("gpu_memory_gb")
+    pool = [g for g in free if (ids is None or g.index in ids) and (mem is None or g.memory_free_mb >= mem * 1024)]
+    if len(pool) < want:
+        return None
+    return pool[:want]
+
+
+def plan(queued: list, running: int, max_running: int, free: list, gpu_count: int, gpus_available: bool,
+         held_by_user: dict | None = None, user_gpu_limit: int | None = None, skipped: dict | None = None,
+         backfill_limit: int = 8, dep_states: dict | None = None) -> Decision:
+    """Decide what starts now. `skipped` (job_id -> times passed over) is updated in place."""
+    d = Decision()
+    free = list(free)
+    held = dict(held_by_user or {})
+    skipped = skipped if skipped is not None else {}
+    slots = max_running - running
+    reserved = False  # a job passed over `backfill_limit` times holds the GPUs that free up
+    blocked = []  # GPU jobs waiting for GPUs, ahead of the current one
+    for job in queued:
+        deps = job.get("after") or []
+        if deps and dep_states is not None and any(dep_states.get(x) != "succeeded" for x in deps):
+            d.waiting[job["id"]] = Reason.WAITING_FOR_DEPENDENCY
+            continue
+        if slots <= 0:
+            d.waiting[job["id"]] = None
+            continue
+        want = job["spec"].get("resources", {}).get("gpus") or 0
+        if want and not gpus_available:
+            d.waiting[job["id"]] = Reason.NO_GPUS_ON_THIS_HOST
+            continue
+        if want and user_gpu_limit is not None and held.get(job["user"], 0) + want > user_gpu_limit:
+            d.waiting[job["id"]] = Reason.USER_GPU_LIMIT
+            continue
+        if want and reserved:
+            d.waiting[job["id"]] = Reason.WAITING_FOR_GPUS
+            continue
+        chosen = _fits(job, free, gpu_count)
+        if chosen is None:
+            d.waiting[job["id"]] = Reason.WAITING_FOR_GPUS
+            if skipped.get(job["id"], 0) >= backfill_limit:
+                reserved = True
+            else:
+                blocked.append(job["id"])
+            continue
+        if want:
+            for b in blocked:  # this GPU job starts ahead of larger ones that wait
+                skipped[b] = skipped.get(b, 0) + 1
+            held[job["user"]] = held.get(job["user"], 0) + want
+        d.start.append((job, chosen))
+        slots -= 1
+        for g in chosen:
+            free.remove(g)
+        skipped.pop(job["id"], None)
+    return d

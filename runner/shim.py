@@ -1,0 +1,90 @@
+"""The shim: a tiny launcher that outlives the daemon.
+
+Started by the daemon as `python -I -S shim.py JOB_DIR` in a session of its own. It reads
+JOB_DIR/launch.json, starts the job in a new process group with its output appended to
+JOB_DIR/output.log, records the child in JOB_DIR/child.json, waits, and writes
+JOB_DIR/exit.json atomically. The daemon only ever watches these files, so it can be killed and
+restarted while jobs run. Standard library only, no site-packages: it must start in ~10 ms.
+"""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _limits(rlimits):
+    def apply():
+        for name, value in rlimits.items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+    return apply
+
+
+def main(job_dir):
+    """Run the job described by JOB_DIR/launch.json to its end and record how it ended."""
+    with open(os.path.join(job_dir, "launch.json")) as f:
+        spec = json.load(f)
+    exit_path = os.path.join(job_dir, "exit.json")
+    log_fd = os.open(os.path.join(job_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    child = {"proc": None, "signal": None}
+
+    def forward(signum, _frame):
+        # A signal to the shim (someone killed it, or the machine shuts down) goes to the job's
+        # whole group; the shim stays to record how the job ended.
+        child["signal"] = signum
+        if child["proc"] is not None:
+            try:
+                os.killpg(child["proc"].pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    started = time.time()
+    try:
+        proc = subprocess.Popen(
+            spec["argv"], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+            env=spec["env"], cwd=spec["cwd"], process_group=0, close_fds=True,
+            preexec_fn=_limits(spec.get("rlimits") or {}),
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        os.write(log_fd, f"runner: failed to start {spec['argv'][0]!r}: {e}\n".encode())
+        _write_json(exit_path, {"exit_code": None, "signal": None, "spawn_error": str(e),
+                                "started_at": started, "finished_at": time.time()})
+        return 0
+    child["proc"] = proc
+    _write_json(os.path.join(job_dir, "child.json"), {"pid": proc.pid, "pgid": proc.pid, "started_at": started})
+    if child["signal"] is not None:
+        forward(child["signal"], None)
+    rc = proc.wait()
+    finished = time.time()
+    sig = -rc if rc < 0 else None
+    if spec.get("sandboxed") and rc > 128 and rc - 128 < signal.NSIG:
+        # bubblewrap reports a child killed by signal N as exit status 128+N.
+        sig = rc - 128
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _write_json(exit_path, {
+        "exit_code": None if sig else rc, "signal": sig, "raw_status": rc,
+        "started_at": started, "finished_at": finished, "max_rss_kb": usage.ru_maxrss,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    })
+    os.close(log_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,52 @@
+"""Job states, failure reasons and the one table of allowed transitions."""
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    """Where a job is in its life. The str base lets values go straight into SQLite and JSON."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Reason(str, Enum):
+    """Why a job ended the way it did (or why it waits)."""
+
+    EXIT_CODE = "exit_code"
+    KILLED_BY_SIGNAL = "killed_by_signal"
+    OOM = "oom"
+    ENV_BUILD_FAILED = "env_build_failed"
+    PREPARE_FAILED = "prepare_failed"
+    SPAWN_FAILED = "spawn_failed"
+    BAD_CONFIG = "bad_config"
+    LOST = "lost"
+    TIMEOUT = "timeout"
+    DEPENDENCY_FAILED = "dependency_failed"
+    CANCELLED_BY_USER = "cancelled_by_user"
+    NO_GPUS_ON_THIS_HOST = "no_gpus_on_this_host"
+    WAITING_FOR_GPUS = "waiting_for_gpus"
+    WAITING_FOR_DEPENDENCY = "waiting_for_dependency"
+    USER_GPU_LIMIT = "user_gpu_limit"
+
+
+ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# from-state -> the states it may move to. Anything else raises InvalidTransition.
+TRANSITIONS = {
+    JobState.QUEUED: {JobState.PREPARING, JobState.CANCELLED, JobState.FAILED},
+    JobState.PREPARING: {JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED},
+    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
+    JobState.SUCCEEDED: set(),
+    JobState.FAILED: set(),
+    JobState.CANCELLED: set(),
+}
+
+
+def allowed(src, dst) -> bool:
+    """Whether a job in state `src` may move to `dst`."""
+    return JobState(dst) in TRANSITIONS[JobState(src)]

@@ -1,0 +1,410 @@
+"""All of runner's SQL, behind one small interface.
+
+SQLite in WAL mode with a busy timeout; one `transaction()` that rolls back on error and takes
+the write lock up front (BEGIN IMMEDIATE), so a read-then-write such as a state transition can
+never interleave with another writer. A schema version (PRAGMA user_version) and an ordered list
+of migrations: an old database is upgraded in place when opened by the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Optional
+
+from . import defaults
+from .exceptions import InvalidTransition, JobNotFound
+from .states import ENDED, JobState, allowed
+
+JSON_COLUMNS = ("spec", "gpus", "after", "parser_state", "gpu_uuids")
+
+
+def _m1(db):
+    """Jobs, their transitions, metrics, artifacts, envs and env builds."""
+    db["jobs"].create(
+        {
+            "id": str, "seq": int, "name": str, "user": str, "uid": int, "kind": str, "model": str,
+            "state": str, "reason": str, "exit_code": int, "signal": int, "priority": int,
+            "spec": str, "env": str, "env_hash": str, "gpus": str, "after": str,
+            "created_at": float, "queued_at": float, "started_at": float, "finished_at": float,
+            "job_dir": str, "shim_pid": int, "shim_started": float, "pid": int, "pgid": int,
+            "log_offset": int, "parser_state": str, "cancel_requested": int, "log_tail": str,
+            "retry_of": str, "note": str,
+        },
+        pk="id",
+        defaults={"log_offset": 0, "cancel_requested": 0, "priority": 0},
+    )
+    db["jobs"].create_index(["state", "priority", "created_at"])
+    db["jobs"].create_index(["seq"], unique=True)
+    db["transitions"].create(
+        {"id": int, "job_id": str, "from_state": str, "to_state": str, "at": float, "reason": str},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["transitions"].create_index(["job_id"])
+    db["metrics"].create(
+        {"id": int, "job_id": str, "name": str, "value": float, "step": int, "epoch": int, "at": float},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["metrics"].create_index(["job_id", "name", "id"])
+    db["artifacts"].create(
+        {"id": int, "job_id": str, "path": str, "kind": str, "size": int, "at": float},
+        pk="id", foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["artifacts"].create_index(["job_id", "path"], unique=True)
+    db["envs"].create(
+        {"hash": str, "name": str, "python": str, "path": str, "size": int, "built_at": float,
+         "last_used": float, "build_seconds": float},
+        pk="hash",
+    )
+    db["env_builds"].create(
+        {"id": int, "hash": str, "name": str, "job_id": str, "started_at": float,
+         "finished_at": float, "seconds": float, "ok": int, "error": str},
+        pk="id",
+    )
+
+
+def _m2(db):
+    """GPU allocations as rows, taken and freed with the job's state change; peak GPU memory."""
+    db["gpu_allocations"].create(
+        {"gpu_uuid": str, "job_id": str, "gpu_index": int, "at": float}, pk="gpu_uuid",
+    )
+    db["jobs"].add_column("gpu_uuids", str)
+    db["jobs"].add_column("peak_gpu_mem_mb", float)
+
+
+MIGRATIONS = [_m1, _m2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _row(cursor, row):
+    d = {col[0]: row[i] for i, col in enumerate(cursor.description)}
+    for key in JSON_COLUMNS:
+        if key in d and isinstance(d[key], str):
+            d[key] = json.loads(d[key])
+    return d
+
+
+class Store:
+    """The runner's SQLite store. One connection per thread; safe to share across threads."""
+
+    def __init__(self, path: str | Path, migrate: bool = True):
+        self.path = str(path)
+        self._local = threading.local()
+        if migrate:
+            self.migrate()
+
+    # -- connections and transactions ------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=defaults.BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.row_factory = _row
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error (shutdown signals included)."""
+        conn = self.conn
+        if conn.in_transaction:  # nested: join the outer one
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self):
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def schema_version(self) -> int:
+        """The version of the open database (PRAGMA user_version)."""
+        return self.conn.execute("PRAGMA user_version").fetchone()["user_version"]
+
+    def migrate(self):
+        """Bring the database to SCHEMA_VERSION, one migration per transaction."""
+        import sqlite_utils
+
+        if self.schema_version() >= SCHEMA_VERSION:
+            return
+        raw = sqlite3.connect(self.path, isolation_level=None, timeout=defaults.BUSY_TIMEOUT_MS / 1000)
+        try:
+            raw.execute("PRAGMA journal_mode=WAL")
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                version = raw.execute("PRAGMA user_version").fetchone()[0]
+                db = sqlite_utils.Database(raw)
+                for i in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[i](db)
+                raw.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+        finally:
+            raw.close()
+
+    # -- jobs -----------------------------------------------------------------------------
+    def insert_job(self, row: dict, now: Optional[float] = None) -> bool:
+        """Record a new queued job. False if a job with that id is already there (idempotent ingest)."""
+        now = now or time.time()
+        row = dict(row)
+        for key in JSON_COLUMNS:
+            if key in row and not isinstance(row[key], (str, type(None))):
+                row[key] = json.dumps(row[key])
+        row.setdefault("state", JobState.QUEUED.value)
+        row.setdefault("queued_at", now)
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM jobs WHERE id=?", (row["id"],)).fetchone():
+                return False
+            row["seq"] = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM jobs").fetchone()["n"]
+            cols = ",".join(row)
+            c.execute(f"INSERT INTO jobs ({cols}) VALUES ({','.join('?' * len(row))})", list(row.values()))
+            c.execute(
+                "INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?,?,?,?,?)",
+                (row["id"], None, row["state"], now, row.get("reason") or "submitted"),
+            )
+        return True
+
+    def update_job(self, job_id: str, **fields):
+        """Set plain (non-state) fields of a job."""
+        if not fields:
+            return
+        for key in JSON_COLUMNS:
+            if key in fields and not isinstance(fields[key], (str, type(None))):
+                fields[key] = json.dumps(fields[key])
+        sets = ",".join(f"{k}=?" for k in fields)
+        with self.transaction() as c:
+            c.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*fields.values(), job_id])
+
+    def transition(self, job_id: str, to: JobState | str, reason: Optional[str] = None, now: Optional[float] = None, expect=None, **fields) -> dict:
+        """Move a job to state `to`, checked against the transition table, with time and reason.
+
+        `expect`, if given, is the state (or states) the caller believes the job is in; a job that
+        moved meanwhile raises InvalidTransition rather than being changed twice. Extra keyword
+        fields are written in the same transaction.
+        """
+        to = JobState(to)
+        now = now or time.time()
+        with self.transaction() as c:
+            cur = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if cur is None:
+                raise JobNotFound(f"job {job_id}: no such job")
+            src = JobState(cur["state"])
+            if expect is not None:
+                expected = {JobState(expect)} if isinstance(expect, (str, JobState)) else {JobState(e) for e in expect}
+                if src not in expected:
+                    raise InvalidTransition(f"job {job_id}: is {src.value}, not {'/'.join(sorted(e.value for e in expected))}")
+            if not allowed(src, to):
+                raise InvalidTransition(f"job {job_id}: cannot go from {src.value} to {to.value}")
+            if to == JobState.PREPARING:
+                fields.setdefault("started_at", None)
+            if to == JobState.RUNNING:
+                fields.setdefault("started_at", now)
+            if to in ENDED:
+                fields.setdefault("finished_at", now)
+            fields["state"] = to.value
+            fields["reason"] = reason if to != JobState.RUNNING else None
+            for key in JSON_COLUMNS:
+                if key in fields and not isinstance(fields[key], (str, type(None))):
+                    fields[key] = json.dumps(fields[key])
+            sets = ",".join(f"{k}=?" for k in fields)
+            c.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*fields.values(), job_id])
+            c.execute(
+                "INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?,?,?,?,?)",
+                (job_id, src.value, to.value, now, reason),
+            )
+            if to in ENDED or to == JobState.QUEUED:
+                c.execute("DELETE FROM gpu_allocations WHERE job_id=?", (job_id,))
+        return {"from": src.value, "to": to.value}
+
+    def get_job(self, ref: str) -> dict:
+        """A job by id, unique id prefix, or `#seq`. Raises JobNotFound."""
+        c = self.conn
+        if ref.startswith("#") and ref[1:].isdigit() or ref.isdigit():
+            row = c.execute("SELECT * FROM jobs WHERE seq=?", (int(ref.lstrip("#")),)).fetchone()
+            if row:
+                return row
+        row = c.execute("SELECT * FROM jobs WHERE id=?", (ref,)).fetchone()
+        if row:
+            return row
+        rows = c.execute("SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (ref.replace("%", "") + "%",)).fetchall()
+        if len(rows) == 1:
+            return rows[0]
+        if len(rows) > 1:
+            raise JobNotFound(f"job {ref}: ambiguous prefix (give more characters)")
+        raise JobNotFound(f"job {ref}: no such job (see `runner ls --all`)")
+
+    def list_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, limit: Optional[int] = None,
+                  offset: int = 0, newest_first: bool = True) -> list[dict]:
+        """Jobs filtered by state and user, newest first by default."""
+        where, args = [], []
+        states = list(states)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += states
+        if user:
+            where.append("user=?")
+            args.append(user)
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq " + ("DESC" if newest_first else "ASC")
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        return self.conn.execute(sql, args).fetchall()
+
+    def count_by_state(self) -> dict:
+        """{state: count} over all jobs."""
+        rows = self.conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {r["state"]: r["n"] for r in rows}
+
+    def queued_jobs(self) -> list[dict]:
+        """Queued jobs in scheduling order: highest priority, then oldest."""
+        return self.conn.execute(
+            "SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, created_at ASC, seq ASC"
+        ).fetchall()
+
+    def transitions(self, job_id: str) -> list[dict]:
+        """The job's state history, oldest first."""
+        return self.conn.execute("SELECT * FROM transitions WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
+
+    # -- metrics and artifacts ------------------------------------------------------------
+    def record_progress(self, job_id: str, points: list[tuple], log_offset: int, parser_state=None, now: Optional[float] = None):
+        """Store parsed metric points and the log offset they came from, in one transaction.
+
+        Points are (name, value, step, epoch). Because the offset moves with the rows, a daemon
+        killed at any moment neither loses nor duplicates a point when it reads on from the offset.
+        """
+        now = now or time.time()
+        with self.transaction() as c:
+            if points:
+                c.executemany(
+                    "INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)",
+                    [(job_id, n, v, s, e, now) for (n, v, s, e) in points],
+                )
+            c.execute(
+                "UPDATE jobs SET log_offset=?, parser_state=? WHERE id=?",
+                (log_offset, json.dumps(parser_state) if parser_state is not None else None, job_id),
+            )
+
+    def add_metrics(self, job_id: str, points: list[tuple], now: Optional[float] = None):
+        """Store metric points (name, value, step, epoch) not tied to the log (GPU samples, ...)."""
+        now = now or time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)",
+                [(job_id, n, v, s, e, now) for (n, v, s, e) in points],
+            )
+
+    def metrics(self, job_id: str, name: Optional[str] = None, limit: Optional[int] = None, offset: int = 0) -> list[dict]:
+        """A job's metric points, in the order they were recorded."""
+        sql, args = "SELECT name, value, step, epoch, at FROM metrics WHERE job_id=?", [job_id]
+        if name:
+            sql += " AND name=?"
+            args.append(name)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        return self.conn.execute(sql, args).fetchall()
+
+    def latest_metrics(self, job_id: str) -> dict:
+        """{name: latest value} for a job."""
+        rows = self.conn.execute(
+            "SELECT name, value FROM metrics WHERE id IN (SELECT MAX(id) FROM metrics WHERE job_id=? GROUP BY name)",
+            (job_id,),
+        ).fetchall()
+        return {r["name"]: r["value"] for r in rows}
+
+    def add_artifact(self, job_id: str, path: str, kind: str, size: int, now: Optional[float] = None) -> bool:
+        """Record a checkpoint or other file; a path already known only has its size refreshed."""
+        now = now or time.time()
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO artifacts (job_id, path, kind, size, at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(job_id, path) DO UPDATE SET size=excluded.size, at=excluded.at",
+                (job_id, path, kind, size, now),
+            )
+            return cur.rowcount > 0
+
+    def artifacts(self, job_id: str) -> list[dict]:
+        """A job's recorded files."""
+        return self.conn.execute("SELECT path, kind, size, at FROM artifacts WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
+
+    # -- envs -----------------------------------------------------------------------------
+    def upsert_env(self, row: dict):
+        """Record a built env (or refresh its row)."""
+        cols = ",".join(row)
+        updates = ",".join(f"{k}=excluded.{k}" for k in row if k != "hash")
+        with self.transaction() as c:
+            c.execute(
+                f"INSERT INTO envs ({cols}) VALUES ({','.join('?' * len(row))}) ON CONFLICT(hash) DO UPDATE SET {updates}",
+                list(row.values()),
+            )
+
+    def touch_env(self, env_hash: str, now: Optional[float] = None):
+        """Mark an env as just used."""
+        with self.transaction() as c:
+            c.execute("UPDATE envs SET last_used=? WHERE hash=?", (now or time.time(), env_hash))
+
+    def envs(self) -> list[dict]:
+        """Every recorded env, with how many jobs used it."""
+        return self.conn.execute(
+            "SELECT e.*, (SELECT COUNT(*) FROM jobs j WHERE j.env_hash=e.hash) AS jobs, "
+            "(SELECT COUNT(*) FROM jobs j WHERE j.env_hash=e.hash AND j.state IN ('queued','preparing','running')) AS active "
+            "FROM envs e ORDER BY name, built_at"
+        ).fetchall()
+
+    def delete_env(self, env_hash: str):
+        """Forget an env row."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM envs WHERE hash=?", (env_hash,))
+
+    def add_env_build(self, row: dict):
+        """Record one env build attempt and its duration."""
+        cols = ",".join(row)
+        with self.transaction() as c:
+            c.execute(f"INSERT INTO env_builds ({cols}) VALUES ({','.join('?' * len(row))})", list(row.values()))
+
+    def env_builds(self, limit: int = 100) -> list[dict]:
+        """Recent env builds, newest first."""
+        return self.conn.execute("SELECT * FROM env_builds ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
+    # -- GPUs -----------------------------------------------------------------------------
+    def gpu_allocations(self) -> dict:
+        """{gpu_uuid: job_id} for every GPU held by a job."""
+        return {r["gpu_uuid"]: r["job_id"] for r in self.conn.execute("SELECT gpu_uuid, job_id FROM gpu_allocations").fetchall()}
+
+    def claim(self, job_id: str, gpus: list[tuple[int, str]], now: Optional[float] = None) -> dict:
+        """queued -> preparing and the job's GPUs taken, in one transaction.
+
+        Raises InvalidTransition if the job is no longer queued or a GPU was taken meanwhile.
+        """
+        now = now or time.time()
+        with self.transaction() as c:
+            for index, uuid in gpus:
+                held = c.execute("SELECT job_id FROM gpu_allocations WHERE gpu_uuid=?", (uuid,)).fetchone()
+                if held:
+                    raise InvalidTransition(f"GPU {uuid} is held by job {held['job_id']}")
+                c.execute("INSERT INTO gpu_allocations (gpu_uuid, job_id, gpu_index, at) VALUES (?,?,?,?)", (uuid, job_id, index, now))
+            return self.transition(
+                job_id, JobState.PREPARING, "scheduled", now=now, expect=JobState.QUEUED,
+                gpus=[i for i, _ in gpus], gpu_uuids=[u for _, u in gpus],
+            )
