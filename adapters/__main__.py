@@ -1,0 +1,5 @@
+import sys
+
+from .base import main
+
+sys.exit(main())

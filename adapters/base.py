@@ -1,0 +1,318 @@
+"""The adapter contract: task types, results, the settings schema, and the training loop.
+
+A framework plugs in by subclassing TrainingAdapter and filling in the model, data, epoch,
+validation, checkpoint and inference steps; `train()` and `check()` are shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+class TaskType(str, Enum):
+    """The tasks of the plan."""
+
+    IMAGE_CLASSIFICATION = "image_classification"
+    OBJECT_DETECTION = "object_detection"
+    INSTANCE_SEGMENTATION = "instance_segmentation"
+    POSE_ESTIMATION = "pose_estimation"
+    OBB_DETECTION = "obb_detection"
+    SEMANTIC_SEGMENTATION = "semantic_segmentation"
+    IMAGE_CAPTIONING = "image_captioning"
+
+
+@dataclass
+class MetricsResult:
+    """One epoch's results."""
+
+    epoch: int
+    step: int = 0
+    train_loss: Optional[float] = None
+    val_loss: Optional[float] = None
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class InferenceResult:
+    """Task-agnostic inference output; fields that do not apply stay None."""
+
+    task: str
+    predicted_label_id: Optional[int] = None
+    predicted_label: Optional[str] = None
+    confidence: Optional[float] = None
+    top5_predictions: Optional[list] = None
+    boxes: Optional[list] = None
+    masks: Optional[list] = None
+    keypoints: Optional[list] = None
+    rotated_boxes: Optional[list] = None
+    caption: Optional[str] = None
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class ConfigField:
+    """One setting of a framework, enough for a UI to render a form field."""
+
+    name: str
+    type: str
+    default: Any = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    options: Optional[list] = None
+    description: str = ""
+    group: str = "general"
+    advanced: bool = False
+
+
+@dataclass
+class ConfigSchema:
+    """A framework's settings."""
+
+    framework: str
+    fields: list
+
+    @classmethod
+    def load(cls, framework: str) -> "ConfigSchema":
+        """From adapters/schemas/FRAMEWORK.json, the file the control plane reads as data."""
+        data = json.loads((SCHEMAS / f"{framework}.json").read_text())
+        return cls(data["framework"], [ConfigField(**f) for f in data["fields"]])
+
+    def as_dict(self) -> dict:
+        return {"framework": self.framework, "fields": [asdict(f) for f in self.fields]}
+
+
+class BadConfig(Exception):
+    """A setting the framework cannot use: the job fails with reason bad_config."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is an out-of-memory error (CUDA or host)."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def write_json(path, data):
+    """Atomic JSON write."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+class TrainingAdapter:
+    """Base of every framework adapter. `cfg` is the job.json the translator wrote."""
+
+    framework = "base"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.out = Path(cfg.get("output_dir") or ".")
+        self.ckpt_dir = self.out / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.epochs = int(cfg.get("epochs", 1))
+        self.batch_size = int(cfg.get("batch_size", 8))
+        self.start_epoch = 1
+        self.best = None
+
+    # -- the contract -----------------------------------------------------------------------
+    def prepare_model(self):
+        raise NotImplementedError
+
+    def prepare_dataset(self):
+        raise NotImplementedError
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training set; returns the mean training loss."""
+        raise NotImplementedError
+
+    def validate(self, epoch: int) -> MetricsResult:
+        raise NotImplementedError
+
+    def save_checkpoint(self, path: Path, epoch: int, result: MetricsResult):
+        raise NotImplementedError
+
+    def load_checkpoint(self, path: Path) -> int:
+        """Load weights (and optimizer state); returns the epoch the checkpoint ended."""
+        raise NotImplementedError
+
+    def preprocess_image(self, image_path: str):
+        raise NotImplementedError
+
+    def infer_single(self, image_path: str) -> InferenceResult:
+        raise NotImplementedError
+
+    @classmethod
+    def get_config_schema(cls) -> ConfigSchema:
+        return ConfigSchema.load(cls.framework)
+
+    def primary_metric(self, result: MetricsResult) -> float:
+        """Higher is better; decides best.pt."""
+        return -(result.val_loss or 0.0)
+
+    # -- shared -------------------------------------------------------------------------------
+    @staticmethod
+    def metrics_line(epoch: int, epochs: int, result: MetricsResult, extra: dict) -> str:
+        """The standard per-epoch line that the framework's log parser reads."""
+        parts = [f"epoch={epoch}/{epochs}"]
+        if result.train_loss is not None:
+            parts.append(f"train_loss={result.train_loss:.6g}")
+        if result.val_loss is not None:
+            parts.append(f"val_loss={result.val_loss:.6g}")
+        for k, v in {**result.metrics, **extra}.items():
+            if v is not None:
+                parts.append(f"{k}={v:.6g}")
+        return "[metrics] " + " ".join(parts)
+
+    def current_lr(self) -> Optional[float]:
+        return None
+
+    def fit(self):
+        """Run the epochs (resuming if asked), print one metrics line each, write last/best."""
+        resume = self.cfg.get("resume")
+        if resume:
+            self.start_epoch = self.load_checkpoint(Path(resume)) + 1
+            print(f"runner: resumed from {resume} at epoch {self.start_epoch}", flush=True)
+        for epoch in range(self.start_epoch, self.epochs + 1):
+            t0 = time.time()
+            train_loss = self.train_epoch(epoch)
+            result = self.validate(epoch)
+            result.train_loss = train_loss
+            extra = {"lr": self.current_lr(), "epoch_time": time.time() - t0}
+            print(self.metrics_line(epoch, self.epochs, result, extra), flush=True)
+            self.save_checkpoint(self.ckpt_dir / "last.pth", epoch, result)
+            score = self.primary_metric(result)
+            if self.best is None or score >= self.best:
+                self.best = score
+                self.save_checkpoint(self.ckpt_dir / "best.pth", epoch, result)
+        return result
+
+    def run_train(self) -> int:
+        """train with the OOM policy: auto_batch_size halves the batch once and says so."""
+        try:
+            self.prepare_dataset()
+            self.prepare_model()
+            self.fit()
+            return 0
+        except Exception as e:
+            if is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1:
+                half = max(1, self.batch_size // 2)
+                print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
+                cfg = dict(self.cfg, batch_size=half, _oom_retried=True)
+                self.release()
+                return type(self)(cfg).run_train()
+            raise
+
+    def release(self):
+        """Drop references to the model and data so that a retry can reuse the memory."""
+        import gc
+
+        self.__dict__.clear()
+        gc.collect()
+
+    def check(self) -> dict:
+        """The plugin check: load, short training, validation, checkpoint round trip, inference."""
+        report = {"framework": self.framework, "model": self.cfg.get("model_name"), "task": self.cfg.get("task"), "checks": []}
+
+        def step(name, fn):
+            t0 = time.time()
+            try:
+                detail = fn()
+                report["checks"].append({"name": name, "ok": True, "seconds": round(time.time() - t0, 3), "detail": detail})
+                return True
+            except Exception as e:
+                traceback.print_exc()
+                report["checks"].append({"name": name, "ok": False, "seconds": round(time.time() - t0, 3),
+                                         "error": f"{type(e).__name__}: {e}"[:2000]})
+                return False
+
+        state = {}
+        ok = step("load", lambda: (self.prepare_dataset(), self.prepare_model(), {"params": self.param_count()})[2])
+        if ok:
+            ok = step("train", lambda: {"train_loss": self.train_epoch(1)})
+        if ok:
+            def _val():
+                r = self.validate(1)
+                state["result"] = r
+                print(self.metrics_line(1, 1, r, {}), flush=True)
+                return {"val_loss": r.val_loss, **r.metrics}
+            ok = step("validate", _val)
+        if ok:
+            def _ckpt():
+                path = self.ckpt_dir / "check.pth"
+                self.save_checkpoint(path, 1, state["result"])
+                return {"epoch": self.load_checkpoint(path), "bytes": path.stat().st_size}
+            ok = step("checkpoint", _ckpt)
+        if ok:
+            step("infer", lambda: self.infer_single(self.sample_image()).as_dict())
+        n_ok = sum(c["ok"] for c in report["checks"])
+        report["status"] = "success" if n_ok == 5 else ("failed" if n_ok == 0 else "partial")
+        write_json(self.out / "check.json", report)
+        print(f"runner: check {report['status']} ({n_ok}/5)", flush=True)
+        return report
+
+    def param_count(self) -> int:
+        return 0
+
+    def sample_image(self) -> str:
+        raise NotImplementedError
+
+
+def main(argv=None) -> int:
+    """python -m adapters run JOB.json | infer CHECKPOINT IMAGE... | schema FRAMEWORK"""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    verb, rest = argv[0], argv[1:]
+    from . import load_adapter
+
+    if verb == "schema":
+        print(json.dumps(load_adapter(rest[0]).get_config_schema().as_dict(), indent=1))
+        return 0
+    if verb == "infer":
+        ckpt, images = rest[0], rest[1:]
+        meta_path = Path(ckpt).with_suffix(".json") if Path(ckpt).is_file() else Path(ckpt) / "runner_meta.json"
+        framework = json.loads(meta_path.read_text())["framework"] if meta_path.exists() else "timm"
+        adapter = load_adapter(framework).from_checkpoint(ckpt)
+        for img in images:
+            print(json.dumps({"image": img, **adapter.infer_single(img).as_dict()}), flush=True)
+        return 0
+    if verb in ("run", "train"):
+        cfg = json.loads(Path(rest[0]).read_text())
+        out = Path(cfg.get("output_dir") or ".")
+        cls = load_adapter(cfg["framework"])
+        try:
+            adapter = cls(cfg)
+            if cfg.get("check"):
+                report = adapter.check()
+                return 0 if report["status"] == "success" else 1
+            return adapter.run_train()
+        except BadConfig as e:
+            print(f"runner: bad config: {e}", flush=True)
+            write_json(out / "failure.json", {"reason": "bad_config", "message": str(e)})
+            return 2
+        except Exception as e:
+            if is_oom(e):
+                traceback.print_exc()
+                write_json(out / "failure.json", {"reason": "oom", "message": str(e)[:2000]})
+                return 1
+            raise
+    print(f"unknown verb {verb!r}; {main.__doc__}", file=sys.stderr)
+    return 2

@@ -1,0 +1,103 @@
+"""runner models, runner schema, runner gpus, runner infer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import home, print_json, store, table
+
+
+def models(args):
+    """The registry's models, filtered."""
+    from runner.registry import load
+
+    rows = load(home(args)).list_models(args.filter, args.framework, args.task, [t for t in args.tags.split(",") if t])
+    if args.json:
+        print_json(rows)
+        return 0
+    table([[r["ref"], r.get("display_name", ""), r.get("task_type", ""), f"{(r.get('params') or 0) / 1e6:.1f}M" if r.get("params") else "",
+            r.get("input_size", ""), r.get("license", ""), ",".join(r.get("tags", []))] for r in rows],
+          ["MODEL", "NAME", "TASK", "PARAMS", "INPUT", "LICENSE", "TAGS"])
+    return 0
+
+
+def schema(args):
+    """A framework's settings schema (what a UI renders as a form)."""
+    from runner.exceptions import RegistryError
+    from runner.resolve import framework_schema
+
+    s = framework_schema(args.framework)
+    if s is None:
+        raise RegistryError(f"schema: framework {args.framework!r} has no settings schema")
+    if args.json:
+        print_json(s)
+        return 0
+    table([[f["name"], f["type"], f.get("default"), f.get("min"), f.get("max"), ",".join(map(str, f.get("options") or [])),
+            f.get("group", ""), "yes" if f.get("advanced") else "", f.get("description", "")] for f in s["fields"]],
+          ["NAME", "TYPE", "DEFAULT", "MIN", "MAX", "OPTIONS", "GROUP", "ADV", "DESCRIPTION"])
+    return 0
+
+
+def gpus(args):
+    """The GPUs, their processes and which job holds each."""
+    from runner.gpus import inventory
+    from runner.queries import gpu_view
+
+    h = home(args)
+    inv = inventory(h.config)
+    rows = gpu_view(store(h), inv) if inv.available else []
+    if args.json:
+        print_json({"source": inv.source, "available": inv.available, "note": inv.reason, "gpus": rows})
+        return 0
+    if not inv.available:
+        print(f"no GPUs: {inv.reason}")
+        return 0
+    table([[g["index"], g["uuid"], g["name"], f"{g['memory_used_mb']:.0f}/{g['memory_total_mb']:.0f} MB", g.get("utilization"),
+            g.get("temperature"), g.get("job") or "", ", ".join(f"{p['pid']}({p.get('user')})" for p in g["processes"])] for g in rows],
+          ["#", "UUID", "NAME", "MEMORY", "UTIL%", "TEMP", "JOB", "PROCESSES"])
+    return 0
+
+
+def infer(args):
+    """Run inference with a job's best checkpoint (or a checkpoint path) in the job's env."""
+    from runner.envs import EnvManager, named_request
+    from runner.exceptions import RunnerError
+    from runner.queries import find_job
+
+    h = home(args)
+    s = store(h)
+    src = Path(args.source)
+    if src.exists():
+        ckpt = src
+        env_name = "timm"
+        if (src.with_suffix(".json")).exists():
+            env_name = json.loads(src.with_suffix(".json").read_text()).get("framework", "timm")
+        elif (src / "runner_meta.json").exists():
+            env_name = json.loads((src / "runner_meta.json").read_text()).get("framework", "timm")
+        env_hash = None
+    else:
+        job = find_job(h, s, args.source)
+        arts = [a["path"] for a in s.artifacts(job["id"])]
+        best = [a for a in arts if Path(a).stem == "best"] or [a for a in arts if Path(a).stem == "last"] or arts
+        if not best:
+            raise RunnerError(f"job {job['id']}: has no checkpoint to infer with")
+        ckpt = Path(best[0])
+        env_name, env_hash = job["env"], job["env_hash"]
+    mgr = EnvManager(h.envs, s, h.config.get("envs"))
+    if env_hash and mgr.ready(env_hash):
+        python = mgr.python(env_hash)
+    else:
+        req = named_request(env_name)
+        python = mgr.python(req.key) if mgr.ready(req.key) else mgr.ensure(req) / "bin" / "python"
+    root = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([str(python), "-m", "adapters", "infer", str(ckpt), *[str(Path(i).resolve()) for i in args.images]],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RunnerError("inference failed:\n" + r.stderr[-3000:])
+    results = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    print_json(results if len(results) != 1 else results[0])
+    return 0
