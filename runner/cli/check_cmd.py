@@ -1,0 +1,89 @@
+"""runner check MODEL... | --framework F"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import home, print_json
+
+
+def _ensure_daemon(h):
+    """A daemon for this home: the running one, or one started for the check and stopped after."""
+    if h.daemon_pid():
+        return None
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", "--home", str(h.root), "--http", "none"],
+                            stdout=subprocess.DEVNULL, stderr=open(h.root / "check-daemon.log", "ab"), start_new_session=True)
+    for _ in range(100):
+        if h.daemon_pid():
+            break
+        time.sleep(0.1)
+    return proc
+
+
+def check(args):
+    """Submit one check job per model, wait for them, write report.md and report.json."""
+    from runner import check as chk
+    from runner import spool
+    from runner.exceptions import RunnerError
+    from runner.registry import load
+    from runner.resolve import resolve
+    from runner.spec import parse_spec
+
+    h = home(args).ensure()
+    reg = load(h)
+    refs = list(args.models)
+    if args.framework:
+        refs += [m["ref"] for m in reg.list_models(framework=args.framework)]
+    if not refs:
+        raise RunnerError("check: name models (e.g. timm/resnet18) or --framework NAME")
+    out = Path(args.out or f"check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = {}
+    for ref in refs:
+        model = reg.get_model(ref)
+        if model is None:
+            raise RunnerError(f"check: {ref} is not in the registry (see `runner models`)")
+        fw_name = model["framework"]
+        fw = reg.get_framework(fw_name) if fw_name != "repo" else {"check": reg.get_repo(model["model_name"]).get("check", {}),
+                                                                    "dataset_formats": [reg.get_repo(model["model_name"])["dataset"]["format"]]}
+        from runner import checkdata
+
+        data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")
+        spec = parse_spec(chk.check_spec(model, fw, data_dir, fmt))
+        rec = spool.submit(h, resolve(spec, out, reg, []))
+        jobs[ref] = rec["id"]
+        print(f"{ref}: job {rec['id']}", file=sys.stderr)
+    proc = _ensure_daemon(h)
+    store = h.store()
+    deadline = time.time() + args.timeout
+    try:
+        while time.time() < deadline:
+            states = {}
+            for ref, jid in jobs.items():
+                try:
+                    states[ref] = store.get_job(jid)["state"]
+                except Exception:
+                    states[ref] = "submitted"
+            if all(s in ("succeeded", "failed", "cancelled") for s in states.values()):
+                break
+            time.sleep(1.0)
+        else:
+            raise RunnerError(f"check: not finished after {args.timeout:.0f}s; jobs: {', '.join(jobs.values())}")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    report = chk.gather(store, h, jobs)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    title = f"Plugin validation report: {args.framework or ', '.join(refs)}"
+    (out / "report.md").write_text(chk.markdown(report, title))
+    if args.json:
+        print_json(report)
+    else:
+        print((out / "report.md").read_text())
+        print(f"report: {out / 'report.md'}")
+    return 0 if report["summary"]["success"] == report["summary"]["total"] else 1
