@@ -1,0 +1,10 @@
+# Sourced: make .venv with runner installed (editable) and its test extras; set PY to its python.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BASE_PY="$(command -v python3.11 || command -v python3)"
+BASE_PY="$("$BASE_PY" -c 'import sys; print(sys.executable)')"  # the real path, not a shim
+if [ ! -x .venv/bin/python ]; then "$BASE_PY" -m venv .venv; fi
+PY="$(pwd)/.venv/bin/python"
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+PY="$PY" . scripts/uv-from-pip.sh
+export PY

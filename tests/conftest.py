@@ -1,0 +1,141 @@
+"""Shared fixtures: a temporary RUNNER_HOME, the real daemon as a subprocess, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
+    """Poll until predicate() is truthy; returns its value or fails the test."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Runner:
+    """The real CLI against one RUNNER_HOME."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.env = {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+    def run(self, *args, check=True, input=None, cwd=None) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True,
+                           env=self.env, input=input, cwd=cwd, timeout=600)
+        if check and r.returncode != 0:
+            raise AssertionError(f"runner {' '.join(map(str, args))} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def json(self, *args):
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def submit(self, *args, cwd=None) -> str:
+        return self.run("submit", *args, cwd=cwd).stdout.strip().splitlines()[-1]
+
+    def show(self, job_id):
+        return self.json("show", job_id)
+
+    def wait_state(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=60.0):
+        states = (states,) if isinstance(states, str) else states
+        return wait_for(lambda: (lambda j: j if j["state"] in states else None)(self.show(job_id)), timeout, 0.2,
+                        f"job {job_id} to reach {states}")
+
+
+class DaemonProc:
+    """`runner daemon` as a real subprocess."""
+
+    def __init__(self, home: Path, env: dict, http=True, extra=()):
+        self.home, self.env = home, env
+        self.port = free_port() if http else None
+        self.args = ["--http", f"127.0.0.1:{self.port}" if http else "none", *extra]
+        self.proc = None
+        self.log = home / "daemon-test.log"
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", *self.args], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        wait_for(lambda: (self.home / "daemon.pid").exists() and (self.home / "runner.db").exists(), 20, what="daemon start")
+        if self.port:
+            import urllib.request
+
+            def up():
+                try:
+                    return urllib.request.urlopen(self.url + "/healthz", timeout=1).status == 200
+                except OSError:
+                    return False
+            wait_for(up, 30, 0.1, "HTTP up")
+        return self
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self):
+        self.kill(signal.SIGTERM)
+
+    def get(self, path):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                body = r.read().decode()
+                return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read().decode())
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def runner(home) -> Runner:
+    return Runner(home)
+
+
+@pytest.fixture
+def daemon(home, runner):
+    d = DaemonProc(home, runner.env).start()
+    yield d
+    d.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    from runner.synth import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", per_class=6, val_per_class=3)

@@ -1,0 +1,241 @@
+"""The real daemon, driven through the real CLI: submit, run, logs, metrics, cancel, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import psutil
+import pytest
+
+from conftest import FIXTURES, DaemonProc, Runner, wait_for
+
+JOB = [sys.executable, str(FIXTURES / "jobs.py")]
+
+
+def test_submit_run_metrics_logs(runner, daemon):
+    jid = runner.submit("--name", "m", "--", *JOB, "metrics", "3")
+    job = runner.wait_state(jid)
+    assert job["state"] == "succeeded" and job["exit_code"] == 0
+    assert job["metrics"]["val_acc"] == pytest.approx(0.53)
+    assert job["metrics"]["lr"] == pytest.approx(0.01 / 3, rel=1e-5)
+    # only the last redraw of each progress line counts: one loss point per epoch
+    status, body = daemon.get(f"/jobs/{jid}/metrics?name=loss")
+    assert status == 200
+    assert [(m["epoch"], round(m["value"], 4)) for m in body["metrics"]] == [(1, 0.3333), (2, 0.1667), (3, 0.1111)]
+    log = runner.run("logs", jid).stdout
+    assert "epoch 3 val_acc: 0.530" in log
+    status, text = daemon.get(f"/jobs/{jid}/log?tail=1")
+    assert text.strip() == "epoch 3 val_acc: 0.530 lr=0.00333333"
+    assert [t["to_state"] for t in job["transitions"]] == ["queued", "preparing", "running", "succeeded"]
+
+
+def test_failed_job_keeps_exit_code_and_log_tail(runner, daemon):
+    jid = runner.submit("--", *JOB, "exit", "3")
+    job = runner.wait_state(jid)
+    assert (job["state"], job["reason"], job["exit_code"]) == ("failed", "exit_code", 3)
+    assert "exiting with 3" in job["log_tail"]
+    oom = runner.wait_state(runner.submit("--", *JOB, "oom"))
+    assert (oom["state"], oom["reason"]) == ("failed", "oom")
+
+
+def test_spawn_failure_is_reported(runner, daemon):
+    job = runner.wait_state(runner.submit("--", "/nonexistent/program"))
+    assert job["state"] == "failed" and job["reason"] in ("spawn_failed", "exit_code")
+    assert job["exit_code"] != 0
+
+
+def test_logs_follow_until_end(runner, daemon):
+    jid = runner.submit("--", *JOB, "metrics", "3", "0.3")
+    r = runner.run("logs", "-f", jid)
+    assert "epoch 3 val_acc" in r.stdout
+    assert runner.show(jid)["state"] == "succeeded"
+
+
+def test_cancel_kills_whole_tree(runner, daemon, home):
+    jid = runner.submit("--", *JOB, "spawn")
+    runner.wait_state(jid, "running")
+    pids_file = home / "jobs" / runner.show(jid)["id"] / "pids"
+    wait_for(lambda: pids_file.exists() and pids_file.read_text(), 20, what="children spawned")
+    # The job's own view of pids may be a namespace's; take the host's from the process tree.
+    child = json.loads((pids_file.parent / "child.json").read_text())
+    tree = psutil.Process(child["pid"]).children(recursive=True)
+    sleepers = [p.pid for p in tree if "time.sleep(600)" in " ".join(p.cmdline())]
+    assert len(sleepers) == 3  # two in the group, one in a session of its own
+    pids = [child["pid"], *(p.pid for p in tree)]
+    runner.run("cancel", jid)
+    job = runner.wait_state(jid)
+    assert (job["state"], job["reason"]) == ("cancelled", "cancelled_by_user")
+
+    def gone():
+        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    wait_for(gone, 15, what="every process of the job to be gone")
+
+
+def test_cancel_queued_and_only_owner(runner, daemon):
+    jid = runner.submit("--after", runner.submit("--", *JOB, "sleep", "30"), "--", "true")
+    runner.run("cancel", jid)
+    assert runner.wait_state(jid)["state"] == "cancelled"
+
+
+def test_after_dependency_and_retry(runner, daemon):
+    ok = runner.submit("--", *JOB, "sleep", "0.5")
+    bad = runner.submit("--", *JOB, "exit", "1")
+    child_ok = runner.submit("--after", ok, "--", "true")
+    child_bad = runner.submit("--after", bad, "--", "true")
+    assert runner.wait_state(child_ok)["state"] == "succeeded"
+    j = runner.wait_state(child_bad)
+    assert (j["state"], j["reason"]) == ("failed", "dependency_failed")
+    assert runner.show(child_ok)["started_at"] >= runner.show(ok)["finished_at"]
+    again = runner.run("retry", bad).stdout.strip()
+    j2 = runner.wait_state(again)
+    assert j2["retry_of"] == runner.show(bad)["id"] and j2["exit_code"] == 1
+
+
+def test_submit_while_daemon_down_then_start(runner, home):
+    jid = runner.submit("--", "echo", "spooled")
+    rows = runner.json("ls")
+    assert rows[0]["id"] == jid and rows[0]["state"] == "submitted"
+    d = DaemonProc(home, runner.env, http=False).start()
+    try:
+        assert runner.wait_state(jid)["state"] == "succeeded"
+    finally:
+        d.stop()
+
+
+def test_sigkill_daemon_mid_job_loses_nothing(runner, home):
+    d = DaemonProc(home, runner.env, http=False).start()
+    jid = runner.submit("--", *JOB, "metrics", "6", "0.5")
+    runner.wait_state(jid, "running")
+    time.sleep(1.0)
+    d.kill(signal.SIGKILL)
+    time.sleep(2.0)  # the job runs on without a daemon
+    d2 = DaemonProc(home, runner.env, http=False).start()
+    try:
+        job = runner.wait_state(jid, timeout=60)
+        assert job["state"] == "succeeded" and job["exit_code"] == 0
+        from runner.store import Store
+
+        loss = Store(home / "runner.db").metrics(job["id"], "val_acc")
+        assert [m["epoch"] for m in loss] == [1, 2, 3, 4, 5, 6]  # none lost, none twice
+    finally:
+        d2.stop()
+
+
+def test_job_that_vanished_while_daemon_away_is_lost(runner, home):
+    d = DaemonProc(home, runner.env, http=False).start()
+    jid = runner.submit("--", *JOB, "sleep", "60")
+    runner.wait_state(jid, "running")
+    d.kill(signal.SIGKILL)
+    job_dir = home / "jobs" / runner.show(jid)["id"]
+    child = json.loads((job_dir / "child.json").read_text())
+    shim = runner.show(jid)
+    from runner.store import Store
+
+    shim_pid = Store(home / "runner.db").get_job(jid)["shim_pid"]
+    os.kill(shim_pid, signal.SIGKILL)  # the shim dies without writing exit.json
+    os.killpg(child["pgid"], signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).status() == psutil.STATUS_ZOMBIE, 10)
+    d2 = DaemonProc(home, runner.env, http=False).start()
+    try:
+        job = runner.wait_state(jid)
+        assert (job["state"], job["reason"], job["exit_code"]) == ("failed", "lost", None)
+    finally:
+        d2.stop()
+
+
+def test_sigterm_leaves_running_jobs_running(runner, home):
+    d = DaemonProc(home, runner.env, http=False).start()
+    jid = runner.submit("--", *JOB, "sleep", "3")
+    runner.wait_state(jid, "running")
+    d.stop()
+    assert d.proc.returncode == 0
+    child = json.loads((home / "jobs" / runner.show(jid)["id"] / "child.json").read_text())
+    assert psutil.pid_exists(child["pid"])
+    d2 = DaemonProc(home, runner.env, http=False).start()
+    try:
+        assert runner.wait_state(jid)["state"] == "succeeded"
+    finally:
+        d2.stop()
+
+
+def _submit_many(args):
+    home, n, k = args
+    r = Runner(home)
+    return [r.submit("--name", f"p{k}-{i}", "--", "true") for i in range(n)]
+
+
+def test_200_concurrent_submits_none_lost_or_duplicated(runner, home):
+    d = DaemonProc(home, runner.env, http=False, extra=["--max-running", "8"]).start()
+    try:
+        with ProcessPoolExecutor(8) as ex:
+            ids = [i for chunk in ex.map(_submit_many, [(home, 25, k) for k in range(8)]) for i in chunk]
+        assert len(ids) == len(set(ids)) == 200
+        from runner.store import Store
+
+        s = Store(home / "runner.db")
+        wait_for(lambda: sum(1 for j in s.list_jobs(states=["succeeded"])) == 200, 180, 0.5, "200 jobs done")
+        rows = s.list_jobs()
+        assert sorted(r["id"] for r in rows) == sorted(ids)
+        assert sorted(r["name"] for r in rows) == sorted(f"p{k}-{i}" for k in range(8) for i in range(25))
+    finally:
+        d.stop()
+
+
+def test_corrupt_spool_file_is_quarantined(runner, daemon, home):
+    (home / "spool" / "0001-broken.job.json").write_text("{not json")
+    (home / "spool" / "0002-bad.job.json").write_text(json.dumps({"id": "abcd1234", "spec": {"command": [], "priority": "high"}}))
+    wait_for(lambda: (home / "spool" / "quarantine" / "0001-broken.job.json").exists(), 10)
+    wait_for(lambda: (home / "spool" / "quarantine" / "0002-bad.job.json").exists(), 10)
+    reason = (home / "spool" / "quarantine" / "0002-bad.job.json.reason").read_text()
+    assert "priority" in reason and "command" in reason
+    assert runner.wait_state(runner.submit("--", "true"))["state"] == "succeeded"  # still serving
+
+
+def test_http_api(runner, daemon):
+    jid = runner.submit("--", *JOB, "metrics", "2")
+    runner.wait_state(jid)
+    assert daemon.get("/healthz") == (200, {"ok": True})
+    status, body = daemon.get("/status")
+    assert body["counts"]["succeeded"] >= 1 and body["uptime_seconds"] > 0 and "gpus" in body
+    status, body = daemon.get("/jobs?state=succeeded&limit=1")
+    assert status == 200 and body["jobs"][0]["id"] == runner.show(jid)["id"]
+    status, body = daemon.get(f"/jobs/{jid}")
+    assert body["state"] == "succeeded" and body["metrics"]["val_acc"] == pytest.approx(0.52)
+    status, body = daemon.get("/jobs/doesnotexist")
+    assert status == 404 and "no such job" in body["error"]
+    status, body = daemon.get("/openapi.json")
+    assert "/jobs/{job_id}/metrics" in body["paths"]
+
+
+def test_scrubbed_environment(runner, daemon, monkeypatch):
+    runner.env["SECRET_TOKEN"] = "hunter2"
+    jid = runner.submit("--", *JOB, "env")
+    runner.wait_state(jid)
+    out = runner.run("logs", jid).stdout
+    assert "SECRET_TOKEN" not in out and "hunter2" not in out
+    assert f"RUNNER_JOB_ID={runner.show(jid)['id']}" in out
+    assert "CUDA_VISIBLE_DEVICES=\n" in out or "CUDA_VISIBLE_DEVICES=" in out.splitlines()
+
+
+def test_priority_then_age(runner, home):
+    ids = [runner.submit("--priority", str(p), "--name", f"p{p}-{i}", "--", "true") for i, p in enumerate([0, 5, 0, 5])]
+    d = DaemonProc(home, runner.env, http=False, extra=["--max-running", "1"]).start()
+    try:
+        jobs = [runner.wait_state(i) for i in ids]
+        order = [j["name"] for j in sorted(jobs, key=lambda j: j["started_at"])]
+        assert order == ["p5-1", "p5-3", "p0-0", "p0-2"]
+    finally:
+        d.stop()
+
+
+def test_time_limit(runner, daemon, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"command: {json.dumps([*JOB, 'sleep', '60'])}\nresources: {{time_limit: 1}}\n")
+    job = runner.wait_state(runner.submit(spec), timeout=30)
+    assert (job["state"], job["reason"]) == ("failed", "timeout")
