@@ -174,7 +174,7 @@ def format_errors(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(job)"
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = e["msg"].removeprefix("Value error, ").replace("Input should be ", "")
         if e["type"] == "missing":
             lines.append(f"{loc}: missing; this field is required")
         elif e["type"] == "extra_forbidden":

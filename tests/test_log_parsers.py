@@ -1,0 +1,71 @@
+"""Log parsing: any chunking gives the same lines; \\r redraws, ANSI, restarts from an offset."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from log_parsers import GenericParser, LineAssembler, RegexParser
+
+LOG = (b"start\n"
+       b"Epoch 1/2:  50%|##   | loss=0.90\rEpoch 1/2: 100%|#####| loss=0.50\r"
+       b"Epoch 2/2:  50%|##   | loss=0.40\r\x1b[32mEpoch 2/2: 100%|#####| loss=0.30\x1b[0m\n"
+       b"val_acc: 0.75 lr=1e-3\r\n"
+       b"caf\xc3\xa9 done\n")
+EXPECTED = ["start", "Epoch 1/2: 100%|#####| loss=0.50", "Epoch 2/2: 100%|#####| loss=0.30", "val_acc: 0.75 lr=1e-3", "café done"]
+
+
+def feed_all(data: bytes, cuts) -> list[str]:
+    a = LineAssembler()
+    out, prev = [], 0
+    for c in sorted(set(cuts)) + [len(data)]:
+        out += a.feed(data[prev:c])
+        prev = c
+    return out + a.finish()
+
+
+def test_redraws_ansi_and_epoch_change():
+    # the last redraw of epoch 1 is kept although epoch 2's bar overwrote it without a newline
+    assert feed_all(LOG, []) == EXPECTED
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(LOG)), max_size=12))
+def test_any_chunking_gives_the_same_lines(cuts):
+    assert feed_all(LOG, cuts) == EXPECTED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, len(LOG)))
+def test_restart_from_consumed_offset_neither_repeats_nor_skips(cut):
+    a = LineAssembler()
+    first = a.feed(LOG[:cut])
+    b = LineAssembler(a.consumed)
+    rest = b.feed(LOG[a.consumed:]) + b.finish()
+    assert first + rest == EXPECTED
+
+
+def test_partial_line_waits_for_its_end():
+    a = LineAssembler()
+    assert a.feed(b"loss=0.") == []
+    assert a.feed(b"5\n") == ["loss=0.5"]
+
+
+def test_generic_parser_styles():
+    p = GenericParser()
+    assert p.feed_line("Epoch 3/10") == []
+    assert p.feed_line("train_loss: 0.25, Val-Acc: 97.5%  lr=1e-4 step=7") == [
+        ("train_loss", 0.25, 7, 3), ("val_acc", 97.5, 7, 3), ("lr", 0.0001, 7, 3)]
+    assert p.feed_line("12:30:45 started at 2026-01-01") == []
+    assert p.state() == {"epoch": 3, "step": 7}
+    q = GenericParser(p.state())
+    assert q.feed_line("acc=1") == [("acc", 1.0, 7, 3)]
+
+
+def test_regex_parser_named_groups_and_ignore():
+    p = RegexParser({"patterns": [r"^\s*(?P<epoch>\d+)/\d+\s+(?P<box_loss>[\d.]+)\s+(?P<cls_loss>[\d.]+)",
+                                  {"regex": r"all\s+\d+\s+\d+\s+(?P<precision>[\d.]+)\s+(?P<recall>[\d.]+)", "prefix": "val_"}],
+                     "ignore": [r"^Validating best"], "epoch_offset": 1})
+    assert p.feed_line("  0/2   1.5  2.5") == [("box_loss", 1.5, None, 1), ("cls_loss", 2.5, None, 1)]
+    assert p.feed_line("   all   8   12   0.5  0.25") == [("val_precision", 0.5, None, 1), ("val_recall", 0.25, None, 1)]
+    assert p.feed_line("Validating best.pt all 8 12 0.9 0.9") == []

@@ -1,0 +1,77 @@
+"""The job spec: good specs load, malformed ones are refused with one clear line per problem."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner.exceptions import SpecError
+from runner.spec import parse_spec
+
+
+def test_command_and_model_specs():
+    s = parse_spec({"command": ["echo", "hi"], "priority": 3})
+    assert s.kind == "command" and s.priority == 3
+    m = parse_spec({"model": "timm/resnet18", "dataset": {"path": "d"}, "train": {"epochs": 2, "mosaic": 0.5}})
+    assert m.kind == "model" and m.train.model_extra == {"mosaic": 0.5}
+    f = parse_spec({"framework": "timm", "model_name": "resnet50", "dataset": {"path": "d"}})
+    assert f.model == "timm/resnet50"
+
+
+@pytest.mark.parametrize("data, field, expected", [
+    ({"command": "x", "priority": "high"}, "priority", "valid integer"),
+    ({"command": "x", "resources": {"gpus": -1}}, "resources.gpus", "greater than or equal to 0"),
+    ({"command": "x", "colour": "red"}, "colour", "unknown field"),
+    ({"model": "resnet18", "dataset": {"path": "d"}}, "(job)", "FRAMEWORK/NAME"),
+    ({"model": "timm/x"}, "(job)", "dataset"),
+    ({"command": "x", "model": "timm/x", "dataset": {"path": "d"}}, "(job)", "exactly one"),
+    ({"command": "x", "env": "not a name!"}, "env", "env name"),
+    ({"command": []}, "command", "non-empty"),
+    ({"command": "x", "resources": {"gpus": 1, "gpu_ids": [0, 1]}}, "resources", "gpu_ids names 2"),
+    ({"model": "timm/x", "dataset": {"path": "d", "format": "csv"}}, "dataset.format", "imagefolder"),
+])
+def test_bad_specs_name_the_field(data, field, expected):
+    with pytest.raises(SpecError) as e:
+        parse_spec(data)
+    line = next(l for l in e.value.problems if l.startswith(field))
+    assert expected in line
+
+
+def test_cli_refuses_bad_file_and_queues_nothing(runner, home, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("command: [echo]\npriority: high\nresources: {gpus: many}\n")
+    r = runner.run("submit", bad, check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert sorted(lines) == ["runner: priority: given 'high'; expected a valid integer, unable to parse string as an integer",
+                             "runner: resources.gpus: given 'many'; expected a valid integer, unable to parse string as an integer"]
+    assert not list((home / "spool").glob("*.json")) if (home / "spool").exists() else True
+    notyaml = tmp_path / "x.yaml"
+    notyaml.write_text("command: [unclosed\n")
+    r = runner.run("submit", notyaml, check=False)
+    assert r.returncode == 2 and "not valid YAML/JSON" in r.stderr
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(string.ascii_lowercase, max_size=8), c, max_size=3),
+                     max_leaves=8)
+_keys = st.sampled_from(["name", "command", "model", "dataset", "train", "env", "resources", "priority", "after", "network",
+                         "workdir", "env_vars", "gpus", "epochs", "x"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_json, st.dictionaries(_keys, _json, max_size=6)))
+def test_fuzzed_specs_are_refused_cleanly_or_valid(data):
+    """Any input: either a valid JobSpec or SpecError with one non-empty line per problem."""
+    try:
+        spec = parse_spec(data)
+    except SpecError as e:
+        assert e.problems and all(isinstance(p, str) and p and "\n" not in p for p in e.problems)
+        assert all(":" in p for p in e.problems)
+        return
+    assert spec.kind in ("command", "model")
+    json.dumps(spec.model_dump())

@@ -1,0 +1,103 @@
+"""The store: the transition table, atomic claims, metrics with offsets, migrations."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+
+from conftest import FIXTURES
+from runner.exceptions import InvalidTransition
+from runner.states import TRANSITIONS, JobState
+from runner.store import SCHEMA_VERSION, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "runner.db")
+
+
+def _job(store, jid="job1"):
+    store.insert_job({"id": jid, "name": jid, "user": "u", "uid": 1000, "kind": "command", "spec": {"command": "true"},
+                      "created_at": 1.0, "gpus": [], "after": []})
+
+
+def test_every_transition_follows_the_table(store):
+    for src in JobState:
+        for dst in JobState:
+            assert (dst in TRANSITIONS[src]) == (dst in TRANSITIONS.get(src, set()))
+    _job(store)
+    with pytest.raises(InvalidTransition):
+        store.transition("job1", JobState.SUCCEEDED)  # queued -> succeeded skips running
+    store.transition("job1", JobState.PREPARING, "scheduled", now=10)
+    store.transition("job1", JobState.RUNNING, now=11)
+    store.transition("job1", JobState.FAILED, "exit_code", now=12, exit_code=3)
+    with pytest.raises(InvalidTransition):
+        store.transition("job1", JobState.RUNNING)
+    hist = [(t["from_state"], t["to_state"], t["at"], t["reason"]) for t in store.transitions("job1")]
+    assert hist == [(None, "queued", hist[0][2], "submitted"), ("queued", "preparing", 10, "scheduled"),
+                    ("preparing", "running", 11, None), ("running", "failed", 12, "exit_code")]
+    j = store.get_job("job1")
+    assert (j["state"], j["reason"], j["exit_code"], j["started_at"], j["finished_at"]) == ("failed", "exit_code", 3, 11, 12)
+
+
+def test_expect_guards_against_a_moved_job(store):
+    _job(store)
+    store.transition("job1", JobState.CANCELLED, "cancelled_by_user")
+    with pytest.raises(InvalidTransition):
+        store.transition("job1", JobState.PREPARING, expect=JobState.QUEUED)
+
+
+def test_claim_takes_gpus_once_and_ending_frees_them(store):
+    _job(store, "a")
+    _job(store, "b")
+    store.claim("a", [(0, "GPU-0")])
+    with pytest.raises(InvalidTransition):
+        store.claim("b", [(0, "GPU-0")])
+    assert store.get_job("b")["state"] == "queued"  # the failed claim changed nothing
+    assert store.gpu_allocations() == {"GPU-0": "a"}
+    store.transition("a", JobState.RUNNING)
+    store.transition("a", JobState.SUCCEEDED)
+    assert store.gpu_allocations() == {}
+
+
+def test_progress_is_stored_with_its_offset(store):
+    _job(store)
+    store.record_progress("job1", [("loss", 0.5, 1, 1), ("acc", 0.9, 1, 1)], 120, {"epoch": 1})
+    j = store.get_job("job1")
+    assert j["log_offset"] == 120 and j["parser_state"] == {"epoch": 1}
+    assert store.latest_metrics("job1") == {"loss": 0.5, "acc": 0.9}
+
+
+def test_prefix_lookup(store):
+    _job(store, "abc123")
+    _job(store, "abd456")
+    assert store.get_job("abc")["id"] == "abc123"
+    from runner.exceptions import JobNotFound
+
+    with pytest.raises(JobNotFound, match="ambiguous"):
+        store.get_job("ab")
+    with pytest.raises(JobNotFound, match="no such job"):
+        store.get_job("zzz")
+
+
+def test_old_database_keeps_loading(tmp_path):
+    """A v1 database (checked in) is migrated in place and its jobs survive."""
+    db = tmp_path / "runner.db"
+    shutil.copy(FIXTURES / "runner-v1.db", db)
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 1
+    s = Store(db)
+    assert s.schema_version() == SCHEMA_VERSION
+    j = s.get_job("v1job001")
+    assert j["state"] == "succeeded" and s.latest_metrics("v1job001") == {"loss": 0.25}
+    assert s.gpu_allocations() == {}
+
+
+def test_failed_transaction_rolls_back(store):
+    _job(store)
+    with pytest.raises(RuntimeError):
+        with store.transaction() as c:
+            c.execute("UPDATE jobs SET name='changed' WHERE id='job1'")
+            raise RuntimeError("boom")
+    assert store.get_job("job1")["name"] == "job1"
