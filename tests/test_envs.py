@@ -1,0 +1,96 @@
+"""Envs built for real with uv: keyed by the lock, built once, never half-built."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, wait_for
+from runner.envs import COMPLETE, EnvManager, EnvRequest, inline_request, normalise_lock
+from runner.store import Store
+
+SMALL = ["six==1.16.0", "packaging"]
+
+
+def test_key_is_the_lock_content_not_a_name():
+    a = EnvRequest(name="a", lock="six==1.16.0\n    --hash=sha256:aa\n", python="/p", python_version="3.11.7")
+    b = EnvRequest(name="b", lock="# a comment\nsix==1.16.0 \\\n    --hash=sha256:aa\n", python="/q", python_version="3.11.7")
+    c = EnvRequest(name="a", lock="six==1.15.0\n", python="/p", python_version="3.11.7")
+    d = EnvRequest(name="a", lock="six==1.16.0\n    --hash=sha256:aa\n", python="/p", python_version="3.12.1")
+    assert normalise_lock(a.lock) != normalise_lock(b.lock) or a.key == b.key
+    assert a.key != c.key and a.key != d.key
+
+
+def test_build_reuse_and_listing(tmp_path):
+    store = Store(tmp_path / "runner.db")
+    mgr = EnvManager(tmp_path / "envs", store)
+    req = inline_request(SMALL)
+    t0 = time.time()
+    path = mgr.ensure(req)
+    assert (path / COMPLETE).exists()
+    r = subprocess.run([str(path / "bin" / "python"), "-c", "import six; print(six.__version__)"], capture_output=True, text=True)
+    assert r.stdout.strip() == "1.16.0"
+    assert list(path.rglob("six*.pyc")), "built with --compile-bytecode"
+    t1 = time.time()
+    assert mgr.ensure(req) == path and time.time() - t1 < 0.5  # a lookup, no uv call
+    assert [b["ok"] for b in store.env_builds()] == [1]
+    rows = mgr.listing()
+    assert rows[0]["hash"] == req.key and rows[0]["size"] > 0 and rows[0]["build_seconds"] <= t1 - t0 + 1
+    changed = inline_request(["six==1.15.0", "packaging"])
+    assert changed.key != req.key
+
+
+def test_conflicting_requirements_fail_the_job(runner, daemon, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"command": ["python", "-c", "print(1)"], "env": {"requirements": ["six==1.16.0", "six==1.15.0"]}}))
+    job = runner.wait_state(runner.submit(spec), timeout=120)
+    assert (job["state"], job["reason"]) == ("failed", "env_build_failed")
+    assert "six" in job["log_tail"] and ("unsatisfiable" in job["log_tail"] or "conflict" in job["log_tail"].lower())
+    ok = runner.wait_state(runner.submit("--", "true"))
+    assert ok["state"] == "succeeded"  # the daemon goes on
+
+
+def test_jobs_that_need_one_new_env_build_it_once(runner, daemon, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"command": ["python", "-c", "import six, packaging; print('six', six.__version__)"],
+                                "env": {"requirements": SMALL, "name": "small"}}))
+    ids = [runner.submit(spec) for _ in range(3)]
+    jobs = [runner.wait_state(i, timeout=180) for i in ids]
+    assert [j["state"] for j in jobs] == ["succeeded"] * 3
+    assert len({j["env_hash"] for j in jobs}) == 1
+    builds = daemon.get("/envs")[1]["builds"]
+    assert [b["hash"] for b in builds if b["ok"]] == [jobs[0]["env_hash"]]
+    assert "six 1.16.0" in runner.run("logs", ids[0]).stdout
+    envs = runner.json("envs", "ls")
+    assert envs[0]["name"] == "small" and envs[0]["jobs"] == 3
+
+
+def test_killed_build_leaves_nothing_that_looks_finished(tmp_path):
+    root = tmp_path / "envs"
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from runner.envs import EnvManager, inline_request\n"
+            "EnvManager(%r).ensure(inline_request(['six==1.16.0', 'packaging', 'idna', 'attrs']))\n") % (str(ROOT), str(root))
+    p = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    wait_for(lambda: root.exists() and any(c.name.startswith(".build-") for c in root.iterdir()), 60, 0.01, "a build to start")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    mgr = EnvManager(root)
+    assert not any((c / COMPLETE).exists() for c in root.iterdir())
+    req = inline_request(["six==1.16.0", "packaging", "idna", "attrs"])
+    path = mgr.ensure(req)
+    assert mgr.ready(req.key) and not [c for c in root.iterdir() if c.name.startswith(".build-")]
+    assert subprocess.run([str(path / "bin" / "python"), "-c", "import attrs, idna"]).returncode == 0
+
+
+def test_named_env_base_is_locked_and_builds(runner, daemon):
+    lock = (ROOT / "envs" / "base" / "requirements.lock").read_text()
+    assert "pyyaml==" in lock and "--hash=sha256:" in lock
+    job = runner.wait_state(runner.submit("--env", "base", "--", "python", "-c", "import yaml, sys; print(sys.prefix)"), timeout=180)
+    assert job["state"] == "succeeded" and job["env"] == "base"
+    assert runner.run("logs", job["id"]).stdout.strip().endswith(job["env_hash"])
