@@ -135,6 +135,10 @@ class TimmAdapter(TrainingAdapter):
 
     # -- train / validate -------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
+        fault = os.environ.get("RUNNER_FAULT_OOM_ABOVE_BATCH")
+        if fault and self.batch_size > int(fault):
+            # Fault injection for tests: the real exception type torch raises when memory runs out.
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch_size {self.batch_size} > {fault})")
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr_at(epoch)
         self.model.train()

@@ -131,7 +131,7 @@ def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: li
     problems += translator.check_dataset(data["dataset"]) if fw_name != "repo" else translator.check_dataset(data["dataset"], registry.get_repo(name))
     schema = framework_schema(fw_name)
     if schema is not None:
-        problems += check_settings(dict(spec.train.model_extra or {}), schema)
+        problems += check_settings(spec.train.model_dump(exclude_none=True), schema)
     data.setdefault("env", fw.get("env") or f"repo:{name}")
     if spec.network is None:
         data["network"] = bool(spec.train.pretrained)

@@ -19,6 +19,11 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--full-checks", action="store_true", default=bool(os.environ.get("CI")),
+                     help="run `runner check` over every model of each framework (default on when CI is set)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

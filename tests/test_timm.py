@@ -1,0 +1,131 @@
+"""timm end to end: real training through the daemon in the real uv-built timm env."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _job(tmp_path, shapes, **train):
+    spec = {"name": "shapes-resnet18", "model": "timm/resnet18", "dataset": {"path": str(shapes), "format": "imagefolder"},
+            "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "input_size": 64, "pretrained": False, **train},
+            "resources": {"gpus": 0}}
+    p = tmp_path / f"job{len(list(tmp_path.glob('job*.yaml')))}.yaml"
+    p.write_text(json.dumps(spec))
+    return p
+
+
+def test_train_metrics_checkpoint_infer_resume(runner, daemon, shapes, tmp_path):
+    jid = runner.submit(_job(tmp_path, shapes))
+    job = runner.wait_state(jid, timeout=900)
+    assert job["state"] == "succeeded", job.get("log_tail")
+    m = job["metrics"]
+    assert {"train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time", "val_accuracy"} <= set(m)
+    status, body = daemon.get(f"/jobs/{jid}/metrics?name=val_top1")
+    assert [p["epoch"] for p in body["metrics"]] == [1, 2]
+    log = runner.run("logs", jid).stdout
+    line = [l for l in log.splitlines() if l.startswith("[metrics] epoch=2/2")][0]
+    assert f"val_top1={m['val_top1']:.6g}" in line
+    arts = {Path(a["path"]).name for a in job["artifacts"]}
+    assert {"last.pth", "best.pth"} <= arts
+    out = json.loads(runner.run("infer", jid, shapes / "val" / "circle" / "circle_000.png").stdout)
+    assert out["predicted_label"] in ("circle", "square", "triangle")
+    assert len(out["top5_predictions"]) == 3 and {"preprocess_ms", "inference_ms", "postprocess_ms"} <= set(out)
+    assert abs(sum(p["confidence"] for p in out["top5_predictions"]) - 1) < 1e-4
+    # resume from the last checkpoint for one more epoch
+    last = next(a["path"] for a in job["artifacts"] if a["path"].endswith("last.pth"))
+    r = runner.wait_state(runner.submit(_job(tmp_path, shapes, epochs=3, resume=last)), timeout=600)
+    assert r["state"] == "succeeded"
+    rlog = runner.run("logs", r["id"]).stdout
+    assert "resumed from" in rlog and "[metrics] epoch=3/3" in rlog and "[metrics] epoch=1/3" not in rlog
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"model": "timm/resnet9000"}, "neither the registry nor timm knows it"),
+    ({"dataset": {"path": "/nonexistent/x"}}, "dataset.path: /nonexistent/x does not exist"),
+    ({"train": {"epochs": 1, "warmup": 3}}, "train.warmup: unknown setting for timm"),
+    ({"train": {"epochs": 1, "optimizer": "lion"}}, "train.optimizer: given 'lion'; expected one of sgd, adam, adamw, rmsprop"),
+    ({"train": {"epochs": 1, "label_smoothing": 0.9}}, "train.label_smoothing: given 0.9; expected <= 0.5"),
+])
+def test_submit_time_errors(runner, home, shapes, tmp_path, change, expected):
+    spec = {"model": "timm/resnet18", "dataset": {"path": str(shapes)}, **change}
+    p = tmp_path / "bad.yaml"
+    p.write_text(json.dumps(spec))
+    r = runner.run("submit", p, check=False)
+    assert r.returncode == 2 and expected in r.stderr
+    assert not list((home / "spool").glob("*.job.json"))
+
+
+def test_empty_class_folder_fails_at_submit(runner, shapes, tmp_path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(shapes, data)
+    for f in (data / "train" / "square").iterdir():
+        f.unlink()
+    p = _job(tmp_path, data)
+    r = runner.run("submit", p, check=False)
+    assert r.returncode == 2 and f"class folder {data / 'train' / 'square'} is empty" in r.stderr
+
+
+def test_model_timm_knows_but_registry_lacks_runs_with_warning(runner, shapes, tmp_path):
+    spec = {"model": "timm/resnet10t", "dataset": {"path": str(shapes)}, "train": {"input_size": 32}}
+    p = tmp_path / "x.yaml"
+    p.write_text(json.dumps(spec))
+    r = runner.run("submit", p)
+    assert "not in the registry; timm knows it" in r.stderr
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daemon, shapes, tmp_path, auto):
+    # torch.OutOfMemoryError is injected above batch 4 (RUNNER_FAULT_OOM_ABOVE_BATCH); the rest is real.
+    spec = json.loads(_job(tmp_path, shapes, epochs=1, auto_batch_size=auto).read_text())
+    spec["env_vars"] = {"RUNNER_FAULT_OOM_ABOVE_BATCH": "4"}
+    p = tmp_path / "oom.yaml"
+    p.write_text(json.dumps(spec))
+    job = runner.wait_state(runner.submit(p), timeout=600)
+    log = runner.run("logs", job["id"]).stdout
+    if auto:
+        assert "out of memory at batch_size=8; retrying once with batch_size=4" in log
+        assert job["state"] == "succeeded"
+    else:
+        assert (job["state"], job["reason"]) == ("failed", "oom")
+
+
+def test_check_three_models(runner, home, tmp_path):
+    out = tmp_path / "check"
+    r = runner.run("check", "timm/resnet18", "timm/efficientnet_b0", "timm/mobilenetv3_small_100", "--out", out, check=False)
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"] == {"total": 3, "success": 3, "partial": 0, "failed": 0, "success_rate": 1.0}, r.stdout + r.stderr
+    for m in report["models"]:
+        assert [c["name"] for c in m["checks"]] == ["load", "train", "validate", "checkpoint", "infer"]
+        assert all(c["ok"] and c["seconds"] >= 0 for c in m["checks"])
+    md = (out / "report.md").read_text()
+    assert "| timm/resnet18 | timm | image_classification | 64 | success |" in md
+
+
+def test_check_reports_a_failure_honestly(runner, home, tmp_path):
+    site = home / "registry.toml"
+    site.write_text('[models.timm.broken_net]\ndisplay_name = "Broken"\ntask_type = "image_classification"\n')
+    out = tmp_path / "check"
+    r = runner.run("check", "timm/broken_net", "--out", out, check=False)
+    assert r.returncode == 1
+    report = json.loads((out / "report.json").read_text())
+    m = report["models"][0]
+    assert m["status"] == "failed" and report["summary"]["success_rate"] == 0.0
+    assert "timm does not know 'broken_net'" in json.dumps(m)
+
+
+@pytest.mark.skipif("not config.getoption('--full-checks')", reason="the whole timm list: run with --full-checks (CI does)")
+def test_check_every_timm_model(runner, home, tmp_path):
+    out = tmp_path / "check"
+    runner.run("check", "--framework", "timm", "--out", out, check=False)
+    report = json.loads((out / "report.json").read_text())
+    failed = [m["model"] for m in report["models"] if m["status"] != "success"]
+    assert report["summary"]["total"] == 13 and not failed
