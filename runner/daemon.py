@@ -100,6 +100,7 @@ class Daemon:
         self.inventory = gpus_mod.inventory(home.config)
         self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
         self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
+        self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.stopping = False
@@ -277,6 +278,8 @@ class Daemon:
             exit_info = _read_json(job_dir / "exit.json")
             w.poll(self.store, final=exit_info is not None)
             if exit_info is not None:
+                if not self._gpus_released(job, now):
+                    continue
                 self._reap(job, exit_info, now)
                 continue
             limit = (job["spec"].get("resources") or {}).get("time_limit")
@@ -297,6 +300,44 @@ class Daemon:
         if now - self._last_gpu_sample >= 2.0:
             self._last_gpu_sample = now
             self._sample_gpus(now)
+
+    def _stragglers(self, job) -> list:
+        """Processes of this job still on its GPUs (found by the RUNNER_JOB_ID in their environment)."""
+        import psutil
+
+        out = []
+        for g in self.inventory.gpus():
+            if g.uuid not in (job["gpu_uuids"] or []):
+                continue
+            for p in g.processes:
+                try:
+                    if psutil.Process(p["pid"]).environ().get("RUNNER_JOB_ID") == job["id"]:
+                        out.append(p["pid"])
+                except (psutil.Error, KeyError):
+                    continue
+        return out
+
+    def _gpus_released(self, job, now) -> bool:
+        """Whether the ended job's GPUs are free of its processes; kills stragglers after a bounded wait."""
+        if not job.get("gpu_uuids") or not self.inventory.available:
+            return True
+        left = self._stragglers(job)
+        if not left:
+            self.releasing.pop(job["id"], None)
+            return True
+        deadline = self.releasing.setdefault(job["id"], now + self.release_wait)
+        if now < deadline:
+            return False
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        note = f"killed {len(left)} process(es) left on its GPUs after {self.release_wait:.0f}s: {', '.join(map(str, left))}"
+        self.store.update_job(job["id"], note=note)
+        log.warning("job %s: %s", job["id"], note)
+        self.releasing.pop(job["id"], None)
+        return True
 
     def _running_somewhere(self, job, job_dir) -> bool:
         if _alive(job["shim_pid"], job["shim_started"]):

@@ -201,3 +201,27 @@ def test_free_gpus_rules():
     assert [g.uuid for g in free_gpus(gs, {}, set())] == ["G0"]
     assert [g.uuid for g in free_gpus(gs, {"G0": "j"}, set())] == []
     assert StaticInventory([{"memory_mb": 1, "present": False}, {"memory_mb": 2}]).gpus()[0].memory_total_mb == 2
+
+
+def test_gpus_are_released_only_when_the_jobs_processes_left_them(runner, home):
+    import os
+    import subprocess
+
+    gpus_file(home, four()[:1])
+    (home / "config.toml").write_text((home / "config.toml").read_text() + "release_wait_seconds = 2\n")
+    d = DaemonProc(home, runner.env, http=False).start()
+    try:
+        jid = runner.submit("--gpus", "1", "--", *JOB, "sleep", "0.5")
+        full = runner.wait_state(jid, "running")["id"]
+        # a process of this job that outlived it (its RUNNER_JOB_ID says whose it is) sits on the GPU
+        straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "RUNNER_JOB_ID": full})
+        entries = four()[:1]
+        entries[0]["processes"] = [{"pid": straggler.pid, "used_mb": 100, "user": "root"}]
+        gpus_file(home, entries)
+        time.sleep(1.5)
+        assert runner.show(jid)["state"] == "running"  # exited, but not released while its process holds the GPU
+        job = runner.wait_state(jid, timeout=20)
+        assert straggler.wait(timeout=10) == -signal.SIGKILL
+        assert job["state"] == "succeeded" and "killed 1 process(es) left on its GPUs" in job["note"]
+    finally:
+        d.stop()
