@@ -442,8 +442,14 @@ class Daemon:
                     held[j["user"]] = held.get(j["user"], 0) + len(j["gpu_uuids"] or [])
                 except JobNotFound:
                     pass
+        ends = {}
+        if allocations:
+            for j in self.store.list_jobs(states=["preparing", "running"]):
+                limit = (j["spec"].get("resources") or {}).get("time_limit")
+                for u in j["gpu_uuids"] or []:
+                    ends[u] = (j["started_at"] or now) + limit if limit else None
         decision = plan(queued, running, self.max_running, free, count, self.inventory.available and count > 0,
-                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states)
+                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states, now=now, ends=ends)
         for job, chosen in decision.start:
             try:
                 self.store.claim(job["id"], [(g.index, g.uuid) for g in chosen], now=now)

@@ -2,7 +2,10 @@
 
 Pure: it takes the queue and the free GPUs and returns decisions, so it is tested and benched
 without a daemon. A smaller job may start ahead of a larger GPU job that waits (backfill) only
-`backfill_limit` times; after that the GPUs that free up are held for the large job.
+`backfill_limit` times; after that the large job holds a reservation, and a job behind it may
+still start only where it cannot delay the large one (EASY backfill): it fits in GPUs that the
+large job will not need, or its `time_limit` ends before the large job's expected start (the
+`time_limit`s of the running jobs say when their GPUs free up; without them, nothing backfills).
 """
 
 from __future__ import annotations
@@ -33,9 +36,19 @@ def _fits(job, free, gpu_count):
     return pool[:want]
 
 
+def _shadow(want: int, n_free: int, ends: dict):
+    """(time the reserved job can start, GPUs free then beyond its need) from held GPUs' expected ends."""
+    times = sorted(float("inf") if e is None else e for e in ends.values())
+    k = want - n_free
+    if k <= 0 or k > len(times):
+        return (None if k > len(times) else 0.0), 0
+    shadow = times[k - 1]
+    return shadow, n_free + sum(1 for t in times if t <= shadow) - want
+
+
 def plan(queued: list, running: int, max_running: int, free: list, gpu_count: int, gpus_available: bool,
          held_by_user: dict | None = None, user_gpu_limit: int | None = None, skipped: dict | None = None,
-         backfill_limit: int = 8, dep_states: dict | None = None) -> Decision:
+         backfill_limit: int = 8, dep_states: dict | None = None, now: float = 0.0, ends: dict | None = None) -> Decision:
     """Decide what starts now. `skipped` (job_id -> times passed over) is updated in place."""
     d = Decision()
     free = list(free)
@@ -43,6 +56,7 @@ def plan(queued: list, running: int, max_running: int, free: list, gpu_count: in
     skipped = skipped if skipped is not None else {}
     slots = max_running - running
     reserved = False  # a job passed over `backfill_limit` times holds the GPUs that free up
+    shadow, extra = None, 0  # when the reserved job should start; GPUs it will not need then
     blocked = []  # GPU jobs waiting for GPUs, ahead of the current one
     for job in queued:
         deps = job.get("after") or []
@@ -59,15 +73,21 @@ def plan(queued: list, running: int, max_running: int, free: list, gpu_count: in
         if want and user_gpu_limit is not None and held.get(job["user"], 0) + want > user_gpu_limit:
             d.waiting[job["id"]] = Reason.USER_GPU_LIMIT
             continue
-        if want and reserved:
-            d.waiting[job["id"]] = Reason.WAITING_FOR_GPUS
-            continue
         chosen = _fits(job, free, gpu_count)
+        if want and reserved and chosen is not None:
+            limit = (job["spec"].get("resources") or {}).get("time_limit")
+            if limit is not None and shadow is not None and now + limit <= shadow:
+                pass  # ends before the reserved job can start
+            elif want <= extra:
+                extra -= want  # uses GPUs the reserved job will not need
+            else:
+                chosen = None
         if chosen is None:
             d.waiting[job["id"]] = Reason.WAITING_FOR_GPUS
-            if skipped.get(job["id"], 0) >= backfill_limit:
+            if want and not reserved and skipped.get(job["id"], 0) >= backfill_limit:
                 reserved = True
-            else:
+                shadow, extra = _shadow(want, len(free), ends or {})
+            elif not reserved:
                 blocked.append(job["id"])
             continue
         if want:

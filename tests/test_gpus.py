@@ -225,3 +225,17 @@ def test_gpus_are_released_only_when_the_jobs_processes_left_them(runner, home):
         assert job["state"] == "succeeded" and "killed 1 process(es) left on its GPUs" in job["note"]
     finally:
         d.stop()
+
+
+def test_easy_backfill_uses_time_limits_without_delaying_the_reserved_job():
+    big = _q("big", 4, t=0)
+    skipped = {"big": 8}  # already passed over enough: it holds a reservation
+    free = _g(4)[:2]  # G2, G3 held by a running job expected to end at t=100
+    ends = {"G2": 100.0, "G3": 100.0}
+    short = _q("short", 1, t=1)
+    short["spec"]["resources"]["time_limit"] = 50
+    long_ = _q("long", 1, t=2)
+    long_["spec"]["resources"]["time_limit"] = 500
+    unknown = _q("unknown", 1, t=3)
+    d = plan([big, short, long_, unknown], 1, 10, free, 4, True, skipped=skipped, backfill_limit=8, now=10.0, ends=ends)
+    assert [j["id"] for j, _ in d.start] == ["short"]  # ends at 60 <= 100; the others would delay big
