@@ -5,7 +5,7 @@ from __future__ import annotations
 from .datasets import imagefolder_layout
 
 
-def check_dataset(dataset: dict) -> list[str]:
+def check_dataset(dataset: dict, model: dict | None = None) -> list[str]:
     """Problems with an ImageFolder dataset, one line each (empty when it is fine)."""
     if dataset.get("format", "imagefolder") != "imagefolder":
         return [f"dataset.format: given {dataset.get('format')!r}; expected 'imagefolder' for timm"]

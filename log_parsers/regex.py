@@ -69,9 +69,16 @@ def build_parser(spec, state: dict | None = None):
     if spec is None or spec == "generic":
         return GenericParser(state)
     if isinstance(spec, dict):
+        parts = []
+        if spec.get("tables"):
+            from .table import TableParser
+
+            parts.append(TableParser(spec, state))
+        if spec.get("patterns") or spec.get("kv_lines") or not parts:
+            parts.append(RegexParser(spec, state))
         if spec.get("generic"):
-            return ChainParser([RegexParser(spec, state), GenericParser(state)])
-        return RegexParser(spec, state)
+            parts.append(GenericParser(state))
+        return parts[0] if len(parts) == 1 else ChainParser(parts)
     raise ValueError(f"parser: given {spec!r}; expected 'generic' or a table with patterns")
 
 

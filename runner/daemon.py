@@ -95,7 +95,7 @@ class Daemon:
         self.max_running = max_running or cfg.get("max_running", defaults.MAX_RUNNING)
         self.http_bind = http
         self.store = home.store()
-        self.registry = load_registry(home)
+        self._registry, self._registry_stamp = None, None
         self.envs = EnvManager(home.envs, self.store, home.config.get("envs"))
         self.inventory = gpus_mod.inventory(home.config)
         self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
@@ -114,6 +114,16 @@ class Daemon:
         self._stop_watch = threading.Event()
         self._lock_fd = None
         self.http_server = None
+
+    @property
+    def registry(self):
+        """The merged registry, re-read when one of its files changes (e.g. `runner repo add`)."""
+        from .registry import registry_files
+
+        stamp = tuple((str(f), f.stat().st_mtime_ns if f.exists() else None) for f in registry_files(self.home))
+        if stamp != self._registry_stamp:
+            self._registry, self._registry_stamp = load_registry(self.home), stamp
+        return self._registry
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _take_pidfile(self):

@@ -128,7 +128,7 @@ def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: li
     if spec.train.resume and not spec.train.resume.isalnum():
         data["train"]["resume"] = _abs(spec.train.resume, base)
     translator = for_framework("repo" if fw_name == "repo" else fw_name)
-    problems += translator.check_dataset(data["dataset"]) if fw_name != "repo" else translator.check_dataset(data["dataset"], registry.get_repo(name))
+    problems += translator.check_dataset(data["dataset"], entry if fw_name != "repo" else registry.get_repo(name))
     schema = framework_schema(fw_name)
     if schema is not None:
         problems += check_settings(spec.train.model_dump(exclude_none=True), schema)

@@ -130,7 +130,7 @@ def show(args):
     if view.get("metrics"):
         print("metrics:")
         for k, v in sorted(view["metrics"].items()):
-            print(f"  {k:<22}{v:.6g}")
+            print(f"  {k:<30}{v:.6g}")
     if view.get("artifacts"):
         print("artifacts:")
         for a in view["artifacts"]:

@@ -1,0 +1,158 @@
+"""Ultralytics YOLO through the adapter contract.
+
+Ultralytics runs its own epoch loop (and prints its own tables, which the registry's parser
+reads), so this adapter drives `YOLO.train` for a whole run and maps its results, checkpoints
+and predictions onto the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+# Offline by construction: no hub, no font or AMP-check downloads, no settings sync.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from ultralytics import YOLO  # noqa: E402
+
+from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, write_json  # noqa: E402
+
+
+class UltralyticsAdapter(TrainingAdapter):
+    """Any Ultralytics model: detect, segment, pose, obb, classify."""
+
+    framework = "ultralytics"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.args = dict(cfg.get("train_args") or {})
+        self.batch_size = int(self.args.get("batch", 16))
+
+    def prepare_model(self):
+        src = self.cfg["model_source"]
+        try:
+            self.model = YOLO(src, task=self.cfg.get("yolo_task"))
+        except FileNotFoundError as e:
+            raise BadConfig(f"model: {src}: {e}") from None
+        return self.model
+
+    def prepare_dataset(self):
+        data = self.args.get("data")
+        if not data or not Path(data).exists():
+            raise BadConfig(f"dataset.path: {data} does not exist")
+
+    def _train(self, **override):
+        args = {**self.args, **override}
+        if self.cfg.get("resume"):
+            self.model = YOLO(self.cfg["resume"])
+            args = {"resume": True, **{k: args[k] for k in ("device", "workers", "batch") if k in args}}
+        results = self.model.train(**args)
+        self.trainer = self.model.trainer
+        return results
+
+    def run_train(self) -> int:
+        """One Ultralytics run; the OOM policy as in every adapter."""
+        try:
+            self.prepare_dataset()
+            self.prepare_model()
+            self._train()
+            return 0
+        except Exception as e:
+            from .base import is_oom
+
+            if is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1:
+                half = max(1, self.batch_size // 2)
+                print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
+                cfg = dict(self.cfg, _oom_retried=True, train_args={**self.args, "batch": half})
+                return type(self)(cfg).run_train()
+            raise
+
+    # -- the contract's pieces, used by `check` ------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        self._train(epochs=1, val=False)
+        losses = getattr(self.trainer, "tloss", None)
+        try:
+            return float(losses.sum()) if losses is not None else float("nan")
+        except (TypeError, AttributeError):
+            return float(losses)
+
+    def validate(self, epoch: int) -> MetricsResult:
+        weights = Path(self.trainer.save_dir) / "weights" / "last.pt"
+        m = YOLO(str(weights))
+        metrics = m.val(data=self.args["data"], imgsz=self.args["imgsz"], batch=self.args["batch"], device=self.args["device"],
+                        workers=0, plots=False, verbose=False, project=str(self.out / "runs"), name="val", exist_ok=True)
+        rd = {k.replace("metrics/", "val_").replace("(B)", "_box").replace("(M)", "_mask").replace("(P)", "_pose")
+              .replace("-", "_").lower(): float(v) for k, v in metrics.results_dict.items()}
+        return MetricsResult(epoch=epoch, metrics=rd)
+
+    def save_checkpoint(self, path: Path, epoch: int, result: MetricsResult):
+        src = Path(self.trainer.save_dir) / "weights" / "last.pt"
+        shutil.copyfile(src, path)
+        write_json(path.with_suffix(".json"), {"framework": "ultralytics", "epoch": epoch, "task": self.cfg.get("yolo_task"),
+                                               "metrics": result.metrics})
+
+    def load_checkpoint(self, path: Path) -> int:
+        self.model = YOLO(str(path))
+        return json.loads(path.with_suffix(".json").read_text()).get("epoch", 0) if path.with_suffix(".json").exists() else 0
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.model.model.parameters())
+
+    def sample_image(self) -> str:
+        data = Path(self.args["data"])
+        if data.is_dir():  # classification: an ImageFolder
+            return str(next(p for p in sorted((data / "val").rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")))
+        import yaml
+
+        cfg = yaml.safe_load(data.read_text())
+        root = Path(cfg.get("path") or data.parent)
+        return str(next(p for p in sorted((root / cfg["val"]).iterdir()) if p.suffix.lower() in (".png", ".jpg", ".jpeg")))
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "UltralyticsAdapter":
+        self = cls({"framework": "ultralytics", "output_dir": os.environ.get("TMPDIR", "/tmp")})
+        self.model = YOLO(str(path))
+        return self
+
+    def preprocess_image(self, image_path: str):
+        return image_path  # Ultralytics letterboxes inside predict(); its own timing is reported
+
+    def infer_single(self, image_path: str) -> InferenceResult:
+        t0 = time.perf_counter()
+        r = self.model.predict(self.preprocess_image(image_path), verbose=False, device="cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else None)[0]
+        wall = (time.perf_counter() - t0) * 1e3
+        names = r.names
+        sp = r.speed or {}
+        out = InferenceResult(task=self.model.task, preprocess_ms=sp.get("preprocess", 0.0), inference_ms=sp.get("inference", wall),
+                              postprocess_ms=sp.get("postprocess", 0.0))
+        if r.probs is not None:
+            top = r.probs.top5
+            confs = r.probs.top5conf.tolist()
+            out.top5_predictions = [{"label_id": int(i), "label": names[int(i)], "confidence": float(c)} for i, c in zip(top, confs)]
+            out.predicted_label_id, out.predicted_label, out.confidence = int(top[0]), names[int(top[0])], float(confs[0])
+            out.task = "image_classification"
+            return out
+        if r.obb is not None:
+            out.task = "obb_detection"
+            out.rotated_boxes = [{"cx": b[0], "cy": b[1], "w": b[2], "h": b[3], "angle": b[4], "confidence": float(c), "label_id": int(k),
+                                  "label": names[int(k)]} for b, c, k in zip(r.obb.xywhr.tolist(), r.obb.conf.tolist(), r.obb.cls.tolist())]
+            return out
+        if r.boxes is not None:
+            out.task = {"segment": "instance_segmentation", "pose": "pose_estimation"}.get(self.model.task, "object_detection")
+            out.boxes = [{"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "confidence": float(c), "label_id": int(k), "label": names[int(k)]}
+                         for b, c, k in zip(r.boxes.xyxy.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist())]
+        if r.masks is not None:
+            out.masks = [{"polygon": [[round(x, 2), round(y, 2)] for x, y in poly.tolist()]} for poly in r.masks.xy]
+        if r.keypoints is not None:
+            conf = r.keypoints.conf.tolist() if r.keypoints.conf is not None else None
+            out.keypoints = [[{"x": p[0], "y": p[1], **({"confidence": conf[i][j]} if conf else {})} for j, p in enumerate(kps)]
+                             for i, kps in enumerate(r.keypoints.xy.tolist())]
+        return out
+
+    def check(self) -> dict:
+        """The plugin check (train one epoch without its own validation, then validate apart)."""
+        self.args.update({"epochs": 1})
+        return super().check()

@@ -1,0 +1,99 @@
+"""Tiny synthetic datasets for detection, segmentation, pose and OBB (YOLO layouts) and a COCO
+file, made with the standard library alone: shapes whose labels are known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from .synth import SHAPES, make_shapes, shape_image, write_png
+
+NAMES = list(SHAPES)
+
+
+def _polygon(shape, box, n=12):
+    x0, y0, x1, y1 = box
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    if shape == "circle":
+        return [(cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n)) for k in range(n)]
+    if shape == "square":
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return [(cx, y0), (x1, y1), (x0, y1)]
+
+
+def _label(task, cls, shape, box, size):
+    x0, y0, x1, y1 = (max(0.0, min(size - 1.0, v)) for v in box)
+    n = lambda v: f"{v / size:.6f}"  # noqa: E731
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    if task == "detect":
+        return f"{cls} {n(cx)} {n(cy)} {n(w)} {n(h)}"
+    if task == "segment":
+        return f"{cls} " + " ".join(f"{n(px)} {n(py)}" for px, py in _polygon(shape, (x0, y0, x1, y1)))
+    if task == "pose":  # 4 keypoints: the box corners, all visible
+        kps = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        return f"{cls} {n(cx)} {n(cy)} {n(w)} {n(h)} " + " ".join(f"{n(px)} {n(py)} 2" for px, py in kps)
+    if task == "obb":  # axis-aligned corners as a rotated box (angle 0): x1 y1 ... x4 y4
+        return f"{cls} " + " ".join(f"{n(px)} {n(py)}" for px, py in [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+    raise ValueError(task)
+
+
+def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """root/images/{train,val}, root/labels/{train,val}, root/data.yaml for a YOLO task."""
+    root = Path(root)
+    rng = random.Random(seed)
+    for split, count in (("train", train), ("val", val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            cls = i % len(NAMES)
+            rows, box = shape_image(NAMES[cls], size, rng)
+            write_png(root / "images" / split / f"{split}_{i:03d}.png", rows, size, size)
+            (root / "labels" / split / f"{split}_{i:03d}.txt").write_text(_label(task, cls, NAMES[cls], box, size) + "\n")
+    lines = [f"path: {root}", "train: images/train", "val: images/val", "names:"] + [f"  {i}: {c}" for i, c in enumerate(NAMES)]
+    if task == "pose":
+        lines += ["kpt_shape: [4, 3]", "flip_idx: [1, 0, 3, 2]"]
+    (root / "data.yaml").write_text("\n".join(lines) + "\n")
+    return root / "data.yaml"
+
+
+def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """root/images/*.png and root/annotations.json (COCO detection, boxes and polygons)."""
+    root = Path(root)
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(NAMES)]}
+    for i in range(train + val):
+        cls = i % len(NAMES)
+        rows, box = shape_image(NAMES[cls], size, rng)
+        name = f"img_{i:03d}.png"
+        write_png(root / "images" / name, rows, size, size)
+        coco["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        x0, y0, x1, y1 = box
+        poly = [v for p in _polygon(NAMES[cls], box) for v in p]
+        coco["annotations"].append({"id": i + 1, "image_id": i + 1, "category_id": cls + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                    "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "segmentation": [poly]})
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root / "images", root / "annotations.json"
+
+
+TASK_OF = {"object_detection": "detect", "instance_segmentation": "segment", "pose_estimation": "pose", "obb_detection": "obb"}
+
+
+def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
+    """(dataset path, format) for `runner check` of a model whose framework wants `fmt`."""
+    task = model.get("task_type")
+    if task == "image_classification":
+        path = root / "imagefolder-3x6"
+        if not (path / "val").exists():
+            make_shapes(path, per_class=6, val_per_class=3)
+        return path, "imagefolder"
+    if fmt in ("yolo", "dota"):
+        t = TASK_OF[task]
+        path = root / f"yolo-{t}"
+        if not (path / "data.yaml").exists():
+            make_yolo(path, t, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+        return path / "data.yaml", "yolo"
+    raise ValueError(f"no synthetic dataset for format {fmt!r} and task {task!r}")
