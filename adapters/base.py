@@ -120,6 +120,7 @@ class TrainingAdapter:
     """Base of every framework adapter. `cfg` is the job.json the translator wrote."""
 
     framework = "base"
+    checkpoint_suffix = ".pth"
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -255,7 +256,7 @@ class TrainingAdapter:
             ok = step("validate", _val)
         if ok:
             def _ckpt():
-                path = self.ckpt_dir / "check.pth"
+                path = self.ckpt_dir / f"check{self.checkpoint_suffix}"
                 self.save_checkpoint(path, 1, state["result"])
                 return {"epoch": self.load_checkpoint(path), "bytes": path.stat().st_size}
             ok = step("checkpoint", _ckpt)
@@ -275,7 +276,7 @@ class TrainingAdapter:
 
 
 def main(argv=None) -> int:
-    """python -m adapters run JOB.json | infer CHECKPOINT IMAGE... | schema FRAMEWORK"""
+    """python -m adapters run JOB.json | infer [--framework F] CHECKPOINT IMAGE... | schema FRAMEWORK"""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(main.__doc__, file=sys.stderr)
@@ -287,9 +288,13 @@ def main(argv=None) -> int:
         print(json.dumps(load_adapter(rest[0]).get_config_schema().as_dict(), indent=1))
         return 0
     if verb == "infer":
+        framework = None
+        if rest[:1] == ["--framework"]:
+            framework, rest = rest[1], rest[2:]
         ckpt, images = rest[0], rest[1:]
         meta_path = Path(ckpt).with_suffix(".json") if Path(ckpt).is_file() else Path(ckpt) / "runner_meta.json"
-        framework = json.loads(meta_path.read_text())["framework"] if meta_path.exists() else "timm"
+        if framework is None:
+            framework = json.loads(meta_path.read_text())["framework"] if meta_path.exists() else "timm"
         adapter = load_adapter(framework).from_checkpoint(ckpt)
         for img in images:
             print(json.dumps({"image": img, **adapter.infer_single(img).as_dict()}), flush=True)

@@ -25,6 +25,7 @@ class UltralyticsAdapter(TrainingAdapter):
     """Any Ultralytics model: detect, segment, pose, obb, classify."""
 
     framework = "ultralytics"
+    checkpoint_suffix = ".pt"  # YOLO() refuses any other
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -73,11 +74,11 @@ class UltralyticsAdapter(TrainingAdapter):
     # -- the contract's pieces, used by `check` ------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
         self._train(epochs=1, val=False)
-        losses = getattr(self.trainer, "tloss", None)
-        try:
-            return float(losses.sum()) if losses is not None else float("nan")
-        except (TypeError, AttributeError):
-            return float(losses)
+        import csv
+
+        # The run's own results.csv: the sum of its train/* losses for the epoch.
+        rows = list(csv.DictReader((Path(self.trainer.save_dir) / "results.csv").read_text().splitlines()))
+        return sum(float(v) for k, v in rows[-1].items() if k.strip().startswith("train/"))
 
     def validate(self, epoch: int) -> MetricsResult:
         weights = Path(self.trainer.save_dir) / "weights" / "last.pt"

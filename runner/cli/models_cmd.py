@@ -78,6 +78,7 @@ def infer(args):
         elif (src / "runner_meta.json").exists():
             env_name = json.loads((src / "runner_meta.json").read_text()).get("framework", "timm")
         env_hash = None
+        framework = env_name if not args.model else args.model.split("/", 1)[0]
     else:
         job = find_job(h, s, args.source)
         arts = [a["path"] for a in s.artifacts(job["id"])]
@@ -86,6 +87,7 @@ def infer(args):
             raise RunnerError(f"job {job['id']}: has no checkpoint to infer with")
         ckpt = Path(best[0])
         env_name, env_hash = job["env"], job["env_hash"]
+        framework = (job.get("model") or "timm/").split("/", 1)[0]
     mgr = EnvManager(h.envs, s, h.config.get("envs"))
     if env_hash and mgr.ready(env_hash):
         python = mgr.python(env_hash)
@@ -94,7 +96,7 @@ def infer(args):
         python = mgr.python(req.key) if mgr.ready(req.key) else mgr.ensure(req) / "bin" / "python"
     root = Path(__file__).resolve().parents[2]
     env = {"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([str(python), "-m", "adapters", "infer", str(ckpt), *[str(Path(i).resolve()) for i in args.images]],
+    r = subprocess.run([str(python), "-m", "adapters", "infer", "--framework", framework, str(ckpt), *[str(Path(i).resolve()) for i in args.images]],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RunnerError("inference failed:\n" + r.stderr[-3000:])
