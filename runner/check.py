@@ -26,6 +26,27 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
             "env_vars": {"RUNNER_CHECK": "1"}}
 
 
+def repo_checks(store, job: dict) -> dict:
+    """A repo runs its own script: the checks are read off the job (it ran, trained, reported
+    validation metrics, wrote checkpoints). Inference needs the repo's own predict script."""
+    went = [t["to_state"] for t in store.transitions(job["id"])]
+    t = (job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"])
+    metrics = store.latest_metrics(job["id"])
+    val = {k: v for k, v in metrics.items() if any(s in k.lower() for s in ("val", "acc", "map", "precision", "recall"))}
+    arts = store.artifacts(job["id"])
+    err = None if job["state"] == "succeeded" else f"job {job['state']} ({job['reason']}): {(job.get('log_tail') or job.get('note') or '')[-1500:]}"
+    checks = [
+        {"name": "load", "ok": "running" in went, "seconds": 0.0, **({} if "running" in went else {"error": err})},
+        {"name": "train", "ok": job["state"] == "succeeded", "seconds": round(t, 1), **({} if job["state"] == "succeeded" else {"error": err})},
+        {"name": "validate", "ok": bool(val), "seconds": 0.0, "detail": val, **({} if val else {"error": "no validation metric parsed from the log"})},
+        {"name": "checkpoint", "ok": bool(arts), "seconds": 0.0, "detail": [a["path"] for a in arts][:4],
+         **({} if arts else {"error": "no checkpoint matched the repo's globs"})},
+    ]
+    ok = sum(c["ok"] for c in checks)
+    return {"checks": checks, "status": "success" if ok == len(checks) else ("failed" if ok == 0 else "partial"),
+            "task": job["spec"].get("task"), "note": "inference: not run (a repo has its own predict script; not mapped)"}
+
+
 def gather(store, home, jobs: dict) -> dict:
     """The report from each job's check.json (or its failure, where it wrote none)."""
     models = []
@@ -35,7 +56,7 @@ def gather(store, home, jobs: dict) -> dict:
         try:
             rep = json.loads((job_dir / "check.json").read_text())
         except (OSError, ValueError):
-            rep = {"checks": [], "status": "failed"}
+            rep = repo_checks(store, job) if ref.startswith("repo/") else {"checks": [], "status": "failed"}
         entry = {"model": ref, "framework": ref.split("/", 1)[0], "task": rep.get("task") or (job["spec"].get("task")),
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
                  "seconds": round((job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"]), 1),

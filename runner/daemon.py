@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import defaults, gpus as gpus_mod
 from .envs import EnvManager
-from .exceptions import EnvBuildError, InvalidTransition, JobNotFound, RunnerError, SpecError
+from .exceptions import EnvBuildError, InvalidTransition, JobNotFound, RepoError, RunnerError, SpecError
 from .home import Home
 from .registry import load as load_registry
 from .scheduler import plan
@@ -248,7 +248,7 @@ class Daemon:
         env = rec["spec"].get("env")
         self.store.insert_job({
             "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
-            "priority": spec.priority, "spec": rec["spec"], "env": env if isinstance(env, str) else (env or {}).get("name", "inline"),
+            "priority": spec.priority, "spec": rec["spec"], "env": env if isinstance(env, str) else ((env or {}).get("name", "inline") if env else (f"repo:{spec.model[5:]}" if (spec.model or "").startswith("repo/") else None)),
             "after": after, "created_at": rec.get("submitted_at", now), "job_dir": str(self.home.job_dir(job_id)),
             "gpus": [], "retry_of": rec.get("retry_of"),
         }, now=now)
@@ -378,7 +378,33 @@ class Daemon:
             state, reason = JobState.FAILED, Reason.KILLED_BY_SIGNAL.value
         else:
             state, reason = JobState.FAILED, Reason.EXIT_CODE.value
-        self._end(job, state, reason, now, exit_code=code, signal=sig, log_tail="\n".join(tail) if state != JobState.SUCCEEDED else None)
+        note = self._check_results_file(job, job_dir)
+        self._end(job, state, reason, now, exit_code=code, signal=sig, log_tail="\n".join(tail) if state != JobState.SUCCEEDED else None,
+                  **({"note": note} if note else {}))
+
+    def _check_results_file(self, job, job_dir) -> str | None:
+        """A repo's own results file, stored as `file/` metrics and compared with the parsed log."""
+        spec = (_read_json(job_dir / "watch.json") or {}).get("results_file")
+        if not spec:
+            return None
+        from log_parsers.results import compare, read_results
+
+        path = job_dir / "out" / spec["path"]
+        if not path.exists():
+            return f"results file {spec['path']} was not written"
+        try:
+            results = read_results(path, spec)
+        except (ValueError, KeyError, OSError) as e:
+            return f"results file {spec['path']}: {e}"
+        self.store.add_metrics(job["id"], [(f"file/{k}", v, None, e) for e, vals in results.items() for k, v in vals.items()])
+        parsed = {}
+        for m in self.store.metrics(job["id"]):
+            if m["epoch"] is not None and not m["name"].startswith("file/"):
+                parsed.setdefault(m["epoch"], {})[m["name"]] = m["value"]
+        n, bad = compare(results, parsed, spec.get("compare", {}))
+        if bad:
+            return f"results file disagrees with the log: {'; '.join(bad[:5])}"
+        return f"results file agrees with the parsed log ({n} values over {len(results)} epochs)"
 
     def _end(self, job, state, reason, now, **fields):
         jid = job["id"]
@@ -494,6 +520,11 @@ class Daemon:
         except EnvBuildError as e:
             self._fail_preparing(jid, Reason.ENV_BUILD_FAILED, str(e), write)
             return
+        except RepoError as e:
+            from .repos import PatchError
+
+            self._fail_preparing(jid, Reason.PATCH_FAILED if isinstance(e, PatchError) else Reason.PREPARE_FAILED, str(e), write)
+            return
         except (RunnerError, OSError, ValueError, KeyError) as e:
             self._fail_preparing(jid, Reason.PREPARE_FAILED, str(e), write)
             return
@@ -501,7 +532,8 @@ class Daemon:
             log.exception("job %s: prepare crashed", jid)
             self._fail_preparing(jid, Reason.PREPARE_FAILED, f"{type(e).__name__}: {e}", write)
             return
-        (job_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints}))
+        (job_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
+                                                         "results_file": getattr(prepared, "results_file", None)}))
         if self.store.get_job(jid)["cancel_requested"]:
             self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
             return

@@ -132,7 +132,8 @@ def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: li
     schema = framework_schema(fw_name)
     if schema is not None:
         problems += check_settings(spec.train.model_dump(exclude_none=True), schema)
-    data.setdefault("env", fw.get("env") or f"repo:{name}")
+    if fw.get("env"):
+        data.setdefault("env", fw["env"])  # a repo's env comes from its own table at prepare time
     if spec.network is None:
         data["network"] = bool(spec.train.pretrained)
     if fw_name != "repo" and entry is not None and spec.task and spec.task != entry.get("task_type"):

@@ -22,6 +22,7 @@ class Reason(str, Enum):
     OOM = "oom"
     ENV_BUILD_FAILED = "env_build_failed"
     PREPARE_FAILED = "prepare_failed"
+    PATCH_FAILED = "patch_failed"
     SPAWN_FAILED = "spawn_failed"
     BAD_CONFIG = "bad_config"
     LOST = "lost"

@@ -1,0 +1,201 @@
+"""GitHub (or any git) training repos pinned by commit: one clone cache per URL, a worktree per
+job, never 'latest'. A repo is onboarded by a `[repos.X]` table in the registry, not by code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from . import envs, sandbox
+from .exceptions import EnvBuildError, RepoError
+
+SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class PatchError(RepoError):
+    """A source patch that no longer matches its commit."""
+
+
+def _git(*args, cwd=None, check=True) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                       env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"})
+    if check and r.returncode != 0:
+        raise RepoError(f"git {' '.join(args[:2])}: {(r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout).strip() else 'failed'}")
+    return r.stdout.strip()
+
+
+def cache_dir(home, url: str) -> Path:
+    """The bare clone shared by every job of this URL."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", url.rstrip("/").rsplit("/", 2)[-2:][-1] if "/" in url else url)[:40]
+    return home.repos / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
+
+
+def ensure_clone(home, url: str, commit: str | None = None) -> Path:
+    """The cache clone of url, fetched if it lacks `commit`. Serialised by a file lock."""
+    from filelock import FileLock
+
+    cache = cache_dir(home, url)
+    home.repos.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache) + ".lock"):
+        if not (cache / "HEAD").exists():
+            tmp = cache.with_name(cache.name + ".tmp")
+            subprocess.run(["rm", "-rf", str(tmp)])
+            _git("clone", "--quiet", "--bare", url, str(tmp))
+            os.rename(tmp, cache)
+        elif commit and not has_commit(cache, commit):
+            _git("--git-dir", str(cache), "fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/heads/*")
+    return cache
+
+
+def has_commit(cache: Path, rev: str) -> bool:
+    """Whether the cache holds that commit."""
+    return subprocess.run(["git", "--git-dir", str(cache), "cat-file", "-e", f"{rev}^{{commit}}"], capture_output=True).returncode == 0
+
+
+def resolve_pin(home, url: str, rev: str) -> tuple[str, str | None]:
+    """(commit sha, tag or None) for `rev`: a full sha or a tag. A branch alone is refused."""
+    cache = ensure_clone(home, url)
+    if SHA.match(rev):
+        if not has_commit(cache, rev):
+            _git("--git-dir", str(cache), "fetch", "--quiet", "--tags", "origin", check=False)
+            if not has_commit(cache, rev):
+                raise RepoError(f"--commit {rev}: no such commit in {url}")
+        return rev, None
+    tags = _git("--git-dir", str(cache), "tag", "--list", rev)
+    if tags == rev:
+        return _git("--git-dir", str(cache), "rev-list", "-n", "1", rev), rev
+    branches = _git("--git-dir", str(cache), "branch", "--list", rev)
+    if branches.strip(" *") == rev:
+        raise RepoError(f"--commit {rev}: is a branch, which moves; pin a commit (a full sha) or a tag")
+    raise RepoError(f"--commit {rev}: neither a full commit sha nor a tag of {url}")
+
+
+def checkout(home, repo: dict, dest: Path) -> Path:
+    """A worktree of the repo at its pinned commit in `dest`, with `exclude` paths left out."""
+    cache = ensure_clone(home, repo["url"], repo["commit"])
+    if not has_commit(cache, repo["commit"]):
+        raise RepoError(f"commit {repo['commit']} is not in {repo['url']}")
+    if dest.exists():
+        subprocess.run(["rm", "-rf", str(dest)])
+    _git("--git-dir", str(cache), "worktree", "prune")
+    _git("--git-dir", str(cache), "worktree", "add", "--quiet", "--detach", "--no-checkout", str(dest), repo["commit"])
+    excludes = repo.get("exclude", [])
+    if excludes:
+        _git("sparse-checkout", "set", "--no-cone", "/*", *[f"!/{e.lstrip('/')}" for e in excludes], cwd=dest)
+    _git("checkout", "--quiet", repo["commit"], cwd=dest)
+    return dest
+
+
+def apply_patches(src: Path, patches: list[dict]):
+    """Find/replace pairs with the count expected; a patch that no longer matches fails clearly."""
+    for i, p in enumerate(patches):
+        f = src / p["file"]
+        try:
+            text = f.read_text()
+        except FileNotFoundError:
+            raise RepoError(f"patches.{i}: {p['file']} does not exist at this commit") from None
+        n = text.count(p["find"])
+        want = p.get("count", 1)
+        if n != want:
+            raise PatchError(f"patches.{i}: {p['file']}: expected {want} match(es) of {p['find']!r}, found {n} (the patch no longer applies)")
+        f.write_text(text.replace(p["find"], p["replace"]))
+
+
+def _name(req: str) -> str:
+    m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
+
+
+def merge_requirements(base: str, overrides: list[str]) -> str:
+    """The repo's requirements with `overrides` replacing pins of the same package, or added."""
+    names = {_name(o) for o in overrides}
+    keep = []
+    for line in base.splitlines():
+        s = line.split("#", 1)[0].strip()
+        if not s or s.startswith("-"):
+            continue
+        if _name(s) not in names:
+            keep.append(s)
+    return "\n".join(keep + list(overrides)) + "\n"
+
+
+def env_request(home, repo: dict, name: str, config: dict | None):
+    """The env of a repo at its commit: its own requirements plus overrides, locked, keyed."""
+    cache = ensure_clone(home, repo["url"], repo["commit"])
+    base = ""
+    if repo.get("requirements"):
+        try:
+            base = _git("--git-dir", str(cache), "show", f"{repo['commit']}:{repo['requirements']}")
+        except RepoError:
+            raise RepoError(f"repos.{name}.requirements: {repo['requirements']} does not exist at {repo['commit'][:12]}") from None
+    text = merge_requirements(base, repo.get("overrides", []))
+    py, ver = envs.find_python(repo.get("python"))
+    key = hashlib.sha256(f"{ver}\n{text}".encode()).hexdigest()[:16]
+    lock_file = home.repos / "locks" / f"{name}-{repo['commit'][:12]}-{key}.lock"
+    if lock_file.exists():
+        lock = lock_file.read_text()
+    else:
+        lock = envs.compile_lock(text, ver, config)
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock_file.write_text(lock)
+    return envs.EnvRequest(name=f"repo:{name}", lock=lock, python=py, python_version=ver,
+                           check_imports=repo.get("import_check", []))
+
+
+def prepare(job: dict, home, registry, envmgr, log):
+    """Prepare a repo job: clone/worktree, patches, env, translated argv, launch.json."""
+    from config_translators import repo as translator
+
+    from .prepare import Prepared, _write_json
+
+    spec = job["spec"]
+    name = spec["model"].split("/", 1)[1]
+    repo = registry.get_repo(name)
+    job_dir = home.job_dir(job["id"])
+    src = job_dir / "src"
+    log(f"runner: repo {name} at {repo['commit'][:12]} ({repo['url']})")
+    checkout(home, repo, src)
+    apply_patches(src, repo.get("patches", []))
+    req = env_request(home, repo, name, home.config.get("envs"))
+    log(f"runner: env {req.name} ({req.key}){' ready' if envmgr.ready(req.key) else ': building with uv'}")
+    try:
+        env_dir = envmgr.ensure(req, job_id=job["id"], log=log)
+    except EnvBuildError as e:
+        raise EnvBuildError(f"env {req.name}: {e}") from None
+    python = str(env_dir / "bin" / "python")
+    t = translator.translate({"spec": spec, "repo": repo, "id": job["id"]}, str(job_dir), str(src), python)
+    for rel, content in t["files"].items():
+        (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (job_dir / rel).write_text(content)
+    extra = {"VIRTUAL_ENV": str(env_dir), **repo.get("env", {})}
+    network = spec.get("network", repo.get("network", False))
+    if not network:
+        extra.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    uuids = job.get("gpu_uuids") or []
+    extra.update({"CUDA_VISIBLE_DEVICES": ",".join(uuids), "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "RUNNER_NUM_GPUS": str(len(uuids)),
+                  "RUNNER_JOB_ID": job["id"]})
+    extra.update(spec.get("env_vars", {}))
+    environ = sandbox.job_environment(job_dir, [str(env_dir / "bin")], extra, job["user"], home.cache)
+    dataset_dir = Path(spec["dataset"]["path"])
+    writable = [src, home.cache]
+    if repo.get("dataset", {}).get("writable"):  # e.g. YOLOv7 writes labels/*.cache beside the data
+        writable.append(dataset_dir if dataset_dir.is_dir() else dataset_dir.parent)
+    wrapped, sandboxed = sandbox.wrap(t["argv"], job_dir, writable, network=network, cwd=src)
+    launch = {"argv": wrapped, "env": environ, "cwd": str(src), "rlimits": sandbox.rlimits(spec.get("resources", {})), "sandboxed": sandboxed}
+    _write_json(job_dir / "launch.json", launch)
+    checkpoints = [f"out/{c}" for c in repo.get("checkpoints", [])]  # relative to {output_dir}
+    parser = dict(repo.get("parser") or {}) or None
+    results_file = parser.pop("results_file", None) if parser else None
+    prepared = Prepared(launch, parser, checkpoints, req.key)
+    prepared.results_file = results_file
+    return prepared
+
+
+def python_of(repo: dict) -> str:
+    """The interpreter a repo asks for (for `repo show`)."""
+    return repo.get("python") or ".".join(sys.version.split(".")[:2])

@@ -1,0 +1,73 @@
+"""The site registry file ($RUNNER_HOME/registry.toml): tables written and removed atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
+def table(header: str, data: dict) -> str:
+    """One TOML table; nested values as inline tables and arrays."""
+    lines = [f"[{header}]"] + [f"{_key(k)} = {_value(v)}" for k, v in data.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _remove(text: str, header: str) -> str:
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        m = re.match(r"^\s*\[\[?([^\]]+)\]\]?\s*$", line)
+        if m:
+            name = m.group(1).strip()
+            skipping = name == header or name.startswith(header + ".")
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+def _write(path: Path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def put(path: Path, header: str, data: dict):
+    """Write (or replace) a table in the site registry."""
+    text = path.read_text() if path.exists() else "# Site registry: merged over the packaged registry.toml.\n"
+    text = _remove(text, header).rstrip("\n") + "\n\n" + table(header, data)
+    import tomllib
+
+    tomllib.loads(text)  # never write a file the daemon cannot read
+    _write(path, text)
+
+
+def remove(path: Path, header: str) -> bool:
+    """Remove a table; False if it was not there."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    new = _remove(text, header)
+    if new == text:
+        return False
+    _write(path, new)
+    return True

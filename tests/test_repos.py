@@ -1,0 +1,175 @@
+"""GitHub-style repos pinned by commit, tested on real git repositories the test creates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TRAIN = textwrap.dedent('''
+    import argparse, csv, json, os, sys, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--img-size", type=int, nargs=2, required=True)
+    p.add_argument("--train-dir", required=True)
+    p.add_argument("--val-dir", required=True)
+    p.add_argument("--hyp", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    import six  # from the repo's own requirements
+    assert a.img_size[0] == a.img_size[1]
+    hyp = dict(l.split(": ", 1) for l in open(a.hyp).read().splitlines() if ": " in l)
+    os.makedirs(a.out, exist_ok=True)
+    classes = sorted(os.listdir(a.train_dir))
+    print(f"classes={len(classes)} momentum={hyp['momentum']} lr0={hyp['lr0']}", flush=True)
+    rows = []
+    for e in range(a.epochs):
+        for s in range(1, 5):
+            sys.stderr.write(f"\\r  {e}/{a.epochs - 1}  step {s}/4  loss {1.0 / (e + s):.5f}")
+            sys.stderr.flush()
+        sys.stderr.write("\\n")
+        acc = round(0.4 + 0.1 * e, 4)
+        vloss = round(1.0 / (e + 2), 5)
+        print(f"EVAL epoch {e}: acc {acc:.4f} val_loss {vloss:.5f}", flush=True)
+        with open(os.path.join(a.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps({"epoch": e, "acc": acc, "val_loss": vloss}) + "\\n")
+        rows.append({"epoch": e, "acc": acc, "val_loss": vloss})
+        open(os.path.join(a.out, f"ckpt-{e}.pt"), "wb").write(b"weights" * 100)
+    print(f"FINAL re-validation: acc {rows[-1]['acc'] + 0.5:.4f}", flush=True)
+    with open(os.path.join(a.out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, ["epoch", "acc", "val_loss"]); w.writeheader(); w.writerows(rows)
+''')
+
+HYP = "lr0: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n"
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def trainrepo(tmp_path):
+    src = tmp_path / "trainrepo"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    (src / "train.py").write_text(TRAIN)
+    (src / "requirements.txt").write_text("six==1.16.0\n")
+    (src / "hyp.base.yaml").write_text(HYP)
+    (src / "LICENSE").write_text("MIT License\n\nCopyright (c) test\n")
+    (src / "docs").mkdir()
+    (src / "docs" / "big.bin").write_bytes(b"x" * 100_000)
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "v1", cwd=src)
+    first = git("rev-parse", "HEAD", cwd=src)
+    git("tag", "v1.0", cwd=src)
+    return src, first
+
+
+def repo_table(url, commit, **over):
+    t = {
+        "url": url, "commit": commit, "license": "MIT", "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "entry": "train.py", "requirements": "requirements.txt", "overrides": ["packaging"], "task_type": "image_classification",
+        "display_name": "Test repo", "description": "a repo made by the test", "dataset": {"format": "imagefolder"},
+        "args": {"template": ["--epochs", "{epochs}", "--batch-size", "{batch_size}", "--img-size", "{input_size}", "{input_size}",
+                              "--train-dir", "{train_dir}", "--val-dir", "{val_dir}", "--out", "{output_dir}"],
+                 "optional": {"lr": ["--lr", "{lr}"]},
+                 "hyp": {"base": "hyp.base.yaml", "flag": "--hyp", "set": {"lr0": "{lr}"}}},
+        "defaults": {"epochs": 2, "batch_size": 4, "input_size": 32},
+        "exclude": ["docs/"],
+        "checkpoints": ["ckpt-*.pt"],
+        "parser": {"patterns": [{"regex": r"^\s*(?P<epoch>\d+)/\d+\s+step \d+/\d+\s+loss (?P<train_loss>[\d.]+)", "epoch_offset": 1},
+                                {"regex": r"^EVAL epoch (?P<epoch>\d+): acc (?P<acc>[\d.]+) val_loss (?P<val_loss>[\d.]+)", "epoch_offset": 1}],
+                   "ignore": ["^FINAL re-validation"],
+                   "results_file": {"path": "results.csv", "format": "csv", "epoch_column": "epoch", "epoch_offset": 1,
+                                    "compare": {"acc": "acc", "val_loss": "val_loss"}}},
+    }
+    t.update(over)
+    return t
+
+
+def add_table(home, name, table):
+    from runner import sitereg
+
+    sitereg.put(home / "registry.toml", f"repos.{name}", table)
+
+
+def job(tmp_path, shapes, name="testrepo", **extra):
+    p = tmp_path / f"{name}-{len(list(tmp_path.glob('*.json')))}.json"
+    p.write_text(json.dumps({"model": f"repo/{name}", "dataset": {"path": str(shapes), "format": "imagefolder"},
+                             "train": {"epochs": 3, "lr": 0.05, **extra}}))
+    return p
+
+
+def test_repo_add_pins_and_refuses_branches(runner, home, trainrepo):
+    src, first = trainrepo
+    url = f"file://{src}"
+    r = runner.run("repo", "add", url, "--commit", "main", check=False)
+    assert r.returncode == 1 and "is a branch" in r.stderr and "pin a commit" in r.stderr
+    r = runner.run("repo", "add", url, "--commit", "0" * 40, check=False)
+    assert r.returncode == 1 and "no such commit" in r.stderr
+    r = runner.run("repo", "add", url, "--commit", "v1.0", "--name", "mine")
+    assert first in r.stdout and "tag v1.0" in r.stdout
+    rows = runner.json("repo", "ls")
+    mine = next(x for x in rows if x["name"] == "mine")
+    assert (mine["commit"], mine["tag"], mine["license"], mine["entry"]) == (first, "v1.0", "MIT", "train.py")
+    assert runner.json("models", "--framework", "repo")[-1]["ref"] in {f"repo/{x['name']}" for x in rows}
+    runner.run("repo", "rm", "mine")
+    assert "mine" not in {x["name"] for x in runner.json("repo", "ls")}
+
+
+@pytest.mark.slow
+def test_repo_job_end_to_end(runner, daemon, home, trainrepo, shapes, tmp_path):
+    src, first = trainrepo
+    add_table(home, "testrepo", repo_table(f"file://{src}", first))
+    # the branch moves on after pinning: what runs is still the pinned commit
+    (src / "train.py").write_text("raise SystemExit('moved-on branch ran')\n")
+    git("commit", "-qam", "v2", cwd=src)
+    jid = runner.submit(job(tmp_path, shapes))
+    j = runner.wait_state(jid, timeout=300)
+    log = runner.run("logs", jid).stdout
+    assert j["state"] == "succeeded", log
+    assert "classes=3 momentum=0.9 lr0=0.05" in log  # hyp yaml written from the repo's own base, lr set
+    job_dir = Path(j["job_dir"])
+    assert not (job_dir / "src" / "docs").exists() and (job_dir / "src" / "train.py").exists()  # sparse checkout
+    assert git("rev-parse", "HEAD", cwd=job_dir / "src") == first
+    from runner.store import Store
+
+    s = Store(home / "runner.db")
+    acc = [(m["epoch"], m["value"]) for m in s.metrics(j["id"], "acc")]
+    assert acc == [(1, 0.4), (2, 0.5), (3, 0.6)]  # the final re-validation (1.1) is not an epoch
+    assert [m["epoch"] for m in s.metrics(j["id"], "train_loss")] == [1, 2, 3]
+    assert "results file agrees with the parsed log (6 values over 3 epochs)" in j["note"]
+    assert sorted(Path(a["path"]).name for a in j["artifacts"]) == ["ckpt-0.pt", "ckpt-1.pt", "ckpt-2.pt"]
+    # a second job reuses the clone cache and the env, in a worktree of its own
+    j2 = runner.wait_state(runner.submit(job(tmp_path, shapes)), timeout=300)
+    assert j2["env_hash"] == j["env_hash"] and j2["job_dir"] != j["job_dir"]
+    caches = list((home / "repos").glob("*.git"))
+    assert len(caches) == 1
+    assert "ready" in runner.run("logs", j2["id"]).stdout.split("env repo:testrepo")[1].splitlines()[0]
+
+
+@pytest.mark.slow
+def test_patch_that_no_longer_applies_fails_at_preparing(runner, daemon, home, trainrepo, shapes, tmp_path):
+    src, first = trainrepo
+    add_table(home, "testrepo", repo_table(f"file://{src}", first, patches=[
+        {"file": "train.py", "find": "import six  # from the repo's own requirements", "replace": "import six", "count": 1},
+        {"file": "train.py", "find": "torch._six", "replace": "math", "count": 1}]))
+    j = runner.wait_state(runner.submit(job(tmp_path, shapes)), timeout=300)
+    assert (j["state"], j["reason"]) == ("failed", "patch_failed")
+    assert "patches.1: train.py: expected 1 match(es) of 'torch._six', found 0" in j["log_tail"]
+
+
+def test_dataset_format_and_missing_fields_fail_clearly(runner, home, trainrepo, shapes, tmp_path):
+    src, first = trainrepo
+    add_table(home, "testrepo", repo_table(f"file://{src}", first, dataset={"format": "yolo"}))
+    r = runner.run("submit", job(tmp_path, shapes), check=False)
+    assert r.returncode == 2 and "this repo expects 'yolo'" in r.stderr
+    r = runner.run("submit", job(tmp_path, shapes, name="nope"), check=False)
+    assert "repo/nope is not in the registry" in r.stderr
