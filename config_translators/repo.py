@@ -94,7 +94,9 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
     if hyp:
         text = (Path(src) / hyp["base"]).read_text()
         for key, value in hyp.get("set", {}).items():
-            v = _fill(value, fields, f"args.hyp.set.{key}") if "{" in value else value
+            if any(fields.get(f) is None for f in _FIELD.findall(value)):
+                continue  # unset field: the repo's own value stays
+            v = _fill(value, fields, f"args.hyp.set.{key}")
             text, n = re.subn(rf"(?m)^{re.escape(key)}:\s*[^#\n]*", f"{key}: {v}", text)
             if n == 0:
                 text += f"{key}: {v}\n"

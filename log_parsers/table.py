@@ -40,7 +40,7 @@ class TableParser:
         for t in spec.get("tables", []):
             self.tables.append({"header": re.compile(t["header"]), "row": re.compile(t["row"]), "prefix": t.get("prefix", ""),
                                 "skip": set(t.get("skip", [])), "epoch": t.get("epoch_column"), "label": t.get("label_column"),
-                                "all": t.get("all_label", "all"), "cols": None})
+                                "all": t.get("all_label", "all"), "offset": t.get("epoch_offset", 0), "cols": None})
         self.final = re.compile(spec["final_marker"]) if spec.get("final_marker") else None
         state = state or {}
         self.epoch = state.get("epoch")
@@ -74,7 +74,7 @@ class TableParser:
                 if t["epoch"] and name == t["epoch"].lower():
                     e = tok.split("/")[0]
                     if e.isdigit():
-                        self.epoch = int(e)
+                        self.epoch = int(e) + t["offset"]
                         self.in_final = False
                     continue
                 if t["label"] and name == t["label"].lower():

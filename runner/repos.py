@@ -17,6 +17,9 @@ from .exceptions import EnvBuildError, RepoError
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
+UPLOAD_PACK = "git -c uploadpack.allowFilter=true -c uploadpack.allowAnySHA1InWant=true upload-pack"
+
+
 class PatchError(RepoError):
     """A source patch that no longer matches its commit."""
 
@@ -45,7 +48,14 @@ def ensure_clone(home, url: str, commit: str | None = None) -> Path:
         if not (cache / "HEAD").exists():
             tmp = cache.with_name(cache.name + ".tmp")
             subprocess.run(["rm", "-rf", str(tmp)])
-            _git("clone", "--quiet", "--bare", url, str(tmp))
+            # A partial clone (no blobs until a checkout needs them): large repos carry hundreds of
+            # MB of docs and notebooks that a job never reads, and a mirror may lack a few of them.
+            extra = []
+            if url.startswith("file://") or os.path.isdir(url):
+                extra = ["--upload-pack", UPLOAD_PACK]  # a local "server" must be told to allow filters
+            _git("clone", "--quiet", "--bare", "--filter=blob:none", *extra, url, str(tmp))
+            if extra:
+                _git("--git-dir", str(tmp), "config", "remote.origin.uploadpack", UPLOAD_PACK)
             os.rename(tmp, cache)
         elif commit and not has_commit(cache, commit):
             _git("--git-dir", str(cache), "fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/heads/*")
