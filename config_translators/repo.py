@@ -32,6 +32,11 @@ def check_dataset(dataset: dict, repo: dict) -> list[str]:
     if want == "yolo":
         p = Path(dataset["path"])
         return check_yolo(p if p.suffix in (".yaml", ".yml") else p / "data.yaml", "detect")
+    if want == "coco":
+        problems = [] if Path(dataset["path"]).is_dir() else [f"dataset.path: {dataset['path']} does not exist (the COCO images folder)"]
+        if not dataset.get("annotations") or not Path(dataset["annotations"]).is_file():
+            problems.append(f"dataset.annotations: {dataset.get('annotations')} does not exist (the COCO JSON)")
+        return problems
     return [f"repos: dataset format {want!r} is not supported by the translator"]
 
 
@@ -61,6 +66,13 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str) -> tupl
                               f"names: [{', '.join(repr(n) for n in names)}]\n")  # no download: key, ever
         f["data"] = str(Path(job_dir) / "data.yaml")
         f["num_classes"] = len(names)
+    elif fmt == "coco":
+        import json
+
+        f["image_dir"], f["anno_path"] = ds["path"], ds["annotations"]
+        f["dataset_dir"] = str(Path(ds["path"]).parent)
+        f["num_classes"] = len(json.loads(Path(ds["annotations"]).read_text())["categories"])
+        f["data"] = ds["annotations"]
     else:
         root = Path(ds["path"])
         layout, _ = imagefolder_layout(str(root), ds.get("split"))

@@ -21,9 +21,11 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     for k in ("batch_size", "input_size", "lr"):
         if sizes.get(k) is not None:
             train[k] = sizes[k]
+    dataset = {"path": str(data_dir), "format": fmt}
+    if fmt == "coco":
+        dataset["annotations"] = str(Path(data_dir).parent / "annotations.json")
     return {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"],
-            "dataset": {"path": str(data_dir), "format": fmt}, "train": train, "check": {"sizes": sizes},
-            "env_vars": {"RUNNER_CHECK": "1"}}
+            "dataset": dataset, "train": train, "check": {"sizes": sizes}, "env_vars": {"RUNNER_CHECK": "1"}}
 
 
 def repo_checks(store, job: dict) -> dict:

@@ -96,4 +96,9 @@ def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
         if not (path / "data.yaml").exists():
             make_yolo(path, t, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
         return path / "data.yaml", "yolo"
+    if fmt == "coco":
+        path = root / "coco"
+        if not (path / "annotations.json").exists():
+            make_coco(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+        return path / "images", "coco"
     raise ValueError(f"no synthetic dataset for format {fmt!r} and task {task!r}")
