@@ -13,14 +13,14 @@ import zlib
 from pathlib import Path
 
 
-def write_png(path: Path, pixels: list[bytearray], width: int, height: int):
-    """Write RGB rows (bytearrays of width*3) as a PNG."""
+def write_png(path: Path, pixels: list[bytearray], width: int, height: int, gray: bool = False):
+    """Write RGB rows (bytearrays of width*3), or 8-bit gray rows with gray=True, as a PNG."""
     raw = b"".join(b"\x00" + bytes(row) for row in pixels)
 
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0 if gray else 2, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
     path.write_bytes(png)
 

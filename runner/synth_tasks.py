@@ -79,6 +79,51 @@ def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, se
     return root / "images", root / "annotations.json"
 
 
+def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Semantic segmentation: root/{train,val}/images/*.png and .../masks/*.png (pixel = class id,
+    0 background, 1+ the shape's class), and root/classes.txt."""
+    from .synth import _inside
+
+    root = Path(root)
+    rng = random.Random(seed)
+    for split, count in (("train", train), ("val", val)):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            cls = i % len(NAMES)
+            rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng)
+            cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2
+            mask = [bytearray((cls + 1) if _inside(NAMES[cls], x, y, cx, cy, r) else 0 for x in range(size)) for y in range(size)]
+            write_png(root / split / "images" / f"{i:03d}.png", rows, size, size)
+            write_png(root / split / "masks" / f"{i:03d}.png", mask, size, size, gray=True)
+    (root / "classes.txt").write_text("\n".join(["background", *NAMES]) + "\n")
+    return root
+
+
+COLOURS = ("red", "green", "blue", "bright")
+
+
+def make_captions(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Image captioning: root/{train,val}/*.png with root/{train,val}/captions.jsonl lines
+    {"image": file, "caption": text}."""
+    import json as _json
+
+    root = Path(root)
+    rng = random.Random(seed)
+    for split, count in (("train", train), ("val", val)):
+        d = root / split
+        d.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(count):
+            cls = i % len(NAMES)
+            rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng)
+            where = ("top" if y0 + y1 < size else "bottom") + " " + ("left" if x0 + x1 < size else "right")
+            write_png(d / f"{i:03d}.png", rows, size, size)
+            lines.append(_json.dumps({"image": f"{i:03d}.png", "caption": f"a {NAMES[cls]} in the {where}"}))
+        (d / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
 TASK_OF = {"object_detection": "detect", "instance_segmentation": "segment", "pose_estimation": "pose", "obb_detection": "obb"}
 
 
@@ -96,6 +141,16 @@ def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
         if not (path / "data.yaml").exists():
             make_yolo(path, t, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
         return path / "data.yaml", "yolo"
+    if fmt == "masks":
+        path = root / "masks"
+        if not (path / "classes.txt").exists():
+            make_masks(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+        return path, "masks"
+    if fmt == "captions":
+        path = root / "captions"
+        if not (path / "val" / "captions.jsonl").exists():
+            make_captions(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+        return path, "captions"
     if fmt == "coco":
         path = root / "coco"
         if not (path / "annotations.json").exists():

@@ -82,7 +82,9 @@ def infer(args):
     else:
         job = find_job(h, s, args.source)
         arts = [a["path"] for a in s.artifacts(job["id"])]
-        best = [a for a in arts if Path(a).stem == "best"] or [a for a in arts if Path(a).stem == "last"] or arts
+        # best, then last: a file named so, or a save_pretrained folder named so
+        best = ([a for a in arts if "best" in (Path(a).stem, Path(a).parent.name)]
+                or [a for a in arts if "last" in (Path(a).stem, Path(a).parent.name)] or arts)
         if not best:
             raise RunnerError(f"job {job['id']}: has no checkpoint to infer with")
         ckpt = Path(best[0])

@@ -1,0 +1,429 @@
+"""Hugging Face Transformers through the adapter contract: the Trainer runs the epochs, a
+TrainerCallback (the plan's PlatformCallback) prints the platform's standard metrics line each
+epoch and writes save_pretrained checkpoints (last, best)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import TrainerCallback, TrainingArguments, Trainer
+
+from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, write_json
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _config_class(model_type):
+    from transformers import BlipConfig, DeiTConfig, DetrConfig, SegformerConfig, ViTConfig
+
+    return {"vit": ViTConfig, "deit": DeiTConfig, "detr": DetrConfig, "segformer": SegformerConfig, "blip": BlipConfig}[model_type]
+
+
+def bleu(refs: list[str], hyps: list[str], n: int = 4) -> float:
+    """Corpus BLEU-n with add-one smoothing (enough to see captions improve on a tiny set)."""
+    log_p, hyp_len, ref_len = 0.0, 0, 0
+    for k in range(1, n + 1):
+        match = total = 0
+        for r, h in zip(refs, hyps):
+            rt, ht = r.split(), h.split()
+            rc = Counter(tuple(rt[i:i + k]) for i in range(len(rt) - k + 1))
+            hc = Counter(tuple(ht[i:i + k]) for i in range(len(ht) - k + 1))
+            match += sum(min(c, rc[g]) for g, c in hc.items())
+            total += max(len(ht) - k + 1, 0)
+        log_p += math.log((match + 1) / (total + 1)) / n
+    for r, h in zip(refs, hyps):
+        hyp_len += len(h.split())
+        ref_len += len(r.split())
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / max(hyp_len, 1))
+    return 100.0 * bp * math.exp(log_p)
+
+
+class PlatformCallback(TrainerCallback):
+    """Bridges the Trainer to the platform: one `[metrics]` line per epoch, last/best checkpoints."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.train_loss = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.train_loss = float(logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        a = self.adapter
+        epoch = max(1, int(round(state.epoch or 1)))
+        extra = {k[len("eval_"):]: float(v) for k, v in (metrics or {}).items()
+                 if k.startswith("eval_") and k not in ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")}
+        extra.update(a.extra_eval())
+        result = MetricsResult(epoch=epoch, step=state.global_step, train_loss=self.train_loss,
+                               val_loss=(metrics or {}).get("eval_loss"), metrics={f"val_{k}": v for k, v in extra.items()})
+        lr = next((h["learning_rate"] for h in reversed(state.log_history) if "learning_rate" in h), None)
+        print(a.metrics_line(epoch, a.epochs, result, {"lr": lr, "epoch_time": time.time() - a._epoch_t0}), flush=True)
+        a._epoch_t0 = time.time()
+        a.last_result = result
+        a.save_checkpoint(a.ckpt_dir / "last", epoch, result)
+        score = a.primary_metric(result)
+        if a.best is None or score >= a.best:
+            a.best = score
+            a.save_checkpoint(a.ckpt_dir / "best", epoch, result)
+
+
+class TransformersAdapter(TrainingAdapter):
+    """ViT, DeiT, DETR, SegFormer, BLIP: classification, detection, segmentation, captioning."""
+
+    framework = "transformers"
+    checkpoint_suffix = ""  # save_pretrained folders
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.task = cfg.get("task")
+        self.size = int(cfg.get("input_size") or 224)
+        self.extra = cfg.get("extra") or {}
+        self.device = torch.device("cuda" if cfg.get("device") == "cuda" and torch.cuda.is_available() else "cpu")
+        self._epoch_t0 = time.time()
+        torch.manual_seed(int(cfg.get("seed") or 0))
+
+    # -- data ---------------------------------------------------------------------------------
+    def prepare_dataset(self):
+        ds = self.cfg["dataset"]
+        root = Path(ds["path"])
+        if self.task == "image_classification":
+            from datasets import Dataset
+
+            def folder(p):
+                classes = sorted(d.name for d in p.iterdir() if d.is_dir())
+                items = [(str(f), i) for i, c in enumerate(classes) for f in sorted((p / c).iterdir()) if f.suffix.lower() in IMAGE_EXTS]
+                return classes, items
+            if (root / "val").is_dir():
+                self.labels, tr = folder(root / "train")
+                _, va = folder(root / "val")
+                self.train_ds = Dataset.from_dict({"image": [p for p, _ in tr], "label": [y for _, y in tr]})
+                self.val_ds = Dataset.from_dict({"image": [p for p, _ in va], "label": [y for _, y in va]})
+            else:  # a split when there is no val folder
+                self.labels, items = folder(root / "train" if (root / "train").is_dir() else root)
+                full = Dataset.from_dict({"image": [p for p, _ in items], "label": [y for _, y in items]})
+                parts = full.train_test_split(test_size=float(ds.get("split") or 0.2), seed=int(self.cfg.get("seed") or 0))
+                self.train_ds, self.val_ds = parts["train"], parts["test"]
+        elif self.task == "object_detection":
+            coco = json.loads(Path(ds["annotations"]).read_text())
+            cats = sorted(coco["categories"], key=lambda c: c["id"])
+            self.labels = [c["name"] for c in cats]
+            index = {c["id"]: i for i, c in enumerate(cats)}
+            anns = {}
+            for a in coco["annotations"]:
+                anns.setdefault(a["image_id"], []).append({**a, "category_id": index[a["category_id"]]})
+            items = [{"path": str(root / im["file_name"]), "image_id": im["id"], "annotations": anns.get(im["id"], [])}
+                     for im in sorted(coco["images"], key=lambda i: i["id"])]
+            n_val = max(1, int(round(len(items) * float(ds.get("split") or 0.25))))
+            self.train_ds, self.val_ds = items[:-n_val], items[-n_val:]
+        elif self.task == "semantic_segmentation":
+            self.labels = [l for l in (root / "classes.txt").read_text().splitlines() if l.strip()]
+            pair = lambda s: [(str(p), str(root / s / "masks" / (p.stem + ".png"))) for p in sorted((root / s / "images").iterdir())]  # noqa: E731
+            self.train_ds, self.val_ds = pair("train"), pair("val")
+        elif self.task == "image_captioning":
+            read = lambda s: [(str(root / s / r["image"]), r["caption"]) for r in map(json.loads, filter(str.strip, (root / s / "captions.jsonl").read_text().splitlines()))]  # noqa: E731
+            self.train_ds, self.val_ds = read("train"), read("val")
+            self.labels = []
+        else:
+            raise BadConfig(f"task: {self.task!r} is not a Transformers task here")
+        if len(self.train_ds) == 0 or len(self.val_ds) == 0:
+            raise BadConfig(f"dataset.path: {root} gives no training or no validation examples")
+
+    # -- model ----------------------------------------------------------------------------------
+    def _processor(self):
+        s = self.size
+        from transformers import (BlipImageProcessor, DeiTImageProcessor, DetrImageProcessor, SegformerImageProcessor,
+                                  ViTImageProcessor)
+
+        mt = self.cfg["model_type"]
+        if mt == "vit":
+            return ViTImageProcessor(size={"height": s, "width": s})
+        if mt == "deit":
+            return DeiTImageProcessor(size={"height": s, "width": s}, crop_size={"height": s, "width": s}, do_center_crop=False)
+        if mt == "detr":
+            return DetrImageProcessor(size={"shortest_edge": s, "longest_edge": s})
+        if mt == "segformer":
+            return SegformerImageProcessor(size={"height": s, "width": s}, do_reduce_labels=False)
+        if mt == "blip":
+            return BlipImageProcessor(size={"height": s, "width": s})
+        raise BadConfig(f"model_type {mt!r} is not supported")
+
+    def _tokenizer(self, out_dir: Path):
+        """A word-level BERT tokenizer built from the training captions (no pretrained one offline)."""
+        from transformers import BertTokenizer
+
+        words = sorted({w for _, c in self.train_ds + self.val_ds for w in c.lower().split()})
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + words
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        return BertTokenizer(str(out_dir / "vocab.txt"), do_lower_case=True, bos_token="[DEC]")
+
+    def prepare_model(self):
+        mt, name = self.cfg["model_type"], self.cfg["model_name"]
+        self.processor = self._processor()
+        if self.task == "image_captioning":
+            self.tokenizer = self._tokenizer(self.out / "tokenizer")
+        if self.cfg.get("pretrained"):
+            self.model = self._from_pretrained(name)
+        else:
+            self.model = self._from_config(mt)
+        if self.extra.get("gradient_checkpointing"):
+            self.model.gradient_checkpointing_enable()
+        self.model.to(self.device)
+
+    def _from_config(self, mt):
+        from transformers import (BlipForConditionalGeneration, DeiTForImageClassification, DetrForObjectDetection,
+                                  SegformerForSemanticSegmentation, ViTForImageClassification)
+
+        over = dict(self.cfg.get("config_overrides") or {})
+        n = len(self.labels)
+        id2label = {i: l for i, l in enumerate(self.labels)}
+        if mt in ("vit", "deit"):
+            cfg = _config_class(mt)(image_size=self.size, num_labels=n, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **over)
+            return (ViTForImageClassification if mt == "vit" else DeiTForImageClassification)(cfg)
+        if mt == "detr":
+            cfg = _config_class(mt)(num_labels=n, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **over)
+            return DetrForObjectDetection(cfg)
+        if mt == "segformer":
+            cfg = _config_class(mt)(num_labels=n, id2label=id2label, label2id={v: k for k, v in id2label.items()}, **over)
+            return SegformerForSemanticSegmentation(cfg)
+        if mt == "blip":
+            from transformers import BlipConfig, BlipTextConfig, BlipVisionConfig
+
+            tok = self.tokenizer
+            text = BlipTextConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                  sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id, **over.get("text", {}))
+            vision = BlipVisionConfig(image_size=self.size, **over.get("vision", {}))
+            return BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+        raise BadConfig(f"model_type {mt!r} is not supported")
+
+    def _from_pretrained(self, name):
+        from transformers import (AutoModelForImageClassification, AutoModelForObjectDetection, AutoModelForSemanticSegmentation,
+                                  AutoProcessor, BlipForConditionalGeneration)
+
+        n = len(self.labels)
+        kw = {"num_labels": n, "ignore_mismatched_sizes": True} if n else {}
+        if self.task == "image_captioning":
+            proc = AutoProcessor.from_pretrained(name)
+            self.tokenizer = proc.tokenizer
+            return BlipForConditionalGeneration.from_pretrained(name)
+        cls = {"image_classification": AutoModelForImageClassification, "object_detection": AutoModelForObjectDetection,
+               "semantic_segmentation": AutoModelForSemanticSegmentation}[self.task]
+        return cls.from_pretrained(name, **kw)
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # -- batches ------------------------------------------------------------------------------
+    def _collate(self, batch):
+        p = self.processor
+        if self.task == "image_classification":
+            images = [Image.open(r["image"]).convert("RGB") for r in batch]
+            out = p(images=images, return_tensors="pt")
+            out["labels"] = torch.tensor([r["label"] for r in batch])
+            return dict(out)
+        if self.task == "object_detection":
+            images = [Image.open(r["path"]).convert("RGB") for r in batch]
+            ann = [{"image_id": r["image_id"], "annotations": r["annotations"]} for r in batch]
+            out = p(images=images, annotations=ann, return_tensors="pt")
+            return {"pixel_values": out["pixel_values"], "pixel_mask": out.get("pixel_mask"), "labels": out["labels"]}
+        if self.task == "semantic_segmentation":
+            images = [Image.open(i).convert("RGB") for i, _ in batch]
+            masks = [Image.open(m) for _, m in batch]
+            out = p(images=images, segmentation_maps=masks, return_tensors="pt")
+            return {"pixel_values": out["pixel_values"], "labels": out["labels"].long()}
+        if self.task == "image_captioning":
+            images = [Image.open(i).convert("RGB") for i, _ in batch]
+            pv = p(images=images, return_tensors="pt")["pixel_values"]
+            tok = self.tokenizer([c for _, c in batch], padding="max_length", truncation=True,
+                                 max_length=int(self.extra.get("max_caption_length", 16)), return_tensors="pt")
+            ids = tok["input_ids"].clone()
+            ids[:, 0] = self.tokenizer.bos_token_id  # BLIP decodes from its [DEC] token
+            labels = ids.masked_fill(tok["attention_mask"] == 0, -100)
+            return {"pixel_values": pv, "input_ids": ids, "attention_mask": tok["attention_mask"], "labels": labels}
+        raise BadConfig(self.task)
+
+    def _compute_metrics(self, pred):
+        logits, labels = pred.predictions, pred.label_ids
+        if self.task == "image_classification":
+            logits = torch.as_tensor(logits[0] if isinstance(logits, tuple) else logits)
+            y = torch.as_tensor(labels)
+            k = min(5, logits.shape[-1])
+            top = logits.topk(k, dim=-1).indices
+            return {"accuracy": float((top[:, 0] == y).float().mean()), "top5": float((top == y[:, None]).any(-1).float().mean())}
+        if self.task == "semantic_segmentation":
+            logits = torch.as_tensor(logits[0] if isinstance(logits, tuple) else logits)
+            y = torch.as_tensor(labels)
+            up = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+            ious = []
+            for c in range(logits.shape[1]):
+                inter = ((up == c) & (y == c)).sum().item()
+                union = ((up == c) | (y == c)).sum().item()
+                if union:
+                    ious.append(inter / union)
+            return {"mean_iou": sum(ious) / max(len(ious), 1), "pixel_accuracy": float((up == y).float().mean())}
+        return {}
+
+    def extra_eval(self) -> dict:
+        """Metrics the Trainer cannot compute by itself: BLEU of generated captions."""
+        if self.task != "image_captioning":
+            return {}
+        refs, hyps = [], []
+        self.model.eval()
+        with torch.no_grad():
+            for path, caption in self.val_ds:
+                hyps.append(self._caption(path))
+                refs.append(caption.lower())
+        self.sample_captions = list(zip(refs, hyps))[:3]
+        return {"bleu": bleu(refs, hyps)}
+
+    def _caption(self, path) -> str:
+        pv = self.processor(images=Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"].to(self.device)
+        ids = self.model.generate(pixel_values=pv, max_length=int(self.extra.get("max_caption_length", 16)))
+        return self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+    def primary_metric(self, result):
+        m = result.metrics
+        for key in ("val_accuracy", "val_mean_iou", "val_bleu"):
+            if key in m:
+                return m[key]
+        return -(result.val_loss or 0.0)
+
+    # -- training -------------------------------------------------------------------------------
+    def _args(self, epochs):
+        ex = self.extra
+        use_cpu = self.device.type != "cuda"
+        return TrainingArguments(
+            output_dir=str(self.out / "hf"), num_train_epochs=epochs, per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.batch_size, learning_rate=float(self.cfg["lr"]), optim=self.cfg.get("optimizer") or "adamw_torch",
+            warmup_steps=float(ex.get("warmup_ratio", 0.0)), weight_decay=float(ex.get("weight_decay", 0.0)),
+            adam_beta1=float(ex.get("adam_beta1", 0.9)), adam_beta2=float(ex.get("adam_beta2", 0.999)),
+            gradient_accumulation_steps=int(ex.get("gradient_accumulation_steps", 1)), max_grad_norm=float(ex.get("max_grad_norm", 1.0)),
+            eval_strategy=ex.get("eval_strategy", "epoch"), save_strategy=ex.get("save_strategy", "epoch"), logging_strategy="epoch",
+            lr_scheduler_type=ex.get("lr_scheduler_type", "linear"), fp16=bool(ex.get("fp16")) and not use_cpu, bf16=bool(ex.get("bf16")),
+            use_cpu=use_cpu, dataloader_num_workers=int(self.cfg.get("workers") or 0), remove_unused_columns=False,
+            report_to="none", save_total_limit=2, seed=int(self.cfg.get("seed") or 0), disable_tqdm=True,
+            label_names=["labels"],
+        )
+
+    def _trainer(self, epochs):
+        return Trainer(model=self.model, args=self._args(epochs), train_dataset=self.train_ds, eval_dataset=self.val_ds,
+                       data_collator=self._collate, compute_metrics=self._compute_metrics if self.task in ("image_classification", "semantic_segmentation") else None,
+                       callbacks=[PlatformCallback(self)])
+
+    def fit(self):
+        self._epoch_t0 = time.time()
+        trainer = self._trainer(self.epochs)
+        resume = self.cfg.get("resume")
+        if resume:
+            print(f"runner: resumed from {resume}", flush=True)
+        trainer.train(resume_from_checkpoint=resume or None)
+        return getattr(self, "last_result", None)
+
+    def train_epoch(self, epoch: int) -> float:
+        self._epoch_t0 = time.time()
+        self.trainer = self._trainer(1)
+        out = self.trainer.train()
+        return float(out.training_loss)
+
+    def validate(self, epoch: int) -> MetricsResult:
+        return self.last_result
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, epoch: int, result: MetricsResult):
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.model.save_pretrained(tmp)
+        self.processor.save_pretrained(tmp)
+        if getattr(self, "tokenizer", None) is not None:
+            self.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "runner_meta.json", {"framework": "transformers", "task": self.task, "model_type": self.cfg["model_type"],
+                                              "epoch": epoch, "labels": self.labels, "input_size": self.size,
+                                              "metrics": result.metrics if result else {}})
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> int:
+        path = Path(path)
+        self.model = type(self.model).from_pretrained(path).to(self.device)
+        return json.loads((path / "runner_meta.json").read_text())["epoch"]
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "TransformersAdapter":
+        path = Path(path)
+        if path.is_file():
+            path = path.parent
+        meta = json.loads((path / "runner_meta.json").read_text())
+        self = cls({"framework": "transformers", "task": meta["task"], "model_type": meta["model_type"], "input_size": meta["input_size"],
+                    "output_dir": os.environ.get("TMPDIR", "/tmp"), "lr": 1e-4})
+        self.labels = meta["labels"]
+        from transformers import (AutoImageProcessor, BertTokenizer, BlipForConditionalGeneration, DeiTForImageClassification,
+                                  DetrForObjectDetection, SegformerForSemanticSegmentation, ViTForImageClassification)
+
+        cls_ = {"vit": ViTForImageClassification, "deit": DeiTForImageClassification, "detr": DetrForObjectDetection,
+                "segformer": SegformerForSemanticSegmentation, "blip": BlipForConditionalGeneration}[meta["model_type"]]
+        self.model = cls_.from_pretrained(path).to(self.device).eval()
+        self.processor = AutoImageProcessor.from_pretrained(path)
+        if meta["task"] == "image_captioning":
+            self.tokenizer = BertTokenizer.from_pretrained(path)
+        return self
+
+    # -- inference -------------------------------------------------------------------------------
+    def preprocess_image(self, image_path: str):
+        img = Image.open(image_path).convert("RGB")
+        return img, self.processor(images=img, return_tensors="pt")["pixel_values"].to(self.device)
+
+    @torch.no_grad()
+    def infer_single(self, image_path: str) -> InferenceResult:
+        t0 = time.perf_counter()
+        img, pv = self.preprocess_image(image_path)
+        t1 = time.perf_counter()
+        self.model.eval()
+        if self.task == "image_captioning":
+            ids = self.model.generate(pixel_values=pv, max_length=int(self.extra.get("max_caption_length", 16)))
+            t2 = time.perf_counter()
+            text = self.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+            return InferenceResult(task=self.task, caption=text, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3,
+                                   postprocess_ms=(time.perf_counter() - t2) * 1e3)
+        out = self.model(pixel_values=pv)
+        t2 = time.perf_counter()
+        r = InferenceResult(task=self.task, preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3)
+        if self.task == "image_classification":
+            probs = out.logits.softmax(-1)[0]
+            conf, idx = probs.topk(min(5, probs.numel()))
+            r.top5_predictions = [{"label_id": int(i), "label": self.labels[int(i)], "confidence": float(c)} for c, i in zip(conf, idx)]
+            r.predicted_label_id, r.predicted_label, r.confidence = int(idx[0]), self.labels[int(idx[0])], float(conf[0])
+        elif self.task == "object_detection":
+            res = self.processor.post_process_object_detection(out, threshold=0.0, target_sizes=[img.size[::-1]])[0]
+            order = res["scores"].argsort(descending=True)[:10]
+            r.boxes = [{"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "confidence": float(s), "label_id": int(l),
+                        "label": self.labels[int(l)] if int(l) < len(self.labels) else "no-object"}
+                       for b, s, l in zip(res["boxes"][order].tolist(), res["scores"][order], res["labels"][order])]
+        elif self.task == "semantic_segmentation":
+            seg = self.processor.post_process_semantic_segmentation(out, target_sizes=[img.size[::-1]])[0]
+            counts = torch.bincount(seg.flatten(), minlength=len(self.labels))
+            r.masks = [{"label_id": i, "label": self.labels[i], "pixels": int(c), "fraction": float(c) / seg.numel()}
+                       for i, c in enumerate(counts.tolist()) if c]
+        r.postprocess_ms = (time.perf_counter() - t2) * 1e3
+        return r
+
+    def sample_image(self) -> str:
+        first = self.val_ds[0]
+        if isinstance(first, dict):
+            return first.get("image") or first.get("path")
+        return first[0]
+
+    def check(self) -> dict:
+        """The plugin check: the Trainer's one epoch is 'train', its evaluation is 'validate'."""
+        return super().check()
