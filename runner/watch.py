@@ -64,6 +64,8 @@ class LogWatcher:
         """Record checkpoint files matching the globs (relative to the job dir) that are new or changed."""
         for pattern in self.checkpoints:
             for path in glob.glob(str(self.job_dir / pattern), recursive=True):
+                if any(part.endswith(".tmp") or ".tmp." in part for part in Path(path).relative_to(self.job_dir).parts):
+                    continue  # still being written (atomic writes rename it into place)
                 try:
                     st = os.stat(path)
                 except OSError:

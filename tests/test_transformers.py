@@ -59,7 +59,7 @@ def test_four_tasks_train_resume_and_infer(runner, daemon, home, tmp_path):
         arts = [a["path"] for a in job["artifacts"]]
         assert any(a.endswith("checkpoints/best/model.safetensors") for a in arts)
         assert (Path(arts[0]).parent / "config.json").exists()  # save_pretrained form
-        img = next(p for p in Path(datasets_root(tmp_path, name)).rglob("*.png") if "masks" not in p.parts)
+        img = next(p for p in Path(datasets_root(tmp_path, name)).rglob("*.png") if p.parent.name != "masks")
         out = json.loads(runner.run("infer", jid, img).stdout)
         assert out["task"] == task and field in out, out
     # resume the classifier from its Trainer checkpoint for one more epoch
