@@ -24,7 +24,7 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     dataset = {"path": str(data_dir), "format": fmt}
     if fmt == "coco":
         dataset["annotations"] = str(Path(data_dir).parent / "annotations.json")
-    return {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"],
+    return {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"], "task": model.get("task_type"),
             "dataset": dataset, "train": train, "check": {"sizes": sizes}, "env_vars": {"RUNNER_CHECK": "1"}}
 
 
