@@ -133,6 +133,7 @@ def test_job_that_vanished_while_daemon_away_is_lost(runner, home):
     runner.wait_state(jid, "running")
     d.kill(signal.SIGKILL)
     job_dir = home / "jobs" / runner.show(jid)["id"]
+    wait_for(lambda: (job_dir / "child.json").exists(), 10, what="the shim to start the job")
     child = json.loads((job_dir / "child.json").read_text())
     shim = runner.show(jid)
     from runner.store import Store
@@ -153,6 +154,7 @@ def test_sigterm_leaves_running_jobs_running(runner, home):
     d = DaemonProc(home, runner.env, http=False).start()
     jid = runner.submit("--", *JOB, "sleep", "3")
     runner.wait_state(jid, "running")
+    wait_for(lambda: (home / "jobs" / runner.show(jid)["id"] / "child.json").exists(), 10, what="the shim to start the job")
     d.stop()
     assert d.proc.returncode == 0
     child = json.loads((home / "jobs" / runner.show(jid)["id"] / "child.json").read_text())
