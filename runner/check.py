@@ -62,7 +62,7 @@ def gather(store, home, jobs: dict) -> dict:
         entry = {"model": ref, "framework": ref.split("/", 1)[0], "task": rep.get("task") or (job["spec"].get("task")),
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
                  "seconds": round((job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"]), 1),
-                 "input_size": (job["spec"].get("train") or {}).get("input_size")}
+                 "input_size": (job["spec"].get("train") or {}).get("input_size"), "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
         if not rep.get("checks"):
             entry["error"] = f"job {job['state']} ({job['reason']}): " + (job.get("log_tail") or job.get("note") or "")[-1500:]
         models.append(entry)
@@ -88,6 +88,9 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
             cells.append("—" if c is None else (f"ok {c['seconds']:.1f}s" if c["ok"] else f"FAIL {c['seconds']:.1f}s"))
         lines.append(f"| {m['model']} | {m['framework']} | {m['task'] or ''} | {m.get('input_size') or ''} | {m['status']} | "
                      + " | ".join(cells) + f" | {m['seconds']:.0f}s |")
+    notes = [(m["model"], m["note"]) for m in report["models"] if m.get("note")]
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {model}: {note}" for model, note in notes]
     errs = [(m["model"], c) for m in report["models"] for c in m["checks"] if not c["ok"]]
     errs += [(m["model"], {"name": "job", "error": m["error"]}) for m in report["models"] if m.get("error")]
     if errs:

@@ -10,7 +10,7 @@ from .synth import SHAPES, make_shapes
 def make(framework: str, model: dict, fw: dict, root: Path) -> tuple[Path, str]:
     """(dataset path, format) for a model's check; made once per layout and shared."""
     sizes = {**fw.get("check", {}), **model.get("check", {})}
-    fmt = (fw.get("dataset_formats") or ["imagefolder"])[0]
+    fmt = fw.get("check_formats", {}).get(model.get("task_type")) or (fw.get("dataset_formats") or ["imagefolder"])[0]
     if fmt == "imagefolder":
         n = int(sizes.get("images_per_class", 6))
         classes = int(sizes.get("classes", 3))
