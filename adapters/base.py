@@ -215,10 +215,14 @@ class TrainingAdapter:
             if is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1:
                 half = max(1, self.batch_size // 2)
                 print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
-                cfg = dict(self.cfg, batch_size=half, _oom_retried=True)
+                cfg = dict(self.with_batch_size(half), _oom_retried=True)
                 self.release()
                 return type(self)(cfg).run_train()
             raise
+
+    def with_batch_size(self, n: int) -> dict:
+        """This job's settings with another batch size (for the out-of-memory retry)."""
+        return dict(self.cfg, batch_size=n)
 
     def release(self):
         """Drop references to the model and data so that a retry can reuse the memory."""

@@ -54,22 +54,12 @@ class UltralyticsAdapter(TrainingAdapter):
         self.trainer = self.model.trainer
         return results
 
-    def run_train(self) -> int:
-        """One Ultralytics run; the OOM policy as in every adapter."""
-        try:
-            self.prepare_dataset()
-            self.prepare_model()
-            self._train()
-            return 0
-        except Exception as e:
-            from .base import is_oom
+    def fit(self):
+        """Ultralytics runs its own epochs; the OOM policy is the base class's run_train."""
+        self._train()
 
-            if is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1:
-                half = max(1, self.batch_size // 2)
-                print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
-                cfg = dict(self.cfg, _oom_retried=True, train_args={**self.args, "batch": half})
-                return type(self)(cfg).run_train()
-            raise
+    def with_batch_size(self, n: int) -> dict:
+        return dict(self.cfg, train_args={**self.args, "batch": n})
 
     # -- the contract's pieces, used by `check` ------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
