@@ -241,3 +241,22 @@ def test_time_limit(runner, daemon, tmp_path):
     spec.write_text(f"command: {json.dumps([*JOB, 'sleep', '60'])}\nresources: {{time_limit: 1}}\n")
     job = runner.wait_state(runner.submit(spec), timeout=30)
     assert (job["state"], job["reason"]) == ("failed", "timeout")
+
+
+def test_only_the_owner_or_root_may_cancel(runner, daemon, home):
+    """A cancel request is judged by the owner of its spool file, not by what it says."""
+    import os
+
+    jid = runner.submit("--", *JOB, "sleep", "30")
+    full = runner.wait_state(jid, "running")["id"]
+    from runner import spool
+    from runner.home import Home
+
+    spool.request_cancel(Home(home), full)
+    req = next((home / "spool").glob("*.cancel.json"))
+    os.chown(req, 12345, 12345)  # as if another user dropped it
+    wait_for(lambda: (home / "spool" / "quarantine" / (req.name + ".reason")).exists(), 10)
+    assert "may not cancel" in (home / "spool" / "quarantine" / (req.name + ".reason")).read_text()
+    assert runner.show(jid)["state"] == "running"
+    runner.run("cancel", jid)
+    assert runner.wait_state(jid)["state"] == "cancelled"

@@ -94,3 +94,20 @@ def test_named_env_base_is_locked_and_builds(runner, daemon):
     job = runner.wait_state(runner.submit("--env", "base", "--", "python", "-c", "import yaml, sys; print(sys.prefix)"), timeout=180)
     assert job["state"] == "succeeded" and job["env"] == "base"
     assert runner.run("logs", job["id"]).stdout.strip().endswith(job["env_hash"])
+
+
+def test_envs_rm_and_gc(runner, daemon, home, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"command": ["python", "-c", "import six"], "env": {"requirements": ["six==1.16.0"], "name": "gc-me"}}))
+    job = runner.wait_state(runner.submit(spec), timeout=180)
+    key = job["env_hash"]
+    assert [e["hash"] for e in runner.json("envs", "ls")] == [key]
+    assert runner.json("envs", "gc", "--days", "1") == []  # used just now: kept
+    r = runner.run("envs", "rm", key[:6])
+    assert key in r.stdout and not (home / "envs" / key).exists()
+    runner.wait_state(runner.submit(spec), timeout=180)  # built again on demand
+    import sqlite3
+
+    sqlite3.connect(home / "runner.db").execute("UPDATE envs SET last_used = 0").connection.commit()
+    removed = runner.json("envs", "gc", "--days", "1")
+    assert [e["hash"] for e in removed] == [key] and runner.json("envs", "ls") == []

@@ -57,7 +57,7 @@ def envs(args):
         cutoff = time.time() - days * 86400
         removed = []
         for r in mgr.listing():
-            last = r["last_used"] or r["built_at"]
+            last = r["last_used"] if r["last_used"] is not None else r["built_at"]
             if r["active"] == 0 and last < cutoff:
                 mgr.remove(r["hash"])
                 removed.append(r)
