@@ -73,6 +73,24 @@ def gather(store, home, jobs: dict) -> dict:
                         "success_rate": round(ok / len(models), 3) if models else 0.0}}
 
 
+def drop_checkpoints(store, jobs: dict) -> int:
+    """Delete the checkpoints of finished check jobs (a ViT-L one with its optimizer state is
+    ~3.6 GB); the report keeps their sizes. Returns the bytes freed."""
+    import os
+    import shutil
+
+    freed = 0
+    for jid in jobs.values():
+        job_dir = Path(store.get_job(jid)["job_dir"])
+        for sub in ("checkpoints", "runs", "out", "hf"):
+            d = job_dir / sub
+            if d.is_dir():
+                for root, _, files in os.walk(d):
+                    freed += sum(os.path.getsize(os.path.join(root, f)) for f in files if os.path.isfile(os.path.join(root, f)))
+                shutil.rmtree(d, ignore_errors=True)
+    return freed
+
+
 def markdown(report: dict, title: str = "Plugin validation report") -> str:
     """The report as Markdown: a summary table, then each failed check's error."""
     s = report["summary"]

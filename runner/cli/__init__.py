@@ -112,6 +112,7 @@ def _check(p):
     p.add_argument("--framework")
     p.add_argument("--out", default=None, help="folder for the report (default: ./check-<time>)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all checks")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the check jobs' checkpoints (GBs for large models)")
 
 
 def _repo(p):

@@ -78,6 +78,9 @@ def check(args):
             proc.terminate()
             proc.wait(timeout=30)
     report = chk.gather(store, h, jobs)
+    if not args.keep_checkpoints:
+        freed = chk.drop_checkpoints(store, jobs)
+        print(f"check: removed {freed / 2**20:.0f} MB of check checkpoints (--keep-checkpoints keeps them)", file=sys.stderr)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     title = f"Plugin validation report: {args.framework or ', '.join(refs)}"
     (out / "report.md").write_text(chk.markdown(report, title))
