@@ -14,8 +14,7 @@ from pathlib import Path
 # Variables a job inherits from the daemon's environment, by name; everything else is dropped.
 PASSTHROUGH = ("LANG", "LC_ALL", "TZ", "TERM")
 
-# Settings that must reach a job so that frameworks find their indexes/caches/behaviour: only
-# UV_* and a few documented ones, never arbitrary secrets from the daemon's environment.
+# The spec's resources -> the rlimit applied in the child before exec.
 _RLIMITS = {
     "memory_gb": ("RLIMIT_AS", lambda v: int(v * 1024**3)),
     "max_open_files": ("RLIMIT_NOFILE", int),
