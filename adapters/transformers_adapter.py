@@ -69,6 +69,8 @@ class PlatformCallback(TrainerCallback):
         print(a.metrics_line(epoch, a.epochs, result, {"lr": lr, "epoch_time": time.time() - a._epoch_t0}), flush=True)
         a._epoch_t0 = time.time()
         a.last_result = result
+        if a.cfg.get("check"):
+            return  # the plugin check saves and loads its own checkpoint
         a.save_checkpoint(a.ckpt_dir / "last", epoch, result)
         score = a.primary_metric(result)
         if a.best is None or score >= a.best:
@@ -307,7 +309,8 @@ class TransformersAdapter(TrainingAdapter):
             warmup_steps=float(ex.get("warmup_ratio", 0.0)), weight_decay=float(ex.get("weight_decay", 0.0)),
             adam_beta1=float(ex.get("adam_beta1", 0.9)), adam_beta2=float(ex.get("adam_beta2", 0.999)),
             gradient_accumulation_steps=int(ex.get("gradient_accumulation_steps", 1)), max_grad_norm=float(ex.get("max_grad_norm", 1.0)),
-            eval_strategy=ex.get("eval_strategy", "epoch"), save_strategy=ex.get("save_strategy", "epoch"), logging_strategy="epoch",
+            eval_strategy=ex.get("eval_strategy", "epoch"), logging_strategy="epoch",
+            save_strategy="no" if self.cfg.get("check") else ex.get("save_strategy", "epoch"),
             lr_scheduler_type=ex.get("lr_scheduler_type", "linear"), fp16=bool(ex.get("fp16")) and not use_cpu, bf16=bool(ex.get("bf16")),
             use_cpu=use_cpu, dataloader_num_workers=int(self.cfg.get("workers") or 0), remove_unused_columns=False,
             report_to="none", save_total_limit=2, seed=int(self.cfg.get("seed") or 0), disable_tqdm=True,

@@ -53,7 +53,10 @@ def check(args):
         from runner import checkdata
 
         data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")
-        spec = parse_spec(chk.check_spec(model, fw, data_dir, fmt))
+        raw = chk.check_spec(model, fw, data_dir, fmt)
+        if args.keep_checkpoints:
+            raw["env_vars"]["RUNNER_CHECK_KEEP"] = "1"
+        spec = parse_spec(raw)
         rec = spool.submit(h, resolve(spec, out, reg, []))
         jobs[ref] = rec["id"]
         print(f"{ref}: job {rec['id']}", file=sys.stderr)
