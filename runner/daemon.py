@@ -111,6 +111,8 @@ class Daemon:
         self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
         self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs
         self._last_gpu_sample = 0.0
+        self._dirty = True  # something happened that may let a queued job start
+        self._last_schedule = 0.0
         self._stop_watch = threading.Event()
         self._lock_fd = None
         self.http_server = None
@@ -193,7 +195,11 @@ class Daemon:
         now = now or time.time()
         self.ingest(now)
         self.follow(now)
-        if not self.stopping:
+        # Scheduling reads the whole queue: do it when something changed (a submit, a job that
+        # ended), and once a second for what changes unseen (GPUs used by others, a GPU back).
+        if not self.stopping and (self._dirty or now - self._last_schedule >= 1.0):
+            self._dirty = False
+            self._last_schedule = now
             self.schedule(now)
         for jid, proc in list(self.procs.items()):
             if proc.poll() is not None:
@@ -246,6 +252,7 @@ class Daemon:
                 after.append(ref)
         name = spec.name or (spec.model.split("/", 1)[1] if spec.model else (spec.command if isinstance(spec.command, str) else " ".join(spec.command)))[:60]
         env = rec["spec"].get("env")
+        self._dirty = True
         self.store.insert_job({
             "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
             "priority": spec.priority, "spec": rec["spec"], "env": env if isinstance(env, str) else ((env or {}).get("name", "inline") if env else (f"repo:{spec.model[5:]}" if (spec.model or "").startswith("repo/") else None)),
@@ -261,6 +268,7 @@ class Daemon:
 
     def request_cancel(self, job: dict, now: float):
         """Cancel a job in whatever state it is in; killing a running one takes the whole tree."""
+        self._dirty = True
         state = JobState(job["state"])
         if state == JobState.QUEUED:
             try:
@@ -408,6 +416,7 @@ class Daemon:
 
     def _end(self, job, state, reason, now, **fields):
         jid = job["id"]
+        self._dirty = True
         w = self.watchers.pop(jid, None)
         if w:
             if w.checkpoints:
@@ -445,7 +454,13 @@ class Daemon:
     # -- scheduling and launching --------------------------------------------------------------
     def schedule(self, now: float):
         """Start the queued jobs that fit now; record why the others wait."""
-        queued = self.store.queued_jobs()
+        active = self.store.count_by_state()
+        if not active.get("queued") or active.get("running", 0) + active.get("preparing", 0) >= self.max_running:
+            return
+        # The head of the queue is enough to fill the free slots: a deep queue is not re-read
+        # (and its JSON re-parsed) on every decision. Jobs further back get their wait reason
+        # when they come within the window.
+        queued = self.store.queued_jobs(limit=max(32, 8 * self.max_running))
         if not queued:
             return
         deps = {d for j in queued for d in (j["after"] or [])}
@@ -461,7 +476,6 @@ class Daemon:
                 self.store.transition(j["id"], JobState.FAILED, Reason.DEPENDENCY_FAILED.value, now=now, expect=JobState.QUEUED,
                                       note=f"dependency {bad[0]} is {dep_states[bad[0]]}")
                 queued.remove(j)
-        active = self.store.count_by_state()
         running = active.get("running", 0) + active.get("preparing", 0)
         wants_gpus = any((j["spec"].get("resources") or {}).get("gpus") for j in queued)
         free, count = [], 0
@@ -561,6 +575,7 @@ class Daemon:
         self.wake.set()
 
     def _fail_preparing(self, jid, reason: Reason, message: str, write):
+        self._dirty = True
         for line in message.splitlines():
             write(f"runner: {line}")
         try:

@@ -275,11 +275,11 @@ class Store:
         rows = self.conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
 
-    def queued_jobs(self) -> list[dict]:
-        """Queued jobs in scheduling order: highest priority, then oldest."""
-        return self.conn.execute(
-            "SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, created_at ASC, seq ASC"
-        ).fetchall()
+    def queued_jobs(self, limit: int | None = None) -> list[dict]:
+        """Queued jobs in scheduling order: highest priority, then oldest (the first `limit`)."""
+        sql = ("SELECT id, user, priority, created_at, after, spec, reason FROM jobs WHERE state='queued' "
+               "ORDER BY priority DESC, created_at ASC, seq ASC")
+        return self.conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
 
     def transitions(self, job_id: str) -> list[dict]:
         """The job's state history, oldest first."""
