@@ -252,10 +252,14 @@ class Daemon:
                 after.append(ref)
         name = spec.name or (spec.model.split("/", 1)[1] if spec.model else (spec.command if isinstance(spec.command, str) else " ".join(spec.command)))[:60]
         env = rec["spec"].get("env")
+        if isinstance(env, dict):
+            env = env.get("name", "inline")
+        elif env is None and (spec.model or "").startswith("repo/"):
+            env = f"repo:{spec.model[5:]}"  # a repo's env comes from its registry table
         self._dirty = True
         self.store.insert_job({
             "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
-            "priority": spec.priority, "spec": rec["spec"], "env": env if isinstance(env, str) else ((env or {}).get("name", "inline") if env else (f"repo:{spec.model[5:]}" if (spec.model or "").startswith("repo/") else None)),
+            "priority": spec.priority, "spec": rec["spec"], "env": env,
             "after": after, "created_at": rec.get("submitted_at", now), "job_dir": str(self.home.job_dir(job_id)),
             "gpus": [], "retry_of": rec.get("retry_of"),
         }, now=now)
@@ -547,7 +551,7 @@ class Daemon:
             self._fail_preparing(jid, Reason.PREPARE_FAILED, f"{type(e).__name__}: {e}", write)
             return
         (job_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
-                                                         "results_file": getattr(prepared, "results_file", None)}))
+                                                         "results_file": prepared.results_file}))
         if self.store.get_job(jid)["cancel_requested"]:
             self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
             return

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import envs, sandbox
-from .exceptions import EnvBuildError, RunnerError
+from .exceptions import EnvBuildError
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def _write_json(path: Path, data):
     os.replace(tmp, path)
 
 
-def env_request(env, config: dict, job_id: str):
+def env_request(env, config: dict):
     """The EnvRequest of a job's `env:` (None for 'system')."""
     if env in (None, "system"):
         return None
@@ -34,11 +34,48 @@ def env_request(env, config: dict, job_id: str):
     return envs.named_request(env["name"], env.get("python"))
 
 
+def build_env(req, envmgr, job: dict, log) -> Path:
+    """The job's env, built now if missing (uv's lines go to the job's log)."""
+    log(f"runner: env {req.name} ({req.key}){' ready' if envmgr.ready(req.key) else ': building with uv'}")
+    try:
+        return envmgr.ensure(req, job_id=job["id"], log=log)
+    except EnvBuildError as e:
+        raise EnvBuildError(f"env {req.name}: {e}") from None
+
+
+def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_env: dict, network: bool,
+                 writable: list, log) -> dict:
+    """JOB_DIR/launch.json for the shim: the environment built from nothing (offline settings,
+    the job's GPUs, the spec's variables), resource limits, and the sandbox around argv."""
+    spec = job["spec"]
+    job_dir = home.job_dir(job["id"])
+    extra_env = dict(extra_env)
+    if not network:
+        extra_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    uuids = job.get("gpu_uuids") or []
+    extra_env.update({
+        "CUDA_VISIBLE_DEVICES": ",".join(uuids),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "RUNNER_NUM_GPUS": str(len(uuids)),
+        "RUNNER_JOB_ID": job["id"],
+    })
+    extra_env.update(spec.get("env_vars", {}))
+    environ = sandbox.job_environment(job_dir, path_dirs, extra_env, job["user"], home.cache)
+    wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=network, cwd=cwd)
+    if not sandboxed and not network:
+        log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
+    launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),
+              "sandboxed": sandboxed}
+    _write_json(job_dir / "launch.json", launch)
+    return launch
+
+
 class Prepared:
     """What prepare() found: the launch spec plus what the watcher needs (parser, checkpoints)."""
 
-    def __init__(self, launch: dict, parser, checkpoints: list, env_hash: str | None):
+    def __init__(self, launch: dict, parser, checkpoints: list, env_hash: str | None, results_file: dict | None = None):
         self.launch, self.parser, self.checkpoints, self.env_hash = launch, parser, checkpoints, env_hash
+        self.results_file = results_file  # a repo's own per-epoch file, compared with the parsed log
 
 
 def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
@@ -53,13 +90,9 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         from . import repos
 
         return repos.prepare(job, home, registry, envmgr, log)
-    req = env_request(env_spec, home.config, job["id"])
+    req = env_request(env_spec, home.config)
     if req is not None:
-        log(f"runner: env {req.name} ({req.key}){' ready' if envmgr.ready(req.key) else ': building with uv'}")
-        try:
-            env_dir = envmgr.ensure(req, job_id=job["id"], log=log)
-        except EnvBuildError as e:
-            raise EnvBuildError(f"env {req.name}: {e}") from None
+        env_dir = build_env(req, envmgr, job, log)
         env_hash = req.key
         python = str(env_dir / "bin" / "python")
         path_dirs.append(str(env_dir / "bin"))
@@ -86,24 +119,7 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         extra_env["PYTHONPATH"] = str(_ROOT)
         parser = parser or fw.get("parser")
         checkpoints = checkpoints or fw.get("checkpoints", [])
-    if not spec.get("network", True):
-        extra_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    uuids = job.get("gpu_uuids") or []
-    extra_env.update({
-        "CUDA_VISIBLE_DEVICES": ",".join(uuids),
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        "RUNNER_NUM_GPUS": str(len(uuids)),
-        "RUNNER_JOB_ID": job["id"],
-    })
-    extra_env.update(spec.get("env_vars", {}))
-    environ = sandbox.job_environment(job_dir, path_dirs, extra_env, job["user"], home.cache)
-    writable = [cwd, home.cache]
-    wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=spec.get("network", True), cwd=cwd)
-    if not sandboxed and not spec.get("network", True):
-        log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
-    launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),
-              "sandboxed": sandboxed}
-    _write_json(job_dir / "launch.json", launch)
+    launch = write_launch(job, home, argv, cwd, path_dirs, extra_env, spec.get("network", True), [cwd, home.cache], log)
     return Prepared(launch, parser, checkpoints, env_hash)
 
 

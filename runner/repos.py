@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import envs, sandbox
-from .exceptions import EnvBuildError, RepoError
+from . import envs
+from .exceptions import RepoError
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -161,7 +161,7 @@ def prepare(job: dict, home, registry, envmgr, log):
     """Prepare a repo job: clone/worktree, patches, env, translated argv, launch.json."""
     from config_translators import repo as translator
 
-    from .prepare import Prepared, _write_json
+    from .prepare import Prepared, build_env, write_launch
 
     spec = job["spec"]
     name = spec["model"].split("/", 1)[1]
@@ -172,38 +172,22 @@ def prepare(job: dict, home, registry, envmgr, log):
     checkout(home, repo, src)
     apply_patches(src, repo.get("patches", []))
     req = env_request(home, repo, name, home.config.get("envs"))
-    log(f"runner: env {req.name} ({req.key}){' ready' if envmgr.ready(req.key) else ': building with uv'}")
-    try:
-        env_dir = envmgr.ensure(req, job_id=job["id"], log=log)
-    except EnvBuildError as e:
-        raise EnvBuildError(f"env {req.name}: {e}") from None
+    env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
     t = translator.translate({"spec": spec, "repo": repo, "id": job["id"]}, str(job_dir), str(src), python)
     for rel, content in t["files"].items():
         (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (job_dir / rel).write_text(content)
-    extra = {"VIRTUAL_ENV": str(env_dir), **repo.get("env", {})}
-    network = spec.get("network", repo.get("network", False))
-    if not network:
-        extra.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    uuids = job.get("gpu_uuids") or []
-    extra.update({"CUDA_VISIBLE_DEVICES": ",".join(uuids), "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "RUNNER_NUM_GPUS": str(len(uuids)),
-                  "RUNNER_JOB_ID": job["id"]})
-    extra.update(spec.get("env_vars", {}))
-    environ = sandbox.job_environment(job_dir, [str(env_dir / "bin")], extra, job["user"], home.cache)
-    dataset_dir = Path(spec["dataset"]["path"])
     writable = [src, home.cache]
     if repo.get("dataset", {}).get("writable"):  # e.g. YOLOv7 writes labels/*.cache beside the data
+        dataset_dir = Path(spec["dataset"]["path"])
         writable.append(dataset_dir if dataset_dir.is_dir() else dataset_dir.parent)
-    wrapped, sandboxed = sandbox.wrap(t["argv"], job_dir, writable, network=network, cwd=src)
-    launch = {"argv": wrapped, "env": environ, "cwd": str(src), "rlimits": sandbox.rlimits(spec.get("resources", {})), "sandboxed": sandboxed}
-    _write_json(job_dir / "launch.json", launch)
+    launch = write_launch(job, home, t["argv"], src, [str(env_dir / "bin")], {"VIRTUAL_ENV": str(env_dir), **repo.get("env", {})},
+                          spec.get("network", repo.get("network", False)), writable, log)
     checkpoints = [f"out/{c}" for c in repo.get("checkpoints", [])]  # relative to {output_dir}
     parser = dict(repo.get("parser") or {}) or None
     results_file = parser.pop("results_file", None) if parser else None
-    prepared = Prepared(launch, parser, checkpoints, req.key)
-    prepared.results_file = results_file
-    return prepared
+    return Prepared(launch, parser, checkpoints, req.key, results_file)
 
 
 def python_of(repo: dict) -> str:

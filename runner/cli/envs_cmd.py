@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import ago, fmt_size, home, print_json, store, table
+from .common import ago, fmt_size, home, print_json, table
 
 
 def envs(args):
