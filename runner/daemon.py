@@ -25,7 +25,7 @@ from .home import Home
 from .registry import load as load_registry
 from .scheduler import plan
 from .spec import parse_spec
-from .spool import pending, quarantine, user_name
+from .spool import SpoolFileError, check_cancel_record, check_job_record, pending, quarantine, read_record, user_name
 from .states import JobState, Reason
 from .watch import LogWatcher, tail_lines
 
@@ -54,6 +54,27 @@ def _alive(pid, started=None) -> bool:
         return started is None or abs(p.create_time() - started) < 2.0
     except psutil.Error:
         return False
+
+
+def _may_write(path: str, uid: int) -> bool:
+    """Whether uid may write into the folder by its mode bits (owner, groups, others)."""
+    import grp
+    import pwd
+    import stat as st_
+
+    try:
+        st = os.stat(path)
+        pw = pwd.getpwuid(uid)
+    except (OSError, KeyError):
+        return False
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & st_.S_IWUSR)
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+    if st.st_gid in groups:
+        return bool(st.st_mode & st_.S_IWGRP)
+    return bool(st.st_mode & st_.S_IWOTH)
 
 
 def kill_tree(job_dir: Path, sig: int) -> bool:
@@ -116,6 +137,8 @@ class Daemon:
         self._stop_watch = threading.Event()
         self._lock_fd = None
         self.http_server = None
+        self.last_tick = time.time()  # when the loop last completed a pass (for /healthz)
+        self._unmovable = set()  # spool names the daemon may not move (another user's, with a non-root daemon)
 
     @property
     def registry(self):
@@ -146,7 +169,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
+        self._own_taking()
         self.reconcile()
+        self._resume_intake(time.time())
         threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
         if self.http_bind:
             self._start_http()
@@ -162,6 +187,21 @@ class Daemon:
             self.pool.shutdown(wait=False, cancel_futures=True)
             log.info("runner daemon stopped; %d job(s) left running", len(self.store.list_jobs(states=["running"])))
             os.close(self._lock_fd)
+
+    def _own_taking(self):
+        """spool/.taking must be the daemon's own folder, closed to everyone else."""
+        t = self.home.taking
+        try:
+            st = os.lstat(t)
+        except FileNotFoundError:
+            os.mkdir(t, 0o700)
+        else:
+            import stat as st_
+
+            if not st_.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                os.rename(t, self.home.quarantine / f".taking.{time.time_ns()}")
+                os.mkdir(t, 0o700)
+        os.chmod(t, 0o700)
 
     def _on_signal(self, signum, _frame):
         self.stopping = True
@@ -192,7 +232,7 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------------------
     def tick(self, now: float | None = None):
         """One pass: take the spool, follow and reap running jobs, start what fits."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         self.ingest(now)
         self.follow(now)
         # Scheduling reads the whole queue: do it when something changed (a submit, a job that
@@ -204,6 +244,7 @@ class Daemon:
         for jid, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 del self.procs[jid]
+        self.last_tick = time.time()
 
     def reconcile(self, now: float | None = None):
         """After a (re)start: put every row that was mid-way right against what is on disk."""
@@ -218,32 +259,71 @@ class Daemon:
             log.info("job %s: still running from before; following from offset %s", job["id"], job["log_offset"])
 
     def ingest(self, now: float):
-        """Take every spool file: jobs into the store, cancel requests applied, bad files quarantined."""
+        """Take every spool file: jobs into the store, cancel requests applied, bad files quarantined.
+
+        Each file is first moved into spool/.taking/ (the daemon's own folder), so a user can no
+        longer swap it, and so a file that takes the daemon down with it is not taken twice: one
+        left there by a daemon that died is retried once (a SIGKILL mid-intake loses no job), and
+        set aside if it is found there again.
+        """
         for path in pending(self.home):
+            if path.name in self._unmovable:
+                continue
+            taking = self.home.taking / path.name
             try:
-                st = path.stat()
-                rec = json.loads(path.read_text())
+                os.rename(path, taking)
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError) as e:
-                quarantine(self.home, path, f"not valid JSON: {e}")
-                log.warning("quarantined %s: not valid JSON", path.name)
+            except OSError as e:
+                self._unmovable.add(path.name)
+                log.warning("cannot take spool file %s (%s); leaving it", path.name, e.strerror)
                 continue
-            try:
-                if path.name.endswith(".cancel.json"):
-                    self._cancel(rec, st.st_uid, now)
-                else:
-                    self._ingest_job(rec, st.st_uid, now)
-                path.unlink(missing_ok=True)
-            except (SpecError, RunnerError, KeyError, TypeError) as e:
-                quarantine(self.home, path, f"{type(e).__name__}: {e}")
-                log.warning("quarantined %s: %s", path.name, e)
+            self._take(taking, now)
+
+    def _resume_intake(self, now: float):
+        """Files a previous daemon was taking in when it died: retry each once, then set it aside."""
+        for name in sorted(os.listdir(self.home.taking)):
+            path = self.home.taking / name
+            if name.endswith(".retry"):
+                quarantine(self.home, path, "the daemon stopped twice while taking this file in; it is set aside "
+                                            "(submit it again if it is yours)")
+                log.warning("quarantined %s: the daemon died twice while taking it in", name)
+                continue
+            retry = path.with_name(name + ".retry")
+            os.rename(path, retry)
+            self._take(retry, now)
+
+    def _take(self, path: Path, now: float):
+        name = path.name.removesuffix(".retry")
+        try:
+            rec, uid = read_record(path)
+            if name.endswith(".cancel.json"):
+                self._cancel(check_cancel_record(rec, now), uid, now)
+            elif name.endswith(".job.json"):
+                self._ingest_job(check_job_record(rec, now), uid, now)
+            else:
+                raise SpoolFileError("not a .job.json or .cancel.json file")
+            path.unlink(missing_ok=True)
+        except (SpoolFileError, RunnerError) as e:
+            quarantine(self.home, path, f"{type(e).__name__}: {e}")
+            log.warning("quarantined %s: %s", name, e)
+        except Exception as e:  # a bug here must cost one file, never the daemon (signals are not Exceptions)
+            log.exception("quarantined %s: intake failed", name)
+            quarantine(self.home, path, f"internal error while taking it in: {type(e).__name__}: {str(e)[:200]}")
 
     def _ingest_job(self, rec: dict, uid: int, now: float):
         spec = parse_spec(rec["spec"])
         job_id = rec["id"]
-        if not re.fullmatch(r"[0-9a-z]{4,32}", str(job_id)):
-            raise SpecError([f"id: given {job_id!r}; expected a runner job id"])
+        if spec.workdir is not None:
+            from .resolve import workdir_problems
+
+            if not os.path.isabs(spec.workdir):
+                raise SpecError([f"workdir: given {spec.workdir!r}; expected an absolute path (runner submit makes it one)"])
+            problems = [p for p in workdir_problems(spec.workdir, self.home.root) if "not writable by you" not in p]
+            if uid != os.geteuid() and not _may_write(spec.workdir, uid):
+                problems.append(f"workdir: {spec.workdir} is not writable by {user_name(uid)}")
+            if problems:
+                raise SpecError(problems)
         after = []
         for ref in spec.after:
             try:
@@ -260,7 +340,7 @@ class Daemon:
         self.store.insert_job({
             "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
             "priority": spec.priority, "spec": rec["spec"], "env": env,
-            "after": after, "created_at": rec.get("submitted_at", now), "job_dir": str(self.home.job_dir(job_id)),
+            "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
             "gpus": [], "retry_of": rec.get("retry_of"),
         }, now=now)
 
@@ -391,8 +471,14 @@ class Daemon:
         else:
             state, reason = JobState.FAILED, Reason.EXIT_CODE.value
         note = self._check_results_file(job, job_dir)
+        # The end time is the shim's, not this pass's: a job that ended while the daemon was down
+        # did not last until the restart. Bounded by what the store knows, as the job folder is the job's.
+        ended = exit_info.get("finished_at")
+        if isinstance(ended, (int, float)) and not isinstance(ended, bool) and (job["started_at"] or 0) - 5 <= ended <= now:
+            now = max(float(ended), job["started_at"] or 0)
+        usage = {k: exit_info[k] for k in ("max_rss_kb", "cpu_seconds") if isinstance(exit_info.get(k), (int, float))}
         self._end(job, state, reason, now, exit_code=code, signal=sig, log_tail="\n".join(tail) if state != JobState.SUCCEEDED else None,
-                  **({"note": note} if note else {}))
+                  **usage, **({"note": note} if note else {}))
 
     def _check_results_file(self, job, job_dir) -> str | None:
         """A repo's own results file, stored as `file/` metrics and compared with the parsed log."""

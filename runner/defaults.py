@@ -24,8 +24,23 @@ CANCEL_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 20
 """Lines of a failed job's log kept on its row as the failure's context."""
 
-METRICS_BATCH = 5000
-"""Parsed metric points written to SQLite in one transaction at most."""
+LOG_TAIL_MAX_BYTES = 16 * 1024 * 1024
+"""Most bytes read from the end of a log to find its last lines."""
+
+HEALTH_STALL_SECONDS = 10.0
+"""/healthz reports the daemon unhealthy when its loop has not completed a pass for this long."""
+
+HTTP_MAX_LIMIT = 1000
+"""Largest page of jobs one HTTP request may ask for."""
+
+HTTP_MAX_METRICS = 10_000
+"""Largest page of metric points one HTTP request may ask for (and the default page)."""
+
+HTTP_MAX_LOG_BYTES = 16 * 1024 * 1024
+"""Largest byte range of a log one HTTP request may ask for with offset/length."""
+
+METRICS_BATCH_BYTES = 256 * 1024
+"""Log bytes whose parsed points are written to SQLite in one transaction, with the offset past them."""
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite connection waits on a lock before giving up."""
@@ -49,3 +64,36 @@ TORCH_PAIR = ("2.14.1", "0.29.1")
 def runner_home() -> Path:
     """The state folder: $RUNNER_HOME, else the XDG default."""
     return Path(os.environ.get("RUNNER_HOME") or HOME).expanduser().resolve()
+
+MAX_SPEC_BYTES = 512 * 1024
+"""Largest job spec (as JSON) and job file; data belongs in files the job reads."""
+
+MAX_SPOOL_BYTES = 1024 * 1024
+"""Largest spool file the daemon reads; bigger ones are set aside unread."""
+
+MAX_SPEC_DEPTH = 32
+"""Deepest nesting of a job file or spool record."""
+
+MAX_SPEC_VALUES = 20_000
+"""Most values a YAML job file may stand for once its aliases are expanded."""
+
+MAX_ARG_BYTES = 128 * 1024
+"""Longest single argument or environment value (the kernel's MAX_ARG_STRLEN)."""
+
+MAX_ARGS = 4096
+"""Most arguments in a command."""
+
+MAX_ENV_VARS = 256
+"""Most variables in a job's env_vars."""
+
+MAX_MEMORY_GB = 1024.0 * 1024
+"""Largest memory_gb (an address-space limit: 1 PiB)."""
+
+MAX_OPEN_FILES = 1 << 20
+"""Largest max_open_files (Linux's default fs.nr_open)."""
+
+MAX_PROCESSES = 4_194_304
+"""Largest max_processes (Linux's largest pid_max)."""
+
+MAX_SECONDS = 366 * 86400
+"""Largest time_limit and cpu_seconds: a year."""

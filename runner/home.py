@@ -17,6 +17,7 @@ class Home:
         self.root = Path(root).resolve() if root else defaults.runner_home()
         self.spool = self.root / "spool"
         self.quarantine = self.spool / "quarantine"
+        self.taking = self.spool / ".taking"  # the daemon's own: a spool file moves here while it is read
         self.jobs = self.root / "jobs"
         self.envs = self.root / "envs"
         self.repos = self.root / "repos"

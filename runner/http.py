@@ -1,22 +1,54 @@
-"""The read-only HTTP API (FastAPI; OpenAPI schema at /openapi.json). Loopback by default.
+"""The HTTP API (FastAPI; OpenAPI schema at /openapi.json). Loopback by default.
 
-Each handler is one line of routing into the same functions the CLI uses (`queries.py`).
+Each handler is one line of routing into the same functions the CLI uses (`queries.py`). Every
+read is bounded: pages of jobs and metric points have a largest size, logs are streamed or read
+by tail or byte range, parameters out of range get 422 with one line, never 500, so no request
+can stall the daemon or fill its memory for everyone else.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+import math
+import time
+from typing import Literal, Optional
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from . import queries
+from . import defaults, queries
 from .exceptions import JobNotFound, RegistryError
+
+State = Literal["queued", "preparing", "running", "succeeded", "failed", "cancelled"]
+
+
+def _finite(data):
+    """NaN and infinities (a diverged loss) as null: JSON has no such numbers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data
+
+
+class FastJSON(JSONResponse):
+    """JSON encoded once with the standard library (no per-field encoder pass); non-finite numbers as null."""
+
+    def render(self, content) -> bytes:
+        try:
+            text = json.dumps(content, allow_nan=False, default=str, separators=(",", ":"))
+        except ValueError:
+            text = json.dumps(_finite(content), allow_nan=False, default=str, separators=(",", ":"))
+        return text.encode()
 
 
 def create_app(home, daemon=None) -> FastAPI:
-    """The app for one $RUNNER_HOME; `daemon` (when served by it) adds uptime and GPUs."""
-    app = FastAPI(title="runner", version="0.1.0", description="Read-only view of the runner's queue, jobs, metrics, envs and GPUs.")
+    """The app for one $RUNNER_HOME; `daemon` (when served by it) adds uptime, GPUs and loop health."""
+    app = FastAPI(title="runner", version="0.1.0", default_response_class=FastJSON,
+                  description="The runner's queue, jobs, metrics, envs and GPUs.")
     store = daemon.store if daemon else home.store()
 
     def registry():
@@ -26,27 +58,43 @@ def create_app(home, daemon=None) -> FastAPI:
 
     @app.exception_handler(JobNotFound)
     async def _not_found(_req: Request, exc: JobNotFound):
-        return JSONResponse(status_code=404, content={"error": str(exc)})
+        return FastJSON(status_code=404, content={"error": str(exc)})
 
     @app.exception_handler(RegistryError)
     async def _registry(_req: Request, exc: RegistryError):
-        return JSONResponse(status_code=404, content={"error": str(exc)})
+        return FastJSON(status_code=404, content={"error": str(exc)})
 
     @app.exception_handler(HTTPException)
     async def _http(_req: Request, exc: HTTPException):
-        return JSONResponse(status_code=exc.status_code, content={"error": exc.detail})
+        return FastJSON(status_code=exc.status_code, content={"error": exc.detail})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError):
+        lines = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0])
+            lines.append(f"{loc}: given {str(e.get('input'))[:40]!r}; expected {e['msg'].replace('Input should be ', '')}")
+        return FastJSON(status_code=422, content={"error": "; ".join(lines), "problems": lines})
 
     @app.get("/healthz")
-    def healthz():
-        return {"ok": True}
+    async def healthz():
+        # async: answered on the event loop even when every worker thread is busy with reads.
+        if daemon is None:
+            return {"ok": True}
+        age = time.time() - daemon.last_tick
+        backlog = queries.spool_backlog(home)
+        body = {"ok": age < defaults.HEALTH_STALL_SECONDS, "loop_seconds_since_pass": round(age, 3), **backlog}
+        if not body["ok"]:
+            body["error"] = f"the daemon's loop has not completed a pass for {age:.0f}s: intake and reaping are stalled"
+        return FastJSON(status_code=200 if body["ok"] else 503, content=body)
 
     @app.get("/status")
     def status():
         return queries.status(home, store, daemon)
 
     @app.get("/jobs")
-    def jobs(state: Optional[list[str]] = Query(None), user: Optional[str] = None, all: bool = True,
-             limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)):
+    def jobs(state: Optional[list[State]] = Query(None), user: Optional[str] = Query(None, max_length=64), all: bool = True,
+             limit: int = Query(100, ge=1, le=defaults.HTTP_MAX_LIMIT), offset: int = Query(0, ge=0, le=10**9)):
         return {"jobs": queries.list_jobs(home, store, state or (), user, all, limit, offset), "limit": limit, "offset": offset}
 
     @app.get("/jobs/{job_id}")
@@ -54,13 +102,29 @@ def create_app(home, daemon=None) -> FastAPI:
         return queries.job_view(store, store.get_job(job_id), full=True)
 
     @app.get("/jobs/{job_id}/metrics")
-    def metrics(job_id: str, name: Optional[str] = None, limit: Optional[int] = Query(None, ge=1), offset: int = Query(0, ge=0)):
+    def metrics(job_id: str, name: Optional[str] = Query(None, max_length=200),
+                limit: int = Query(defaults.HTTP_MAX_METRICS, ge=1, le=defaults.HTTP_MAX_METRICS),
+                offset: int = Query(0, ge=0, le=10**12)):
         j = store.get_job(job_id)
-        return {"job": j["id"], "metrics": store.metrics(j["id"], name, limit, offset), "latest": store.latest_metrics(j["id"])}
+        total = store.count_metrics(j["id"], name)
+        points = store.metrics(j["id"], name, limit, offset)
+        nxt = offset + len(points) if offset + len(points) < total else None
+        return {"job": j["id"], "metrics": points, "total": total, "limit": limit, "offset": offset, "next_offset": nxt,
+                "latest": store.latest_metrics(j["id"])}
 
-    @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
-    def log(job_id: str, tail: Optional[int] = Query(None, ge=0)):
-        return queries.read_log(store.get_job(job_id)["job_dir"], tail)
+    @app.get("/jobs/{job_id}/log")
+    def log(job_id: str, tail: Optional[int] = Query(None, ge=0, le=100_000),
+            offset: int = Query(0, ge=0, le=2**53), length: Optional[int] = Query(None, ge=1, le=defaults.HTTP_MAX_LOG_BYTES)):
+        job_dir = store.get_job(job_id)["job_dir"]
+        size = queries.log_size(job_dir)
+        headers = {"X-Log-Size": str(size)}
+        if tail is not None:
+            return Response(queries.read_log(job_dir, tail), media_type="text/plain; charset=utf-8", headers=headers)
+        if length is not None or offset:
+            body = b"".join(queries.log_chunks(job_dir, offset, length or defaults.HTTP_MAX_LOG_BYTES))
+            headers["X-Log-Offset"] = str(offset)
+            return Response(body, media_type="text/plain; charset=utf-8", headers=headers)
+        return StreamingResponse(queries.log_chunks(job_dir, 0, size), media_type="text/plain; charset=utf-8", headers=headers)
 
     @app.get("/envs")
     def envs():

@@ -61,7 +61,7 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
     })
     extra_env.update(spec.get("env_vars", {}))
     environ = sandbox.job_environment(job_dir, path_dirs, extra_env, job["user"], home.cache)
-    wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=network, cwd=cwd)
+    wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=network, cwd=cwd, protect=[home.root])
     if not sandboxed and not network:
         log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
     launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),

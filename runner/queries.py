@@ -9,20 +9,23 @@ from .spool import pending_jobs
 
 JOB_FIELDS = ("id", "seq", "name", "user", "kind", "model", "state", "reason", "exit_code", "signal", "priority",
               "created_at", "queued_at", "started_at", "finished_at", "gpus", "gpu_uuids", "env", "env_hash", "after",
-              "retry_of", "note", "peak_gpu_mem_mb", "job_dir")
+              "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir")
 
 
-def job_view(store, job: dict, full: bool = False) -> dict:
+def job_view(store, job: dict, full: bool = False, latest: dict | None = None) -> dict:
     """A job as the user sees it: its fields, its latest metrics and (full) its history."""
     out = {k: job.get(k) for k in JOB_FIELDS}
     out["duration"] = ((job["finished_at"] or time.time()) - job["started_at"]) if job.get("started_at") else None
-    out["metrics"] = store.latest_metrics(job["id"])
+    out["metrics"] = store.latest_metrics(job["id"]) if latest is None else latest
     if full:
         out["spec"] = job["spec"]
         out["log_tail"] = job.get("log_tail")
         out["transitions"] = [{k: t[k] for k in ("from_state", "to_state", "at", "reason")} for t in store.transitions(job["id"])]
-        out["artifacts"] = store.artifacts(job["id"])
+        out["artifacts"] = store.artifacts(job["id"])[-MAX_ARTIFACTS:]
     return out
+
+
+MAX_ARTIFACTS = 1000  # newest files of a job shown in its view
 
 
 def spooled_view(rec: dict) -> dict:
@@ -38,11 +41,44 @@ def list_jobs(home, store, states=(), user=None, all_jobs=False, limit=None, off
     """Jobs for `runner ls` and GET /jobs: active ones by default, every one with all_jobs."""
     if not states and not all_jobs:
         states = ("queued", "preparing", "running")
-    rows = [job_view(store, j) for j in store.list_jobs(states, user, limit, offset)]
+    jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS)
+    latest = store.latest_metrics_many([j["id"] for j in jobs])
+    rows = [job_view(store, j, latest=latest[j["id"]]) for j in jobs]
     if offset == 0 and (not states or "queued" in states):
-        spooled = [spooled_view(r) for r in pending_jobs(home)]
+        spooled = [spooled_view(r) for r in _spooled(home)]
         rows = [r for r in spooled if not user or r["user"] == user] + rows
     return rows
+
+
+_SPOOL_CACHE: dict = {}
+
+
+def _spooled(home) -> list[dict]:
+    """pending_jobs, re-read only when the spool folder changed (a list view is asked for often)."""
+    try:
+        st = os.stat(home.spool)
+    except FileNotFoundError:
+        return []
+    key = (str(home.spool), st.st_mtime_ns, st.st_nlink)
+    hit = _SPOOL_CACHE.get("key") == key and time.time() - _SPOOL_CACHE.get("at", 0) < 1.0
+    if not hit:
+        _SPOOL_CACHE.update(key=key, at=time.time(), rows=pending_jobs(home))
+    return _SPOOL_CACHE["rows"]
+
+
+def spool_backlog(home) -> dict:
+    """How many files wait in the spool and how old the oldest is (a stalled intake shows here)."""
+    try:
+        names = [n for n in os.listdir(home.spool) if n.endswith(".json") and not n.startswith(".")]
+    except FileNotFoundError:
+        return {"spool_backlog": 0, "oldest_spool_seconds": None}
+    oldest = None
+    if names:  # names start with the submit time in ns: the smallest is the oldest
+        try:
+            oldest = os.lstat(os.path.join(home.spool, min(names))).st_mtime
+        except FileNotFoundError:
+            pass
+    return {"spool_backlog": len(names), "oldest_spool_seconds": round(time.time() - oldest, 3) if oldest else None}
 
 
 def find_job(home, store, ref: str) -> dict:
@@ -61,7 +97,7 @@ def find_job(home, store, ref: str) -> dict:
 def status(home, store, daemon=None) -> dict:
     """Queue counts, daemon uptime and GPUs: GET /status."""
     counts = store.count_by_state()
-    counts["submitted"] = len(pending_jobs(home))
+    counts["submitted"] = len(_spooled(home))
     out = {"home": str(home.root), "counts": counts, "daemon_pid": os.getpid() if daemon else home.daemon_pid()}
     if daemon is not None:
         out["uptime_seconds"] = time.time() - daemon.started_at
@@ -90,8 +126,30 @@ def read_log(job_dir, tail: int | None = None) -> str:
     path = os.path.join(job_dir, "output.log")
     if tail is not None:
         return "\n".join(tail_lines(path, tail)) + "\n" if tail else ""
+    return b"".join(log_chunks(job_dir)).decode("utf-8", "replace")
+
+
+def log_size(job_dir) -> int:
+    """Bytes in a job's output.log (0 when there is none yet)."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return os.path.getsize(os.path.join(job_dir, "output.log"))
     except FileNotFoundError:
-        return ""
+        return 0
+
+
+def log_chunks(job_dir, offset: int = 0, length: int | None = None, chunk: int = 256 * 1024):
+    """A job's output.log as bytes, chunk by chunk, from offset (length bytes at most): memory stays flat."""
+    try:
+        f = open(os.path.join(job_dir, "output.log"), "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        f.seek(offset)
+        left = length
+        while left is None or left > 0:
+            data = f.read(chunk if left is None else min(chunk, left))
+            if not data:
+                return
+            if left is not None:
+                left -= len(data)
+            yield data

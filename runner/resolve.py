@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import envs
 from .exceptions import SpecError
-from .spec import EnvSpec as EnvSpecType, JobSpec
+from .spec import EnvSpec as EnvSpecType, JobSpec, workdir_problem
 
 _ROOT = Path(__file__).resolve().parent.parent
 _SCHEMAS = _ROOT / "adapters" / "schemas"
@@ -65,7 +65,26 @@ def known_to_framework(framework: dict, name: str) -> bool:
         return False
 
 
-def resolve(spec: JobSpec, base: Path, registry, warnings: list) -> dict:
+def workdir_problems(workdir: str, state_root: Path | None) -> list[str]:
+    """A resolved workdir: a folder, not a system folder, not runner's own state, writable by the caller."""
+    from .spec import workdir_problem
+
+    real = os.path.realpath(workdir)
+    if not os.path.isdir(real):
+        return [f"workdir: {workdir} is not a folder"]
+    problem = workdir_problem(real)
+    if problem:
+        return [f"workdir: {problem}"]
+    if state_root is not None:
+        root = os.path.realpath(state_root)
+        if real == root or real.startswith(root + "/"):
+            return [f"workdir: {workdir} is inside runner's state folder {root}; give a folder of your own"]
+    if not os.access(real, os.W_OK | os.X_OK):
+        return [f"workdir: {workdir} is not writable by you; give a folder you may write"]
+    return []
+
+
+def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Path | None = None) -> dict:
     """The spec as it goes into the spool: paths absolute, defaults filled, checked.
 
     Raises SpecError with every problem found; appends non-fatal notes to `warnings`.
@@ -74,10 +93,11 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list) -> dict:
     data = spec.model_dump(exclude_none=True)
     if spec.workdir:
         data["workdir"] = _abs(spec.workdir, base)
-        if not Path(data["workdir"]).is_dir():
-            problems.append(f"workdir: {data['workdir']} is not a folder")
+        problems += workdir_problems(data["workdir"], state_root)
     elif spec.kind == "command":
         data["workdir"] = str(base)
+        if workdir_problems(str(base), state_root):
+            problems.append(f"workdir: not given, so it would be {base}: {workdir_problems(str(base), state_root)[0].split(': ', 1)[1]}")
     if isinstance(spec.env, EnvSpecType) and spec.env.requirements_file:
         p = Path(_abs(spec.env.requirements_file, base))
         if not p.is_file():

@@ -69,8 +69,13 @@ def job_environment(job_dir: Path, path_dirs: list[str], extra: dict, user: str,
     return env
 
 
-def wrap(argv: list[str], job_dir: Path, writable: list[Path], network: bool, cwd: Path) -> tuple[list[str], bool]:
-    """argv run under bubblewrap when it is available: returns (argv, sandboxed)."""
+def wrap(argv: list[str], job_dir: Path, writable: list[Path], network: bool, cwd: Path,
+         protect: list[Path] = ()) -> tuple[list[str], bool]:
+    """argv run under bubblewrap when it is available: returns (argv, sandboxed).
+
+    `protect` (runner's state folder) stays read-only even when a writable folder contains it
+    (a workdir above it); the job's own folders inside it are then bound writable again.
+    """
     bwrap = bwrap_path()
     if not bwrap:
         return argv, False
@@ -84,6 +89,11 @@ def wrap(argv: list[str], job_dir: Path, writable: list[Path], network: bool, cw
         if p not in seen and os.path.isdir(p):
             seen.add(p)
             args += ["--bind", p, p]
+    for q in protect:
+        q = str(Path(q).resolve())
+        if any(q.startswith(p + "/") for p in seen) and os.path.isdir(q):
+            args += ["--ro-bind", q, q]
+            args += [a for p in seen if p.startswith(q + "/") for a in ("--bind", p, p)]
     args += ["--chdir", str(cwd), "--"]
     return args + list(argv), True
 

@@ -25,11 +25,62 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
-def _limits(rlimits):
+_FIELDS = {"RLIMIT_AS": "memory_gb", "RLIMIT_NOFILE": "max_open_files", "RLIMIT_NPROC": "max_processes",
+           "RLIMIT_CPU": "cpu_seconds"}
+
+
+def _fit_limits(rlimits, say):
+    """The limits the kernel will take from this process: a value above the hard limit that an
+    unprivileged shim may not raise is lowered to it, and the job's log says so (never a bare
+    'Exception occurred in preexec_fn')."""
+    out = {}
+    for name, value in rlimits.items():
+        kind = getattr(resource, name)
+        _soft, hard = resource.getrlimit(kind)
+        if name == "RLIMIT_NOFILE":
+            try:
+                with open("/proc/sys/fs/nr_open") as f:
+                    nr_open = int(f.read())
+                if value > nr_open:
+                    say(f"resources.{_FIELDS[name]}: {value} is above this machine's fs.nr_open; using {nr_open}")
+                    value = nr_open
+            except (OSError, ValueError):
+                pass
+        if hard != resource.RLIM_INFINITY and value > hard and os.geteuid() != 0:
+            say(f"resources.{_FIELDS.get(name, name)}: {value} is above this user's hard limit; using {hard}")
+            value = hard
+        out[kind] = value
+    return out
+
+
+def _limits(limits):
     def apply():
-        for name, value in rlimits.items():
-            resource.setrlimit(getattr(resource, name), (value, value))
+        for kind, value in limits.items():
+            resource.setrlimit(kind, (value, value))
     return apply
+
+
+def _subreaper():
+    """Become the reaper of the job's orphans: bubblewrap's monitor exits as soon as the job does,
+    before its pid-namespace init has been reaped, so without this the init's resource usage (the
+    job's peak memory among it) would never reach this process."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap_orphans(deadline):
+    """Wait (bounded) for children that came to the shim as their subreaper."""
+    while time.time() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.005)
 
 
 def main(job_dir):
@@ -55,13 +106,16 @@ def main(job_dir):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     started = time.time()
+    if spec.get("sandboxed"):
+        _subreaper()
     try:
+        limits = _fit_limits(spec.get("rlimits") or {}, lambda m: os.write(log_fd, f"runner: warning: {m}\n".encode()))
         proc = subprocess.Popen(
             spec["argv"], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             env=spec["env"], cwd=spec["cwd"], process_group=0, close_fds=True,
-            preexec_fn=_limits(spec.get("rlimits") or {}),
+            preexec_fn=_limits(limits) if limits else None,
         )
-    except (OSError, subprocess.SubprocessError) as e:
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
         os.write(log_fd, f"runner: failed to start {spec['argv'][0]!r}: {e}\n".encode())
         _write_json(exit_path, {"exit_code": None, "signal": None, "spawn_error": str(e),
                                 "started_at": started, "finished_at": time.time()})
@@ -72,6 +126,8 @@ def main(job_dir):
         forward(child["signal"], None)
     rc = proc.wait()
     finished = time.time()
+    if spec.get("sandboxed"):
+        _reap_orphans(finished + 2.0)
     sig = -rc if rc < 0 else None
     if spec.get("sandboxed") and rc > 128 and rc - 128 < signal.NSIG:
         # bubblewrap reports a child killed by signal N as exit status 128+N.

@@ -2,35 +2,75 @@
 
 A bad spec is refused at submit with one line per problem (field path, what was given, what is
 expected) and nothing is queued. Only the shape is checked here; `resolve.py` checks the spec
-against the world (files, registry, framework schemas).
+against the world (files, registry, framework schemas). The daemon validates every spool record
+with the same `parse_spec`, so a file dropped in the spool by hand meets the same rules.
+
+Values are not coerced: `network: 'no'` or `priority: "5"` are refused. The documented exceptions
+are made by the YAML loader: items of `command` and values of `env_vars` are taken as the text
+written, so `command: [true]` runs the program `true` and `OMP_NUM_THREADS: 4` is the string "4".
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from . import defaults
 from .exceptions import SpecError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+RESERVED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PYTHONUNBUFFERED", "XDG_CACHE_HOME", "VIRTUAL_ENV",
+                "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                "HF_DATASETS_OFFLINE", "GCONV_PATH", "GLIBC_TUNABLES")
+"""Variables a job file may not set: runner sets them itself, or the loader reads them before the sandbox."""
+
+RESERVED_ENV_PREFIXES = ("LD_", "RUNNER_")
+"""Prefixes of variables a job file may not set: the dynamic loader's, and runner's own."""
+
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+               "/sys", "/usr", "/var/lib", "/var/log", "/var/spool", "/var/cache", "/var/run", "/snap")
+"""A workdir may not be one of these or inside them: the job's bind mount would make them writable."""
+
+SHARED_PARENTS = ("/", "/home", "/tmp", "/var", "/var/tmp", "/opt", "/srv", "/mnt", "/media", "/data")
+"""A workdir may be inside these but not one of them: they hold other people's folders."""
+
+
+def _lines(lines: list[str]):
+    """An error made of finished `field: problem` lines (format_errors passes them through)."""
+    return PydanticCustomError("runner_lines", "{lines}", {"lines": "\n".join(lines)})
+
+
+def workdir_problem(path: str) -> str | None:
+    """Why an absolute workdir may not be used, or None."""
+    p = os.path.normpath(path)
+    if p in SHARED_PARENTS or p == "//":
+        return f"{p} is a system folder shared by everyone; give a folder of your own inside it"
+    for d in SYSTEM_DIRS:
+        if p == d or p.startswith(d + "/"):
+            return f"{p} is a system folder ({d}); give a folder of your own"
+    return None
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class EnvSpec(_Strict):
     """An env given inline: a requirements list or file, and optionally a Python version."""
 
-    requirements: Optional[list[str]] = None
-    requirements_file: Optional[str] = None
-    python: Optional[str] = None
-    name: Optional[str] = None
+    requirements: Optional[list[str]] = Field(None, max_length=1000)
+    requirements_file: Optional[str] = Field(None, max_length=4096)
+    python: Optional[str] = Field(None, max_length=32)
+    name: Optional[str] = Field(None, max_length=64)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -42,44 +82,46 @@ class EnvSpec(_Strict):
 class Dataset(_Strict):
     """Where the data is and in what layout."""
 
-    path: str
+    path: str = Field(max_length=4096)
     format: Literal["imagefolder", "yolo", "coco", "dota", "masks", "captions"] = "imagefolder"
     split: Optional[float] = Field(None, gt=0, lt=1, description="val fraction when there is no val/ folder")
-    annotations: Optional[str] = None
+    annotations: Optional[str] = Field(None, max_length=4096)
 
 
 class Train(BaseModel):
     """Training settings. Fields beyond these are framework settings, checked against its schema."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     epochs: int = Field(1, ge=1, le=100_000)
     batch_size: Optional[int] = Field(None, ge=1, le=65_536)
-    lr: Optional[float] = Field(None, gt=0, le=10)
+    lr: Optional[float] = Field(None, gt=0, le=10, allow_inf_nan=False)
     input_size: Optional[int] = Field(None, ge=8, le=8192)
     pretrained: bool = False
-    optimizer: Optional[str] = None
+    optimizer: Optional[str] = Field(None, max_length=64)
     auto_batch_size: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     workers: int = Field(0, ge=0, le=64)
-    resume: Optional[str] = None
+    resume: Optional[str] = Field(None, max_length=4096)
 
 
 class Resources(_Strict):
     """What a job needs from the machine."""
 
     gpus: int = Field(0, ge=0, le=64)
-    gpu_memory_gb: Optional[float] = Field(None, gt=0)
-    gpu_ids: Optional[list[int]] = None
-    memory_gb: Optional[float] = Field(None, gt=0, description="address-space limit")
-    max_open_files: Optional[int] = Field(None, ge=16)
-    max_processes: Optional[int] = Field(None, ge=1)
-    cpu_seconds: Optional[int] = Field(None, ge=1)
-    time_limit: Optional[float] = Field(None, gt=0, description="wall-clock seconds")
+    gpu_memory_gb: Optional[float] = Field(None, gt=0, le=16_384, allow_inf_nan=False)
+    gpu_ids: Optional[list[int]] = Field(None, max_length=64)
+    memory_gb: Optional[float] = Field(None, gt=0, le=defaults.MAX_MEMORY_GB, allow_inf_nan=False, description="address-space limit")
+    max_open_files: Optional[int] = Field(None, ge=16, le=defaults.MAX_OPEN_FILES)
+    max_processes: Optional[int] = Field(None, ge=1, le=defaults.MAX_PROCESSES)
+    cpu_seconds: Optional[int] = Field(None, ge=1, le=defaults.MAX_SECONDS)
+    time_limit: Optional[float] = Field(None, gt=0, le=defaults.MAX_SECONDS, allow_inf_nan=False, description="wall-clock seconds")
 
     @model_validator(mode="after")
     def _ids_match(self):
         if self.gpu_ids is not None:
+            if any(not 0 <= i < 1024 for i in self.gpu_ids):
+                raise ValueError("gpu_ids are GPU indexes from 0 to 1023")
             if len(set(self.gpu_ids)) != len(self.gpu_ids):
                 raise ValueError("gpu_ids must not repeat a GPU")
             if self.gpus not in (0, len(self.gpu_ids)):
@@ -92,23 +134,23 @@ class JobSpec(_Strict):
     """One job: a command, or a model to train, with its data, env and resources."""
 
     name: Optional[str] = None
-    command: Optional[Union[list[str], str]] = None
-    model: Optional[str] = None
-    framework: Optional[str] = None
-    model_name: Optional[str] = None
-    variant: Optional[str] = None
-    task: Optional[str] = None
+    command: Any = None
+    model: Optional[str] = Field(None, max_length=200)
+    framework: Optional[str] = Field(None, max_length=64)
+    model_name: Optional[str] = Field(None, max_length=200)
+    variant: Optional[str] = Field(None, max_length=200)
+    task: Optional[str] = Field(None, max_length=64)
     dataset: Optional[Dataset] = None
     train: Train = Field(default_factory=Train)
-    env: Optional[Union[str, EnvSpec]] = None
+    env: Any = None
     resources: Resources = Field(default_factory=Resources)
     network: Optional[bool] = None
     priority: int = Field(0, ge=-1000, le=1000)
-    after: list[str] = Field(default_factory=list)
-    workdir: Optional[str] = None
+    after: list[str] = Field(default_factory=list, max_length=100)
+    workdir: Optional[str] = Field(None, max_length=4096)
     env_vars: dict[str, str] = Field(default_factory=dict)
-    parser: Optional[str] = None
-    checkpoints: list[str] = Field(default_factory=list)
+    parser: Optional[str] = Field(None, max_length=4096)
+    checkpoints: list[str] = Field(default_factory=list, max_length=100)
     check: Optional[dict[str, Any]] = None
 
     @field_validator("name")
@@ -121,23 +163,75 @@ class JobSpec(_Strict):
     @field_validator("command")
     @classmethod
     def _command(cls, v):
-        if v is not None and (v == [] or v == "" or (isinstance(v, list) and not all(v))):
-            raise ValueError("a non-empty command (a string for the shell, or a list of arguments)")
+        # One clear message instead of one per member of a str | list[str] union.
+        if v is None:
+            return v
+        what = "a non-empty command (a string for the shell, or a list of strings)"
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError(what)
+            if len(v.encode()) > defaults.MAX_ARG_BYTES:
+                raise ValueError(f"a command of at most {defaults.MAX_ARG_BYTES} bytes")
+            return v
+        if not isinstance(v, list) or not v or not all(isinstance(a, str) for a in v) or not v[0]:
+            raise ValueError(what)
+        if len(v) > defaults.MAX_ARGS:
+            raise ValueError(f"at most {defaults.MAX_ARGS} arguments (given {len(v)})")
+        for i, a in enumerate(v):
+            if len(a.encode()) > defaults.MAX_ARG_BYTES:
+                raise ValueError(f"arguments of at most {defaults.MAX_ARG_BYTES} bytes (argument {i} has {len(a.encode())})")
         return v
 
     @field_validator("env")
     @classmethod
     def _env(cls, v):
-        if isinstance(v, str) and not _ENV_NAME.match(v):
-            raise ValueError("an env name from envs/ (e.g. 'base', 'timm') or 'system'")
-        return v
+        if v is None:
+            return v
+        if isinstance(v, str):
+            if not _ENV_NAME.match(v):
+                raise ValueError("an env name from envs/ (e.g. 'base', 'timm') or 'system'")
+            return v
+        if isinstance(v, dict):
+            try:
+                return EnvSpec.model_validate(v)
+            except ValidationError as err:
+                raise _lines(format_errors(err, prefix="env")) from None
+        if isinstance(v, EnvSpec):
+            return v
+        raise ValueError("an env name (e.g. 'timm', 'system') or a mapping {requirements: [...]} / {requirements_file: ...}")
 
     @field_validator("env_vars")
     @classmethod
     def _env_vars(cls, v):
-        for key in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
+        if len(v) > defaults.MAX_ENV_VARS:
+            raise ValueError(f"at most {defaults.MAX_ENV_VARS} variables (given {len(v)})")
+        problems = []
+        for key, value in v.items():
+            if not _VAR_NAME.match(key):
+                problems.append(f"env_vars: {key[:60]!r} is not a valid environment variable name (letters, digits, '_')")
+            elif key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+                problems.append(f"env_vars.{key}: may not be set by a job: runner sets it, or the loader reads it before the "
+                                f"sandbox (reserved: {', '.join(RESERVED_ENV)}, {', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)})")
+            elif len(value.encode()) > defaults.MAX_ARG_BYTES:
+                problems.append(f"env_vars.{key}: {len(value.encode())} bytes; expected at most {defaults.MAX_ARG_BYTES}")
+        if problems:
+            raise _lines(problems)
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v):
+        if v is not None and os.path.isabs(v):
+            problem = workdir_problem(v)
+            if problem:
+                raise ValueError(f"a folder of your own, not a system folder: {problem}")
+        return v
+
+    @field_validator("after", "checkpoints")
+    @classmethod
+    def _short_strings(cls, v):
+        if any(len(x) > 4096 for x in v):
+            raise ValueError("strings of at most 4096 characters")
         return v
 
     @model_validator(mode="after")
@@ -156,6 +250,8 @@ class JobSpec(_Strict):
             raise ValueError(f"model {self.model!r}: expected FRAMEWORK/NAME, e.g. timm/resnet18 or repo/yolov7")
         if runs_model and self.dataset is None:
             raise ValueError("a model job needs dataset: {path: ..., format: ...}")
+        if runs_model and "PYTHONPATH" in self.env_vars:
+            raise ValueError("env_vars: PYTHONPATH is set by runner for model jobs (it finds the adapters there)")
         return self
 
     @property
@@ -169,43 +265,231 @@ def _describe_input(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def format_errors(err: ValidationError) -> list[str]:
+def _loc(parts, prefix: str = "") -> str:
+    # pydantic names the member of a union or a validator in the location ("list[str]",
+    # "function-after[...]"): a user knows fields and indexes only.
+    keep = [str(p) for p in parts if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))]
+    return ".".join(([prefix] if prefix else []) + keep) or "(job)"
+
+
+def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem: `field.path: given X; expected Y`."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(job)"
+        loc = _loc(e["loc"], prefix)
         msg = e["msg"].removeprefix("Value error, ").replace("Input should be ", "")
+        if e["type"] == "runner_lines":
+            lines += [l for l in e["ctx"]["lines"].split("\n") if l not in lines]
+            continue
         if e["type"] == "missing":
-            lines.append(f"{loc}: missing; this field is required")
+            line = f"{loc}: missing; this field is required"
         elif e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown field (given {_describe_input(e.get('input'))}); check the spelling")
+            line = f"{loc}: unknown field (given {_describe_input(e.get('input'))}); check the spelling"
         else:
-            lines.append(f"{loc}: given {_describe_input(e.get('input'))}; expected {msg}")
+            line = f"{loc}: given {_describe_input(e.get('input'))}; expected {msg}"
+        if line not in lines:
+            lines.append(line)
     return lines
+
+
+def _nul_problems(data, path: str, out: list, depth: int = 0):
+    if depth > defaults.MAX_SPEC_DEPTH:
+        out.append(f"{path or '(job)'}: nested deeper than {defaults.MAX_SPEC_DEPTH} levels")
+        return
+    if isinstance(data, str):
+        if "\x00" in data:
+            out.append(f"{path or '(job)'}: contains a NUL byte; expected text without NUL")
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            key = str(k)
+            if "\x00" in key:
+                out.append(f"{path or '(job)'}: a key contains a NUL byte")
+                continue
+            _nul_problems(v, f"{path}.{key}" if path else key, out, depth + 1)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _nul_problems(v, f"{path}.{i}" if path else str(i), out, depth + 1)
+    elif isinstance(data, float) and data != data or data in (float("inf"), float("-inf")):
+        out.append(f"{path or '(job)'}: given {data}; expected a finite number")
 
 
 def parse_spec(data: Any) -> JobSpec:
     """Validate a mapping into a JobSpec, or raise SpecError with one line per problem."""
     if not isinstance(data, dict):
         raise SpecError([f"(job): given {_describe_input(data)}; expected a mapping of fields (name:, command: or model:, ...)"])
+    problems: list[str] = []
+    _nul_problems(data, "", problems)
+    if problems:
+        raise SpecError(problems)
+    size = len(json.dumps(data, default=str))
+    if size > defaults.MAX_SPEC_BYTES:
+        raise SpecError([f"(job): the spec is {size} bytes; at most {defaults.MAX_SPEC_BYTES} (keep data in files, not in the spec)"])
     try:
         return JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(format_errors(err)) from None
 
 
-def load_spec_file(path: str | Path) -> dict:
-    """Read a job file (YAML or JSON) into a mapping, with a clear error if it is not one."""
+def _yaml_loader():
+    """A safe YAML loader that refuses duplicate keys and keeps `command`/`env_vars` scalars as text."""
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value", key_node.start_mark) from None
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                                                        key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+def _expanded_size(node, memo: dict, where: str, depth: int = 0) -> int:
+    """How many values a YAML node stands for once its aliases are expanded (shared nodes counted each time)."""
+    import yaml
+
+    if depth > defaults.MAX_SPEC_DEPTH:
+        raise SpecError([f"{where}: nested deeper than {defaults.MAX_SPEC_DEPTH} levels"])
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(c, memo, where, depth + 1) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, memo, where, depth + 1) + _expanded_size(v, memo, where, depth + 1) for k, v in node.value)
+    else:
+        n = 1
+    memo[key] = n
+    return n
+
+
+def _as_text(node):
+    """Documented coercion: scalars under `command` and `env_vars` are the text written."""
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
+        node.tag = "tag:yaml.org,2002:str"
+    elif isinstance(node, yaml.SequenceNode):
+        for c in node.value:
+            if isinstance(c, yaml.ScalarNode):
+                _as_text(c)
+    elif isinstance(node, yaml.MappingNode):
+        for _, v in node.value:
+            if isinstance(v, yaml.ScalarNode):
+                _as_text(v)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data, with aliases bounded, duplicate keys refused and one-line errors."""
+    import yaml
+
+    loader = _yaml_loader()(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise SpecError([f"{where}: nested deeper than {defaults.MAX_SPEC_DEPTH} levels"]) from None
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, where)
+        if size > defaults.MAX_SPEC_VALUES:
+            raise SpecError([f"{where}: expands to {size} values through YAML aliases (&/*); at most {defaults.MAX_SPEC_VALUES}"])
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value in ("command", "env_vars"):
+                    _as_text(v)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise SpecError([f"{where}: not valid YAML/JSON ({at}{problem})"]) from None
+    finally:
+        loader.dispose()
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range")
+    return v
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text -> data: duplicate keys, NaN and infinite numbers refused, depth bounded, one-line errors."""
+    depth = max_depth(text)
+    if depth > defaults.MAX_SPEC_DEPTH:
+        raise SpecError([f"{where}: nested deeper than {defaults.MAX_SPEC_DEPTH} levels"])
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError([f"{where}: not valid JSON ({first})"]) from None
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def max_depth(text: str) -> int:
+    """The deepest nesting of brackets in JSON text, outside strings (checked before parsing)."""
+    depth = top = 0
+    for m in _BRACKETS.finditer(_STRINGS.sub("", text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > top:
+                top = depth
+                if top > defaults.MAX_SPEC_DEPTH:
+                    return top
+        else:
+            depth -= 1
+    return top
+
+
+def decode_text(raw: bytes, where: str) -> str:
+    """Bytes of a job file as text, or one line saying why it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"{where}: not a text file (byte 0x{raw[e.start]:02x} at offset {e.start} is not UTF-8); "
+                         "expected a YAML or JSON job file"]) from None
+
+
+def load_spec_file(path: str | Path) -> dict:
+    """Read a job file (YAML or JSON) into a mapping, with a clear one-line error if it is not one."""
     p = Path(path)
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            raw = f.read(defaults.MAX_SPEC_BYTES + 1)
     except OSError as e:
         raise SpecError([f"{path}: cannot read the job file ({e.strerror})"]) from None
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SpecError([f"{path}: not valid YAML/JSON ({first})"]) from None
-    return data
+    if len(raw) > defaults.MAX_SPEC_BYTES:
+        raise SpecError([f"{path}: larger than {defaults.MAX_SPEC_BYTES} bytes; expected a small job file"])
+    text = decode_text(raw, str(path))
+    if "\x00" in text:
+        raise SpecError([f"{path}: contains a NUL byte; expected a YAML or JSON job file"])
+    return parse_json(text, str(path)) if p.suffix == ".json" else parse_yaml(text, str(path))

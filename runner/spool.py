@@ -8,13 +8,24 @@ user; the daemon trusts that, not what the file says.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pwd
+import re
 import secrets
+import stat
 import time
 from pathlib import Path
 
+from . import defaults
+from .exceptions import RunnerError, SpecError
 from .home import Home
+
+_ID = re.compile(r"^[0-9a-z]{4,32}$")
+
+
+class SpoolFileError(RunnerError):
+    """A spool file the daemon will not take: not a regular file, too big, not JSON, wrong fields."""
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -58,7 +69,7 @@ def request_cancel(home: Home, job_id: str, now: float | None = None):
 def pending(home: Home) -> list[Path]:
     """Spool files waiting for the daemon, oldest first."""
     try:
-        names = [n for n in os.listdir(home.spool) if n.endswith(".json")]
+        names = [n for n in os.listdir(home.spool) if n.endswith(".json") and not n.startswith(".")]
     except FileNotFoundError:
         return []
     return [home.spool / n for n in sorted(names)]
@@ -67,19 +78,109 @@ def pending(home: Home) -> list[Path]:
 def pending_jobs(home: Home) -> list[dict]:
     """Submitted jobs the daemon has not taken yet (for `ls` while it is down)."""
     out = []
+    now = time.time()
     for p in pending(home):
         if p.name.endswith(".job.json"):
             try:
-                rec = json.loads(p.read_text())
-                rec["owner"] = user_name(p.stat().st_uid)
+                raw, uid = read_record(p)
+                rec = check_job_record(raw, now)
+                rec["owner"] = user_name(uid)
                 out.append(rec)
-            except (OSError, ValueError):
+            except (OSError, SpoolFileError):
                 continue
     return out
 
 
 def quarantine(home: Home, path: Path, reason: str):
-    """Move a spool file the daemon cannot use aside, with the reason beside it."""
-    dest = home.quarantine / path.name
-    os.replace(path, dest)
-    (home.quarantine / (path.name + ".reason")).write_text(reason + "\n")
+    """Move a spool file the daemon cannot use aside, with the reason beside it.
+
+    The file is moved as it is (a symlink stays a link, a FIFO is never opened); the reason file is
+    written with O_NOFOLLOW into the daemon's own folder, so no name a user picks redirects it.
+    """
+    name = path.name.removesuffix(".retry")
+    dest = home.quarantine / name
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return
+    except OSError:
+        os.unlink(path)
+    fd = os.open(home.quarantine / (name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, (reason.replace("\n", " ")[:2000] + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_record(path: Path) -> tuple[dict, int]:
+    """Read a spool file safely: (record, owner uid), or SpoolFileError.
+
+    Never follows a symlink, never blocks on a FIFO or device, reads at most MAX_SPOOL_BYTES and
+    checks the nesting depth before parsing, so no file can crash or stall the daemon.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == 40:  # ELOOP: the name is a symlink
+            raise SpoolFileError("a symbolic link; the spool takes regular files only") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpoolFileError("not a regular file (a FIFO, device or folder); the spool takes regular files only")
+        if st.st_size > defaults.MAX_SPOOL_BYTES:
+            raise SpoolFileError(f"{st.st_size} bytes; a spool file is at most {defaults.MAX_SPOOL_BYTES}")
+        chunks, size = [], 0
+        while size <= defaults.MAX_SPOOL_BYTES:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        if size > defaults.MAX_SPOOL_BYTES:
+            raise SpoolFileError(f"more than {defaults.MAX_SPOOL_BYTES} bytes; a spool file is at most that")
+    finally:
+        os.close(fd)
+    from .spec import decode_text, parse_json
+
+    try:
+        rec = parse_json(decode_text(b"".join(chunks), "file"), "file")
+    except SpecError as e:
+        raise SpoolFileError(e.problems[0].removeprefix("file: ")) from None
+    if not isinstance(rec, dict):
+        raise SpoolFileError("not a JSON object")
+    return rec, st.st_uid
+
+
+def _time(rec: dict, key: str, now: float) -> float:
+    v = rec.get(key, now)
+    if v is None:
+        return now
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= now + 86400:
+        raise SpoolFileError(f"{key}: given {str(v)[:40]}; expected a time (seconds since 1970, not in the future)")
+    return float(v)
+
+
+def check_job_record(rec: dict, now: float) -> dict:
+    """The fields of a job record, each checked: {id, spec, submitted_at, retry_of}."""
+    unknown = set(rec) - {"id", "spec", "submitted_at", "user", "retry_of"}
+    if unknown:
+        raise SpoolFileError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:200]}")
+    if not isinstance(rec.get("id"), str) or not _ID.match(rec["id"]):
+        raise SpoolFileError(f"id: given {str(rec.get('id'))[:40]!r}; expected a runner job id (4-32 of 0-9 a-z)")
+    if not isinstance(rec.get("spec"), dict):
+        raise SpoolFileError("spec: missing or not a mapping")
+    retry_of = rec.get("retry_of")
+    if retry_of is not None and (not isinstance(retry_of, str) or not _ID.match(retry_of)):
+        raise SpoolFileError(f"retry_of: given {str(retry_of)[:40]!r}; expected a runner job id or null")
+    return {"id": rec["id"], "spec": rec["spec"], "submitted_at": _time(rec, "submitted_at", now), "retry_of": retry_of}
+
+
+def check_cancel_record(rec: dict, now: float) -> dict:
+    """The fields of a cancel request, each checked: {id, at}."""
+    if set(rec) - {"id", "at"}:
+        raise SpoolFileError("unknown field(s) in a cancel request; expected id and at")
+    ref = rec.get("id")
+    if not isinstance(ref, str) or not re.fullmatch(r"#?[0-9a-z]{1,32}", ref):
+        raise SpoolFileError(f"id: given {str(ref)[:40]!r}; expected a job id, prefix or #seq")
+    return {"id": ref, "at": _time(rec, "at", now)}

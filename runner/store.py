@@ -76,7 +76,13 @@ def _m2(db):
     db["jobs"].add_column("peak_gpu_mem_mb", float)
 
 
-MIGRATIONS = [_m1, _m2]
+def _m3(db):
+    """The job's own peak memory and CPU time, from the shim's exit record."""
+    db["jobs"].add_column("max_rss_kb", int)
+    db["jobs"].add_column("cpu_seconds", float)
+
+
+MIGRATIONS = [_m1, _m2, _m3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -251,8 +257,8 @@ class Store:
         raise JobNotFound(f"job {ref}: no such job (see `runner ls --all`)")
 
     def list_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, limit: Optional[int] = None,
-                  offset: int = 0, newest_first: bool = True) -> list[dict]:
-        """Jobs filtered by state and user, newest first by default."""
+                  offset: int = 0, newest_first: bool = True, columns: Optional[Iterable[str]] = None) -> list[dict]:
+        """Jobs filtered by state and user, newest first by default (only `columns`, when given)."""
         where, args = [], []
         states = list(states)
         if states:
@@ -261,7 +267,7 @@ class Store:
         if user:
             where.append("user=?")
             args.append(user)
-        sql = "SELECT * FROM jobs"
+        sql = f"SELECT {', '.join(columns) if columns else '*'} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq " + ("DESC" if newest_first else "ASC")
@@ -324,6 +330,27 @@ class Store:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
         return self.conn.execute(sql, args).fetchall()
+
+    def latest_metrics_many(self, job_ids: list[str]) -> dict:
+        """{job_id: {name: latest value}} for many jobs in one query (a page of `ls` or GET /jobs)."""
+        out: dict = {j: {} for j in job_ids}
+        if not job_ids:
+            return out
+        marks = ",".join("?" * len(job_ids))
+        rows = self.conn.execute(
+            f"SELECT job_id, name, value FROM metrics WHERE id IN "
+            f"(SELECT MAX(id) FROM metrics WHERE job_id IN ({marks}) GROUP BY job_id, name)", job_ids).fetchall()
+        for r in rows:
+            out[r["job_id"]][r["name"]] = r["value"]
+        return out
+
+    def count_metrics(self, job_id: str, name: Optional[str] = None) -> int:
+        """How many points a job has (of one metric, when named)."""
+        sql, args = "SELECT COUNT(*) AS n FROM metrics WHERE job_id=?", [job_id]
+        if name:
+            sql += " AND name=?"
+            args.append(name)
+        return self.conn.execute(sql, args).fetchone()["n"]
 
     def latest_metrics(self, job_id: str) -> dict:
         """{name: latest value} for a job."""

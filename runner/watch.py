@@ -11,6 +11,7 @@ from log_parsers import LineAssembler, build_parser
 from . import defaults
 
 READ_CHUNK = 4 << 20
+POLL_BYTES = 64 << 20  # most log bytes one look at a running job reads
 
 
 class LogWatcher:
@@ -28,37 +29,43 @@ class LogWatcher:
         self._known = {}
 
     def poll(self, store, final: bool = False) -> int:
-        """Read what is new (all of it when `final`), store the points; returns how many."""
+        """Read what is new (all of it when `final`), store the points; returns how many.
+
+        Every transaction holds the points of whole lines and the offset just past those lines
+        (and the parser's state there), so a daemon killed between two transactions reads on from
+        the last one and stores each point exactly once. Without `final`, one call reads at most
+        POLL_BYTES, so a job that floods its log cannot hold up the daemon's loop.
+        """
         if self._fh is None:
             try:
                 self._fh = open(self.path, "rb")
             except FileNotFoundError:
                 return 0
             self._fh.seek(self.offset)
-        total = 0
-        while True:
+        total = read = 0
+        while final or read < POLL_BYTES:
             data = self._fh.read(READ_CHUNK)
-            if not data and not final:
-                break
-            lines = self.assembler.feed(data) if data else []
+            read += len(data)
+            for i in range(0, len(data), defaults.METRICS_BATCH_BYTES):
+                total += self._store(store, self.assembler.feed(data[i:i + defaults.METRICS_BATCH_BYTES]))
             if not data:
-                lines += self.assembler.finish()
-            points = []
-            feed = self.parser.feed_line
-            for line in lines:
-                points += feed(line)
-            consumed = self.assembler.consumed
-            for i in range(0, max(len(points), 1), defaults.METRICS_BATCH):
-                batch = points[i:i + defaults.METRICS_BATCH]
-                last = i + defaults.METRICS_BATCH >= len(points)
-                store.record_progress(self.job_id, batch, consumed if last else self.offset, self.parser.state())
-            self.offset = consumed
-            total += len(points)
-            if not data:
+                if final:
+                    total += self._store(store, self.assembler.finish())
                 break
         if self.checkpoints:
             self.scan_artifacts(store)
         return total
+
+    def _store(self, store, lines: list[str]) -> int:
+        points = []
+        feed = self.parser.feed_line
+        for line in lines:
+            points += feed(line)
+        consumed = self.assembler.consumed
+        if points or consumed != self.offset:
+            store.record_progress(self.job_id, points, consumed, self.parser.state())
+        self.offset = consumed
+        return len(points)
 
     def scan_artifacts(self, store):
         """Record checkpoint files matching the globs (relative to the job dir) that are new or changed."""
@@ -81,16 +88,31 @@ class LogWatcher:
             self._fh = None
 
 
-def tail_lines(path: Path, n: int = defaults.LOG_TAIL_LINES) -> list[str]:
-    """The last n lines of a log (as a person would see them: \\r redraws resolved)."""
+def tail_lines(path: Path, n: int = defaults.LOG_TAIL_LINES, max_bytes: int = defaults.LOG_TAIL_MAX_BYTES) -> list[str]:
+    """The last n lines of a log (as a person would see them: \\r redraws resolved).
+
+    Reads backwards from the end only as far as needed (at most max_bytes), so a tail of a
+    many-GB log costs what the tail costs.
+    """
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read()
+            start = size
+            chunks: list[bytes] = []
+            newlines = 0
+            while start > 0 and newlines <= n and size - start < max_bytes:
+                step = min(max(64 * 1024, (size - start) or 0), start, max_bytes - (size - start))
+                start -= step
+                f.seek(start)
+                block = f.read(step)
+                chunks.insert(0, block)
+                newlines += block.count(b"\n")
+            data = b"".join(chunks)
     except FileNotFoundError:
         return []
+    if start > 0:  # the first line read is probably partial
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else data
     a = LineAssembler()
     lines = a.feed(data) + a.finish()
-    return lines[-n:]
+    return lines[-n:] if n else []

@@ -202,7 +202,8 @@ def test_corrupt_spool_file_is_quarantined(runner, daemon, home):
 def test_http_api(runner, daemon):
     jid = runner.submit("--", *JOB, "metrics", "2")
     runner.wait_state(jid)
-    assert daemon.get("/healthz") == (200, {"ok": True})
+    status, body = daemon.get("/healthz")
+    assert status == 200 and body["ok"] is True and body["spool_backlog"] == 0 and body["loop_seconds_since_pass"] < 5
     status, body = daemon.get("/status")
     assert body["counts"]["succeeded"] >= 1 and body["uptime_seconds"] > 0 and "gpus" in body
     status, body = daemon.get("/jobs?state=succeeded&limit=1")

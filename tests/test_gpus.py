@@ -78,7 +78,7 @@ def test_gpu_job_waits_until_a_gpu_frees(runner, home, gdaemon):
 def test_memory_fit_and_gpu_that_disappears(runner, home, gdaemon):
     entries = [{"uuid": "GPU-small", "memory_mb": 16384}, {"uuid": "GPU-big", "memory_mb": 81920}]
     gpus_file(home, entries)
-    spec = home / "big.yaml"
+    spec = home.parent / "big.yaml"
     spec.write_text(json.dumps({"command": [*JOB, "env"], "resources": {"gpus": 1, "gpu_memory_gb": 40}}))
     job = runner.wait_state(runner.submit(spec))
     assert _env_of(runner, job["id"])["CUDA_VISIBLE_DEVICES"] == "GPU-big"

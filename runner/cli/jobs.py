@@ -59,7 +59,7 @@ def submit(args):
         registry = load(h)
     from runner.resolve import resolve
 
-    resolved = resolve(spec, base, registry, warnings)
+    resolved = resolve(spec, base, registry, warnings, state_root=h.root)
     if spec.after:
         from runner.exceptions import JobNotFound
         from runner.queries import find_job

@@ -1,0 +1,195 @@
+"""The HTTP API under load: 200 concurrent clients with 10,000 jobs in the store, /healthz while
+they wait, a 1 GB log read through the API with the daemon's memory sampled, and an unbounded
+metrics read. Each figure is repeated and given with its spread.
+
+    python bench/bench_http_load.py [--jobs 10000] [--clients 200] [--rounds 5] [--log-gb 1]
+                                    [--compare PATH]   # another checkout (e.g. `git worktree add`), same run
+
+With --compare the same measurements run against the other checkout's daemon, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import ROOT, machine, pct, table, tmp_home
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_http import fill  # noqa: E402
+
+
+def commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() + \
+            (" (+ uncommitted changes)" if subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD"]).returncode else "")
+    except OSError:
+        return "?"
+
+
+async def _get(port: int, path: str, sink: bool = False) -> tuple[float, int, int]:
+    """One GET on a fresh connection: (seconds, status, body bytes)."""
+    t0 = time.perf_counter()
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+    await w.drain()
+    head = await r.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    n = 0
+    while True:
+        chunk = await r.read(1 << 20)
+        if not chunk:
+            break
+        n += len(chunk)
+    w.close()
+    return time.perf_counter() - t0, status, n
+
+
+async def _burst(port: int, clients: int, path: str):
+    """`clients` requests at once, and one /healthz sent while they are being served."""
+    tasks = [asyncio.create_task(_get(port, path)) for _ in range(clients)]
+    await asyncio.sleep(0.05)
+    health = await _get(port, "/healthz")
+    done = await asyncio.gather(*tasks)
+    return done, health
+
+
+class Served:
+    def __init__(self, root: Path, home: Path):
+        self.root, self.home = root, home
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+
+    def __enter__(self):
+        env = {**os.environ, "RUNNER_HOME": str(self.home), "PYTHONPATH": str(self.root)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", "--http", f"127.0.0.1:{self.port}"],
+                                     env=env, cwd=self.root, stdout=subprocess.DEVNULL, stderr=open(self.home / "bench-daemon.log", "ab"))
+        t0 = time.time()
+        while True:
+            try:
+                asyncio.run(_get(self.port, "/healthz"))
+                break
+            except OSError:
+                if time.time() - t0 > 60:
+                    raise RuntimeError("daemon did not start")
+                time.sleep(0.1)
+        return self
+
+    def __exit__(self, *a):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _rss_sampler(pid: int, out: list, stop: threading.Event):
+    import psutil
+
+    p = psutil.Process(pid)
+    while not stop.is_set():
+        try:
+            out.append(p.memory_info().rss)
+        except psutil.Error:
+            return
+        time.sleep(0.02)
+
+
+def big_job(home: Path, gb: float) -> str:
+    """A job row whose output.log is `gb` GiB of metric lines."""
+    from runner.store import Store
+
+    jid = "biglog00"
+    d = home / "jobs" / jid
+    d.mkdir(parents=True, exist_ok=True)
+    line = b"epoch 1 step 123456 loss=0.123456 lr=0.001 some padding to make the line longer than most\n"
+    block = line * (4 << 20 // len(line) + 1)
+    target = int(gb * 2**30)
+    with open(d / "output.log", "wb") as f:
+        n = 0
+        while n < target:
+            f.write(block)
+            n += len(block)
+    s = Store(home / "runner.db")
+    with s.transaction() as c:
+        c.execute("INSERT INTO jobs (id, seq, name, user, uid, kind, state, spec, created_at, gpus, after, job_dir, priority, log_offset, cancel_requested) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,0,0)", (jid, 10**8, "biglog", "bench", 1000, "command", "succeeded",
+                                                             json.dumps({"command": "true"}), 0, "[]", "[]", str(d)))
+        c.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)",
+                      [(jid, "loss", 1.0 / (k + 1), k, k // 1000, k) for k in range(100_000)])
+    return jid
+
+
+def measure(label: str, root: Path, home: Path, a, rows_lat, rows_mem):
+    with Served(root, home) as srv:
+        for path in ("/jobs?limit=50", "/jobs?limit=50&offset=5000"):
+            p50s, p99s, maxs, health = [], [], [], []
+            for _ in range(a.rounds):
+                done, h = asyncio.run(_burst(srv.port, a.clients, path))
+                ts = [d[0] for d in done]
+                bad = sum(1 for d in done if d[1] != 200)
+                if bad:
+                    print(f"  {label}: {bad} of {a.clients} answered non-200")
+                p50s.append(pct(ts, 50))
+                p99s.append(pct(ts, 99))
+                maxs.append(max(ts))
+                health.append(h[0])
+            rows_lat.append((label, f"{a.clients} x GET {path}", _spread(p50s), _spread(p99s), _spread(maxs), _spread(health)))
+        stop, samples = threading.Event(), []
+        t = threading.Thread(target=_rss_sampler, args=(srv.proc.pid, samples, stop), daemon=True)
+        base = __import__("psutil").Process(srv.proc.pid).memory_info().rss
+        t.start()
+        secs, status, n = asyncio.run(_get(srv.port, f"/jobs/{a.big}/log"))
+        stop.set()
+        t.join()
+        rows_mem.append((label, f"GET /jobs/{{id}}/log ({a.log_gb:g} GiB)", status, f"{n / 2**30:.2f} GiB", f"{secs:.1f} s",
+                         f"{base / 2**20:.0f} MB", f"{max(samples or [0]) / 2**20:.0f} MB"))
+        stop, samples = threading.Event(), []
+        t = threading.Thread(target=_rss_sampler, args=(srv.proc.pid, samples, stop), daemon=True)
+        t.start()
+        secs, status, n = asyncio.run(_get(srv.port, f"/jobs/{a.big}/metrics"))
+        stop.set()
+        t.join()
+        rows_mem.append((label, "GET /jobs/{id}/metrics (100,000 points, no limit)", status, f"{n / 2**20:.1f} MB", f"{secs:.2f} s",
+                         "", f"{max(samples or [0]) / 2**20:.0f} MB"))
+
+
+def _spread(xs) -> str:
+    ms = [1000 * x for x in xs]
+    return f"{statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=10_000)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--log-gb", type=float, default=1.0)
+    ap.add_argument("--compare", type=Path, help="another checkout of runner to measure in the same run")
+    a = ap.parse_args()
+    print(f"# bench_http_load on {machine()}")
+    print(f"# this checkout: {ROOT} at {commit(ROOT)}" + (f"; compared with {a.compare} at {commit(a.compare)}" if a.compare else ""))
+    home = tmp_home()
+    fill(home, a.jobs)
+    a.big = big_job(home, a.log_gb)
+    rows_lat, rows_mem = [], []
+    for label, root in [("this", ROOT)] + ([("compare", a.compare.resolve())] if a.compare else []):
+        measure(label, root, home, a, rows_lat, rows_mem)
+    table(f"Latency under {a.clients} concurrent clients, {a.jobs} jobs in the store; median (min-max) over {a.rounds} rounds",
+          rows_lat, ("daemon", "requests", "p50", "p99", "max", "/healthz meanwhile"))
+    table("Big reads: the daemon's memory (RSS sampled every 20 ms)", rows_mem,
+          ("daemon", "request", "status", "body", "time", "RSS before", "peak RSS"))
+    import shutil
+
+    shutil.rmtree(home.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
