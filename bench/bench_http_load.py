@@ -127,9 +127,27 @@ def big_job(home: Path, gb: float) -> str:
     return jid
 
 
-def measure(label: str, root: Path, home: Path, a, rows_lat, rows_mem):
+def _writer(home: Path, stop: threading.Event, every: float):
+    """A running job's metrics as they arrive: one commit every `every` seconds."""
+    from runner.store import Store
+
+    s = Store(home / "runner.db")
+    i = 0
+    while not stop.is_set():
+        s.add_metrics("b0000000", [("loss", 1.0 / (i + 1), i, None)])
+        i += 1
+        time.sleep(every)
+
+
+def measure_latency(label: str, root: Path, home: Path, a, rows_lat):
     with Served(root, home) as srv:
-        for path in ("/jobs?limit=50", "/jobs?limit=50&offset=5000"):
+        asyncio.run(_burst(srv.port, a.clients, "/jobs?limit=50"))  # warm-up: connections, caches
+        for path in ("/jobs?limit=50", "/jobs?limit=50&offset=5000", "/jobs?limit=50&state=failed", "/jobs?limit=50 + writes"):
+            writes = path.endswith(" + writes")
+            path = path.removesuffix(" + writes")
+            stop = threading.Event()
+            if writes:
+                threading.Thread(target=_writer, args=(home, stop, 0.01), daemon=True).start()
             p50s, p99s, maxs, health = [], [], [], []
             for _ in range(a.rounds):
                 done, h = asyncio.run(_burst(srv.port, a.clients, path))
@@ -141,7 +159,12 @@ def measure(label: str, root: Path, home: Path, a, rows_lat, rows_mem):
                 p99s.append(pct(ts, 99))
                 maxs.append(max(ts))
                 health.append(h[0])
-            rows_lat.append((label, f"{a.clients} x GET {path}", _spread(p50s), _spread(p99s), _spread(maxs), _spread(health)))
+            stop.set()
+            rows_lat.append((label, f"{a.clients} x GET {path}" + (" (a metric written every 10 ms)" if writes else ""), _spread(p50s), _spread(p99s), _spread(maxs), _spread(health)))
+
+
+def measure_memory(label: str, root: Path, home: Path, a, rows_mem):
+    with Served(root, home) as srv:
         stop, samples = threading.Event(), []
         t = threading.Thread(target=_rss_sampler, args=(srv.proc.pid, samples, stop), daemon=True)
         base = __import__("psutil").Process(srv.proc.pid).memory_info().rss
@@ -178,10 +201,14 @@ def main():
     print(f"# this checkout: {ROOT} at {commit(ROOT)}" + (f"; compared with {a.compare} at {commit(a.compare)}" if a.compare else ""))
     home = tmp_home()
     fill(home, a.jobs)
-    a.big = big_job(home, a.log_gb)
     rows_lat, rows_mem = [], []
-    for label, root in [("this", ROOT)] + ([("compare", a.compare.resolve())] if a.compare else []):
-        measure(label, root, home, a, rows_lat, rows_mem)
+    daemons = [("this", ROOT)] + ([("compare", a.compare.resolve())] if a.compare else [])
+    for label, root in daemons:
+        measure_latency(label, root, home, a, rows_lat)
+    a.big = big_job(home, a.log_gb)
+    os.sync()
+    for label, root in daemons:
+        measure_memory(label, root, home, a, rows_mem)
     table(f"Latency under {a.clients} concurrent clients, {a.jobs} jobs in the store; median (min-max) over {a.rounds} rounds",
           rows_lat, ("daemon", "requests", "p50", "p99", "max", "/healthz meanwhile"))
     table("Big reads: the daemon's memory (RSS sampled every 20 ms)", rows_mem,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_NUM = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
+_NUM = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|NaN|inf|Inf)"  # a diverged loss is a point too
 _KV = re.compile(r"(?<![\w.])([A-Za-z][\w./-]*?)\s*(?:=|:\s)\s*(" + _NUM + r")(?![\w.:/])")
 _EPOCH = re.compile(r"(?i)\bepoch\b\s*[\[(:=]?\s*(\d+)\s*(?:/\s*(\d+))?")
 _STEP = re.compile(r"(?i)\b(?:step|iter|it)\b\s*[\[(:=]?\s*(\d+)")

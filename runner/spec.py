@@ -208,7 +208,7 @@ class JobSpec(_Strict):
         problems = []
         for key, value in v.items():
             if not _VAR_NAME.match(key):
-                problems.append(f"env_vars: {key[:60]!r} is not a valid environment variable name (letters, digits, '_')")
+                problems.append(f"env_vars: {json.dumps(key[:40])} is not a valid environment variable name (letters, digits, '_')")
             elif key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
                 problems.append(f"env_vars.{key}: may not be set by a job: runner sets it, or the loader reads it before the "
                                 f"sandbox (reserved: {', '.join(RESERVED_ENV)}, {', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)})")
@@ -265,10 +265,16 @@ def _describe_input(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _key(part) -> str:
+    """A field name or index as it goes into a one-line message (odd user keys quoted, cut short)."""
+    text = str(part)
+    return text if re.fullmatch(r"[\w.\-]{1,64}", text) else json.dumps(text[:40])
+
+
 def _loc(parts, prefix: str = "") -> str:
     # pydantic names the member of a union or a validator in the location ("list[str]",
     # "function-after[...]"): a user knows fields and indexes only.
-    keep = [str(p) for p in parts if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))]
+    keep = [_key(p) for p in parts if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float", "bool")))]
     return ".".join(([prefix] if prefix else []) + keep) or "(job)"
 
 
@@ -301,11 +307,10 @@ def _nul_problems(data, path: str, out: list, depth: int = 0):
             out.append(f"{path or '(job)'}: contains a NUL byte; expected text without NUL")
     elif isinstance(data, dict):
         for k, v in data.items():
-            key = str(k)
-            if "\x00" in key:
+            if "\x00" in str(k):
                 out.append(f"{path or '(job)'}: a key contains a NUL byte")
                 continue
-            _nul_problems(v, f"{path}.{key}" if path else key, out, depth + 1)
+            _nul_problems(v, f"{path}.{_key(k)}" if path else _key(k), out, depth + 1)
     elif isinstance(data, list):
         for i, v in enumerate(data):
             _nul_problems(v, f"{path}.{i}" if path else str(i), out, depth + 1)

@@ -22,6 +22,7 @@ from .exceptions import RunnerError, SpecError
 from .home import Home
 
 _ID = re.compile(r"^[0-9a-z]{4,32}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SpoolFileError(RunnerError):
@@ -107,7 +108,7 @@ def quarantine(home: Home, path: Path, reason: str):
         os.unlink(path)
     fd = os.open(home.quarantine / (name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
-        os.write(fd, (reason.replace("\n", " ")[:2000] + "\n").encode())
+        os.write(fd, (_CONTROL.sub(" ", reason)[:2000] + "\n").encode())
     finally:
         os.close(fd)
 
@@ -165,7 +166,7 @@ def check_job_record(rec: dict, now: float) -> dict:
     """The fields of a job record, each checked: {id, spec, submitted_at, retry_of}."""
     unknown = set(rec) - {"id", "spec", "submitted_at", "user", "retry_of"}
     if unknown:
-        raise SpoolFileError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:200]}")
+        raise SpoolFileError(f"unknown field(s) {', '.join(json.dumps(k[:40]) for k in sorted(unknown))[:200]}")
     if not isinstance(rec.get("id"), str) or not _ID.match(rec["id"]):
         raise SpoolFileError(f"id: given {str(rec.get('id'))[:40]!r}; expected a runner job id (4-32 of 0-9 a-z)")
     if not isinstance(rec.get("spec"), dict):

@@ -77,9 +77,10 @@ def _m2(db):
 
 
 def _m3(db):
-    """The job's own peak memory and CPU time, from the shim's exit record."""
+    """The job's own peak memory and CPU time, from the shim's exit record; jobs of a state by seq."""
     db["jobs"].add_column("max_rss_kb", int)
     db["jobs"].add_column("cpu_seconds", float)
+    db["jobs"].create_index(["state", "seq"])
 
 
 MIGRATIONS = [_m1, _m2, _m3]
@@ -137,6 +138,11 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits (PRAGMA data_version): a cheap
+        way for a reader to know that what it read before is still what is there."""
+        return self.conn.execute("PRAGMA data_version").fetchone()["data_version"]
 
     def schema_version(self) -> int:
         """The version of the open database (PRAGMA user_version)."""
