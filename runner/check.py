@@ -25,7 +25,7 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     if fmt == "coco":
         dataset["annotations"] = str(Path(data_dir).parent / "annotations.json")
     return {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"], "task": model.get("task_type"),
-            "dataset": dataset, "train": train, "check": {"sizes": sizes}, "env_vars": {"RUNNER_CHECK": "1"}}
+            "dataset": dataset, "train": train, "check": {"sizes": sizes}}
 
 
 def repo_checks(store, job: dict) -> dict:

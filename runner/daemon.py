@@ -11,7 +11,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -27,11 +26,10 @@ from .scheduler import plan
 from .spec import parse_spec
 from .spool import SpoolFileError, check_cancel_record, check_job_record, pending, quarantine, read_record, user_name
 from .states import JobState, Reason
+from .outcome import decide, oom_in
 from .watch import LogWatcher, tail_lines
 
 log = logging.getLogger("runner.daemon")
-
-_OOM = re.compile(r"(?i)out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|std::bad_alloc")
 
 
 def _read_json(path: Path):
@@ -336,10 +334,21 @@ class Daemon:
             env = env.get("name", "inline")
         elif env is None and (spec.model or "").startswith("repo/"):
             env = f"repo:{spec.model[5:]}"  # a repo's env comes from its registry table
+        stored = rec["spec"]
+        if stored.get("env_vars"):
+            from .secrets import keep
+
+            retry_uid = None
+            if rec["retry_of"]:
+                try:
+                    retry_uid = self.store.get_job(rec["retry_of"])["uid"]
+                except JobNotFound:
+                    pass
+            stored = {**stored, "env_vars": keep(self.home, job_id, stored["env_vars"], uid, rec["retry_of"], retry_uid)}
         self._dirty = True
         self.store.insert_job({
             "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
-            "priority": spec.priority, "spec": rec["spec"], "env": env,
+            "priority": spec.priority, "spec": stored, "env": env,
             "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
             "gpus": [], "retry_of": rec.get("retry_of"),
         }, now=now)
@@ -386,7 +395,7 @@ class Daemon:
                 continue
             limit = (job["spec"].get("resources") or {}).get("time_limit")
             if limit and job["started_at"] and now - job["started_at"] > limit and jid not in self.killing:
-                self.store.update_job(jid, note="timeout")
+                self.store.update_job(jid, timed_out=1, note=f"stopped at its time limit of {limit:g}s")
                 kill_tree(job_dir, signal.SIGTERM)
                 self.killing[jid] = now + defaults.CANCEL_GRACE_SECONDS
             if jid in self.killing and now >= self.killing[jid]:
@@ -436,7 +445,8 @@ class Daemon:
             except (ProcessLookupError, PermissionError):
                 pass
         note = f"killed {len(left)} process(es) left on its GPUs after {self.release_wait:.0f}s: {', '.join(map(str, left))}"
-        self.store.update_job(job["id"], note=note)
+        before = self.store.get_job(job["id"])["note"]
+        self.store.update_job(job["id"], note=f"{before}; {note}" if before else note)
         log.warning("job %s: %s", job["id"], note)
         self.releasing.pop(job["id"], None)
         return True
@@ -454,22 +464,8 @@ class Daemon:
         tail = tail_lines(job_dir / "output.log")
         code, sig = exit_info.get("exit_code"), exit_info.get("signal")
         fresh = self.store.get_job(jid)
-        if fresh["cancel_requested"]:
-            state, reason = JobState.CANCELLED, Reason.CANCELLED_BY_USER.value
-        elif fresh["note"] == "timeout":
-            state, reason = JobState.FAILED, Reason.TIMEOUT.value
-        elif exit_info.get("spawn_error"):
-            state, reason = JobState.FAILED, Reason.SPAWN_FAILED.value
-        elif code == 0:
-            state, reason = JobState.SUCCEEDED, None
-        elif failure.get("reason"):
-            state, reason = JobState.FAILED, failure["reason"]
-        elif any(_OOM.search(l) for l in tail):
-            state, reason = JobState.FAILED, Reason.OOM.value
-        elif sig:
-            state, reason = JobState.FAILED, Reason.KILLED_BY_SIGNAL.value
-        else:
-            state, reason = JobState.FAILED, Reason.EXIT_CODE.value
+        state, reason = decide(exit_info, failure, cancel_requested=bool(fresh["cancel_requested"]),
+                               timed_out=bool(fresh["timed_out"]), oom_in_log=oom_in(tail))
         note = self._check_results_file(job, job_dir)
         # The end time is the shim's, not this pass's: a job that ended while the daemon was down
         # did not last until the restart. Bounded by what the store knows, as the job folder is the job's.

@@ -18,6 +18,7 @@ class Home:
         self.spool = self.root / "spool"
         self.quarantine = self.spool / "quarantine"
         self.taking = self.spool / ".taking"  # the daemon's own: a spool file moves here while it is read
+        self.secrets = self.root / "secrets"  # the daemon's own: env_vars values, one file per job
         self.jobs = self.root / "jobs"
         self.envs = self.root / "envs"
         self.repos = self.root / "repos"

@@ -17,10 +17,23 @@ from .exceptions import EnvBuildError
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def _write_json(path: Path, data):
+def _write_json(path: Path, data, mode: int = 0o644):
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def job_secrets(home, job: dict) -> dict:
+    """The job's env_vars with their values (kept apart from the store, readable by the daemon only)."""
+    from .secrets import read
+
+    return read(home, job["id"], job["spec"].get("env_vars") or {})
 
 
 def env_request(env, config: dict):
@@ -59,14 +72,18 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
         "RUNNER_NUM_GPUS": str(len(uuids)),
         "RUNNER_JOB_ID": job["id"],
     })
-    extra_env.update(spec.get("env_vars", {}))
+    if spec.get("check"):
+        extra_env["RUNNER_CHECK"] = "1"
+        if spec["check"].get("keep"):
+            extra_env["RUNNER_CHECK_KEEP"] = "1"
+    extra_env.update(job_secrets(home, job))
     environ = sandbox.job_environment(job_dir, path_dirs, extra_env, job["user"], home.cache)
     wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=network, cwd=cwd, protect=[home.root])
     if not sandboxed and not network:
         log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
     launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),
               "sandboxed": sandboxed}
-    _write_json(job_dir / "launch.json", launch)
+    _write_json(job_dir / "launch.json", launch, mode=0o600)  # it holds the env_vars values
     return launch
 
 

@@ -61,9 +61,11 @@ def _limits(limits):
 
 
 def _subreaper():
-    """Become the reaper of the job's orphans: bubblewrap's monitor exits as soon as the job does,
-    before its pid-namespace init has been reaped, so without this the init's resource usage (the
-    job's peak memory among it) would never reach this process."""
+    """Become the reaper of the job's orphans. A process the job double-forks into a session of
+    its own comes here instead of to init, so it ends with the job (see _end_leftovers), with or
+    without bubblewrap. And bubblewrap's monitor exits as soon as the job does, before its
+    pid-namespace init has been reaped: without this the init's resource usage (the job's peak
+    memory among it) would never reach this process."""
     try:
         import ctypes
 
@@ -72,15 +74,37 @@ def _subreaper():
         pass
 
 
-def _reap_orphans(deadline):
-    """Wait (bounded) for children that came to the shim as their subreaper."""
-    while time.time() < deadline:
+def _children():
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _end_leftovers(grace=2.0, bound=10.0):
+    """After the job's main process: what is left of the job (orphans that came to the shim) gets
+    0.5 s to end by itself (bubblewrap's init does), then SIGTERM, then after `grace` SIGKILL; each
+    is reaped, so its resource usage is counted. Every process a job started ends with the job."""
+    t0 = time.time()
+    while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
-        if pid == 0:
-            time.sleep(0.005)
+        if pid:
+            continue
+        age = time.time() - t0
+        if age > bound:
+            return
+        if age > 0.5:
+            sig = signal.SIGTERM if age < 0.5 + grace else signal.SIGKILL
+            for c in _children():
+                try:
+                    os.kill(c, sig)
+                except OSError:
+                    pass
+        time.sleep(0.01)
 
 
 def main(job_dir):
@@ -106,8 +130,7 @@ def main(job_dir):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     started = time.time()
-    if spec.get("sandboxed"):
-        _subreaper()
+    _subreaper()
     try:
         limits = _fit_limits(spec.get("rlimits") or {}, lambda m: os.write(log_fd, f"runner: warning: {m}\n".encode()))
         proc = subprocess.Popen(
@@ -121,13 +144,13 @@ def main(job_dir):
                                 "started_at": started, "finished_at": time.time()})
         return 0
     child["proc"] = proc
-    _write_json(os.path.join(job_dir, "child.json"), {"pid": proc.pid, "pgid": proc.pid, "started_at": started})
+    _write_json(os.path.join(job_dir, "child.json"), {"pid": proc.pid, "pgid": proc.pid, "started_at": started,
+                                                      "shim_pid": os.getpid()})
     if child["signal"] is not None:
         forward(child["signal"], None)
     rc = proc.wait()
     finished = time.time()
-    if spec.get("sandboxed"):
-        _reap_orphans(finished + 2.0)
+    _end_leftovers()
     sig = -rc if rc < 0 else None
     if spec.get("sandboxed") and rc > 128 and rc - 128 < signal.NSIG:
         # bubblewrap reports a child killed by signal N as exit status 128+N.

@@ -46,8 +46,10 @@ def user_name(uid: int | None = None) -> str:
 
 
 def _drop(home: Home, name: str, record: dict):
+    # 0600: a spec may hold secrets (env_vars); the daemon reads it as root, teammates may not.
     tmp = home.spool / ".tmp" / f"{name}.{os.getpid()}.{secrets.token_hex(4)}"
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(record, f)
         f.flush()
         os.fsync(f.fileno())

@@ -80,6 +80,7 @@ def _m3(db):
     """The job's own peak memory and CPU time, from the shim's exit record; jobs of a state by seq."""
     db["jobs"].add_column("max_rss_kb", int)
     db["jobs"].add_column("cpu_seconds", float)
+    db["jobs"].add_column("timed_out", int)  # its own flag: a later note (GPU stragglers killed) must not hide it
     db["jobs"].create_index(["state", "seq"])
 
 

@@ -220,7 +220,11 @@ def test_documented_coercions_run(runner, daemon, tmp_path):
     f.write_text("command: [true]\nenv_vars: {OMP_NUM_THREADS: 4, FLAG: yes}\n")
     job = runner.wait_state(runner.submit(f))
     assert job["state"] == "succeeded" and job["spec"]["command"] == ["true"]
-    assert job["spec"]["env_vars"] == {"OMP_NUM_THREADS": "4", "FLAG": "yes"}
+    f.write_text(f"command: {json.dumps([*JOB, 'env'])}\nenv_vars: {{OMP_NUM_THREADS: 4, FLAG: yes}}\n")
+    jid = runner.submit(f)
+    assert runner.wait_state(jid)["state"] == "succeeded"
+    out = runner.run("logs", jid).stdout.splitlines()
+    assert "OMP_NUM_THREADS=4" in out and "FLAG=yes" in out
 
 
 def test_workdir_must_be_writable_and_outside_the_state_folder(runner, tmp_path, home):

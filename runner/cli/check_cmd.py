@@ -55,7 +55,7 @@ def check(args):
         data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")
         raw = chk.check_spec(model, fw, data_dir, fmt)
         if args.keep_checkpoints:
-            raw["env_vars"]["RUNNER_CHECK_KEEP"] = "1"
+            raw["check"]["keep"] = True
         spec = parse_spec(raw)
         rec = spool.submit(h, resolve(spec, out, reg, []))
         jobs[ref] = rec["id"]

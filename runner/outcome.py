@@ -1,0 +1,57 @@
+"""How a job ended: one pure decision over everything that is known when its shim has exited.
+
+The daemon gathers the facts (exit.json, the adapter's failure.json, the time limit, a cancel
+request, the log's tail, GPU stragglers killed) and this function alone turns them into the end
+state and reason, so every combination is covered by one table test.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional
+
+from .states import JobState, Reason
+
+_OOM = re.compile(r"(?i)out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory|std::bad_alloc")
+
+
+def oom_in(lines) -> bool:
+    """Whether a log tail shows the job ran out of (GPU or host) memory."""
+    return any(_OOM.search(l) for l in lines)
+
+
+class Ending(NamedTuple):
+    """The decision: end state and reason (None when it succeeded)."""
+
+    state: JobState
+    reason: Optional[str]
+
+
+def decide(exit_info: dict, failure: dict | None = None, *, cancel_requested: bool = False, timed_out: bool = False,
+           stragglers_killed: bool = False, oom_in_log: bool = False) -> Ending:
+    """End state and reason, in this order of precedence:
+
+    1. a cancel the user asked for is `cancelled`, however the processes ended;
+    2. a job the runner stopped at its time limit is `failed/timeout`;
+    3. a program that could not start is `failed/spawn_failed`;
+    4. exit status 0 is `succeeded` (stragglers on its GPUs killed afterwards do not change that);
+    5. a reason the adapter wrote (failure.json: oom, bad_config, ...) is taken as given;
+    6. an out-of-memory message in the log's tail is `failed/oom`;
+    7. a signal is `failed/killed_by_signal` (stragglers killed by the runner leave a note, not this);
+    8. any other status is `failed/exit_code`.
+    """
+    if cancel_requested:
+        return Ending(JobState.CANCELLED, Reason.CANCELLED_BY_USER.value)
+    if timed_out:
+        return Ending(JobState.FAILED, Reason.TIMEOUT.value)
+    if exit_info.get("spawn_error"):
+        return Ending(JobState.FAILED, Reason.SPAWN_FAILED.value)
+    if exit_info.get("exit_code") == 0 and not exit_info.get("signal"):
+        return Ending(JobState.SUCCEEDED, None)
+    if failure and isinstance(failure.get("reason"), str) and failure["reason"] in {r.value for r in Reason}:
+        return Ending(JobState.FAILED, failure["reason"])
+    if oom_in_log:
+        return Ending(JobState.FAILED, Reason.OOM.value)
+    if exit_info.get("signal"):
+        return Ending(JobState.FAILED, Reason.KILLED_BY_SIGNAL.value)
+    return Ending(JobState.FAILED, Reason.EXIT_CODE.value)

@@ -1,0 +1,67 @@
+"""The end-reason decision: a table of cases, and every combination of the facts checked against
+the stated precedence (cancel > timeout > spawn error > exit 0 > adapter's reason > OOM in log >
+signal > exit code)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from runner.outcome import decide, oom_in
+from runner.states import JobState
+
+S, F, C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
+
+
+@pytest.mark.parametrize("exit_info, failure, flags, expected", [
+    ({"exit_code": 0}, None, {}, (S, None)),
+    ({"exit_code": 3}, None, {}, (F, "exit_code")),
+    ({"exit_code": None, "signal": 9}, None, {}, (F, "killed_by_signal")),
+    ({"exit_code": None, "spawn_error": "No such file"}, None, {}, (F, "spawn_failed")),
+    ({"exit_code": 1}, {"reason": "oom"}, {}, (F, "oom")),
+    ({"exit_code": 1}, {"reason": "bad_config"}, {}, (F, "bad_config")),
+    ({"exit_code": 1}, {"reason": "made-up"}, {}, (F, "exit_code")),  # only reasons runner knows
+    ({"exit_code": 1}, None, {"oom_in_log": True}, (F, "oom")),
+    ({"exit_code": None, "signal": 9}, None, {"oom_in_log": True}, (F, "oom")),
+    ({"exit_code": None, "signal": 15}, None, {"cancel_requested": True}, (C, "cancelled_by_user")),
+    ({"exit_code": 0}, None, {"cancel_requested": True}, (C, "cancelled_by_user")),
+    ({"exit_code": None, "signal": 15}, None, {"timed_out": True}, (F, "timeout")),
+    # the bug this replaces: a straggler killed on its GPUs turned a timeout into killed_by_signal
+    ({"exit_code": None, "signal": 9}, None, {"timed_out": True, "stragglers_killed": True}, (F, "timeout")),
+    ({"exit_code": 0}, None, {"stragglers_killed": True}, (S, None)),
+    ({"exit_code": None, "signal": 9}, None, {"timed_out": True, "cancel_requested": True}, (C, "cancelled_by_user")),
+    ({"exit_code": 0, "signal": 9}, None, {}, (F, "killed_by_signal")),
+])
+def test_table(exit_info, failure, flags, expected):
+    assert tuple(decide(exit_info, failure, **flags)) == expected
+
+
+def test_every_combination_follows_the_precedence():
+    exits = [{"exit_code": 0}, {"exit_code": 2}, {"exit_code": None, "signal": 9},
+             {"exit_code": None, "spawn_error": "x"}]
+    failures = [None, {"reason": "oom"}, {"reason": "bad_config"}]
+    for ex, fa, cancel, timeout, strag, oom in itertools.product(exits, failures, *[(False, True)] * 4):
+        got = decide(ex, fa, cancel_requested=cancel, timed_out=timeout, stragglers_killed=strag, oom_in_log=oom)
+        if cancel:
+            want = (C, "cancelled_by_user")
+        elif timeout:
+            want = (F, "timeout")
+        elif ex.get("spawn_error"):
+            want = (F, "spawn_failed")
+        elif ex.get("exit_code") == 0:
+            want = (S, None)
+        elif fa:
+            want = (F, fa["reason"])
+        elif oom:
+            want = (F, "oom")
+        elif ex.get("signal"):
+            want = (F, "killed_by_signal")
+        else:
+            want = (F, "exit_code")
+        assert tuple(got) == want, (ex, fa, cancel, timeout, strag, oom)
+
+
+def test_oom_in_log():
+    assert oom_in(["x", "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"])
+    assert oom_in(["MemoryError"]) and not oom_in(["loss=0.3", "memory_mb=100"])
