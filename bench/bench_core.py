@@ -24,7 +24,7 @@ def submit_to_start(n: int):
             r = cli(home, "submit", "--", "/bin/sh", "-c", "date +%s.%N")
             t_ret = time.time()
             jid = r.stdout.strip()
-            log = home / "jobs" / jid / "output.log"
+            log = home / "run" / jid / "output.log"
             while True:
                 try:
                     first = log.read_text().split("\n", 1)[0]
@@ -131,7 +131,7 @@ def overhead(seconds: float):
         s = Store(home / "runner.db")
         while s.get_job(jid)["state"] != "succeeded":
             time.sleep(0.05)
-        work = int((home / "jobs" / jid / "output.log").read_text().split()[1])
+        work = int((home / "run" / jid / "output.log").read_text().split()[1])
     # Same CPU time budget: less work done means the runner slowed the job down.
     return 100.0 * (hand_work - work) / hand_work, hand_t
 

@@ -107,7 +107,7 @@ def big_job(home: Path, gb: float) -> str:
     from runner.store import Store
 
     jid = "biglog00"
-    d = home / "jobs" / jid
+    d = home / "run" / jid  # the daemon's folder of the job, where its log is
     d.mkdir(parents=True, exist_ok=True)
     line = b"epoch 1 step 123456 loss=0.123456 lr=0.001 some padding to make the line longer than most\n"
     block = line * (4 << 20 // len(line) + 1)

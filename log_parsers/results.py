@@ -9,10 +9,12 @@ import json
 from pathlib import Path
 
 
-def read_results(path: Path, spec: dict) -> dict[int, dict[str, float]]:
-    """{epoch: {column: value}} from a results file per `spec` (format, columns, epoch_column, epoch_offset)."""
+def read_results(path: Path, spec: dict, text: str | None = None) -> dict[int, dict[str, float]]:
+    """{epoch: {column: value}} from a results file per `spec` (format, columns, epoch_column, epoch_offset).
+
+    `text`, when given, is the file's content already read (the daemon opens a job's file itself)."""
     fmt = spec.get("format", "csv")
-    text = Path(path).read_text()
+    text = Path(path).read_text() if text is None else text
     rows: list[dict] = []
     if fmt == "csv":
         rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(text.splitlines())]

@@ -27,31 +27,22 @@ from .spec import parse_spec
 from .spool import SpoolFileError, check_cancel_record, check_job_record, pending, quarantine, read_record, user_name
 from .states import JobState, Reason
 from .outcome import decide, oom_in
+from .proctl import alive, kill_tree, read_json
 from .watch import LogWatcher, tail_lines
 
 log = logging.getLogger("runner.daemon")
 
 
-def _read_json(path: Path):
+def _users_json(path: Path, uid: int) -> dict:
+    """A small JSON file the job wrote (failure.json), read without following links; {} if unusable."""
+    from .identity import open_users_file
+
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _alive(pid, started=None) -> bool:
-    """Whether pid is a live process (and the same one, when its start time is known)."""
-    import psutil
-
-    if not pid:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(p.create_time() - started) < 2.0
-    except psutil.Error:
-        return False
+        with open_users_file(path, uid) as f:
+            data = json.loads(f.read(1 << 20))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _may_write(path: str, uid: int) -> bool:
@@ -73,36 +64,6 @@ def _may_write(path: str, uid: int) -> bool:
     if st.st_gid in groups:
         return bool(st.st_mode & st_.S_IWGRP)
     return bool(st.st_mode & st_.S_IWOTH)
-
-
-def kill_tree(job_dir: Path, sig: int) -> bool:
-    """Send sig to the job's process group and to any descendant that left it. True if any was alive."""
-    import psutil
-
-    child = _read_json(job_dir / "child.json")
-    if not child:
-        return False
-    pid = child["pid"]
-    procs = []
-    try:
-        root = psutil.Process(pid)
-        if abs(root.create_time() - child["started_at"]) < 5:
-            procs = root.children(recursive=True)
-    except psutil.Error:
-        pass
-    sent = False
-    try:
-        os.killpg(child["pgid"], sig)
-        sent = True
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in procs:
-        try:
-            p.send_signal(sig)
-            sent = True
-        except psutil.Error:
-            pass
-    return sent
 
 
 class Daemon:
@@ -248,7 +209,7 @@ class Daemon:
         """After a (re)start: put every row that was mid-way right against what is on disk."""
         now = now or time.time()
         for job in self.store.list_jobs(states=["preparing"]):
-            d = self.home.job_dir(job["id"])
+            d = self.home.run_dir(job["id"])
             if (d / "child.json").exists() or (d / "exit.json").exists():
                 self.store.transition(job["id"], JobState.RUNNING, "launched before a daemon restart", now=now)
             else:
@@ -373,7 +334,7 @@ class Daemon:
         if state in (JobState.PREPARING, JobState.RUNNING):
             self.store.update_job(job["id"], cancel_requested=1)
             if state == JobState.RUNNING:
-                kill_tree(self.home.job_dir(job["id"]), signal.SIGTERM)
+                kill_tree(self.home.run_dir(job["id"]), signal.SIGTERM)
                 self.killing[job["id"]] = now + defaults.CANCEL_GRACE_SECONDS
 
     def follow(self, now: float):
@@ -382,11 +343,13 @@ class Daemon:
             jid = job["id"]
             w = self.watchers.get(jid)
             job_dir = self.home.job_dir(jid)
+            run_dir = self.home.run_dir(jid)
             if w is None:
-                meta = _read_json(job_dir / "watch.json") or {}
+                meta = read_json(run_dir / "watch.json") or {}
                 w = self.watchers[jid] = LogWatcher(jid, job_dir, meta.get("parser"), job["log_offset"] or 0,
-                                                    job["parser_state"], meta.get("checkpoints"))
-            exit_info = _read_json(job_dir / "exit.json")
+                                                    job["parser_state"], meta.get("checkpoints"), log_path=run_dir / "output.log",
+                                                    owner=job["uid"])
+            exit_info = read_json(run_dir / "exit.json")
             w.poll(self.store, final=exit_info is not None)
             if exit_info is not None:
                 if not self._gpus_released(job, now):
@@ -396,13 +359,13 @@ class Daemon:
             limit = (job["spec"].get("resources") or {}).get("time_limit")
             if limit and job["started_at"] and now - job["started_at"] > limit and jid not in self.killing:
                 self.store.update_job(jid, timed_out=1, note=f"stopped at its time limit of {limit:g}s")
-                kill_tree(job_dir, signal.SIGTERM)
+                kill_tree(run_dir, signal.SIGTERM)
                 self.killing[jid] = now + defaults.CANCEL_GRACE_SECONDS
             if jid in self.killing and now >= self.killing[jid]:
-                kill_tree(job_dir, signal.SIGKILL)
+                kill_tree(run_dir, signal.SIGKILL)
                 self.killing[jid] = now + 1.0
-            if not self._running_somewhere(job, job_dir):
-                exit_info = _read_json(job_dir / "exit.json")  # the shim may have just finished
+            if not self._running_somewhere(job, run_dir):
+                exit_info = read_json(run_dir / "exit.json")  # the shim may have just finished
                 if exit_info is None:
                     w.poll(self.store, final=True)
                     self._end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
@@ -451,17 +414,17 @@ class Daemon:
         self.releasing.pop(job["id"], None)
         return True
 
-    def _running_somewhere(self, job, job_dir) -> bool:
-        if _alive(job["shim_pid"], job["shim_started"]):
+    def _running_somewhere(self, job, run_dir) -> bool:
+        if alive(job["shim_pid"], job["shim_started"]):
             return True
-        child = _read_json(job_dir / "child.json")
-        return bool(child) and _alive(child["pid"])
+        child = read_json(run_dir / "child.json")
+        return bool(child) and alive(child["pid"])
 
     def _reap(self, job: dict, exit_info: dict, now: float):
         jid = job["id"]
         job_dir = self.home.job_dir(jid)
-        failure = _read_json(job_dir / "failure.json") or {}
-        tail = tail_lines(job_dir / "output.log")
+        failure = _users_json(job_dir / "failure.json", job["uid"])
+        tail = tail_lines(self.home.run_dir(jid) / "output.log")
         code, sig = exit_info.get("exit_code"), exit_info.get("signal")
         fresh = self.store.get_job(jid)
         state, reason = decide(exit_info, failure, cancel_requested=bool(fresh["cancel_requested"]),
@@ -478,16 +441,20 @@ class Daemon:
 
     def _check_results_file(self, job, job_dir) -> str | None:
         """A repo's own results file, stored as `file/` metrics and compared with the parsed log."""
-        spec = (_read_json(job_dir / "watch.json") or {}).get("results_file")
+        spec = (read_json(self.home.run_dir(job["id"]) / "watch.json") or {}).get("results_file")
         if not spec:
             return None
         from log_parsers.results import compare, read_results
+
+        from .identity import open_users_file
 
         path = job_dir / "out" / spec["path"]
         if not path.exists():
             return f"results file {spec['path']} was not written"
         try:
-            results = read_results(path, spec)
+            with open_users_file(path, job["uid"]) as f:
+                text = f.read(64 << 20).decode("utf-8", "replace")
+            results = read_results(path, spec, text)
         except (ValueError, KeyError, OSError) as e:
             return f"results file {spec['path']}: {e}"
         self.store.add_metrics(job["id"], [(f"file/{k}", v, None, e) for e, vals in results.items() for k, v in vals.items()])
@@ -509,7 +476,7 @@ class Daemon:
                 w.scan_artifacts(self.store)
             w.close()
         if "log_tail" not in fields and state == JobState.FAILED:
-            fields["log_tail"] = "\n".join(tail_lines(self.home.job_dir(jid) / "output.log"))
+            fields["log_tail"] = "\n".join(tail_lines(self.home.run_dir(jid) / "output.log"))
         try:
             self.store.transition(jid, state, reason, now=now, expect=JobState.RUNNING, **fields)
         except InvalidTransition as e:
@@ -600,13 +567,25 @@ class Daemon:
                 if j["reason"] != value:
                     self.store.update_job(j["id"], reason=value)
 
-    def _job_log(self, job_id):
-        path = self.home.job_dir(job_id) / "output.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _job_log(self, job: dict):
+        """A writer of `runner: ...` lines into the job's log while it is prepared (the log is its user's to read)."""
+        from .identity import drops_privileges
+        from .prepare import log_mode
+
+        run = self.home.run_dir(job["id"])
+        run.mkdir(parents=True, exist_ok=True)
+        os.chmod(run, 0o711)
+        path = run / "output.log"
+        mode = log_mode(self.home)
 
         def write(line: str):
-            with open(path, "a") as f:
-                f.write(line.rstrip("\n") + "\n")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, mode)
+            try:
+                if drops_privileges(job["uid"]):
+                    os.fchown(fd, job["uid"], -1)
+                os.write(fd, (line.rstrip("\n") + "\n").encode())
+            finally:
+                os.close(fd)
         return write
 
     def _prepare_and_launch(self, job: dict):
@@ -614,7 +593,8 @@ class Daemon:
 
         jid = job["id"]
         job_dir = self.home.job_dir(jid)
-        write = self._job_log(jid)
+        run_dir = self.home.run_dir(jid)
+        write = self._job_log(job)
         try:
             prepared = prepare(job, self.home, self.registry, self.envs, write)
         except EnvBuildError as e:
@@ -632,14 +612,18 @@ class Daemon:
             log.exception("job %s: prepare crashed", jid)
             self._fail_preparing(jid, Reason.PREPARE_FAILED, f"{type(e).__name__}: {e}", write)
             return
-        (job_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
+        (run_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
                                                          "results_file": prepared.results_file}))
+        from .identity import hand_over
+        from .prepare import job_dir_mode, job_person
+
+        hand_over(job_dir, job_person(job), job_dir_mode(self.home))  # hers from here on; the daemon writes no more there
         if self.store.get_job(jid)["cancel_requested"]:
             self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
             return
-        offset = (job_dir / "output.log").stat().st_size if (job_dir / "output.log").exists() else 0
+        offset = (run_dir / "output.log").stat().st_size if (run_dir / "output.log").exists() else 0
         try:
-            proc = spawn_shim(job_dir)
+            proc = spawn_shim(run_dir)
         except OSError as e:
             self._fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
             return
@@ -654,7 +638,7 @@ class Daemon:
             self.store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=proc.pid, shim_started=started,
                                   env_hash=prepared.env_hash, log_offset=offset)
         except InvalidTransition:
-            kill_tree(job_dir, signal.SIGKILL)
+            kill_tree(run_dir, signal.SIGKILL)
             return
         if self.store.get_job(jid)["cancel_requested"]:
             self.request_cancel(self.store.get_job(jid), time.time())
@@ -666,7 +650,7 @@ class Daemon:
             write(f"runner: {line}")
         try:
             self.store.transition(jid, JobState.FAILED, reason.value, expect=JobState.PREPARING,
-                                  log_tail="\n".join(tail_lines(self.home.job_dir(jid) / "output.log")), note=message.splitlines()[0][:500] if message else None)
+                                  log_tail="\n".join(tail_lines(self.home.run_dir(jid) / "output.log")), note=message.splitlines()[0][:500] if message else None)
         except InvalidTransition as e:
             log.warning("%s", e)
         log.info("job %s: failed while preparing (%s): %s", jid, reason.value, message.splitlines()[0] if message else "")

@@ -19,6 +19,8 @@ class Home:
         self.quarantine = self.spool / "quarantine"
         self.taking = self.spool / ".taking"  # the daemon's own: a spool file moves here while it is read
         self.secrets = self.root / "secrets"  # the daemon's own: env_vars values, one file per job
+        self.run = self.root / "run"  # the daemon's own: one folder per job for the shim's files and the log
+        self.tokens = self.root / "tokens"  # one file per user (named by uid), readable by that user only
         self.jobs = self.root / "jobs"
         self.envs = self.root / "envs"
         self.repos = self.root / "repos"
@@ -30,7 +32,7 @@ class Home:
 
     def ensure(self) -> "Home":
         """Create the folders; the spool is writable by every user (sticky, like /tmp)."""
-        for p in (self.root, self.jobs, self.envs, self.repos, self.cache, self.quarantine):
+        for p in (self.root, self.jobs, self.envs, self.repos, self.cache, self.quarantine, self.run):
             p.mkdir(parents=True, exist_ok=True)
         self.spool.mkdir(parents=True, exist_ok=True)
         try:
@@ -45,8 +47,19 @@ class Home:
         return self
 
     def job_dir(self, job_id: str) -> Path:
-        """The folder of one job: launch.json, output.log, exit.json, checkpoints."""
+        """The folder of one job, its submitter's: what the job writes (checkpoints, home, tmp, out)."""
         return self.jobs / job_id
+
+    def run_dir(self, job_id: str) -> Path:
+        """The daemon's folder of one job: launch.json, child.json, exit.json, watch.json, output.log.
+
+        Apart from the job's own folder so that nothing the job (or its user) writes can change
+        what the daemon reads about it or where the daemon writes."""
+        return self.run / job_id
+
+    def user_cache(self, name: str) -> Path:
+        """The cache a job of this user may write (XDG_CACHE_HOME): one per user, never shared."""
+        return self.cache / name
 
     @cached_property
     def config(self) -> dict:

@@ -155,7 +155,7 @@ def create_app(home, daemon=None) -> FastAPI:
     @app.get("/jobs/{job_id}/log")
     def log(job_id: str, tail: Optional[int] = Query(None, ge=0, le=100_000),
             offset: int = Query(0, ge=0, le=2**53), length: Optional[int] = Query(None, ge=1, le=defaults.HTTP_MAX_LOG_BYTES)):
-        job_dir = store.get_job(job_id)["job_dir"]
+        job_dir = home.run_dir(store.get_job(job_id)["id"])
         size = queries.log_size(job_dir)
         headers = {"X-Log-Size": str(size)}
         if tail is not None:

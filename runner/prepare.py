@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from . import envs, sandbox
-from .exceptions import EnvBuildError
+from .exceptions import EnvBuildError, RunnerError
+from .identity import Person, drops_privileges, may_access, person
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +63,13 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
     the job's GPUs, the spec's variables), resource limits, and the sandbox around argv."""
     spec = job["spec"]
     job_dir = home.job_dir(job["id"])
+    who = job_person(job)
+    cache = home.user_cache(who.name)
+    cache.mkdir(parents=True, exist_ok=True)
+    if drops_privileges(who.uid):
+        os.lchown(cache, who.uid, who.gid)
+        os.chmod(cache, 0o700)
+    writable = [cache if Path(p) == home.cache else p for p in writable]
     extra_env = dict(extra_env)
     if not network:
         extra_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
@@ -77,13 +85,15 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
         if spec["check"].get("keep"):
             extra_env["RUNNER_CHECK_KEEP"] = "1"
     extra_env.update(job_secrets(home, job))
-    environ = sandbox.job_environment(job_dir, path_dirs, extra_env, job["user"], home.cache)
+    environ = sandbox.job_environment(job_dir, path_dirs, extra_env, who.name, cache)
     wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=network, cwd=cwd, protect=[home.root])
     if not sandboxed and not network:
         log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
     launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),
-              "sandboxed": sandboxed}
-    _write_json(job_dir / "launch.json", launch, mode=0o600)  # it holds the env_vars values
+              "sandboxed": sandboxed, "log_mode": log_mode(home)}
+    if drops_privileges(who.uid):
+        launch["user"] = {"uid": who.uid, "gid": who.gid, "groups": list(who.groups)}
+    _write_json(home.run_dir(job["id"]) / "launch.json", launch, mode=0o600)  # it holds the env_vars values
     return launch
 
 
@@ -95,11 +105,61 @@ class Prepared:
         self.results_file = results_file  # a repo's own per-epoch file, compared with the parsed log
 
 
+def job_person(job: dict) -> Person:
+    """The user a job runs as (its submitter)."""
+    try:
+        return person(job["uid"])
+    except (KeyError, TypeError):
+        raise RunnerError(f"user {job.get('user')} (uid {job.get('uid')}) no longer exists on this machine") from None
+
+
+def log_mode(home) -> int:
+    """Mode of a job's log: its user's alone, or readable by all with [server] share_logs = true."""
+    return 0o644 if home.config.get("server", {}).get("share_logs") else 0o600
+
+
+def job_dir_mode(home) -> int:
+    """Mode of a job's folder once it is handed to its user (see log_mode)."""
+    return 0o755 if home.config.get("server", {}).get("share_logs") else 0o700
+
+
+def check_paths_as(spec: dict, who: Person) -> list[str]:
+    """The paths a job names, checked as its submitter: one line per path she cannot use."""
+    problems = []
+    ds = spec.get("dataset") or {}
+    for field, path, want in (("dataset.path", ds.get("path"), "r"), ("dataset.annotations", ds.get("annotations"), "r"),
+                              ("workdir", spec.get("workdir"), "w"), ("train.resume", (spec.get("train") or {}).get("resume"), "r")):
+        if path and os.path.isabs(path) and not may_access(path, who, want):
+            problems.append(f"{field}: {path} is not {'writable' if want == 'w' else 'readable'} by {who.name}")
+    return problems
+
+
+def fresh_job_dir(home, job_id: str) -> Path:
+    """The job's folder, made new by the daemon: one left from an earlier try that its user could
+    write is moved aside first, so the daemon never writes into a folder a user controls."""
+    job_dir = home.job_dir(job_id)
+    try:
+        st = os.lstat(job_dir)
+    except FileNotFoundError:
+        pass
+    else:
+        if st.st_uid != os.geteuid() or not os.path.isdir(job_dir) or os.path.islink(job_dir):
+            os.rename(job_dir, job_dir.with_name(f"{job_id}.earlier-{os.getpid()}-{int(st.st_mtime)}"))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    run = home.run_dir(job_id)
+    run.mkdir(parents=True, exist_ok=True)
+    os.chmod(run, 0o711)
+    return job_dir
+
+
 def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
     """Build what the job needs and write its launch.json. Raises RunnerError subclasses."""
     spec = job["spec"]
-    job_dir = home.job_dir(job["id"])
-    job_dir.mkdir(parents=True, exist_ok=True)
+    who = job_person(job)
+    problems = check_paths_as(spec, who) if drops_privileges(who.uid) else []
+    if problems:
+        raise RunnerError("; ".join(problems))
+    job_dir = fresh_job_dir(home, job["id"])
     env_hash, path_dirs, extra_env = None, [], {}
     parser, checkpoints = spec.get("parser"), list(spec.get("checkpoints", []))
     env_spec = spec.get("env")

@@ -1,10 +1,14 @@
 """The shim: a tiny launcher that outlives the daemon.
 
-Started by the daemon as `python -I -S shim.py JOB_DIR` in a session of its own. It reads
-JOB_DIR/launch.json, starts the job in a new process group with its output appended to
-JOB_DIR/output.log, records the child in JOB_DIR/child.json, waits, and writes
-JOB_DIR/exit.json atomically. The daemon only ever watches these files, so it can be killed and
-restarted while jobs run. Standard library only, no site-packages: it must start in ~10 ms.
+Started by the daemon as `python -I -S shim.py RUN_DIR` in a session of its own. It reads
+RUN_DIR/launch.json, starts the job in a new process group with its output appended to
+RUN_DIR/output.log, records the child in RUN_DIR/child.json, waits, and writes
+RUN_DIR/exit.json atomically. The daemon only ever watches these files, so it can be killed and
+restarted while jobs run. RUN_DIR is the daemon's: the job cannot write there.
+
+When launch.json names a user, the job runs with her uid, gid and groups, with no way to gain
+privileges (no_new_privs), while the shim stays as it was to record the end. Standard library
+only, no site-packages: it must start in ~10 ms.
 """
 
 import json
@@ -18,7 +22,8 @@ import time
 
 def _write_json(path, data):
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
@@ -29,7 +34,7 @@ _FIELDS = {"RLIMIT_AS": "memory_gb", "RLIMIT_NOFILE": "max_open_files", "RLIMIT_
            "RLIMIT_CPU": "cpu_seconds"}
 
 
-def _fit_limits(rlimits, say):
+def _fit_limits(rlimits, say, can_raise):
     """The limits the kernel will take from this process: a value above the hard limit that an
     unprivileged shim may not raise is lowered to it, and the job's log says so (never a bare
     'Exception occurred in preexec_fn')."""
@@ -46,18 +51,29 @@ def _fit_limits(rlimits, say):
                     value = nr_open
             except (OSError, ValueError):
                 pass
-        if hard != resource.RLIM_INFINITY and value > hard and os.geteuid() != 0:
+        if hard != resource.RLIM_INFINITY and value > hard and not can_raise:
             say(f"resources.{_FIELDS.get(name, name)}: {value} is above this user's hard limit; using {hard}")
             value = hard
         out[kind] = value
     return out
 
 
-def _limits(limits):
+def _in_child(limits, no_new_privs):
     def apply():
+        if no_new_privs is not None:
+            no_new_privs(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary gives the job more
         for kind, value in limits.items():
             resource.setrlimit(kind, (value, value))
     return apply
+
+
+def _prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 def _subreaper():
@@ -112,7 +128,12 @@ def main(job_dir):
     with open(os.path.join(job_dir, "launch.json")) as f:
         spec = json.load(f)
     exit_path = os.path.join(job_dir, "exit.json")
-    log_fd = os.open(os.path.join(job_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    user = spec.get("user")
+    log_fd = os.open(os.path.join(job_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                     spec.get("log_mode", 0o600))
+    if user:
+        os.fchown(log_fd, user["uid"], user["gid"])  # hers to read; the folder stays the daemon's
+    os.fchmod(log_fd, spec.get("log_mode", 0o600))
     child = {"proc": None, "signal": None}
 
     def forward(signum, _frame):
@@ -132,11 +153,15 @@ def main(job_dir):
     started = time.time()
     _subreaper()
     try:
-        limits = _fit_limits(spec.get("rlimits") or {}, lambda m: os.write(log_fd, f"runner: warning: {m}\n".encode()))
+        # The limits are set in the child after it became the job's user: above the hard limit it
+        # inherits, only a root job could raise them.
+        limits = _fit_limits(spec.get("rlimits") or {}, lambda m: os.write(log_fd, f"runner: warning: {m}\n".encode()),
+                             can_raise=os.geteuid() == 0 and not user)
+        ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]} if user else {}
         proc = subprocess.Popen(
             spec["argv"], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             env=spec["env"], cwd=spec["cwd"], process_group=0, close_fds=True,
-            preexec_fn=_limits(limits) if limits else None,
+            preexec_fn=_in_child(limits, _prctl()), **ids,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as e:
         os.write(log_fd, f"runner: failed to start {spec['argv'][0]!r}: {e}\n".encode())

@@ -17,10 +17,12 @@ POLL_BYTES = 64 << 20  # most log bytes one look at a running job reads
 class LogWatcher:
     """Reads a job's output.log from a saved offset and stores what the parser finds."""
 
-    def __init__(self, job_id: str, job_dir: Path, parser_spec, offset: int = 0, parser_state=None, checkpoints=None):
+    def __init__(self, job_id: str, job_dir: Path, parser_spec, offset: int = 0, parser_state=None, checkpoints=None,
+                 log_path: Path | None = None, owner: int | None = None):
         self.job_id = job_id
         self.job_dir = Path(job_dir)
-        self.path = self.job_dir / "output.log"
+        self.path = Path(log_path) if log_path else self.job_dir / "output.log"
+        self.owner = owner  # checkpoints are recorded only when they belong to the job's user
         self.assembler = LineAssembler(offset)
         self.parser = build_parser(parser_spec, parser_state)
         self.checkpoints = checkpoints or []
@@ -77,6 +79,8 @@ class LogWatcher:
                     st = os.stat(path)
                 except OSError:
                     continue
+                if self.owner is not None and st.st_uid not in (self.owner, os.geteuid()):
+                    continue  # a link to someone else's file is not this job's checkpoint
                 sig = (st.st_size, st.st_mtime_ns)
                 if self._known.get(path) != sig:
                     self._known[path] = sig

@@ -63,7 +63,9 @@ def test_cancel_kills_whole_tree(runner, daemon, home):
     pids_file = home / "jobs" / runner.show(jid)["id"] / "pids"
     wait_for(lambda: pids_file.exists() and pids_file.read_text(), 20, what="children spawned")
     # The job's own view of pids may be a namespace's; take the host's from the process tree.
-    child = json.loads((pids_file.parent / "child.json").read_text())
+    child_json = home / "run" / pids_file.parent.name / "child.json"
+    wait_for(child_json.exists, 10, what="the shim's child.json")  # its fsync may lag behind the job
+    child = json.loads(child_json.read_text())
     tree = psutil.Process(child["pid"]).children(recursive=True)
     sleepers = [p.pid for p in tree if "time.sleep(600)" in " ".join(p.cmdline())]
     assert len(sleepers) == 3  # two in the group, one in a session of its own
@@ -132,7 +134,7 @@ def test_job_that_vanished_while_daemon_away_is_lost(runner, home):
     jid = runner.submit("--", *JOB, "sleep", "60")
     runner.wait_state(jid, "running")
     d.kill(signal.SIGKILL)
-    job_dir = home / "jobs" / runner.show(jid)["id"]
+    job_dir = home / "run" / runner.show(jid)["id"]
     wait_for(lambda: (job_dir / "child.json").exists(), 10, what="the shim to start the job")
     child = json.loads((job_dir / "child.json").read_text())
     shim = runner.show(jid)
@@ -154,10 +156,10 @@ def test_sigterm_leaves_running_jobs_running(runner, home):
     d = DaemonProc(home, runner.env, http=False).start()
     jid = runner.submit("--", *JOB, "sleep", "3")
     runner.wait_state(jid, "running")
-    wait_for(lambda: (home / "jobs" / runner.show(jid)["id"] / "child.json").exists(), 10, what="the shim to start the job")
+    wait_for(lambda: (home / "run" / runner.show(jid)["id"] / "child.json").exists(), 10, what="the shim to start the job")
     d.stop()
     assert d.proc.returncode == 0
-    child = json.loads((home / "jobs" / runner.show(jid)["id"] / "child.json").read_text())
+    child = json.loads((home / "run" / runner.show(jid)["id"] / "child.json").read_text())
     assert psutil.pid_exists(child["pid"])
     d2 = DaemonProc(home, runner.env, http=False).start()
     try:

@@ -312,7 +312,7 @@ def test_200_concurrent_reads_all_answer_and_healthz_stays_up(daemon, home):
 def test_reading_a_big_log_keeps_the_daemon_small(runner, daemon, home):
     jid = runner.submit("--", *JOB, "sleep", "0")
     job = runner.wait_state(jid)
-    log = Path(job["job_dir"]) / "output.log"
+    log = home / "run" / job["id"] / "output.log"
     line = b"x" * 99 + b"\n"
     with open(log, "ab") as f:
         for _ in range(300):
@@ -425,7 +425,7 @@ def test_a_job_that_ended_while_the_daemon_was_down_keeps_its_real_end_time(runn
     jid = runner.submit("--", *JOB, "sleep", "1")
     runner.wait_state(jid, "running")
     d.kill(signal.SIGKILL)
-    exit_json = home / "jobs" / runner.show(jid)["id"] / "exit.json"
+    exit_json = home / "run" / runner.show(jid)["id"] / "exit.json"
     wait_for(exit_json.exists, 20, what="the job to end")
     time.sleep(4)
     d = DaemonProc(home, runner.env, http=False).start()

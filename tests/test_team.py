@@ -28,7 +28,7 @@ def test_env_vars_values_reach_the_job_and_no_view(runner, daemon, home, tmp_pat
     assert "hunter2" not in runner.run("show", jid).stdout and "hunter2" not in runner.run("show", jid, "--json").stdout
     assert "hunter2" not in json.dumps(daemon.get(f"/jobs/{jid}")[1]) and "hunter2" not in json.dumps(daemon.get("/jobs")[1])
     assert b"hunter2" not in (home / "runner.db").read_bytes() + b"".join(p.read_bytes() for p in home.glob("runner.db*"))
-    launch = home / "jobs" / job["id"] / "launch.json"
+    launch = home / "run" / job["id"] / "launch.json"
     assert stat.S_IMODE(launch.stat().st_mode) == 0o600
     secrets = home / "secrets"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
@@ -71,7 +71,7 @@ def test_cancel_reaches_a_double_forked_daemon(runner, home, bwrap):
         full = runner.wait_state(jid, "running")["id"]
         pids = home / "jobs" / full / "pids"
         wait_for(lambda: pids.exists() and pids.read_text(), 20, what="the daemonized grandchild")
-        child = json.loads((home / "jobs" / full / "child.json").read_text())
+        child = json.loads((home / "run" / full / "child.json").read_text())
         # find the grandchild on the host (its own pid may be a namespace's): a sleeper whose
         # session is not the job's
         def sleepers():

@@ -149,7 +149,7 @@ def logs(args):
     h = home(args)
     s = store(h)
     job = find_job(h, s, args.id)
-    path = Path(job.get("job_dir") or h.job_dir(job["id"])) / "output.log"
+    path = h.run_dir(job["id"]) / "output.log"
     if not args.follow:
         sys.stdout.write(read_log(path.parent, args.tail))
         return 0
@@ -192,7 +192,7 @@ def cancel(args):
     import signal
 
     from runner import spool
-    from runner.daemon import kill_tree
+    from runner.proctl import kill_tree
     from runner.exceptions import PermissionDenied
     from runner.queries import find_job
 
@@ -207,7 +207,7 @@ def cancel(args):
         return 0
     spool.request_cancel(h, job["id"])
     if h.daemon_pid() is None and job["state"] == "running":
-        kill_tree(Path(job["job_dir"]), signal.SIGKILL)
+        kill_tree(h.run_dir(job["id"]), signal.SIGKILL)
         note = "; daemon not running: processes killed now, the state is recorded when it starts"
     elif h.daemon_pid() is None:
         note = "; daemon not running: applied when it starts"
