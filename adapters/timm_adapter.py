@@ -135,7 +135,7 @@ class TimmAdapter(TrainingAdapter):
 
     # -- train / validate -------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
-        fault = os.environ.get("RUNNER_FAULT_OOM_ABOVE_BATCH")
+        fault = os.environ.get("FAULT_OOM_ABOVE_BATCH")
         if fault and self.batch_size > int(fault):
             # Fault injection for tests: the real exception type torch raises when memory runs out.
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch_size {self.batch_size} > {fault})")

@@ -36,11 +36,12 @@ def commit(root: Path) -> str:
         return "?"
 
 
-async def _get(port: int, path: str, sink: bool = False) -> tuple[float, int, int]:
+async def _get(port: int, path: str, token: str | None = None) -> tuple[float, int, int]:
     """One GET on a fresh connection: (seconds, status, body bytes)."""
     t0 = time.perf_counter()
     r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    w.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}Connection: close\r\n\r\n".encode())
     await w.drain()
     head = await r.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -83,6 +84,8 @@ class Served:
                 if time.time() - t0 > 60:
                     raise RuntimeError("daemon did not start")
                 time.sleep(0.1)
+        r = subprocess.run([sys.executable, "-m", "runner", "token"], env=env, cwd=self.root, capture_output=True, text=True)
+        self.token = r.stdout.strip() or None  # an older checkout has no tokens (and an open log)
         return self
 
     def __exit__(self, *a):
@@ -169,7 +172,7 @@ def measure_memory(label: str, root: Path, home: Path, a, rows_mem):
         t = threading.Thread(target=_rss_sampler, args=(srv.proc.pid, samples, stop), daemon=True)
         base = __import__("psutil").Process(srv.proc.pid).memory_info().rss
         t.start()
-        secs, status, n = asyncio.run(_get(srv.port, f"/jobs/{a.big}/log"))
+        secs, status, n = asyncio.run(_get(srv.port, f"/jobs/{a.big}/log", token=srv.token))
         stop.set()
         t.join()
         rows_mem.append((label, f"GET /jobs/{{id}}/log ({a.log_gb:g} GiB)", status, f"{n / 2**30:.2f} GiB", f"{secs:.1f} s",

@@ -258,6 +258,8 @@ class Daemon:
             rec, uid = read_record(path)
             if name.endswith(".cancel.json"):
                 self._cancel(check_cancel_record(rec, now), uid, now)
+            elif name.endswith(".token.json"):
+                self._token(rec, uid)
             elif name.endswith(".job.json"):
                 self._ingest_job(check_job_record(rec, now), uid, now)
             else:
@@ -313,6 +315,21 @@ class Daemon:
             "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
             "gpus": [], "retry_of": rec.get("retry_of"),
         }, now=now)
+
+    def _token(self, rec: dict, uid: int):
+        from . import tokens
+        from .identity import person
+
+        if set(rec) - {"rotate"} or not isinstance(rec.get("rotate", False), bool):
+            raise SpoolFileError("a token request is {\"rotate\": true|false}")
+        if uid != os.geteuid() and os.geteuid() != 0:
+            raise SpoolFileError(f"this daemon runs as {user_name(os.geteuid())} and serves only that user")
+        tokens.ensure_dir(self.home)
+        try:
+            who = person(uid)
+        except KeyError:
+            raise SpoolFileError(f"uid {uid} is no user of this machine") from None
+        tokens.write(self.home, uid, who.gid, rotate=rec.get("rotate", False))
 
     def _cancel(self, rec: dict, uid: int, now: float):
         job = self.store.get_job(rec["id"])

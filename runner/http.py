@@ -1,9 +1,14 @@
 """The HTTP API (FastAPI; OpenAPI schema at /openapi.json). Loopback by default.
 
-Each handler is one line of routing into the same functions the CLI uses (`queries.py`). Every
-read is bounded: pages of jobs and metric points have a largest size, logs are streamed or read
-by tail or byte range, parameters out of range get 422 with one line, never 500, so no request
-can stall the daemon or fill its memory for everyone else.
+Each handler is one line of routing into the same functions the CLI uses (`queries.py`,
+`writes.py`). Every read is bounded: pages of jobs and metric points have a largest size, logs are
+streamed or read by tail or byte range, parameters out of range get 422 with one line, never 500,
+so no request can stall the daemon or fill its memory for everyone else.
+
+Who asks is known only by a personal token (`Authorization: Bearer TOKEN`, see `runner token`),
+never by a name in the request. Writes (POST) need one; a job's log needs its owner's (or root's)
+unless [server] share_logs is on; when the daemon is bound beyond loopback every request but
+/healthz needs one.
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ import math
 import time
 from typing import Literal, Optional
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from . import defaults, queries
-from .exceptions import JobNotFound, RegistryError
+from .exceptions import JobNotFound, PermissionDenied, RegistryError, RunnerError, SpecError
 
 State = Literal["queued", "preparing", "running", "succeeded", "failed", "cancelled"]
 
@@ -80,6 +85,38 @@ def create_app(home, daemon=None) -> FastAPI:
                   description="The runner's queue, jobs, metrics, envs and GPUs.")
     store = daemon.store if daemon else home.store()
     fresh = _Fresh(home, store)
+    from .tokens import TokenBook
+
+    book = TokenBook(home)
+    bind = getattr(daemon, "http_bind", None) or "127.0.0.1"
+    host = bind.rpartition(":")[0] or bind
+    open_reads = host in ("127.0.0.1", "localhost", "::1", "[::1]") or host.startswith("127.")
+    share_logs = bool(home.config.get("server", {}).get("share_logs"))
+
+    def caller(request: Request, required: bool = True):
+        """The person behind the request's token (None when there is none and none is required)."""
+        from .identity import person
+
+        auth = request.headers.get("authorization", "")
+        if not auth:
+            if required:
+                raise HTTPException(401, "this needs your token: Authorization: Bearer TOKEN (`runner token` prints it)")
+            return None
+        kind, _, token = auth.partition(" ")
+        uid = book.uid(token.strip()) if kind.lower() == "bearer" else None
+        if uid is None:
+            raise HTTPException(401, "unknown token (`runner token --rotate` makes a new one)")
+        try:
+            return person(uid)
+        except KeyError:
+            raise HTTPException(401, f"the token's user (uid {uid}) no longer exists") from None
+
+    @app.middleware("http")
+    async def _beyond_loopback(request: Request, call_next):
+        if not open_reads and request.url.path != "/healthz" and not request.headers.get("authorization"):
+            return FastJSON(status_code=401, content={"error": "the daemon is served beyond loopback: every request needs "
+                                                               "Authorization: Bearer TOKEN (`runner token`)"})
+        return await call_next(request)
 
     def registry():
         from .registry import load
@@ -93,6 +130,18 @@ def create_app(home, daemon=None) -> FastAPI:
     @app.exception_handler(RegistryError)
     async def _registry(_req: Request, exc: RegistryError):
         return FastJSON(status_code=404, content={"error": str(exc)})
+
+    @app.exception_handler(PermissionDenied)
+    async def _denied(_req: Request, exc: PermissionDenied):
+        return FastJSON(status_code=403, content={"error": str(exc)})
+
+    @app.exception_handler(SpecError)
+    async def _spec(_req: Request, exc: SpecError):
+        return FastJSON(status_code=422, content={"error": "; ".join(exc.problems), "problems": exc.problems})
+
+    @app.exception_handler(RunnerError)
+    async def _runner(_req: Request, exc: RunnerError):
+        return FastJSON(status_code=409, content={"error": str(exc)})
 
     @app.exception_handler(HTTPException)
     async def _http(_req: Request, exc: HTTPException):
@@ -152,10 +201,42 @@ def create_app(home, daemon=None) -> FastAPI:
         return FastJSON({"job": j["id"], "metrics": points, "total": total, "limit": limit, "offset": offset,
                          "next_offset": nxt, "latest": store.latest_metrics(j["id"])})
 
+    @app.post("/jobs", status_code=201)
+    def post_job(request: Request, spec: dict = Body(..., description="a job spec, as a job file holds it")):
+        from pathlib import Path
+
+        from . import writes
+
+        who = caller(request)
+        rec, warnings = writes.submit(home, store, spec, Path(who.home), who)
+        return FastJSON(status_code=201, content={"id": rec["id"], "user": who.name, "warnings": warnings})
+
+    @app.post("/jobs/{job_id}/cancel")
+    def post_cancel(request: Request, job_id: str):
+        from . import writes
+
+        who = caller(request)
+        job = queries.find_job(home, store, job_id)
+        requested = writes.cancel(home, job, who.uid, owner=(who.uid, who.gid))
+        return FastJSON({"id": job["id"], "cancel_requested": requested, "state": job["state"]})
+
+    @app.post("/jobs/{job_id}/retry", status_code=201)
+    def post_retry(request: Request, job_id: str):
+        from . import writes
+
+        who = caller(request)
+        rec = writes.retry(home, store.get_job(job_id), who.uid, owner=(who.uid, who.gid))
+        return FastJSON(status_code=201, content={"id": rec["id"], "retry_of": store.get_job(job_id)["id"]})
+
     @app.get("/jobs/{job_id}/log")
-    def log(job_id: str, tail: Optional[int] = Query(None, ge=0, le=100_000),
+    def log(request: Request, job_id: str, tail: Optional[int] = Query(None, ge=0, le=100_000),
             offset: int = Query(0, ge=0, le=2**53), length: Optional[int] = Query(None, ge=1, le=defaults.HTTP_MAX_LOG_BYTES)):
-        job_dir = home.run_dir(store.get_job(job_id)["id"])
+        j = store.get_job(job_id)
+        if not share_logs:
+            who = caller(request)
+            if who.uid not in (0, j["uid"]):
+                raise HTTPException(403, f"job {j['id']} belongs to {j['user']}: its log is theirs ([server] share_logs is off)")
+        job_dir = home.run_dir(j["id"])
         size = queries.log_size(job_dir)
         headers = {"X-Log-Size": str(size)}
         if tail is not None:

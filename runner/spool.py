@@ -45,28 +45,39 @@ def user_name(uid: int | None = None) -> str:
         return str(uid)
 
 
-def _drop(home: Home, name: str, record: dict):
+def _drop(home: Home, name: str, record: dict, owner: tuple[int, int] | None = None):
     # 0600: a spec may hold secrets (env_vars); the daemon reads it as root, teammates may not.
+    # `owner` (uid, gid): the daemon drops a file for a user it knows by her token (HTTP writes);
+    # the file is hers, so intake treats it exactly as if she had run the CLI.
     tmp = home.spool / ".tmp" / f"{name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
         f.flush()
         os.fsync(f.fileno())
+        if owner is not None and owner[0] != os.geteuid():
+            os.fchown(f.fileno(), owner[0], owner[1])
     os.rename(tmp, home.spool / name)
 
 
-def submit(home: Home, spec: dict, now: float | None = None, retry_of: str | None = None) -> dict:
+def submit(home: Home, spec: dict, now: float | None = None, retry_of: str | None = None,
+           owner: tuple[int, int] | None = None) -> dict:
     """Write a validated spec into the spool; returns the record (with its new id)."""
-    now = now or time.time()
-    record = {"id": new_id(), "spec": spec, "submitted_at": now, "user": user_name(), "retry_of": retry_of}
-    _drop(home, f"{time.time_ns()}-{record['id']}.job.json", record)
+    now = time.time() if now is None else now
+    uid = os.geteuid() if owner is None else owner[0]
+    record = {"id": new_id(), "spec": spec, "submitted_at": now, "user": user_name(uid), "retry_of": retry_of}
+    _drop(home, f"{time.time_ns()}-{record['id']}.job.json", record, owner)
     return record
 
 
-def request_cancel(home: Home, job_id: str, now: float | None = None):
+def request_cancel(home: Home, job_id: str, now: float | None = None, owner: tuple[int, int] | None = None):
     """Ask the daemon to cancel a job (it checks that the file's owner may)."""
-    _drop(home, f"{time.time_ns()}-{job_id}.cancel.json", {"id": job_id, "at": now or time.time()})
+    _drop(home, f"{time.time_ns()}-{job_id}.cancel.json", {"id": job_id, "at": time.time() if now is None else now}, owner)
+
+
+def request_token(home: Home, rotate: bool = False):
+    """Ask the daemon to make (or replace) the caller's token; it knows the caller by the file's owner."""
+    _drop(home, f"{time.time_ns()}-{new_id()}.token.json", {"rotate": bool(rotate)})
 
 
 def pending(home: Home) -> list[Path]:

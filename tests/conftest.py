@@ -64,6 +64,9 @@ class Runner:
     def show(self, job_id):
         return self.json("show", job_id)
 
+    def token(self) -> str:
+        return self.run("token").stdout.strip()
+
     def wait_state(self, job_id, states=("succeeded", "failed", "cancelled"), timeout=60.0):
         states = (states,) if isinstance(states, str) else states
         return wait_for(lambda: (lambda j: j if j["state"] in states else None)(self.show(job_id)), timeout, 0.2,
@@ -108,16 +111,29 @@ class DaemonProc:
     def stop(self):
         self.kill(signal.SIGTERM)
 
-    def get(self, path):
+    def request(self, method, path, token=None, body=None):
+        """(status, JSON or text) of one HTTP request, with a personal token when given."""
         import urllib.error
         import urllib.request
 
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                body = r.read().decode()
-                return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read().decode()
+                return r.status, (json.loads(text) if r.headers.get_content_type() == "application/json" else text)
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read().decode())
+
+    def get(self, path, token=None):
+        return self.request("GET", path, token)
+
+    def post(self, path, token=None, body=None):
+        return self.request("POST", path, token, body)
 
 
 @pytest.fixture

@@ -30,7 +30,9 @@ def test_submit_run_metrics_logs(runner, daemon):
     assert [(m["epoch"], round(m["value"], 4)) for m in body["metrics"]] == [(1, 0.3333), (2, 0.1667), (3, 0.1111)]
     log = runner.run("logs", jid).stdout
     assert "epoch 3 val_acc: 0.530" in log
-    status, text = daemon.get(f"/jobs/{jid}/log?tail=1")
+    status, body = daemon.get(f"/jobs/{jid}/log?tail=1")
+    assert status == 401 and "runner token" in body["error"]  # a log is its owner's: who asks?
+    status, text = daemon.get(f"/jobs/{jid}/log?tail=1", token=runner.token())
     assert text.strip() == "epoch 3 val_acc: 0.530 lr=0.00333333"
     assert [t["to_state"] for t in job["transitions"]] == ["queued", "preparing", "running", "succeeded"]
 

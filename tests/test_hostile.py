@@ -258,11 +258,12 @@ def test_http_metrics_are_paged_and_logs_bounded(runner, daemon, home):
     assert status == 200 and page["total"] == 25000 and len(page["metrics"]) == 10000 and page["next_offset"] == 10000
     status, last = daemon.get(f"/jobs/{jid}/metrics?name=loss&offset=20000&limit=10000")
     assert len(last["metrics"]) == 5000 and last["next_offset"] is None and last["metrics"][-1]["step"] == 24999
-    status, text = daemon.get(f"/jobs/{jid}/log?tail=2")
+    token = runner.token()
+    status, text = daemon.get(f"/jobs/{jid}/log?tail=2", token)
     assert text == "step=24999 loss=0.000040\nburst done\n"
-    status, text = daemon.get(f"/jobs/{jid}/log?offset=0&length=26")
+    status, text = daemon.get(f"/jobs/{jid}/log?offset=0&length=26", token)
     assert text == "step=0 loss=1.000000\nstep="
-    status, text = daemon.get(f"/jobs/{jid}/log")
+    status, text = daemon.get(f"/jobs/{jid}/log", token)
     assert text.count("\n") == 25001
 
 
@@ -317,13 +318,14 @@ def test_reading_a_big_log_keeps_the_daemon_small(runner, daemon, home):
     with open(log, "ab") as f:
         for _ in range(300):
             f.write(line * 10_000)  # 300 MB
+    token = runner.token()
     proc = psutil.Process(daemon.proc.pid)
     before = proc.memory_info().rss
     peak = [before]
 
     async def read():
         r, w = await asyncio.open_connection("127.0.0.1", daemon.port)
-        w.write(f"GET /jobs/{jid}/log HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        w.write(f"GET /jobs/{jid}/log HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode())
         await w.drain()
         n = 0
         while chunk := await r.read(1 << 20):

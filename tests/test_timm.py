@@ -84,9 +84,9 @@ def test_model_timm_knows_but_registry_lacks_runs_with_warning(runner, shapes, t
 
 @pytest.mark.parametrize("auto", [True, False])
 def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daemon, shapes, tmp_path, auto):
-    # torch.OutOfMemoryError is injected above batch 4 (RUNNER_FAULT_OOM_ABOVE_BATCH); the rest is real.
+    # torch.OutOfMemoryError is injected above batch 4 (FAULT_OOM_ABOVE_BATCH); the rest is real.
     spec = json.loads(_job(tmp_path, shapes, epochs=1, auto_batch_size=auto).read_text())
-    spec["env_vars"] = {"RUNNER_FAULT_OOM_ABOVE_BATCH": "4"}
+    spec["env_vars"] = {"FAULT_OOM_ABOVE_BATCH": "4"}
     p = tmp_path / "oom.yaml"
     p.write_text(json.dumps(spec))
     job = runner.wait_state(runner.submit(p), timeout=600)

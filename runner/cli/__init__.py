@@ -26,6 +26,7 @@ VERBS = {
     "infer": ("runner.cli.models_cmd", "infer", "run inference with a job's checkpoint"),
     "check": ("runner.cli.check_cmd", "check", "plugin check: train, validate, checkpoint, infer per model"),
     "repo": ("runner.cli.repo_cmd", "repo", "add, list, show and remove pinned GitHub repos"),
+    "token": ("runner.cli.jobs", "token", "print your personal token for the HTTP API (made on first use)"),
 }
 
 
@@ -122,7 +123,11 @@ def _repo(p):
     p.add_argument("--name")
 
 
-ADD_ARGS = {"daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
+def _token(p):
+    p.add_argument("--rotate", action="store_true", help="replace your token with a new one (the old one stops working)")
+
+
+ADD_ARGS = {"token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

@@ -31,9 +31,8 @@ def _overrides(args, data: dict):
 
 def submit(args):
     """runner submit job.yaml | runner submit [options] -- CMD ARGS..."""
-    from runner import spool
     from runner.exceptions import SpecError
-    from runner.spec import load_spec_file, parse_spec
+    from runner.spec import load_spec_file
 
     command = args.command
     if args.file and command:
@@ -49,34 +48,14 @@ def submit(args):
     else:
         raise SpecError(["nothing to run: give a job file, or -- CMD ARGS..."])
     _overrides(args, data)
-    spec = parse_spec(data)
+    from runner import writes
+
     h = home(args).ensure()
-    warnings: list[str] = []
-    registry = None
-    if spec.kind == "model":
-        from runner.registry import load
-
-        registry = load(h)
-    from runner.resolve import resolve
-
-    resolved = resolve(spec, base, registry, warnings, state_root=h.root)
-    if spec.after:
-        from runner.exceptions import JobNotFound
-        from runner.queries import find_job
-
-        s = store(h)
-        ids = []
-        for i, ref in enumerate(spec.after):
-            try:
-                ids.append(find_job(h, s, ref)["id"])
-            except JobNotFound:
-                raise SpecError([f"after.{i}: given {ref!r}; expected the id of a submitted job"]) from None
-        resolved["after"] = ids
+    rec, warnings = writes.submit(h, store(h), data, base)
     for w in warnings:
         print(f"runner: warning: {w}", file=sys.stderr)
-    rec = spool.submit(h, resolved)
     if args.json:
-        print_json({"id": rec["id"], "state": "submitted", "spec": resolved, "user": rec["user"]})
+        print_json({"id": rec["id"], "state": "submitted", "spec": rec["spec"], "user": rec["user"]})
     else:
         print(rec["id"])
     return 0
@@ -191,21 +170,17 @@ def cancel(args):
     """runner cancel ID: only the job's owner or root may."""
     import signal
 
-    from runner import spool
     from runner.proctl import kill_tree
-    from runner.exceptions import PermissionDenied
     from runner.queries import find_job
+
+    from runner import writes
 
     h = home(args)
     s = store(h)
     job = find_job(h, s, args.id)
-    uid = os.getuid()
-    if job.get("uid") is not None and uid not in (0, job["uid"]):
-        raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; only its owner or root may cancel it")
-    if job["state"] in ("succeeded", "failed", "cancelled"):
+    if not writes.cancel(h, job, os.getuid()):
         print(f"job {job['id']} already {job['state']}")
         return 0
-    spool.request_cancel(h, job["id"])
     if h.daemon_pid() is None and job["state"] == "running":
         kill_tree(h.run_dir(job["id"]), signal.SIGKILL)
         note = "; daemon not running: processes killed now, the state is recorded when it starts"
@@ -221,20 +196,48 @@ def cancel(args):
 
 
 def retry(args):
-    """runner retry ID: queue a copy of an ended job."""
-    from runner import spool
-    from runner.exceptions import RunnerError
+    """runner retry ID: queue a copy of an ended job (its owner or root)."""
     from runner.queries import find_job
+
+    from runner import writes
 
     h = home(args)
     job = find_job(h, store(h), args.id)
-    if job["state"] not in ("succeeded", "failed", "cancelled"):
-        raise RunnerError(f"job {job['id']}: is {job['state']}; only an ended job can be retried")
-    spec = dict(job["spec"])
-    spec["after"] = []
-    rec = spool.submit(h, spec, retry_of=job["id"])
+    rec = writes.retry(h, job, os.getuid())
     if args.json:
         print_json({"id": rec["id"], "retry_of": job["id"]})
     else:
         print(rec["id"])
     return 0
+
+
+def token(args):
+    """runner token [--rotate]: your personal token for the HTTP API."""
+    from runner import spool, tokens
+
+    h = home(args)
+    uid = os.getuid()
+    current = tokens.read(h, uid)
+    if current and not args.rotate:
+        print(current)
+        return 0
+    if os.access(h.root, os.W_OK) and (not h.tokens.exists() or os.access(h.tokens, os.W_OK)):
+        tokens.ensure_dir(h)  # a daemon of one's own: no one else is asked
+        print(tokens.write(h, uid, os.getgid(), rotate=args.rotate))
+        return 0
+    if h.daemon_pid() is None:
+        from runner.exceptions import RunnerError
+
+        raise RunnerError("the daemon is not running; it makes tokens (ask the admin to start it)")
+    before = tokens.token_path(h, uid).stat().st_mtime_ns if current else None
+    spool.request_token(h, rotate=args.rotate)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        new = tokens.read(h, uid)
+        if new and (before is None or tokens.token_path(h, uid).stat().st_mtime_ns != before):
+            print(new)
+            return 0
+        time.sleep(0.05)
+    from runner.exceptions import RunnerError
+
+    raise RunnerError("the daemon did not make a token within 15 s (see `runner doctor`)")

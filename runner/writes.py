@@ -1,0 +1,87 @@
+"""The one path of every write, whatever the face (CLI or HTTP): submit, cancel, retry.
+
+Each validates the same way and answers with the same one-line errors; each ends as a spool file
+owned by the person acting, so the daemon judges all of them by the kernel's word on who wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import spool
+from .exceptions import PermissionDenied, RunnerError, SpecError
+from .identity import Person
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def _abs(path: str, base: Path) -> str:
+    p = Path(os.path.expanduser(path)) if not path.startswith("~") else Path(path)
+    return str(p if p.is_absolute() else base / p)
+
+
+def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tuple[dict, list[str]]:
+    """Validate a job (a mapping, as a job file holds) and spool it; returns (record, warnings).
+
+    `who` is the person behind an HTTP token when the daemon acts for her: the paths the job
+    names are then checked as her before anything reads them.
+    """
+    from .prepare import check_paths_as
+    from .resolve import resolve
+    from .spec import parse_spec
+
+    spec = parse_spec(data)
+    if who is not None:
+        ds = dict(data.get("dataset") or {})
+        probe = {"workdir": _abs(spec.workdir, base) if spec.workdir else (str(base) if spec.kind == "command" else None),
+                 "dataset": {k: _abs(ds[k], base) for k in ("path", "annotations") if isinstance(ds.get(k), str)},
+                 "train": {"resume": _abs(spec.train.resume, base)} if spec.train.resume and not spec.train.resume.isalnum() else {}}
+        problems = check_paths_as(probe, who)
+        if problems:
+            raise SpecError(problems)
+    registry = None
+    if spec.kind == "model":
+        from .registry import load
+
+        registry = load(home)
+    warnings: list[str] = []
+    resolved = resolve(spec, base, registry, warnings, state_root=home.root)
+    if spec.after:
+        from .exceptions import JobNotFound
+        from .queries import find_job
+
+        ids = []
+        for i, ref in enumerate(spec.after):
+            try:
+                ids.append(find_job(home, store, ref)["id"])
+            except JobNotFound:
+                raise SpecError([f"after.{i}: given {ref!r}; expected the id of a submitted job"]) from None
+        resolved["after"] = ids
+    rec = spool.submit(home, resolved, owner=(who.uid, who.gid) if who else None)
+    return rec, warnings
+
+
+def check_may_act(job: dict, uid: int, verb: str):
+    """Only a job's owner or root may cancel or retry it."""
+    if job.get("uid") is not None and uid not in (0, job["uid"]):
+        raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; only its owner or root may {verb} it")
+
+
+def cancel(home, job: dict, uid: int, owner: tuple[int, int] | None = None) -> bool:
+    """Ask for a job to be cancelled; False when it had already ended."""
+    check_may_act(job, uid, "cancel")
+    if job["state"] in ENDED:
+        return False
+    spool.request_cancel(home, job["id"], owner=owner)
+    return True
+
+
+def retry(home, job: dict, uid: int, owner: tuple[int, int] | None = None) -> dict:
+    """Queue a copy of an ended job (env_vars values come with it only for its owner)."""
+    check_may_act(job, uid, "retry")
+    if job["state"] not in ENDED:
+        raise RunnerError(f"job {job['id']}: is {job['state']}; only an ended job can be retried")
+    spec = dict(job["spec"])
+    spec["after"] = []
+    return spool.submit(home, spec, retry_of=job["id"], owner=owner)
