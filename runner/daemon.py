@@ -235,7 +235,15 @@ class Daemon:
                 continue
             except OSError as e:
                 self._unmovable.add(path.name)
-                log.warning("cannot take spool file %s (%s); leaving it", path.name, e.strerror)
+                why = (f"this daemon runs as {user_name(os.geteuid())} and runs only that user's jobs; a daemon "
+                       f"that serves a team runs as root (docs/server.md)") if os.geteuid() != 0 else f"cannot take it: {e.strerror}"
+                try:
+                    fd = os.open(self.home.quarantine / (path.name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                    os.write(fd, (why + " (the file is left in the spool: only its owner may remove it)\n").encode())
+                    os.close(fd)
+                except OSError:
+                    pass
+                log.warning("cannot take spool file %s: %s", path.name, why)
                 continue
             self._take(taking, now)
 
@@ -255,6 +263,10 @@ class Daemon:
     def _take(self, path: Path, now: float):
         name = path.name.removesuffix(".retry")
         try:
+            owner = os.lstat(path).st_uid
+            if owner != os.geteuid() and os.geteuid() != 0:
+                raise SpoolFileError(f"this daemon runs as {user_name(os.geteuid())} and runs only that user's jobs; "
+                                     f"{user_name(owner)}'s file is set aside (a daemon that serves a team runs as root)")
             rec, uid = read_record(path)
             if name.endswith(".cancel.json"):
                 self._cancel(check_cancel_record(rec, now), uid, now)

@@ -33,13 +33,25 @@ class Home:
     def ensure(self) -> "Home":
         """Create the folders; the spool is writable by every user (sticky, like /tmp)."""
         for p in (self.root, self.jobs, self.envs, self.repos, self.cache, self.quarantine, self.run):
-            p.mkdir(parents=True, exist_ok=True)
-        self.spool.mkdir(parents=True, exist_ok=True)
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except PermissionError:
+                pass  # a teammate's CLI: the daemon's user makes these
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            from .exceptions import RunnerError
+
+            raise RunnerError(f"{self.root} is not set up for you (no spool/): start the daemon first, "
+                              "or set RUNNER_HOME (docs/server.md)") from None
         try:
             os.chmod(self.spool, 0o1777)
         except PermissionError:
             pass
-        (self.spool / ".tmp").mkdir(exist_ok=True)
+        try:
+            (self.spool / ".tmp").mkdir(exist_ok=True)
+        except PermissionError:
+            pass
         try:
             os.chmod(self.spool / ".tmp", 0o1777)
         except PermissionError:

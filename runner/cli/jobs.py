@@ -129,6 +129,10 @@ def logs(args):
     s = store(h)
     job = find_job(h, s, args.id)
     path = h.run_dir(job["id"]) / "output.log"
+    if path.exists() and not os.access(path, os.R_OK):
+        from runner.exceptions import PermissionDenied
+
+        raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; its log is theirs (an admin may set [server] share_logs)")
     if not args.follow:
         sys.stdout.write(read_log(path.parent, args.tail))
         return 0
