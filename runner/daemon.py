@@ -129,6 +129,17 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
         self._own_taking()
+        from . import tokens
+
+        tokens.ensure_dir(self.home)
+        from .secrets import _dir as secrets_dir
+
+        secrets_dir(self.home)
+        info = {"pid": os.getpid(), "uid": os.geteuid(), "user": user_name(os.geteuid()), "http": self.http_bind,
+                "started_at": self.started_at}
+        tmp = self.home.root / f".daemon.json.{os.getpid()}"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.home.root / "daemon.json")
         self.reconcile()
         self._resume_intake(time.time())
         threading.Thread(target=self._watch_files, name="watch", daemon=True).start()

@@ -61,9 +61,26 @@ TORCH_PAIR = ("2.14.1", "0.29.1")
 """torch / torchvision pins of the framework locks (Linux x86_64, Python 3.11)."""
 
 
+SYSTEM_CONFIG = Path("/etc/runner/config.toml")
+"""The server's config (every user's runner reads it): `home = "/var/lib/runner"` and site settings."""
+
+
+def system_config() -> dict:
+    """The system config ($RUNNER_SYSTEM_CONFIG or /etc/runner/config.toml), or {}."""
+    import tomllib
+
+    path = Path(os.environ.get("RUNNER_SYSTEM_CONFIG") or SYSTEM_CONFIG)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (FileNotFoundError, PermissionError):
+        return {}
+
+
 def runner_home() -> Path:
-    """The state folder: $RUNNER_HOME, else the XDG default."""
-    return Path(os.environ.get("RUNNER_HOME") or HOME).expanduser().resolve()
+    """The state folder: $RUNNER_HOME, else the system config's `home`, else the XDG default."""
+    chosen = os.environ.get("RUNNER_HOME") or system_config().get("home") or HOME
+    return Path(chosen).expanduser().resolve()
 
 MAX_SPEC_BYTES = 512 * 1024
 """Largest job spec (as JSON) and job file; data belongs in files the job reads."""

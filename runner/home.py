@@ -75,12 +75,16 @@ class Home:
 
     @cached_property
     def config(self) -> dict:
-        """The site config ($RUNNER_HOME/config.toml), or {} when there is none."""
+        """The settings: the system config (/etc/runner/config.toml) with $RUNNER_HOME/config.toml over it, table by table."""
+        merged = {k: v for k, v in defaults.system_config().items() if k != "home"}
         try:
             with open(self.config_file, "rb") as f:
-                return tomllib.load(f)
-        except FileNotFoundError:
-            return {}
+                site = tomllib.load(f)
+        except (FileNotFoundError, PermissionError):
+            site = {}
+        for key, value in site.items():
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        return merged
 
     def store(self, migrate: bool = True):
         """The store of this home."""

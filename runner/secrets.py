@@ -18,6 +18,7 @@ HIDDEN = "<hidden>"
 
 
 def _dir(home):
+    """The secrets folder, made if missing; the daemon's alone (0700)."""
     d = home.secrets
     try:
         os.mkdir(d, 0o700)

@@ -119,8 +119,15 @@ def quarantine(home: Home, path: Path, reason: str):
         return
     except OSError:
         os.unlink(path)
-    fd = os.open(home.quarantine / (name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(home.quarantine / (name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
+        # The reason may quote what the file said: it is its owner's to read, like the file.
+        try:
+            owner = os.lstat(dest).st_uid
+            if owner != os.geteuid() and os.geteuid() == 0:
+                os.fchown(fd, owner, -1)
+        except OSError:
+            pass
         os.write(fd, (_CONTROL.sub(" ", reason)[:2000] + "\n").encode())
     finally:
         os.close(fd)

@@ -179,6 +179,22 @@ def test_he_cannot_cancel_retry_or_read_her_job(team):
     assert status == 201 and alice.show(body["id"])["user"] == ALICE
 
 
+def test_doctor_audits_the_permissions_of_every_part(team):
+    d, alice, bob, home = team
+    jid = alice.job("whoami")
+    full = alice.wait(jid)["id"]
+    alice.run("token")
+    env = {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "runner", "doctor"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "permissions     ok" in r.stdout, r.stdout
+    os.chmod(home / "jobs" / full, 0o755)  # her job folder opened to all by mistake
+    os.chmod(home / "secrets", 0o755)
+    r = subprocess.run([sys.executable, "-m", "runner", "doctor"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f"{home / 'jobs' / full}: mode 0755, expected 0700: job {full}'s folder" in r.stdout
+    assert f"{home / 'secrets'}: mode 0755, expected 0700" in r.stdout
+
+
 def test_a_token_posts_a_job_that_belongs_to_its_user(team, tmp_path):
     d, alice, bob, home = team
     token = alice.run("token").stdout.strip()

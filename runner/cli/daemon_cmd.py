@@ -45,6 +45,27 @@ def doctor(args):
     report["disk"] = {"path": str(target), "free_gb": round(du.free / 1e9, 1), "total_gb": round(du.total / 1e9, 1)}
     uv_vars = {k: v for k, v in os.environ.items() if k.startswith("UV_")}
     report["uv_settings"] = sorted(uv_vars)
+    from runner.permissions import audit, daemon_info
+
+    info = daemon_info(h)
+    team = []
+    if info and report["daemon_pid"]:
+        if info.get("uid") != 0:
+            team.append(f"the daemon runs as {info.get('user')}: it runs only that user's jobs (a team server runs it as root: docs/server.md)")
+        bind = info.get("http") or ""
+        host = bind.rpartition(":")[0]
+        if bind and not (host.startswith("127.") or host in ("localhost", "::1", "[::1]")):
+            team.append(f"HTTP is served on {bind}, beyond loopback: every request needs a token (`runner token`); "
+                        "put it behind TLS (a reverse proxy) before people use it from other machines")
+    report["daemon"] = info
+    report["server_notes"] = team
+    report["permission_problems"] = audit(h)
+    if info.get("uid") == 0 or os.geteuid() == 0:
+        from runner.permissions import python_for_everyone
+
+        bad_python = python_for_everyone()
+        if bad_python:
+            team.append(bad_python)
     if args.json:
         print_json(report)
         return 0
@@ -59,4 +80,10 @@ def doctor(args):
     print(f"user namespaces {ok(sb['user_namespaces'])}")
     print(f"isolation       {sb['isolation']}")
     print(f"disk            {report['disk']['free_gb']} GB free of {report['disk']['total_gb']} GB at {report['disk']['path']}")
-    return 0
+    for note in team:
+        print(f"server          {note}")
+    problems = report["permission_problems"]
+    print(f"permissions     {'ok: every part of ' + str(h.root) + ' is owned and closed as it should be' if not problems else str(len(problems)) + ' problem(s):'}")
+    for p in problems:
+        print(f"  - {p}")
+    return 1 if problems else 0
