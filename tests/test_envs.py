@@ -23,8 +23,13 @@ def test_key_is_the_lock_content_not_a_name():
     b = EnvRequest(name="b", lock="# a comment\nsix==1.16.0 \\\n    --hash=sha256:aa\n", python="/q", python_version="3.11.7")
     c = EnvRequest(name="a", lock="six==1.15.0\n", python="/p", python_version="3.11.7")
     d = EnvRequest(name="a", lock="six==1.16.0\n    --hash=sha256:aa\n", python="/p", python_version="3.12.1")
-    assert normalise_lock(a.lock) != normalise_lock(b.lock) or a.key == b.key
-    assert a.key != c.key and a.key != d.key
+    renamed = EnvRequest(name="something-else", lock=a.lock, python="/elsewhere/python", python_version="3.11.7")
+    commented = EnvRequest(name="a", lock="# pinned by uv\n\nsix==1.16.0   # the one we need\n    --hash=sha256:aa\n\n",
+                           python="/p", python_version="3.11.7")
+    assert renamed.key == a.key  # neither the env's name nor the interpreter's path is in the key
+    assert commented.key == a.key  # comments and blank lines do not change what is installed
+    assert a.key != c.key and a.key != d.key  # another version of a package, another Python: another env
+    assert a.key != b.key or normalise_lock(a.lock) == normalise_lock(b.lock)
 
 
 def test_build_reuse_and_listing(tmp_path):

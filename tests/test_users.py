@@ -151,6 +151,35 @@ def test_her_files_are_hers_alone(team):
     alice.run("cancel", running)
 
 
+def test_without_bubblewrap_his_job_still_reaches_nothing_of_hers(world, users):
+    """Unix permissions alone: the store, the envs, the daemon's folders, her job, log and secrets stay out of reach."""
+    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
+    os.chmod(home, 0o755)
+    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT), "RUNNER_NO_BWRAP": "1"}).start()
+    try:
+        alice, bob = User(users[ALICE], world, home), User(users[BOB], world, home)
+        f = Path(users[ALICE].pw_dir) / "job.yaml"
+        f.write_text(f"command: [{SYSTEM_PY}, {world / 'jobs.py'}, sleep, '30']\nenv_vars: {{API_KEY: hunter2-of-alice}}\n")
+        os.chown(f, alice.uid, -1)
+        her = alice.wait(alice.run("submit", f).stdout.strip(), "running")["id"]
+        secret = Path(users[ALICE].pw_dir) / "secret.txt"
+        probes = [f"r:{secret}", f"w:{home / 'jobs' / her}", f"w:{home / 'runner.db'}", f"w:{home / 'envs'}",
+                  f"r:{home / 'run' / her / 'output.log'}", f"r:{home / 'run' / her / 'launch.json'}", f"w:{home / 'run' / her}",
+                  f"r:{home / 'secrets' / (her + '.json')}", f"w:{home / 'secrets'}", f"w:{home / 'spool' / '.taking'}",
+                  f"w:{home / 'spool' / 'quarantine'}", f"w:{home / 'cache'}", f"w:{home / 'tokens'}"]
+        his = bob.job("probe", *probes)
+        assert bob.wait(his)["state"] == "succeeded"
+        out = bob.logs(his)
+        assert "sandbox" not in out or "bubblewrap" in out
+        for p in probes:
+            mode, path = p.split(":", 1)
+            assert f"{'read' if mode == 'r' else 'write'} {path}: denied" in out, out
+        alice.run("cancel", her)
+    finally:
+        d.kill(15)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def test_he_cannot_cancel_retry_or_read_her_job(team):
     d, alice, bob, home = team
     jid = alice.job("sleep", "30")
