@@ -32,14 +32,15 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     from .spec import parse_spec
 
     spec = parse_spec(data)
-    if who is not None:
-        ds = dict(data.get("dataset") or {})
-        probe = {"workdir": _abs(spec.workdir, base) if spec.workdir else (str(base) if spec.kind == "command" else None),
-                 "dataset": {k: _abs(ds[k], base) for k in ("path", "annotations") if isinstance(ds.get(k), str)},
-                 "train": {"resume": _abs(spec.train.resume, base)} if spec.train.resume and not spec.train.resume.isalnum() else {}}
-        problems = check_paths_as(probe, who)
-        if problems:
-            raise SpecError(problems)
+    ds = dict(data.get("dataset") or {})
+    probe = {"workdir": _abs(spec.workdir, base) if spec.workdir else (str(base) if spec.kind == "command" else None),
+             "dataset": {k: _abs(ds[k], base) for k in ("path", "annotations") if isinstance(ds.get(k), str)},
+             "train": {"resume": _abs(spec.train.resume, base)} if spec.train.resume and not spec.train.resume.isalnum() else {}}
+    # Checked as the person submitting before anything reads them: through HTTP the daemon (root)
+    # acts for `who`; from the CLI the caller is who she is.
+    problems = check_paths_as(probe, who) if who is not None else _unreadable_by_caller(probe)
+    if problems:
+        raise SpecError(problems)
     registry = None
     if spec.kind == "model":
         from .registry import load
@@ -60,6 +61,26 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
         resolved["after"] = ids
     rec = spool.submit(home, resolved, owner=(who.uid, who.gid) if who else None)
     return rec, warnings
+
+
+def _unreadable_by_caller(probe: dict) -> list[str]:
+    out = []
+    for field, path in (("dataset.path", probe["dataset"].get("path")), ("dataset.annotations", probe["dataset"].get("annotations")),
+                        ("train.resume", probe["train"].get("resume"))):
+        if not path:
+            continue
+        try:
+            st = os.stat(path)
+        except PermissionError:  # a folder above it is closed to her
+            out.append(f"{field}: {path} is not readable by you")
+            continue
+        except OSError:
+            continue  # missing: the dataset checks say so in their own words
+        import stat as st_
+
+        if not os.access(path, os.R_OK | (os.X_OK if st_.S_ISDIR(st.st_mode) else 0)):
+            out.append(f"{field}: {path} is not readable by you")
+    return out
 
 
 def check_may_act(job: dict, uid: int, verb: str):

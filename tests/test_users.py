@@ -285,6 +285,30 @@ def test_workdirs_are_checked_as_the_submitter(team):
     assert (work / "probe-by-job").stat().st_uid == alice.uid
 
 
+def test_data_paths_are_checked_as_the_submitter_at_submit_and_at_prepare(team):
+    d, alice, bob, home = team
+    private = Path(pwd.getpwnam(BOB).pw_dir) / "data"
+    (private / "train" / "a").mkdir(parents=True, exist_ok=True)
+    (private / "val" / "a").mkdir(parents=True, exist_ok=True)
+    os.chmod(pwd.getpwnam(BOB).pw_dir, 0o700)
+    f = Path(pwd.getpwnam(ALICE).pw_dir) / "model.yaml"
+    f.write_text(f"model: timm/resnet18\ndataset: {{path: {private}, format: imagefolder}}\n")
+    os.chown(f, alice.uid, -1)
+    r = alice.run("submit", f, check=False)
+    assert r.returncode == 2 and r.stderr.strip() == f"runner: dataset.path: {private} is not readable by you", r.stderr
+    token = alice.run("token").stdout.strip()
+    status, body = d.post("/jobs", token, {"model": "timm/resnet18", "dataset": {"path": str(private)}})
+    assert status == 422 and body["problems"] == [f"dataset.path: {private} is not readable by {ALICE}"]
+    # a record that reached the queue anyway (written by hand) fails when prepared, before any env is built
+    rec = {"id": "forged02", "spec": {"model": "timm/resnet18", "dataset": {"path": str(private), "format": "imagefolder"},
+                                      "env": "timm"}, "submitted_at": time.time()}
+    alice.python(f"import json\nopen({str(home / 'spool' / '0002-forged02.job.json')!r}, 'w').write({json.dumps(json.dumps(rec))})")
+    job = alice.wait("forged02")
+    assert (job["state"], job["reason"]) == ("failed", "prepare_failed")
+    assert job["note"] == f"dataset.path: {private} is not readable by {ALICE}"
+    assert not list((home / "envs").glob("*"))
+
+
 def test_a_daemon_of_one_user_runs_only_her_jobs(world, users):
     home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
     os.chown(home, users[ALICE].pw_uid, users[ALICE].pw_gid)
