@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from . import dataset_formats as published
 from .datasets import IMAGE_EXTS, imagefolder_layout
 
 TASKS = {"object_detection": "detect", "instance_segmentation": "segment", "pose_estimation": "pose", "obb_detection": "obb",
@@ -117,6 +118,16 @@ def check_dataset(dataset: dict, model: dict | None = None) -> list[str]:
     if fmt == "yolo":
         p = Path(dataset["path"])
         return check_yolo(p if p.suffix in (".yaml", ".yml") else p / "data.yaml", task)
+    if fmt in published.FORMATS:
+        if task not in ("detect", "obb"):
+            return [f"dataset.format: {fmt!r} holds boxes; {(model or {}).get('ref') or 'this model'} "
+                    f"({(model or {}).get('task_type')}) takes 'yolo' with {task} labels"]
+        if dataset.get("tile"):
+            import importlib.util
+
+            if importlib.util.find_spec("PIL") is None:
+                return ["dataset.tile: cutting tiles needs Pillow where the daemon runs (pip install pillow)"]
+        return published.check(dataset["path"], fmt, dataset.get("split") or 0.2)
     if fmt == "coco":
         if task not in ("detect", "segment"):
             return [f"dataset.format: 'coco' is converted for detection and segmentation, not {task}"]
@@ -126,7 +137,34 @@ def check_dataset(dataset: dict, model: dict | None = None) -> list[str]:
         if not ann or not Path(ann).is_file():
             return [f"dataset.annotations: {ann} does not exist (give the COCO JSON)"]
         return []
-    return [f"dataset.format: given {fmt!r}; expected 'yolo' or 'coco' for {task}"]
+    return [f"dataset.format: given {fmt!r}; expected 'yolo' or 'coco' for {task}"
+            + (", or dota, hrsc2016, voc" if task in ("detect", "obb") else "")]
+
+
+def convert_published(ds: dict, task: str, cache: Path) -> tuple[Path, dict]:
+    """A DOTA/HRSC2016/VOC dataset as YOLO(-OBB) in `cache`, converted once per version of its files
+    (and per options); returns (data.yaml, report with `reused`)."""
+    import shutil
+
+    target = "yolo-obb" if task == "obb" else "yolo"
+    options = {"target": target, "keep_difficult": bool(ds.get("keep_difficult")), "tile": ds.get("tile"),
+               "overlap": ds.get("overlap") or 0, "split": ds.get("split") or 0.2}
+    key = published.dataset_key(ds["path"], ds["format"], options)
+    dest = Path(cache) / key
+    report_file = dest / "report.json"
+    if report_file.exists():
+        return dest / "data.yaml", {**json.loads(report_file.read_text()), "reused": True, "key": key}
+    tmp = Path(cache) / f".{key}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset = published.read(ds["path"], ds["format"], options["split"])
+    report = published.write_yolo(dataset, tmp, target, options["keep_difficult"], options["tile"], options["overlap"])
+    (tmp / "data.yaml").write_text((tmp / "data.yaml").read_text().replace(f"path: {tmp}", f"path: {dest}"))
+    (tmp / "report.json").write_text(json.dumps(report))
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another job converted the same version meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / "data.yaml", {**report, "reused": False, "key": key}
 
 
 def coco_to_yolo(images: Path, annotations: Path, out: Path, task: str = "detect", val_fraction: float = 0.25) -> Path:
@@ -177,7 +215,10 @@ def translate(job: dict, job_dir: str) -> dict:
     fixed = {k: train.pop(k, None) for k in PLATFORM}
     task = TASKS.get(model.get("task_type"), "detect")
     ds = dict(spec["dataset"])
-    if ds.get("format") == "coco":
+    report = None
+    if ds.get("format") in published.FORMATS:
+        data, report = convert_published(ds, task, Path(job.get("datasets_cache") or Path(job_dir) / "datasets"))
+    elif ds.get("format") == "coco":
         data = coco_to_yolo(Path(ds["path"]), Path(ds["annotations"]), Path(job_dir) / "dataset", task, ds.get("split") or 0.25)
     elif ds.get("format") == "yolo":
         p = Path(ds["path"])
@@ -198,5 +239,5 @@ def translate(job: dict, job_dir: str) -> dict:
         "framework": "ultralytics", "task": model.get("task_type"), "yolo_task": task, "model_name": model["model_name"],
         "model_source": (model["model_name"] + ".pt") if fixed["pretrained"] else model.get("config", model["model_name"] + ".yaml"),
         "resume": fixed["resume"], "auto_batch_size": bool(fixed["auto_batch_size"]), "train_args": args,
-        "output_dir": job_dir, "check": spec.get("check"),
+        "output_dir": job_dir, "check": spec.get("check"), **({"dataset_report": report} if report else {}),
     }

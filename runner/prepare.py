@@ -105,6 +105,18 @@ class Prepared:
         self.results_file = results_file  # a repo's own per-epoch file, compared with the parsed log
 
 
+def datasets_cache(home, who: Person) -> Path:
+    """Where converted datasets of this user are kept: the daemon writes them, she alone may read them."""
+    d = home.root / "datasets"
+    d.mkdir(exist_ok=True)
+    mine = d / str(who.uid)
+    mine.mkdir(exist_ok=True)
+    if drops_privileges(who.uid):
+        os.lchown(mine, os.geteuid(), who.gid)
+        os.chmod(mine, 0o750)
+    return mine
+
+
 def job_person(job: dict) -> Person:
     """The user a job runs as (its submitter)."""
     try:
@@ -189,7 +201,15 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         fw_name = spec["model"].split("/", 1)[0]
         fw = registry.get_framework(fw_name)
         model = registry.get_model(spec["model"]) or {"model_name": spec["model"].split("/", 1)[1], "framework": fw_name}
-        settings = for_framework(fw_name).translate({"spec": spec, "model": model, "id": job["id"]}, str(job_dir))
+        settings = for_framework(fw_name).translate({"spec": spec, "model": model, "id": job["id"],
+                                                     "datasets_cache": str(datasets_cache(home, who))}, str(job_dir))
+        if settings.get("dataset_report"):
+            from config_translators.dataset_formats import summary_lines
+
+            rep = settings.pop("dataset_report")
+            what = f"dataset {spec['dataset']['format']} -> {rep['target']}" + (" (converted before: reused)" if rep["reused"] else "")
+            for line in summary_lines(rep, what):
+                log(f"runner: {line}")
         _write_json(job_dir / "job.json", settings)
         argv = [python, "-m", "adapters", "train", str(job_dir / "job.json")]
         cwd = job_dir

@@ -83,9 +83,20 @@ class Dataset(_Strict):
     """Where the data is and in what layout."""
 
     path: str = Field(max_length=4096)
-    format: Literal["imagefolder", "yolo", "coco", "dota", "masks", "captions"] = "imagefolder"
+    format: Literal["imagefolder", "yolo", "coco", "dota", "hrsc2016", "voc", "masks", "captions"] = "imagefolder"
     split: Optional[float] = Field(None, gt=0, lt=1, description="val fraction when there is no val/ folder")
     annotations: Optional[str] = Field(None, max_length=4096)
+    keep_difficult: bool = Field(False, description="dota/hrsc2016/voc: keep objects marked difficult")
+    tile: Optional[int] = Field(None, ge=64, le=16384, description="dota/hrsc2016/voc: cut larger images into tiles of this size")
+    overlap: int = Field(0, ge=0, le=8192, description="pixels two neighbouring tiles share")
+
+    @model_validator(mode="after")
+    def _tiles(self):
+        if self.tile is not None and self.overlap >= self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than tile ({self.tile})")
+        if (self.tile is not None or self.keep_difficult) and self.format not in ("dota", "hrsc2016", "voc"):
+            raise ValueError("tile and keep_difficult apply to the dota, hrsc2016 and voc formats")
+        return self
 
 
 class Train(BaseModel):

@@ -157,3 +157,109 @@ def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
             make_coco(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
         return path / "images", "coco"
     raise ValueError(f"no synthetic dataset for format {fmt!r} and task {task!r}")
+
+
+# -- published layouts: DOTA, HRSC2016, Pascal VOC ---------------------------------------------------
+
+def write_bmp(path: Path, rows: list, width: int, height: int):
+    """A 24-bit BMP (HRSC2016's images are BMP files), bottom-up rows, BGR."""
+    import struct
+
+    pad = (4 - (width * 3) % 4) % 4
+    body = bytearray()
+    for row in reversed(rows):
+        for x in range(width):
+            r, g, b = row[3 * x:3 * x + 3]
+            body += bytes((b, g, r))
+        body += b"\0" * pad
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(body), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(body), 2835, 2835, 0, 0)
+    Path(path).write_bytes(header + info + body)
+
+
+def rotated(cx: float, cy: float, w: float, h: float, angle: float) -> list:
+    """Corners of a w x h box rotated by angle (radians) about (cx, cy): the HRSC2016 order."""
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + dx * c - dy * s, cy + dx * s + dy * c) for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
+
+
+def _published_images(n: int, size: int, rng):
+    for i in range(n):
+        shape = NAMES[i % len(NAMES)]
+        rows, (x0, y0, x1, y1) = shape_image(shape, size, rng)
+        yield i, shape, rows, ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+
+
+ANGLES = (0.0, math.pi / 6, -math.pi / 4, math.pi / 3)
+"""The angles the synthetic oriented boxes take, in turn (radians)."""
+
+
+def make_dota(root, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, difficult_every: int = 0) -> Path:
+    """DOTA layout: root/{train,val}/images/*.png and labelTxt/*.txt with the imagesource/gsd header,
+    one rotated box per image at ANGLES[i % 4] around its shape; every `difficult_every`-th object difficult."""
+    root = Path(root)
+    rng = random.Random(seed)
+    for split, count in (("train", train), ("val", val)):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "labelTxt").mkdir(parents=True, exist_ok=True)
+        for i, shape, rows, (cx, cy, w, h) in _published_images(count, size, rng):
+            name = f"P{split[0]}{i:04d}"
+            write_png(root / split / "images" / f"{name}.png", rows, size, size)
+            pts = rotated(cx, cy, w, h * 0.8, ANGLES[i % len(ANGLES)])
+            diff = 1 if difficult_every and i % difficult_every == difficult_every - 1 else 0
+            (root / split / "labelTxt" / f"{name}.txt").write_text(
+                "imagesource:GoogleEarth\ngsd:0.146\n" + " ".join(f"{v:.1f}" for p in pts for v in p) + f" {shape} {diff}\n")
+    return root
+
+
+def make_hrsc(root, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """HRSC2016 layout: root/AllImages/*.bmp, root/Annotations/*.xml (mbox_cx/cy/w/h/ang), root/ImageSets/{train,val}.txt."""
+    root = Path(root)
+    rng = random.Random(seed)
+    for d in ("AllImages", "Annotations", "ImageSets"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    ids = {"train": [], "val": []}
+    k = 0
+    for split, count in (("train", train), ("val", val)):
+        for i, shape, rows, (cx, cy, w, h) in _published_images(count, size, rng):
+            name = f"1000{k:05d}"
+            k += 1
+            write_bmp(root / "AllImages" / f"{name}.bmp", rows, size, size)
+            ang = ANGLES[i % len(ANGLES)]
+            (root / "Annotations" / f"{name}.xml").write_text(
+                f"<HRSC_Image>\n  <Img_ID>{name}</Img_ID>\n  <Img_SizeWidth>{size}</Img_SizeWidth>\n"
+                f"  <Img_SizeHeight>{size}</Img_SizeHeight>\n  <HRSC_Objects>\n    <HRSC_Object>\n"
+                f"      <Class_ID>100000001</Class_ID>\n      <difficult>0</difficult>\n"
+                f"      <mbox_cx>{cx:.4f}</mbox_cx>\n      <mbox_cy>{cy:.4f}</mbox_cy>\n      <mbox_w>{w:.4f}</mbox_w>\n"
+                f"      <mbox_h>{h * 0.8:.4f}</mbox_h>\n      <mbox_ang>{ang:.6f}</mbox_ang>\n    </HRSC_Object>\n"
+                f"  </HRSC_Objects>\n</HRSC_Image>\n")
+            ids[split].append(name)
+    for split, names in ids.items():
+        (root / "ImageSets" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def make_voc(root, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Pascal VOC layout: root/JPEGImages (PNG files here), root/Annotations/*.xml, root/ImageSets/Main/{train,val}.txt."""
+    root = Path(root)
+    rng = random.Random(seed)
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    ids = {"train": [], "val": []}
+    k = 0
+    for split, count in (("train", train), ("val", val)):
+        for i, shape, rows, (cx, cy, w, h) in _published_images(count, size, rng):
+            name = f"2007_{k:06d}"
+            k += 1
+            write_png(root / "JPEGImages" / f"{name}.png", rows, size, size)
+            x0, y0, x1, y1 = (round(v) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+            (root / "Annotations" / f"{name}.xml").write_text(
+                f"<annotation>\n  <folder>VOC2007</folder>\n  <filename>{name}.png</filename>\n"
+                f"  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>\n"
+                f"  <object>\n    <name>{shape}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+                f"    <difficult>0</difficult>\n    <bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>\n"
+                f"  </object>\n</annotation>\n")
+            ids[split].append(name)
+    for split, names in ids.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root

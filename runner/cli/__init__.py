@@ -27,6 +27,7 @@ VERBS = {
     "check": ("runner.cli.check_cmd", "check", "plugin check: train, validate, checkpoint, infer per model"),
     "repo": ("runner.cli.repo_cmd", "repo", "add, list, show and remove pinned GitHub repos"),
     "token": ("runner.cli.jobs", "token", "print your personal token for the HTTP API (made on first use)"),
+    "dataset": ("runner.cli.dataset_cmd", "dataset", "check or convert a DOTA, HRSC2016 or Pascal VOC dataset"),
 }
 
 
@@ -123,11 +124,25 @@ def _repo(p):
     p.add_argument("--name")
 
 
+def _dataset(p):
+    p.add_argument("action", choices=["check", "convert"])
+    p.add_argument("path", help="the dataset's folder")
+    p.add_argument("--format", help="dota, hrsc2016 or voc")
+    p.add_argument("--from", dest="from_", help="same as --format (for convert)")
+    p.add_argument("--to", choices=["yolo", "yolo-obb"], help="convert: what to write")
+    p.add_argument("--out", help="convert: a new folder to write into")
+    p.add_argument("--task", help="check: the task it is meant for (obb_detection, object_detection)")
+    p.add_argument("--split", type=float, default=0.2, help="val fraction when the dataset has no val split")
+    p.add_argument("--tile", type=int, help="convert: cut larger images into tiles of this size (needs Pillow)")
+    p.add_argument("--overlap", type=int, default=0, help="convert: pixels neighbouring tiles share")
+    p.add_argument("--keep-difficult", action="store_true", help="convert: keep objects marked difficult")
+
+
 def _token(p):
     p.add_argument("--rotate", action="store_true", help="replace your token with a new one (the old one stops working)")
 
 
-ADD_ARGS = {"token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
+ADD_ARGS = {"dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 
