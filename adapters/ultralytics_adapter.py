@@ -41,6 +41,10 @@ class UltralyticsAdapter(TrainingAdapter):
         return self.model
 
     def prepare_dataset(self):
+        if self.cfg.get("crops"):
+            from .crop import run
+
+            print(f"runner: cut {run(self.cfg['crops'])} tiles of the dataset", flush=True)
         data = self.args.get("data")
         if not data or not Path(data).exists():
             raise BadConfig(f"dataset.path: {data} does not exist")

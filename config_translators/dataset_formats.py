@@ -1,9 +1,10 @@
 """Datasets as teams have them: DOTA, HRSC2016 and Pascal VOC, read into one plain form and written
 as YOLO (detection) or YOLO-OBB (oriented boxes) for any framework or repo that takes those.
 
-Pure functions over files, standard library only (image sizes are read from the files' headers);
-tiling large images crops them with Pillow, imported only then. Every problem is one line with the
-file and line it is on.
+Pure functions over files, standard library only (image sizes are read from the files' headers).
+Tiling large images writes the tiles' labels and a plan of the crops (crops.json); the crops are
+cut in the data plane (`python -m adapters.crop crops.json`, Pillow), by the job itself or by
+`runner dataset convert`. Every problem is one line with the file and line it is on.
 
 Geometry, stated once:
 - DOTA `x1 y1 x2 y2 x3 y3 x4 y4 category difficult`: the four points are kept in the order given.
@@ -457,6 +458,7 @@ def write_yolo(ds: Dataset, out: Path, target: str, keep_difficult: bool = False
     index = {n: i for i, n in enumerate(ds.names)}
     skipped = 0
     counts = {"images": 0, "objects": 0, "tiles": 0}
+    crops: list = []
     for split, samples in ds.splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -465,7 +467,7 @@ def write_yolo(ds: Dataset, out: Path, target: str, keep_difficult: bool = False
             skipped += len(s.objects) - len(objs)
             counts["images"] += 1
             if tile and (s.width > tile or s.height > tile):
-                counts["objects"] += _write_tiles(s, objs, out, split, index, target, tile, overlap, counts)
+                counts["objects"] += _write_tiles(s, objs, out, split, index, target, tile, overlap, counts, crops)
                 continue
             dst = out / "images" / split / s.image.name
             if not dst.exists():
@@ -475,27 +477,28 @@ def write_yolo(ds: Dataset, out: Path, target: str, keep_difficult: bool = False
             (out / "labels" / split / (s.image.stem + ".txt")).write_text("".join(line + "\n" for line in lines))
     yaml = [f"path: {out}", "train: images/train", "val: images/val", "names:"] + [f"  {i}: {n}" for i, n in enumerate(ds.names)]
     (out / "data.yaml").write_text("\n".join(yaml) + "\n")
+    if crops:
+        import json
+
+        (out / "crops.json").write_text(json.dumps(crops))
     ds.skipped_difficult = skipped
     report = ds.report()
-    report.update({"written_objects": counts["objects"], "target": target, "tiles": counts["tiles"]})
+    report.update({"written_objects": counts["objects"], "target": target, "tiles": counts["tiles"],
+                   "crops": str(out / "crops.json") if crops else None})
     return report
 
 
-def _write_tiles(s: Sample, objs: list, out: Path, split: str, index: dict, target: str, tile: int, overlap: int, counts) -> int:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DatasetError(["dataset.tile: cropping tiles needs Pillow in runner's environment (pip install pillow)"]) from None
+def _write_tiles(s: Sample, objs: list, out: Path, split: str, index: dict, target: str, tile: int, overlap: int, counts,
+                 crops: list) -> int:
     written = 0
-    with Image.open(s.image) as im:
-        for win in tiles(s.width, s.height, tile, overlap):
-            name = f"{s.image.stem}__{win[0]}_{win[1]}"
-            im.crop(win).save(out / "images" / split / f"{name}.png")
-            w, h = win[2] - win[0], win[3] - win[1]
-            kept = [c for c in (clip_to_tile(o, win) for o in objs) if c is not None]
-            (out / "labels" / split / f"{name}.txt").write_text("".join(label_line(o, index[o.name], w, h, target) + "\n" for o in kept))
-            written += len(kept)
-            counts["tiles"] += 1
+    for win in tiles(s.width, s.height, tile, overlap):
+        name = f"{s.image.stem}__{win[0]}_{win[1]}"
+        crops.append({"src": os.path.realpath(s.image), "box": list(win), "dest": str(out / "images" / split / f"{name}.png")})
+        w, h = win[2] - win[0], win[3] - win[1]
+        kept = [c for c in (clip_to_tile(o, win) for o in objs) if c is not None]
+        (out / "labels" / split / f"{name}.txt").write_text("".join(label_line(o, index[o.name], w, h, target) + "\n" for o in kept))
+        written += len(kept)
+        counts["tiles"] += 1
     return written
 
 

@@ -122,11 +122,6 @@ def check_dataset(dataset: dict, model: dict | None = None) -> list[str]:
         if task not in ("detect", "obb"):
             return [f"dataset.format: {fmt!r} holds boxes; {(model or {}).get('ref') or 'this model'} "
                     f"({(model or {}).get('task_type')}) takes 'yolo' with {task} labels"]
-        if dataset.get("tile"):
-            import importlib.util
-
-            if importlib.util.find_spec("PIL") is None:
-                return ["dataset.tile: cutting tiles needs Pillow where the daemon runs (pip install pillow)"]
         return published.check(dataset["path"], fmt, dataset.get("split") or 0.2)
     if fmt == "coco":
         if task not in ("detect", "segment"):
@@ -159,6 +154,9 @@ def convert_published(ds: dict, task: str, cache: Path) -> tuple[Path, dict]:
     dataset = published.read(ds["path"], ds["format"], options["split"])
     report = published.write_yolo(dataset, tmp, target, options["keep_difficult"], options["tile"], options["overlap"])
     (tmp / "data.yaml").write_text((tmp / "data.yaml").read_text().replace(f"path: {tmp}", f"path: {dest}"))
+    if report.get("crops"):
+        (tmp / "crops.json").write_text((tmp / "crops.json").read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(dest))[1:-1]))
+        report["crops"] = str(dest / "crops.json")
     (tmp / "report.json").write_text(json.dumps(report))
     try:
         os.rename(tmp, dest)
@@ -217,7 +215,10 @@ def translate(job: dict, job_dir: str) -> dict:
     ds = dict(spec["dataset"])
     report = None
     if ds.get("format") in published.FORMATS:
-        data, report = convert_published(ds, task, Path(job.get("datasets_cache") or Path(job_dir) / "datasets"))
+        # Tiles are cut by the job itself (data plane, as its user) into its own folder; a plain
+        # conversion (labels and links) is kept once per version of the files.
+        cache = Path(job_dir) / "dataset" if ds.get("tile") else Path(job.get("datasets_cache") or Path(job_dir) / "datasets")
+        data, report = convert_published(ds, task, cache)
     elif ds.get("format") == "coco":
         data = coco_to_yolo(Path(ds["path"]), Path(ds["annotations"]), Path(job_dir) / "dataset", task, ds.get("split") or 0.25)
     elif ds.get("format") == "yolo":
@@ -240,4 +241,5 @@ def translate(job: dict, job_dir: str) -> dict:
         "model_source": (model["model_name"] + ".pt") if fixed["pretrained"] else model.get("config", model["model_name"] + ".yaml"),
         "resume": fixed["resume"], "auto_batch_size": bool(fixed["auto_batch_size"]), "train_args": args,
         "output_dir": job_dir, "check": spec.get("check"), **({"dataset_report": report} if report else {}),
+        **({"crops": report["crops"]} if report and report.get("crops") else {}),
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import envs
 from .exceptions import SpecError
-from .spec import EnvSpec as EnvSpecType, JobSpec, workdir_problem
+from .spec import EnvSpec as EnvSpecType, JobSpec
 
 _ROOT = Path(__file__).resolve().parent.parent
 _SCHEMAS = _ROOT / "adapters" / "schemas"

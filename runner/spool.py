@@ -162,7 +162,7 @@ def read_record(path: Path) -> tuple[dict, int]:
             raise SpoolFileError(f"more than {defaults.MAX_SPOOL_BYTES} bytes; a spool file is at most that")
     finally:
         os.close(fd)
-    from .spec import decode_text, parse_json
+    from .specfile import decode_text, parse_json
 
     try:
         rec = parse_json(decode_text(b"".join(chunks), "file"), "file")

@@ -156,7 +156,6 @@ def test_conversion_is_cached_per_version_of_the_files(tmp_path):
 
 
 def test_tiles_cut_large_images_and_clip_their_boxes(tmp_path):
-    pytest.importorskip("PIL")
     root = tmp_path / "dota"
     _dota(root, ["10 10 50 10 50 30 10 30 plane 0", "150 150 190 150 190 190 150 190 ship 0"], w=200, h=200)
     _dota(root, ["10 10 20 10 20 20 10 20 plane 0"], name="P0002", split="val", w=64, h=64)  # small: not cut
@@ -164,6 +163,18 @@ def test_tiles_cut_large_images_and_clip_their_boxes(tmp_path):
     out = tmp_path / "out"
     rep = df.write_yolo(df.read(root, "dota", 0.5), out, "yolo-obb", tile=128, overlap=32)
     assert rep["tiles"] == 4
+    plan = json.loads((out / "crops.json").read_text())
+    assert [p["box"] for p in plan] == [list(w) for w in df.tiles(200, 200, 128, 32)]
+    # the crops are cut in the data plane (Pillow), as a job or `runner dataset convert` does
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    pytest.importorskip("PIL")
+    r = subprocess.run([sys.executable, "-m", "adapters.crop", str(out / "crops.json")], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and "cut 4 tiles" in r.stdout, r.stderr
     from PIL import Image
 
     with Image.open(out / "images" / "train" / "P0001__72_72.png") as im:
@@ -207,6 +218,11 @@ def test_runner_dataset_check_and_convert(runner, tmp_path):
         assert "wrote" in r.stdout and len(list((out / "labels" / "train").glob("*.txt"))) == 4
         r = runner.run("dataset", "convert", root, "--from", fmt, "--to", "yolo", "--out", out, check=False)
         assert r.returncode == 1 and "is not empty" in r.stderr
+    pytest.importorskip("PIL")
+    out = tmp_path / "tiles"
+    r = runner.run("dataset", "convert", tmp_path / "dota", "--from", "dota", "--to", "yolo-obb", "--out", out, "--tile", "48",
+                   "--overlap", "16")
+    assert "24 tiles" in r.stdout and len(list((out / "images" / "train").glob("*__*.png"))) == 16  # 4 per 64 px image
     bad = tmp_path / "dota" / "train" / "labelTxt" / "Pt0000.txt"
     bad.write_text("1 2 3\n")
     r = runner.run("dataset", "check", tmp_path / "dota", "--format", "dota", check=False)
@@ -224,9 +240,13 @@ def test_check_dataset_for_each_task():
 def test_obb_and_detection_models_train_on_published_layouts(runner, daemon, tmp_path):
     jobs = {}
     for fmt, make, model in (("dota", make_dota, "yolov8n-obb"), ("hrsc2016", make_hrsc, "yolov8n-obb"), ("voc", make_voc, "yolov8n")):
-        root = make(tmp_path / fmt, train=8, val=4, difficult_every=4) if fmt == "dota" else make(tmp_path / fmt, train=8, val=4)
+        ds = {"format": fmt}
+        if fmt == "dota":  # 96 px images cut into 64 px tiles by the job itself
+            ds.update(path=str(make(tmp_path / fmt, train=8, val=4, size=96, difficult_every=4)), tile=64, overlap=32)
+        else:
+            ds["path"] = str(make(tmp_path / fmt, train=8, val=4))
         spec = tmp_path / f"{fmt}.yaml"
-        spec.write_text(json.dumps({"name": f"ds-{fmt}", "model": f"ultralytics/{model}", "dataset": {"path": str(root), "format": fmt},
+        spec.write_text(json.dumps({"name": f"ds-{fmt}", "model": f"ultralytics/{model}", "dataset": ds,
                                     "train": {"epochs": 1, "batch_size": 4, "input_size": 64, "mosaic": 0.0}}))
         jobs[fmt] = runner.submit(spec)
     for fmt, jid in jobs.items():
@@ -236,7 +256,8 @@ def test_obb_and_detection_models_train_on_published_layouts(runner, daemon, tmp
         target = "yolo" if fmt == "voc" else "yolo-obb"
         assert f"runner: dataset {fmt} -> {target}: 12 images (train 8, val 4)" in log
         if fmt == "dota":
-            assert "skipped 2 difficult objects" in log  # every 4th of 8 train and 4 val
+            assert "skipped 3 difficult objects" in log  # every 4th of 8 train and of 4 val
+            assert "48 tiles" in log and "runner: cut 48 tiles of the dataset" in log  # 4 per image, cut by the job
         assert {Path(a["path"]).name for a in job["artifacts"]} >= {"last.pt", "best.pt"}
         assert job["metrics"], "no metrics parsed"
     again = runner.wait_state(runner.submit(tmp_path / "voc.yaml"), timeout=900)

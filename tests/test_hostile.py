@@ -498,7 +498,8 @@ def test_fuzzed_job_files_load_or_give_one_line_per_problem(tmp_path_factory, da
     import yaml
 
     from runner.exceptions import SpecError
-    from runner.spec import load_spec_file, parse_spec
+    from runner.spec import parse_spec
+    from runner.specfile import load_spec_file
 
     f = tmp_path_factory.mktemp("jf") / f"job.{style}"
     try:

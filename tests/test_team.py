@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import sys
-import time
 
 import psutil
 import pytest

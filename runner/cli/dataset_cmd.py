@@ -7,6 +7,24 @@ from .common import print_json
 TASK_TARGET = {"obb_detection": "yolo-obb", "object_detection": "yolo"}
 
 
+def _cut_tiles(plan: str):
+    """Cut the planned tiles with the data plane's cropper (Pillow), in a process of its own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runner.exceptions import RunnerError
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "adapters.crop", plan], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    if r.returncode != 0:
+        why = "Pillow is not installed here (pip install pillow)" if "No module named 'PIL'" in r.stderr else r.stderr.strip()[-300:]
+        raise RunnerError(f"--tile: the labels are written but the tiles were not cut: {why}; "
+                          f"cut them with: python -m adapters.crop {plan} (in any framework env)")
+
+
 def dataset(args):
     """runner dataset check PATH --format F [--task T] | runner dataset convert PATH --from F --to G --out DIR"""
     from config_translators import dataset_formats as df
@@ -48,6 +66,8 @@ def dataset(args):
         report = df.write_yolo(ds, out, args.to, args.keep_difficult, args.tile, args.overlap)
     except (df.DatasetError, ValueError) as e:
         raise SpecError(getattr(e, "problems", None) or [str(e)]) from None
+    if report.get("crops"):
+        _cut_tiles(report["crops"])
     if args.json:
         print_json(report)
     else:

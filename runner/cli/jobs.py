@@ -32,7 +32,7 @@ def _overrides(args, data: dict):
 def submit(args):
     """runner submit job.yaml | runner submit [options] -- CMD ARGS..."""
     from runner.exceptions import SpecError
-    from runner.spec import load_spec_file
+    from runner.specfile import load_spec_file
 
     command = args.command
     if args.file and command:

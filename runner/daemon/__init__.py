@@ -1,0 +1,195 @@
+"""The daemon: takes jobs from the spool, schedules, prepares, launches, watches and reaps.
+
+Persisted state lives in SQLite; process handles live in memory only. Jobs run under a shim in
+sessions of their own and report through files, so the daemon can be killed and restarted at any
+moment: on start it reconciles every row against reality and keeps running jobs running.
+
+The parts, by role: `intake` (the spool), `launch` (scheduling, preparing, starting), `follow`
+(logs, limits, GPUs, the end of each job); this module holds the lifecycle and the loop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import defaults, gpus as gpus_mod
+from ..envs import EnvManager
+from ..exceptions import RunnerError
+from ..home import Home
+from ..registry import load as load_registry
+from ..spool import user_name
+from ..states import JobState
+from ..watch import LogWatcher
+from .follow import Follow
+from .intake import Intake
+from .launch import Launch
+
+log = logging.getLogger("runner.daemon")
+
+
+class Daemon(Intake, Launch, Follow):
+    """One daemon per $RUNNER_HOME."""
+
+    def __init__(self, home: Home, http: str | None = defaults.HTTP_BIND, max_running: int | None = None):
+        self.home = home.ensure()
+        cfg = home.config.get("daemon", {})
+        self.max_running = max_running or cfg.get("max_running", defaults.MAX_RUNNING)
+        self.http_bind = http
+        self.store = home.store()
+        self._registry, self._registry_stamp = None, None
+        self.envs = EnvManager(home.envs, self.store, home.config.get("envs"))
+        self.inventory = gpus_mod.inventory(home.config)
+        self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
+        self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
+        self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
+        self.wake = threading.Event()
+        self.stopping = False
+        self.started_at = time.time()
+        self.procs = {}  # job_id -> Popen of its shim (to reap zombies)
+        self.watchers: dict[str, LogWatcher] = {}
+        self.killing = {}  # job_id -> when to escalate to SIGKILL
+        self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
+        self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs
+        self._last_gpu_sample = 0.0
+        self._dirty = True  # something happened that may let a queued job start
+        self._last_schedule = 0.0
+        self._stop_watch = threading.Event()
+        self._lock_fd = None
+        self.http_server = None
+        self.last_tick = time.time()  # when the loop last completed a pass (for /healthz)
+        self._unmovable = set()  # spool names the daemon may not move (another user's, with a non-root daemon)
+
+    @property
+    def registry(self):
+        """The merged registry, re-read when one of its files changes (e.g. `runner repo add`)."""
+        from ..registry import registry_files
+
+        stamp = tuple((str(f), f.stat().st_mtime_ns if f.exists() else None) for f in registry_files(self.home))
+        if stamp != self._registry_stamp:
+            self._registry, self._registry_stamp = load_registry(self.home), stamp
+        return self._registry
+
+    def _take_pidfile(self):
+        fd = os.open(self.home.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode().strip()
+            os.close(fd)
+            raise RunnerError(f"a daemon already runs for {self.home.root} (pid {other}); stop it first")
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def run(self):
+        """Run in the foreground until SIGTERM/SIGINT; running jobs are left running."""
+        self._take_pidfile()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
+        self._own_taking()
+        from .. import tokens
+
+        tokens.ensure_dir(self.home)
+        from ..secrets import _dir as secrets_dir
+
+        secrets_dir(self.home)
+        info = {"pid": os.getpid(), "uid": os.geteuid(), "user": user_name(os.geteuid()), "http": self.http_bind,
+                "started_at": self.started_at}
+        tmp = self.home.root / f".daemon.json.{os.getpid()}"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.home.root / "daemon.json")
+        self.reconcile()
+        self._resume_intake(time.time())
+        threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
+        if self.http_bind:
+            self._start_http()
+        try:
+            while not self.stopping:
+                self.tick()
+                self.wake.wait(defaults.POLL_SECONDS)
+                self.wake.clear()
+        finally:
+            self._stop_watch.set()
+            if self.http_server:
+                self.http_server.should_exit = True
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            log.info("runner daemon stopped; %d job(s) left running", len(self.store.list_jobs(states=["running"])))
+            os.close(self._lock_fd)
+
+    def _own_taking(self):
+        """spool/.taking must be the daemon's own folder, closed to everyone else."""
+        t = self.home.taking
+        try:
+            st = os.lstat(t)
+        except FileNotFoundError:
+            os.mkdir(t, 0o700)
+        else:
+            import stat as st_
+
+            if not st_.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                os.rename(t, self.home.quarantine / f".taking.{time.time_ns()}")
+                os.mkdir(t, 0o700)
+        os.chmod(t, 0o700)
+
+    def _on_signal(self, signum, _frame):
+        self.stopping = True
+        self.wake.set()
+
+    def _watch_files(self):
+        import watchfiles
+
+        try:
+            for _ in watchfiles.watch(self.home.spool, self.home.jobs, stop_event=self._stop_watch, debounce=20, step=2,
+                                      rust_timeout=1000, yield_on_timeout=True, raise_interrupt=False):
+                self.wake.set()
+        except Exception:  # inotify limits etc.: the poll interval still drives the loop
+            log.exception("file watching failed; polling every %.2fs", defaults.POLL_SECONDS)
+
+    def _start_http(self):
+        import uvicorn
+
+        from ..http import create_app
+
+        host, _, port = self.http_bind.rpartition(":")
+        app = create_app(self.home, daemon=self)
+        config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False, lifespan="off")
+        self.http_server = uvicorn.Server(config)
+        t = threading.Thread(target=self.http_server.run, name="http", daemon=True)
+        t.start()
+
+    def tick(self, now: float | None = None):
+        """One pass: take the spool, follow and reap running jobs, start what fits."""
+        now = time.time() if now is None else now
+        self.ingest(now)
+        self.follow(now)
+        # Scheduling reads the whole queue: do it when something changed (a submit, a job that
+        # ended), and once a second for what changes unseen (GPUs used by others, a GPU back).
+        if not self.stopping and (self._dirty or now - self._last_schedule >= 1.0):
+            self._dirty = False
+            self._last_schedule = now
+            self.schedule(now)
+        for jid, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                del self.procs[jid]
+        self.last_tick = time.time()
+
+    def reconcile(self, now: float | None = None):
+        """After a (re)start: put every row that was mid-way right against what is on disk."""
+        now = now or time.time()
+        for job in self.store.list_jobs(states=["preparing"]):
+            d = self.home.run_dir(job["id"])
+            if (d / "child.json").exists() or (d / "exit.json").exists():
+                self.store.transition(job["id"], JobState.RUNNING, "launched before a daemon restart", now=now)
+            else:
+                self.store.transition(job["id"], JobState.QUEUED, "daemon_restarted", now=now)
+        for job in self.store.list_jobs(states=["running"]):
+            log.info("job %s: still running from before; following from offset %s", job["id"], job["log_offset"])

@@ -1,0 +1,173 @@
+"""Scheduling and launching: the queued jobs that fit start, are prepared in worker threads
+(env, checkout, translation, launch.json), handed to their user, and started under the shim."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+from .. import gpus as gpus_mod
+from ..exceptions import EnvBuildError, InvalidTransition, JobNotFound, RepoError, RunnerError
+from ..proctl import kill_tree
+from ..scheduler import plan
+from ..states import JobState, Reason
+from ..watch import tail_lines
+
+log = logging.getLogger("runner.daemon.launch")
+
+
+class Launch:
+    """The daemon's scheduling and launching (a part of Daemon)."""
+
+    def schedule(self, now: float):
+        """Start the queued jobs that fit now; record why the others wait."""
+        active = self.store.count_by_state()
+        if not active.get("queued") or active.get("running", 0) + active.get("preparing", 0) >= self.max_running:
+            return
+        # The head of the queue is enough to fill the free slots: a deep queue is not re-read
+        # (and its JSON re-parsed) on every decision. Jobs further back get their wait reason
+        # when they come within the window.
+        queued = self.store.queued_jobs(limit=max(32, 8 * self.max_running))
+        if not queued:
+            return
+        deps = {d for j in queued for d in (j["after"] or [])}
+        dep_states = {}
+        for d in deps:
+            try:
+                dep_states[d] = self.store.get_job(d)["state"]
+            except JobNotFound:
+                dep_states[d] = "missing"
+        for j in list(queued):
+            bad = [d for d in (j["after"] or []) if dep_states.get(d) in ("failed", "cancelled", "missing")]
+            if bad:
+                self.store.transition(j["id"], JobState.FAILED, Reason.DEPENDENCY_FAILED.value, now=now, expect=JobState.QUEUED,
+                                      note=f"dependency {bad[0]} is {dep_states[bad[0]]}")
+                queued.remove(j)
+        running = active.get("running", 0) + active.get("preparing", 0)
+        wants_gpus = any((j["spec"].get("resources") or {}).get("gpus") for j in queued)
+        free, count = [], 0
+        allocations = {}
+        held = {}
+        if wants_gpus and self.inventory.available:
+            all_gpus = self.inventory.gpus()
+            count = len(all_gpus)
+            allocations = self.store.gpu_allocations()
+            free = gpus_mod.free_gpus(all_gpus, allocations, job_pids=set())
+            for jid in set(allocations.values()):
+                try:
+                    j = self.store.get_job(jid)
+                    held[j["user"]] = held.get(j["user"], 0) + len(j["gpu_uuids"] or [])
+                except JobNotFound:
+                    pass
+        ends = {}
+        if allocations:
+            for j in self.store.list_jobs(states=["preparing", "running"]):
+                limit = (j["spec"].get("resources") or {}).get("time_limit")
+                for u in j["gpu_uuids"] or []:
+                    ends[u] = (j["started_at"] or now) + limit if limit else None
+        decision = plan(queued, running, self.max_running, free, count, self.inventory.available and count > 0,
+                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states, now=now, ends=ends)
+        for job, chosen in decision.start:
+            try:
+                self.store.claim(job["id"], [(g.index, g.uuid) for g in chosen], now=now)
+            except InvalidTransition as e:
+                log.info("%s", e)
+                continue
+            self.pool.submit(self._prepare_and_launch, self.store.get_job(job["id"]))
+        for j in queued:
+            if j["id"] in decision.waiting:
+                reason = decision.waiting[j["id"]]
+                value = reason.value if reason else None
+                if j["reason"] != value:
+                    self.store.update_job(j["id"], reason=value)
+
+    def _job_log(self, job: dict):
+        """A writer of `runner: ...` lines into the job's log while it is prepared (the log is its user's to read)."""
+        from ..identity import drops_privileges
+        from ..prepare import log_mode
+
+        run = self.home.run_dir(job["id"])
+        run.mkdir(parents=True, exist_ok=True)
+        os.chmod(run, 0o711)
+        path = run / "output.log"
+        mode = log_mode(self.home)
+
+        def write(line: str):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, mode)
+            try:
+                if drops_privileges(job["uid"]):
+                    os.fchown(fd, job["uid"], -1)
+                os.write(fd, (line.rstrip("\n") + "\n").encode())
+            finally:
+                os.close(fd)
+        return write
+
+    def _prepare_and_launch(self, job: dict):
+        from ..prepare import prepare, spawn_shim
+
+        jid = job["id"]
+        job_dir = self.home.job_dir(jid)
+        run_dir = self.home.run_dir(jid)
+        write = self._job_log(job)
+        try:
+            prepared = prepare(job, self.home, self.registry, self.envs, write)
+        except EnvBuildError as e:
+            self._fail_preparing(jid, Reason.ENV_BUILD_FAILED, str(e), write)
+            return
+        except RepoError as e:
+            from ..repos import PatchError
+
+            self._fail_preparing(jid, Reason.PATCH_FAILED if isinstance(e, PatchError) else Reason.PREPARE_FAILED, str(e), write)
+            return
+        except (RunnerError, OSError, ValueError, KeyError) as e:
+            self._fail_preparing(jid, Reason.PREPARE_FAILED, str(e), write)
+            return
+        except Exception as e:  # a bug in a translator must not kill the daemon
+            log.exception("job %s: prepare crashed", jid)
+            self._fail_preparing(jid, Reason.PREPARE_FAILED, f"{type(e).__name__}: {e}", write)
+            return
+        (run_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
+                                                         "results_file": prepared.results_file}))
+        from ..identity import hand_over
+        from ..prepare import job_dir_mode, job_person
+
+        hand_over(job_dir, job_person(job), job_dir_mode(self.home))  # hers from here on; the daemon writes no more there
+        if self.store.get_job(jid)["cancel_requested"]:
+            self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
+            return
+        offset = (run_dir / "output.log").stat().st_size if (run_dir / "output.log").exists() else 0
+        try:
+            proc = spawn_shim(run_dir)
+        except OSError as e:
+            self._fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
+            return
+        import psutil
+
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started = None
+        self.procs[jid] = proc
+        try:
+            self.store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=proc.pid, shim_started=started,
+                                  env_hash=prepared.env_hash, log_offset=offset)
+        except InvalidTransition:
+            kill_tree(run_dir, signal.SIGKILL)
+            return
+        if self.store.get_job(jid)["cancel_requested"]:
+            self.request_cancel(self.store.get_job(jid), time.time())
+        self.wake.set()
+
+    def _fail_preparing(self, jid, reason: Reason, message: str, write):
+        self._dirty = True
+        for line in message.splitlines():
+            write(f"runner: {line}")
+        try:
+            self.store.transition(jid, JobState.FAILED, reason.value, expect=JobState.PREPARING,
+                                  log_tail="\n".join(tail_lines(self.home.run_dir(jid) / "output.log")), note=message.splitlines()[0][:500] if message else None)
+        except InvalidTransition as e:
+            log.warning("%s", e)
+        log.info("job %s: failed while preparing (%s): %s", jid, reason.value, message.splitlines()[0] if message else "")
