@@ -21,6 +21,10 @@ _FIELD = re.compile(r"\{([a-z_]+)\}")
 def check_dataset(dataset: dict, repo: dict) -> list[str]:
     """Problems with the dataset for this repo's expected format."""
     want = repo.get("dataset", {}).get("format", "imagefolder")
+    from . import dataset_formats as published
+
+    if want == "yolo" and dataset.get("format") in published.FORMATS:
+        return published.check(dataset["path"], dataset["format"], dataset.get("split") or 0.2)  # converted at prepare
     if dataset.get("format") != want:
         return [f"dataset.format: given {dataset.get('format')!r}; this repo expects {want!r}"]
     if want == "imagefolder":
@@ -40,7 +44,7 @@ def check_dataset(dataset: dict, repo: dict) -> list[str]:
     return [f"repos: dataset format {want!r} is not supported by the translator"]
 
 
-def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str) -> tuple[dict, dict]:
+def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: str | None = None) -> tuple[dict, dict]:
     train = spec.get("train", {})
     gpus = spec.get("resources", {}).get("gpus") or 0
     d = repo.get("defaults", {})
@@ -56,8 +60,14 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str) -> tupl
     ds = spec["dataset"]
     fmt = repo.get("dataset", {}).get("format", "imagefolder")
     if fmt == "yolo":
+        from . import dataset_formats as published
+
         p = Path(ds["path"])
         data_yaml = p if p.suffix in (".yaml", ".yml") else p / "data.yaml"
+        if ds.get("format") in published.FORMATS:  # DOTA/HRSC2016/VOC as YOLO boxes, converted once per version
+            from .ultralytics import convert_published
+
+            data_yaml, files["_dataset_report"] = convert_published(ds, "detect", Path(cache or Path(job_dir) / "datasets"))
         cfg = _simple_yaml(data_yaml.read_text())
         root = Path(cfg.get("path") or data_yaml.parent)
         root = root if root.is_absolute() else (data_yaml.parent / root).resolve()
@@ -95,7 +105,8 @@ def _fill(token: str, fields: dict, where: str) -> str:
 def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
     """{'argv': [...], 'files': {relative path: text}} for the repo's entry script."""
     spec, repo = job["spec"], job["repo"]
-    fields, files = _fields(spec, repo, job_dir, src, python)
+    fields, files = _fields(spec, repo, job_dir, src, python, job.get("datasets_cache"))
+    report = files.pop("_dataset_report", None)
     args = repo.get("args", {})
     argv = [python, fields["entry"]]
     argv += [_fill(t, fields, "args.template") for t in args.get("template", [])]
@@ -115,4 +126,4 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
         files["hyp.yaml"] = text
         argv += [hyp.get("flag", "--hyp"), str(Path(job_dir) / "hyp.yaml")]
     argv += list(args.get("extra", []))
-    return {"argv": argv, "files": files}
+    return {"argv": argv, "files": files, **({"dataset_report": report} if report else {})}

@@ -105,6 +105,15 @@ class Prepared:
         self.results_file = results_file  # a repo's own per-epoch file, compared with the parsed log
 
 
+def log_dataset_report(spec: dict, rep: dict, log):
+    """Say in the job's log what was converted: images, objects per class, what was skipped and why."""
+    from config_translators.dataset_formats import summary_lines
+
+    what = f"dataset {spec['dataset']['format']} -> {rep['target']}" + (" (converted before: reused)" if rep["reused"] else "")
+    for line in summary_lines(rep, what):
+        log(f"runner: {line}")
+
+
 def datasets_cache(home, who: Person) -> Path:
     """Where converted datasets of this user are kept: the daemon writes them, she alone may read them."""
     d = home.root / "datasets"
@@ -204,12 +213,7 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         settings = for_framework(fw_name).translate({"spec": spec, "model": model, "id": job["id"],
                                                      "datasets_cache": str(datasets_cache(home, who))}, str(job_dir))
         if settings.get("dataset_report"):
-            from config_translators.dataset_formats import summary_lines
-
-            rep = settings.pop("dataset_report")
-            what = f"dataset {spec['dataset']['format']} -> {rep['target']}" + (" (converted before: reused)" if rep["reused"] else "")
-            for line in summary_lines(rep, what):
-                log(f"runner: {line}")
+            log_dataset_report(spec, settings.pop("dataset_report"), log)
         _write_json(job_dir / "job.json", settings)
         argv = [python, "-m", "adapters", "train", str(job_dir / "job.json")]
         cwd = job_dir

@@ -174,7 +174,12 @@ def prepare(job: dict, home, registry, envmgr, log):
     req = env_request(home, repo, name, home.config.get("envs"))
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
-    t = translator.translate({"spec": spec, "repo": repo, "id": job["id"]}, str(job_dir), str(src), python)
+    from .prepare import datasets_cache, job_person, log_dataset_report
+
+    t = translator.translate({"spec": spec, "repo": repo, "id": job["id"], "datasets_cache": str(datasets_cache(home, job_person(job)))},
+                             str(job_dir), str(src), python)
+    if t.get("dataset_report"):
+        log_dataset_report(spec, t["dataset_report"], log)
     for rel, content in t["files"].items():
         (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (job_dir / rel).write_text(content)

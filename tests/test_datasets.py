@@ -262,3 +262,23 @@ def test_obb_and_detection_models_train_on_published_layouts(runner, daemon, tmp
         assert job["metrics"], "no metrics parsed"
     again = runner.wait_state(runner.submit(tmp_path / "voc.yaml"), timeout=900)
     assert "(converted before: reused)" in runner.run("logs", again["id"]).stdout
+
+
+def test_a_repo_table_that_takes_yolo_gets_a_converted_voc_set(tmp_path):
+    from config_translators import repo as repo_translator
+
+    voc = make_voc(tmp_path / "voc", train=4, val=2)
+    table = {"dataset": {"format": "yolo"}, "entry": "train.py", "args": {"template": ["--data", "{data}", "--epochs", "{epochs}"]}}
+    ds = {"path": str(voc), "format": "voc"}
+    assert repo_translator.check_dataset(ds, table) == []
+    bad = voc / "Annotations" / "2007_000000.xml"
+    bad.write_text(bad.read_text().replace("<xmin>", "<xmin>x"))
+    assert repo_translator.check_dataset(ds, table)[0].startswith(f"{bad}:5: object 1:")
+    make_voc(voc, train=4, val=2)  # the same files again, good
+    job = {"spec": {"dataset": ds, "train": {"epochs": 1}}, "repo": table, "datasets_cache": str(tmp_path / "cache")}
+    out = repo_translator.translate(job, str(tmp_path / "job"), str(tmp_path / "src"), "python")
+    assert out["argv"][:4] == ["python", "train.py", "--data", str(tmp_path / "job" / "data.yaml")]
+    assert out["dataset_report"]["images"] == 6 and out["dataset_report"]["target"] == "yolo"
+    data = out["files"]["data.yaml"]
+    key = out["dataset_report"]["key"]
+    assert f"train: {tmp_path / 'cache' / key / 'images' / 'train'}" in data and "nc: 3" in data
