@@ -1,0 +1,92 @@
+"""The scheduler's pure decisions: order, the running cap, dependencies, GPUs and their memory,
+per-user limits, the backfill bound and EASY backfill behind a reservation. No daemon, no sleeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runner.scheduler import plan
+from runner.states import Reason
+
+
+@dataclass(frozen=True)
+class G:
+    index: int
+    memory_free_mb: float = 80_000
+
+
+def job(jid, gpus=0, user="u", after=(), mem=None, limit=None, ids=None):
+    res = {"gpus": gpus}
+    if mem is not None:
+        res["gpu_memory_gb"] = mem
+    if limit is not None:
+        res["time_limit"] = limit
+    if ids is not None:
+        res["gpu_ids"] = ids
+    return {"id": jid, "user": user, "after": list(after), "spec": {"resources": res}}
+
+
+def started(d):
+    return [(j["id"], [g.index for g in gs]) for j, gs in d.start]
+
+
+def test_queue_order_is_kept_within_the_running_cap():
+    d = plan([job("a"), job("b"), job("c")], running=1, max_running=3, free=[], gpu_count=0, gpus_available=False)
+    assert started(d) == [("a", []), ("b", [])] and d.waiting == {"c": None}
+
+
+def test_dependencies_wait_until_they_succeeded():
+    q = [job("a", after=["x"]), job("b", after=["y"]), job("c")]
+    d = plan(q, 0, 4, [], 0, False, dep_states={"x": "running", "y": "succeeded"})
+    assert started(d) == [("b", []), ("c", [])] and d.waiting == {"a": Reason.WAITING_FOR_DEPENDENCY}
+
+
+def test_gpus_no_gpus_here_memory_and_ids():
+    d = plan([job("a", gpus=1)], 0, 4, [], 0, False)
+    assert d.waiting == {"a": Reason.NO_GPUS_ON_THIS_HOST}
+    free = [G(0, 10_000), G(1, 50_000), G(2, 50_000)]
+    d = plan([job("big", gpus=1, mem=40), job("pinned", gpus=1, ids=[2]), job("two", gpus=2)], 0, 4, free, 3, True)
+    assert started(d) == [("big", [1]), ("pinned", [2])] and d.waiting == {"two": Reason.WAITING_FOR_GPUS}
+
+
+def test_per_user_gpu_limit():
+    free = [G(0), G(1), G(2)]
+    d = plan([job("a", 1, "ann"), job("b", 1, "ann"), job("c", 1, "bob")], 0, 4, free, 3, True,
+             held_by_user={"ann": 1}, user_gpu_limit=2)
+    assert started(d) == [("a", [0]), ("c", [1])] and d.waiting == {"b": Reason.USER_GPU_LIMIT}
+
+
+def test_backfill_is_bounded_then_the_large_job_holds_a_reservation():
+    skipped = {}
+    q = [job("large", gpus=2), job("small", gpus=1)]
+    for k in range(3):
+        d = plan(q, 0, 4, [G(0)], 2, True, skipped=skipped, backfill_limit=3)
+        assert started(d) == [("small", [0])]  # passed over, k+1 times
+        assert skipped == {"large": k + 1}
+    d = plan(q, 0, 4, [G(0)], 2, True, skipped=skipped, backfill_limit=3)
+    assert started(d) == [] and d.waiting == {"large": Reason.WAITING_FOR_GPUS, "small": Reason.WAITING_FOR_GPUS}
+
+
+def test_easy_backfill_behind_a_reservation():
+    skipped = {"large": 8}
+    # GPU 1 is held by a job that ends at t=100; the large job (2 GPUs) can start then.
+    ends = {"held": 100.0}
+    short = job("short", gpus=1, limit=50)  # ends at 0+50 <= 100: may use GPU 0 meanwhile
+    long = job("long", gpus=1, limit=500)  # would delay the large job: waits
+    d = plan([job("large", gpus=2), long, short], 0, 4, [G(0)], 2, True, skipped=skipped, now=0.0, ends=ends)
+    assert started(d) == [("short", [0])]
+    assert d.waiting["large"] == Reason.WAITING_FOR_GPUS and d.waiting["long"] == Reason.WAITING_FOR_GPUS
+    # a job with no time limit of its own may run for ever: it never backfills behind a reservation
+    d = plan([job("large", gpus=2), job("open-ended", gpus=1)], 0, 4, [G(0)], 2, True, skipped={"large": 8}, now=0.0, ends=ends)
+    assert started(d) == []
+    # a GPU the reserved job will not need when it starts may be used by anyone: it needs 3, two are
+    # free and two more free up at t=100, so one is spare
+    q = [job("large", gpus=3), job("open-ended", gpus=1), job("another", gpus=1)]
+    d = plan(q, 0, 4, [G(0), G(2)], 4, True, skipped={"large": 8}, now=0.0, ends={"h1": 100.0, "h3": 100.0})
+    assert started(d) == [("open-ended", [0])] and d.waiting["another"] == Reason.WAITING_FOR_GPUS
+
+
+def test_a_job_that_starts_clears_its_skip_count():
+    skipped = {"a": 5}
+    d = plan([job("a", gpus=1)], 0, 4, [G(0)], 1, True, skipped=skipped)
+    assert started(d) == [("a", [0])] and skipped == {}
