@@ -111,12 +111,16 @@ def create_app(home, daemon=None) -> FastAPI:
         except KeyError:
             raise HTTPException(401, f"the token's user (uid {uid}) no longer exists") from None
 
-    @app.middleware("http")
     async def _beyond_loopback(request: Request, call_next):
-        if not open_reads and request.url.path != "/healthz" and not request.headers.get("authorization"):
-            return FastJSON(status_code=401, content={"error": "the daemon is served beyond loopback: every request needs "
-                                                               "Authorization: Bearer TOKEN (`runner token`)"})
+        if request.url.path != "/healthz":
+            kind, _, token = request.headers.get("authorization", "").partition(" ")
+            if kind.lower() != "bearer" or book.uid(token.strip()) is None:
+                return FastJSON(status_code=401, content={"error": "the daemon is served beyond loopback: every request needs "
+                                                                   "a valid Authorization: Bearer TOKEN (`runner token`)"})
         return await call_next(request)
+
+    if not open_reads:  # only then: a middleware costs every request its own pass
+        app.middleware("http")(_beyond_loopback)
 
     def registry():
         from .registry import load

@@ -105,3 +105,42 @@ def test_a_job_that_ends_takes_its_daemonized_children_along(runner, home):
                  what="the daemonized child to be gone")
     finally:
         d.stop()
+
+
+def test_beyond_loopback_every_request_needs_a_token(home):
+    from fastapi.testclient import TestClient
+
+    from runner.home import Home
+    from runner.http import create_app
+
+    class Served:
+        http_bind = "0.0.0.0:8765"
+        last_tick = __import__("time").time()
+        store = Home(home).ensure().store()
+
+    c = TestClient(create_app(Home(home), daemon=Served()))
+    r = c.get("/jobs")
+    assert r.status_code == 401 and "beyond loopback" in r.json()["error"]
+    assert c.get("/healthz").status_code == 200  # monitoring still sees it
+    assert c.get("/jobs", headers={"Authorization": "Bearer rn_wrong"}).status_code == 401
+    from runner import tokens
+
+    tokens.ensure_dir(Home(home))
+    good = tokens.write(Home(home), os.getuid(), os.getgid())
+    assert c.get("/jobs", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+
+
+def test_on_loopback_reads_are_open(home):
+    from fastapi.testclient import TestClient
+
+    from runner.home import Home
+    from runner.http import create_app
+
+    class Served:
+        http_bind = "127.0.0.1:8765"
+        last_tick = __import__("time").time()
+        store = Home(home).ensure().store()
+
+    c = TestClient(create_app(Home(home), daemon=Served()))
+    assert c.get("/jobs").status_code == 200
+    assert c.post("/jobs", json={"command": ["true"]}).status_code == 401
