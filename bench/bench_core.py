@@ -44,7 +44,7 @@ def drain(n: int, slots: int = 4):
     home = tmp_home()
     h = Home(home).ensure()
     for _ in range(n):
-        spool.submit(h, {"command": ["/bin/true"], "env": "system", "workdir": str(home), "network": True})
+        spool.submit(h, {"command": ["/bin/true"], "env": "system", "workdir": str(home.parent), "network": True})
     from runner.store import Store
 
     t0 = time.time()
