@@ -148,7 +148,7 @@ class Daemon(Intake, Launch, Follow):
         import watchfiles
 
         try:
-            for _ in watchfiles.watch(self.home.spool, self.home.jobs, stop_event=self._stop_watch, debounce=20, step=2,
+            for _ in watchfiles.watch(self.home.spool, self.home.run, stop_event=self._stop_watch, debounce=20, step=2,
                                       rust_timeout=1000, yield_on_timeout=True, raise_interrupt=False):
                 self.wake.set()
         except Exception:  # inotify limits etc.: the poll interval still drives the loop
