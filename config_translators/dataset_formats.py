@@ -213,6 +213,36 @@ def _xml(path: Path, problems: list):
         return None, text
 
 
+def _annotations(ann_dir: Path, img_dir: Path, tag: str, problems: list):
+    """(annotation file, parsed XML, line of each `tag` element, image) for each readable XML file
+    whose image is there; what cannot be read goes into `problems` with its file and line."""
+    for ann in sorted(ann_dir.glob("*.xml")):
+        doc, text = _xml(ann, problems)
+        if doc is None:
+            continue
+        fname = (doc.findtext("filename") or "").strip()
+        img = (img_dir / fname) if fname and (img_dir / fname).exists() else _find_image(img_dir, ann.stem)
+        if img is None:
+            problems.append(f"{ann}:1: no image {fname or ann.stem + '.*'} in {img_dir}")
+            continue
+        yield ann, doc, _lines_of(text, tag), img
+
+
+def _size(el, width_tag: str, height_tag: str, img: Path, problems: list) -> tuple[int, int] | None:
+    """The size an annotation states, else the image header's; None (with a problem) if neither."""
+    try:
+        w, h = int(_num(el, width_tag)), int(_num(el, height_tag))
+        if w > 0 and h > 0:
+            return w, h
+    except (ValueError, AttributeError, TypeError):
+        pass
+    try:
+        return image_size(img)
+    except (OSError, ValueError, struct.error) as e:
+        problems.append(f"{img}:1: {e}")
+        return None
+
+
 def _num(el, tag: str):
     node = el.find(tag)
     if node is None or node.text is None:
@@ -241,23 +271,11 @@ def read_hrsc(root: Path, val_fraction: float = 0.2) -> Dataset:
         raise DatasetError([f"{root}: expected AllImages/ (or Images/) and Annotations/ (HRSC2016 layout)"])
     problems: list = []
     samples = {}
-    for ann in sorted(ann_dir.glob("*.xml")):
-        doc, text = _xml(ann, problems)
-        if doc is None:
+    for ann, doc, lines, img in _annotations(ann_dir, img_dir, "HRSC_Object", problems):
+        size = _size(doc, "Img_SizeWidth", "Img_SizeHeight", img, problems)
+        if size is None:
             continue
-        lines = _lines_of(text, "HRSC_Object")
-        img = _find_image(img_dir, ann.stem)
-        if img is None:
-            problems.append(f"{ann}:1: no image {ann.stem}.bmp/.png/... in {img_dir}")
-            continue
-        try:
-            w, h = int(_num(doc, "Img_SizeWidth")), int(_num(doc, "Img_SizeHeight"))
-        except ValueError:
-            try:
-                w, h = image_size(img)
-            except (OSError, ValueError, struct.error) as e:
-                problems.append(f"{img}:1: {e}")
-                continue
+        w, h = size
         objs = []
         for k, o in enumerate(doc.iter("HRSC_Object")):
             try:
@@ -305,27 +323,11 @@ def read_voc(root: Path, val_fraction: float = 0.2) -> Dataset:
         raise DatasetError([f"{root}: expected JPEGImages/ and Annotations/ (Pascal VOC layout)"])
     problems: list = []
     samples = {}
-    for ann in sorted(ann_dir.glob("*.xml")):
-        doc, text = _xml(ann, problems)
-        if doc is None:
+    for ann, doc, lines, img in _annotations(ann_dir, img_dir, "object", problems):
+        size = _size(doc.find("size"), "width", "height", img, problems)
+        if size is None:
             continue
-        lines = _lines_of(text, "object")
-        fname = (doc.findtext("filename") or "").strip()
-        img = (img_dir / fname) if fname and (img_dir / fname).exists() else _find_image(img_dir, ann.stem)
-        if img is None:
-            problems.append(f"{ann}:1: no image {fname or ann.stem + '.jpg'} in {img_dir}")
-            continue
-        size = doc.find("size")
-        try:
-            w, h = int(_num(size, "width")), int(_num(size, "height"))
-            if w <= 0 or h <= 0:
-                raise ValueError("<size> is zero")
-        except (ValueError, AttributeError, TypeError):
-            try:
-                w, h = image_size(img)
-            except (OSError, ValueError, struct.error) as e:
-                problems.append(f"{img}:1: {e}")
-                continue
+        w, h = size
         objs = []
         for k, o in enumerate(doc.iter("object")):
             at = f"{ann}:{lines[k] if k < len(lines) else 1}"

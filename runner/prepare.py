@@ -6,7 +6,6 @@ the repo checkout happen here, never in the main loop.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,15 +18,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def _write_json(path: Path, data, mode: int = 0o644):
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from .atomic import write_json
+
+    write_json(path, data, mode, indent=1)
 
 
 def job_secrets(home, job: dict) -> dict:

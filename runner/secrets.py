@@ -43,18 +43,9 @@ def keep(home, job_id: str, env_vars: dict, uid: int, retry_of: str | None = Non
             raise SpecError([f"env_vars.{missing[0]}: its value is hidden and only a retry of your own job can reuse it; give the value"])
         values.update({k: old[k] for k in hidden})
     if values:
-        path = _dir(home) / f"{job_id}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(values, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        from .atomic import write_json
+
+        write_json(_dir(home) / f"{job_id}.json", values, mode=0o600)
     return {k: HIDDEN for k in values}
 
 

@@ -40,17 +40,10 @@ def write(home, uid: int, gid: int, rotate: bool = False) -> str:
     path = token_path(home, uid)
     if path.exists() and not rotate:
         return read(home, uid)
+    from .atomic import write_bytes
+
     token = PREFIX + secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{uid}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-        if os.geteuid() == 0 and uid != 0:
-            os.fchown(fd, uid, gid)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_bytes(path, (token + "\n").encode(), mode=0o600, owner=(uid, gid))
     return token
 
 
