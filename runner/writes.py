@@ -17,8 +17,22 @@ ENDED = ("succeeded", "failed", "cancelled")
 
 
 def _abs(path: str, base: Path) -> str:
-    p = Path(os.path.expanduser(path)) if not path.startswith("~") else Path(path)
+    p = Path(os.path.expanduser(path))
     return str(p if p.is_absolute() else base / p)
+
+
+def _their_home(data: dict, home: str) -> dict:
+    """`~/x` in a job posted for someone is in her home, not in the daemon's."""
+    def fix(v):
+        return home + v[1:] if isinstance(v, str) and (v == "~" or v.startswith("~/")) else v
+    data = dict(data)
+    if isinstance(data.get("dataset"), dict):
+        data["dataset"] = {k: fix(v) if k in ("path", "annotations") else v for k, v in data["dataset"].items()}
+    if isinstance(data.get("train"), dict) and "resume" in data["train"]:
+        data["train"] = {**data["train"], "resume": fix(data["train"]["resume"])}
+    if "workdir" in data:
+        data["workdir"] = fix(data["workdir"])
+    return data
 
 
 def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tuple[dict, list[str]]:
@@ -31,6 +45,8 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     from .resolve import resolve
     from .spec import parse_spec
 
+    if who is not None:
+        data = _their_home(data, who.home)
     spec = parse_spec(data)
     ds = dict(data.get("dataset") or {})
     probe = {"workdir": _abs(spec.workdir, base) if spec.workdir else (str(base) if spec.kind == "command" else None),

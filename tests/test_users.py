@@ -241,6 +241,12 @@ def test_a_token_posts_a_job_that_belongs_to_its_user(team, tmp_path):
     secret = Path(pwd.getpwnam(BOB).pw_dir)
     status, body = d.post("/jobs", token, {"command": ["true"], "workdir": str(secret)})
     assert status == 422 and body["problems"] == [f"workdir: {secret} is not writable by {ALICE}"]
+    work = Path(pwd.getpwnam(ALICE).pw_dir) / "posted"
+    work.mkdir(exist_ok=True)
+    os.chown(work, alice.uid, -1)
+    status, body = d.post("/jobs", token, {"command": [SYSTEM_PY, str(alice.world / "jobs.py"), "probe", "w:."], "workdir": "~/posted"})
+    assert status == 201 and alice.wait(body["id"])["state"] == "succeeded"  # ~ is her home, not the daemon's
+    assert (work / "probe-by-job").stat().st_uid == alice.uid
     rotated = alice.run("token", "--rotate").stdout.strip()
     assert rotated != token and d.post("/jobs", token, spec)[0] == 401
 
