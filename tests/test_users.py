@@ -338,3 +338,25 @@ def test_a_daemon_of_one_user_runs_only_her_jobs(world, users):
         proc.terminate()
         proc.wait(20)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_share_logs_opens_logs_and_job_folders_to_teammates(world, users):
+    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
+    os.chmod(home, 0o755)
+    (home / "config.toml").write_text("[server]\nshare_logs = true\n")
+    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
+    try:
+        alice, bob = User(users[ALICE], world, home), User(users[BOB], world, home)
+        jid = alice.job("whoami")
+        full = alice.wait(jid)["id"]
+        assert "uid=" in bob.logs(full)  # his CLI reads her log
+        status, text = d.get(f"/jobs/{full}/log")  # and anyone over HTTP on loopback
+        assert status == 200 and "uid=" in text
+        assert oct((home / "jobs" / full).stat().st_mode & 0o777) == "0o755"
+        assert oct((home / "run" / full / "output.log").stat().st_mode & 0o777) == "0o644"
+        assert oct((home / "run" / full / "launch.json").stat().st_mode & 0o777) == "0o600"  # secrets stay hers
+        r = bob.run("cancel", full, check=False)
+        assert r.returncode == 1 and "only its owner or root may cancel" in r.stderr  # reading is not acting
+    finally:
+        d.kill(15)
+        shutil.rmtree(home, ignore_errors=True)
