@@ -8,6 +8,7 @@ this module gathers them into the validation report (Markdown and JSON).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def repo_checks(store, job: dict) -> dict:
         {"name": "load", "ok": "running" in went, "seconds": 0.0, **({} if "running" in went else {"error": err})},
         {"name": "train", "ok": job["state"] == "succeeded", "seconds": round(t, 1), **({} if job["state"] == "succeeded" else {"error": err})},
         {"name": "validate", "ok": bool(val), "seconds": 0.0, "detail": val, **({} if val else {"error": "no validation metric parsed from the log"})},
-        {"name": "checkpoint", "ok": bool(arts), "seconds": 0.0, "detail": [a["path"] for a in arts][:4],
+        # paths relative to the job's folder: a report read elsewhere names no folder of this machine
+        {"name": "checkpoint", "ok": bool(arts), "seconds": 0.0, "detail": [os.path.relpath(a["path"], job["job_dir"]) for a in arts][:4],
          **({} if arts else {"error": "no checkpoint matched the repo's globs"})},
     ]
     ok = sum(c["ok"] for c in checks)
@@ -76,7 +78,6 @@ def gather(store, home, jobs: dict) -> dict:
 def drop_checkpoints(store, jobs: dict) -> int:
     """Delete the checkpoints of finished check jobs (a ViT-L one with its optimizer state is
     ~3.6 GB); the report keeps their sizes. Returns the bytes freed."""
-    import os
     import shutil
 
     freed = 0
