@@ -18,27 +18,6 @@ from ..states import JobState, Reason
 log = logging.getLogger("runner.daemon.intake")
 
 
-def _may_write(path: str, uid: int) -> bool:
-    """Whether uid may write into the folder by its mode bits (owner, groups, others)."""
-    import grp
-    import pwd
-    import stat as st_
-
-    try:
-        st = os.stat(path)
-        pw = pwd.getpwuid(uid)
-    except (OSError, KeyError):
-        return False
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        return bool(st.st_mode & st_.S_IWUSR)
-    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
-    if st.st_gid in groups:
-        return bool(st.st_mode & st_.S_IWGRP)
-    return bool(st.st_mode & st_.S_IWOTH)
-
-
 class Intake:
     """The daemon's spool intake (a part of Daemon)."""
 
@@ -118,8 +97,15 @@ class Intake:
             if not os.path.isabs(spec.workdir):
                 raise SpecError([f"workdir: given {spec.workdir!r}; expected an absolute path (runner submit makes it one)"])
             problems = [p for p in workdir_problems(spec.workdir, self.home.root) if "not writable by you" not in p]
-            if uid != os.geteuid() and not _may_write(spec.workdir, uid):
-                problems.append(f"workdir: {spec.workdir} is not writable by {user_name(uid)}")
+            if uid != os.geteuid():
+                from ..identity import may_access, person
+
+                try:
+                    writable = may_access(spec.workdir, person(uid), "w")
+                except KeyError:  # no such user: nothing of hers to write
+                    writable = False
+                if not writable:
+                    problems.append(f"workdir: {spec.workdir} is not writable by {user_name(uid)}")
             if problems:
                 raise SpecError(problems)
         after = []
