@@ -232,30 +232,39 @@ class TrainingAdapter:
         gc.collect()
 
     def check(self) -> dict:
-        """The plugin check: load, short training, validation, checkpoint round trip, inference."""
+        """The plugin check: load, one epoch of training, validation, checkpoint round trip,
+        inference, then `learns`: training goes on to the check's `learns_epochs` and the model must
+        beat chance on the (easy) validation set (judged by runner/check.py, which states the thresholds)."""
         report = {"framework": self.framework, "model": self.cfg.get("model_name"), "task": self.cfg.get("task"), "checks": []}
+        sizes = (self.cfg.get("check") or {}).get("sizes") or {}
+        learn_epochs = int(sizes.get("learns_epochs") or 0)
+        if learn_epochs > 1:
+            self.epochs = learn_epochs  # schedules span the whole check run, not its first epoch
 
         def step(name, fn):
-            t0 = time.time()
+            t0 = time.perf_counter()
             try:
                 detail = fn()
-                report["checks"].append({"name": name, "ok": True, "seconds": round(time.time() - t0, 3), "detail": detail})
+                report["checks"].append({"name": name, "ok": True, "seconds": time.perf_counter() - t0, "detail": detail})
                 return True
             except Exception as e:
                 traceback.print_exc()
-                report["checks"].append({"name": name, "ok": False, "seconds": round(time.time() - t0, 3),
+                report["checks"].append({"name": name, "ok": False, "seconds": time.perf_counter() - t0,
                                          "error": f"{type(e).__name__}: {e}"[:2000]})
                 return False
 
         state = {}
         ok = step("load", lambda: (self.prepare_dataset(), self.prepare_model(), {"params": self.param_count()})[2])
         if ok:
-            ok = step("train", lambda: {"train_loss": self.train_epoch(1)})
+            def _train():
+                state["train_loss"] = self.train_epoch(1)
+                return {"train_loss": state["train_loss"]}
+            ok = step("train", _train)
         if ok:
             def _val():
                 r = self.validate(1)
                 state["result"] = r
-                print(self.metrics_line(1, 1, r, {}), flush=True)
+                print(self.metrics_line(1, self.epochs, r, {}), flush=True)
                 return {"val_loss": r.val_loss, **r.metrics}
             ok = step("validate", _val)
         if ok:
@@ -270,20 +279,55 @@ class TrainingAdapter:
 
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                 return detail
-            ok = step("checkpoint", _ckpt)
-        if ok:
+            step("checkpoint", _ckpt)
             step("infer", lambda: self.infer_single(self.sample_image()).as_dict())
-        n_ok = sum(c["ok"] for c in report["checks"])
-        report["status"] = "success" if n_ok == 5 else ("failed" if n_ok == 0 else "partial")
+            report["checks"].append(self._learns(learn_epochs, sizes, state))
+        counted = [c for c in report["checks"] if c["ok"] is not None]  # ok None: n/a, with its reason
+        n_ok = sum(bool(c["ok"]) for c in counted)
+        report["status"] = "success" if len(report["checks"]) == 6 and n_ok == len(counted) else ("failed" if n_ok == 0 else "partial")
         write_json(self.out / "check.json", report)
-        print(f"runner: check {report['status']} ({n_ok}/5)", flush=True)
+        print(f"runner: check {report['status']} ({n_ok}/{len(counted)})", flush=True)
         return report
+
+    # -- learns: more than "it ran" -------------------------------------------------------------
+    def learns_target(self) -> tuple[str, Optional[int]]:
+        """(the task's main validation metric, its number of classes where chance is 1/classes,
+        else None). Classification metrics are fractions in [0, 1]."""
+        raise NotImplementedError
+
+    def train_more(self, first: int, last: int) -> list:
+        """Train epochs first..last; the mean training loss of each."""
+        return [self.train_epoch(e) for e in range(first, last + 1)]
+
+    def _learns(self, epochs: int, sizes: dict, state: dict) -> dict:
+        """The learns check's numbers (main metric, classes, training loss per epoch), judged by
+        `runner check` against the thresholds it states; ok False where training broke."""
+        t0 = time.perf_counter()
+        if epochs < 2:
+            return {"name": "learns", "ok": None, "seconds": None, "reason": "the check's learns_epochs is not set (>= 2)"}
+        try:
+            key, classes = self.learns_target()
+            losses = [state["train_loss"]] + list(self.train_more(2, epochs))
+            r = self.validate(epochs)
+            print(self.metrics_line(epochs, epochs, dataclass_replace(r, train_loss=losses[-1]), {}), flush=True)
+        except Exception as e:
+            traceback.print_exc()
+            return {"name": "learns", "ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"[:2000]}
+        # The verdict is the control plane's (runner/check.py): one place states the thresholds.
+        return {"name": "learns", "ok": None, "verdict": "pending", "seconds": time.perf_counter() - t0,
+                "detail": {"epochs": epochs, "metric": key, "value": r.metrics.get(key), "classes": classes, "train_loss": losses}}
 
     def param_count(self) -> int:
         return 0
 
     def sample_image(self) -> str:
         raise NotImplementedError
+
+
+def dataclass_replace(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
 
 
 def main(argv=None) -> int:

@@ -189,6 +189,9 @@ class TimmAdapter(TrainingAdapter):
     def primary_metric(self, result):
         return result.metrics["val_top1"] - 1e-6 * (result.val_loss or 0)
 
+    def learns_target(self):
+        return "val_accuracy", len(self.classes)
+
     # -- checkpoints ----------------------------------------------------------------------------
     def _meta(self, epoch, result=None):
         return {"framework": "timm", "model_name": self.cfg["model_name"], "classes": list(self.classes), "epoch": epoch,

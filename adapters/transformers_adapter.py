@@ -271,11 +271,19 @@ class TransformersAdapter(TrainingAdapter):
                 union = ((up == c) | (y == c)).sum().item()
                 if union:
                     ious.append(inter / union)
-            return {"mean_iou": sum(ious) / max(len(ious), 1), "pixel_accuracy": float((up == y).float().mean())}
+            ious_fg = []
+            for c in range(1, logits.shape[1]):  # class 0 is the background: a model that predicts only it scores 0 here
+                union = ((up == c) | (y == c)).sum().item()
+                if union:
+                    ious_fg.append(((up == c) & (y == c)).sum().item() / union)
+            return {"mean_iou": sum(ious) / max(len(ious), 1), "mean_iou_fg": sum(ious_fg) / max(len(ious_fg), 1),
+                    "pixel_accuracy": float((up == y).float().mean())}
         return {}
 
     def extra_eval(self) -> dict:
-        """Metrics the Trainer cannot compute by itself: BLEU of generated captions."""
+        """Metrics the Trainer cannot compute by itself: BLEU of generated captions, box mAP@0.5."""
+        if self.task == "object_detection":
+            return {"map50": self._map50()}
         if self.task != "image_captioning":
             return {}
         refs, hyps = [], []
@@ -286,6 +294,22 @@ class TransformersAdapter(TrainingAdapter):
                 refs.append(caption.lower())
         self.sample_captions = list(zip(refs, hyps))[:3]
         return {"bleu": bleu(refs, hyps)}
+
+    @torch.no_grad()
+    def _map50(self) -> float:
+        """Box mAP at IoU 0.5 over the validation images (all-point interpolated AP per class)."""
+        from .base import map50
+
+        self.model.eval()
+        preds, truth = [], []
+        for item in self.val_ds:
+            img = Image.open(item["path"]).convert("RGB")
+            pv = self.processor(images=img, return_tensors="pt")["pixel_values"].to(self.device)
+            res = self.processor.post_process_object_detection(self.model(pixel_values=pv), threshold=0.0, target_sizes=[img.size[::-1]])[0]
+            preds.append([(float(sc), int(lb), b) for sc, lb, b in zip(res["scores"].tolist(), res["labels"].tolist(), res["boxes"].tolist())])
+            truth.append([(a["category_id"], [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]])
+                          for a in item["annotations"]])
+        return map50(preds, truth)
 
     def _caption(self, path) -> str:
         pv = self.processor(images=Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"].to(self.device)
@@ -309,7 +333,8 @@ class TransformersAdapter(TrainingAdapter):
             warmup_steps=float(ex.get("warmup_ratio", 0.0)), weight_decay=float(ex.get("weight_decay", 0.0)),
             adam_beta1=float(ex.get("adam_beta1", 0.9)), adam_beta2=float(ex.get("adam_beta2", 0.999)),
             gradient_accumulation_steps=int(ex.get("gradient_accumulation_steps", 1)), max_grad_norm=float(ex.get("max_grad_norm", 1.0)),
-            eval_strategy=ex.get("eval_strategy", "epoch"), logging_strategy="epoch",
+            # the check validates apart (its validate step is a real evaluation, timed on its own)
+            eval_strategy="no" if self.cfg.get("check") else ex.get("eval_strategy", "epoch"), logging_strategy="epoch",
             save_strategy="no" if self.cfg.get("check") else ex.get("save_strategy", "epoch"),
             lr_scheduler_type=ex.get("lr_scheduler_type", "linear"), fp16=bool(ex.get("fp16")) and not use_cpu, bf16=bool(ex.get("bf16")),
             use_cpu=use_cpu, dataloader_num_workers=int(self.cfg.get("workers") or 0), remove_unused_columns=False,
@@ -332,13 +357,30 @@ class TransformersAdapter(TrainingAdapter):
         return getattr(self, "last_result", None)
 
     def train_epoch(self, epoch: int) -> float:
+        return self.train_more(epoch, epoch)[-1]
+
+    def train_more(self, first: int, last: int) -> list:
+        """One Trainer run of epochs first..last (one schedule); the training loss of each epoch."""
         self._epoch_t0 = time.time()
-        self.trainer = self._trainer(1)
+        self.trainer = self._trainer(last - first + 1)
         out = self.trainer.train()
-        return float(out.training_loss)
+        losses = [float(h["loss"]) for h in self.trainer.state.log_history if "loss" in h]
+        return losses or [float(out.training_loss)]
 
     def validate(self, epoch: int) -> MetricsResult:
+        """A real evaluation of the current weights on the validation set (the callback builds the
+        result and prints its metrics line)."""
+        self.last_result = None
+        trainer = Trainer(model=self.model, args=self._args(1), eval_dataset=self.val_ds, data_collator=self._collate,
+                          compute_metrics=self._compute_metrics if self.task in ("image_classification", "semantic_segmentation") else None,
+                          callbacks=[PlatformCallback(self)])
+        trainer.evaluate()
+        self.last_result.epoch = epoch
         return self.last_result
+
+    def learns_target(self):
+        return {"image_classification": ("val_accuracy", len(self.labels)), "semantic_segmentation": ("val_mean_iou_fg", None),
+                "object_detection": ("val_map50", None), "image_captioning": ("val_bleu", None)}[self.task]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, epoch: int, result: MetricsResult):

@@ -67,12 +67,25 @@ class UltralyticsAdapter(TrainingAdapter):
 
     # -- the contract's pieces, used by `check` ------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
-        self._train(epochs=1, val=False)
+        return self.train_more(epoch, epoch)[-1]
+
+    def train_more(self, first: int, last: int) -> list:
+        """One YOLO.train of epochs first..last from the current weights (no warm-up: a check's few
+        epochs would be all warm-up), validating only at its end, as Ultralytics always does."""
+        self._train(epochs=last - first + 1, val=False, warmup_epochs=0)
         import csv
 
-        # The run's own results.csv: the sum of its train/* losses for the epoch.
+        # The run's own results.csv: the sum of its train/* losses for each epoch.
         rows = list(csv.DictReader((Path(self.trainer.save_dir) / "results.csv").read_text().splitlines()))
-        return sum(float(v) for k, v in rows[-1].items() if k.strip().startswith("train/"))
+        rows = rows[-(last - first + 1):]  # this run's epochs (the folder is reused: exist_ok)
+        return [sum(float(v) for k, v in row.items() if k.strip().startswith("train/")) for row in rows]
+
+    MAIN_METRIC = {"detect": "val_map50_box", "segment": "val_map50_mask", "pose": "val_map50_pose", "obb": "val_map50_box",
+                   "classify": "val_accuracy_top1"}
+
+    def learns_target(self):
+        task = self.model.task
+        return self.MAIN_METRIC[task], (len(self.model.names) if task == "classify" else None)
 
     def validate(self, epoch: int) -> MetricsResult:
         weights = Path(self.trainer.save_dir) / "weights" / "last.pt"

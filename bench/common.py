@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -16,13 +15,17 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
-    """One line naming the machine the figures come from."""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    """One line naming the machine the figures come from (CPU, cores, memory, GPUs)."""
+    from runner.provenance import machine as m
+
+    return m()["line"]
+
+
+def commit() -> str:
+    """The commit the figures come from (+dirty where the tree differs from it)."""
+    from runner.provenance import commit as c
+
+    return c()
 
 
 def table(title: str, rows: list[tuple], headers=("figure", "value", "target", "ok")):

@@ -1,25 +1,30 @@
 """`runner check`: the plugin check matrix, run through the daemon like any job.
 
-For each model: a tiny generated dataset, then one job that loads the model, trains briefly,
-validates, saves and reloads a checkpoint and runs inference; the adapter writes check.json and
-this module gathers them into the validation report (Markdown and JSON).
+For each model: a tiny generated (easy) dataset, then one job that loads the model, trains one
+epoch, validates, saves and reloads a checkpoint, runs inference, and trains on to the check's
+`learns_epochs` to show that the model learns (beats chance by the thresholds the report states).
+The adapter writes check.json; a repo's script is judged from its job (times, parsed metrics,
+checkpoints). This module gathers them into the report (Markdown and JSON) with the commit, date,
+machine and command that made it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
-CHECKS = ("load", "train", "validate", "checkpoint", "infer")
+CHECKS = ("load", "train", "validate", "checkpoint", "infer", "learns")
 
 
 def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     """The job spec of one model's check (sizes from the framework's and model's check tables)."""
     sizes = {**framework.get("check", {}), **model.get("check", {})}
-    train = {"epochs": 1, "pretrained": False}
-    for k in ("batch_size", "input_size", "lr"):
+    train = {"epochs": int(sizes.get("epochs", 1)) if model.get("framework") == "repo" else 1, "pretrained": False}
+    for k in ("batch_size", "input_size", "lr", "optimizer"):
         if sizes.get(k) is not None:
             train[k] = sizes[k]
     dataset = {"path": str(data_dir), "format": fmt}
@@ -29,50 +34,217 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
             "dataset": dataset, "train": train, "check": {"sizes": sizes}}
 
 
-def repo_checks(store, job: dict) -> dict:
-    """A repo runs its own script: the checks are read off the job (it ran, trained, reported
-    validation metrics, wrote checkpoints). Inference needs the repo's own predict script."""
+LEARNS_MARGIN = 0.25
+"""Classification learns when validation accuracy >= 1/classes + this (chance plus 25 points)."""
+LEARNS_LOSS_DROP = 0.2
+"""Other tasks learn when the main metric is above zero and the training loss fell by this fraction."""
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def map50(preds: list, truth: list) -> float:
+    """Mean over classes with ground truth of the all-point interpolated average precision at IoU
+    0.5. preds[i]: (score, label, [x0, y0, x1, y1]) of image i; truth[i]: (label, box)."""
+    classes = sorted({lb for t in truth for lb, _ in t})
+    aps = []
+    for c in classes:
+        n_true = sum(lb == c for t in truth for lb, _ in t)
+        dets = sorted(((sc, i, box) for i, p in enumerate(preds) for sc, lb, box in p if lb == c), key=lambda d: -d[0])
+        used, tp = set(), []
+        for _, i, box in dets:
+            best, j_best = 0.5, None
+            for j, (lb, tbox) in enumerate(truth[i]):
+                if lb == c and (i, j) not in used and _iou(box, tbox) >= best:
+                    best, j_best = _iou(box, tbox), j
+            tp.append(j_best is not None)
+            if j_best is not None:
+                used.add((i, j_best))
+        ap, hits, prec_at = 0.0, 0, []
+        for k, hit in enumerate(tp, 1):
+            hits += hit
+            prec_at.append((hits / n_true, hits / k))
+        # all-point interpolation: precision made monotone from the right, summed over recall steps
+        best_p, prev_r = 0.0, 0.0
+        envelope = []
+        for r, p in reversed(prec_at):
+            best_p = max(best_p, p)
+            envelope.append((r, best_p))
+        for r, p in reversed(envelope):
+            ap += (r - prev_r) * p
+            prev_r = r
+        aps.append(ap)
+    return sum(aps) / len(aps) if aps else 0.0
+
+
+def learns_criteria(metric: str, classes: Optional[int], sizes: dict) -> dict:
+    """The thresholds of the learns check, as the report states them."""
+    if classes:
+        at_least = min(1.0, 1.0 / classes + float(sizes.get("learns_margin", LEARNS_MARGIN)))
+        return {"metric": metric, "at_least": round(at_least, 4), "chance": round(1.0 / classes, 4),
+                "rule": f"{metric} >= {at_least:.2f} (chance 1/{classes} + {float(sizes.get('learns_margin', LEARNS_MARGIN)):.2f})"}
+    drop = float(sizes.get("learns_loss_drop", LEARNS_LOSS_DROP))
+    return {"metric": metric, "above": 0.0, "loss_drop": drop,
+            "rule": f"{metric} > 0 and training loss down by >= {100 * drop:.0f} % from the first epoch"}
+
+
+def judge(crit: dict, value, losses: list) -> dict:
+    """Whether the numbers meet the criteria; why not, in one line."""
+    import math
+
+    first, last = (losses[0], losses[-1]) if losses else (None, None)
+    drop = (1.0 - last / first) if first and last is not None and math.isfinite(first) and math.isfinite(last) and first > 0 else None
+    if value is None or not math.isfinite(float(value)):
+        return {"ok": False, "loss_drop": drop, "why": f"no {crit['metric']} after training"}
+    if "at_least" in crit:
+        ok = value >= crit["at_least"]
+        return {"ok": ok, "loss_drop": drop, "why": None if ok else f"{crit['metric']} {value:.4g} < {crit['at_least']:.4g} (chance {crit['chance']:.4g})"}
+    if value <= crit["above"]:
+        return {"ok": False, "loss_drop": drop, "why": f"{crit['metric']} is {value:.4g}, not above 0"}
+    if drop is None or drop < crit["loss_drop"]:
+        return {"ok": False, "loss_drop": drop,
+                "why": f"training loss {first:.4g} -> {last:.4g}: down {100 * (drop or 0):.0f} %, less than {100 * crit['loss_drop']:.0f} %"}
+    return {"ok": True, "loss_drop": drop, "why": None}
+
+
+def judge_learns(c: dict, sizes: dict) -> dict:
+    """An adapter's learns numbers with the verdict and the thresholds filled in."""
+    if c.get("verdict") != "pending":
+        return c
+    d = dict(c["detail"])
+    crit = learns_criteria(d["metric"], d.get("classes"), sizes)
+    v = judge(crit, d.get("value"), d.get("train_loss") or [])
+    d.update(criteria=crit, loss_drop=v["loss_drop"])
+    out = {k: val for k, val in c.items() if k != "verdict"}
+    return {**out, "ok": v["ok"], "detail": d, **({} if v["ok"] else {"error": v["why"]})}
+
+
+def status_of(checks: list) -> str:
+    """success: all six checks ok or n/a; failed: none ok; else partial."""
+    counted = [c for c in checks if c["ok"] is not None]
+    n_ok = sum(bool(c["ok"]) for c in counted)
+    return "success" if len(checks) == len(CHECKS) and n_ok == len(counted) else ("failed" if n_ok == 0 else "partial")
+
+
+def _span(store, job_id: str, start: str, end_states=("succeeded", "failed", "cancelled")):
+    """Seconds from entering `start` to the next transition out of it (or to the end)."""
+    ts = store.transitions(job_id)
+    t0 = next((t["at"] for t in ts if t["to_state"] == start), None)
+    if t0 is None:
+        return None
+    t1 = next((t["at"] for t in ts if t["at"] >= t0 and t["from_state"] == start), None)
+    return None if t1 is None else t1 - t0
+
+
+def _series(store, job_id: str, name: str) -> list:
+    """One metric's values, one per epoch (the last value of each epoch), in epoch order."""
+    by_epoch = {}
+    for p in store.metrics(job_id, name):
+        if p["value"] is not None and math.isfinite(p["value"]):
+            by_epoch[p["epoch"] if p["epoch"] is not None else len(by_epoch)] = p["value"]
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def repo_learns(store, job: dict, sizes: dict) -> dict:
+    """The learns check of a repo job, from its parsed metrics and the repo's `check.learns` table:
+    {metric, at_least | above, loss, loss_drop}."""
+    spec = sizes.get("learns")
+    if not spec:
+        return {"name": "learns", "ok": None, "seconds": None, "reason": "the repo's check table has no `learns` entry"}
+    crit = {"metric": spec["metric"]}
+    if "at_least" in spec:
+        crit.update(at_least=float(spec["at_least"]), chance=float(spec.get("chance", 0.0)),
+                    rule=f"{spec['metric']} >= {spec['at_least']} (chance {spec.get('chance', '?')})")
+    else:
+        crit.update(above=float(spec.get("above", 0.0)), loss_drop=float(spec.get("loss_drop", 0.2)),
+                    rule=f"{spec['metric']} > {spec.get('above', 0)} and {spec['loss']} down by >= {100 * float(spec.get('loss_drop', 0.2)):.0f} % from the first epoch")
+    values = _series(store, job["id"], spec["metric"])
+    losses = _series(store, job["id"], spec["loss"]) if spec.get("loss") else []
+    verdict = judge(crit, values[-1] if values else None, losses)
+    if "at_least" not in crit and len(losses) < 2:
+        verdict = {"ok": False, "loss_drop": None, "why": f"{spec['loss']} was parsed for {len(losses)} epoch(s); the check needs two or more"}
+    detail = {"epochs": len(values) or len(losses), "metric": spec["metric"], "value": values[-1] if values else None,
+              "train_loss": losses, "loss_drop": verdict["loss_drop"], "criteria": crit}
+    return {"name": "learns", "ok": verdict["ok"], "seconds": None, "reason": "measured over the repo's whole run (train)",
+            "detail": detail, **({} if verdict["ok"] else {"error": verdict["why"]})}
+
+
+def repo_checks(store, job: dict, sizes: dict) -> dict:
+    """A repo runs its own script: the checks are read off the job. load: the time spent preparing
+    it (checkout, env, import check); train: the script's run, validation included; validate: the
+    validation metrics parsed from its log; checkpoint: the files its globs found (a load round trip
+    needs the repo's own loader: n/a); infer: n/a (not mapped); learns: from the parsed metrics."""
     went = [t["to_state"] for t in store.transitions(job["id"])]
-    t = (job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"])
+    started = "running" in went
+    succeeded = job["state"] == "succeeded"
+    err = None if succeeded else f"job {job['state']} ({job['reason']}): {(job.get('log_tail') or job.get('note') or '')[-1500:]}"
     metrics = store.latest_metrics(job["id"])
-    val = {k: v for k, v in metrics.items() if any(s in k.lower() for s in ("val", "acc", "map", "precision", "recall"))}
+    val = {k: v for k, v in metrics.items() if not k.startswith("file/")
+           and any(s in k.lower() for s in ("val", "test", "acc", "map", "precision", "recall"))}
     arts = store.artifacts(job["id"])
-    err = None if job["state"] == "succeeded" else f"job {job['state']} ({job['reason']}): {(job.get('log_tail') or job.get('note') or '')[-1500:]}"
+    ckpts = [{"path": os.path.relpath(a["path"], job["job_dir"]), "bytes": a["size"]} for a in arts]
+    run = (job["finished_at"] - job["started_at"]) if job.get("finished_at") and job.get("started_at") else None
     checks = [
-        {"name": "load", "ok": "running" in went, "seconds": 0.0, **({} if "running" in went else {"error": err})},
-        {"name": "train", "ok": job["state"] == "succeeded", "seconds": round(t, 1), **({} if job["state"] == "succeeded" else {"error": err})},
-        {"name": "validate", "ok": bool(val), "seconds": 0.0, "detail": val, **({} if val else {"error": "no validation metric parsed from the log"})},
-        # paths relative to the job's folder: a report read elsewhere names no folder of this machine
-        {"name": "checkpoint", "ok": bool(arts), "seconds": 0.0, "detail": [os.path.relpath(a["path"], job["job_dir"]) for a in arts][:4],
-         **({} if arts else {"error": "no checkpoint matched the repo's globs"})},
+        {"name": "load", "ok": started, "seconds": _span(store, job["id"], "preparing"),
+         "detail": {"what": "checkout, env, import check (time in preparing)"}, **({} if started else {"error": err})},
+        {"name": "train", "ok": succeeded, "seconds": run, "detail": {"what": "the script's whole run, its validation included"},
+         **({} if succeeded else {"error": err})},
+        {"name": "validate", "ok": bool(val), "seconds": None, "reason": "validation runs inside the script; its time is part of train",
+         "detail": val, **({} if val else {"error": "no validation metric parsed from the log"})},
+        {"name": "checkpoint", **({"ok": None, "reason": "files written and found; a load round trip needs the repo's own loader (not mapped)"}
+                                  if ckpts else {"ok": False, "error": "no checkpoint matched the repo's globs"}),
+         "seconds": None, "detail": ckpts[:4]},
+        {"name": "infer", "ok": None, "seconds": None, "reason": "a repo has its own predict script; not mapped"},
+        repo_learns(store, job, sizes) if succeeded else {"name": "learns", "ok": False, "seconds": None, "error": "the run did not succeed"},
     ]
-    ok = sum(c["ok"] for c in checks)
-    return {"checks": checks, "status": "success" if ok == len(checks) else ("failed" if ok == 0 else "partial"),
-            "task": job["spec"].get("task"), "note": "inference: not run (a repo has its own predict script; not mapped)"}
+    return {"checks": checks, "status": status_of(checks), "task": job["spec"].get("task")}
 
 
-def gather(store, home, jobs: dict) -> dict:
+def gather(store, home, jobs: dict, command: str | None = None) -> dict:
     """The report from each job's check.json (or its failure, where it wrote none)."""
+    from .provenance import commit, machine
+
     models = []
     for ref, jid in jobs.items():
         job = store.get_job(jid)
         job_dir = Path(job["job_dir"])
+        sizes = (job["spec"].get("check") or {}).get("sizes") or {}
         try:
             rep = json.loads((job_dir / "check.json").read_text())
+            rep["checks"] = [judge_learns(c, sizes) if c["name"] == "learns" else c for c in rep.get("checks", [])]
+            rep["status"] = status_of(rep["checks"])
         except (OSError, ValueError):
-            rep = repo_checks(store, job) if ref.startswith("repo/") else {"checks": [], "status": "failed"}
+            rep = repo_checks(store, job, sizes) if ref.startswith("repo/") else {"checks": [], "status": "failed"}
+        run = (job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"])
         entry = {"model": ref, "framework": ref.split("/", 1)[0], "task": rep.get("task") or (job["spec"].get("task")),
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
-                 "seconds": round((job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"]), 1),
-                 "input_size": (job["spec"].get("train") or {}).get("input_size"), "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
+                 "seconds": run, "input_size": (job["spec"].get("train") or {}).get("input_size"),
+                 "epochs": sizes.get("learns_epochs") or sizes.get("epochs"),
+                 "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
         if not rep.get("checks"):
             entry["error"] = f"job {job['state']} ({job['reason']}): " + (job.get("log_tail") or job.get("note") or "")[-1500:]
         models.append(entry)
     ok = sum(m["status"] == "success" for m in models)
-    return {"generated_at": time.strftime("%Y-%m-%d %H:%M:%S"), "models": models,
+    learned = sum(any(c["name"] == "learns" and c["ok"] for c in m["checks"]) for m in models)
+    mach = machine()
+    return {"commit": commit(), "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": mach, "command": command,
+            "criteria": criteria_text(), "models": models,
             "summary": {"total": len(models), "success": ok, "partial": sum(m["status"] == "partial" for m in models),
-                        "failed": sum(m["status"] == "failed" for m in models),
-                        "success_rate": round(ok / len(models), 3) if models else 0.0}}
+                        "failed": sum(m["status"] == "failed" for m in models), "learns": learned,
+                        "success_rate": ok / len(models) if models else 0.0}}
+
+
+def criteria_text() -> list[str]:
+    return [f"classification: validation accuracy >= 1/classes + {LEARNS_MARGIN:.2f} (chance plus {100 * LEARNS_MARGIN:.0f} points)",
+            f"detection, segmentation, pose, captioning: the task's main validation metric above 0 and the training loss "
+            f"down by >= {100 * LEARNS_LOSS_DROP:.0f} % from the first epoch to the last",
+            "within the model's stated epochs (column `epochs`) on the check's easy synthetic set (each class in its own colour), "
+            "from scratch (`pretrained: false`), at the stated input size; repos: the thresholds of their `check.learns` table"]
 
 
 def drop_checkpoints(store, jobs: dict) -> int:
@@ -92,25 +264,50 @@ def drop_checkpoints(store, jobs: dict) -> int:
     return freed
 
 
+def _cell(c: dict | None) -> str:
+    if c is None:
+        return "—"
+    secs = "" if c.get("seconds") is None else f" {c['seconds']:.1f}s"
+    if c["ok"] is None:
+        return "n/a" + secs
+    if c["name"] == "learns" and c.get("detail") and c["detail"].get("value") is not None:
+        d = c["detail"]
+        return f"{'ok' if c['ok'] else 'NO'} {d['metric']}={d['value']:.3g}{secs}"
+    return ("ok" if c["ok"] else "FAIL") + secs
+
+
 def markdown(report: dict, title: str = "Plugin validation report") -> str:
-    """The report as Markdown: a summary table, then each failed check's error."""
+    """The report as Markdown: provenance, criteria, a summary table, then each failed check's error."""
     s = report["summary"]
-    lines = [f"# {title}", "", f"Generated {report['generated_at']}. {s['success']}/{s['total']} models passed every check "
-             f"(success rate {100 * s['success_rate']:.0f} %; partial {s['partial']}, failed {s['failed']}).", "",
-             "| model | framework | task | input | status | " + " | ".join(CHECKS) + " | job time |",
-             "|---|---|---|---|---|" + "---|" * len(CHECKS) + "---|"]
+    lines = [f"# {title}", "",
+             f"Commit `{report.get('commit')}`, made {report['generated_at']} on {report.get('machine', {}).get('line', 'an unknown machine')}",
+             f"by `{report.get('command') or 'runner check'}`.", "",
+             f"{s['success']}/{s['total']} models passed every check (success rate {100 * s['success_rate']:.0f} %; partial {s['partial']}, "
+             f"failed {s['failed']}); {s.get('learns', 0)}/{s['total']} learn by the criteria below.", "",
+             "**learns** means:", ""] + [f"- {c}" for c in report.get("criteria", [])] + [
+             "", "Times are seconds measured in the job; `n/a` is a check that does not apply, with its reason below.", "",
+             "| model | framework | task | input | epochs | status | " + " | ".join(CHECKS) + " | job time |",
+             "|---|---|---|---|---|---|" + "---|" * len(CHECKS) + "---|"]
     for m in report["models"]:
-        cells = []
         by = {c["name"]: c for c in m["checks"]}
-        for name in CHECKS:
-            c = by.get(name)
-            cells.append("—" if c is None else (f"ok {c['seconds']:.1f}s" if c["ok"] else f"FAIL {c['seconds']:.1f}s"))
-        lines.append(f"| {m['model']} | {m['framework']} | {m['task'] or ''} | {m.get('input_size') or ''} | {m['status']} | "
-                     + " | ".join(cells) + f" | {m['seconds']:.0f}s |")
+        lines.append(f"| {m['model']} | {m['framework']} | {m['task'] or ''} | {m.get('input_size') or ''} | {m.get('epochs') or ''} | "
+                     f"{m['status']} | " + " | ".join(_cell(by.get(n)) for n in CHECKS) + f" | {m['seconds']:.0f}s |")
+    learns = [(m["model"], c) for m in report["models"] for c in m["checks"] if c["name"] == "learns" and c.get("detail")]
+    if learns:
+        lines += ["", "## learns, the numbers", "", "| model | rule | value | training loss, first -> last | verdict |", "|---|---|---|---|---|"]
+        for model, c in learns:
+            d = c["detail"]
+            tl = d.get("train_loss") or []
+            loss = f"{tl[0]:.4g} -> {tl[-1]:.4g} ({-100 * d['loss_drop']:+.0f} %)" if len(tl) >= 2 and d.get("loss_drop") is not None else "—"
+            val = "—" if d.get("value") is None else f"{d['value']:.4g}"
+            lines.append(f"| {model} | {d['criteria']['rule']} | {val} | {loss} | {'learns' if c['ok'] else 'does not learn: ' + (c.get('error') or '')} |")
+    na = [(m["model"], c) for m in report["models"] for c in m["checks"] if c["ok"] is None and c.get("reason")]
+    if na:
+        lines += ["", "## n/a", ""] + [f"- {model} {c['name']}: {c['reason']}" for model, c in na]
     notes = [(m["model"], m["note"]) for m in report["models"] if m.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {model}: {note}" for model, note in notes]
-    errs = [(m["model"], c) for m in report["models"] for c in m["checks"] if not c["ok"]]
+    errs = [(m["model"], c) for m in report["models"] for c in m["checks"] if c["ok"] is False and c["name"] != "learns"]
     errs += [(m["model"], {"name": "job", "error": m["error"]}) for m in report["models"] if m.get("error")]
     if errs:
         lines += ["", "## Errors", ""]

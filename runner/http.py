@@ -21,6 +21,7 @@ from typing import Literal, Optional
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import defaults, queries
 from .exceptions import JobNotFound, PermissionDenied, RegistryError, RunnerError, SpecError
@@ -147,8 +148,8 @@ def create_app(home, daemon=None) -> FastAPI:
     async def _runner(_req: Request, exc: RunnerError):
         return FastJSON(status_code=409, content={"error": str(exc)})
 
-    @app.exception_handler(HTTPException)
-    async def _http(_req: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's own 404/405
+    async def _http(_req: Request, exc: StarletteHTTPException):
         return FastJSON(status_code=exc.status_code, content={"error": exc.detail})
 
     @app.exception_handler(RequestValidationError)

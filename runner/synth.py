@@ -37,10 +37,23 @@ def _inside(shape, x, y, cx, cy, r):
     return abs(x - cx) <= half
 
 
-def shape_image(shape: str, size: int, rng: random.Random):
-    """Pixels of one shape on a noisy background; returns (rows, bbox (x0,y0,x1,y1))."""
+PALETTE = ((230, 60, 60), (60, 230, 60), (70, 70, 235), (230, 230, 60), (230, 60, 230), (60, 230, 230), (240, 150, 40), (150, 150, 150))
+"""The colour of class i in an `easy` set (PALETTE[i % 8]): the class shows in colour as well as in outline."""
+
+
+def tint(cls: int, easy: bool):
+    """Class cls's colour in an easy set, or None (a random bright colour)."""
+    return PALETTE[cls % len(PALETTE)] if easy else None
+
+
+def shape_image(shape: str, size: int, rng: random.Random, colour=None):
+    """Pixels of one shape on a noisy background; returns (rows, bbox (x0,y0,x1,y1)).
+    colour: the shape's RGB (jittered by +-20), for an easy set where a model trained from scratch
+    for a few epochs can beat chance (what `runner check`'s learns step asks); default random."""
     bg = [rng.randint(0, 80) for _ in range(3)]
     fg = [rng.randint(150, 255) for _ in range(3)]
+    if colour is not None:
+        fg = [max(0, min(255, v + rng.randint(-20, 20))) for v in colour]
     r = rng.randint(size // 6, size // 3)
     cx, cy = rng.randint(r, size - r - 1), rng.randint(r, size - r - 1)
     rows = []
@@ -57,16 +70,17 @@ def shape_image(shape: str, size: int, rng: random.Random):
 SHAPES = ("circle", "square", "triangle")
 
 
-def make_shapes(root: str | Path, per_class: int = 8, val_per_class: int = 4, size: int = 64, classes=SHAPES, seed: int = 0) -> Path:
-    """An ImageFolder dataset: root/{train,val}/{class}/*.png."""
+def make_shapes(root: str | Path, per_class: int = 8, val_per_class: int = 4, size: int = 64, classes=SHAPES, seed: int = 0,
+                easy: bool = False) -> Path:
+    """An ImageFolder dataset: root/{train,val}/{class}/*.png (easy: class k drawn in PALETTE[k])."""
     root = Path(root)
     rng = random.Random(seed)
     for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in classes:
+        for k, c in enumerate(classes):
             d = root / split / c
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                rows, _ = shape_image(c if c in SHAPES else SHAPES[hash(c) % 3], size, rng)
+                rows, _ = shape_image(c if c in SHAPES else SHAPES[k % 3], size, rng, tint(k, easy))
                 write_png(d / f"{c}_{i:03d}.png", rows, size, size)
     return root
 

@@ -9,7 +9,7 @@ import math
 import random
 from pathlib import Path
 
-from .synth import SHAPES, make_shapes, shape_image, write_png
+from .synth import SHAPES, make_shapes, shape_image, tint, write_png
 
 NAMES = list(SHAPES)
 
@@ -40,7 +40,8 @@ def _label(task, cls, shape, box, size):
     raise ValueError(task)
 
 
-def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int = 4, size: int = 64, seed: int = 0,
+              easy: bool = False) -> Path:
     """root/images/{train,val}, root/labels/{train,val}, root/data.yaml for a YOLO task."""
     root = Path(root)
     rng = random.Random(seed)
@@ -49,7 +50,7 @@ def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int =
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             cls = i % len(NAMES)
-            rows, box = shape_image(NAMES[cls], size, rng)
+            rows, box = shape_image(NAMES[cls], size, rng, tint(cls, easy))
             write_png(root / "images" / split / f"{split}_{i:03d}.png", rows, size, size)
             (root / "labels" / split / f"{split}_{i:03d}.txt").write_text(_label(task, cls, NAMES[cls], box, size) + "\n")
     lines = [f"path: {root}", "train: images/train", "val: images/val", "names:"] + [f"  {i}: {c}" for i, c in enumerate(NAMES)]
@@ -59,7 +60,7 @@ def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int =
     return root / "data.yaml"
 
 
-def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> tuple[Path, Path]:
     """root/images/*.png and root/annotations.json (COCO detection, boxes and polygons)."""
     root = Path(root)
     rng = random.Random(seed)
@@ -67,7 +68,7 @@ def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, se
     coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(NAMES)]}
     for i in range(train + val):
         cls = i % len(NAMES)
-        rows, box = shape_image(NAMES[cls], size, rng)
+        rows, box = shape_image(NAMES[cls], size, rng, tint(cls, easy))
         name = f"img_{i:03d}.png"
         write_png(root / "images" / name, rows, size, size)
         coco["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
@@ -79,7 +80,7 @@ def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, se
     return root / "images", root / "annotations.json"
 
 
-def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> Path:
     """Semantic segmentation: root/{train,val}/images/*.png and .../masks/*.png (pixel = class id,
     0 background, 1+ the shape's class), and root/classes.txt."""
     from .synth import _inside
@@ -91,7 +92,7 @@ def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, s
         (root / split / "masks").mkdir(parents=True, exist_ok=True)
         for i in range(count):
             cls = i % len(NAMES)
-            rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng)
+            rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng, tint(cls, easy))
             cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2
             mask = [bytearray((cls + 1) if _inside(NAMES[cls], x, y, cx, cy, r) else 0 for x in range(size)) for y in range(size)]
             write_png(root / split / "images" / f"{i:03d}.png", rows, size, size)
@@ -103,7 +104,7 @@ def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, s
 COLOURS = ("red", "green", "blue", "bright")
 
 
-def make_captions(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0) -> Path:
+def make_captions(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> Path:
     """Image captioning: root/{train,val}/*.png with root/{train,val}/captions.jsonl lines
     {"image": file, "caption": text}."""
     import json as _json
@@ -116,7 +117,7 @@ def make_captions(root: str | Path, train: int = 8, val: int = 4, size: int = 64
         lines = []
         for i in range(count):
             cls = i % len(NAMES)
-            rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng)
+            rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng, tint(cls, easy))
             where = ("top" if y0 + y1 < size else "bottom") + " " + ("left" if x0 + x1 < size else "right")
             write_png(d / f"{i:03d}.png", rows, size, size)
             lines.append(_json.dumps({"image": f"{i:03d}.png", "caption": f"a {NAMES[cls]} in the {where}"}))
@@ -128,33 +129,36 @@ TASK_OF = {"object_detection": "detect", "instance_segmentation": "segment", "po
 
 
 def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
-    """(dataset path, format) for `runner check` of a model whose framework wants `fmt`."""
+    """(dataset path, format) for `runner check` of a model whose framework wants `fmt`: an easy set
+    (each class in its own colour), so that the check's learns step can ask for more than chance."""
     task = model.get("task_type")
     if task == "image_classification":
-        path = root / "imagefolder-3x6"
+        per_class = int(sizes.get("images_per_class") or max(6, int(sizes.get("images", 18)) // 3))
+        val_per_class = max(3, int(sizes.get("val_images", 9)) // 3)
+        path = root / f"imagefolder-3x{per_class}-{val_per_class}"
         if not (path / "val").exists():
-            make_shapes(path, per_class=6, val_per_class=3)
+            make_shapes(path, per_class=per_class, val_per_class=val_per_class, easy=True)
         return path, "imagefolder"
     if fmt in ("yolo", "dota"):
         t = TASK_OF[task]
         path = root / f"yolo-{t}"
         if not (path / "data.yaml").exists():
-            make_yolo(path, t, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+            make_yolo(path, t, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
         return path / "data.yaml", "yolo"
     if fmt == "masks":
         path = root / "masks"
         if not (path / "classes.txt").exists():
-            make_masks(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+            make_masks(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
         return path, "masks"
     if fmt == "captions":
         path = root / "captions"
         if not (path / "val" / "captions.jsonl").exists():
-            make_captions(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+            make_captions(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
         return path, "captions"
     if fmt == "coco":
         path = root / "coco"
         if not (path / "annotations.json").exists():
-            make_coco(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)))
+            make_coco(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
         return path / "images", "coco"
     raise ValueError(f"no synthetic dataset for format {fmt!r} and task {task!r}")
 

@@ -42,6 +42,8 @@ class LogWatcher:
             try:
                 self._fh = open(self.path, "rb")
             except FileNotFoundError:
+                if self.checkpoints:
+                    self.scan_artifacts(store)  # checkpoints count even before a first line of log
                 return 0
             self._fh.seek(self.offset)
         total = read = 0

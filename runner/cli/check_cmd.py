@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -80,7 +81,11 @@ def check(args):
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    report = chk.gather(store, h, jobs)
+    import shlex
+
+    # the command as typed (paths under the current folder relative: a committed report names no machine's folders)
+    argv = [os.path.relpath(a) if os.path.isabs(a) and a.startswith(os.getcwd() + os.sep) else a for a in sys.argv[1:]]
+    report = chk.gather(store, h, jobs, command=os.environ.get("RUNNER_CHECK_COMMAND") or shlex.join(["runner", *argv]))
     if not args.keep_checkpoints:
         freed = chk.drop_checkpoints(store, jobs)
         print(f"check: removed {freed / 2**20:.0f} MB of check checkpoints (--keep-checkpoints keeps them)", file=sys.stderr)

@@ -1,0 +1,154 @@
+"""The shim on its own: exit codes, signals, spawn errors, leftovers and limits, as the daemon
+starts it (`python -I -S runner/shim.py RUN_DIR`), without a daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.prepare import spawn_shim
+
+SH = "/bin/sh"
+
+
+def launch(run_dir: Path, argv: list, **extra) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": argv, "env": {"PATH": "/usr/bin:/bin"}, "cwd": str(run_dir), **extra}
+    (run_dir / "launch.json").write_text(json.dumps(spec))
+    return run_dir
+
+
+def run(run_dir: Path, timeout: float = 30) -> dict:
+    proc = spawn_shim(run_dir)
+    assert proc.wait(timeout=timeout) == 0
+    return json.loads((run_dir / "exit.json").read_text())
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 255])
+def test_exit_code_is_recorded(tmp_path, code):
+    d = launch(tmp_path / "r", [SH, "-c", f"echo out; echo err >&2; exit {code}"])
+    end = run(d)
+    assert end["exit_code"] == code and end["signal"] is None and end["raw_status"] == code
+    assert (d / "output.log").read_text() == "out\nerr\n"  # stdout and stderr, in order, in one log
+    child = json.loads((d / "child.json").read_text())
+    assert child["pid"] == child["pgid"] and child["shim_pid"] != child["pid"]
+    assert end["started_at"] <= end["finished_at"]
+
+
+def test_killed_by_signal_is_a_signal_not_an_exit_code(tmp_path):
+    end = run(launch(tmp_path / "r", [SH, "-c", "kill -KILL $$"]))
+    assert end["signal"] == signal.SIGKILL and end["exit_code"] is None
+
+
+def test_sandboxed_status_128_plus_n_is_read_as_signal_n(tmp_path):
+    # bubblewrap reports a child killed by signal N as exit status 128+N
+    end = run(launch(tmp_path / "r", [SH, "-c", "exit 143"], sandboxed=True))
+    assert end["signal"] == signal.SIGTERM and end["exit_code"] is None
+    plain = run(launch(tmp_path / "p", [SH, "-c", "exit 143"]))  # not sandboxed: a plain exit status
+    assert plain["exit_code"] == 143 and plain["signal"] is None
+
+
+def test_spawn_error_is_recorded_in_exit_json_and_log(tmp_path):
+    d = launch(tmp_path / "r", [str(tmp_path / "no-such-program"), "x"])
+    end = run(d)
+    assert end["exit_code"] is None and "No such file" in end["spawn_error"]
+    assert "runner: failed to start" in (d / "output.log").read_text()
+    assert not (d / "child.json").exists()
+
+
+def test_bad_cwd_is_a_spawn_error(tmp_path):
+    d = launch(tmp_path / "r", [SH, "-c", "true"])
+    spec = json.loads((d / "launch.json").read_text())
+    (d / "launch.json").write_text(json.dumps({**spec, "cwd": str(tmp_path / "gone")}))
+    assert "gone" in run(d)["spawn_error"]
+
+
+def test_sigterm_to_the_shim_goes_to_the_whole_job_group(tmp_path):
+    marker = tmp_path / "child-pid"
+    # the job's shell ignores SIGTERM and waits for its child, which does not: only a signal to the
+    # whole process group (not to the shell alone) ends the job before its 60 s
+    grandchild = f"import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_DFL); open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    d = launch(tmp_path / "r", [SH, "-c", f"trap '' TERM; {sys.executable} -c \"{grandchild}\" & wait $!; echo status=$?"])
+    proc = spawn_shim(d)
+    deadline = time.time() + 10
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert time.time() < deadline + 10
+    assert "status=143" in (d / "output.log").read_text()  # the child died of SIGTERM (128 + 15)
+    assert json.loads((d / "exit.json").read_text())["exit_code"] == 0
+
+
+def test_double_forked_leftover_is_ended_after_the_job_exits(tmp_path):
+    marker = tmp_path / "orphan-pid"
+    # the job leaves a daemonized grandchild (its parent exits at once, so it is reparented)
+    d = launch(tmp_path / "r", [SH, "-c", f"(setsid sh -c 'sleep 120 & echo $! > {marker}; wait' &) ; sleep 0.3; exit 0"])
+    end = run(d)
+    assert end["exit_code"] == 0
+    orphan = int(marker.read_text())
+    deadline = time.time() + 5
+    while True:
+        try:
+            os.kill(orphan, 0)
+        except ProcessLookupError:
+            break
+        # a zombie awaiting reaping is gone too
+        try:
+            if Path(f"/proc/{orphan}/stat").read_text().split(")")[1].split()[0] == "Z":
+                break
+        except OSError:
+            break
+        assert time.time() < deadline, "the shim left the job's double-forked process running"
+        time.sleep(0.05)
+
+
+def test_rlimit_is_applied_in_the_child(tmp_path):
+    d = launch(tmp_path / "r", [SH, "-c", "ulimit -n"], rlimits={"RLIMIT_NOFILE": 77})
+    run(d)
+    assert (d / "output.log").read_text().strip() == "77"
+
+
+def test_peak_rss_and_cpu_time_are_the_jobs(tmp_path):
+    prog = "b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); import time; t = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    end = run(launch(tmp_path / "r", [sys.executable, "-c", prog]))
+    assert end["exit_code"] == 0
+    assert end["max_rss_kb"] > 190 * 1024, end
+    assert end["cpu_seconds"] >= 0.25, end
+
+
+def test_log_is_appended_not_truncated_and_keeps_its_mode(tmp_path):
+    d = launch(tmp_path / "r", [SH, "-c", "echo second"], log_mode=0o640)
+    (d / "output.log").write_text("runner: prepared\n")
+    run(d)
+    assert (d / "output.log").read_text() == "runner: prepared\nsecond\n"
+    assert (d / "output.log").stat().st_mode & 0o777 == 0o640
+
+
+def test_log_that_is_a_symlink_is_refused(tmp_path):
+    d = launch(tmp_path / "r", [SH, "-c", "echo should-not-land"])
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    (d / "output.log").symlink_to(target)
+    proc = spawn_shim(d)
+    proc.wait(timeout=30)
+    assert target.read_text() == ""  # O_NOFOLLOW: nothing written through the link
+    assert not (d / "exit.json").exists() or json.loads((d / "exit.json").read_text()).get("exit_code") is None
+
+
+def test_shim_starts_without_site_packages(tmp_path):
+    # -I -S: the shim must not depend on anything but the standard library
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", "import ast, sys; ast.parse(open(sys.argv[1]).read());"
+                        "import json, os, resource, signal, subprocess, time", str(Path("runner/shim.py").resolve())])
+    assert r.returncode == 0
+    src = Path("runner/shim.py").read_text()
+    imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= set(sys.stdlib_module_names), imports - set(sys.stdlib_module_names)

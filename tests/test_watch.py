@@ -1,0 +1,158 @@
+"""The log watcher on its own: reads in chunks and batches, restarts from its saved offset and
+parser state, waits for whole lines, caps what one look reads, and records checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runner import defaults, watch
+from runner.store import Store
+from runner.watch import LogWatcher, tail_lines
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "db")
+    s.insert_job({"id": "job1", "name": "x", "user": "u", "uid": 0, "kind": "command", "spec": {}, "gpus": [], "after": []})
+    return s
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    d = tmp_path / "job1"
+    d.mkdir()
+    return d
+
+
+def append(path, text: str | bytes):
+    with open(path, "ab") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+
+
+def losses(store):
+    return [(m["step"], m["value"]) for m in store.metrics("job1", "loss")]
+
+
+def test_a_line_split_across_writes_is_read_once_whole(store, job_dir):
+    log = job_dir / "output.log"
+    w = LogWatcher("job1", job_dir, None)
+    append(log, "step=1 loss=0.5\nstep=2 lo")
+    assert w.poll(store) == 1
+    assert store.get_job("job1")["log_offset"] == len("step=1 loss=0.5\n")  # not past the half line
+    append(log, "ss=0.25\n")
+    assert w.poll(store) == 1
+    assert losses(store) == [(1, 0.5), (2, 0.25)]
+
+
+def test_an_unterminated_last_line_is_read_at_the_end(store, job_dir):
+    log = job_dir / "output.log"
+    append(log, "step=1 loss=1\nstep=2 loss=2")
+    w = LogWatcher("job1", job_dir, None)
+    assert w.poll(store) == 1
+    assert w.poll(store, final=True) == 1
+    assert losses(store) == [(1, 1.0), (2, 2.0)]
+    assert store.get_job("job1")["log_offset"] == log.stat().st_size
+
+
+def test_one_transaction_per_batch_with_its_offset(store, job_dir, monkeypatch):
+    monkeypatch.setattr(defaults, "METRICS_BATCH_BYTES", 4096)
+    text = "".join(f"step={i} loss={i}\n" for i in range(2000))
+    append(job_dir / "output.log", text)
+    calls = []
+    real = store.record_progress
+    monkeypatch.setattr(store, "record_progress", lambda jid, pts, off, st=None: (calls.append((len(pts), off)), real(jid, pts, off, st)))
+    LogWatcher("job1", job_dir, None).poll(store, final=True)
+    assert len(calls) >= len(text) // 4096  # one per 4 KiB batch, not one for the whole read
+    offsets = [off for _, off in calls]
+    assert offsets == sorted(offsets) and offsets[-1] == len(text)
+    # each batch's offset is just past the lines whose points it holds
+    assert sum(n for n, _ in calls) == 2000
+    assert [s for s, _ in losses(store)] == list(range(2000))
+
+
+def test_restart_from_saved_offset_and_parser_state_reads_on_without_repeats(store, job_dir):
+    log = job_dir / "output.log"
+    # the generic parser keeps the epoch it last saw: that state must survive a restart
+    append(log, "epoch 3\nstep=1 loss=1\n")
+    LogWatcher("job1", job_dir, None).poll(store)
+    saved = store.get_job("job1")
+    append(log, "step=2 loss=2\n")
+    w2 = LogWatcher("job1", job_dir, None, saved["log_offset"], saved["parser_state"])
+    w2.poll(store, final=True)
+    pts = store.metrics("job1", "loss")
+    assert [(p["step"], p["value"]) for p in pts] == [(1, 1.0), (2, 2.0)]
+    assert [p["epoch"] for p in pts] == [pts[0]["epoch"], pts[0]["epoch"]]
+
+
+def test_progress_redraws_are_collapsed_and_a_line_is_read_once(store, job_dir):
+    # tqdm-style redraws: many \r segments, one newline; the parser sees the line as a person would
+    append(job_dir / "output.log", "".join(f"\rstep={i} loss={i / 10}" for i in range(1, 50)) + "\n")
+    LogWatcher("job1", job_dir, None).poll(store, final=True)
+    assert len(losses(store)) <= 1 + 1  # the final redraw (plus at most the first): not 49 points
+
+
+def test_one_look_reads_at_most_poll_bytes(store, job_dir, monkeypatch):
+    monkeypatch.setattr(watch, "POLL_BYTES", 64 << 10)
+    monkeypatch.setattr(watch, "READ_CHUNK", 16 << 10)
+    text = "".join(f"step={i} loss={i}\n" for i in range(40000))  # ~760 KB
+    append(job_dir / "output.log", text)
+    w = LogWatcher("job1", job_dir, None)
+    w.poll(store)
+    first = store.get_job("job1")["log_offset"]
+    assert 0 < first <= (64 << 10)
+    looks = 1
+    while store.get_job("job1")["log_offset"] < len(text):
+        w.poll(store)
+        looks += 1
+        assert looks < 100
+    assert looks >= len(text) // (64 << 10)
+    assert [s for s, _ in losses(store)] == list(range(40000))
+
+
+def test_missing_log_is_not_an_error_until_it_appears(store, job_dir):
+    w = LogWatcher("job1", job_dir, None)
+    assert w.poll(store) == 0
+    append(job_dir / "output.log", "step=1 loss=1\n")
+    assert w.poll(store) == 1
+
+
+def test_checkpoints_new_changed_and_in_progress(store, job_dir):
+    ck = job_dir / "checkpoints"
+    ck.mkdir()
+    w = LogWatcher("job1", job_dir, None, checkpoints=["checkpoints/*.pth", "checkpoints/**/*.bin"])
+    (ck / "last.pth").write_bytes(b"x" * 10)
+    (ck / "best.pth.tmp").write_bytes(b"x")  # not matched: still being written
+    (ck / "sub.tmp.1").mkdir()
+    (ck / "sub.tmp.1" / "w.bin").write_bytes(b"x")  # inside a folder being written
+    w.poll(store)
+    assert [(os.path.basename(a["path"]), a["size"]) for a in store.artifacts("job1")] == [("last.pth", 10)]
+    w.poll(store)
+    assert len(store.artifacts("job1")) == 1  # unchanged: not recorded again
+    (ck / "last.pth").write_bytes(b"x" * 20)
+    os.utime(ck / "last.pth", ns=(1, 1))
+    w.poll(store)
+    assert sorted(a["size"] for a in store.artifacts("job1")) in ([10, 20], [20])
+
+
+def test_a_checkpoint_that_is_someone_elses_file_is_not_recorded(store, job_dir, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file another owner")
+    (job_dir / "checkpoints").mkdir()
+    other = tmp_path / "secret.pth"
+    other.write_bytes(b"s")
+    os.chown(other, 12345, 12345)
+    (job_dir / "checkpoints" / "link.pth").symlink_to(other)
+    w = LogWatcher("job1", job_dir, None, checkpoints=["checkpoints/*.pth"], owner=4242)
+    w.poll(store)
+    assert store.artifacts("job1") == []
+
+
+def test_tail_lines_reads_only_the_end_and_resolves_redraws(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes(b"x" * (5 << 20) + b"\n" + b"".join(b"line %d\n" % i for i in range(100)) + b"a\rb\rfinal")
+    assert tail_lines(log, 3) == ["line 98", "line 99", "final"]
+    assert tail_lines(log, 3, max_bytes=8) == ["final"] or len(tail_lines(log, 3, max_bytes=8)) <= 1
+    assert tail_lines(tmp_path / "none", 5) == []
+    assert tail_lines(log, 0) == []
