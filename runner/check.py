@@ -40,48 +40,6 @@ LEARNS_LOSS_DROP = 0.2
 """Other tasks learn when the main metric is above zero and the training loss fell by this fraction."""
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def map50(preds: list, truth: list) -> float:
-    """Mean over classes with ground truth of the all-point interpolated average precision at IoU
-    0.5. preds[i]: (score, label, [x0, y0, x1, y1]) of image i; truth[i]: (label, box)."""
-    classes = sorted({lb for t in truth for lb, _ in t})
-    aps = []
-    for c in classes:
-        n_true = sum(lb == c for t in truth for lb, _ in t)
-        dets = sorted(((sc, i, box) for i, p in enumerate(preds) for sc, lb, box in p if lb == c), key=lambda d: -d[0])
-        used, tp = set(), []
-        for _, i, box in dets:
-            best, j_best = 0.5, None
-            for j, (lb, tbox) in enumerate(truth[i]):
-                if lb == c and (i, j) not in used and _iou(box, tbox) >= best:
-                    best, j_best = _iou(box, tbox), j
-            tp.append(j_best is not None)
-            if j_best is not None:
-                used.add((i, j_best))
-        ap, hits, prec_at = 0.0, 0, []
-        for k, hit in enumerate(tp, 1):
-            hits += hit
-            prec_at.append((hits / n_true, hits / k))
-        # all-point interpolation: precision made monotone from the right, summed over recall steps
-        best_p, prev_r = 0.0, 0.0
-        envelope = []
-        for r, p in reversed(prec_at):
-            best_p = max(best_p, p)
-            envelope.append((r, best_p))
-        for r, p in reversed(envelope):
-            ap += (r - prev_r) * p
-            prev_r = r
-        aps.append(ap)
-    return sum(aps) / len(aps) if aps else 0.0
-
-
 def learns_criteria(metric: str, classes: Optional[int], sizes: dict) -> dict:
     """The thresholds of the learns check, as the report states them."""
     if classes:
