@@ -61,7 +61,8 @@ class PlatformCallback(TrainerCallback):
         a = self.adapter
         epoch = max(1, int(round(state.epoch or 1)))
         extra = {k[len("eval_"):]: float(v) for k, v in (metrics or {}).items()
-                 if k.startswith("eval_") and k not in ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")}
+                 if k.startswith("eval_") and k not in ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+                                               "eval_model_preparation_time")}
         extra.update(a.extra_eval())
         result = MetricsResult(epoch=epoch, step=state.global_step, train_loss=self.train_loss,
                                val_loss=(metrics or {}).get("eval_loss"), metrics={f"val_{k}": v for k, v in extra.items()})
