@@ -108,6 +108,16 @@ def is_oom(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
+def inject_oom(batch_size: int):
+    """Fault injection for tests: FAULT_OOM_ABOVE_BATCH=N makes a batch size above N raise the
+    real exception torch raises when memory runs out (the retry policy around it is then real)."""
+    fault = os.environ.get("FAULT_OOM_ABOVE_BATCH")
+    if fault and batch_size > int(fault):
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch_size {batch_size} > {fault})")
+
+
 def write_json(path, data):
     """Atomic JSON write."""
     path = Path(path)

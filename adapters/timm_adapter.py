@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, write_json
+from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, inject_oom, write_json
 
 
 def _optimizer(name, params, lr, wd, momentum):
@@ -135,10 +135,7 @@ class TimmAdapter(TrainingAdapter):
 
     # -- train / validate -------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
-        fault = os.environ.get("FAULT_OOM_ABOVE_BATCH")
-        if fault and self.batch_size > int(fault):
-            # Fault injection for tests: the real exception type torch raises when memory runs out.
-            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch_size {self.batch_size} > {fault})")
+        inject_oom(self.batch_size)
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr_at(epoch)
         self.model.train()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import TrainerCallback, TrainingArguments, Trainer
 
-from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, write_json
+from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, inject_oom, write_json
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -349,6 +349,7 @@ class TransformersAdapter(TrainingAdapter):
                        callbacks=[PlatformCallback(self)])
 
     def fit(self):
+        inject_oom(self.batch_size)
         self._epoch_t0 = time.time()
         trainer = self._trainer(self.epochs)
         resume = self.cfg.get("resume")

@@ -18,7 +18,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from ultralytics import YOLO  # noqa: E402
 
-from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, write_json  # noqa: E402
+from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, inject_oom, write_json  # noqa: E402
 
 
 class UltralyticsAdapter(TrainingAdapter):
@@ -54,6 +54,7 @@ class UltralyticsAdapter(TrainingAdapter):
         if self.cfg.get("resume"):
             self.model = YOLO(self.cfg["resume"])
             args = {"resume": True, **{k: args[k] for k in ("device", "workers", "batch") if k in args}}
+        inject_oom(int(args.get("batch") or 0))
         results = self.model.train(**args)
         self.trainer = self.model.trainer
         return results

@@ -69,3 +69,15 @@ def test_regex_parser_named_groups_and_ignore():
     assert p.feed_line("  0/2   1.5  2.5") == [("box_loss", 1.5, None, 1), ("cls_loss", 2.5, None, 1)]
     assert p.feed_line("   all   8   12   0.5  0.25") == [("val_precision", 0.5, None, 1), ("val_recall", 0.25, None, 1)]
     assert p.feed_line("Validating best.pt all 8 12 0.9 0.9") == []
+
+
+def test_results_file_comparison_finds_disagreements():
+    from log_parsers.results import compare
+
+    results = {1: {"acc": 0.4, "loss": 1.0}, 2: {"acc": 0.5, "loss": 0.8}}
+    parsed = {1: {"val_acc": 0.4, "train_loss": 1.0}, 2: {"val_acc": 0.5001, "train_loss": 0.8}}
+    assert compare(results, parsed, {"acc": "val_acc", "loss": "train_loss"}) == (4, [])  # within the printed precision
+    n, bad = compare(results, {**parsed, 2: {"val_acc": 0.55, "train_loss": 0.8}}, {"acc": "val_acc", "loss": "train_loss"})
+    assert n == 4 and bad == ["epoch 2: acc=0.5 in the results file, val_acc=0.55 in the log"]
+    n, bad = compare({**results, 3: {"acc": 0.6}}, parsed, {"acc": "val_acc"})
+    assert bad == ["epoch 3: in the results file, not in the log"]

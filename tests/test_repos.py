@@ -154,6 +154,14 @@ def test_repo_job_end_to_end(runner, daemon, home, trainrepo, shapes, tmp_path):
     assert len(caches) == 1
     assert "ready" in runner.run("logs", j2["id"]).stdout.split("env repo:testrepo")[1].splitlines()[0]
 
+    # the same repo with its results file mapped onto the wrong log metric: the job says so
+    table = repo_table(f"file://{src}", first)
+    table["parser"]["results_file"]["compare"] = {"acc": "val_loss"}
+    add_table(home, "wrongmap", table)
+    j3 = runner.wait_state(runner.submit(job(tmp_path, shapes, name="wrongmap")), timeout=300)
+    assert j3["state"] == "succeeded"
+    assert j3["note"].startswith("results file disagrees with the log: epoch 1: acc=0.4 in the results file, val_loss="), j3["note"]
+
 
 @pytest.mark.slow
 def test_patch_that_no_longer_applies_fails_at_preparing(runner, daemon, home, trainrepo, shapes, tmp_path):

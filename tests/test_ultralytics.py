@@ -156,3 +156,21 @@ def test_check_every_ultralytics_model(runner, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["total"] == 14 and [m["model"] for m in report["models"] if m["status"] == "failed" or len(m["checks"]) != 6
                                                                   or not all(c["ok"] for c in m["checks"][:5])] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("auto", [True, False])
+def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daemon, tmp_path, auto):
+    # torch.OutOfMemoryError is injected above batch 4 (FAULT_OOM_ABOVE_BATCH) where YOLO.train
+    # starts; the retry policy around it is the adapter's own.
+    spec = tmp_path / "oom.json"
+    spec.write_text(json.dumps({"model": "ultralytics/yolov8n", "dataset": {"path": str(make_yolo(tmp_path / "det", "detect")), "format": "yolo"},
+                                "train": {"epochs": 1, "batch_size": 8, "input_size": 64, "auto_batch_size": auto},
+                                "env_vars": {"FAULT_OOM_ABOVE_BATCH": "4"}}))
+    job = runner.wait_state(runner.submit(spec), timeout=600)
+    log = runner.run("logs", job["id"]).stdout
+    if auto:
+        assert "out of memory at batch_size=8; retrying once with batch_size=4" in log
+        assert job["state"] == "succeeded", job.get("log_tail")
+    else:
+        assert (job["state"], job["reason"]) == ("failed", "oom"), job.get("log_tail")
