@@ -52,4 +52,6 @@ for fw in "${@:-timm}"; do
     "$PY" -m runner check --framework "$fw" --out "docs/checks/$fw" || true
   fi
   rm -rf "docs/checks/$fw/data"
+  # a repo fetched from a local snapshot names its folder in error lines: keep this machine's folders out
+  sed -i -E 's#file://(/[^ )"\\]*)?/([^/ )"\\]+/repo)#file:///.../\2#g' "docs/checks/$fw/report.md" "docs/checks/$fw/report.json" 2>/dev/null || true
 done
