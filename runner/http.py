@@ -112,10 +112,19 @@ def create_app(home, daemon=None) -> FastAPI:
         except KeyError:
             raise HTTPException(401, f"the token's user (uid {uid}) no longer exists") from None
 
+    from types import SimpleNamespace
+
+    from .web.auth import COOKIE, Sessions
+
+    sessions = Sessions(home, book)
+
     async def _beyond_loopback(request: Request, call_next):
-        if request.url.path != "/healthz":
+        path = request.url.path
+        # open: health, the dashboard's static files and its sign-in page; the rest needs a token
+        # or a signed-in session
+        if path != "/healthz" and not path.startswith("/static/") and path != "/ui/login":
             kind, _, token = request.headers.get("authorization", "").partition(" ")
-            if kind.lower() != "bearer" or book.uid(token.strip()) is None:
+            if (kind.lower() != "bearer" or book.uid(token.strip()) is None) and sessions.uid(request.cookies.get(COOKIE)) is None:
                 return FastJSON(status_code=401, content={"error": "the daemon is served beyond loopback: every request needs "
                                                                    "a valid Authorization: Bearer TOKEN (`runner token`)"})
         return await call_next(request)
@@ -281,4 +290,8 @@ def create_app(home, daemon=None) -> FastAPI:
             raise HTTPException(404, f"framework {name!r} has no settings schema")
         return s
 
+    from .web import mount
+
+    mount(app, SimpleNamespace(home=home, store=store, daemon=daemon, book=book, registry=registry, share_logs=share_logs,
+                               bearer=caller, sessions=sessions))
     return app

@@ -87,6 +87,11 @@ class TokenBook:
                 by_hash[_hash(token)] = int(name)
         self._by_hash, self._stamp = by_hash, stamp
 
+    def hash_of(self, uid: int) -> str | None:
+        """The hash of uid's current token (what sessions and sign-in links are bound to), or None."""
+        self._load()
+        return next((h for h, u in self._by_hash.items() if u == uid), None)
+
     def uid(self, token: str) -> int | None:
         """The user a token belongs to, or None."""
         self._load()

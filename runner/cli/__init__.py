@@ -28,6 +28,7 @@ VERBS = {
     "repo": ("runner.cli.repo_cmd", "repo", "add, list, show and remove pinned GitHub repos"),
     "token": ("runner.cli.jobs", "token", "print your personal token for the HTTP API (made on first use)"),
     "dataset": ("runner.cli.dataset_cmd", "dataset", "check or convert a DOTA, HRSC2016 or Pascal VOC dataset"),
+    "web-login": ("runner.cli.jobs", "web_login", "print a one-time link that signs you in to the dashboard"),
 }
 
 
@@ -142,7 +143,12 @@ def _token(p):
     p.add_argument("--rotate", action="store_true", help="replace your token with a new one (the old one stops working)")
 
 
-ADD_ARGS = {"dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
+def _web_login(p):
+    p.add_argument("--url", default=os.environ.get("RUNNER_URL"), help="the dashboard's address as your browser reaches it "
+                   "(default: the daemon's HTTP bind; env RUNNER_URL)")
+
+
+ADD_ARGS = {"web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

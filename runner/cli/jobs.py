@@ -215,6 +215,45 @@ def retry(args):
     return 0
 
 
+def web_login(args):
+    """runner web-login [--url URL]: a link, valid once for 5 minutes, that signs you in to the
+    dashboard as yourself (signed with your token, which only you and the daemon can read)."""
+    import contextlib
+    import io
+    import json
+
+    from runner.web.auth import new_link
+
+    h = home(args)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        token(argparse_namespace(home=args.home, rotate=False))  # yours, made on first use
+    url = args.url
+    if not url:
+        try:
+            bind = json.loads((h.root / "daemon.json").read_text()).get("http")
+        except (OSError, ValueError):
+            bind = None
+        if not bind:
+            from runner.exceptions import RunnerError
+
+            raise RunnerError("the daemon serves no HTTP (started with --http none?); pass --url")
+        host, _, port = bind.rpartition(":")
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            import socket
+
+            host = socket.getfqdn()
+        url = f"http://{host}:{port}"
+    print(new_link(h, buf.getvalue().strip(), os.getuid(), url))
+    return 0
+
+
+def argparse_namespace(**kw):
+    import argparse
+
+    return argparse.Namespace(**kw)
+
+
 def token(args):
     """runner token [--rotate]: your personal token for the HTTP API."""
     from runner import spool, tokens

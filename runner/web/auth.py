@@ -1,0 +1,120 @@
+"""Who is signed in to the dashboard, and writes protected against cross-site requests.
+
+A session is a signed cookie: `uid.expiry.signature`, signed with the daemon's secret
+($RUNNER_HOME/web.key, 0600) and with the hash of the user's current token, so rotating one's
+token (`runner token --rotate`) ends every session of hers. A person gets one by running
+`runner web-login` on the server (a link valid for a few minutes, usable once, signed with her
+token, which only she and the daemon can read) or by pasting her token into the sign-in page.
+
+Writes from a page need the session and a CSRF value bound to it (a form field or the
+X-Runner-CSRF header htmx sends); a request whose Origin names another site is refused. The
+cookie is HttpOnly and SameSite=Strict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+
+COOKIE = "runner_session"
+SESSION_SECONDS = 12 * 3600
+LINK_SECONDS = 300
+
+
+def _secret(home) -> bytes:
+    """The daemon's signing key, made on first use (0600, the daemon's)."""
+    path = home.root / "web.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        from ..atomic import write_bytes
+
+        write_bytes(path, secrets.token_bytes(32), mode=0o600)
+        return path.read_bytes()
+
+
+def link_signature(token_hash: str, uid: int, expiry: int, nonce: str) -> str:
+    """What `runner web-login` signs with (the hash of) her token and the server checks."""
+    return hmac.new(token_hash.encode(), f"login.{uid}.{expiry}.{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Sessions:
+    """Signs and reads session cookies; checks one-time login links."""
+
+    def __init__(self, home, book):
+        self.home = home
+        self.book = book
+        self.key = _secret(home)
+        self._used: dict[str, float] = {}  # nonces of links already used, until they expire
+        self._lock = threading.Lock()
+
+    def _sig(self, uid: int, expiry: int) -> str | None:
+        th = self.book.hash_of(uid)
+        if th is None:
+            return None
+        return hmac.new(self.key, f"session.{uid}.{expiry}.{th}".encode(), hashlib.sha256).hexdigest()
+
+    def make(self, uid: int, now: float | None = None) -> str:
+        expiry = int((now or time.time()) + SESSION_SECONDS)
+        return f"{uid}.{expiry}.{self._sig(uid, expiry)}"
+
+    def uid(self, cookie: str | None, now: float | None = None) -> int | None:
+        """The user of a valid, unexpired session cookie, else None."""
+        if not cookie or cookie.count(".") != 2:
+            return None
+        uid_s, exp_s, sig = cookie.split(".")
+        if not (uid_s.isdigit() and exp_s.isdigit()) or int(exp_s) < (now or time.time()):
+            return None
+        want = self._sig(int(uid_s), int(exp_s))
+        return int(uid_s) if want and hmac.compare_digest(want, sig) else None
+
+    def csrf(self, cookie: str) -> str:
+        """The CSRF value of a session (its pages carry it; its writes must send it back)."""
+        return hmac.new(self.key, f"csrf.{cookie}".encode(), hashlib.sha256).hexdigest()[:40]
+
+    def check_link(self, uid: int, expiry: int, nonce: str, sig: str, now: float | None = None) -> str | None:
+        """None when the one-time link is good (and marks it used), else why not, in one line."""
+        now = now or time.time()
+        if expiry < now:
+            return "this sign-in link has expired: run `runner web-login` again"
+        if expiry > now + LINK_SECONDS + 60:
+            return "this sign-in link is not one `runner web-login` made"
+        th = self.book.hash_of(uid)
+        if th is None or not hmac.compare_digest(link_signature(th, uid, expiry, nonce), sig):
+            return "this sign-in link is not valid (was the token rotated?): run `runner web-login` again"
+        with self._lock:
+            for n, t in list(self._used.items()):
+                if t < now:
+                    del self._used[n]
+            if nonce in self._used:
+                return "this sign-in link was already used: run `runner web-login` again"
+            self._used[nonce] = expiry
+        return None
+
+
+def new_link(home, token: str, uid: int, base_url: str, now: float | None = None) -> str:
+    """A one-time sign-in link for the holder of `token` (made by `runner web-login`, as her)."""
+    expiry = int((now or time.time()) + LINK_SECONDS)
+    nonce = secrets.token_urlsafe(12)
+    sig = link_signature(token_hash(token), uid, expiry, nonce)
+    return f"{base_url.rstrip('/')}/ui/login?u={uid}&e={expiry}&n={nonce}&s={sig}"
+
+
+def same_origin(request) -> bool:
+    """False when the request says it comes from another site (Origin or Referer host differs)."""
+    from urllib.parse import urlsplit
+
+    host = request.headers.get("host", "")
+    for header in ("origin", "referer"):
+        value = request.headers.get(header)
+        if value and value != "null":
+            return urlsplit(value).netloc == host
+    return os.environ.get("RUNNER_WEB_ALLOW_NO_ORIGIN", "1") == "1"  # a same-site form from an old browser

@@ -1,0 +1,386 @@
+"""The dashboard's routes: queue, job, compare, models, submit, GPUs, envs, check reports, sign-in."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from fastapi import Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from .. import queries
+from ..exceptions import JobNotFound, PermissionDenied, RunnerError, SpecError
+from . import HERE, auth, forms, license_warning, series
+
+ENDED = ("succeeded", "failed", "cancelled")
+PAGE = 50
+
+
+def _env():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
+    env.filters["age"] = lambda t: "" if not t else _dur(time.time() - t)
+    env.filters["dur"] = lambda s: "" if s is None else _dur(s)
+    env.filters["size"] = _size
+    env.filters["when"] = lambda t: "" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    env.filters["words"] = lambda s: (s or "").replace("_", " ")
+    return env
+
+
+def _dur(s: float) -> str:
+    s = max(0, int(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _size(n) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def routes(app, ctx):
+    env = _env()
+    home, store = ctx.home, ctx.store
+    sessions = ctx.sessions
+    warn_patterns = tuple(home.config.get("web", {}).get("license_warn", ())) or None
+
+    def viewer(request: Request):
+        """The person signed in (session cookie) or behind the request's token, else None."""
+        from ..identity import person
+
+        uid = sessions.uid(request.cookies.get(auth.COOKIE))
+        if uid is None and request.headers.get("authorization"):
+            try:
+                return ctx.bearer(request)
+            except Exception:
+                return None
+        try:
+            return person(uid) if uid is not None else None
+        except KeyError:
+            return None
+
+    def render(request: Request, name: str, status: int = 200, **kw) -> HTMLResponse:
+        who = viewer(request)
+        cookie = request.cookies.get(auth.COOKIE)
+        kw.update(who=who, csrf=sessions.csrf(cookie) if cookie and who else "", path=request.url.path, now=time.time())
+        return HTMLResponse(env.get_template(name).render(**kw), status_code=status)
+
+    def actor(request: Request, csrf: str | None):
+        """Who may write from a page: a session with its CSRF value from this site, or a token."""
+        if request.headers.get("authorization"):
+            return ctx.bearer(request)
+        cookie = request.cookies.get(auth.COOKIE)
+        who = viewer(request)
+        if who is None:
+            raise PermissionDenied("sign in first: run `runner web-login` on the server (or use your token)")
+        import hmac
+
+        sent = csrf or request.headers.get("x-runner-csrf") or ""
+        if not auth.same_origin(request) or not hmac.compare_digest(sent, sessions.csrf(cookie)):
+            raise PermissionDenied("this request did not come from a runner page (cross-site request refused)")
+        return who
+
+    def can_act(who, job) -> bool:
+        return who is not None and (who.uid == 0 or who.uid == job.get("uid"))
+
+    def may_read_log(request, job) -> bool:
+        who = viewer(request)
+        return ctx.share_logs or (who is not None and who.uid in (0, job.get("uid")))
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse("/ui/", status_code=307)
+
+    # -- queue -----------------------------------------------------------------------------
+    def queue_data(user: str, state: str, model: str, page: int) -> dict:
+        from ..queries import JOB_FIELDS, _spooled, spooled_view
+
+        def keep(j):
+            return (not user or j["user"] == user) and (not model or (j.get("model") or "") == model)
+
+        cols = ", ".join(JOB_FIELDS)
+        active, queued, submitted = [], [], []
+        if not state or state in ("running", "preparing"):
+            active = [j for j in store.list_jobs(states=[state] if state else ["running", "preparing"], columns=JOB_FIELDS) if keep(j)]
+        if not state or state == "queued":
+            order = store.queued_jobs()
+            pos = {j["id"]: i + 1 for i, j in enumerate(order)}
+            rows = store.conn.execute(f"SELECT {cols} FROM jobs WHERE state='queued'").fetchall()
+            queued = sorted((dict(j, position=pos.get(j["id"])) for j in rows if keep(j)), key=lambda j: j["position"] or 0)
+        if not state or state == "submitted":
+            submitted = [s for s in (spooled_view(r) for r in _spooled(home)) if keep(s)]
+        where, args = [], []
+        ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
+        total_ended, ended = 0, []
+        if ended_states:
+            where.append(f"state IN ({','.join('?' * len(ended_states))})")
+            args += ended_states
+            if user:
+                where.append("user=?")
+                args.append(user)
+            if model:
+                where.append("model=?")
+                args.append(model)
+            w = " AND ".join(where)
+            total_ended = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE {w}", args).fetchone()["n"]
+            ended = store.conn.execute(f"SELECT {cols} FROM jobs WHERE {w} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                                       args + [PAGE, page * PAGE]).fetchall()
+        for j in active + queued + ended:
+            j["age"] = time.time() - (j.get("created_at") or time.time())
+        return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended,
+                "page": page, "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
+
+    def _filters(user, state, model, page):
+        return {"user": user or "", "state": state or "", "model": model or "", "page": page}
+
+    @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
+    def queue(request: Request, user: str = Query("", max_length=64), state: str = Query("", max_length=16),
+              model: str = Query("", max_length=200), page: int = Query(0, ge=0, le=10**6)):
+        users = [r["user"] for r in store.conn.execute("SELECT DISTINCT user FROM jobs ORDER BY user").fetchall()]
+        return render(request, "queue.html", f=_filters(user, state, model, page), users=users,
+                      states=["running", "preparing", "queued", "submitted", *ENDED], **queue_data(user, state, model, page))
+
+    @app.get("/ui/queue/rows", response_class=HTMLResponse, include_in_schema=False)
+    def queue_rows(request: Request, user: str = Query("", max_length=64), state: str = Query("", max_length=16),
+                   model: str = Query("", max_length=200), page: int = Query(0, ge=0, le=10**6)):
+        return render(request, "_queue_rows.html", f=_filters(user, state, model, page), **queue_data(user, state, model, page))
+
+    # -- one job ------------------------------------------------------------------------------
+    def _metric_names(jid: str) -> list[str]:
+        return [r["name"] for r in store.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (jid,)).fetchall()]
+
+    @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(request: Request, job_id: str):
+        job = queries.find_job(home, store, job_id)
+        if job.get("state") == "submitted" or "seq" not in job or job.get("seq") is None:
+            return render(request, "job.html", job=job, view=job, names=[], env_lock=None, arts=[], spec_yaml=_yaml(job.get("spec")),
+                          can_act=can_act(viewer(request), job), log_ok=False, active=True)
+        view = queries.job_view(store, job, full=True)
+        env_lock = None
+        if job.get("env_hash"):
+            row = next((e for e in store.envs() if e["hash"] == job["env_hash"]), None)
+            if row:
+                try:
+                    env_lock = (Path(row["path"]) / "requirements.lock").read_text()[:20000]
+                except OSError:
+                    env_lock = None
+        names = _metric_names(job["id"])
+        default_metric = next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else None)
+        return render(request, "job.html", job=job, view=view, names=names, default_metric=default_metric, env_lock=env_lock, arts=view["artifacts"],
+                      spec_yaml=_yaml(job["spec"]), can_act=can_act(viewer(request), job), log_ok=may_read_log(request, job),
+                      active=job["state"] in ("queued", "preparing", "running"))
+
+    @app.get("/ui/jobs/{job_id}/log", response_class=PlainTextResponse, include_in_schema=False)
+    def job_log(request: Request, job_id: str, tail: int = Query(200, ge=1, le=5000)):
+        job = store.get_job(job_id)
+        if not may_read_log(request, job):
+            return PlainTextResponse(f"(the log of {job['id']} is {job['user']}'s: sign in as her to read it)", status_code=403)
+        from ..watch import tail_lines
+
+        return PlainTextResponse(strip_ansi("\n".join(tail_lines(home.run_dir(job["id"]) / "output.log", tail))))
+
+    @app.get("/jobs/{job_id}/series", tags=["jobs"])
+    async def job_series(job_id: str, name: str = Query(..., max_length=200), points: int = Query(series.MAX_POINTS, ge=4, le=20000)):
+        """One metric for a chart: x (step, epoch or index), y, downsampled to at most `points`
+        (the min and max of each bucket), with the stored count."""
+        j = store.get_job(job_id)
+        return JSONResponse(series.series(store, j["id"], name, points))
+
+    @app.post("/ui/jobs/{job_id}/cancel", include_in_schema=False)
+    async def ui_cancel(request: Request, job_id: str):
+        from .. import writes
+
+        form = await request.form()
+        who = actor(request, form.get("csrf"))
+        job = queries.find_job(home, store, job_id)
+        writes.cancel(home, job, who.uid, owner=(who.uid, who.gid))
+        return RedirectResponse(form.get("next") or f"/ui/jobs/{job['id']}", status_code=303)
+
+    @app.post("/ui/jobs/{job_id}/retry", include_in_schema=False)
+    async def ui_retry(request: Request, job_id: str):
+        from .. import writes
+
+        form = await request.form()
+        who = actor(request, form.get("csrf"))
+        rec = writes.retry(home, store.get_job(job_id), who.uid, owner=(who.uid, who.gid))
+        return RedirectResponse(f"/ui/jobs/{rec['id']}", status_code=303)
+
+    # -- compare --------------------------------------------------------------------------------
+    @app.get("/ui/compare", response_class=HTMLResponse, include_in_schema=False)
+    def compare(request: Request, ids: str = Query("", max_length=2000), metric: str = Query("", max_length=200)):
+        refs = [i for i in ids.replace(" ", ",").split(",") if i][:10]
+        jobs = []
+        for r in refs:
+            try:
+                jobs.append(store.get_job(r))
+            except JobNotFound:
+                pass
+        names = sorted(set.intersection(*[set(_metric_names(j["id"])) for j in jobs])) if jobs else []
+        metric = metric or next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
+        flat = [dict(_flatten(j["spec"])) for j in jobs]
+        keys = sorted(set().union(*flat)) if flat else []
+        diff = [(k, [f.get(k, "") for f in flat]) for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+        return render(request, "compare.html", jobs=jobs, names=names, metric=metric, diff=diff, ids=",".join(j["id"] for j in jobs))
+
+    # -- models and submit ------------------------------------------------------------------------
+    @app.get("/ui/models", response_class=HTMLResponse, include_in_schema=False)
+    def models(request: Request, q: str = Query("", max_length=100), framework: str = Query("", max_length=50),
+               task: str = Query("", max_length=50), tags: str = Query("", max_length=200)):
+        reg = ctx.registry()
+        every = reg.list_models()
+        chosen = [m for m in reg.list_models("*", framework or None, task or None, tags.split(","))
+                  if not q or q.lower() in (m["ref"] + " " + (m.get("display_name") or "") + " " + " ".join(m.get("tags", []))).lower()]
+        for m in chosen:
+            m["warning"] = license_warning(m.get("license"), warn_patterns) if warn_patterns else license_warning(m.get("license"))
+        return render(request, "models.html", models=chosen, total=len(every), f={"q": q, "framework": framework, "task": task, "tags": tags},
+                      frameworks=sorted({m["framework"] for m in every}), tasks=sorted({m.get("task_type") or "" for m in every} - {""}),
+                      all_tags=sorted({t for m in every for t in m.get("tags", [])}))
+
+    def _submit_page(request, model_ref: str, values: dict, errors: dict, status=200, general=None):
+        reg = ctx.registry()
+        model = reg.get_model(model_ref) if model_ref else None
+        if model is None:
+            return render(request, "submit.html", model=None, models=reg.list_models(), fields=[], values={}, errors={},
+                          general=general, yaml="", status=status if model_ref == "" else 404)
+        fields = forms.fields_for(model, reg)
+        spec = forms.spec_from(model, fields, values)
+        return render(request, "submit.html", model=model, models=[], fields=fields, values=values, errors=errors, general=general,
+                      yaml=_yaml(spec), warning=license_warning(model.get("license")), status=status)
+
+    @app.get("/ui/submit", response_class=HTMLResponse, include_in_schema=False)
+    def submit_form(request: Request, model: str = Query("", max_length=200)):
+        return _submit_page(request, model, {}, {})
+
+    @app.post("/ui/submit/preview", response_class=PlainTextResponse, include_in_schema=False)
+    async def submit_preview(request: Request):
+        form = dict(await request.form())
+        reg = ctx.registry()
+        model = reg.get_model(form.get("model", ""))
+        if model is None:
+            return PlainTextResponse("")
+        return PlainTextResponse(_yaml(forms.spec_from(model, forms.fields_for(model, reg), form)))
+
+    @app.post("/ui/submit", include_in_schema=False)
+    async def submit(request: Request):
+        from .. import writes
+
+        form = dict(await request.form())
+        who = actor(request, form.get("csrf"))
+        reg = ctx.registry()
+        model = reg.get_model(form.get("model", ""))
+        if model is None:
+            return _submit_page(request, form.get("model", ""), form, {}, 404, general=f"model {form.get('model')!r} is not in the registry")
+        fields = forms.fields_for(model, reg)
+        try:
+            spec = forms.spec_from(model, fields, form, strict=True)
+            rec, _warnings = writes.submit(home, store, spec, Path(who.home), who)
+        except SpecError as e:
+            return _submit_page(request, model["ref"], form, forms.errors_by_field(e.problems), 422,
+                                general=None if forms.errors_by_field(e.problems).keys() - {"_"} else "; ".join(e.problems))
+        except RunnerError as e:
+            return _submit_page(request, model["ref"], form, {}, 409, general=str(e))
+        return RedirectResponse(f"/ui/jobs/{rec['id']}", status_code=303)
+
+    # -- GPUs, envs, check reports ----------------------------------------------------------------
+    @app.get("/ui/gpus", response_class=HTMLResponse, include_in_schema=False)
+    def gpus(request: Request):
+        inv = ctx.daemon.inventory if ctx.daemon else __import__("runner.gpus", fromlist=["inventory"]).inventory(home.config)
+        rows = queries.gpu_view(store, inv)
+        holders = {j["id"]: j for j in store.list_jobs(states=["running", "preparing"], columns=("id", "user", "name", "model"))}
+        return render(request, "gpus.html", gpus=rows, inv=inv, holders=holders)
+
+    @app.get("/ui/envs", response_class=HTMLResponse, include_in_schema=False)
+    def envs(request: Request):
+        return render(request, "envs.html", envs=store.envs(), builds=store.env_builds(50))
+
+    @app.get("/ui/checks", response_class=HTMLResponse, include_in_schema=False)
+    def checks(request: Request):
+        return render(request, "checks.html", reports=check_reports(home))
+
+    # -- signing in -------------------------------------------------------------------------------
+    @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
+    def login(request: Request, u: Optional[int] = None, e: Optional[int] = None, n: str = Query("", max_length=64),
+              s: str = Query("", max_length=128)):
+        if u is None:
+            return render(request, "login.html", error=None)
+        why = sessions.check_link(u, e or 0, n, s)
+        if why:
+            return render(request, "login.html", error=why, status=403)
+        return _signed_in(request, u)
+
+    @app.post("/ui/login", include_in_schema=False)
+    async def login_token(request: Request):
+        form = await request.form()
+        uid = ctx.book.uid(str(form.get("token", "")).strip())
+        if uid is None:
+            return render(request, "login.html", error="unknown token (`runner token` prints yours)", status=403)
+        return _signed_in(request, uid)
+
+    def _signed_in(request, uid: int):
+        r = RedirectResponse("/ui/", status_code=303)
+        r.set_cookie(auth.COOKIE, sessions.make(uid), max_age=auth.SESSION_SECONDS, httponly=True, samesite="strict",
+                     secure=request.url.scheme == "https", path="/")
+        return r
+
+    @app.post("/ui/logout", include_in_schema=False)
+    async def logout(request: Request):
+        r = RedirectResponse("/ui/", status_code=303)
+        r.delete_cookie(auth.COOKIE, path="/")
+        return r
+
+    @app.exception_handler(PermissionDenied)
+    async def _denied(request: Request, exc: PermissionDenied):
+        if request.url.path.startswith("/ui/"):
+            return HTMLResponse(env.get_template("error.html").render(message=str(exc), who=viewer(request), csrf="", path=""), status_code=403)
+        return JSONResponse(status_code=403, content={"error": str(exc)})
+
+    return Response
+
+
+def strip_ansi(text: str) -> str:
+    """A log as plain text: ANSI colour and cursor sequences removed."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]", "", text)
+
+
+def _yaml(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True) if data else ""
+
+
+def _flatten(d, prefix=""):
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def check_reports(home) -> list[dict]:
+    """The plugin check reports this install can show: docs/checks/*/report.json of the source tree
+    and $RUNNER_HOME/checks/*/report.json."""
+    out = []
+    roots = [Path(__file__).resolve().parents[2] / "docs" / "checks", home.root / "checks"]
+    for root in roots:
+        for p in sorted(root.glob("*/report.json")):
+            try:
+                rep = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append({"name": p.parent.name, **rep})
+    return out
