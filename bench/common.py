@@ -84,3 +84,11 @@ def tmp_home() -> Path:
 
 def median(values):
     return statistics.median(values)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

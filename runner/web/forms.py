@@ -7,14 +7,14 @@ from __future__ import annotations
 
 PLATFORM = [
     {"name": "name", "label": "job name", "type": "str", "group": "job", "description": "Shown in the queue (default: the model)"},
+    {"name": "resources.gpus", "label": "GPUs", "type": "int", "default": 0, "min": 0, "max": 64, "group": "job"},
+    {"name": "priority", "label": "priority", "type": "int", "default": 0, "min": -1000, "max": 1000, "group": "job",
+     "description": "Higher starts first; then the oldest"},
     {"name": "dataset.path", "label": "dataset path", "type": "str", "group": "dataset", "required": True,
      "description": "A folder (or data.yaml) on this server that you can read"},
     {"name": "dataset.format", "label": "dataset format", "type": "choice", "group": "dataset"},
     {"name": "dataset.annotations", "label": "annotations file", "type": "str", "group": "dataset",
      "description": "COCO only: the annotations JSON"},
-    {"name": "resources.gpus", "label": "GPUs", "type": "int", "default": 0, "min": 0, "max": 64, "group": "job"},
-    {"name": "priority", "label": "priority", "type": "int", "default": 0, "min": -100, "max": 100, "group": "job",
-     "description": "Higher starts first; then the oldest"},
 ]
 
 

@@ -23,8 +23,9 @@ def read(store, job_id: str, name: str) -> tuple[list, list, list]:
 
 
 def x_axis(steps: list, epochs: list) -> tuple[str, list]:
-    """Steps where every point has one, else epochs where every point has one, else the point's index."""
-    if steps and all(s is not None for s in steps):
+    """Steps where every point has one and they increase, else epochs where every point has one,
+    else the point's index (a per-epoch metric whose step counts within the epoch is by epoch)."""
+    if steps and all(s is not None for s in steps) and all(a < b for a, b in zip(steps, steps[1:])):
         return "step", steps
     if epochs and all(e is not None for e in epochs):
         return "epoch", epochs

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Screenshots of every dashboard page into docs/ui/ (headless Debian chromium, a real daemon, real jobs):
+#   bash scripts/ui-screenshots.sh
+. "$(dirname "$0")/setup.sh"
+export HF_HUB_OFFLINE=1
+"$PY" scripts/ui_screenshots.py
