@@ -60,6 +60,8 @@ def audit(home) -> list[str]:
             check(p, 0o600, uid=int(p.name), label=f": the token of {_name(int(p.name))}")
     for p in (home.db, home.db.with_name("runner.db-wal"), home.db.with_name("runner.db-shm")):
         check(p, label=": the store")
+    if (home.root / "web.key").exists():
+        check(home.root / "web.key", 0o600, label=": the key that signs dashboard sessions")
     for p in (home.envs, home.repos, home.jobs, home.run, home.cache):
         check(p)
     jobs = {}
