@@ -66,7 +66,7 @@ def submit_to_start(n: int):
         try:
             for i in range(n):
                 out = tsp.dir / f"start{i}"
-                tsp.run("-n", "/bin/sh", "-c", f"date +%s.%N > {out}")
+                tsp.run("/bin/sh", "-c", f"date +%s.%N > {out}")
                 t_ret = time.time()
                 while not out.exists() or not out.read_text().strip():
                     time.sleep(0.001)
@@ -102,9 +102,9 @@ def drain(n: int, slots: int = 4):
     try:
         go = tsp.dir / "go"
         for _ in range(slots):
-            tsp.run("-n", "/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.005; done")
+            tsp.run("/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.005; done")
         for _ in range(n):
-            last = tsp.run("-n", "/bin/true")
+            last = tsp.run("/bin/true")
         t0 = time.time()
         go.write_text("")
         tsp.run("-w", last)
@@ -139,7 +139,7 @@ def cli_times(reps: int):
     if shutil.which("tsp"):
         tsp = Tsp(1)
         try:
-            for name, args in (("tsp (enqueue)", ("-n", "true")), ("tsp -l", ("-l",))):
+            for name, args in (("tsp (enqueue)", ("true",)), ("tsp -l", ("-l",))):
                 ts = []
                 for _ in range(reps):
                     t0 = time.perf_counter()
@@ -213,7 +213,7 @@ def overhead(seconds: float, reps: int):
     spawn to exit; runner: the job's start to its end as the shim recorded them, so the queue's
     pickup latency, measured apart, is not counted twice)."""
     home = tmp_home()
-    p = home / "work.py"
+    p = home.parent / "work.py"  # beside the state folder: a job's workdir may not be inside it
     p.write_text(WORK)
     probe = 2_000_000
     t0 = time.perf_counter()
@@ -230,7 +230,9 @@ def overhead(seconds: float, reps: int):
             r = subprocess.run([sys.executable, str(p), str(n)], capture_output=True, text=True)
             hand["wall"].append(time.perf_counter() - t0)
             hand["work"].append(float(r.stdout.strip().splitlines()[-1].split("=")[1]))
-            jid = cli(home, "submit", "--workdir", str(home), "--", sys.executable, str(p), str(n)).stdout.strip()
+            sub = cli(home, "submit", "--workdir", str(home.parent), "--", sys.executable, str(p), str(n))
+            jid = sub.stdout.strip()
+            assert jid, sub.stderr
             while s.get_job(jid)["state"] not in ("succeeded", "failed"):
                 time.sleep(0.05)
             job = s.get_job(jid)
@@ -249,6 +251,13 @@ def idle_memory():
         return psutil.Process(d.proc.pid).memory_info().rss / 2**20
 
 
+def _tsp_version() -> str:
+    if not shutil.which("tsp"):
+        return "not installed"
+    r = subprocess.run(["tsp", "-V"], capture_output=True, text=True)
+    return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else "installed"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
@@ -257,7 +266,7 @@ def main():
     reps = 3 if a.quick else 5
     print(f"# bench_core on {machine()}; commit {commit()}")
     print(f"# bubblewrap: {'on' if __import__('runner.sandbox', fromlist=['x']).bwrap_path() else 'off'}; "
-          f"tsp: {subprocess.run(['tsp', '-V'], capture_output=True, text=True).stderr.strip() or 'yes' if shutil.which('tsp') else 'not installed'}")
+          f"tsp: {_tsp_version()}")
     print("# figures: median (min-max) over the repeats; latencies: p50 (p10-p90) over the jobs")
     lat, tlat = submit_to_start(n)
     rates = [drain(200 if not a.quick else 50) for _ in range(3)]
