@@ -263,20 +263,30 @@ class Store:
             raise JobNotFound(f"job {ref}: ambiguous prefix (give more characters)")
         raise JobNotFound(f"job {ref}: no such job (see `runner ls --all`)")
 
-    def list_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, limit: Optional[int] = None,
-                  offset: int = 0, newest_first: bool = True, columns: Optional[Iterable[str]] = None) -> list[dict]:
-        """Jobs filtered by state and user, newest first by default (only `columns`, when given)."""
+    @staticmethod
+    def _job_filter(states: Iterable[str], user: Optional[str], model: Optional[str]) -> tuple[str, list]:
         where, args = [], []
         states = list(states)
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args += states
-        if user:
-            where.append("user=?")
-            args.append(user)
-        sql = f"SELECT {', '.join(columns) if columns else '*'} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        for column, value in (("user", user), ("model", model)):
+            if value:
+                where.append(f"{column}=?")
+                args.append(value)
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def count_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, model: Optional[str] = None) -> int:
+        """How many jobs list_jobs would give without a limit."""
+        where, args = self._job_filter(states, user, model)
+        return self.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{where}", args).fetchone()["n"]
+
+    def list_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, limit: Optional[int] = None,
+                  offset: int = 0, newest_first: bool = True, columns: Optional[Iterable[str]] = None,
+                  model: Optional[str] = None) -> list[dict]:
+        """Jobs filtered by state, user and model, newest first by default (only `columns`, when given)."""
+        where, args = self._job_filter(states, user, model)
+        sql = f"SELECT {', '.join(columns) if columns else '*'} FROM jobs" + where
         sql += " ORDER BY seq " + ("DESC" if newest_first else "ASC")
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"

@@ -75,6 +75,19 @@ class Runner:
                         f"job {job_id} to reach {states}")
 
 
+def assert_oom_policy(runner, spec_path, auto: bool):
+    """Submit a job whose training start raises torch.OutOfMemoryError above batch 4
+    (FAULT_OOM_ABOVE_BATCH=4 in its env_vars, batch_size 8): with auto_batch_size it retries once
+    with half the batch and succeeds; without, it fails with reason oom."""
+    job = runner.wait_state(runner.submit(spec_path), timeout=600)
+    log = runner.run("logs", job["id"]).stdout
+    if auto:
+        assert "out of memory at batch_size=8; retrying once with batch_size=4" in log, log[-3000:]
+        assert job["state"] == "succeeded", job.get("log_tail")
+    else:
+        assert (job["state"], job["reason"]) == ("failed", "oom"), job.get("log_tail")
+
+
 class DaemonProc:
     """`runner daemon` as a real subprocess."""
 

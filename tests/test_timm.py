@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import assert_oom_policy
 
 pytestmark = pytest.mark.slow
 
@@ -89,13 +89,7 @@ def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daem
     spec["env_vars"] = {"FAULT_OOM_ABOVE_BATCH": "4"}
     p = tmp_path / "oom.yaml"
     p.write_text(json.dumps(spec))
-    job = runner.wait_state(runner.submit(p), timeout=600)
-    log = runner.run("logs", job["id"]).stdout
-    if auto:
-        assert "out of memory at batch_size=8; retrying once with batch_size=4" in log
-        assert job["state"] == "succeeded"
-    else:
-        assert (job["state"], job["reason"]) == ("failed", "oom")
+    assert_oom_policy(runner, p, auto)
 
 
 def test_check_three_models(runner, home, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_oom_policy
 from runner.synth import make_shapes
 from runner.synth_tasks import make_captions, make_coco, make_masks
 
@@ -124,10 +125,4 @@ def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daem
                                 "dataset": {"path": str(make_shapes(tmp_path / "cls", per_class=4, val_per_class=2)), "format": "imagefolder"},
                                 "train": {"epochs": 1, "batch_size": 8, "input_size": 32, "auto_batch_size": auto},
                                 "env_vars": {"FAULT_OOM_ABOVE_BATCH": "4"}}))
-    job = runner.wait_state(runner.submit(spec), timeout=600)
-    log = runner.run("logs", job["id"]).stdout
-    if auto:
-        assert "out of memory at batch_size=8; retrying once with batch_size=4" in log
-        assert job["state"] == "succeeded", job.get("log_tail")
-    else:
-        assert (job["state"], job["reason"]) == ("failed", "oom"), job.get("log_tail")
+    assert_oom_policy(runner, spec, auto)

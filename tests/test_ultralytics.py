@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, assert_oom_policy
 from config_translators.ultralytics import check_dataset, coco_to_yolo
 from log_parsers import LineAssembler, build_parser
 from runner.registry import load
@@ -167,10 +167,4 @@ def test_oom_is_reported_and_auto_batch_size_retries_once_with_half(runner, daem
     spec.write_text(json.dumps({"model": "ultralytics/yolov8n", "dataset": {"path": str(make_yolo(tmp_path / "det", "detect")), "format": "yolo"},
                                 "train": {"epochs": 1, "batch_size": 8, "input_size": 64, "auto_batch_size": auto},
                                 "env_vars": {"FAULT_OOM_ABOVE_BATCH": "4"}}))
-    job = runner.wait_state(runner.submit(spec), timeout=600)
-    log = runner.run("logs", job["id"]).stdout
-    if auto:
-        assert "out of memory at batch_size=8; retrying once with batch_size=4" in log
-        assert job["state"] == "succeeded", job.get("log_tail")
-    else:
-        assert (job["state"], job["reason"]) == ("failed", "oom"), job.get("log_tail")
+    assert_oom_policy(runner, spec, auto)

@@ -121,22 +121,11 @@ def routes(app, ctx):
             queued = sorted((dict(j, position=pos.get(j["id"])) for j in rows if keep(j)), key=lambda j: j["position"] or 0)
         if not state or state == "submitted":
             submitted = [s for s in (spooled_view(r) for r in _spooled(home)) if keep(s)]
-        where, args = [], []
         ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
         total_ended, ended = 0, []
         if ended_states:
-            where.append(f"state IN ({','.join('?' * len(ended_states))})")
-            args += ended_states
-            if user:
-                where.append("user=?")
-                args.append(user)
-            if model:
-                where.append("model=?")
-                args.append(model)
-            w = " AND ".join(where)
-            total_ended = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE {w}", args).fetchone()["n"]
-            ended = store.conn.execute(f"SELECT {cols} FROM jobs WHERE {w} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                                       args + [PAGE, page * PAGE]).fetchall()
+            total_ended = store.count_jobs(ended_states, user or None, model or None)
+            ended = store.list_jobs(ended_states, user or None, PAGE, page * PAGE, columns=JOB_FIELDS, model=model or None)
         for j in active + queued + ended:
             j["age"] = time.time() - (j.get("created_at") or time.time())
         return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended,
