@@ -22,17 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, machine, table, tmp_home
+from common import commit, machine, table, tmp_home
 from config_translators import dataset_formats as df
 from runner.synth import shape_image, write_png
 
 CLASSES = ["plane", "ship", "storage-tank", "harbor", "bridge", "large-vehicle", "small-vehicle", "helicopter"]
-
-
-def commit() -> str:
-    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD"]).returncode
-    return r.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
 
 
 def make_set(root: Path, n: int, objects: int) -> None:
