@@ -41,6 +41,32 @@ def env_request(env, config: dict):
     return envs.named_request(env["name"], env.get("python"))
 
 
+def waiting_envs(store, config: dict) -> tuple[set, set]:
+    """(env keys, repo env names) that queued and preparing jobs will use: a job's env is recorded
+    only once it runs, so `runner envs gc` and `rm` must not remove these meanwhile. A repo's env
+    key is known only after its requirements are resolved at prepare: its name ("repo:X") stands in."""
+    import json
+
+    keys, names, seen = set(), set(), set()
+    rows = store.conn.execute("SELECT spec FROM jobs WHERE state IN ('queued', 'preparing')").fetchall()
+    for row in rows:
+        spec = row["spec"] if isinstance(row["spec"], dict) else json.loads(row["spec"] or "{}")
+        if str(spec.get("model", "")).startswith("repo/"):
+            names.add("repo:" + spec["model"].split("/", 1)[1])
+            continue
+        sig = json.dumps(spec.get("env"), sort_keys=True)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        try:
+            req = env_request(spec.get("env"), config)
+        except Exception:  # an env that no longer resolves: its job will fail at prepare, nothing to keep
+            continue
+        if req is not None:
+            keys.add(req.key)
+    return keys, names
+
+
 def build_env(req, envmgr, job: dict, log) -> Path:
     """The job's env, built now if missing (uv's lines go to the job's log)."""
     log(f"runner: env {req.name} ({req.key}){' ready' if envmgr.ready(req.key) else ': building with uv'}")

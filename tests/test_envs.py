@@ -116,3 +116,24 @@ def test_envs_rm_and_gc(runner, daemon, home, tmp_path):
     sqlite3.connect(home / "runner.db").execute("UPDATE envs SET last_used = 0").connection.commit()
     removed = runner.json("envs", "gc", "--days", "1")
     assert [e["hash"] for e in removed] == [key] and runner.json("envs", "ls") == []
+
+
+def test_gc_and_rm_keep_an_env_that_a_waiting_job_will_use(runner, daemon, home, tmp_path):
+    # a job records its env only once it runs: until then its spec says which env it will use
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"command": ["python", "-c", "import six"], "env": {"requirements": ["six==1.16.0"], "name": "keep-me"}}))
+    key = runner.wait_state(runner.submit(spec), timeout=180)["env_hash"]
+    import sqlite3
+
+    sqlite3.connect(home / "runner.db").execute("UPDATE envs SET last_used = 0").connection.commit()
+    blocker = runner.submit("--", "sleep", "60")
+    runner.wait_state(blocker, "running")
+    waiting = runner.submit("--after", blocker, spec)  # queued until the blocker ends
+    assert runner.show(waiting)["state"] == "queued"
+    assert runner.json("envs", "gc", "--days", "1") == []  # unused for days, but a queued job needs it
+    r = runner.run("envs", "rm", key[:8], check=False)
+    assert r.returncode != 0 and "waits for it" in r.stderr and (home / "envs" / key).exists()
+    runner.run("cancel", waiting)
+    runner.wait_state(waiting)
+    assert [e["hash"] for e in runner.json("envs", "gc", "--days", "1")] == [key]  # nobody waits now
+    runner.run("cancel", blocker)

@@ -17,6 +17,13 @@ def envs(args):
     h = home(args).ensure()
     s = h.store()
     mgr = EnvManager(h.envs, s, h.config.get("envs"))
+
+    def in_use(row) -> int:
+        """Jobs that run in this env or wait to (queued and preparing jobs record theirs only at start)."""
+        from runner.prepare import waiting_envs
+
+        keys, names = waiting_envs(s, h.config)
+        return row["active"] + int(row["hash"] in keys or row["name"] in names)
     if args.action == "ls":
         rows = mgr.listing()
         if args.json:
@@ -47,8 +54,8 @@ def envs(args):
         matches = [r for r in mgr.listing() if r["hash"].startswith(args.target)]
         if len(matches) != 1:
             raise RunnerError(f"envs rm: {args.target!r} matches {len(matches)} envs; give more of the hash")
-        if matches[0]["active"]:
-            raise RunnerError(f"envs rm: {matches[0]['hash']} is used by {matches[0]['active']} queued or running job(s)")
+        if in_use(matches[0]):
+            raise RunnerError(f"envs rm: {matches[0]['hash']} is used by a running job or one that waits for it")
         mgr.remove(matches[0]["hash"])
         print(f"removed {matches[0]['hash']} ({matches[0]['name']})")
         return 0
@@ -58,7 +65,7 @@ def envs(args):
         removed = []
         for r in mgr.listing():
             last = r["last_used"] if r["last_used"] is not None else r["built_at"]
-            if r["active"] == 0 and last < cutoff:
+            if last < cutoff and not in_use(r):
                 mgr.remove(r["hash"])
                 removed.append(r)
         if args.json:
