@@ -87,6 +87,49 @@ class EnvRequest:
         return h.hexdigest()[:16]
 
 
+def site_packages(venv: Path) -> list[Path]:
+    """The site-packages folders of a venv."""
+    return sorted(venv.glob("lib/python*/site-packages"))
+
+
+def borrow_bytecode(donor: Path, venv: Path) -> int:
+    """Hard-link into `venv` the compiled bytecode of `donor` for every source file the two share
+    (the same file: uv links both from its cache, so the bytecode's recorded mtime and size hold
+    for both). What is left is compiled afterwards; envs are never written after they are built.
+    Returns the number of files linked."""
+    import importlib.util
+
+    tag = importlib.util.cache_from_source("x.py").split(os.sep)[-1].split(".")[1]  # e.g. cpython-311
+    linked = 0
+    for sp in site_packages(venv):
+        dsp = donor / sp.relative_to(venv)
+        if not dsp.is_dir():
+            continue
+        for root, dirs, files in os.walk(sp):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            droot = dsp / os.path.relpath(root, sp)
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                try:
+                    if os.stat(os.path.join(root, name)).st_ino != os.stat(droot / name).st_ino:
+                        continue
+                except OSError:
+                    continue
+                pyc = f"{name[:-3]}.{tag}.pyc"
+                src = droot / "__pycache__" / pyc
+                if not src.is_file():
+                    continue
+                cache = os.path.join(root, "__pycache__")
+                os.makedirs(cache, exist_ok=True)
+                try:
+                    os.link(src, os.path.join(cache, pyc))
+                    linked += 1
+                except OSError:
+                    pass  # another filesystem, or already there: compiled below
+    return linked
+
+
 def normalise_lock(text: str) -> str:
     """The lock without comments and blank lines: what changes the env and nothing else."""
     out = []
@@ -255,14 +298,26 @@ class EnvManager:
         error = None
         try:
             (tmp / "requirements.lock").write_text(req.lock)
+            nearest = self.nearest(req)
             steps = [
                 [uv, "venv", "--quiet", "--relocatable", "--python", req.python, str(tmp / "venv")],
-                [uv, "pip", "sync", "--compile-bytecode", "--python", str(tmp / "venv" / "bin" / "python"), str(tmp / "requirements.lock")],
+                # bytecode: uv compiles everything when there is no built env to borrow from
+                [uv, "pip", "sync", *([] if nearest else ["--compile-bytecode"]), "--python", str(tmp / "venv" / "bin" / "python"),
+                 str(tmp / "requirements.lock")],
             ]
             for argv in steps:
                 rc, out = self._run(argv, log, env)
                 if rc != 0:
                     raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
+            if nearest:
+                t0 = time.time()
+                linked = borrow_bytecode(nearest, tmp / "venv")
+                # a file that does not compile (torch ships some for newer Pythons) is skipped, as uv
+                # skips it; the import check below is what says whether the env works
+                self._run([str(tmp / "venv" / "bin" / "python"), "-m", "compileall", "-q", "-j", "0",
+                           *map(str, site_packages(tmp / "venv"))], None, env)
+                if log:
+                    log(f"runner: bytecode of {linked} files shared with env {nearest.name}, the rest compiled, in {time.time() - t0:.1f}s")
             check = "import sys" + "".join(f"; import {m}" for m in req.check_imports)
             r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True)
             if r.returncode != 0:
@@ -293,6 +348,23 @@ class EnvManager:
                 "build_seconds": meta["build_seconds"],
             })
         return final
+
+    def nearest(self, req: EnvRequest) -> Optional[Path]:
+        """The built env (same Python, same platform) whose lock shares the most lines with req's:
+        its compiled bytecode can be shared. None when there is none or it shares nothing."""
+        want = set(normalise_lock(req.lock).splitlines())
+        best, best_n = None, 0
+        for p in self.root.iterdir() if self.root.exists() else []:
+            try:
+                meta = json.loads((p / COMPLETE).read_text())
+                if meta.get("python") != req.python_version or meta.get("platform") != platform_tag():
+                    continue
+                n = len(want & set(normalise_lock((p / "requirements.lock").read_text()).splitlines()))
+            except (OSError, ValueError):
+                continue
+            if n > best_n:
+                best, best_n = p, n
+        return best
 
     def remove(self, key: str):
         """Delete an env folder and its row."""

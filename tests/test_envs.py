@@ -137,3 +137,24 @@ def test_gc_and_rm_keep_an_env_that_a_waiting_job_will_use(runner, daemon, home,
     runner.wait_state(waiting)
     assert [e["hash"] for e in runner.json("envs", "gc", "--days", "1")] == [key]  # nobody waits now
     runner.run("cancel", blocker)
+
+
+def test_a_second_env_shares_the_bytecode_of_the_nearest_one(tmp_path):
+    store = Store(tmp_path / "runner.db")
+    mgr = EnvManager(tmp_path / "envs", store)
+    first = mgr.ensure(inline_request(SMALL))
+    lines = []
+    second = mgr.ensure(inline_request(["six==1.16.0", "packaging", "idna"]), log=lines.append)
+    assert second != first
+    sp1, sp2 = (next(p.glob("lib/python*/site-packages")) for p in (first, second))
+    shared = next(sp2.glob("packaging/__pycache__/version.*.pyc"))
+    assert shared.stat().st_ino == (sp1 / "packaging" / "__pycache__" / shared.name).stat().st_ino  # one file for both envs
+    assert any("bytecode of" in line and "shared with env" in line for line in lines), lines
+    # every module of the new env has its bytecode: the shared ones and the new package's own
+    for py in [p for p in sp2.rglob("*.py") if "__pycache__" not in p.parts]:
+        assert any((py.parent / "__pycache__").glob(py.stem + ".*.pyc")), py
+    assert list(sp2.glob("idna/__pycache__/core.*.pyc"))
+    # and Python takes it as valid: importing writes nothing and reads the shared file
+    r = subprocess.run([str(second / "bin" / "python"), "-v", "-c", "import packaging.version, idna"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert f"matches {sp2 / 'packaging' / 'version.py'}" in r.stderr  # "# code object from ... .pyc matches ...": no recompile
