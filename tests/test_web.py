@@ -245,3 +245,23 @@ def test_web_login_link_signs_in_once(web, browser):
     forged = link[:-4] + ("0000" if not link.endswith("0000") else "1111")
     r = again.goto(forged)
     assert r.status == 403 and "not valid" in again.inner_text(".error")
+
+
+def test_pages_work_with_javascript_off(web, browser):
+    d, runner = web
+    jid = runner.submit("--name", "no-js", "--", "true")
+    runner.wait_state(jid)
+    ctx = browser.new_context(java_script_enabled=False, viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    page.goto(d.url + "/ui/")
+    assert page.locator(f"tr[data-job='{jid}']").count() == 1  # rendered on the server, not by a script
+    page.select_option("select[name=state]", "succeeded")
+    page.click("form.filters button")  # a plain GET form
+    assert "state=succeeded" in page.url and set(page.eval_on_selector_all("table.jobs tbody tr", "r => r.map(x => x.className)")) == {"succeeded"}
+    page.goto(d.url + "/ui/models")
+    page.select_option("select[name=framework]", "transformers")
+    page.click("#model-filters button")
+    assert page.locator("article.card").count() == 5
+    page.goto(d.url + f"/ui/jobs/{jid}")
+    assert "no-js" in page.inner_text("h1") and "exit code" in page.inner_text("table.kv")
+    ctx.close()
