@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Daemon, cli, commit, machine, median, pct, table, tmp_home
+from common import Daemon, cli, commit, machine, median, pct, spread, table, tmp_home
 
 
 class Tsp:
@@ -33,12 +33,6 @@ class Tsp:
 
     def close(self):
         subprocess.run(["tsp", "-K"], env=self.env, capture_output=True)
-
-
-def spread(values, scale=1.0, fmt="{:.1f}") -> str:
-    """median (min-max) of repeated measurements."""
-    v = sorted(x * scale for x in values)
-    return f"{fmt.format(median(v))} ({fmt.format(v[0])}-{fmt.format(v[-1])})"
 
 
 def submit_to_start(n: int):

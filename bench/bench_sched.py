@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 
-from common import commit, machine, pct, table
+from common import commit, machine, pct, spread, table
 from runner.gpus import GPU
 from runner.scheduler import plan
 
@@ -101,12 +101,6 @@ def decision_time(n_queued=1000, n_gpus=8, reps=50):
     return ts
 
 
-def spread(values, fmt="{:.1f}"):
-    """median (min-max) of repeated runs."""
-    v = sorted(values)
-    return f"{fmt.format(statistics.median(v))} ({fmt.format(v[0])}-{fmt.format(v[-1])})"
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=300)
@@ -126,21 +120,21 @@ def main():
     for label, key, fmt, scale in (("GPU utilisation (work / 8 x makespan), %", "util", "{:.1f}", 100),
                                    ("utilisation vs a simple lower bound, %", "vs_bound", "{:.1f}", 100),
                                    ("max wait / mean job length, x", "worst", "{:.1f}", 1)):
-        rows.append((label, spread([r[key] * scale for r in res["runner"]], fmt), spread([r[key] * scale for r in res["fifo"]], fmt)))
+        rows.append((label, spread([r[key] * scale for r in res["runner"]], fmt=fmt), spread([r[key] * scale for r in res["fifo"]], fmt=fmt)))
     for size, _ in SIZES:
         rows.append((f"mean wait of {size}-GPU jobs, min",
-                     spread([sum(r["waits"][size]) / len(r["waits"][size]) / 60 for r in res["runner"] if r["waits"][size]], "{:.0f}"),
-                     spread([sum(r["waits"][size]) / len(r["waits"][size]) / 60 for r in res["fifo"] if r["waits"][size]], "{:.0f}")))
+                     spread([sum(r["waits"][size]) / len(r["waits"][size]) / 60 for r in res["runner"] if r["waits"][size]], fmt="{:.0f}"),
+                     spread([sum(r["waits"][size]) / len(r["waits"][size]) / 60 for r in res["fifo"] if r["waits"][size]], fmt="{:.0f}")))
         rows.append((f"p95 wait of {size}-GPU jobs, min",
-                     spread([pct(r["waits"][size], 95) / 60 for r in res["runner"] if r["waits"][size]], "{:.0f}"),
-                     spread([pct(r["waits"][size], 95) / 60 for r in res["fifo"] if r["waits"][size]], "{:.0f}")))
+                     spread([pct(r["waits"][size], 95) / 60 for r in res["runner"] if r["waits"][size]], fmt="{:.0f}"),
+                     spread([pct(r["waits"][size], 95) / 60 for r in res["fifo"] if r["waits"][size]], fmt="{:.0f}")))
     table("a simulated day: runner's scheduler (priority, backfill bounded at 8, reservations) vs strict FIFO", rows,
           headers=("figure", "runner", "FIFO (task-spooler)"))
     ts = decision_time()
     d = [1000 * statistics.mean(r["decisions"]) for r in res["runner"]]
     table("decision cost", [("one scheduling decision, 1,000 queued (p50 / max of 50)", f"{1000 * pct(ts, 50):.2f} / {1000 * max(ts):.2f} ms",
                              "<= 10 ms", max(ts) <= 0.010),
-                            ("mean decision in the simulated days", spread(d, "{:.3f}") + " ms", "", "")])
+                            ("mean decision in the simulated days", spread(d, fmt="{:.3f}") + " ms", "", "")])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import statistics
 import time
 import urllib.request
 
-from common import Daemon, cli, commit, machine, table, tmp_home
+from common import Daemon, cli, commit, machine, spread, table, tmp_home
 
 
 def fill(home, n_jobs=10_000, n_points=100_000):
@@ -54,9 +54,8 @@ def timed_get(url, reps):
     return out
 
 
-def spread(v, scale=1000.0, fmt="{:.0f}"):
-    v = sorted(x * scale for x in v)
-    return f"{fmt.format(statistics.median(v))} ({fmt.format(v[0])}-{fmt.format(v[-1])})"
+def ms(v) -> str:
+    return spread(v, 1000.0, "{:.0f}")
 
 
 def main():
@@ -92,13 +91,13 @@ def main():
             ls.append(time.perf_counter() - t)
         draw = chart_times(url, big, 5)
         n = json.loads(urllib.request.urlopen(url + f"/jobs/{big}/series?name=loss").read())["points"]
-    rows = [("queue page /ui/ (10,000 jobs)", spread(q) + " ms", "runner ls: " + spread(ls) + " ms", "<= 100 ms", statistics.median(q) <= 0.1),
-            ("queue page, failed jobs, page 41", spread(q40) + " ms", "GET /jobs?limit=50: " + spread(api) + " ms", "", ""),
-            ("queue rows (the 3 s refresh)", spread(rows_) + " ms", "", "", ""),
-            ("job page, 100,000 points", spread(jp) + " ms", "", "<= 150 ms", statistics.median(jp) <= 0.15),
-            (f"its chart's series (100,000 -> {n} points)", spread(se) + " ms", "", "", ""),
-            ("its chart drawn in Chromium (page load to drawn)", spread(draw) + " ms", "", "<= 1000 ms", statistics.median(draw) <= 1.0),
-            ("models page (36 cards)", spread(mo) + " ms", "", "", "")]
+    rows = [("queue page /ui/ (10,000 jobs)", ms(q) + " ms", "runner ls: " + ms(ls) + " ms", "<= 100 ms", statistics.median(q) <= 0.1),
+            ("queue page, failed jobs, page 41", ms(q40) + " ms", "GET /jobs?limit=50: " + ms(api) + " ms", "", ""),
+            ("queue rows (the 3 s refresh)", ms(rows_) + " ms", "", "", ""),
+            ("job page, 100,000 points", ms(jp) + " ms", "", "<= 150 ms", statistics.median(jp) <= 0.15),
+            (f"its chart's series (100,000 -> {n} points)", ms(se) + " ms", "", "", ""),
+            ("its chart drawn in Chromium (page load to drawn)", ms(draw) + " ms", "", "<= 1000 ms", statistics.median(draw) <= 1.0),
+            ("models page (36 cards)", ms(mo) + " ms", "", "", "")]
     table("dashboard", rows, headers=("figure", "runner", "alternative", "target", "ok"))
     shutil.rmtree(home.parent, ignore_errors=True)
 

@@ -86,6 +86,12 @@ def median(values):
     return statistics.median(values)
 
 
+def spread(values, scale=1.0, fmt="{:.1f}") -> str:
+    """median (min-max) of repeated measurements, each times `scale`."""
+    v = sorted(x * scale for x in values)
+    return f"{fmt.format(statistics.median(v))} ({fmt.format(v[0])}-{fmt.format(v[-1])})"
+
+
 def free_port() -> int:
     import socket
 

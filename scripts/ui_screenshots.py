@@ -77,6 +77,7 @@ def main():
                      ("compare", f"/ui/compare?ids={trained},{curve}&metric=train_loss"), ("models", "/ui/models"),
                      ("models-ultralytics", "/ui/models?framework=ultralytics"), ("submit", "/ui/submit?model=ultralytics/yolov8n"),
                      ("gpus", "/ui/gpus"), ("envs", "/ui/envs"), ("checks", "/ui/checks"), ("login", "/ui/login")]
+            made = []
             for name, path in shots:
                 page.goto(url + path)
                 if page.locator("#chart, #compare-chart").count():
@@ -85,12 +86,15 @@ def main():
                     page.wait_for_timeout(2500)
                 page.screenshot(path=str(OUT / f"{name}.png"), full_page=False)
                 print(f"docs/ui/{name}.png  {path}")
+                made.append((name, path))
             phone = b.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1)
             ph = phone.new_page()
             ph.goto(url + "/ui/")
             ph.screenshot(path=str(OUT / "queue-phone.png"))
             print("docs/ui/queue-phone.png  /ui/ at 390x844")
+            made.append(("queue-phone", "/ui/ at 390x844"))
             b.close()
+        write_readme(made)
     finally:
         for j in json.loads(cli("ls", "--json")):  # the daemon ends them (their process trees too)
             subprocess.run([sys.executable, "-m", "runner", "cancel", j["id"]], env=env, capture_output=True)
@@ -101,6 +105,17 @@ def main():
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
         shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def write_readme(made):
+    """docs/ui/README.md: which commit, machine and command made the screenshots, and of what."""
+    from runner.provenance import commit, machine
+
+    lines = ["# Dashboard screenshots", "",
+             f"Commit `{commit()}`, made {time.strftime('%Y-%m-%d %H:%M:%S %z')} on {machine()['line']}",
+             "by `bash scripts/ui-screenshots.sh` (headless Debian chromium against a real daemon with a few real jobs; 1400x1000",
+             "unless stated).", ""] + [f"- `{name}.png`: `{path}`" for name, path in made]
+    (OUT / "README.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -107,18 +107,25 @@ def test_a_job_that_ends_takes_its_daemonized_children_along(runner, home):
         d.stop()
 
 
-def test_beyond_loopback_every_request_needs_a_token(home):
+def served_on(home, bind: str):
+    """The API as a daemon bound to `bind` serves it (TestClient, no daemon process)."""
     from fastapi.testclient import TestClient
 
     from runner.home import Home
     from runner.http import create_app
 
     class Served:
-        http_bind = "0.0.0.0:8765"
+        http_bind = bind
         last_tick = __import__("time").time()
         store = Home(home).ensure().store()
 
-    c = TestClient(create_app(Home(home), daemon=Served()))
+    return TestClient(create_app(Home(home), daemon=Served()))
+
+
+def test_beyond_loopback_every_request_needs_a_token(home):
+    from runner.home import Home
+
+    c = served_on(home, "0.0.0.0:8765")
     r = c.get("/jobs")
     assert r.status_code == 401 and "beyond loopback" in r.json()["error"]
     assert c.get("/healthz").status_code == 200  # monitoring still sees it
@@ -131,16 +138,6 @@ def test_beyond_loopback_every_request_needs_a_token(home):
 
 
 def test_on_loopback_reads_are_open(home):
-    from fastapi.testclient import TestClient
-
-    from runner.home import Home
-    from runner.http import create_app
-
-    class Served:
-        http_bind = "127.0.0.1:8765"
-        last_tick = __import__("time").time()
-        store = Home(home).ensure().store()
-
-    c = TestClient(create_app(Home(home), daemon=Served()))
+    c = served_on(home, "127.0.0.1:8765")
     assert c.get("/jobs").status_code == 200
     assert c.post("/jobs", json={"command": ["true"]}).status_code == 401

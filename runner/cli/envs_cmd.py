@@ -18,11 +18,16 @@ def envs(args):
     s = h.store()
     mgr = EnvManager(h.envs, s, h.config.get("envs"))
 
+    waiting = None
+
     def in_use(row) -> int:
         """Jobs that run in this env or wait to (queued and preparing jobs record theirs only at start)."""
-        from runner.prepare import waiting_envs
+        nonlocal waiting
+        if waiting is None:  # once per command, and only by the verbs that remove
+            from runner.prepare import waiting_envs
 
-        keys, names = waiting_envs(s, h.config)
+            waiting = waiting_envs(s, h.config)
+        keys, names = waiting
         return row["active"] + int(row["hash"] in keys or row["name"] in names)
     if args.action == "ls":
         rows = mgr.listing()

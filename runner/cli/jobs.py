@@ -218,22 +218,13 @@ def retry(args):
 def web_login(args):
     """runner web-login [--url URL]: a link, valid once for 5 minutes, that signs you in to the
     dashboard as yourself (signed with your token, which only you and the daemon can read)."""
-    import contextlib
-    import io
-    import json
-
+    from runner.permissions import daemon_info
     from runner.web.auth import new_link
 
     h = home(args)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        token(argparse_namespace(home=args.home, rotate=False))  # yours, made on first use
     url = args.url
     if not url:
-        try:
-            bind = json.loads((h.root / "daemon.json").read_text()).get("http")
-        except (OSError, ValueError):
-            bind = None
+        bind = daemon_info(h).get("http")
         if not bind:
             from runner.exceptions import RunnerError
 
@@ -244,43 +235,37 @@ def web_login(args):
 
             host = socket.getfqdn()
         url = f"http://{host}:{port}"
-    print(new_link(h, buf.getvalue().strip(), os.getuid(), url))
+    print(new_link(h, my_token(h), os.getuid(), url))  # the token is yours, made on first use
     return 0
-
-
-def argparse_namespace(**kw):
-    import argparse
-
-    return argparse.Namespace(**kw)
 
 
 def token(args):
     """runner token [--rotate]: your personal token for the HTTP API."""
-    from runner import spool, tokens
+    print(my_token(home(args), rotate=args.rotate))
+    return 0
 
-    h = home(args)
+
+def my_token(h, rotate: bool = False) -> str:
+    """The caller's token: read, or made (by the daemon, asked through the spool, unless the
+    home is the caller's own) on first use or with rotate."""
+    from runner import spool, tokens
+    from runner.exceptions import RunnerError
+
     uid = os.getuid()
     current = tokens.read(h, uid)
-    if current and not args.rotate:
-        print(current)
-        return 0
+    if current and not rotate:
+        return current
     if os.access(h.root, os.W_OK) and (not h.tokens.exists() or os.access(h.tokens, os.W_OK)):
         tokens.ensure_dir(h)  # a daemon of one's own: no one else is asked
-        print(tokens.write(h, uid, os.getgid(), rotate=args.rotate))
-        return 0
+        return tokens.write(h, uid, os.getgid(), rotate=rotate)
     if h.daemon_pid() is None:
-        from runner.exceptions import RunnerError
-
         raise RunnerError("the daemon is not running; it makes tokens (ask the admin to start it)")
     before = tokens.token_path(h, uid).stat().st_mtime_ns if current else None
-    spool.request_token(h, rotate=args.rotate)
+    spool.request_token(h, rotate=rotate)
     deadline = time.time() + 15
     while time.time() < deadline:
         new = tokens.read(h, uid)
         if new and (before is None or tokens.token_path(h, uid).stat().st_mtime_ns != before):
-            print(new)
-            return 0
+            return new
         time.sleep(0.05)
-    from runner.exceptions import RunnerError
-
     raise RunnerError("the daemon did not make a token within 15 s (see `runner doctor`)")

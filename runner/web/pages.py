@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 
 from .. import queries
 from ..exceptions import JobNotFound, PermissionDenied, RunnerError, SpecError
-from . import HERE, auth, forms, license_warning, series
+from . import HERE, LICENSE_WARN, auth, forms, license_warning, series
 
 ENDED = ("succeeded", "failed", "cancelled")
 PAGE = 50
@@ -54,7 +54,7 @@ def routes(app, ctx):
     env = _env()
     home, store = ctx.home, ctx.store
     sessions = ctx.sessions
-    warn_patterns = tuple(home.config.get("web", {}).get("license_warn", ())) or None
+    warn_patterns = tuple(home.config.get("web", {}).get("license_warn", ())) or LICENSE_WARN
 
     def viewer(request: Request):
         """The person signed in (session cookie) or behind the request's token, else None."""
@@ -107,27 +107,21 @@ def routes(app, ctx):
     def queue_data(user: str, state: str, model: str, page: int) -> dict:
         from ..queries import JOB_FIELDS, _spooled, spooled_view
 
-        def keep(j):
-            return (not user or j["user"] == user) and (not model or (j.get("model") or "") == model)
-
-        cols = ", ".join(JOB_FIELDS)
+        u, m = user or None, model or None
         active, queued, submitted = [], [], []
         if not state or state in ("running", "preparing"):
-            active = [j for j in store.list_jobs(states=[state] if state else ["running", "preparing"], columns=JOB_FIELDS) if keep(j)]
+            active = store.list_jobs([state] if state else ["running", "preparing"], u, columns=JOB_FIELDS, model=m)
         if not state or state == "queued":
-            order = store.queued_jobs()
-            pos = {j["id"]: i + 1 for i, j in enumerate(order)}
-            rows = store.conn.execute(f"SELECT {cols} FROM jobs WHERE state='queued'").fetchall()
-            queued = sorted((dict(j, position=pos.get(j["id"])) for j in rows if keep(j)), key=lambda j: j["position"] or 0)
+            pos = {j["id"]: i + 1 for i, j in enumerate(store.queued_jobs())}  # the order they will start in
+            queued = sorted((dict(j, position=pos.get(j["id"])) for j in store.list_jobs(["queued"], u, columns=JOB_FIELDS, model=m)),
+                            key=lambda j: j["position"] or 0)
         if not state or state == "submitted":
-            submitted = [s for s in (spooled_view(r) for r in _spooled(home)) if keep(s)]
+            submitted = [s for s in (spooled_view(r) for r in _spooled(home)) if (not u or s["user"] == u) and (not m or s.get("model") == m)]
         ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
         total_ended, ended = 0, []
         if ended_states:
-            total_ended = store.count_jobs(ended_states, user or None, model or None)
-            ended = store.list_jobs(ended_states, user or None, PAGE, page * PAGE, columns=JOB_FIELDS, model=model or None)
-        for j in active + queued + ended:
-            j["age"] = time.time() - (j.get("created_at") or time.time())
+            total_ended = store.count_jobs(ended_states, u, m)
+            ended = store.list_jobs(ended_states, u, PAGE, page * PAGE, columns=JOB_FIELDS, model=m)
         return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended,
                 "page": page, "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
 
@@ -153,7 +147,7 @@ def routes(app, ctx):
     @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def job_page(request: Request, job_id: str):
         job = queries.find_job(home, store, job_id)
-        if job.get("state") == "submitted" or "seq" not in job or job.get("seq") is None:
+        if job.get("seq") is None:  # still in the spool: what is known of it
             return render(request, "job.html", job=job, view=job, names=[], env_lock=None, arts=[], spec_yaml=_yaml(job.get("spec")),
                           can_act=can_act(viewer(request), job), log_ok=False, active=True)
         view = queries.job_view(store, job, full=True)
@@ -232,7 +226,7 @@ def routes(app, ctx):
         chosen = [m for m in reg.list_models("*", framework or None, task or None, tags.split(","))
                   if not q or q.lower() in (m["ref"] + " " + (m.get("display_name") or "") + " " + " ".join(m.get("tags", []))).lower()]
         for m in chosen:
-            m["warning"] = license_warning(m.get("license"), warn_patterns) if warn_patterns else license_warning(m.get("license"))
+            m["warning"] = license_warning(m.get("license"), warn_patterns)
         return render(request, "models.html", models=chosen, total=len(every), f={"q": q, "framework": framework, "task": task, "tags": tags},
                       frameworks=sorted({m["framework"] for m in every}), tasks=sorted({m.get("task_type") or "" for m in every} - {""}),
                       all_tags=sorted({t for m in every for t in m.get("tags", [])}))
@@ -246,7 +240,7 @@ def routes(app, ctx):
         fields = forms.fields_for(model, reg)
         spec = forms.spec_from(model, fields, values)
         return render(request, "submit.html", model=model, models=[], fields=fields, values=values, errors=errors, general=general,
-                      yaml=_yaml(spec), warning=license_warning(model.get("license")), status=status)
+                      yaml=_yaml(spec), warning=license_warning(model.get("license"), warn_patterns), status=status)
 
     @app.get("/ui/submit", response_class=HTMLResponse, include_in_schema=False)
     def submit_form(request: Request, model: str = Query("", max_length=200)):
@@ -334,8 +328,6 @@ def routes(app, ctx):
         if request.url.path.startswith("/ui/"):
             return HTMLResponse(env.get_template("error.html").render(message=str(exc), who=viewer(request), csrf="", path=""), status_code=403)
         return JSONResponse(status_code=403, content={"error": str(exc)})
-
-    return Response
 
 
 def strip_ansi(text: str) -> str:
