@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,11 @@ def assert_oom_policy(runner, spec_path, auto: bool):
         assert (job["state"], job["reason"]) == ("failed", "oom"), job.get("log_tail")
 
 
+# The daemon listens on loopback: never through a proxy the environment names (http_proxy and
+# friends are set on some machines and urllib honours them for 127.0.0.1 too).
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class DaemonProc:
     """`runner daemon` as a real subprocess."""
 
@@ -108,14 +114,16 @@ class DaemonProc:
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         wait_for(lambda: (self.home / "daemon.pid").exists() and (self.home / "runner.db").exists(), 20, what="daemon start")
         if self.port:
-            import urllib.request
-
             def up():
                 try:
-                    return urllib.request.urlopen(self.url + "/healthz", timeout=1).status == 200
+                    return LOOPBACK.open(self.url + "/healthz", timeout=1).status == 200
                 except OSError:
                     return False
-            wait_for(up, 30, 0.1, "HTTP up")
+            try:
+                wait_for(up, 30, 0.1, "HTTP up")
+            except AssertionError as e:
+                state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+                raise AssertionError(f"{e}; daemon {state}; its log ends:\n{self.log.read_text()[-3000:]}") from None
         return self
 
     def kill(self, sig=signal.SIGKILL):
@@ -138,7 +146,7 @@ class DaemonProc:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with LOOPBACK.open(req, timeout=30) as r:
                 text = r.read().decode()
                 return r.status, (json.loads(text) if r.headers.get_content_type() == "application/json" else text)
         except urllib.error.HTTPError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -11,6 +12,9 @@ import pytest
 from runner.gpus import NvmlInventory
 
 INV = NvmlInventory()
+# The env the GPU job runs in: 'timm' builds one with uv; a machine with torch installed and no
+# package index (a lent GPU box) says RUNNER_TEST_GPU_ENV=system and uses the interpreter's own.
+GPU_ENV = os.environ.get("RUNNER_TEST_GPU_ENV", "timm")
 pytestmark = [pytest.mark.nvml, pytest.mark.skipif(not INV.available, reason=f"no NVML here ({INV.reason})")]
 
 
@@ -33,7 +37,7 @@ def test_job_sees_exactly_its_gpu_and_its_memory_shows_up(runner, daemon, tmp_pa
             "print('COUNT', n); print('UUID', 'GPU-' + str(p.uuid)); x = torch.empty(1536 * 2**20, dtype=torch.uint8, device='cuda');"
             "time.sleep(8); print('done')")
     spec = tmp_path / "gpu.yaml"
-    spec.write_text(json.dumps({"command": ["python", "-c", code], "env": "timm", "resources": {"gpus": 1}}))
+    spec.write_text(json.dumps({"command": ["python", "-c", code], "env": GPU_ENV, "resources": {"gpus": 1}}))
     job = runner.wait_state(runner.submit(spec), timeout=900)
     log = runner.run("logs", job["id"]).stdout
     assert job["state"] == "succeeded", log

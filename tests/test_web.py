@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, DaemonProc, Runner, wait_for
+from conftest import FIXTURES, LOOPBACK, DaemonProc, Runner, wait_for
 
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
                  if p and os.path.exists(p)), None)
@@ -123,7 +123,7 @@ def test_chart_holds_the_stored_points_and_long_series_are_downsampled(web, brow
     pts = [int(x) for x in page.get_attribute("#compare-chart", "data-points").split(",")]
     assert pts[0] == 300 and 1000 < pts[1] <= 2000  # both overlaid, each at most 2,000 points
     assert "chart-small" in page.inner_text("table.jobs") and page.locator("#compare-chart canvas").count() == 1
-    s = json.loads(urllib.request.urlopen(d.url + f"/jobs/{big}/series?name=loss&points=100").read())
+    s = json.loads(LOOPBACK.open(d.url + f"/jobs/{big}/series?name=loss&points=100").read())
     assert s["total"] == 20000 and s["points"] <= 100 and s["downsampled"]
     assert s["y"][0] == 1.0 and max(s["y"]) == 1.0 and min(s["y"]) == pytest.approx(1 / 20000, rel=1e-3)  # the extremes survive
 
@@ -213,7 +213,7 @@ def test_writes_without_a_session_or_from_another_site_are_refused(web, browser)
     def post(path, data, headers=None):
         req = urllib.request.Request(d.url + path, data=urllib.parse.urlencode(data).encode(), headers=headers or {}, method="POST")
         try:
-            with urllib.request.urlopen(req) as r:
+            with LOOPBACK.open(req) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
