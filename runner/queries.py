@@ -22,7 +22,25 @@ def job_view(store, job: dict, full: bool = False, latest: dict | None = None) -
         out["log_tail"] = job.get("log_tail")
         out["transitions"] = [{k: t[k] for k in ("from_state", "to_state", "at", "reason")} for t in store.transitions(job["id"])]
         out["artifacts"] = store.artifacts(job["id"])[-MAX_ARTIFACTS:]
+        out["mlflow"] = export_view(store, job["id"])
     return out
+
+
+def export_view(store, job_id: str) -> dict | None:
+    """How far a job's export is, for `runner show` and the API; None when it is not mirrored."""
+    import sqlite3
+
+    try:
+        row = store.mlflow_row(job_id)
+    except sqlite3.OperationalError:  # an older store without the table, until the daemon migrates it
+        return None
+    if row is None:
+        return None
+    total = store.count_metrics(job_id)
+    sent = store.metric_count_upto(job_id, row["exported_id"]) if row["exported_id"] else 0
+    return {"experiment": row["experiment"], "run_id": row["run_id"], "points_exported": sent, "points": total,
+            "status": row["status_sent"], "done": bool(row["done"]), "error": row["error"],
+            "next_try": row["next_try"] if row["error"] else None}
 
 
 MAX_ARTIFACTS = 1000  # newest files of a job shown in its view

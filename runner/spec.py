@@ -162,6 +162,20 @@ class JobSpec(_Strict):
     parser: Optional[str] = Field(None, max_length=4096)
     checkpoints: list[str] = Field(default_factory=list, max_length=100)
     check: Optional[dict[str, Any]] = None
+    mlflow: Any = None
+
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow(cls, v):
+        what = "false (not mirrored), true, or {experiment: NAME} (the run's MLflow experiment)"
+        if v is None or isinstance(v, bool):
+            return v
+        if not isinstance(v, dict) or set(v) - {"experiment"}:
+            raise ValueError(what)
+        exp = v.get("experiment")
+        if exp is not None and (not isinstance(exp, str) or not exp.strip() or len(exp) > 500):
+            raise ValueError("{experiment: NAME} with a name of 1 to 500 characters")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -80,6 +80,11 @@ def request_token(home: Home, rotate: bool = False):
     _drop(home, f"{time.time_ns()}-{new_id()}.token.json", {"rotate": bool(rotate)})
 
 
+def request_export(home: Home, ids: list[str], experiment: str | None = None):
+    """Ask the daemon to mirror these jobs to MLflow (it checks that the file's owner may)."""
+    _drop(home, f"{time.time_ns()}-{new_id()}.export.json", {"ids": list(ids), "experiment": experiment})
+
+
 def pending(home: Home) -> list[Path]:
     """Spool files waiting for the daemon, oldest first."""
     try:

@@ -20,7 +20,7 @@ from . import defaults
 from .exceptions import InvalidTransition, JobNotFound
 from .states import ENDED, JobState, allowed
 
-JSON_COLUMNS = ("spec", "gpus", "after", "parser_state", "gpu_uuids")
+JSON_COLUMNS = ("spec", "gpus", "after", "parser_state", "gpu_uuids", "ts_state")
 
 
 def _m1(db):
@@ -84,7 +84,21 @@ def _m3(db):
     db["jobs"].create_index(["state", "seq"])
 
 
-MIGRATIONS = [_m1, _m2, _m3]
+def _m4(db):
+    """Where each job's mirror in MLflow stands: its run, the last metric row acknowledged, the
+    batch in flight (a crash between sending and acknowledging is settled against MLflow), what
+    else was sent, and the retry schedule."""
+    db["mlflow_export"].create(
+        {"job_id": str, "experiment": str, "experiment_id": str, "run_id": str, "exported_id": int,
+         "inflight_id": int, "ts_state": str, "params_done": int, "status_sent": str, "artifacts_done": int,
+         "done": int, "error": str, "attempts": int, "next_try": float, "enrolled_at": float, "updated_at": float},
+        pk="job_id",
+        defaults={"exported_id": 0, "params_done": 0, "artifacts_done": 0, "done": 0, "attempts": 0, "next_try": 0.0},
+    )
+    db["mlflow_export"].create_index(["done", "next_try"])
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -376,6 +390,50 @@ class Store:
             (job_id,),
         ).fetchall()
         return {r["name"]: r["value"] for r in rows}
+
+    # -- the MLflow mirror ------------------------------------------------------------------
+    def mlflow_enroll(self, job_ids: Iterable[str], experiment: str, now: Optional[float] = None) -> int:
+        """Mirror these jobs to `experiment` (a job already enrolled keeps its run); how many are new."""
+        now = now or time.time()
+        with self.transaction() as c:
+            before = c.total_changes
+            c.executemany("INSERT OR IGNORE INTO mlflow_export (job_id, experiment, enrolled_at, updated_at) VALUES (?,?,?,?)",
+                          [(j, experiment, now, now) for j in job_ids])
+            return c.total_changes - before
+
+    def mlflow_row(self, job_id: str) -> Optional[dict]:
+        """A job's export position, or None when it is not mirrored."""
+        return self.conn.execute("SELECT * FROM mlflow_export WHERE job_id=?", (job_id,)).fetchone()
+
+    def mlflow_due(self, now: float, limit: int = 100) -> list[dict]:
+        """Mirrored jobs with work left whose retry time has come, the longest waiting first."""
+        return self.conn.execute(
+            "SELECT * FROM mlflow_export WHERE done=0 AND next_try<=? ORDER BY next_try, enrolled_at LIMIT ?",
+            (now, limit)).fetchall()
+
+    def mlflow_set(self, job_id: str, **fields):
+        """Record progress of a job's export (run id, what was sent, the error and next try)."""
+        fields.setdefault("updated_at", time.time())
+        if "ts_state" in fields and not isinstance(fields["ts_state"], (str, type(None))):
+            fields["ts_state"] = json.dumps(fields["ts_state"])
+        sets = ",".join(f"{k}=?" for k in fields)
+        with self.transaction() as c:
+            c.execute(f"UPDATE mlflow_export SET {sets} WHERE job_id=?", [*fields.values(), job_id])
+
+    def metric_rows_after(self, job_id: str, after_id: int, upto_id: Optional[int] = None, limit: int = 1000) -> list[dict]:
+        """A job's metric rows with ids above `after_id` (and at most `upto_id`), in id order.
+
+        A range scan of the rowid from `after_id`: the rows of other jobs recorded since are read
+        and skipped, few when the export keeps up (no extra index slows the parser's inserts)."""
+        sql, args = "SELECT id, name, value, step, epoch, at FROM metrics WHERE job_id=? AND id>?", [job_id, after_id]
+        if upto_id is not None:
+            sql += " AND id<=?"
+            args.append(upto_id)
+        return self.conn.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
+
+    def metric_count_upto(self, job_id: str, upto_id: int) -> int:
+        """How many of a job's metric rows have ids up to `upto_id` (how far its export is)."""
+        return self.conn.execute("SELECT COUNT(*) AS n FROM metrics WHERE job_id=? AND id<=?", (job_id, upto_id)).fetchone()["n"]
 
     def add_artifact(self, job_id: str, path: str, kind: str, size: int, now: Optional[float] = None) -> bool:
         """Record a checkpoint or other file; a path already known only has its size refreshed."""

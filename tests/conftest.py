@@ -112,7 +112,12 @@ class DaemonProc:
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", *self.args], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        wait_for(lambda: (self.home / "daemon.pid").exists() and (self.home / "runner.db").exists(), 20, what="daemon start")
+        def mine():  # this daemon's pid in the pidfile (one left by an earlier daemon of the home does not count)
+            try:
+                return (self.home / "daemon.pid").read_text().strip() == str(self.proc.pid) and (self.home / "runner.db").exists()
+            except FileNotFoundError:
+                return False
+        wait_for(mine, 20, what="daemon start")
         if self.port:
             def up():
                 try:

@@ -29,6 +29,7 @@ VERBS = {
     "token": ("runner.cli.jobs", "token", "print your personal token for the HTTP API (made on first use)"),
     "dataset": ("runner.cli.dataset_cmd", "dataset", "check or convert a DOTA, HRSC2016 or Pascal VOC dataset"),
     "web-login": ("runner.cli.jobs", "web_login", "print a one-time link that signs you in to the dashboard"),
+    "export": ("runner.cli.export_cmd", "export", "mirror past jobs to the MLflow server of the config"),
 }
 
 
@@ -143,12 +144,22 @@ def _token(p):
     p.add_argument("--rotate", action="store_true", help="replace your token with a new one (the old one stops working)")
 
 
+def _export(p):
+    p.add_argument("target", choices=["mlflow"], help="where to: mlflow (the config's [mlflow] tracking_uri)")
+    p.add_argument("ids", nargs="*", help="job ids (unique prefixes will do)")
+    p.add_argument("--all", action="store_true", help="every job of yours (root: everyone's) that ran")
+    p.add_argument("--since", help="with --all: only jobs submitted since this date (YYYY-MM-DD[THH:MM])")
+    p.add_argument("--experiment", help="the MLflow experiment (default: the config's)")
+    p.add_argument("--no-wait", action="store_true", help="return once the daemon has the request")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the export")
+
+
 def _web_login(p):
     p.add_argument("--url", default=os.environ.get("RUNNER_URL"), help="the dashboard's address as your browser reaches it "
                    "(default: the daemon's HTTP bind; env RUNNER_URL)")
 
 
-ADD_ARGS = {"web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
+ADD_ARGS = {"export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

@@ -109,7 +109,12 @@ def show(args):
     if view.get("metrics"):
         print("metrics:")
         for k, v in sorted(view["metrics"].items()):
-            print(f"  {k:<30}{v:.6g}")
+            print(f"  {k:<30}{'nan' if v is None else format(v, '.6g')}")  # SQLite keeps a NaN as NULL
+    if view.get("mlflow"):
+        m = view["mlflow"]
+        state = "complete" if m["done"] else ("behind: " + m["error"] if m["error"] else "following")
+        print(f"{'mlflow:':<16}run {m['run_id'] or '(not made yet)'} in {m['experiment']}; "
+              f"{m['points_exported']}/{m['points']} points exported; {state}")
     if view.get("artifacts"):
         print("artifacts:")
         for a in view["artifacts"]:

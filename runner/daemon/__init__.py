@@ -49,6 +49,9 @@ class Daemon(Intake, Launch, Follow):
         self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
         self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
         self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
+        from ..mirror import settings as mirror_settings
+
+        self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.stopping = False
@@ -112,6 +115,12 @@ class Daemon(Intake, Launch, Follow):
         threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
         if self.http_bind:
             self._start_http()
+        if self.mirror_conf:
+            from ..mirror import Mirror
+
+            mirror = Mirror(self.home, self.store, self.mirror_conf)
+            threading.Thread(target=mirror.run, args=(self._stop_watch,), name="mirror", daemon=True).start()
+            log.info("mirroring jobs to MLflow at %s", self.mirror_conf["tracking_uri"])
         try:
             while not self.stopping:
                 self.tick()

@@ -76,10 +76,12 @@ class Intake:
                 self._cancel(check_cancel_record(rec, now), uid, now)
             elif name.endswith(".token.json"):
                 self._token(rec, uid)
+            elif name.endswith(".export.json"):
+                self._export(rec, uid, now)
             elif name.endswith(".job.json"):
                 self._ingest_job(check_job_record(rec, now), uid, now)
             else:
-                raise SpoolFileError("not a .job.json or .cancel.json file")
+                raise SpoolFileError("not a .job.json, .cancel.json, .token.json or .export.json file")
             path.unlink(missing_ok=True)
         except (SpoolFileError, RunnerError) as e:
             quarantine(self.home, path, f"{type(e).__name__}: {e}")
@@ -132,12 +134,39 @@ class Intake:
                     pass
             stored = {**stored, "env_vars": keep(self.home, job_id, stored["env_vars"], uid, rec["retry_of"], retry_uid)}
         self._dirty = True
-        self.store.insert_job({
-            "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
-            "priority": spec.priority, "spec": stored, "env": env,
-            "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
-            "gpus": [], "retry_of": rec.get("retry_of"),
-        }, now=now)
+        experiment = None
+        if self.mirror_conf:
+            from ..mirror import job_experiment
+
+            experiment = job_experiment(stored, self.mirror_conf)
+        with self.store.transaction():  # a job and its place in the MLflow mirror, together
+            self.store.insert_job({
+                "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
+                "priority": spec.priority, "spec": stored, "env": env,
+                "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
+                "gpus": [], "retry_of": rec.get("retry_of"),
+            }, now=now)
+            if experiment:
+                self.store.mlflow_enroll([job_id], experiment, now=now)
+
+    def _export(self, rec: dict, uid: int, now: float):
+        """`runner export mlflow`: mirror these past jobs (the requester's own; root's: anyone's)."""
+        if not self.mirror_conf:
+            raise SpoolFileError("this daemon's config has no [mlflow] tracking_uri: nothing to export to")
+        ids, experiment = rec.get("ids"), rec.get("experiment")
+        if not isinstance(ids, list) or not ids or len(ids) > 50_000 or not all(isinstance(i, str) for i in ids):
+            raise SpoolFileError("an export request is {\"ids\": [job ids], \"experiment\": name or null}")
+        if experiment is not None and (not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500):
+            raise SpoolFileError("experiment: expected a name of 1 to 500 characters")
+        mine = []
+        for ref in ids:
+            try:
+                job = self.store.get_job(ref)
+            except JobNotFound:
+                continue
+            if uid in (0, job["uid"]):
+                mine.append(job["id"])
+        self.store.mlflow_enroll(mine, experiment or self.mirror_conf["experiment"], now=now)
 
     def _token(self, rec: dict, uid: int):
         from .. import tokens

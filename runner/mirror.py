@@ -1,0 +1,463 @@
+"""Every job mirrored to an MLflow tracking server, whatever ran it, with no code in the adapters.
+
+The site config's `[mlflow]` table turns it on (docs/mlflow.md). Each job becomes one MLflow run:
+tags say whose job it is and what it ran, params are its resolved settings, metrics are the
+points the daemon parsed into the store, GPU samples are `system/` metrics, and the run's status
+follows the job. The daemon's `mirror` thread does the work while the job runs, so a job never
+waits on MLflow: when the server is down the export falls behind and catches up later, each job
+with its own backoff.
+
+Exactly once: the store keeps, per job, the run id and the id of the last metric row MLflow
+acknowledged. A batch is marked in flight before it is sent and acknowledged after, in one
+transaction with the new position; a batch found in flight after a crash (the daemon's or the
+server's) is settled against the run's metric history, so only what MLflow lacks is sent again. A
+point's timestamp is fixed by the store (its `at`, made strictly increasing per metric), so the
+same row always becomes the same point. A run created by a try whose answer was lost is found
+again by its `runner.job_id` tag.
+
+MLflow's REST API, through urllib: `import mlflow` (seconds) never happens here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from .exceptions import RunnerError
+from .states import ENDED, JobState
+
+log = logging.getLogger("runner.mirror")
+
+MAX_METRICS = 1000  # per runs/log-batch call (MLflow's limit)
+MAX_PARAMS = 100  # per runs/log-batch call (MLflow's limit)
+MAX_TAGS = 100  # per runs/log-batch call (MLflow's limit)
+PARAM_VALUE_MAX = 6000  # characters MLflow keeps of a param's value
+KEY_MAX = 250  # characters of a metric, param or tag name
+BATCHES_PER_TURN = 20  # batches one job sends before the next job's turn
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 300.0  # seconds before a retry after an error, doubling
+ARTIFACT_KINDS = ("spec", "log", "best_checkpoint", "last_checkpoint")
+DEFAULT_EXPERIMENT = "runner"
+STATUS = {JobState.QUEUED: "SCHEDULED", JobState.PREPARING: "SCHEDULED", JobState.RUNNING: "RUNNING",
+          JobState.SUCCEEDED: "FINISHED", JobState.FAILED: "FAILED", JobState.CANCELLED: "KILLED"}
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. /:]")  # MLflow accepts letters, digits, _ - . space / :
+_GPU = re.compile(r"gpu(\d+)_(memory_mb|utilization)")
+
+
+def settings(config: dict) -> dict | None:
+    """The `[mlflow]` table of the site config, checked; None when the mirror is off."""
+    sec = config.get("mlflow")
+    if not sec:
+        return None
+    if not isinstance(sec, dict):
+        raise RunnerError("[mlflow]: expected a table with tracking_uri = \"http://...\"")
+    uri = sec.get("tracking_uri")
+    if not isinstance(uri, str) or not re.match(r"https?://[^/\s]+", uri):
+        raise RunnerError(f"[mlflow] tracking_uri: given {uri!r}; expected the tracking server's address, http://HOST:PORT")
+    experiment = sec.get("experiment", DEFAULT_EXPERIMENT)
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise RunnerError(f"[mlflow] experiment: given {experiment!r}; expected an experiment name")
+    artifacts = sec.get("artifacts", [])
+    if not isinstance(artifacts, list) or any(a not in ARTIFACT_KINDS for a in artifacts):
+        raise RunnerError(f"[mlflow] artifacts: given {artifacts!r}; expected a list of {', '.join(ARTIFACT_KINDS)}")
+    numbers = {}
+    for key, default in (("artifact_max_mb", 100.0), ("interval_seconds", 2.0), ("timeout_seconds", 30.0)):
+        v = sec.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise RunnerError(f"[mlflow] {key}: given {v!r}; expected a positive number")
+        numbers[key] = float(v)
+    return {"tracking_uri": uri.rstrip("/"), "experiment": experiment, "artifacts": artifacts, **numbers}
+
+
+def job_experiment(spec: dict, conf: dict) -> str | None:
+    """The experiment a job goes to (its own `mlflow: {experiment: ...}` or the site's), None for `mlflow: false`."""
+    own = spec.get("mlflow", True)
+    if own is False:
+        return None
+    if isinstance(own, dict) and own.get("experiment"):
+        return own["experiment"]
+    return conf["experiment"]
+
+
+class MlflowError(Exception):
+    """A call MLflow refused or that did not reach it. `code` is MLflow's error_code, if any."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class Client:
+    """The few REST calls the mirror needs (MLflow's REST API 2.0)."""
+
+    def __init__(self, tracking_uri: str, timeout: float = 30.0):
+        self.uri = tracking_uri.rstrip("/")
+        self.timeout = timeout
+        self.headers = {"Content-Type": "application/json"}
+        # The same variables as MLflow's own client.
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        elif user and password:
+            self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def _open(self, method: str, url: str, data: bytes | None, headers: dict) -> bytes:
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            body = e.read()[:2000].decode("utf-8", "replace")
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = {}
+            code = payload.get("error_code") if isinstance(payload, dict) else None
+            msg = payload.get("message", body) if isinstance(payload, dict) else body
+            raise MlflowError(f"{method} {url.split('?')[0]}: HTTP {e.code}{' ' + code if code else ''}: {str(msg)[:300]}", code) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise MlflowError(f"{self.uri} cannot be reached: {reason}") from None
+
+    def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
+        url = f"{self.uri}/api/2.0/mlflow/{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = json.dumps(body, allow_nan=False).encode() if body is not None else None
+        text = self._open(method, url, data, self.headers)
+        return json.loads(text) if text.strip() else {}
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment `name`, created when missing."""
+        for _ in range(2):
+            try:
+                return self.call("GET", "experiments/get-by-name", query={"experiment_name": name})["experiment"]["experiment_id"]
+            except MlflowError as e:
+                if e.code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+            try:
+                return self.call("POST", "experiments/create", {"name": name})["experiment_id"]
+            except MlflowError as e:
+                if e.code != "RESOURCE_ALREADY_EXISTS":  # made meanwhile by someone else: read it again
+                    raise
+        raise MlflowError(f"experiment {name!r}: neither found nor created")
+
+    def find_run(self, experiment_id: str, job_id: str) -> dict | None:
+        """The run tagged with this job id, if one was made (by a try whose answer was lost)."""
+        runs = self.call("POST", "runs/search", {"experiment_ids": [experiment_id], "max_results": 2,
+                                                 "filter": f"tags.\"runner.job_id\" = '{job_id}'"}).get("runs", [])
+        return runs[0]["info"] if runs else None
+
+    def create_run(self, experiment_id: str, name: str, start_ms: int, tags: dict) -> dict:
+        body = {"experiment_id": experiment_id, "run_name": name, "start_time": start_ms,
+                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if tags.get("mlflow.user"):
+            body["user_id"] = tags["mlflow.user"]
+        return self.call("POST", "runs/create", body)["run"]["info"]
+
+    def log_batch(self, run_id: str, metrics=(), params=(), tags=()):
+        self.call("POST", "runs/log-batch", {"run_id": run_id, "metrics": list(metrics), "params": list(params), "tags": list(tags)})
+
+    def history(self, run_id: str, key: str) -> list[dict]:
+        """Every point of one metric of a run."""
+        out, token = [], None
+        while True:
+            q = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            if token:
+                q["page_token"] = token
+            r = self.call("GET", "metrics/get-history", query=q)
+            out += r.get("metrics", [])
+            token = r.get("next_page_token")
+            if not token:
+                return out
+
+    def update_run(self, run_id: str, status: str, end_ms: int | None = None):
+        body = {"run_id": run_id, "status": status}
+        if end_ms is not None:
+            body["end_time"] = end_ms
+        self.call("POST", "runs/update", body)
+
+    def upload(self, artifact_uri: str, rel: str, path: Path):
+        """Put one file into a run's artifacts (served by the tracking server, or a folder mounted here)."""
+        if artifact_uri.startswith("mlflow-artifacts:"):
+            where = urllib.parse.urlparse(artifact_uri).path
+            url = f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{where.strip('/')}/{urllib.parse.quote(rel)}"
+            with open(path, "rb") as f:
+                self._open("PUT", url, f.read(), {k: v for k, v in self.headers.items() if k != "Content-Type"})
+            return
+        local = artifact_uri[len("file://"):] if artifact_uri.startswith("file://") else artifact_uri
+        if not local.startswith("/"):
+            raise MlflowError(f"artifact store {artifact_uri!r}: runner uploads to an MLflow server that serves "
+                              "artifacts (mlflow-artifacts:) or to a folder this machine mounts")
+        dest = Path(local) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        with open(path, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dest)
+
+
+def metric_key(name: str) -> str:
+    """The MLflow name of a stored metric: GPU samples as MLflow's system metrics, other names kept
+    where MLflow allows them (characters it refuses, e.g. the parentheses of `mAP50(B)`, become `_`)."""
+    m = _GPU.fullmatch(name)
+    if m:
+        return f"system/gpu_{m.group(1)}_" + ("memory_usage_megabytes" if m.group(2) == "memory_mb" else "utilization_percentage")
+    key = _BAD_KEY_CHARS.sub("_", name).lstrip("/").replace("..", "_.")
+    return key[:KEY_MAX] or "_"
+
+
+def _number(v):
+    """A value as MLflow's JSON takes it (protobuf JSON spells the non-finite ones as strings).
+    SQLite keeps a NaN as NULL: a stored None is the NaN the log said."""
+    if v is None:
+        return "NaN"
+    v = float(v)
+    if math.isfinite(v):
+        return v
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+
+def points(rows: list[dict], ts_state: dict) -> tuple[list[dict], dict]:
+    """Metric rows as MLflow points, and the timestamp state after them. step = the epoch (or the
+    parsed step, or 0); the timestamp is the row's time in ms, made strictly increasing per metric,
+    so no two points of a metric are the same point to MLflow and the same row always maps the same."""
+    state = dict(ts_state)
+    out = []
+    for r in rows:
+        key = metric_key(r["name"])
+        ts = max(int(r["at"] * 1000), state.get(key, -1) + 1)
+        state[key] = ts
+        step = r["epoch"] if r["epoch"] is not None else (r["step"] if r["step"] is not None else 0)
+        out.append({"key": key, "value": _number(r["value"]), "timestamp": ts, "step": int(step)})
+    return out, state
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """{"train": {"lr": 0.1}} -> {"train.lr": "0.1"}: what MLflow's params hold (strings)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif v is None:
+            continue
+        elif isinstance(v, str):
+            out[key] = v
+        else:
+            out[key] = json.dumps(v)
+    return out
+
+
+def job_params(job: dict, job_dir: Path) -> dict:
+    """A job's params: its spec (without env_vars' values, which may be secrets) and, for a model
+    job, the settings its translator resolved (job.json: what the adapter trained with)."""
+    spec = {k: v for k, v in job["spec"].items() if k not in ("mlflow",)}
+    if spec.get("env_vars"):
+        spec["env_vars"] = sorted(spec["env_vars"])  # the names only
+    params = flatten(spec)
+    try:
+        with open(job_dir / "job.json", "rb") as f:
+            settings = json.loads(f.read(4 << 20))
+    except (OSError, ValueError):
+        settings = None
+    if isinstance(settings, dict):
+        params.update(flatten({k: v for k, v in settings.items() if k != "dataset_report"}))
+    return {metric_key(k): v[:PARAM_VALUE_MAX] for k, v in params.items()}
+
+
+def job_tags(job: dict) -> dict:
+    """The run's tags: whose job, what it ran, how it ended."""
+    tags = {"runner.job_id": job["id"], "runner.user": job["user"], "mlflow.user": job["user"],
+            "runner.state": job["state"], "runner.kind": job.get("kind") or ""}
+    model = job.get("model")
+    if model:
+        tags["runner.model"] = model
+        fw, _, name = model.partition("/")
+        tags["runner.framework"] = fw
+        if fw == "repo":
+            tags["runner.repo"] = name
+    if job.get("env_hash"):
+        tags["runner.env_hash"] = job["env_hash"]
+    for k in ("reason", "exit_code", "retry_of", "note"):
+        if k == "reason" and job["state"] not in ("failed", "cancelled"):
+            continue  # a reason says why a job failed or waits
+        if job.get(k) not in (None, ""):
+            tags[f"runner.{k}"] = str(job[k])[:5000]
+    return tags
+
+
+def _ms(t: float | None) -> int | None:
+    return int(t * 1000) if t else None
+
+
+class Mirror:
+    """The export of every enrolled job; `run` is the daemon's thread, `sync` one job's turn."""
+
+    def __init__(self, home, store, conf: dict):
+        self.home, self.store, self.conf = home, store, conf
+        self.client = Client(conf["tracking_uri"], conf["timeout_seconds"])
+        self._experiments: dict[str, str] = {}
+        # A fault for the tests: the daemon dies by SIGKILL after sending its N-th metric batch,
+        # before acknowledging it (the window that exactly-once has to survive).
+        self._kill_after = int(os.environ.get("RUNNER_FAULT_KILL_AFTER_MLFLOW_BATCH") or 0)
+        self._sent = 0
+
+    def run(self, stop: threading.Event):
+        """Export what is due every interval until `stop` is set."""
+        while not stop.is_set():
+            try:
+                self.pass_once(stop)
+            except Exception:  # a bug here must not take the daemon's thread down for good
+                log.exception("mlflow mirror pass failed")
+            stop.wait(self.conf["interval_seconds"])
+
+    def pass_once(self, stop: threading.Event | None = None):
+        now = time.time()
+        for row in self.store.mlflow_due(now):
+            if stop is not None and stop.is_set():
+                return
+            self.sync(row["job_id"])
+
+    def sync(self, job_id: str) -> bool:
+        """One turn of one job's export; True when it is complete. An error is recorded with the
+        next try (backoff), never raised: the next turn goes on from the stored position."""
+        row = self.store.mlflow_row(job_id)
+        if row is None or row["done"]:
+            return bool(row)
+        try:
+            done = self._sync(job_id, row)
+        except Exception as e:  # MLflow down or refusing, or a bug: this job waits, the others go on
+            if not isinstance(e, MlflowError):
+                log.exception("job %s: mlflow export failed", job_id)
+            attempts = row["attempts"] + 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempts - 1))
+            self.store.mlflow_set(job_id, error=str(e)[:1000], attempts=attempts, next_try=time.time() + delay)
+            if attempts == 1 or attempts % 10 == 0:
+                log.warning("job %s: mlflow export: %s (try %d; next in %.0fs)", job_id, e, attempts, delay)
+            return False
+        if row["error"] or row["attempts"]:
+            self.store.mlflow_set(job_id, error=None, attempts=0, next_try=0.0)
+        return done
+
+    def _experiment(self, name: str) -> str:
+        if name not in self._experiments:
+            self._experiments[name] = self.client.experiment_id(name)
+        return self._experiments[name]
+
+    def _sync(self, job_id: str, row: dict) -> bool:
+        job = self.store.get_job(job_id)
+        state = JobState(job["state"])
+        ended = state in ENDED  # read first: once ended, every metric of the job is in the store
+        run_id = row["run_id"]
+        if not run_id:
+            exp = self._experiment(row["experiment"])
+            info = self.client.find_run(exp, job_id) or self.client.create_run(
+                exp, job["name"] or job_id, _ms(job["created_at"]) or _ms(time.time()), job_tags(job))
+            run_id = info["run_id"]
+            self.store.mlflow_set(job_id, run_id=run_id, experiment_id=exp, status_sent="SCHEDULED")
+            row = self.store.mlflow_row(job_id)
+        if not row["params_done"] and (state == JobState.RUNNING or ended):
+            params = sorted(job_params(job, self.home.job_dir(job_id)).items())
+            tags = sorted(job_tags(job).items())
+            for i in range(0, max(len(params), len(tags)), MAX_PARAMS):
+                self.client.log_batch(run_id, params=[{"key": k, "value": v} for k, v in params[i:i + MAX_PARAMS]],
+                                      tags=[{"key": k, "value": v} for k, v in tags[i:i + MAX_TAGS]])
+            self.store.mlflow_set(job_id, params_done=1)
+        if row["inflight_id"]:
+            self._settle(job_id, row, run_id)
+            row = self.store.mlflow_row(job_id)
+        caught_up = self._send_metrics(job_id, row, run_id)
+        status = STATUS[state]
+        if ended and caught_up:
+            if not row["artifacts_done"]:
+                self._artifacts(job, run_id)
+                self.store.mlflow_set(job_id, artifacts_done=1)
+            self.client.log_batch(run_id, tags=[{"key": k, "value": v} for k, v in sorted(job_tags(job).items())])
+            self.client.update_run(run_id, status, _ms(job["finished_at"]))
+            self.store.mlflow_set(job_id, status_sent=status, done=1)
+            return True
+        if not ended and row["status_sent"] != status:
+            self.client.update_run(run_id, status)
+            self.store.mlflow_set(job_id, status_sent=status)
+        return False
+
+    def _send_metrics(self, job_id: str, row: dict, run_id: str) -> bool:
+        """Send the metric rows after the acknowledged position, batch by batch; True when none are left."""
+        exported, ts_state = row["exported_id"], row["ts_state"] or {}
+        for _ in range(BATCHES_PER_TURN):
+            rows = self.store.metric_rows_after(job_id, exported, limit=MAX_METRICS)
+            if not rows:
+                return True
+            batch, after = points(rows, ts_state)
+            upto = rows[-1]["id"]
+            self.store.mlflow_set(job_id, inflight_id=upto)
+            self.client.log_batch(run_id, metrics=batch)
+            self._sent += 1
+            if self._kill_after and self._sent >= self._kill_after:
+                os.kill(os.getpid(), 9)
+            self.store.mlflow_set(job_id, exported_id=upto, inflight_id=None, ts_state=after)  # one transaction
+            exported, ts_state = upto, after
+        return False
+
+    def _settle(self, job_id: str, row: dict, run_id: str):
+        """A batch was sent and not acknowledged: send only the points of it that MLflow lacks."""
+        rows = self.store.metric_rows_after(job_id, row["exported_id"], upto_id=row["inflight_id"], limit=1 << 30)
+        batch, after = points(rows, row["ts_state"] or {})
+        have = set()
+        for key in sorted({p["key"] for p in batch}):
+            have |= {(key, int(h["timestamp"]), int(h.get("step", 0))) for h in self.client.history(run_id, key)}
+        missing = [p for p in batch if (p["key"], p["timestamp"], p["step"]) not in have]
+        for i in range(0, len(missing), MAX_METRICS):
+            self.client.log_batch(run_id, metrics=missing[i:i + MAX_METRICS])
+        log.info("job %s: settled a batch in flight: %d of %d points were missing", job_id, len(missing), len(batch))
+        self.store.mlflow_set(job_id, exported_id=row["inflight_id"], inflight_id=None, ts_state=after)
+
+    def _artifacts(self, job: dict, run_id: str):
+        """The files the config asks for, each within the size limit; what was left out is tagged."""
+        wanted = self.conf["artifacts"]
+        if not wanted:
+            return
+        info = self.client.call("GET", "runs/get", query={"run_id": run_id})["run"]["info"]
+        files = []
+        if "spec" in wanted:
+            files.append(("runner/spec.json", None))
+        if "log" in wanted:
+            files.append(("runner/output.log", self.home.run_dir(job["id"]) / "output.log"))
+        checkpoints = [a for a in self.store.artifacts(job["id"]) if a["kind"] == "checkpoint"]
+        if checkpoints and "best_checkpoint" in wanted:
+            best = [a for a in checkpoints if "best" in Path(a["path"]).name] or checkpoints
+            files.append((f"checkpoints/{Path(best[-1]['path']).name}", Path(best[-1]["path"])))
+        if checkpoints and "last_checkpoint" in wanted:
+            last = [a for a in checkpoints if "last" in Path(a["path"]).name] or checkpoints
+            files.append((f"checkpoints/{Path(last[-1]['path']).name}", Path(last[-1]["path"])))
+        skipped = []
+        limit = self.conf["artifact_max_mb"] * 2**20
+        for rel, path in files:
+            if path is None:
+                tmp = self.home.run_dir(job["id"]) / "mlflow-spec.json"
+                tmp.write_text(json.dumps({k: v for k, v in job["spec"].items() if k != "env_vars"}, indent=2))
+                path = tmp
+            try:
+                size = path.stat().st_size
+            except OSError:
+                skipped.append(f"{rel} (missing)")
+                continue
+            if size > limit:
+                skipped.append(f"{rel} ({size / 2**20:.0f} MB > artifact_max_mb {self.conf['artifact_max_mb']:g})")
+                continue
+            self.client.upload(info["artifact_uri"], rel, path)
+        if skipped:
+            self.client.log_batch(run_id, tags=[{"key": "runner.artifacts_skipped", "value": "; ".join(skipped)[:5000]}])
+
