@@ -38,7 +38,7 @@ def export_view(store, job_id: str) -> dict | None:
         return None
     total = store.count_metrics(job_id)
     sent = store.metric_count_upto(job_id, row["exported_id"]) if row["exported_id"] else 0
-    return {"experiment": row["experiment"], "run_id": row["run_id"], "points_exported": sent, "points": total,
+    return {"experiment": row["experiment"], "experiment_id": row["experiment_id"], "run_id": row["run_id"], "points_exported": sent, "points": total,
             "status": row["status_sent"], "done": bool(row["done"]), "error": row["error"],
             "next_try": row["next_try"] if row["error"] else None}
 

@@ -127,7 +127,7 @@ def assert_history_equals_store(server, home, job_id):
 def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, server):
     home = mirrored_home(tmp_path / "home", server, 'artifacts = ["spec", "log"]\n')
     r = Runner(home)
-    d = DaemonProc(home, r.env, http=False).start()
+    d = DaemonProc(home, r.env, http=True).start()
     try:
         ok = r.submit(*metrics_job(6, 200, name="ok-job"))  # 3,600 points: 4 batches
         bad = r.submit("--name", "bad-job", "--", "sh", "-c", "echo 'epoch 0 loss=2.5'; exit 3")
@@ -145,6 +145,10 @@ def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, ser
             r.wait_state(j, ("succeeded", "failed", "cancelled"))
         store = Store(home / "runner.db", migrate=False)
         wait_for(lambda: all((store.mlflow_row(j) or {}).get("done") for j in (ok, bad, own, slow)), 60, what="the exports")
+        status, api = d.get(f"/jobs/{ok}")
+        assert status == 200 and api["mlflow"]["done"] and api["mlflow"]["run_id"] == store.mlflow_row(ok)["run_id"]
+        page = LOOPBACK.open(d.url + f"/ui/jobs/{ok}").read().decode()
+        assert f'{server.url}/#/experiments/{api["mlflow"]["experiment_id"]}/runs/{api["mlflow"]["run_id"]}' in page
     finally:
         d.stop()
     row = assert_history_equals_store(server, home, ok)

@@ -161,7 +161,9 @@ def routes(app, ctx):
                     env_lock = None
         names = _metric_names(job["id"])
         default_metric = next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else None)
+        tracking = (home.config.get("mlflow") or {}).get("tracking_uri", "").rstrip("/")
         return render(request, "job.html", job=job, view=view, names=names, default_metric=default_metric, env_lock=env_lock, arts=view["artifacts"],
+                      mlflow=view.get("mlflow"), mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
                       spec_yaml=_yaml(job["spec"]), can_act=can_act(viewer(request), job), log_ok=may_read_log(request, job),
                       active=job["state"] in ("queued", "preparing", "running"))
 
