@@ -140,7 +140,7 @@ ms = [Metric(n, v, now + s, s // 1000) for s in range(points // 4)
 for i in range(0, len(ms), 1000):
     c.log_batch(run.info.run_id, metrics=ms[i:i + 1000])
 c.set_terminated(run.info.run_id)
-print(time.perf_counter() - t0, run.info.run_id)
+print(time.perf_counter() - t0, run.info.run_id, flush=True)
 """
 
 
@@ -153,7 +153,7 @@ def by_hand(server: Server, points: int, rep: int) -> tuple[float, float]:
     whole = time.perf_counter() - t0
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
-    took, run_id = out.stdout.split()
+    took, run_id = out.stdout.split()[-2:]  # the client may print notes before
     held = server.count(run_id, ("loss", "acc", "lr", "grad_norm"))
     assert held == points, (held, points)
     return float(took), whole
