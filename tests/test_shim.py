@@ -152,3 +152,36 @@ def test_shim_starts_without_site_packages(tmp_path):
     src = Path("runner/shim.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= set(sys.stdlib_module_names), imports - set(sys.stdlib_module_names)
+
+
+def test_warm_launcher_forks_shims_that_outlive_it(tmp_path):
+    """`shim.py --serve` (the daemon's launcher): each RUN_DIR line starts a shim, a session
+    leader of its own whose pid comes back; at EOF (the daemon gone) the launcher exits and the
+    shims go on to record their jobs' ends."""
+    from runner.prepare import ShimLauncher
+
+    launcher = ShimLauncher()
+    slow = launch(tmp_path / "slow", [SH, "-c", "sleep 1; echo late; exit 7"])
+    fast = launch(tmp_path / "fast", [SH, "-c", "echo quick"])
+    pids = [launcher.spawn(slow), launcher.spawn(fast)]
+    serving = launcher.proc.pid
+    deadline = time.time() + 30
+    while not (slow / "child.json").exists() and time.time() < deadline:  # written once its session is made
+        time.sleep(0.01)
+    assert pids[0] != serving and os.getsid(pids[0]) == pids[0], "the shim leads a session of its own"
+    launcher.close()  # what the daemon's death does to it: stdin at EOF
+    assert not os.path.exists(f"/proc/{serving}") or open(f"/proc/{serving}/stat").read().split()[2] == "Z"
+    deadline = time.time() + 30
+    while not (slow / "exit.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert json.loads((slow / "exit.json").read_text())["exit_code"] == 7 and (slow / "output.log").read_text() == "late\n"
+    assert json.loads((fast / "exit.json").read_text())["exit_code"] == 0
+    assert json.loads((slow / "child.json").read_text())["shim_pid"] == pids[0]
+    again = launch(tmp_path / "again", [SH, "-c", "exit 0"])
+    launcher.spawn(again)  # a new launcher is started when the old one is gone
+    assert launcher.proc.pid != serving
+    deadline = time.time() + 30
+    while not (again / "exit.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert json.loads((again / "exit.json").read_text())["exit_code"] == 0
+    launcher.close()

@@ -56,7 +56,9 @@ class Daemon(Intake, Launch, Follow):
         self.wake = threading.Event()
         self.stopping = False
         self.started_at = time.time()
-        self.procs = {}  # job_id -> Popen of its shim (to reap zombies)
+        from ..prepare import ShimLauncher
+
+        self.launcher = ShimLauncher()  # forks shims from a warm interpreter
         self.watchers: dict[str, LogWatcher] = {}
         self.killing = {}  # job_id -> when to escalate to SIGKILL
         self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
@@ -131,6 +133,7 @@ class Daemon(Intake, Launch, Follow):
             if self.http_server:
                 self.http_server.should_exit = True
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self.launcher.close()
             log.info("runner daemon stopped; %d job(s) left running", len(self.store.list_jobs(states=["running"])))
             os.close(self._lock_fd)
 
@@ -186,9 +189,6 @@ class Daemon(Intake, Launch, Follow):
             self._dirty = False
             self._last_schedule = now
             self.schedule(now)
-        for jid, proc in list(self.procs.items()):
-            if proc.poll() is not None:
-                del self.procs[jid]
         self.last_tick = time.time()
 
     def reconcile(self, now: float | None = None):

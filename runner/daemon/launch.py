@@ -106,7 +106,7 @@ class Launch:
         return write
 
     def _prepare_and_launch(self, job: dict):
-        from ..prepare import prepare, spawn_shim
+        from ..prepare import prepare
 
         jid = job["id"]
         job_dir = self.home.job_dir(jid)
@@ -140,19 +140,18 @@ class Launch:
             return
         offset = (run_dir / "output.log").stat().st_size if (run_dir / "output.log").exists() else 0
         try:
-            proc = spawn_shim(run_dir)
+            pid = self.launcher.spawn(run_dir)
         except OSError as e:
             self._fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
             return
         import psutil
 
         try:
-            started = psutil.Process(proc.pid).create_time()
+            started = psutil.Process(pid).create_time()
         except psutil.Error:
             started = None
-        self.procs[jid] = proc
         try:
-            self.store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=proc.pid, shim_started=started,
+            self.store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=pid, shim_started=started,
                                   env_hash=prepared.env_hash, log_offset=offset)
         except InvalidTransition:
             kill_tree(run_dir, signal.SIGKILL)
