@@ -93,3 +93,14 @@ def open_users_file(path: str | os.PathLike, uid: int):
         os.close(fd)
         raise PermissionError(f"{path}: not a regular file of the job's user")
     return os.fdopen(fd, "rb")
+
+
+def check_paths_as(spec: dict, who: Person) -> list[str]:
+    """The paths a job names, checked as its submitter: one line per path she cannot use."""
+    problems = []
+    ds = spec.get("dataset") or {}
+    for field, path, want in (("dataset.path", ds.get("path"), "r"), ("dataset.annotations", ds.get("annotations"), "r"),
+                              ("workdir", spec.get("workdir"), "w"), ("train.resume", (spec.get("train") or {}).get("resume"), "r")):
+        if path and os.path.isabs(path) and not may_access(path, who, want):
+            problems.append(f"{field}: {path} is not {'writable' if want == 'w' else 'readable'} by {who.name}")
+    return problems

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import envs, sandbox
 from .exceptions import EnvBuildError, RunnerError
-from .identity import Person, drops_privileges, may_access, person
+from .identity import Person, check_paths_as, drops_privileges, person
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,17 +161,6 @@ def log_mode(home) -> int:
 def job_dir_mode(home) -> int:
     """Mode of a job's folder once it is handed to its user (see log_mode)."""
     return 0o755 if home.config.get("server", {}).get("share_logs") else 0o700
-
-
-def check_paths_as(spec: dict, who: Person) -> list[str]:
-    """The paths a job names, checked as its submitter: one line per path she cannot use."""
-    problems = []
-    ds = spec.get("dataset") or {}
-    for field, path, want in (("dataset.path", ds.get("path"), "r"), ("dataset.annotations", ds.get("annotations"), "r"),
-                              ("workdir", spec.get("workdir"), "w"), ("train.resume", (spec.get("train") or {}).get("resume"), "r")):
-        if path and os.path.isabs(path) and not may_access(path, who, want):
-            problems.append(f"{field}: {path} is not {'writable' if want == 'w' else 'readable'} by {who.name}")
-    return problems
 
 
 def fresh_job_dir(home, job_id: str) -> Path:

@@ -10,7 +10,6 @@ import json
 import os
 from pathlib import Path
 
-from . import envs
 from .exceptions import SpecError
 from .spec import EnvSpec as EnvSpecType, JobSpec
 
@@ -84,6 +83,12 @@ def workdir_problems(workdir: str, state_root: Path | None) -> list[str]:
     return []
 
 
+def _env_names() -> list[str]:
+    from .envs import named_env_names  # here, not at the top: `runner submit` need not load env building
+
+    return named_env_names()
+
+
 def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Path | None = None) -> dict:
     """The spec as it goes into the spool: paths absolute, defaults filled, checked.
 
@@ -106,8 +111,8 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
             data["env"] = {"requirements": [l for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")],
                            "python": spec.env.python, "name": spec.env.name or p.stem}
             data["env"] = {k: v for k, v in data["env"].items() if v is not None}
-    elif isinstance(spec.env, str) and spec.env != "system" and spec.env not in envs.named_env_names():
-        problems.append(f"env: given {spec.env!r}; expected 'system' or one of envs/: {', '.join(envs.named_env_names())}")
+    elif isinstance(spec.env, str) and spec.env != "system" and spec.env not in _env_names():
+        problems.append(f"env: given {spec.env!r}; expected 'system' or one of envs/: {', '.join(_env_names())}")
     for i, dep in enumerate(spec.after):
         if not dep:
             problems.append(f"after.{i}: empty job id")

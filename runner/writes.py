@@ -41,7 +41,7 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     `who` is the person behind an HTTP token when the daemon acts for her: the paths the job
     names are then checked as her before anything reads them.
     """
-    from .prepare import check_paths_as
+    from .identity import check_paths_as
     from .resolve import resolve
     from .spec import parse_spec
 
