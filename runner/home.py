@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from functools import cached_property
 from pathlib import Path
 
@@ -76,6 +75,8 @@ class Home:
     @cached_property
     def config(self) -> dict:
         """The settings: the system config (/etc/runner/config.toml) with $RUNNER_HOME/config.toml over it, table by table."""
+        import tomllib
+
         merged = {k: v for k, v in defaults.system_config().items() if k != "home"}
         try:
             with open(self.config_file, "rb") as f:

@@ -12,7 +12,6 @@ import math
 import os
 import pwd
 import re
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 def new_id() -> str:
     """A short random job id (8 characters of Crockford base32); prefixes work in every verb."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(8))
+    return "".join(_ALPHABET[b % 32] for b in os.urandom(8))  # 256 = 8 * 32: unbiased (no `secrets`: ~5 ms to import)
 
 
 def user_name(uid: int | None = None) -> str:
@@ -49,7 +48,7 @@ def _drop(home: Home, name: str, record: dict, owner: tuple[int, int] | None = N
     # 0600: a spec may hold secrets (env_vars); the daemon reads it as root, teammates may not.
     # `owner` (uid, gid): the daemon drops a file for a user it knows by her token (HTTP writes);
     # the file is hers, so intake treats it exactly as if she had run the CLI.
-    tmp = home.spool / ".tmp" / f"{name}.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = home.spool / ".tmp" / f"{name}.{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
