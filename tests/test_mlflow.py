@@ -125,7 +125,7 @@ def assert_history_equals_store(server, home, job_id):
 
 
 def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, server):
-    home = mirrored_home(tmp_path / "home", server, 'artifacts = ["spec", "log"]\n')
+    home = mirrored_home(tmp_path / "home", server, 'artifacts = ["spec", "log", "best_checkpoint"]\nartifact_max_mb = 0.01\n')
     r = Runner(home)
     d = DaemonProc(home, r.env, http=True).start()
     try:
@@ -134,6 +134,10 @@ def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, ser
         spec = tmp_path / "own.json"
         spec.write_text(json.dumps({"name": "own-exp", "command": ["sh", "-c", "echo 'epoch 0 loss=1.5'"], "mlflow": {"experiment": "elsewhere"}}))
         own = r.submit(str(spec))
+        spec.write_text(json.dumps({"name": "saves", "checkpoints": ["ckpt/*.pt"], "command": [
+            "sh", "-c", "mkdir -p $RUNNER_JOB_DIR/ckpt && echo w > $RUNNER_JOB_DIR/ckpt/last.pt && echo w > $RUNNER_JOB_DIR/ckpt/best.pt; "
+                        "echo 'epoch 0 loss=1'"]}))
+        saves = r.submit(str(spec))
         spec.write_text(json.dumps({"name": "not-mirrored", "command": ["sh", "-c", "echo 'epoch 0 loss=1.5'"], "mlflow": False}))
         off = r.submit(str(spec))
         slow = r.submit("--name", "cancelled-job", "--", "sh", "-c", "echo 'epoch 0 loss=9'; sleep 60")
@@ -141,10 +145,10 @@ def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, ser
         wait_for(lambda: (Store(home / "runner.db", migrate=False).mlflow_row(slow) or {}).get("status_sent") == "RUNNING", 30,
                  what="the running job's run to say RUNNING")
         r.run("cancel", slow)
-        for j in (ok, bad, own, off, slow):
+        for j in (ok, bad, own, off, slow, saves):
             r.wait_state(j, ("succeeded", "failed", "cancelled"))
         store = Store(home / "runner.db", migrate=False)
-        wait_for(lambda: all((store.mlflow_row(j) or {}).get("done") for j in (ok, bad, own, slow)), 60, what="the exports")
+        wait_for(lambda: all((store.mlflow_row(j) or {}).get("done") for j in (ok, bad, own, slow, saves)), 60, what="the exports")
         status, api = d.get(f"/jobs/{ok}")
         assert status == 200 and api["mlflow"]["done"] and api["mlflow"]["run_id"] == store.mlflow_row(ok)["run_id"]
         page = LOOPBACK.open(d.url + f"/ui/jobs/{ok}").read().decode()
@@ -158,7 +162,10 @@ def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, ser
     assert run["tags"]["runner.kind"] == "command" and run["tags"]["runner.state"] == "succeeded"
     assert run["params"]["env"] == "system" and run["params"]["name"] == "ok-job" and "command" in run["params"]
     files = server.api("artifacts/list", {"run_id": row["run_id"], "path": "runner"})["files"]
-    assert {f["path"] for f in files} == {"runner/spec.json", "runner/output.log"}
+    assert {f["path"] for f in files} == {"runner/spec.json"}, "the log is over artifact_max_mb"
+    assert "runner/output.log" in run["tags"]["runner.artifacts_skipped"] and "artifact_max_mb" in run["tags"]["runner.artifacts_skipped"]
+    saved = store.mlflow_row(saves)["run_id"]
+    assert [f["path"] for f in server.api("artifacts/list", {"run_id": saved, "path": "checkpoints"})["files"]] == ["checkpoints/best.pt"]
     assert_history_equals_store(server, home, bad)
     failed = server.run(store.mlflow_row(bad)["run_id"])
     assert failed["info"]["status"] == "FAILED" and failed["tags"]["runner.exit_code"] == "3"
