@@ -123,6 +123,16 @@ def _end_leftovers(grace=2.0, bound=10.0):
         time.sleep(0.01)
 
 
+def _environment(spec):
+    """The job's environment: launch.json's, with the variables it names taken from the shim's own
+    where they are set (under Slurm: the GPUs and the node Slurm gave the job)."""
+    env = dict(spec["env"])
+    for key in spec.get("inherit", ()):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
 def main(job_dir):
     """Run the job described by JOB_DIR/launch.json to its end and record how it ended."""
     with open(os.path.join(job_dir, "launch.json")) as f:
@@ -160,7 +170,7 @@ def main(job_dir):
         ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]} if user else {}
         proc = subprocess.Popen(
             spec["argv"], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-            env=spec["env"], cwd=spec["cwd"], process_group=0, close_fds=True,
+            env=_environment(spec), cwd=spec["cwd"], process_group=0, close_fds=True,
             # Only when there is something to do in the child: a preexec_fn costs every start a slower fork.
             preexec_fn=_in_child(limits, _prctl() if user else None) if (limits or user) else None, **ids,
         )

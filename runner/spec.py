@@ -140,6 +140,23 @@ class Resources(_Strict):
         return self
 
 
+class SlurmOptions(_Strict):
+    """Where a job goes on a Slurm cluster (the site's [backend] gives the defaults)."""
+
+    partition: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    account: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    qos: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    cpus_per_task: Optional[int] = Field(None, ge=1, le=4096)
+    sbatch_args: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("sbatch_args")
+    @classmethod
+    def _options(cls, v):
+        if any(not a.startswith("--") or len(a) > 1000 or "\n" in a for a in v):
+            raise ValueError("sbatch options, each starting with -- (e.g. --constraint=a100)")
+        return v
+
+
 class JobSpec(_Strict):
     """One job: a command, or a model to train, with its data, env and resources."""
 
@@ -163,6 +180,7 @@ class JobSpec(_Strict):
     checkpoints: list[str] = Field(default_factory=list, max_length=100)
     check: Optional[dict[str, Any]] = None
     mlflow: Any = None
+    slurm: Optional[SlurmOptions] = None
 
     @field_validator("mlflow")
     @classmethod

@@ -39,9 +39,11 @@ ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 # from-state -> the states it may move to. Anything else raises InvalidTransition.
 TRANSITIONS = {
-    JobState.QUEUED: {JobState.PREPARING, JobState.CANCELLED, JobState.FAILED},
+    JobState.QUEUED: {JobState.PREPARING, JobState.CANCELLED, JobState.FAILED,
+                      JobState.RUNNING},  # Slurm started a job it held in its queue
     JobState.PREPARING: {JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED},
-    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
+    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
+                       JobState.QUEUED},  # submitted to Slurm again after its node failed
     JobState.SUCCEEDED: set(),
     JobState.FAILED: set(),
     JobState.CANCELLED: set(),

@@ -98,7 +98,14 @@ def _m4(db):
     db["mlflow_export"].create_index(["done", "next_try"])
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4]
+def _m5(db):
+    """Jobs run by Slurm: its job id, the node, and how often runner submitted it again after a node failure."""
+    db["jobs"].add_column("slurm_job_id", str)
+    db["jobs"].add_column("node", str)
+    db["jobs"].add_column("requeues", int)
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -313,9 +320,10 @@ class Store:
         return {r["state"]: r["n"] for r in rows}
 
     def queued_jobs(self, limit: int | None = None) -> list[dict]:
-        """Queued jobs in scheduling order: highest priority, then oldest (the first `limit`)."""
+        """Queued jobs in scheduling order: highest priority, then oldest (the first `limit`); not
+        those already handed to Slurm, which wait in its queue."""
         sql = ("SELECT id, user, priority, created_at, after, spec, reason FROM jobs WHERE state='queued' "
-               "ORDER BY priority DESC, created_at ASC, seq ASC")
+               "AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC")
         return self.conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
 
     def transitions(self, job_id: str) -> list[dict]:

@@ -49,6 +49,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
+DefMemPerCPU=512
 SlurmdParameters=config_overrides
 GresTypes=gpu
 ReturnToService=2
@@ -84,7 +85,15 @@ CONF
     for f in "$dir"/slurmd-*.pid "$dir/slurmctld.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
     sleep 1
     for f in "$dir"/slurmd-*.pid "$dir/slurmctld.pid"; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done ;;
-  node-down) kill "$(cat "$dir/slurmd-${3:?node}.pid")" ;;
+  node-down)  # the node dies: its slurmd, and the processes of the jobs running on it
+    node="${3:?node}"; ids="$(squeue -h -w "$node" -t running -o %i 2>/dev/null || true)"
+    kill -9 "$(cat "$dir/slurmd-$node.pid")" 2>/dev/null || true
+    for id in $ids; do
+      pkill -9 -f "slurmstepd: \[$id\." || true
+      for env in /proc/[0-9]*/environ; do
+        if tr '\0' '\n' < "$env" 2>/dev/null | grep -qx "SLURM_JOB_ID=$id"; then pid="${env#/proc/}"; kill -9 "${pid%/environ}" 2>/dev/null || true; fi
+      done
+    done ;;
   node-up) slurmd_node "${3:?node}" ;;
   *) sed -n '2,11p' "$0"; exit 2 ;;
 esac

@@ -30,11 +30,12 @@ from ..watch import LogWatcher
 from .follow import Follow
 from .intake import Intake
 from .launch import Launch
+from .slurm_backend import SlurmBackend
 
 log = logging.getLogger("runner.daemon")
 
 
-class Daemon(Intake, Launch, Follow):
+class Daemon(Intake, Launch, Follow, SlurmBackend):
     """One daemon per $RUNNER_HOME."""
 
     def __init__(self, home: Home, http: str | None = defaults.HTTP_BIND, max_running: int | None = None):
@@ -52,6 +53,10 @@ class Daemon(Intake, Launch, Follow):
         from ..mirror import settings as mirror_settings
 
         self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
+        from ..slurm import settings as slurm_settings
+
+        self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
+        self._slurm_next, self._slurm_errors = 0.0, 0
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.stopping = False
@@ -99,7 +104,11 @@ class Daemon(Intake, Launch, Follow):
         self._take_pidfile()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
+        if self.slurm:
+            log.info("runner daemon %s: home %s, jobs go to Slurm (%s)", os.getpid(), self.home.root,
+                     self.slurm.get("partition") or "its default partition")
+        else:
+            log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
         self._own_taking()
         from .. import tokens
 
@@ -194,6 +203,8 @@ class Daemon(Intake, Launch, Follow):
     def reconcile(self, now: float | None = None):
         """After a (re)start: put every row that was mid-way right against what is on disk."""
         now = now or time.time()
+        if self.slurm:
+            self.adopt_submitted(now)  # sbatch'ed before the restart, not yet recorded
         for job in self.store.list_jobs(states=["preparing"]):
             d = self.home.run_dir(job["id"])
             if (d / "child.json").exists() or (d / "exit.json").exists():

@@ -36,6 +36,8 @@ class Follow:
 
     def follow(self, now: float):
         """Read new log output of running jobs; reap the ones that ended."""
+        if self.slurm and now >= self._slurm_next:
+            self.follow_slurm(now)
         for job in self.store.list_jobs(states=["running"]):
             jid = job["id"]
             w = self.watchers.get(jid)
@@ -46,6 +48,9 @@ class Follow:
                 w = self.watchers[jid] = LogWatcher(jid, job_dir, meta.get("parser"), job["log_offset"] or 0,
                                                     job["parser_state"], meta.get("checkpoints"), log_path=run_dir / "output.log",
                                                     owner=job["uid"])
+            if job.get("slurm_job_id"):
+                w.poll(self.store)  # its end comes from Slurm's view (follow_slurm)
+                continue
             exit_info = read_json(run_dir / "exit.json")
             w.poll(self.store, final=exit_info is not None)
             if exit_info is not None:

@@ -24,6 +24,9 @@ class Launch:
 
     def schedule(self, now: float):
         """Start the queued jobs that fit now; record why the others wait."""
+        if self.slurm:
+            self.schedule_slurm(now)
+            return
         active = self.store.count_by_state()
         if not active.get("queued") or active.get("running", 0) + active.get("preparing", 0) >= self.max_running:
             return
@@ -139,6 +142,9 @@ class Launch:
             self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
             return
         offset = (run_dir / "output.log").stat().st_size if (run_dir / "output.log").exists() else 0
+        if self.slurm:
+            self.submit_slurm(job, prepared, offset, write)
+            return
         try:
             pid = self.launcher.spawn(run_dir)
         except OSError as e:

@@ -1,0 +1,236 @@
+"""The daemon's Slurm backend (a part of Daemon): queued jobs are prepared here and handed to
+Slurm with sbatch; Slurm's view (one squeue call per poll) moves them to running and to their end.
+
+A job submitted to Slurm is `queued` with Slurm's pending reason until Slurm runs it, then
+`running` with its node. Its end is read from Slurm's state (TIMEOUT, OUT_OF_MEMORY, CANCELLED,
+NODE_FAIL, PREEMPTED) and, for a job that ran to its end, from the shim's exit.json on the shared
+state folder, through the same decision as on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from .. import defaults, slurm
+from ..exceptions import InvalidTransition, JobNotFound, RunnerError
+from ..proctl import read_json
+from ..states import JobState, Reason
+
+log = logging.getLogger("runner.daemon.slurm")
+
+
+class SlurmBackend:
+    """Scheduling, submitting, following and cancelling through Slurm."""
+
+    def schedule_slurm(self, now: float):
+        """Prepare and submit every queued job whose dependencies succeeded (Slurm decides when it runs)."""
+        preparing = self.store.count_by_state().get("preparing", 0)
+        room = max(0, 2 * defaults.PREPARE_WORKERS - preparing)
+        if not room:
+            return
+        for j in self.store.queued_jobs(limit=max(64, room * 4)):
+            states = {}
+            for d in j["after"] or []:
+                try:
+                    states[d] = self.store.get_job(d)["state"]
+                except JobNotFound:
+                    states[d] = "missing"
+            bad = [d for d, st in states.items() if st in ("failed", "cancelled", "missing")]
+            if bad:
+                self.store.transition(j["id"], JobState.FAILED, Reason.DEPENDENCY_FAILED.value, now=now, expect=JobState.QUEUED,
+                                      note=f"dependency {bad[0]} is {states[bad[0]]}")
+                continue
+            if any(st != "succeeded" for st in states.values()):
+                if j["reason"] != Reason.WAITING_FOR_DEPENDENCY.value:
+                    self.store.update_job(j["id"], reason=Reason.WAITING_FOR_DEPENDENCY.value)
+                continue
+            try:
+                self.store.claim(j["id"], [], now=now)
+            except InvalidTransition:
+                continue
+            self.pool.submit(self._prepare_and_launch, self.store.get_job(j["id"]))
+            room -= 1
+            if not room:
+                return
+
+    def submit_slurm(self, job: dict, prepared, offset: int, write):
+        """sbatch a prepared job as its submitter; it waits in Slurm's queue as `queued`."""
+        from ..identity import drops_privileges
+        from ..prepare import _write_json, job_person
+
+        jid = job["id"]
+        run_dir = self.home.run_dir(jid)
+        who = job_person(job)
+        # Under Slurm the shim runs as the job's user (Slurm starts it so): it reads launch.json and
+        # writes the log and exit.json itself, and takes its GPUs and node from Slurm's environment.
+        launch = json.loads((run_dir / "launch.json").read_text())
+        launch.pop("user", None)
+        launch["inherit"] = ["CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURMD_NODENAME"]
+        _write_json(run_dir / "launch.json", launch, mode=0o600)
+        if drops_privileges(who.uid):
+            for p in (run_dir, run_dir / "launch.json", run_dir / "output.log"):
+                if p.exists():
+                    os.chown(p, who.uid, who.gid)
+            os.chmod(run_dir, 0o700)
+        try:
+            sid = slurm.submit(job, run_dir, self.slurm, (who.uid, who.gid, who.groups))
+        except RunnerError as e:
+            self._fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
+            return
+        write(f"runner: submitted to Slurm as job {sid}")
+        try:
+            self.store.transition(jid, JobState.QUEUED, f"slurm: submitted as {sid}", expect=JobState.PREPARING,
+                                  slurm_job_id=sid, env_hash=prepared.env_hash, log_offset=offset)
+        except InvalidTransition:
+            slurm.cancel(sid)
+            return
+        if self.store.get_job(jid)["cancel_requested"]:
+            self.cancel_slurm(self.store.get_job(jid), time.time())
+
+    def follow_slurm(self, now: float):
+        """One look at Slurm for every job it holds: start, wait reason, end."""
+        jobs = [j for j in self.store.list_jobs(states=["queued", "running"]) if j.get("slurm_job_id")]
+        if not jobs:
+            self._slurm_next = now + self.slurm["poll_seconds"]
+            return
+        try:
+            view = slurm.poll([j["slurm_job_id"] for j in jobs])
+        except RunnerError as e:  # the controller is away: look again later, less often
+            self._slurm_errors += 1
+            delay = min(60.0, self.slurm["poll_seconds"] * 2 ** self._slurm_errors)
+            self._slurm_next = now + delay
+            log.warning("slurm: %s (retrying in %.0fs)", e, delay)
+            return
+        self._slurm_errors = 0
+        self._slurm_next = now + self.slurm["poll_seconds"]
+        for j in jobs:
+            s = view.get(j["slurm_job_id"])
+            try:
+                self._follow_one(j, s, now)
+            except (InvalidTransition, JobNotFound) as e:
+                log.info("%s", e)
+
+    def _follow_one(self, job: dict, s, now: float):
+        jid, state = job["id"], JobState(job["state"])
+        run_dir = self.home.run_dir(jid)
+        if s is None:  # neither squeue nor scontrol knows it any more (ended long ago, while we were down)
+            exit_info = read_json(run_dir / "exit.json")
+            if state == JobState.RUNNING and exit_info is not None:
+                self._watcher(job).poll(self.store, final=True)
+                self._reap(job, exit_info, now)
+            elif state == JobState.RUNNING:
+                self._end(job, JobState.FAILED, Reason.LOST.value, now, note=f"Slurm job {job['slurm_job_id']} is gone without an exit status")
+            else:
+                self.store.transition(jid, JobState.FAILED, Reason.LOST.value, now=now, expect=JobState.QUEUED,
+                                      note=f"Slurm job {job['slurm_job_id']} is gone")
+            return
+        if s.state in slurm.ACTIVE:
+            if state == JobState.QUEUED and s.state == "PENDING":
+                reason = f"slurm: {s.reason or 'pending'}"
+                if job["reason"] != reason:
+                    self.store.update_job(jid, reason=reason)
+            elif state == JobState.QUEUED:
+                self.store.transition(jid, JobState.RUNNING, None, now=now, expect=JobState.QUEUED, node=s.node)
+            return
+        end = slurm.ENDS.get(s.state)
+        if state == JobState.QUEUED and s.state != "CANCELLED":
+            self.store.update_job(jid, node=s.node or None)
+            self.store.transition(jid, JobState.RUNNING, None, now=now, expect=JobState.QUEUED)  # it ran, briefly
+            job = self.store.get_job(jid)
+            state = JobState.RUNNING
+        if end == "requeue":
+            self._requeue(job, s, now)
+            return
+        if state == JobState.QUEUED:  # cancelled in Slurm before it ran
+            self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, now=now, expect=JobState.QUEUED,
+                                  note=None if job["cancel_requested"] else "cancelled in Slurm")
+            return
+        slurm.wait_for_exit_file(run_dir, 3.0 if end is None else 0.5)
+        self._watcher(job).poll(self.store, final=True)
+        exit_info = read_json(run_dir / "exit.json") or {"exit_code": s.exit_code, "signal": s.signal}
+        if s.node and s.node != job.get("node"):
+            self.store.update_job(jid, node=s.node)
+        if s.state in ("TIMEOUT", "DEADLINE"):
+            limit = (job["spec"].get("resources") or {}).get("time_limit")
+            self.store.update_job(jid, timed_out=1, note=f"stopped by Slurm at its time limit of {limit:g}s" if limit else "stopped by Slurm at its time limit")
+        elif s.state == "CANCELLED" and not job["cancel_requested"]:
+            self._end(job, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, now, note="cancelled in Slurm",
+                      exit_code=exit_info.get("exit_code"), signal=exit_info.get("signal"))
+            return
+        elif end is not None and end[1] == Reason.OOM.value:
+            self._end(job, JobState.FAILED, Reason.OOM.value, now, note="Slurm: OUT_OF_MEMORY",
+                      exit_code=exit_info.get("exit_code"), signal=exit_info.get("signal"))
+            return
+        self._reap(self.store.get_job(jid), exit_info, now)
+
+    def _watcher(self, job: dict):
+        from ..watch import LogWatcher
+
+        w = self.watchers.get(job["id"])
+        if w is None:
+            meta = read_json(self.home.run_dir(job["id"]) / "watch.json") or {}
+            w = self.watchers[job["id"]] = LogWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
+                                                      job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
+                                                      log_path=self.home.run_dir(job["id"]) / "output.log", owner=job["uid"])
+        return w
+
+    def _requeue(self, job: dict, s, now: float):
+        """A node failure or preemption: submit the job again, up to [backend] requeue times."""
+        jid = job["id"]
+        done = job.get("requeues") or 0
+        what = f"Slurm job {job['slurm_job_id']} ended {s.state} on {s.node or 'its node'}"
+        w = self.watchers.pop(jid, None)
+        if w:
+            w.poll(self.store, final=True)
+            w.close()
+        if done < self.slurm["requeue"]:
+            run_dir = self.home.run_dir(jid)  # the try that failed keeps its folder (its log, exit.json) beside
+            if run_dir.exists():
+                os.rename(run_dir, run_dir.with_name(f"{jid}.try{done + 1}"))
+            self.store.transition(jid, JobState.QUEUED, "requeued", now=now, expect=JobState.RUNNING, slurm_job_id=None,
+                                  requeues=done + 1, log_offset=0, parser_state=None,
+                                  note=f"{what}; submitted again ({done + 1} of {self.slurm['requeue']})")
+            self._dirty = True
+            log.info("job %s: %s; requeued", jid, what)
+        else:
+            self._end(job, JobState.FAILED, Reason.LOST.value, now, note=f"{what}; not requeued (requeue = {self.slurm['requeue']})")
+
+    def cancel_slurm(self, job: dict, now: float):
+        """scancel; a job still waiting in Slurm's queue is cancelled at once, a running one when Slurm says it ended."""
+        self.store.update_job(job["id"], cancel_requested=1)
+        try:
+            slurm.cancel(job["slurm_job_id"])
+        except RunnerError as e:
+            log.warning("job %s: %s", job["id"], e)
+        if job["state"] == JobState.QUEUED.value:
+            try:
+                self.store.transition(job["id"], JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, now=now, expect=JobState.QUEUED)
+            except InvalidTransition:
+                pass
+        self._slurm_next = 0.0  # look at Slurm on the next pass
+
+    def adopt_submitted(self, now: float):
+        """Jobs left `preparing` by a daemon that died after sbatch and before recording it: found in
+        Slurm by their comment (runner:ID), so nothing runs twice."""
+        preparing = self.store.list_jobs(states=["preparing"])
+        if not preparing:
+            return
+        try:
+            text = slurm._run(["squeue", "-h", "-o", "%i|%k"])
+        except RunnerError as e:
+            log.warning("slurm: cannot look for jobs submitted before the restart: %s", e)
+            return
+        by_comment = {}
+        for line in text.splitlines():
+            sid, _, comment = line.partition("|")
+            if comment.startswith("runner:"):
+                by_comment[comment[len("runner:"):]] = sid
+        for job in preparing:
+            sid = by_comment.get(job["id"])
+            if sid:
+                self.store.transition(job["id"], JobState.QUEUED, f"slurm: submitted as {sid}", now=now,
+                                      expect=JobState.PREPARING, slurm_job_id=sid)
+                log.info("job %s: found in Slurm as %s after the restart", job["id"], sid)
