@@ -54,8 +54,16 @@ def test_a_command_job_with_metrics_runs_through_slurm(tmp_path, cluster):
         jid = r.submit("--name", "on-slurm", "--gpus", "1", "--", "sh", "-c",
                        "echo gpus=$CUDA_VISIBLE_DEVICES; for e in 0 1 2; do echo \"epoch $e loss=0.$((9 - e))\"; done")
         job = r.wait_state(jid, timeout=60)
+        spec = tmp_path / "pinned.json"  # the job file's own Slurm settings
+        spec.write_text(json.dumps({"command": ["sh", "-c", "echo on $SLURMD_NODENAME"], "slurm": {"sbatch_args": ["--nodelist=n2"]}}))
+        pinned = r.wait_state(r.submit(str(spec)), timeout=60)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"command": "true", "slurm": {"sbatch_args": ["-w n2"]}}))
+        refused = r.run("submit", str(bad), check=False)
     finally:
         d.stop()
+    assert pinned["state"] == "succeeded" and pinned["node"] == "n2" and "on n2" in r.run("logs", pinned["id"]).stdout
+    assert refused.returncode != 0 and "slurm.sbatch_args" in refused.stderr and "starting with --" in refused.stderr
     assert job["state"] == "succeeded", r.run("logs", jid).stdout
     assert job["slurm_job_id"].isdigit() and job["node"] in ("n1", "n2")
     assert [m["value"] for m in Store(home / "runner.db").metrics(jid, "loss")] == [0.9, 0.8, 0.7]
@@ -129,14 +137,20 @@ def test_daemon_sigkill_mid_job_nothing_runs_twice(tmp_path, cluster):
     home, r = slurm_home(tmp_path, cluster)
     d = DaemonProc(home, r.env, http=False).start()
     jid = r.submit("--", "sh", "-c", "for e in 0 1 2 3 4 5; do echo \"epoch $e loss=$e\"; sleep 1; done")
+    short = r.submit("--", "sh", "-c", "sleep 1; echo 'epoch 0 acc=0.5'; exit 3")
     r.wait_state(jid, "running", timeout=30)
+    r.wait_state(short, "running", timeout=30)
     d.kill(signal.SIGKILL)
-    time.sleep(2)
+    wait_for(lambda: (home / "run" / short / "exit.json").exists(), 30, what="the short job to end while the daemon is down")
+    time.sleep(1)
     d = DaemonProc(home, r.env, http=False).start()
     try:
         job = r.wait_state(jid, timeout=60)
+        ended = r.wait_state(short, timeout=30)
     finally:
         d.stop()
+    assert (ended["state"], ended["reason"], ended["exit_code"]) == ("failed", "exit_code", 3)
+    assert [m["value"] for m in Store(home / "runner.db").metrics(short, "acc")] == [0.5]
     assert job["state"] == "succeeded"
     assert [m["value"] for m in Store(home / "runner.db").metrics(jid, "loss")] == [0, 1, 2, 3, 4, 5]
     assert r.run("logs", jid).stdout.count("runner: submitted to Slurm") == 1
@@ -161,3 +175,19 @@ def test_a_job_whose_node_goes_down_is_submitted_again(tmp_path, cluster):
     assert job["state"] == "succeeded", job
     assert job["node"] != first and "NODE_FAIL" in (job["note"] or "") and "submitted again (1 of 1)" in job["note"]
     assert (home / "run" / f"{jid}.try1" / "output.log").exists()
+
+
+@pytest.mark.slow
+def test_a_timm_job_trains_on_slurm_in_the_shared_env(tmp_path, cluster, shapes):
+    home, r = slurm_home(tmp_path, cluster)
+    spec = tmp_path / "timm.json"
+    spec.write_text(json.dumps({"name": "slurm-resnet18", "model": "timm/resnet18", "dataset": {"path": str(shapes)},
+                                "train": {"epochs": 1, "batch_size": 8, "input_size": 64}}))
+    d = DaemonProc(home, r.env, http=False).start()
+    try:
+        job = r.wait_state(r.submit(str(spec)), timeout=900)
+    finally:
+        d.stop()
+    assert job["state"] == "succeeded", job.get("log_tail")
+    assert job["slurm_job_id"] and job["node"] in ("n1", "n2") and job["env_hash"]
+    assert {"train_loss", "val_top1"} <= set(job["metrics"]) and any(a["path"].endswith("last.pth") for a in job["artifacts"])
