@@ -155,8 +155,8 @@ def job_params(job: dict, job_dir: Path) -> dict:
     return {metric_key(k): v[:PARAM_VALUE_MAX] for k, v in params.items()}
 
 
-def job_tags(job: dict) -> dict:
-    """The run's tags: whose job, what it ran, how it ended."""
+def job_tags(job: dict, repo: dict | None = None) -> dict:
+    """The run's tags: whose job, what it ran (a repo job: the repo's URL and commit), how it ended."""
     tags = {"runner.job_id": job["id"], "runner.user": job["user"], "mlflow.user": job["user"],
             "runner.state": job["state"], "runner.kind": job.get("kind") or ""}
     model = job.get("model")
@@ -165,7 +165,9 @@ def job_tags(job: dict) -> dict:
         fw, _, name = model.partition("/")
         tags["runner.framework"] = fw
         if fw == "repo":
-            tags["runner.repo"] = name
+            tags["runner.repo"] = (repo or {}).get("url") or name
+            if (repo or {}).get("commit"):
+                tags["runner.commit"] = repo["commit"]
     if job.get("env_hash"):
         tags["runner.env_hash"] = job["env_hash"]
     for k in ("reason", "exit_code", "retry_of", "note"):
@@ -229,6 +231,13 @@ class Mirror:
             self.store.mlflow_set(job_id, error=None, attempts=0, next_try=0.0)
         return done
 
+    def _repo(self, job_id: str) -> dict | None:
+        """The repo a repo job ran (written at prepare), or None."""
+        try:
+            return json.loads((self.home.run_dir(job_id) / "repo.json").read_text())
+        except (OSError, ValueError):
+            return None
+
     def _experiment(self, name: str) -> str:
         if name not in self._experiments:
             self._experiments[name] = self.client.experiment_id(name)
@@ -248,7 +257,7 @@ class Mirror:
             row = self.store.mlflow_row(job_id)
         if not row["params_done"] and (state == JobState.RUNNING or ended):
             params = sorted(job_params(job, self.home.job_dir(job_id)).items())
-            tags = sorted(job_tags(job).items())
+            tags = sorted(job_tags(job, self._repo(job_id)).items())
             for i in range(0, max(len(params), len(tags)), MAX_PARAMS):
                 self.client.log_batch(run_id, params=[{"key": k, "value": v} for k, v in params[i:i + MAX_PARAMS]],
                                       tags=[{"key": k, "value": v} for k, v in tags[i:i + MAX_TAGS]])
@@ -262,7 +271,7 @@ class Mirror:
             if not row["artifacts_done"]:
                 self._artifacts(job, run_id)
                 self.store.mlflow_set(job_id, artifacts_done=1)
-            self.client.log_batch(run_id, tags=[{"key": k, "value": v} for k, v in sorted(job_tags(job).items())])
+            self.client.log_batch(run_id, tags=[{"key": k, "value": v} for k, v in sorted(job_tags(job, self._repo(job_id)).items())])
             self.client.update_run(run_id, status, _ms(job["finished_at"]))
             self.store.mlflow_set(job_id, status_sent=status, done=1)
             return True

@@ -50,6 +50,10 @@ def settings(config: dict) -> dict | None:
         raise RunnerError(f"[backend] kind: given {kind!r}; expected 'local' or 'slurm'")
     out = {"partition": None, "account": None, "qos": None, "sbatch_args": [], "poll_seconds": 2.0, "requeue": 1,
            "signal_seconds": 60, "cpus_per_task": 1}
+    py = sec.get("shim_python", sys.executable)
+    if not isinstance(py, str) or not os.path.isabs(py):
+        raise RunnerError(f"[backend] shim_python: given {py!r}; expected the absolute path of a Python >= 3.11 every user may run")
+    out["shim_python"] = py
     for key in ("partition", "account", "qos"):
         v = sec.get(key)
         if v is not None and (not isinstance(v, str) or not _FIELD.match(v)):
@@ -94,7 +98,7 @@ def job_options(spec: dict, conf: dict) -> list[str]:
 def sbatch_argv(job: dict, run_dir: Path, conf: dict) -> list[str]:
     """The whole sbatch command of a job: the shim under Slurm, its output into the job's log."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", job.get("name") or job["id"])[:60]
-    script = f"exec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(SHIM))} {shlex.quote(str(run_dir))}"
+    script = f"exec {shlex.quote(conf['shim_python'])} -I -S {shlex.quote(str(SHIM))} {shlex.quote(str(run_dir))}"
     return ["sbatch", "--parsable", f"--job-name={name}", f"--comment=runner:{job['id']}", f"--chdir={run_dir}",
             f"--output={run_dir}/slurm.out", "--no-requeue", *job_options(job["spec"], conf), f"--wrap={script}"]
 

@@ -269,3 +269,24 @@ def test_bad_mlflow_settings_are_one_line_errors(tmp_path):
     spec.write_text(json.dumps({"command": "true", "mlflow": {"experimnt": "x"}}))
     out = r.run("submit", str(spec), check=False)
     assert out.returncode != 0 and "mlflow: given" in out.stderr and "{experiment: NAME}" in out.stderr
+
+
+def test_names_steps_and_timestamps_as_mlflow_takes_them():
+    from runner.mirror import job_tags, metric_key, points
+
+    assert metric_key("gpu0_memory_mb") == "system/gpu_0_memory_usage_megabytes"
+    assert metric_key("gpu3_utilization") == "system/gpu_3_utilization_percentage"
+    assert metric_key("metrics/mAP50(B)") == "metrics/mAP50_B_" and metric_key("/lead") == "lead"
+    rows = [{"name": "loss", "value": 0.5, "step": 7, "epoch": 1, "at": 100.0},
+            {"name": "loss", "value": 0.5, "step": 8, "epoch": 1, "at": 100.0},  # same value, same time: still two points
+            {"name": "loss", "value": None, "step": None, "epoch": None, "at": 99.0},  # a NaN (NULL in SQLite), older clock
+            {"name": "lr", "value": 0.1, "step": 3, "epoch": None, "at": 100.0}]
+    out, state = points(rows, {})
+    assert [(p["timestamp"], p["step"], p["value"]) for p in out] == [(100000, 1, 0.5), (100001, 1, 0.5), (100002, 0, "NaN"), (100000, 3, 0.1)]
+    assert points(rows, {}) == (out, state) and state == {"loss": 100002, "lr": 100000}  # the same rows map the same
+    again, _ = points(rows[:1], state)
+    assert again[0]["timestamp"] == 100003  # after what was sent before, never at the same time
+    tags = job_tags({"id": "abc", "user": "ann", "state": "succeeded", "kind": "model", "model": "repo/tiny", "reason": "scheduled"},
+                    {"url": "https://github.com/lab/tiny", "commit": "0" * 40})
+    assert tags["runner.repo"] == "https://github.com/lab/tiny" and tags["runner.commit"] == "0" * 40
+    assert tags["runner.framework"] == "repo" and "runner.reason" not in tags

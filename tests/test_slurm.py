@@ -10,12 +10,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, DaemonProc, Runner, wait_for
 from runner.store import Store
+from test_users import ALICE, User, users, world  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("slurmctld") or not shutil.which("munged"),
                                 reason="needs root and Debian's slurm-wlm and munge (.ci/run installs them)")
@@ -191,3 +194,24 @@ def test_a_timm_job_trains_on_slurm_in_the_shared_env(tmp_path, cluster, shapes)
     assert job["state"] == "succeeded", job.get("log_tail")
     assert job["slurm_job_id"] and job["node"] in ("n1", "n2") and job["env_hash"]
     assert {"train_loss", "val_top1"} <= set(job["metrics"]) and any(a["path"].endswith("last.pth") for a in job["artifacts"])
+
+
+@pytest.mark.skipif(not shutil.which("useradd") or not os.path.exists("/usr/bin/python3"), reason="needs useradd and /usr/bin/python3")
+def test_a_teammates_job_is_her_slurm_job(tmp_path, cluster, users, world):
+    """Submitted by rn_alice, the job is hers in Slurm (its user, accounting and files)."""
+    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
+    os.chmod(home, 0o755)
+    (home / "config.toml").write_text('[backend]\nkind = "slurm"\npoll_seconds = 0.3\nshim_python = "/usr/bin/python3"\n')
+    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT), **cluster[1]}, http=False).start()
+    try:
+        alice = User(users[ALICE], world, home)
+        jid = alice.run("submit", "--", "sh", "-c", "id -un; echo 'epoch 0 loss=0.5'").stdout.strip().splitlines()[-1]
+        job = alice.wait(jid, timeout=60)
+        info = subprocess.run(["scontrol", "show", "job", job["slurm_job_id"]], capture_output=True, text=True,
+                              env={**os.environ, **cluster[1]}).stdout
+    finally:
+        d.stop()
+    assert job["state"] == "succeeded" and job["user"] == ALICE, alice.logs(jid)
+    assert f"UserId={ALICE}(" in info
+    assert ALICE in alice.logs(jid).splitlines()
+    assert (home / "run" / jid / "exit.json").stat().st_uid == users[ALICE].pw_uid

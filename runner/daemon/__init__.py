@@ -30,12 +30,12 @@ from ..watch import LogWatcher
 from .follow import Follow
 from .intake import Intake
 from .launch import Launch
-from .slurm_backend import SlurmBackend
+from .slurm_backend import SlurmJobs
 
 log = logging.getLogger("runner.daemon")
 
 
-class Daemon(Intake, Launch, Follow, SlurmBackend):
+class Daemon(Intake, Launch, Follow, SlurmJobs):
     """One daemon per $RUNNER_HOME."""
 
     def __init__(self, home: Home, http: str | None = defaults.HTTP_BIND, max_running: int | None = None):
@@ -57,6 +57,9 @@ class Daemon(Intake, Launch, Follow, SlurmBackend):
 
         self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
         self._slurm_next, self._slurm_errors = 0.0, 0
+        from .backends import Local, Slurm
+
+        self.backend = Slurm(self) if self.slurm else Local(self)
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.stopping = False
@@ -203,8 +206,7 @@ class Daemon(Intake, Launch, Follow, SlurmBackend):
     def reconcile(self, now: float | None = None):
         """After a (re)start: put every row that was mid-way right against what is on disk."""
         now = now or time.time()
-        if self.slurm:
-            self.adopt_submitted(now)  # sbatch'ed before the restart, not yet recorded
+        self.backend.reconcile(now)  # Slurm: jobs sbatch'ed before the restart, not yet recorded
         for job in self.store.list_jobs(states=["preparing"]):
             d = self.home.run_dir(job["id"])
             if (d / "child.json").exists() or (d / "exit.json").exists():

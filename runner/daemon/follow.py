@@ -36,8 +36,7 @@ class Follow:
 
     def follow(self, now: float):
         """Read new log output of running jobs; reap the ones that ended."""
-        if self.slurm and now >= self._slurm_next:
-            self.follow_slurm(now)
+        self.backend.poll(now)
         for job in self.store.list_jobs(states=["running"]):
             jid = job["id"]
             w = self.watchers.get(jid)
@@ -48,8 +47,8 @@ class Follow:
                 w = self.watchers[jid] = LogWatcher(jid, job_dir, meta.get("parser"), job["log_offset"] or 0,
                                                     job["parser_state"], meta.get("checkpoints"), log_path=run_dir / "output.log",
                                                     owner=job["uid"])
-            if job.get("slurm_job_id"):
-                w.poll(self.store)  # its end comes from Slurm's view (follow_slurm)
+            if self.backend.owns_end(job):
+                w.poll(self.store)  # its end comes from the backend's view (Slurm's)
                 continue
             exit_info = read_json(run_dir / "exit.json")
             w.poll(self.store, final=exit_info is not None)

@@ -193,8 +193,7 @@ class Intake:
         """Cancel a job in whatever state it is in; killing a running one takes the whole tree."""
         self._dirty = True
         state = JobState(job["state"])
-        if job.get("slurm_job_id") and state in (JobState.QUEUED, JobState.RUNNING):
-            self.cancel_slurm(job, now)
+        if self.backend.cancel(job, now):
             return
         if state == JobState.QUEUED:
             try:

@@ -23,10 +23,11 @@ class Launch:
     """The daemon's scheduling and launching (a part of Daemon)."""
 
     def schedule(self, now: float):
-        """Start the queued jobs that fit now; record why the others wait."""
-        if self.slurm:
-            self.schedule_slurm(now)
-            return
+        """Start what the backend lets start now."""
+        self.backend.schedule(now)
+
+    def schedule_here(self, now: float):
+        """The local backend: start the queued jobs that fit now; record why the others wait."""
         active = self.store.count_by_state()
         if not active.get("queued") or active.get("running", 0) + active.get("preparing", 0) >= self.max_running:
             return
@@ -142,9 +143,12 @@ class Launch:
             self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
             return
         offset = (run_dir / "output.log").stat().st_size if (run_dir / "output.log").exists() else 0
-        if self.slurm:
-            self.submit_slurm(job, prepared, offset, write)
-            return
+        self.backend.start(job, prepared, offset, write)
+
+    def start_here(self, job: dict, prepared, offset: int, write):
+        """The local backend: the job's shim, forked by the warm launcher; the job is running."""
+        jid = job["id"]
+        run_dir = self.home.run_dir(jid)
         try:
             pid = self.launcher.spawn(run_dir)
         except OSError as e:

@@ -22,7 +22,7 @@ from ..states import JobState, Reason
 log = logging.getLogger("runner.daemon.slurm")
 
 
-class SlurmBackend:
+class SlurmJobs:
     """Scheduling, submitting, following and cancelling through Slurm."""
 
     def schedule_slurm(self, now: float):
