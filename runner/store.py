@@ -133,7 +133,16 @@ class Store:
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=defaults.BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                # A teammate's reader while the daemon is down: the database is in WAL mode already
+                # (the daemon set it) but its -wal/-shm files are gone and she may not make them.
+                # With no writer about, the file is read as it is.
+                from urllib.parse import quote
+
+                conn.close()
+                conn = sqlite3.connect(f"file:{quote(self.path)}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = _row
             self._local.conn = conn

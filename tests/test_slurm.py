@@ -27,14 +27,15 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    d = tmp_path_factory.mktemp("slurm")
+def cluster():
+    d = Path(tempfile.mkdtemp(prefix="runner-slurm-", dir="/tmp"))  # slurm.conf must be readable by every submitter
     os.chmod(d, 0o755)
     out = subprocess.run(["bash", str(SCRIPT), "start", str(d)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"the Slurm cluster did not start:\n{out.stdout}\n{out.stderr}"
     env = {"SLURM_CONF": str(d / "slurm.conf")}
     yield d, env
     subprocess.run(["bash", str(SCRIPT), "stop", str(d)], capture_output=True, timeout=60)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def slurm_home(tmp_path, cluster, extra=""):
@@ -207,10 +208,11 @@ def test_a_teammates_job_is_her_slurm_job(tmp_path, cluster, users, world):
         alice = User(users[ALICE], world, home)
         jid = alice.run("submit", "--", "sh", "-c", "id -un; echo 'epoch 0 loss=0.5'").stdout.strip().splitlines()[-1]
         job = alice.wait(jid, timeout=60)
+        assert job["slurm_job_id"], (job, alice.logs(jid))
         info = subprocess.run(["scontrol", "show", "job", job["slurm_job_id"]], capture_output=True, text=True,
                               env={**os.environ, **cluster[1]}).stdout
     finally:
-        d.stop()
+        d.stop()  # what she reads below, she reads with the daemon down too
     assert job["state"] == "succeeded" and job["user"] == ALICE, alice.logs(jid)
     assert f"UserId={ALICE}(" in info
     assert ALICE in alice.logs(jid).splitlines()
