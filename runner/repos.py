@@ -5,7 +5,6 @@ job, never 'latest'. A repo is onboarded by a `[repos.X]` table in the registry,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -170,8 +169,6 @@ def prepare(job: dict, home, registry, envmgr, log):
     job_dir = home.job_dir(job["id"])
     src = job_dir / "src"
     log(f"runner: repo {name} at {repo['commit'][:12]} ({repo['url']})")
-    # What ran, kept in the daemon's folder of the job (the MLflow mirror tags runs with it).
-    (home.run_dir(job["id"]) / "repo.json").write_text(json.dumps({"name": name, "url": repo["url"], "commit": repo["commit"]}))
     checkout(home, repo, src)
     apply_patches(src, repo.get("patches", []))
     req = env_request(home, repo, name, home.config.get("envs"))

@@ -135,6 +135,9 @@ class Launch:
             return
         (run_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
                                                          "results_file": prepared.results_file}))
+        if (job["spec"].get("model") or "").startswith("repo/"):  # what ran, for the MLflow mirror's tags
+            repo = self.registry.get_repo(job["spec"]["model"][5:]) or {}
+            (run_dir / "repo.json").write_text(json.dumps({"url": repo.get("url"), "commit": repo.get("commit")}))
         from ..identity import hand_over
         from ..prepare import job_dir_mode, job_person
 
