@@ -23,10 +23,14 @@ from .. import defaults, gpus as gpus_mod
 from ..envs import EnvManager
 from ..exceptions import RunnerError
 from ..home import Home
+from ..mirror import Mirror, settings as mirror_settings
+from ..prepare import ShimLauncher
 from ..registry import load as load_registry
+from ..slurm import settings as slurm_settings
 from ..spool import user_name
 from ..states import JobState
 from ..watch import LogWatcher
+from .backends import Local, Slurm
 from .follow import Follow
 from .intake import Intake
 from .launch import Launch
@@ -50,22 +54,14 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
         self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
         self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
-        from ..mirror import settings as mirror_settings
-
         self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
-        from ..slurm import settings as slurm_settings
-
         self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
         self._slurm_next, self._slurm_errors = 0.0, 0
-        from .backends import Local, Slurm
-
         self.backend = Slurm(self) if self.slurm else Local(self)
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.stopping = False
         self.started_at = time.time()
-        from ..prepare import ShimLauncher
-
         self.launcher = ShimLauncher()  # forks shims from a warm interpreter
         self.watchers: dict[str, LogWatcher] = {}
         self.killing = {}  # job_id -> when to escalate to SIGKILL
@@ -130,8 +126,6 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         if self.http_bind:
             self._start_http()
         if self.mirror_conf:
-            from ..mirror import Mirror
-
             mirror = Mirror(self.home, self.store, self.mirror_conf)
             threading.Thread(target=mirror.run, args=(self._stop_watch,), name="mirror", daemon=True).start()
             log.info("mirroring jobs to MLflow at %s", self.mirror_conf["tracking_uri"])
