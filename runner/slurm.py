@@ -149,7 +149,12 @@ def poll(ids: list[str]) -> dict[str, SlurmJob]:
     if not ids:
         return {}
     out = {}
-    text = _run(["squeue", "-h", "--noconvert", "-t", "all", "-o", "%i|%T|%r|%N", "-j", ",".join(ids)]) if ids else ""
+    try:
+        text = _run(["squeue", "-h", "--noconvert", "-t", "all", "-o", "%i|%T|%r|%N", "-j", ",".join(ids)])
+    except RunnerError as e:
+        if "Invalid job id" not in str(e):  # squeue's answer when it knows none of them
+            raise
+        text = ""
     for line in text.splitlines():
         parts = line.split("|")
         if len(parts) == 4 and parts[0] in ids:

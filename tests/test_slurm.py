@@ -76,6 +76,19 @@ def test_a_command_job_with_metrics_runs_through_slurm(tmp_path, cluster):
     assert any(t["to_state"] == "queued" and (t["reason"] or "").startswith("slurm: submitted") for t in job["transitions"])
 
 
+def test_poll_asks_once_and_a_job_slurm_forgot_is_left_out(cluster, monkeypatch):
+    from runner import slurm
+
+    monkeypatch.setenv("SLURM_CONF", cluster[1]["SLURM_CONF"])
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        assert slurm.poll(["999999"]) == {}  # squeue knows none of them: no error, nothing to say
+        view = slurm.poll([held, "999999"])
+        assert set(view) == {held} and view[held].state == "PENDING" and view[held].reason == "JobHeldUser"
+    finally:
+        subprocess.run(["scancel", held], check=False)
+
+
 def test_five_one_gpu_jobs_on_two_nodes_of_two_gpus_never_run_more_than_four_at_once(tmp_path, cluster):
     home, r = slurm_home(tmp_path, cluster)
     marks = tmp_path / "marks"
