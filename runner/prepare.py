@@ -265,9 +265,15 @@ class ShimLauncher:
         return spawn_shim(run_dir).pid
 
     def close(self):
-        """Let the launcher go (its running shims go on)."""
-        with self.lock:
-            self._close()
+        """Let the launcher go (its running shims go on). Never waits long: a spawn stuck on the
+        lock (a launcher that does not answer) does not keep the daemon from stopping."""
+        if self.lock.acquire(timeout=2):
+            try:
+                self._close()
+            finally:
+                self.lock.release()
+        elif self.proc is not None:
+            self.proc.kill()
 
     def _close(self):
         if self.proc is not None:

@@ -134,7 +134,15 @@ class DaemonProc:
     def kill(self, sig=signal.SIGKILL):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # stuck: its threads' stacks (faulthandler on SIGUSR1) say where
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1)
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                raise AssertionError(f"the daemon did not stop within 30 s of signal {sig}; its log ends:\n"
+                                     f"{self.log.read_text()[-6000:]}") from None
 
     def stop(self):
         self.kill(signal.SIGTERM)

@@ -101,6 +101,9 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
     def run(self):
         """Run in the foreground until SIGTERM/SIGINT; running jobs are left running."""
         self._take_pidfile()
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack into the log
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         if self.slurm:
