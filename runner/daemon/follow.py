@@ -39,14 +39,8 @@ class Follow:
         self.backend.poll(now)
         for job in self.store.list_jobs(states=["running"]):
             jid = job["id"]
-            w = self.watchers.get(jid)
-            job_dir = self.home.job_dir(jid)
             run_dir = self.home.run_dir(jid)
-            if w is None:
-                meta = read_json(run_dir / "watch.json") or {}
-                w = self.watchers[jid] = LogWatcher(jid, job_dir, meta.get("parser"), job["log_offset"] or 0,
-                                                    job["parser_state"], meta.get("checkpoints"), log_path=run_dir / "output.log",
-                                                    owner=job["uid"])
+            w = self._watcher(job)
             if self.backend.owns_end(job):
                 w.poll(self.store)  # its end comes from the backend's view (Slurm's)
                 continue
@@ -75,6 +69,17 @@ class Follow:
         if now - self._last_gpu_sample >= 2.0:
             self._last_gpu_sample = now
             self._sample_gpus(now)
+
+    def _watcher(self, job: dict) -> LogWatcher:
+        """The job's log watcher, made on first use from its watch.json and stored offset."""
+        w = self.watchers.get(job["id"])
+        if w is None:
+            run_dir = self.home.run_dir(job["id"])
+            meta = read_json(run_dir / "watch.json") or {}
+            w = self.watchers[job["id"]] = LogWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
+                                                      job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
+                                                      log_path=run_dir / "output.log", owner=job["uid"])
+        return w
 
     def _stragglers(self, job) -> list:
         """Processes of this job still on its GPUs (found by the RUNNER_JOB_ID in their environment)."""

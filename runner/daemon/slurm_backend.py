@@ -166,17 +166,6 @@ class SlurmJobs:
             return
         self._reap(self.store.get_job(jid), exit_info, now)
 
-    def _watcher(self, job: dict):
-        from ..watch import LogWatcher
-
-        w = self.watchers.get(job["id"])
-        if w is None:
-            meta = read_json(self.home.run_dir(job["id"]) / "watch.json") or {}
-            w = self.watchers[job["id"]] = LogWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
-                                                      job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
-                                                      log_path=self.home.run_dir(job["id"]) / "output.log", owner=job["uid"])
-        return w
-
     def _requeue(self, job: dict, s, now: float):
         """A node failure or preemption: submit the job again, up to [backend] requeue times."""
         jid = job["id"]
