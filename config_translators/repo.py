@@ -3,8 +3,9 @@
 Everything comes from the repo's `[repos.X]` table: `args.template` (argv after the interpreter,
 with {field} placeholders), `args.optional` (flags added only when a field has a value),
 `args.hyp` (a yaml of hyper-parameters written from the repo's own base file with keys set),
-`defaults` for unset fields, and `dataset.format` (what the translator writes: a YOLO data.yaml,
-or train/val folders of an ImageFolder).
+`args.cpu` / `args.gpu` (flags added only on a CPU or only on a GPU run), `defaults` for unset
+fields, `env` (variables, placeholders filled), and `dataset.format` (what the translator writes: a
+YOLO data.yaml, or train/val folders of an ImageFolder).
 """
 
 from __future__ import annotations
@@ -16,6 +17,25 @@ from .datasets import imagefolder_layout
 from .ultralytics import _simple_yaml, check_yolo
 
 _FIELD = re.compile(r"\{([a-z_]+)\}")
+_ROOTS = (("{src}", "src"), ("{job_dir}", ""), ("{output_dir}", "out"))
+
+
+def job_path(pattern: str, where: str = "checkpoints") -> str:
+    """A table's path (a checkpoint glob, the results file) relative to the job folder: one that
+    starts with {src}/, {job_dir}/ or {output_dir}/ is under that folder; a plain one is under the
+    output dir, as before."""
+    for ph, rel in _ROOTS:
+        if pattern == ph or pattern.startswith(ph + "/"):
+            rest = pattern[len(ph):].lstrip("/")
+            out = f"{rel}/{rest}" if rel and rest else (rel or rest)
+            break
+    else:
+        if "{" in pattern and _FIELD.search(pattern):
+            raise ValueError(f"{where}: {pattern!r}: only {{src}}, {{job_dir}} or {{output_dir}} may start a path")
+        out = f"out/{pattern}"
+    if pattern.startswith("/") or out.startswith("/") or ".." in Path(out).parts:
+        raise ValueError(f"{where}: {pattern!r} leaves the job folder")
+    return out
 
 
 def check_dataset(dataset: dict, repo: dict) -> list[str]:
@@ -54,8 +74,12 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
         "lr": train.get("lr") or d.get("lr"), "input_size": train.get("input_size") or d.get("input_size"),
         "workers": train.get("workers") or d.get("workers", 0), "device": ",".join(map(str, range(gpus))) if gpus else d.get("cpu_device", "cpu"),
         "variant": spec.get("variant") or d.get("variant"), "pretrained_weights": train.get("pretrained_weights") or d.get("pretrained_weights"),
-        "seed": train.get("seed", 0),
+        "seed": train.get("seed", 0), "gpus": gpus, "job_dir": str(job_dir),
     }
+    # fields of the table's own (its defaults beyond these), which a job may set in train:
+    for k, v in {**d, **train}.items():
+        if k not in f and re.fullmatch(r"[a-z_]+", k) and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            f[k] = train.get(k, v)
     files = {}
     ds = spec["dataset"]
     fmt = repo.get("dataset", {}).get("format", "imagefolder")
@@ -110,6 +134,8 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
     args = repo.get("args", {})
     argv = [python, fields["entry"]]
     argv += [_fill(t, fields, "args.template") for t in args.get("template", [])]
+    where = "gpu" if fields["gpus"] else "cpu"  # flags for one kind of run only (e.g. --no-accel on CPU)
+    argv += [_fill(t, fields, f"args.{where}") for t in args.get(where, [])]
     for field, tokens in args.get("optional", {}).items():
         if fields.get(field) is not None:
             argv += [_fill(t, fields, f"args.optional.{field}") for t in tokens]
@@ -126,4 +152,69 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
         files["hyp.yaml"] = text
         argv += [hyp.get("flag", "--hyp"), str(Path(job_dir) / "hyp.yaml")]
     argv += list(args.get("extra", []))
-    return {"argv": argv, "files": files, **({"dataset_report": report} if report else {})}
+    env = {k: _fill(str(v), fields, f"env.{k}") for k, v in repo.get("env", {}).items()}
+    return {"argv": argv, "files": files, "env": env, "fields": fields, **({"dataset_report": report} if report else {})}
+
+
+# Every key a [repos.X] table may have (docs/adding-a-repo.md is their reference; a test holds the two together).
+KEYS = {
+    "": {"url", "commit", "tag", "license", "python", "entry", "display_name", "description", "task_type", "params", "input_size",
+         "pretrained_available", "recommended_batch_size", "recommended_lr", "tags", "requirements", "overrides", "build",
+         "import_check", "env", "network", "exclude", "files", "patches", "checkpoints", "dataset", "defaults", "check",
+         "args", "parser", "infer"},
+    "args": {"template", "optional", "hyp", "cpu", "gpu", "extra"},
+    "args.hyp": {"base", "flag", "set"},
+    "dataset": {"format", "writable", "min_classes"},
+    "build": {"constraints", "env", "no_isolation"},
+    "parser": {"patterns", "ignore", "tables", "generic", "kv_lines", "epoch_offset", "final_marker", "results_file"},
+    "parser.results_file": {"path", "format", "columns", "epoch_column", "epoch_offset", "compare", "on_mismatch"},
+    "infer": {"checkpoint", "template", "output", "cpu", "gpu"},
+    "infer.output": {"stdout", "file", "format", "records", "columns", "regex", "fields", "box", "label_offset"},
+    "check": {"input_size", "batch_size", "epochs", "images", "val_images", "classes", "images_per_class", "learns", "lr"},
+}
+_LISTS = ("overrides", "import_check", "exclude", "checkpoints", "tags", "args.template", "args.cpu", "args.gpu", "args.extra",
+          "infer.template", "infer.cpu", "infer.gpu")
+
+
+def check_table(name: str, table: dict) -> list[str]:
+    """Problems with a repo table, one line each naming the key: unknown keys (a typo is not
+    silently ignored), wrong shapes, values that cannot work."""
+    problems = []
+    where = f"repos.{name}"
+
+    def walk(section: str, value: dict):
+        for k, v in value.items():
+            if k.startswith("_"):
+                continue
+            path = f"{section}.{k}" if section else k
+            if k not in KEYS[section]:
+                problems.append(f"{where}.{path}: unknown key; expected one of {', '.join(sorted(KEYS[section]))}")
+            elif path in KEYS and not isinstance(v, dict):
+                problems.append(f"{where}.{path}: expected a table")
+            elif path in KEYS:
+                walk(path, v)
+            elif path in _LISTS and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                problems.append(f"{where}.{path}: expected a list of strings")
+
+    walk("", table)
+    for k in ("url", "commit"):
+        if not isinstance(table.get(k), str) or not table.get(k):
+            problems.append(f"{where}.{k}: missing (a repo is pinned by url and commit)")
+    for k in ("env", "files"):
+        if k in table and not isinstance(table[k], dict):
+            problems.append(f"{where}.{k}: expected a table")
+    if "network" in table and not isinstance(table["network"], bool):
+        problems.append(f"{where}.network: expected true or false")
+    rf = (table.get("parser") or {}).get("results_file") or {}
+    if rf.get("on_mismatch", "note") not in ("note", "fail"):
+        problems.append(f"{where}.parser.results_file.on_mismatch: given {rf['on_mismatch']!r}; expected 'note' or 'fail'")
+    for i, c in enumerate(table.get("checkpoints") or []):
+        try:
+            job_path(c, f"{where}.checkpoints.{i}")
+        except ValueError as e:
+            problems.append(str(e))
+    if isinstance(table.get("infer"), dict):
+        from .repo_infer import check_table as check_infer
+
+        problems += check_infer(table["infer"], f"{where}.infer")
+    return problems

@@ -43,8 +43,17 @@ def read_results(path: Path, spec: dict, text: str | None = None) -> dict[int, d
 
 
 def compare(results: dict[int, dict], parsed: dict[int, dict], mapping: dict, rel: float = 2e-3, abs_: float = 6e-4) -> tuple[int, list[str]]:
-    """(values compared, disagreements) between the results file and the parsed metrics per epoch."""
+    """(values compared, disagreements) between the results file and the parsed metrics per epoch.
+    A mapped column the file never has, or a mapped metric the log never produced, is a
+    disagreement (a typo in the mapping must not read as "agrees")."""
     n, bad = 0, []
+    columns = {c for vals in results.values() for c in vals}
+    names = {k for vals in parsed.values() for k in vals}
+    for col, name in mapping.items():
+        if results and col not in columns:
+            bad.append(f"{col}: not a column of the results file (columns: {', '.join(sorted(columns))})")
+        elif results and name not in names:
+            bad.append(f"{name}: mapped from the file's {col}, never parsed from the log")
     for epoch, vals in sorted(results.items()):
         got = parsed.get(epoch, {})
         if not got:

@@ -132,11 +132,56 @@ def repo_learns(store, job: dict, sizes: dict) -> dict:
             "detail": detail, **({} if verdict["ok"] else {"error": verdict["why"]})}
 
 
-def repo_checks(store, job: dict, sizes: dict) -> dict:
+def _val_image(spec: dict) -> str | None:
+    """One image of the check's dataset that the model was validated on (or trained on)."""
+    ds = spec["dataset"]
+    root = Path(ds["path"])
+    if root.suffix in (".yaml", ".yml"):
+        root = root.parent / "images" / "val"
+    elif (root / "val").is_dir():
+        root = root / "val"
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+            return str(p)
+    return None
+
+
+def repo_infer_check(home, store, registry, jid: str, data_dir: Path) -> dict:
+    """The infer check of a repo job: its table's inference on one image with the checkpoint the
+    run wrote (so the checkpoint is reloaded by the repo's own code); n/a when it maps none."""
+    from . import repo_infer
+    from .envs import EnvManager
+
+    job = store.get_job(jid)
+    name = job["spec"]["model"].split("/", 1)[1]
+    if not (registry.get_repo(name).get("infer")):
+        return {"name": "infer", "ok": None, "seconds": None, "reason": f"the table maps no inference ([repos.{name}.infer])"}
+    if job["state"] != "succeeded":
+        return {"name": "infer", "ok": False, "seconds": None, "error": "the run did not succeed"}
+    image = _val_image(job["spec"])
+    t0 = time.time()
+    try:
+        res = repo_infer.infer(home, store, registry, EnvManager(home.envs, store, home.config.get("envs")), job, [image])[0]
+    except Exception as e:  # the report says why; the check goes on
+        return {"name": "infer", "ok": False, "seconds": time.time() - t0, "error": str(e)[-3000:]}
+    task = res.get("task")
+    ok = {"image_classification": res.get("predicted_label_id") is not None or res.get("predicted_label") is not None,
+          "object_detection": isinstance(res.get("boxes"), list) and len(res["boxes"]) > 0,
+          "pose_estimation": bool(res.get("keypoints")) and len(res["keypoints"][0]) > 0}.get(task, bool(res))
+    detail = {"image": os.path.basename(image), "checkpoint": os.path.relpath(res["checkpoint"], job["job_dir"]),
+              **{k: res[k] for k in ("predicted_label", "confidence") if k in res},
+              **({"boxes": len(res["boxes"])} if "boxes" in res else {}),
+              **({"people": len(res["keypoints"]), "keypoints": len(res["keypoints"][0]) if res["keypoints"] else 0} if "keypoints" in res else {})}
+    return {"name": "infer", "ok": ok, "seconds": time.time() - t0, "detail": detail,
+            **({} if ok else {"error": f"the repo's inference gave no {task} prediction: {json.dumps(res)[:500]}"})}
+
+
+def repo_checks(store, job: dict, sizes: dict, infer: dict | None = None) -> dict:
     """A repo runs its own script: the checks are read off the job. load: the time spent preparing
     it (checkout, env, import check); train: the script's run, validation included; validate: the
-    validation metrics parsed from its log; checkpoint: the files its globs found (a load round trip
-    needs the repo's own loader: n/a); infer: n/a (not mapped); learns: from the parsed metrics."""
+    validation metrics parsed from its log; checkpoint: the files its globs found, reloaded by the
+    table's inference when it maps one; infer: the table's inference on one image
+    (repo_infer_check); learns: from the parsed metrics."""
     went = [t["to_state"] for t in store.transitions(job["id"])]
     started = "running" in went
     succeeded = job["state"] == "succeeded"
@@ -154,16 +199,19 @@ def repo_checks(store, job: dict, sizes: dict) -> dict:
          **({} if succeeded else {"error": err})},
         {"name": "validate", "ok": bool(val), "seconds": None, "reason": "validation runs inside the script; its time is part of train",
          "detail": val, **({} if val else {"error": "no validation metric parsed from the log"})},
-        {"name": "checkpoint", **({"ok": None, "reason": "files written and found; a load round trip needs the repo's own loader (not mapped)"}
+        {"name": "checkpoint", **(({"ok": True, "reason": "reloaded by the repo's own inference (infer)"} if infer and infer.get("ok") else
+                                   {"ok": None, "reason": "files written and found; no inference mapped to reload them"}
+                                   if not infer or infer.get("ok") is None else
+                                   {"ok": False, "error": "the repo's inference could not use it: " + str(infer.get("error"))[:500]})
                                   if ckpts else {"ok": False, "error": "no checkpoint matched the repo's globs"}),
          "seconds": None, "detail": ckpts[:4]},
-        {"name": "infer", "ok": None, "seconds": None, "reason": "a repo has its own predict script; not mapped"},
+        infer or {"name": "infer", "ok": None, "seconds": None, "reason": "the table maps no inference"},
         repo_learns(store, job, sizes) if succeeded else {"name": "learns", "ok": False, "seconds": None, "error": "the run did not succeed"},
     ]
     return {"checks": checks, "status": status_of(checks), "task": job["spec"].get("task")}
 
 
-def gather(store, home, jobs: dict, command: str | None = None) -> dict:
+def gather(store, home, jobs: dict, command: str | None = None, inferred: dict | None = None) -> dict:
     """The report from each job's check.json (or its failure, where it wrote none)."""
     from .provenance import commit, machine
 
@@ -177,7 +225,7 @@ def gather(store, home, jobs: dict, command: str | None = None) -> dict:
             rep["checks"] = [judge_learns(c, sizes) if c["name"] == "learns" else c for c in rep.get("checks", [])]
             rep["status"] = status_of(rep["checks"])
         except (OSError, ValueError):
-            rep = repo_checks(store, job, sizes) if ref.startswith("repo/") else {"checks": [], "status": "failed"}
+            rep = repo_checks(store, job, sizes, (inferred or {}).get(ref)) if ref.startswith("repo/") else {"checks": [], "status": "failed"}
         run = (job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"])
         entry = {"model": ref, "framework": ref.split("/", 1)[0], "task": rep.get("task") or (job["spec"].get("task")),
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),

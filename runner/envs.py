@@ -77,13 +77,16 @@ class EnvRequest:
     python: str = field(default_factory=lambda: sys.executable)
     python_version: str = field(default_factory=lambda: platform.python_version())
     check_imports: list[str] = field(default_factory=list)
+    build: dict = field(default_factory=dict)  # build_settings(): how sdists are built
 
     @property
     def key(self) -> str:
-        """sha256 of (Python version, lock content, platform), shortened to 16 hex digits."""
+        """sha256 of (Python version, lock content, platform, build settings if any), 16 hex digits."""
         h = hashlib.sha256()
         h.update(f"python={self.python_version}\nplatform={platform_tag()}\n".encode())
         h.update(normalise_lock(self.lock).encode())
+        if self.build:
+            h.update(json.dumps(self.build, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
 
@@ -140,17 +143,75 @@ def normalise_lock(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def find_python(version: Optional[str]) -> tuple[str, str]:
-    """(interpreter path, full version) for a requested Python version (default: ours)."""
+def _pyenv_pythons(version: str) -> list[Path]:
+    """pyenv's interpreters of that version, newest first (its shims are not interpreters: uv cannot query them)."""
+    roots = [os.environ.get("PYENV_ROOT"), str(Path.home() / ".pyenv")]
+    found = []
+    for root in filter(None, roots):
+        for d in sorted(Path(root, "versions").glob(f"{version}*"), key=lambda p: [int(x) if x.isdigit() else 0 for x in p.name.split(".")], reverse=True):
+            exe = d / "bin" / f"python{'.'.join(version.split('.')[:2])}"
+            if exe.is_file() and os.access(exe, os.X_OK) and (d.name == version or d.name.startswith(version + ".")):
+                found.append(exe)
+    return found
+
+
+def find_python(version: Optional[str], where: str = "python") -> tuple[str, str]:
+    """(interpreter path, full version) for a requested Python version (default: ours): uv's
+    interpreter discovery (uv-managed Pythons, then PATH without pyenv's shims), then pyenv's
+    versions. Never downloads one."""
     ours = platform.python_version()
     if not version or ours == version or ours.startswith(version + "."):
         return sys.executable, ours
-    r = subprocess.run([uv_binary(), "python", "find", "--no-python-downloads", version], capture_output=True, text=True, env=uv_environ())
-    if r.returncode != 0:
-        raise EnvBuildError(f"python {version}: not found on this machine ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'uv python find failed'})")
-    path = r.stdout.strip()
-    v = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
-    return path, v
+    if not re.fullmatch(r"3\.\d+(\.\d+)?", str(version)):
+        raise EnvBuildError(f"{where}: given {version!r}; expected a Python version such as \"3.8\"")
+    env = uv_environ()
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if "pyenv" not in p or not p.rstrip("/").endswith("shims"))
+    r = subprocess.run([uv_binary(), "python", "find", "--no-python-downloads", version], capture_output=True, text=True, env=env)
+    candidates = [r.stdout.strip()] if r.returncode == 0 and r.stdout.strip() else []
+    candidates += [str(p) for p in _pyenv_pythons(version)]
+    for path in candidates:
+        v = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
+        if v == version or v.startswith(version + "."):
+            return path, v
+    raise EnvBuildError(f"{where}: Python {version} is not on this machine (looked for uv-managed Pythons, on PATH and in pyenv); "
+                        f"install it with `uv python install {version}` or `pyenv install {version}`, or your distribution's python{version} package")
+
+
+def build_settings(build, where: str = "build") -> dict:
+    """A table's `build`: {constraints: [..], env: {..}, no_isolation: [..]} checked, empty parts dropped."""
+    if build is None:
+        return {}
+    if not isinstance(build, dict):
+        raise EnvBuildError(f"{where}: expected a table with constraints, env and no_isolation")
+    unknown = set(build) - {"constraints", "env", "no_isolation"}
+    if unknown:
+        raise EnvBuildError(f"{where}.{sorted(unknown)[0]}: unknown key; expected constraints, env or no_isolation")
+    out = {}
+    for key in ("constraints", "no_isolation"):
+        v = build.get(key) or []
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise EnvBuildError(f"{where}.{key}: expected a list of strings")
+        if v:
+            out[key] = list(v)
+    env = build.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in env.items()):
+        raise EnvBuildError(f"{where}.env: expected a table of strings (NAME = \"value\")")
+    if env:
+        out["env"] = dict(env)
+    return out
+
+
+def _build_args(build: dict | None, folder: str) -> tuple[list[str], dict]:
+    """uv's arguments and environment for a request's build settings (constraints go to a file in `folder`)."""
+    build = build or {}
+    args = []
+    if build.get("constraints"):
+        p = Path(folder) / "build-constraints.txt"
+        p.write_text("\n".join(build["constraints"]) + "\n")
+        args += ["--build-constraints", str(p)]
+    for name in build.get("no_isolation", []):
+        args += ["--no-build-isolation-package", name]
+    return args, dict(build.get("env") or {})
 
 
 def named_env_names() -> list[str]:
@@ -176,19 +237,23 @@ def named_request(name: str, python: Optional[str] = None) -> EnvRequest:
                       check_imports=_import_checks((folder / "requirements.in").read_text()))
 
 
-def compile_lock(requirements: str, python_version: str, config: dict | None = None) -> str:
-    """Lock a requirements text with `uv pip compile` (exact versions, hashes)."""
+def compile_lock(requirements: str, python_version: str, config: dict | None = None, python: str | None = None,
+                 build: dict | None = None) -> str:
+    """Lock a requirements text with `uv pip compile` (exact versions, hashes). With `python`, a
+    package that must be built to know its dependencies is built by that interpreter."""
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "requirements.in"
         src.write_text(requirements)
+        extra, build_env = _build_args(build, d)
+        target = ["--python", python] if python and python != sys.executable else []
         r = subprocess.run(
-            [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-             "--python-version", ".".join(python_version.split(".")[:2]), str(src)],
-            capture_output=True, text=True, env=uv_environ(config),
+            [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header", *target,
+             "--python-version", ".".join(python_version.split(".")[:2]), *extra, str(src)],
+            capture_output=True, text=True, env={**uv_environ(config), **build_env},
         )
     if r.returncode != 0:
         raise EnvBuildError("cannot resolve the requirements:\n" + relevant_lines(r.stderr))
-    return r.stdout
+    return r.stdout.replace(str(src), "requirements.in")  # a recorded lock names no temporary folder
 
 
 def inline_request(requirements: list[str], python: Optional[str] = None, config: dict | None = None, name: str = "inline") -> EnvRequest:
@@ -299,11 +364,13 @@ class EnvManager:
         try:
             (tmp / "requirements.lock").write_text(req.lock)
             nearest = self.nearest(req)
+            build_args, build_env = _build_args(req.build, str(tmp))
+            env.update(build_env)
             steps = [
                 [uv, "venv", "--quiet", "--relocatable", "--python", req.python, str(tmp / "venv")],
                 # bytecode: uv compiles everything when there is no built env to borrow from
                 [uv, "pip", "sync", *([] if nearest else ["--compile-bytecode"]), "--python", str(tmp / "venv" / "bin" / "python"),
-                 str(tmp / "requirements.lock")],
+                 *build_args, str(tmp / "requirements.lock")],
             ]
             for argv in steps:
                 rc, out = self._run(argv, log, env)

@@ -35,16 +35,23 @@ class Registry:
 
     def __init__(self, files: list[Path]):
         data: dict = {}
+        home_of: dict = {}  # repo name -> the folder of the file that pins it (its `files` and lock live there)
         for f in files:
             if f.exists():
                 with open(f, "rb") as fh:
                     try:
-                        _merge(data, tomllib.load(fh))
+                        one = tomllib.load(fh)
                     except tomllib.TOMLDecodeError as e:
                         raise RegistryError(f"{f}: not valid TOML ({e})") from None
+                _merge(data, one)
+                for name, table in (one.get("repos") or {}).items():
+                    if isinstance(table, dict) and ("commit" in table or name not in home_of):
+                        home_of[name] = str(Path(f).resolve().parent)
         self.files = files
         self.frameworks: dict = data.get("frameworks", {})  # name -> framework table
         self.repos: dict = data.get("repos", {})  # name -> repo table
+        for name, table in self.repos.items():
+            table["_dir"] = home_of.get(name, str(PACKAGED.parent))
         self.models: dict = {}  # "framework/name" -> model table (ModelInfo fields)
         for fw, models in data.get("models", {}).items():
             for name, entry in models.items():

@@ -134,8 +134,37 @@ def merge_requirements(base: str, overrides: list[str]) -> str:
     return "\n".join(keep + list(overrides)) + "\n"
 
 
-def env_request(home, repo: dict, name: str, config: dict | None):
-    """The env of a repo at its commit: its own requirements plus overrides, locked, keyed."""
+def copy_files(src: Path, repo: dict, name: str):
+    """The table's `files`: small files it ships (a font, a config, a helper script) put into the
+    checkout. `{"dest/in/checkout" = "path next to the registry file"}` or `{ text = "..." }`."""
+    base = Path(repo.get("_dir") or ".")
+    for dest, what in (repo.get("files") or {}).items():
+        rel = Path(dest)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise RepoError(f"repos.{name}.files: {dest!r} must be a path inside the checkout")
+        if isinstance(what, dict) and isinstance(what.get("text"), str):
+            data = what["text"].encode()
+        elif isinstance(what, str):
+            path = (base / what).resolve()
+            try:
+                data = path.read_bytes()
+            except OSError:
+                raise RepoError(f"repos.{name}.files.{dest}: {path} cannot be read (paths are relative to the registry file that defines the table)") from None
+        else:
+            raise RepoError(f"repos.{name}.files.{dest}: expected a path (string) or {{ text = \"...\" }}")
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        if (src / rel).is_symlink():
+            (src / rel).unlink()
+        (src / rel).write_bytes(data)
+
+
+def lock_path(repo: dict, name: str) -> Path:
+    """Where `runner repo lock NAME` records the lock: beside the registry file that pins the repo."""
+    return Path(repo.get("_dir") or ".") / "repo-locks" / f"{name}.lock"
+
+
+def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, str]:
+    """(requirements text, interpreter, its version, inputs hash) of a repo at its commit."""
     cache = ensure_clone(home, repo["url"], repo["commit"])
     base = ""
     if repo.get("requirements"):
@@ -144,21 +173,70 @@ def env_request(home, repo: dict, name: str, config: dict | None):
         except RepoError:
             raise RepoError(f"repos.{name}.requirements: {repo['requirements']} does not exist at {repo['commit'][:12]}") from None
     text = merge_requirements(base, repo.get("overrides", []))
-    py, ver = envs.find_python(repo.get("python"))
-    key = hashlib.sha256(f"{ver}\n{text}".encode()).hexdigest()[:16]
-    lock_file = home.repos / "locks" / f"{name}-{repo['commit'][:12]}-{key}.lock"
-    if lock_file.exists():
-        lock = lock_file.read_text()
+    py, ver = envs.find_python(repo.get("python"), f"repos.{name}.python")
+    build = envs.build_settings(repo.get("build"), f"repos.{name}.build")
+    minor = ".".join(ver.split(".")[:2])
+    inputs = hashlib.sha256(f"{repo['commit']}\n{minor}\n{text}\n{sorted(build.items())}".encode()).hexdigest()[:16]
+    return text, py, ver, inputs
+
+
+def lock_repo(home, repo: dict, name: str, config: dict | None) -> Path:
+    """Compile the repo's lock now and record it beside its table (`runner repo lock NAME`)."""
+    text, py, ver, inputs = _inputs(repo, name, home)
+    lock = envs.compile_lock(text, ver, config, python=py, build=envs.build_settings(repo.get("build")))
+    path = lock_path(repo, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# runner repo lock {name}: commit={repo['commit']} python={'.'.join(ver.split('.')[:2])} inputs={inputs}\n"
+    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+    tmp.write_text(header + lock)
+    os.replace(tmp, path)
+    return path
+
+
+def recorded_lock(repo: dict, name: str, inputs: str) -> tuple[str | None, str | None]:
+    """(lock text, None) when a recorded lock matches these inputs; (None, why not) otherwise."""
+    path = lock_path(repo, name)
+    try:
+        text = path.read_text()
+    except OSError:
+        return None, None
+    m = re.match(r"^# runner repo lock \S+: commit=(\S+) python=(\S+) inputs=(\S+)\n", text)
+    if not m:
+        return None, f"{path} has no `runner repo lock` header; ignored"
+    if m.group(3) != inputs:
+        what = "commit" if m.group(1) != repo["commit"] else "requirements, Python or build settings"
+        return None, f"{path} was recorded for other {what}; ignored (run `runner repo lock {name}` again)"
+    return text, None
+
+
+def env_request(home, repo: dict, name: str, config: dict | None, log=None):
+    """The env of a repo at its commit: its own requirements plus overrides, locked, keyed. The
+    lock recorded by `runner repo lock` is used when it matches; otherwise one is compiled once per
+    host and kept in the repo cache."""
+    text, py, ver, inputs = _inputs(repo, name, home)
+    build = envs.build_settings(repo.get("build"))
+    lock, why = recorded_lock(repo, name, inputs)
+    if lock is not None:
+        if log:
+            log(f"runner: lock recorded in {lock_path(repo, name)}")
     else:
-        lock = envs.compile_lock(text, ver, config)
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        lock_file.write_text(lock)
+        if why and log:
+            log(f"runner: {why}")
+        lock_file = home.repos / "locks" / f"{name}-{repo['commit'][:12]}-{inputs}.lock"
+        if lock_file.exists():
+            lock = lock_file.read_text()
+        else:
+            lock = envs.compile_lock(text, ver, config, python=py, build=build)
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = lock_file.with_name(lock_file.name + f".tmp.{os.getpid()}")
+            tmp.write_text(lock)
+            os.replace(tmp, lock_file)
     return envs.EnvRequest(name=f"repo:{name}", lock=lock, python=py, python_version=ver,
-                           check_imports=repo.get("import_check", []))
+                           check_imports=repo.get("import_check", []), build=build)
 
 
 def prepare(job: dict, home, registry, envmgr, log):
-    """Prepare a repo job: clone/worktree, patches, env, translated argv, launch.json."""
+    """Prepare a repo job: clone/worktree, shipped files, patches, env, translated argv, launch.json."""
     from config_translators import repo as translator
 
     from .prepare import Prepared, build_env, write_launch
@@ -170,8 +248,9 @@ def prepare(job: dict, home, registry, envmgr, log):
     src = job_dir / "src"
     log(f"runner: repo {name} at {repo['commit'][:12]} ({repo['url']})")
     checkout(home, repo, src)
+    copy_files(src, repo, name)
     apply_patches(src, repo.get("patches", []))
-    req = env_request(home, repo, name, home.config.get("envs"))
+    req = env_request(home, repo, name, home.config.get("envs"), log)
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
     from .prepare import datasets_cache, job_person, log_dataset_report
@@ -183,15 +262,18 @@ def prepare(job: dict, home, registry, envmgr, log):
     for rel, content in t["files"].items():
         (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (job_dir / rel).write_text(content)
+    (job_dir / "out").mkdir(exist_ok=True)  # {output_dir} exists before the script starts
     writable = [src, home.cache]
     if repo.get("dataset", {}).get("writable"):  # e.g. YOLOv7 writes labels/*.cache beside the data
         dataset_dir = Path(spec["dataset"]["path"])
         writable.append(dataset_dir if dataset_dir.is_dir() else dataset_dir.parent)
-    launch = write_launch(job, home, t["argv"], src, [str(env_dir / "bin")], {"VIRTUAL_ENV": str(env_dir), **repo.get("env", {})},
+    launch = write_launch(job, home, t["argv"], src, [str(env_dir / "bin")], {"VIRTUAL_ENV": str(env_dir), **t["env"]},
                           spec.get("network", repo.get("network", False)), writable, log)
-    checkpoints = [f"out/{c}" for c in repo.get("checkpoints", [])]  # relative to {output_dir}
+    checkpoints = [translator.job_path(c, f"repos.{name}.checkpoints") for c in repo.get("checkpoints", [])]
     parser = dict(repo.get("parser") or {}) or None
     results_file = parser.pop("results_file", None) if parser else None
+    if results_file:
+        results_file = {**results_file, "job_path": translator.job_path(results_file["path"], f"repos.{name}.parser.results_file.path")}
     return Prepared(launch, parser, checkpoints, req.key, results_file)
 
 

@@ -159,7 +159,16 @@ def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: li
         problems += check_settings(spec.train.model_dump(exclude_none=True), schema)
     if fw.get("env"):
         data.setdefault("env", fw["env"])  # a repo's env comes from its own table at prepare time
-    if spec.network is None:
+    if fw_name == "repo":
+        repo = registry.get_repo(name)
+        from config_translators.repo import check_table
+
+        problems += check_table(name, repo)
+        if spec.network is None:  # the table decides: a repo that must stay offline does, pretrained or not
+            data["network"] = bool(repo.get("network", False))
+        if "epochs" not in spec.train.model_fields_set and (repo.get("defaults") or {}).get("epochs"):
+            data["train"]["epochs"] = int(repo["defaults"]["epochs"])  # the table's default, not the spec's
+    elif spec.network is None:
         data["network"] = bool(spec.train.pretrained)
     if fw_name != "repo" and entry is not None and spec.task and spec.task != entry.get("task_type"):
         problems.append(f"task: given {spec.task!r}; {spec.model} is {entry.get('task_type')}")

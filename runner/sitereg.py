@@ -27,8 +27,12 @@ def _key(k: str) -> str:
 
 
 def table(header: str, data: dict) -> str:
-    """One TOML table; nested values as inline tables and arrays."""
-    lines = [f"[{header}]"] + [f"{_key(k)} = {_value(v)}" for k, v in data.items() if v is not None]
+    """One TOML table; its table values as sub-tables ([header.args], which a person can extend
+    with keys of their own), deeper ones inline, arrays as arrays."""
+    lines = [f"[{header}]"] + [f"{_key(k)} = {_value(v)}" for k, v in data.items() if v is not None and not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{header}.{_key(k)}]"] + [f"{_key(kk)} = {_value(vv)}" for kk, vv in v.items() if vv is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ class Reason(str, Enum):
     ENV_BUILD_FAILED = "env_build_failed"
     PREPARE_FAILED = "prepare_failed"
     PATCH_FAILED = "patch_failed"
+    RESULTS_MISMATCH = "results_mismatch"  # the repo's results file disagrees with its log, and its table says fail
     SPAWN_FAILED = "spawn_failed"
     BAD_CONFIG = "bad_config"
     LOST = "lost"

@@ -85,15 +85,45 @@ def make_shapes(root: str | Path, per_class: int = 8, val_per_class: int = 4, si
     return root
 
 
+def class_names(n: int) -> tuple:
+    """n class names: the three shapes, then class3, class4, ... (drawn as shapes again, each its own colour)."""
+    return tuple(SHAPES[:n]) + tuple(f"class{i}" for i in range(len(SHAPES), n))
+
+
+KINDS = ("shapes", "yolo", "coco", "keypoints", "masks", "captions")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m runner.synth", description=__doc__)
-    p.add_argument("kind", choices=["shapes"])
+    p = argparse.ArgumentParser(prog="python -m runner.synth", description="Make a tiny synthetic dataset whose labels are known exactly.")
+    p.add_argument("kind", choices=KINDS, help="shapes: ImageFolder (classification); yolo: a YOLO set (--task); coco: COCO boxes "
+                                               "and polygons; keypoints: COCO person keypoints (17); masks: semantic masks; captions")
     p.add_argument("dir")
-    p.add_argument("--per-class", type=int, default=8)
-    p.add_argument("--val-per-class", type=int, default=4)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--classes", type=int, default=3, help="shapes: number of classes (default 3)")
+    p.add_argument("--per-class", type=int, default=8, help="shapes: training images per class")
+    p.add_argument("--val-per-class", type=int, default=4, help="shapes: validation images per class")
+    p.add_argument("--train", type=int, default=8, help="other kinds: training images")
+    p.add_argument("--val", type=int, default=4, help="other kinds: validation images")
+    p.add_argument("--task", default="detect", choices=["detect", "segment", "pose", "obb"], help="yolo: the label layout")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--easy", action="store_true", help="each class in its own colour (a model learns it in a few epochs)")
     a = p.parse_args(argv)
-    print(make_shapes(a.dir, a.per_class, a.val_per_class, a.size))
+    if a.classes < 1 or a.size < 16 or min(a.per_class, a.val_per_class, a.train, a.val) < 1:
+        p.error("--classes, --per-class, --val-per-class, --train and --val must be at least 1, --size at least 16")
+    if a.kind == "shapes":
+        print(make_shapes(a.dir, a.per_class, a.val_per_class, a.size, classes=class_names(a.classes), seed=a.seed, easy=a.easy))
+        return
+    from . import synth_tasks as t
+
+    if a.kind == "yolo":
+        print(t.make_yolo(a.dir, a.task, a.train, a.val, a.size, a.seed, a.easy))
+    elif a.kind in ("coco", "keypoints"):
+        images, ann = (t.make_coco if a.kind == "coco" else t.make_keypoints)(a.dir, a.train, a.val, a.size, a.seed, a.easy)
+        print(f"{images}\n{ann}")
+    elif a.kind == "masks":
+        print(t.make_masks(a.dir, a.train, a.val, a.size, a.seed, a.easy))
+    else:
+        print(t.make_captions(a.dir, a.train, a.val, a.size, a.seed, a.easy))
 
 
 if __name__ == "__main__":

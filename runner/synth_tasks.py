@@ -80,6 +80,43 @@ def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, se
     return root / "images", root / "annotations.json"
 
 
+# COCO's 17 person keypoints at fixed places in the shape's box (x, y as fractions): a stick figure
+# that left/right flips map onto itself, so a top-down pose model has something exact to learn.
+COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle")
+_FIGURE = ((0.5, 0.08), (0.6, 0.05), (0.4, 0.05), (0.7, 0.1), (0.3, 0.1), (0.75, 0.3), (0.25, 0.3), (0.9, 0.45), (0.1, 0.45),
+           (0.95, 0.6), (0.05, 0.6), (0.65, 0.6), (0.35, 0.6), (0.7, 0.78), (0.3, 0.78), (0.72, 0.95), (0.28, 0.95))
+COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9], [8, 10],
+                 [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
+
+
+def make_keypoints(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> tuple[Path, Path]:
+    """COCO person keypoints: root/images/*.png, root/annotations.json (train and val images in one
+    file, as the check uses it) and root/val.json (the val images alone). One "person" a picture: the
+    shape's box with COCO's 17 keypoints placed in it, all visible."""
+    root = Path(root)
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    cat = {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO_KEYPOINTS), "skeleton": COCO_SKELETON}
+    full = {"images": [], "annotations": [], "categories": [cat]}
+    for i in range(train + val):
+        cls = i % len(NAMES)
+        rows, (x0, y0, x1, y1) = shape_image(NAMES[cls], size, rng, tint(cls, easy))
+        name = f"img_{i:03d}.png"
+        write_png(root / "images" / name, rows, size, size)
+        w, h = x1 - x0, y1 - y0
+        kps = [v for fx, fy in _FIGURE for v in (round(x0 + fx * w, 2), round(y0 + fy * h, 2), 2)]
+        full["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        full["annotations"].append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [x0, y0, w, h], "area": w * h,
+                                    "iscrowd": 0, "num_keypoints": len(_FIGURE), "keypoints": kps})
+    (root / "annotations.json").write_text(json.dumps(full))
+    ids = {im["id"] for im in full["images"][train:]}
+    val_part = {**full, "images": full["images"][train:], "annotations": [a for a in full["annotations"] if a["image_id"] in ids]}
+    (root / "val.json").write_text(json.dumps(val_part))
+    return root / "images", root / "annotations.json"
+
+
 def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> Path:
     """Semantic segmentation: root/{train,val}/images/*.png and .../masks/*.png (pixel = class id,
     0 background, 1+ the shape's class), and root/classes.txt."""
@@ -155,6 +192,11 @@ def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
         if not (path / "val" / "captions.jsonl").exists():
             make_captions(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
         return path, "captions"
+    if fmt == "coco" and task == "pose_estimation":
+        path = root / "coco-keypoints"
+        if not (path / "annotations.json").exists():
+            make_keypoints(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
+        return path / "images", "coco"
     if fmt == "coco":
         path = root / "coco"
         if not (path / "annotations.json").exists():

@@ -16,6 +16,7 @@ VERBS = {
     "ls": ("runner.cli.jobs", "ls", "list jobs"),
     "show": ("runner.cli.jobs", "show", "show one job"),
     "logs": ("runner.cli.jobs", "logs", "print (or follow) a job's output"),
+    "metrics": ("runner.cli.jobs", "metrics", "a job's metrics per epoch (or step)"),
     "cancel": ("runner.cli.jobs", "cancel", "cancel a job (kills its whole process tree)"),
     "retry": ("runner.cli.jobs", "retry", "queue a copy of an ended job"),
     "doctor": ("runner.cli.daemon_cmd", "doctor", "what this machine supports"),
@@ -85,6 +86,12 @@ def _logs(p):
     _id(p)
     p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     p.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    p.add_argument("--raw", action="store_true", help="keep terminal escape sequences (colours) as the job wrote them")
+
+
+def _metrics(p):
+    _id(p)
+    p.add_argument("--name", default=None, help="only this metric")
 
 
 def _envs(p):
@@ -120,8 +127,9 @@ def _check(p):
 
 
 def _repo(p):
-    p.add_argument("action", choices=["add", "ls", "show", "rm"])
+    p.add_argument("action", choices=["add", "ls", "show", "rm", "lock"])
     p.add_argument("target", nargs="?", help="URL (add) or name")
+    p.add_argument("--task", default=None, help="add: the task of the starter table (default: guessed from the README)")
     p.add_argument("--commit")
     p.add_argument("--name")
 
@@ -159,7 +167,7 @@ def _web_login(p):
                    "(default: the daemon's HTTP bind; env RUNNER_URL)")
 
 
-ADD_ARGS = {"export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "cancel": _id,
+ADD_ARGS = {"export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "metrics": _metrics, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

@@ -126,6 +126,64 @@ def show(args):
     return 0
 
 
+_ANSI = None
+
+
+def strip_ansi(data: bytes) -> bytes:
+    """Terminal escape sequences (colours, cursor moves, titles) taken out of a log's bytes."""
+    global _ANSI
+    if _ANSI is None:
+        import re
+
+        _ANSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+    return _ANSI.sub(b"", data)
+
+
+def _complete(data: bytes) -> int:
+    """How much of `data` to print now: all, unless it ends inside an escape sequence."""
+    i = data.rfind(b"\x1b", max(0, len(data) - 64))
+    if i < 0 or strip_ansi(data[i:]) != data[i:] or len(data) - i >= 64:
+        return len(data)
+    return i
+
+
+def metrics(args):
+    """runner metrics ID [--name NAME] [--json]: a job's per-epoch (or per-step) series."""
+    from runner.queries import find_job
+
+    h = home(args)
+    s = store(h)
+    job = find_job(h, s, args.id)
+    points = s.metrics(job["id"], args.name)
+    if args.name and not points:
+        from runner.exceptions import RunnerError
+
+        known = sorted(s.latest_metrics(job["id"]))
+        raise RunnerError(f"--name: job {job['id']} has no metric {args.name!r} (it has: {', '.join(known) or 'none'})")
+    series: dict = {}
+    for p in points:
+        series.setdefault(p["name"], []).append({"epoch": p["epoch"], "step": p["step"], "value": p["value"], "at": p["at"]})
+    if args.json:
+        print_json({"job": job["id"], "series": series})
+        return 0
+    if not series:
+        print(f"job {job['id']}: no metrics yet")
+        return 0
+    by_epoch = all(p["epoch"] is not None for pts in series.values() for p in pts)
+    key = "epoch" if by_epoch else "step"
+    rows: dict = {}
+    for name, pts in series.items():
+        for i, p in enumerate(pts):
+            k = p[key] if p[key] is not None else i + 1
+            rows.setdefault(k, {})[name] = p["value"]  # the last value of that epoch (or step)
+    names = sorted(series)
+
+    def fmt(v):
+        return "" if v is ... else "nan" if v is None else f"{v:.6g}"  # SQLite keeps a NaN as NULL
+    table([[k, *[fmt(rows[k].get(n, ...)) for n in names]] for k in sorted(rows, key=lambda x: (x is None, x))], [key.upper(), *names])
+    return 0
+
+
 def logs(args):
     """runner logs ID [-f] [--tail N]"""
     from runner.queries import find_job, read_log
@@ -138,12 +196,13 @@ def logs(args):
         from runner.exceptions import PermissionDenied
 
         raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; its log is theirs (an admin may set [server] share_logs)")
+    clean = (lambda b: b) if args.raw else strip_ansi
     if not args.follow:
-        sys.stdout.write(read_log(path.parent, args.tail))
+        sys.stdout.write(clean(read_log(path.parent, args.tail).encode()).decode("utf-8", "replace"))
         return 0
     out = sys.stdout.buffer
     if args.tail is not None:
-        out.write(read_log(path.parent, args.tail).encode())
+        out.write(clean(read_log(path.parent, args.tail).encode()))
         pos = path.stat().st_size if path.exists() else 0
     else:
         pos = 0
@@ -156,8 +215,10 @@ def logs(args):
                 data = f.read()
         except FileNotFoundError:
             data = b""
+        if data and not args.raw:
+            data = data[:_complete(data)]  # an escape sequence cut by the read waits for its end
         if data:
-            out.write(data)
+            out.write(clean(data))
             out.flush()
             pos += len(data)
             continue
@@ -169,7 +230,7 @@ def logs(args):
             with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
                 f.seek(pos)
                 rest = f.read()
-            out.write(rest)
+            out.write(clean(rest))
             out.flush()
             return 0
         time.sleep(0.2)

@@ -80,6 +80,14 @@ def infer(args):
         framework = env_name if not args.model else args.model.split("/", 1)[0]
     else:
         job = find_job(h, s, args.source)
+        if (job.get("model") or "").startswith("repo/"):  # the repo's own predict script, as its table maps it
+            from runner import repo_infer
+            from runner.registry import load
+
+            mgr = EnvManager(h.envs, s, h.config.get("envs"))
+            results = repo_infer.infer(h, s, load(h), mgr, job, args.images)
+            print_json(results if len(results) != 1 else results[0])
+            return 0
         arts = [a["path"] for a in s.artifacts(job["id"])]
         # best, then last: a file named so, or a save_pretrained folder named so
         best = ([a for a in arts if "best" in (Path(a).stem, Path(a).parent.name)]

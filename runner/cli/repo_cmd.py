@@ -1,4 +1,4 @@
-"""runner repo add URL --commit SHA [--name N] | ls | show N | rm N"""
+"""runner repo add URL --commit SHA [--name N] [--task T] | ls | show N | rm N | lock N"""
 
 from __future__ import annotations
 
@@ -16,6 +16,44 @@ def _at(cache, commit, path):
 
     r = subprocess.run(["git", "--git-dir", str(cache), "show", f"{commit}:{path}"], capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else None
+
+
+ENTRIES = ("train.py", "main.py", "tools/train.py", "scripts/train.py", "src/train.py", "train/train.py", "main_train.py")
+REQUIREMENTS = ("requirements.txt", "requirements/runtime.txt", "requirements/requirements.txt", "requirements/base.txt",
+                "requirements/train.txt", "requirements-train.txt", "requirements.in")
+TASK_WORDS = [("pose_estimation", ("pose estimation", "keypoint")), ("instance_segmentation", ("instance segmentation",)),
+              ("semantic_segmentation", ("semantic segmentation",)), ("obb_detection", ("oriented bounding", "rotated box")),
+              ("object_detection", ("object detection", "detector", "detection")), ("image_captioning", ("captioning",)),
+              ("image_classification", ("classification", "imagenet"))]
+
+
+def _files(cache, commit) -> list[str]:
+    import subprocess
+
+    r = subprocess.run(["git", "--git-dir", str(cache), "ls-tree", "-r", "--name-only", commit], capture_output=True, text=True)
+    return r.stdout.splitlines() if r.returncode == 0 else []
+
+
+def _first(files: list[str], wanted) -> str | None:
+    """The first of `wanted` in the tree; else a file of that name at most two folders down."""
+    have = set(files)
+    for w in wanted:
+        if w in have:
+            return w
+    for w in wanted:
+        base = w.rsplit("/", 1)[-1]
+        deep = sorted((f for f in files if f.rsplit("/", 1)[-1] == base and f.count("/") <= 2), key=lambda f: (f.count("/"), f))
+        if deep:
+            return deep[0]
+    return None
+
+
+def _guess_task(readme: str) -> str:
+    """The task its README talks about most, by a few words; classification when it says none."""
+    text = readme.lower()
+    counts = [(sum(text.count(w) for w in words), task) for task, words in TASK_WORDS]
+    best = max(counts, key=lambda c: c[0])
+    return best[1] if best[0] else "image_classification"
 
 
 def repo(args):
@@ -36,11 +74,18 @@ def repo(args):
         cache = repos.cache_dir(h, url)
         lic = _at(cache, commit, "LICENSE") or _at(cache, commit, "LICENSE.md") or ""
         license_ = next((spdx for key, spdx in LICENSES if key.lower() in lic[:400].lower()), "unknown")
-        entry = next((e for e in ("train.py", "main.py", "tools/train.py") if _at(cache, commit, e) is not None), "train.py")
+        files = _files(cache, commit)
+        entry = _first(files, ENTRIES) or "train.py"
+        reqs = _first(files, REQUIREMENTS)
+        task = args.task or _guess_task(_at(cache, commit, _first(files, ("README.md", "README.rst", "README")) or "README.md") or "")
+        from runner.registry import TASK_TYPES
+
+        if task not in TASK_TYPES:
+            raise RepoError(f"--task: given {task!r}; expected one of {', '.join(TASK_TYPES)}")
         table_ = {
             "url": url, "commit": commit, "tag": tag, "license": license_, "python": ".".join(map(str, sys.version_info[:2])),
-            "entry": entry, "requirements": "requirements.txt" if _at(cache, commit, "requirements.txt") is not None else None,
-            "task_type": "image_classification", "display_name": name, "description": f"{url} at {commit[:12]}",
+            "entry": entry, "requirements": reqs,
+            "task_type": task, "display_name": name, "description": f"{url} at {commit[:12]}",
             "dataset": {"format": "imagefolder"},
             "args": {"template": ["--epochs", "{epochs}", "--batch-size", "{batch_size}", "--lr", "{lr}", "--data", "{data}",
                                  "--output-dir", "{output_dir}"]},
@@ -53,7 +98,7 @@ def repo(args):
         return 0
     reg = load(h)
     if args.action == "ls":
-        rows = [{"name": n, **r} for n, r in sorted(reg.repos.items())]
+        rows = [{"name": n, **{k: v for k, v in r.items() if not k.startswith("_")}} for n, r in sorted(reg.repos.items())]
         if args.json:
             print_json(rows)
         else:
@@ -63,7 +108,20 @@ def repo(args):
     if not args.target:
         raise RepoError(f"repo {args.action}: give a repo name (see `runner repo ls`)")
     if args.action == "show":
-        print_json({"name": args.target, **reg.get_repo(args.target)})
+        r = reg.get_repo(args.target)
+        print_json({"name": args.target, **{k: v for k, v in r.items() if not k.startswith("_")}, "defined_in": r.get("_dir"),
+                    "lock": str(repos.lock_path(r, args.target)) if repos.lock_path(r, args.target).exists() else None})
+        return 0
+    if args.action == "lock":
+        import os
+
+        repo_ = reg.get_repo(args.target)
+        path = repos.lock_path(repo_, args.target)
+        if not os.access(path.parent if path.parent.exists() else path.parent.parent, os.W_OK):
+            raise RepoError(f"repo lock: {path.parent} is not writable by you (the lock is kept beside the registry file that pins the repo)")
+        written = repos.lock_repo(h, repo_, args.target, h.config.get("envs"))
+        pins = sum(1 for line in written.read_text().splitlines() if "==" in line and not line.startswith("#"))
+        print(f"locked repo/{args.target} at {repo_['commit'][:12]}: {pins} packages pinned in {written}")
         return 0
     if args.action == "rm":
         if not sitereg.remove(h.registry_file, f"repos.{args.target}"):

@@ -135,7 +135,9 @@ class Follow:
         fresh = self.store.get_job(jid)
         state, reason = decide(exit_info, failure, cancel_requested=bool(fresh["cancel_requested"]),
                                timed_out=bool(fresh["timed_out"]), oom_in_log=oom_in(tail))
-        note = self._check_results_file(job, job_dir)
+        note, mismatch = self._check_results_file(job, job_dir)
+        if mismatch and state == JobState.SUCCEEDED:  # the table asked for a disagreement to fail the job
+            state, reason = JobState.FAILED, Reason.RESULTS_MISMATCH.value
         # The end time is the shim's, not this pass's: a job that ended while the daemon was down
         # did not last until the restart. Bounded by what the store knows, as the job folder is the job's.
         ended = exit_info.get("finished_at")
@@ -145,24 +147,26 @@ class Follow:
         self._end(job, state, reason, now, exit_code=code, signal=sig, log_tail="\n".join(tail) if state != JobState.SUCCEEDED else None,
                   **usage, **({"note": note} if note else {}))
 
-    def _check_results_file(self, job, job_dir) -> str | None:
-        """A repo's own results file, stored as `file/` metrics and compared with the parsed log."""
+    def _check_results_file(self, job, job_dir) -> tuple[str | None, bool]:
+        """A repo's own results file, stored as `file/` metrics and compared with the parsed log:
+        (the job's note, whether it fails the job: `on_mismatch = "fail"` and a disagreement)."""
         spec = (read_json(self.home.run_dir(job["id"]) / "watch.json") or {}).get("results_file")
         if not spec:
-            return None
+            return None, False
         from log_parsers.results import compare, read_results
 
         from ..identity import open_users_file
 
-        path = job_dir / "out" / spec["path"]
+        fail = spec.get("on_mismatch") == "fail"
+        path = job_dir / (spec.get("job_path") or f"out/{spec['path']}")
         if not path.exists():
-            return f"results file {spec['path']} was not written"
+            return f"results file {spec['path']} was not written", fail
         try:
             with open_users_file(path, job["uid"]) as f:
                 text = f.read(64 << 20).decode("utf-8", "replace")
             results = read_results(path, spec, text)
         except (ValueError, KeyError, OSError) as e:
-            return f"results file {spec['path']}: {e}"
+            return f"results file {spec['path']}: {e}", fail
         self.store.add_metrics(job["id"], [(f"file/{k}", v, None, e) for e, vals in results.items() for k, v in vals.items()])
         parsed = {}
         for m in self.store.metrics(job["id"]):
@@ -170,8 +174,8 @@ class Follow:
                 parsed.setdefault(m["epoch"], {})[m["name"]] = m["value"]
         n, bad = compare(results, parsed, spec.get("compare", {}))
         if bad:
-            return f"results file disagrees with the log: {'; '.join(bad[:5])}"
-        return f"results file agrees with the parsed log ({n} values over {len(results)} epochs)"
+            return f"results file disagrees with the log: {'; '.join(bad[:5])}", fail
+        return f"results file agrees with the parsed log ({n} values over {len(results)} epochs)", False
 
     def _end(self, job, state, reason, now, **fields):
         jid = job["id"]
