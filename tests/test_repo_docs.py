@@ -1,0 +1,103 @@
+"""docs/adding-a-repo.md's complete example, as written: its repo made from the files the page
+shows, its table and job file used as they stand (the url pointed at that repo, as a site points
+it at a mirror), and what the page says happens checked through the real daemon."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_repos import git
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "adding-a-repo.md"
+
+
+def blocks() -> dict:
+    """{title: text} of the page's fenced blocks that carry a title."""
+    return {m.group(2): m.group(3) + "\n" for m in re.finditer(r'```(\w+) title="([^"]+)"\n(.*?)\n```', DOC.read_text(), re.S)}
+
+
+def test_the_reference_names_every_key_runner_reads():
+    from config_translators.repo import KEYS
+
+    text = DOC.read_text()
+    spans = re.findall(r"`([^`\n]+)`", text)  # the page's inline code
+    missing = sorted({k for keys in KEYS.values() for k in keys if not any(re.search(rf"(?<![\w.]){k}\b", s) for s in spans)})
+    assert missing == [], f"docs/adding-a-repo.md does not describe: {missing}"
+    for placeholder in ("output_dir", "src", "job_dir", "device", "gpus", "seed", "checkpoint", "image", "images", "image_stem"):
+        assert "{" + placeholder + "}" in text, placeholder
+
+
+@pytest.mark.slow
+def test_the_guides_example_works_as_written(runner, daemon, home, tmp_path):
+    b = blocks()
+    assert {"requirements.txt", "train.py", "predict.py", "tinycls/site.json", "registry.toml", "job.yaml"} <= set(b)
+    src = tmp_path / "tinycls"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    for name in ("requirements.txt", "train.py", "predict.py"):
+        (src / name).write_text(b[name])
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "tinycls", cwd=src)
+    commit = git("rev-parse", "HEAD", cwd=src)
+    table = b["registry.toml"].replace("TINYCLS_COMMIT", commit)
+    table = table.replace('url = "https://github.com/example-lab/tinycls"', f'url = "file://{src}"')  # the site's mirror
+    (home / "registry.toml").write_text(table)
+    (home / "tinycls").mkdir()
+    (home / "tinycls" / "site.json").write_text(b["tinycls/site.json"])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(b["job.yaml"])
+    subprocess.run([sys.executable, "-m", "runner.synth", "shapes", "shapes", "--easy"], cwd=work, check=True, capture_output=True)
+
+    jid = runner.submit(str(work / "job.yaml"), cwd=work)
+    j = runner.wait_state(jid, timeout=600)
+    raw = runner.run("logs", jid, "--raw").stdout
+    assert j["state"] == "succeeded", raw
+    log = runner.run("logs", jid).stdout
+    assert "\x1b[32mepoch 0/12\x1b[0m loss" in raw and "\x1b" not in log and "epoch 11/12 loss" in log
+    # the table's defaults.epochs, its CPU-only flag, its env placeholder, its output folder
+    launch = json.loads((home / "run" / jid / "launch.json").read_text())
+    argv = launch["argv"]
+    assert argv[argv.index("--epochs") + 1] == "12" and "--no-accel" in argv and "--device" not in argv
+    assert launch["env"]["TINYCLS_SAVE"] == str(Path(j["job_dir"]) / "out")
+    assert (Path(j["job_dir"]) / "src" / "configs" / "site.json").read_text() == '{"seed": 0}\n'  # the shipped file
+    series = runner.json("metrics", jid)["series"]
+    assert [p["epoch"] for p in series["loss"]] == list(range(1, 13)) and len(series["val_acc"]) == 12
+    assert series["val_acc"][-1]["value"] >= 0.6
+    table_out = runner.run("metrics", jid, "--name", "val_acc").stdout.splitlines()
+    assert table_out[0].split() == ["EPOCH", "val_acc"] and len(table_out) == 13
+    assert j["note"] == "results file agrees with the parsed log (24 values over 12 epochs)"
+    assert [a["path"] for a in j["artifacts"]] == [str(Path(j["job_dir"]) / "src" / "weights" / "last.npz")]  # saved in its working folder
+
+    image = work / "shapes" / "val" / "circle" / "circle_000.png"
+    res = runner.json("infer", jid, str(image))
+    assert res["task"] == "image_classification" and res["predicted_label"] in ("circle", "square", "triangle")
+    assert sorted(p["label"] for p in res["top5_predictions"]) == ["circle", "square", "triangle"]
+    assert res["checkpoint"].endswith("src/weights/last.npz")
+
+    out = runner.run("repo", "lock", "tinycls").stdout
+    assert f"locked repo/tinycls at {commit[:12]}" in out and (home / "repo-locks" / "tinycls.lock").exists()
+    j2 = runner.wait_state(runner.submit(str(work / "job.yaml"), cwd=work), timeout=600)
+    assert f"runner: lock recorded in {home / 'repo-locks' / 'tinycls.lock'}" in runner.run("logs", j2["id"]).stdout
+    assert j2["env_hash"] == j["env_hash"]  # the recorded lock is the one the first job built from
+
+    # the same table with its results file mapped wrongly: on_mismatch = "fail" fails the job
+    (home / "registry.toml").write_text(table + "\n" + table.replace("[repos.tinycls", "[repos.tinybad")
+                                        .replace('compare = { loss = "loss", val_acc = "val_acc" }', 'compare = { loss = "val_acc" }')
+                                        .replace('"configs/site.json" = "tinycls/site.json"', '"configs/site.json" = { text = \'{"seed": 1}\' }'))
+    (work / "bad.yaml").write_text(b["job.yaml"].replace("repo/tinycls", "repo/tinybad"))
+    j3 = runner.wait_state(runner.submit(str(work / "bad.yaml"), cwd=work), timeout=600)
+    assert (j3["state"], j3["reason"]) == ("failed", "results_mismatch")
+    assert j3["note"].startswith("results file disagrees with the log: epoch 1: loss="), j3["note"]
+
+    r = runner.run("check", "repo/tinycls", "--out", str(tmp_path / "check"), check=False)
+    rep = json.loads((tmp_path / "check" / "report.json").read_text())["models"][0]
+    by = {c["name"]: c for c in rep["checks"]}
+    assert r.returncode == 0 and rep["status"] == "success", r.stdout
+    assert by["infer"]["ok"] and by["checkpoint"]["ok"] and by["learns"]["ok"]
