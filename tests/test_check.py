@@ -98,11 +98,19 @@ def test_repo_checks_are_measured_or_na_never_placeholders(repo_job):
     for name in ("validate", "checkpoint", "infer"):
         assert by[name]["seconds"] is None  # not timed apart: n/a, not 0.0
     assert by["validate"]["ok"] and "file/test_acc1" not in by["validate"]["detail"]
-    assert by["checkpoint"]["ok"] is None and "round trip" in by["checkpoint"]["reason"]
+    assert by["checkpoint"]["ok"] is None and "no inference mapped to reload them" in by["checkpoint"]["reason"]
     assert by["checkpoint"]["detail"] == [{"path": "out/checkpoint-2.pth", "bytes": 123}]
     assert by["infer"]["ok"] is None and by["infer"]["reason"]
     assert by["learns"]["ok"] is True and by["learns"]["detail"]["value"] == 80.0
     assert rep["status"] == "success"
+    # with the table's inference: it reloads the checkpoint, so both pass or both fail
+    ran = {"name": "infer", "ok": True, "seconds": 2.5, "detail": {"predicted_label": "circle"}}
+    by = {c["name"]: c for c in chk.repo_checks(s, job, LEARNS, ran)["checks"]}
+    assert by["infer"] is ran and by["checkpoint"]["ok"] is True
+    failed = {"name": "infer", "ok": False, "seconds": 1.0, "error": "KeyError: 'model'"}
+    rep = chk.repo_checks(s, job, LEARNS, failed)
+    by = {c["name"]: c for c in rep["checks"]}
+    assert by["checkpoint"]["ok"] is False and "KeyError: 'model'" in by["checkpoint"]["error"] and rep["status"] != "success"
 
 
 def test_repo_that_does_not_learn_is_partial(repo_job):
@@ -127,5 +135,5 @@ def test_markdown_states_provenance_criteria_and_na_reasons(repo_job):
     assert report["commit"] in md and "runner check repo/convnext" in md and report["machine"]["line"] in md
     assert "chance plus 25 points" in md
     assert "| repo/convnext | repo | image_classification | 64 | 3 | success | ok 30.0s | ok 60.0s | ok | n/a | n/a | ok test_acc1=80 |" in md
-    assert "repo/convnext infer: a repo has its own predict script" in md
+    assert "repo/convnext infer: the table maps no inference" in md
     assert " 0.0s" not in md  # no placeholder times

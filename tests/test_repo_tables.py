@@ -246,3 +246,26 @@ def test_synth_command_makes_every_kind(tmp_path):
     assert len(json.loads((tmp_path / "k" / "val.json").read_text())["images"]) == 2
     r = subprocess.run([sys.executable, "-m", "runner.synth", "shapes", str(tmp_path / "z"), "--classes", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--classes" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_table_that_asks_for_another_python_gets_it(runner, daemon, home, tmp_path, shapes):
+    """python = "3.8": the env is built with that interpreter (pyenv's here) and the script runs in it."""
+    if not sorted(Path.home().glob(".pyenv/versions/3.8*/bin/python3.8")):
+        pytest.skip("no Python 3.8 on this machine")
+    src = tmp_path / "oldrepo"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    (src / "train.py").write_text("import sys, six\nprint('python %d.%d' % sys.version_info[:2])\nfor e in range(2):\n"
+                                  "    print('EVAL epoch %d: acc 0.5 val_loss 1.0' % e)\n")
+    (src / "requirements.txt").write_text("six\n")
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "v1", cwd=src)
+    table = repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src), python="3.8", overrides=[], checkpoints=[],
+                       args={"template": []}, build={"constraints": ["setuptools<70"]})
+    del table["parser"]["results_file"]
+    add_table(home, "old", table)
+    j = runner.wait_state(runner.submit(job(tmp_path, shapes, name="old")), timeout=300)
+    log = runner.run("logs", j["id"]).stdout
+    assert j["state"] == "succeeded", log
+    assert "python 3.8" in log and [m["epoch"] for m in runner.json("metrics", j["id"])["series"]["acc"]] == [1, 2]
