@@ -126,16 +126,10 @@ def show(args):
     return 0
 
 
-_ANSI = None
-
-
 def strip_ansi(data: bytes) -> bytes:
     """Terminal escape sequences (colours, cursor moves, titles) taken out of a log's bytes."""
-    global _ANSI
-    if _ANSI is None:
-        import re
+    from log_parsers.stream import _ANSI  # the parser's own pattern: what it reads is what you see
 
-        _ANSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
     return _ANSI.sub(b"", data)
 
 
