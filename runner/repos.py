@@ -146,6 +146,8 @@ def copy_files(src: Path, repo: dict, name: str):
             data = what["text"].encode()
         elif isinstance(what, str):
             path = (base / what).resolve()
+            if not path.is_relative_to(base.resolve()):  # the daemon reads it: nothing outside the table's folder
+                raise RepoError(f"repos.{name}.files.{dest}: {what!r} is outside the folder of the registry file that defines the table")
             try:
                 data = path.read_bytes()
             except OSError:

@@ -269,3 +269,24 @@ def test_a_table_that_asks_for_another_python_gets_it(runner, daemon, home, tmp_
     log = runner.run("logs", j["id"]).stdout
     assert j["state"] == "succeeded", log
     assert "python 3.8" in log and [m["epoch"] for m in runner.json("metrics", j["id"])["series"]["acc"]] == [1, 2]
+
+
+def test_shipped_files_come_from_the_tables_folder_only(tmp_path):
+    from runner import repos
+    from runner.exceptions import RepoError
+
+    site = tmp_path / "site"
+    (site / "extra").mkdir(parents=True)
+    (site / "extra" / "font.ttf").write_bytes(b"\x00font")
+    (tmp_path / "secret").write_text("not yours")
+    (site / "extra" / "link").symlink_to(tmp_path / "secret")
+    src = tmp_path / "src"
+    src.mkdir()
+    repos.copy_files(src, {"_dir": str(site), "files": {"a/font.ttf": "extra/font.ttf", "cfg.json": {"text": "{}"}}}, "t")
+    assert (src / "a" / "font.ttf").read_bytes() == b"\x00font" and (src / "cfg.json").read_text() == "{}"
+    for bad in ("../secret", str(tmp_path / "secret"), "extra/link"):
+        with pytest.raises(RepoError, match="outside the folder of the registry file"):
+            repos.copy_files(src, {"_dir": str(site), "files": {"x": bad}}, "t")
+    with pytest.raises(RepoError, match=r"repos.t.files: '../x' must be a path inside the checkout"):
+        repos.copy_files(src, {"_dir": str(site), "files": {"../x": "extra/font.ttf"}}, "t")
+    assert not (tmp_path / "x").exists() and not (src / "x").exists()
