@@ -117,11 +117,11 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
     return f, files
 
 
-def _fill(token: str, fields: dict, where: str) -> str:
+def _fill(token: str, fields: dict, where: str, hint: str = " (set it in train:, variant:, or the repo's defaults)") -> str:
     def sub(m):
         v = fields.get(m.group(1))
         if v is None:
-            raise ValueError(f"{where}: {{{m.group(1)}}} has no value (set it in train:, variant:, or the repo's defaults)")
+            raise ValueError(f"{where}: {{{m.group(1)}}} has no value{hint}")
         return str(v)
     return _FIELD.sub(sub, token)
 

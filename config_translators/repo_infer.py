@@ -38,7 +38,7 @@ import json
 import re
 from pathlib import Path
 
-from .repo import _FIELD
+from .repo import _fill as fill
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh", "cxcywhn")
 FORMATS = ("json", "jsonl", "csv", "text")
@@ -69,12 +69,7 @@ def check_table(infer: dict, where: str) -> list[str]:
 
 
 def _fill(token: str, fields: dict, where: str) -> str:
-    def sub(m):
-        v = fields.get(m.group(1))
-        if v is None:
-            raise ValueError(f"{where}: {{{m.group(1)}}} has no value here")
-        return str(v)
-    return _FIELD.sub(sub, token)
+    return fill(token, fields, where, " here")
 
 
 def runs(infer: dict, fields: dict, images: list[str]) -> list[tuple[list[str], list[str]]]:
