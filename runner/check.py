@@ -146,7 +146,7 @@ def _val_image(spec: dict) -> str | None:
     return None
 
 
-def repo_infer_check(home, store, registry, jid: str, data_dir: Path) -> dict:
+def repo_infer_check(home, store, registry, jid: str) -> dict:
     """The infer check of a repo job: its table's inference on one image with the checkpoint the
     run wrote (so the checkpoint is reloaded by the repo's own code); n/a when it maps none."""
     from . import repo_infer
@@ -159,6 +159,8 @@ def repo_infer_check(home, store, registry, jid: str, data_dir: Path) -> dict:
     if job["state"] != "succeeded":
         return {"name": "infer", "ok": False, "seconds": None, "error": "the run did not succeed"}
     image = _val_image(job["spec"])
+    if image is None:
+        return {"name": "infer", "ok": False, "seconds": None, "error": f"no image in the check's dataset {job['spec']['dataset']['path']}"}
     t0 = time.time()
     try:
         res = repo_infer.infer(home, store, registry, EnvManager(home.envs, store, home.config.get("envs")), job, [image])[0]
@@ -174,6 +176,17 @@ def repo_infer_check(home, store, registry, jid: str, data_dir: Path) -> dict:
               **({"people": len(res["keypoints"]), "keypoints": len(res["keypoints"][0]) if res["keypoints"] else 0} if "keypoints" in res else {})}
     return {"name": "infer", "ok": ok, "seconds": time.time() - t0, "detail": detail,
             **({} if ok else {"error": f"the repo's inference gave no {task} prediction: {json.dumps(res)[:500]}"})}
+
+
+def _reloaded(ckpts: list, infer: dict | None) -> dict:
+    """The checkpoint check of a repo: its files found, and reloaded by the table's inference."""
+    if not ckpts:
+        return {"ok": False, "error": "no checkpoint matched the repo's globs"}
+    if not infer or infer.get("ok") is None:
+        return {"ok": None, "reason": "files written and found; no inference mapped to reload them"}
+    if infer["ok"]:
+        return {"ok": True, "reason": "reloaded by the repo's own inference (infer)"}
+    return {"ok": False, "error": "the repo's inference could not use it: " + str(infer.get("error"))[:500]}
 
 
 def repo_checks(store, job: dict, sizes: dict, infer: dict | None = None) -> dict:
@@ -199,12 +212,7 @@ def repo_checks(store, job: dict, sizes: dict, infer: dict | None = None) -> dic
          **({} if succeeded else {"error": err})},
         {"name": "validate", "ok": bool(val), "seconds": None, "reason": "validation runs inside the script; its time is part of train",
          "detail": val, **({} if val else {"error": "no validation metric parsed from the log"})},
-        {"name": "checkpoint", **(({"ok": True, "reason": "reloaded by the repo's own inference (infer)"} if infer and infer.get("ok") else
-                                   {"ok": None, "reason": "files written and found; no inference mapped to reload them"}
-                                   if not infer or infer.get("ok") is None else
-                                   {"ok": False, "error": "the repo's inference could not use it: " + str(infer.get("error"))[:500]})
-                                  if ckpts else {"ok": False, "error": "no checkpoint matched the repo's globs"}),
-         "seconds": None, "detail": ckpts[:4]},
+        {"name": "checkpoint", **_reloaded(ckpts, infer), "seconds": None, "detail": ckpts[:4]},
         infer or {"name": "infer", "ok": None, "seconds": None, "reason": "the table maps no inference"},
         repo_learns(store, job, sizes) if succeeded else {"name": "learns", "ok": False, "seconds": None, "error": "the run did not succeed"},
     ]

@@ -75,6 +75,10 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
         raise RunnerError(f"job {job['id']}: its env {job.get('env_hash')} is gone (`runner envs gc`?); run the job again to rebuild it")
     python = str(envmgr.python(job["env_hash"]))
     job_dir = Path(job["job_dir"])
+    if not os.access(job_dir, os.R_OK | os.X_OK):
+        from .exceptions import PermissionDenied
+
+        raise PermissionDenied(f"job {job['id']}: belongs to {job.get('user')}; its checkout and checkpoints are theirs")
     ckpt = Path(checkpoint) if checkpoint else checkpoint_of(store, job, table.get("checkpoint"))
     work = Path(tempfile.mkdtemp(prefix="runner-infer-"))
     try:
@@ -96,7 +100,10 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
         results = []
         for argv, covered in mapping.runs(table, fields, images):
             t0 = time.time()
-            r = subprocess.run([python, *argv], cwd=src, env=env, capture_output=True, text=True, timeout=timeout)
+            try:
+                r = subprocess.run([python, *argv], cwd=src, env=env, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise RunnerError(f"repo/{name} inference: no answer after {timeout:.0f}s") from None
             elapsed = (time.time() - t0) * 1000
             if r.returncode != 0:
                 raise RunnerError(f"repo/{name} inference failed (exit {r.returncode}):\n" + (r.stderr or r.stdout)[-3000:])

@@ -85,7 +85,7 @@ def check(args):
 
     # the command as typed (paths under the current folder relative: a committed report names no machine's folders)
     argv = [os.path.relpath(a) if os.path.isabs(a) and a.startswith(os.getcwd() + os.sep) else a for a in sys.argv[1:]]
-    inferred = {ref: chk.repo_infer_check(h, store, reg, jid, out / "data") for ref, jid in jobs.items() if ref.startswith("repo/")}
+    inferred = {ref: chk.repo_infer_check(h, store, reg, jid) for ref, jid in jobs.items() if ref.startswith("repo/")}
     report = chk.gather(store, h, jobs, inferred=inferred, command=os.environ.get("RUNNER_CHECK_COMMAND") or shlex.join(["runner", *argv]))
     if not args.keep_checkpoints:
         freed = chk.drop_checkpoints(store, jobs)
