@@ -126,6 +126,11 @@ def _fill(token: str, fields: dict, where: str, hint: str = " (set it in train:,
     return _FIELD.sub(sub, token)
 
 
+def table_env(repo: dict, fields: dict) -> dict:
+    """The table's `env`, placeholders filled."""
+    return {k: _fill(str(v), fields, f"env.{k}") for k, v in repo.get("env", {}).items()}
+
+
 def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
     """{'argv': [...], 'files': {relative path: text}} for the repo's entry script."""
     spec, repo = job["spec"], job["repo"]
@@ -152,8 +157,7 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
         files["hyp.yaml"] = text
         argv += [hyp.get("flag", "--hyp"), str(Path(job_dir) / "hyp.yaml")]
     argv += list(args.get("extra", []))
-    env = {k: _fill(str(v), fields, f"env.{k}") for k, v in repo.get("env", {}).items()}
-    return {"argv": argv, "files": files, "env": env, "fields": fields, **({"dataset_report": report} if report else {})}
+    return {"argv": argv, "files": files, "env": table_env(repo, fields), "fields": fields, **({"dataset_report": report} if report else {})}
 
 
 # Every key a [repos.X] table may have (docs/adding-a-repo.md is their reference; a test holds the two together).

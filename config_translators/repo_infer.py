@@ -38,7 +38,8 @@ import json
 import re
 from pathlib import Path
 
-from .repo import _fill as fill
+from .dataset_formats import image_size  # noqa: F401 (the size of a box format's image: runner.repo_infer)
+from .repo import _fill
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh", "cxcywhn")
 FORMATS = ("json", "jsonl", "csv", "text")
@@ -68,8 +69,12 @@ def check_table(infer: dict, where: str) -> list[str]:
     return problems
 
 
-def _fill(token: str, fields: dict, where: str) -> str:
-    return fill(token, fields, where, " here")
+HERE = " here"  # how a missing placeholder is reported in an infer table
+
+
+def image_fields(fields: dict, image: str) -> dict:
+    """The fields of one image's run: {image}, {image_stem}, {image_name}."""
+    return {**fields, "image": image, "image_stem": Path(image).stem, "image_name": Path(image).name}
 
 
 def runs(infer: dict, fields: dict, images: list[str]) -> list[tuple[list[str], list[str]]]:
@@ -79,13 +84,13 @@ def runs(infer: dict, fields: dict, images: list[str]) -> list[tuple[list[str], 
     if any("{images}" in t for t in template):
         argv = []
         for t in template:
-            argv += list(images) if t == "{images}" else [_fill(t, {**fields, "images": " ".join(images)}, "infer.template")]
-        argv += [_fill(t, fields, f"infer.{where}") for t in infer.get(where, [])]
+            argv += list(images) if t == "{images}" else [_fill(t, {**fields, "images": " ".join(images)}, "infer.template", HERE)]
+        argv += [_fill(t, fields, f"infer.{where}", HERE) for t in infer.get(where, [])]
         return [(argv, list(images))]
     out = []
     for image in images:
-        f = {**fields, "image": image, "image_stem": Path(image).stem, "image_name": Path(image).name}
-        argv = [_fill(t, f, "infer.template") for t in template] + [_fill(t, f, f"infer.{where}") for t in infer.get(where, [])]
+        f = image_fields(fields, image)
+        argv = [_fill(t, f, "infer.template", HERE) for t in template] + [_fill(t, f, f"infer.{where}", HERE) for t in infer.get(where, [])]
         out.append((argv, [image]))
     return out
 
@@ -197,26 +202,3 @@ def result(task: str, rows: list[dict], out: dict, names: dict, size: tuple[int,
     if task == "pose_estimation":
         res["keypoints"] = people
     return res
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(width, height) of a PNG, JPEG or BMP, read from its header (the control plane has no PIL)."""
-    import struct
-
-    with open(path, "rb") as f:
-        head = f.read(26)
-        if head[:8] == b"\x89PNG\r\n\x1a\n":
-            return struct.unpack(">II", head[16:24])
-        if head[:2] == b"BM":
-            w, h = struct.unpack("<ii", head[18:26])
-            return w, abs(h)
-        if head[:2] == b"\xff\xd8":
-            f.seek(2)
-            while True:
-                marker, = struct.unpack(">H", f.read(2))
-                seg, = struct.unpack(">H", f.read(2))
-                if 0xFFC0 <= marker <= 0xFFCF and marker not in (0xFFC4, 0xFFC8, 0xFFCC):
-                    h, w = struct.unpack(">xHH", f.read(5))
-                    return w, h
-                f.seek(seg - 2, 1)
-    raise ValueError(f"{path}: not a PNG, JPEG or BMP image")

@@ -93,7 +93,7 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
         fields.update(checkpoint=str(ckpt.resolve()), output_dir=str(out_dir), python=python)
         env = {"PATH": f"{Path(python).parent}:/usr/bin:/bin", "VIRTUAL_ENV": str(Path(python).parent.parent), "HOME": str(Path.home()),
                "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "LANG": "C.UTF-8",
-               **{k: translator._fill(str(v), fields, f"env.{k}") for k, v in repo.get("env", {}).items()}}
+               **translator.table_env(repo, fields)}
         names = class_names(spec, repo, job_dir)
         images = [str(Path(i).resolve()) for i in images]
         out = table["output"]
@@ -111,8 +111,7 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
                 if out.get("stdout"):
                     text = r.stdout
                 else:
-                    f = {**fields, "image": image, "image_stem": Path(image).stem, "image_name": Path(image).name}
-                    path = Path(mapping._fill(out["file"], f, f"repos.{name}.infer.output.file"))
+                    path = Path(translator._fill(out["file"], mapping.image_fields(fields, image), f"repos.{name}.infer.output.file", mapping.HERE))
                     path = path if path.is_absolute() else out_dir / path
                     text = path.read_text() if path.exists() else ""  # no file: nothing found in that image
                 rows = mapping.records(out, text)

@@ -165,8 +165,8 @@ def lock_path(repo: dict, name: str) -> Path:
     return Path(repo.get("_dir") or ".") / "repo-locks" / f"{name}.lock"
 
 
-def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, str]:
-    """(requirements text, interpreter, its version, inputs hash) of a repo at its commit."""
+def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, dict, str]:
+    """(requirements text, interpreter, its version, build settings, inputs hash) of a repo at its commit."""
     cache = ensure_clone(home, repo["url"], repo["commit"])
     base = ""
     if repo.get("requirements"):
@@ -179,13 +179,13 @@ def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, str]:
     build = envs.build_settings(repo.get("build"), f"repos.{name}.build")
     minor = ".".join(ver.split(".")[:2])
     inputs = hashlib.sha256(f"{repo['commit']}\n{minor}\n{text}\n{sorted(build.items())}".encode()).hexdigest()[:16]
-    return text, py, ver, inputs
+    return text, py, ver, build, inputs
 
 
 def lock_repo(home, repo: dict, name: str, config: dict | None) -> Path:
     """Compile the repo's lock now and record it beside its table (`runner repo lock NAME`)."""
-    text, py, ver, inputs = _inputs(repo, name, home)
-    lock = envs.compile_lock(text, ver, config, python=py, build=envs.build_settings(repo.get("build")))
+    text, py, ver, build, inputs = _inputs(repo, name, home)
+    lock = envs.compile_lock(text, ver, config, python=py, build=build)
     path = lock_path(repo, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# runner repo lock {name}: commit={repo['commit']} python={'.'.join(ver.split('.')[:2])} inputs={inputs}\n"
@@ -215,8 +215,7 @@ def env_request(home, repo: dict, name: str, config: dict | None, log=None):
     """The env of a repo at its commit: its own requirements plus overrides, locked, keyed. The
     lock recorded by `runner repo lock` is used when it matches; otherwise one is compiled once per
     host and kept in the repo cache."""
-    text, py, ver, inputs = _inputs(repo, name, home)
-    build = envs.build_settings(repo.get("build"))
+    text, py, ver, build, inputs = _inputs(repo, name, home)
     lock, why = recorded_lock(repo, name, inputs)
     if lock is not None:
         if log:
