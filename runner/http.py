@@ -222,8 +222,8 @@ def create_app(home, daemon=None) -> FastAPI:
         from . import writes
 
         who = caller(request)
-        rec, warnings = writes.submit(home, store, spec, Path(who.home), who)
-        return FastJSON(status_code=201, content={"id": rec["id"], "user": who.name, "warnings": warnings})
+        rec = writes.submit_as(home, store, spec, Path(who.home), who)
+        return FastJSON(status_code=201, content={"id": rec["id"], "user": who.name, "warnings": rec["warnings"]})
 
     @app.post("/jobs/{job_id}/cancel")
     def post_cancel(request: Request, job_id: str):

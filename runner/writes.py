@@ -79,6 +79,24 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     return rec, warnings
 
 
+def submit_as(home, store, data: dict, base: Path, who: Person) -> dict:
+    """A job posted for `who` (HTTP, the dashboard): validated and spooled by a helper that has
+    dropped to her, so every file the job names (dataset, requirements file, labels) is read with
+    her permissions, never the daemon's. Returns {id, warnings}."""
+    from .identity import drops_privileges
+
+    if not drops_privileges(who.uid):
+        rec, warnings = submit(home, store, data, base, who)
+        return {"id": rec["id"], "warnings": warnings}
+    from .privsep import run_as
+
+    answer = run_as(who, "submit", {"home": str(home.root), "data": _their_home(data, who.home), "base": str(base)}, timeout=120)
+    if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+        raise RunnerError("submit: the helper gave no job id")
+    warnings = answer.get("warnings")
+    return {"id": answer["id"], "warnings": [str(w) for w in warnings] if isinstance(warnings, list) else []}
+
+
 def _unreadable_by_caller(probe: dict) -> list[str]:
     out = []
     for field, path in (("dataset.path", probe["dataset"].get("path")), ("dataset.annotations", probe["dataset"].get("annotations")),

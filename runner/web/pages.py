@@ -270,7 +270,9 @@ def routes(app, ctx):
         fields = forms.fields_for(model, reg)
         try:
             spec = forms.spec_from(model, fields, form, strict=True)
-            rec, _warnings = writes.submit(home, store, spec, Path(who.home), who)
+            from starlette.concurrency import run_in_threadpool
+
+            rec = await run_in_threadpool(writes.submit_as, home, store, spec, Path(who.home), who)
         except SpecError as e:
             return _submit_page(request, model["ref"], form, forms.errors_by_field(e.problems), 422,
                                 general=None if forms.errors_by_field(e.problems).keys() - {"_"} else "; ".join(e.problems))

@@ -1,0 +1,186 @@
+"""Privilege separation: whatever the root daemon does with a user's input runs in a helper that
+has dropped to that user, as OpenSSH separates its privileged monitor from the code that parses
+what a client sends.
+
+`run_as(who, verb, payload)` starts `python -I -m runner.privsep VERB` as root, which loads the
+code the verb needs (the daemon's interpreter and libraries may live where users cannot read
+them), then drops to the person's uid, gid and groups for good (no capabilities, no way back,
+no_new_privs) before it reads the payload or touches any file. Only then does the verb run: with
+her permissions, so a path she cannot read is one the helper cannot read either. Its answer is one
+JSON object on stdout, which the daemon treats as her input (bounded, its types checked by the
+caller). A verb's error comes back as the same exception class with the same one-line message.
+
+A daemon that is not root runs only its own user's jobs: there is no boundary to cross, and the
+verb runs in the daemon's process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .exceptions import RunnerError
+
+MAX_ANSWER = 16 << 20
+"""The most bytes of answer a helper may send back."""
+
+HELPER_MEMORY = 8 << 30
+"""Address space of a helper (RLIMIT_AS): a dataset check or a translation, never a training run."""
+
+
+class HelperError(RunnerError):
+    """A helper that died, timed out or answered with something that is not an answer."""
+
+
+def _verbs() -> dict:
+    """verb -> (modules to load before dropping, function(payload) -> JSON-able answer)."""
+    return {
+        "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
+                    "runner.store", "runner.spool", "runner.sitereg", "config_translators"], _submit),
+        "translate": (["runner.prepare", "config_translators", "adapters.schemas"], _translate),
+        "call": ([], _call),
+    }
+
+
+def _submit(payload: dict):
+    """A job posted over HTTP, validated and spooled as its user, as if she had run `runner submit`."""
+    from . import writes
+    from .home import Home
+
+    home = Home(payload["home"])
+    rec, warnings = writes.submit(home, home.store(migrate=False), payload["data"], Path(payload["base"]))
+    return {"id": rec["id"], "warnings": warnings}
+
+
+def _translate(payload: dict):
+    """A framework job's settings (job.json) from its spec: reads and converts her dataset."""
+    from config_translators import for_framework
+
+    return for_framework(payload["framework"]).translate(payload["job"], payload["job_dir"])
+
+
+def _call(payload: dict):
+    """A named function of runner's (module:function) on JSON arguments: for the daemon's small reads."""
+    import importlib
+
+    module, _, name = payload["function"].partition(":")
+    if not module.startswith(("runner.", "config_translators", "log_parsers")):
+        raise RunnerError(f"privsep: {module} is not runner's")
+    return getattr(importlib.import_module(module), name)(*payload.get("args", []), **payload.get("kwargs", {}))
+
+
+_ERRORS = ("SpecError", "RunnerError", "EnvBuildError", "RepoError", "RegistryError", "JobNotFound", "PermissionDenied")
+
+
+def _raise(answer: dict):
+    from . import exceptions
+
+    kind = answer.get("error_kind")
+    cls = getattr(exceptions, kind, RunnerError) if kind in _ERRORS else RunnerError
+    if cls is exceptions.SpecError:
+        problems = answer.get("problems")
+        raise cls([str(p) for p in problems] if isinstance(problems, list) and problems else [str(answer.get("error"))])
+    raise cls(str(answer.get("error"))[:4000])
+
+
+def run_as(who, verb: str, payload: dict, timeout: float = 600.0, env: dict | None = None):
+    """The answer of `verb` on `payload`, computed as `who` (a Person); raises what the verb raised."""
+    from .identity import drops_privileges
+
+    if not drops_privileges(who.uid):
+        return _verbs()[verb][1](payload)
+    argv = [sys.executable, "-I", "-m", "runner.privsep", verb, str(who.uid), str(who.gid), ",".join(map(str, who.groups))]
+    environ = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": who.home, "USER": who.name, "LOGNAME": who.name,
+               "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    try:
+        r = subprocess.run(argv, input=json.dumps(payload).encode(), capture_output=True, timeout=timeout, env=environ,
+                           cwd="/", start_new_session=True, close_fds=True)
+    except subprocess.TimeoutExpired:
+        raise HelperError(f"{verb}: the helper running as {who.name} did not answer within {timeout:.0f}s") from None
+    out = r.stdout[:MAX_ANSWER + 1]
+    try:
+        answer = json.loads(out) if len(out) <= MAX_ANSWER else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or ("ok" not in answer and "error" not in answer):
+        err = r.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise HelperError(f"{verb}: the helper running as {who.name} failed (exit {r.returncode})"
+                          + (f": {err[-1][:500]}" if err else ""))
+    if "error" in answer:
+        _raise(answer)
+    return answer.get("ok")
+
+
+def _drop(uid: int, gid: int, groups: list[int]):
+    """Become uid for good: groups, gid, uid, then check that root cannot be had back."""
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or uid != 0 and _can_regain():
+        raise SystemExit("privsep: could not drop privileges")
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    except (OSError, AttributeError):
+        pass
+    os.umask(0o077)
+
+
+def _can_regain() -> bool:
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return False
+    return True
+
+
+def _preload(modules: list[str]):
+    """Load a verb's code (and every submodule of its packages) while the daemon's files can still be read."""
+    import importlib
+    import pkgutil
+
+    for name in modules:
+        mod = importlib.import_module(name)
+        for info in pkgutil.walk_packages(getattr(mod, "__path__", []), name + "."):
+            try:
+                importlib.import_module(info.name)
+            except ImportError:
+                pass  # an optional part (a framework's own adapter imports need the framework)
+    # what the standard library loads lazily on some paths
+    import ctypes  # noqa: F401
+    import encodings.idna  # noqa: F401
+    import glob  # noqa: F401
+    import hashlib  # noqa: F401
+    import shutil  # noqa: F401
+    import sqlite3  # noqa: F401
+    import tempfile  # noqa: F401
+    import tomllib  # noqa: F401
+
+
+def main(argv: list[str]) -> int:
+    verb, uid, gid, groups = argv[0], int(argv[1]), int(argv[2]), [int(g) for g in argv[3].split(",") if g]
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY, HELPER_MEMORY))
+    modules, fn = _verbs()[verb]
+    _preload(modules)
+    _drop(uid, gid, groups)
+    out = sys.stdout.buffer
+    try:
+        payload = json.loads(sys.stdin.buffer.read(MAX_ANSWER))
+        answer = {"ok": fn(payload)}
+    except RunnerError as e:
+        answer = {"error": str(e), "error_kind": type(e).__name__, "problems": getattr(e, "problems", None)}
+    except Exception as e:  # noqa: BLE001 - any failure is an answer, never a traceback the daemon must parse
+        answer = {"error": f"{type(e).__name__}: {e}", "error_kind": "RunnerError"}
+    out.write(json.dumps(answer, default=str).encode())
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
