@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import envs, sandbox
 from .exceptions import EnvBuildError, RunnerError
-from .identity import Person, check_paths_as, drops_privileges, person
+from .identity import Person, check_paths_as, drops_privileges, hand_over, person
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,15 +134,72 @@ def log_dataset_report(spec: dict, rep: dict, log):
 
 
 def datasets_cache(home, who: Person) -> Path:
-    """Where converted datasets of this user are kept: the daemon writes them, she alone may read them."""
+    """Where converted datasets of this user are kept: hers alone (0700). The translation helper
+    writes them as her; the daemon only makes the folder."""
     d = home.root / "datasets"
     d.mkdir(exist_ok=True)
     mine = d / str(who.uid)
-    mine.mkdir(exist_ok=True)
+    try:
+        mine.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
     if drops_privileges(who.uid):
-        os.lchown(mine, os.geteuid(), who.gid)
-        os.chmod(mine, 0o750)
+        st = os.lstat(mine)
+        if not os.path.isdir(mine) or os.path.islink(mine):
+            raise RunnerError(f"{mine}: not a folder; remove it")
+        if st.st_uid != who.uid:  # made by an older runner as the daemon's: hers now
+            os.lchown(mine, who.uid, who.gid)
+        os.chmod(mine, 0o700)
     return mine
+
+
+def translate_as(who: Person, kind: str, job: dict, job_dir: Path, **extra) -> dict:
+    """Run a translator as the job's user (runner.privsep): it reads her dataset and writes what
+    the job needs into her job folder; nothing of hers is read by the daemon. Returns what the
+    translator says (argv, env, the dataset report)."""
+    from .privsep import run_as
+
+    answer = run_as(who, "translate", {"kind": kind, "job": job, "job_dir": str(job_dir), **extra})
+    if not isinstance(answer, dict):
+        raise RunnerError("translation: the helper gave no answer")
+    return answer
+
+
+def translate_here(payload: dict) -> dict:
+    """The translation helper's work (as the job's user): a framework job's job.json, or a repo
+    job's files, data placement and argv; returns what the daemon needs, checked by its caller."""
+    job_dir = Path(payload["job_dir"])
+    job = payload["job"]
+    if payload["kind"] == "framework":
+        from config_translators import for_framework
+
+        settings = for_framework(payload["framework"]).translate(job, str(job_dir))
+        report = settings.pop("dataset_report", None)
+        _write_json(job_dir / "job.json", settings, mode=0o600)
+        return {"dataset_report": report}
+    from config_translators import repo as translator
+
+    t = translator.translate(job, str(job_dir), payload["src"], payload["python"])
+    for rel, content in t["files"].items():
+        target = job_dir / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise RunnerError(f"translation: {rel!r} is outside the job folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_text(target, content)
+    (job_dir / "out").mkdir(exist_ok=True)  # {output_dir} exists before the script starts
+    return {"argv": t["argv"], "env": t["env"], "dataset_report": t.get("dataset_report")}
+
+
+def _write_text(path: Path, text: str):
+    from .atomic import write_bytes
+
+    write_bytes(path, text.encode(), mode=0o644)
+
+
+def checked_report(answer: dict):
+    """The dataset report of a translation answer, if it looks like one (it came from the user's side)."""
+    rep = answer.get("dataset_report")
+    return rep if isinstance(rep, dict) and isinstance(rep.get("target"), str) else None
 
 
 def job_person(job: dict) -> Person:
@@ -196,6 +253,17 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         from . import repos
 
         return repos.prepare(job, home, registry, envmgr, log)
+    hand_over(job_dir, who, job_dir_mode(home))  # hers from here on: the daemon writes no more there
+    if "model" in spec:
+        # Her dataset is read, checked and converted by a helper running as her, before any env
+        # is built: a dataset that cannot work fails in seconds, not after a build.
+        fw_name = spec["model"].split("/", 1)[0]
+        fw = registry.get_framework(fw_name)
+        model = registry.get_model(spec["model"]) or {"model_name": spec["model"].split("/", 1)[1], "framework": fw_name}
+        answer = translate_as(who, "framework", {"spec": spec, "model": model, "id": job["id"],
+                                                 "datasets_cache": str(datasets_cache(home, who))}, job_dir, framework=fw_name)
+        if checked_report(answer):
+            log_dataset_report(spec, checked_report(answer), log)
     req = env_request(env_spec, home.config)
     if req is not None:
         env_dir = build_env(req, envmgr, job, log)
@@ -213,16 +281,6 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         if isinstance(parser, str) and parser in registry.frameworks:
             parser = registry.frameworks[parser].get("parser")
     else:
-        from config_translators import for_framework
-
-        fw_name = spec["model"].split("/", 1)[0]
-        fw = registry.get_framework(fw_name)
-        model = registry.get_model(spec["model"]) or {"model_name": spec["model"].split("/", 1)[1], "framework": fw_name}
-        settings = for_framework(fw_name).translate({"spec": spec, "model": model, "id": job["id"],
-                                                     "datasets_cache": str(datasets_cache(home, who))}, str(job_dir))
-        if settings.get("dataset_report"):
-            log_dataset_report(spec, settings.pop("dataset_report"), log)
-        _write_json(job_dir / "job.json", settings)
         argv = [python, "-m", "adapters", "train", str(job_dir / "job.json")]
         cwd = job_dir
         extra_env["PYTHONPATH"] = str(_ROOT)

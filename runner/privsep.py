@@ -40,7 +40,7 @@ def _verbs() -> dict:
     return {
         "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
                     "runner.store", "runner.spool", "runner.sitereg", "config_translators"], _submit),
-        "translate": (["runner.prepare", "config_translators", "adapters.schemas"], _translate),
+        "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
         "call": ([], _call),
     }
 
@@ -56,10 +56,10 @@ def _submit(payload: dict):
 
 
 def _translate(payload: dict):
-    """A framework job's settings (job.json) from its spec: reads and converts her dataset."""
-    from config_translators import for_framework
+    """A job's translation (runner.prepare.translate_here): reads and converts her dataset, writes into her job folder."""
+    from .prepare import translate_here
 
-    return for_framework(payload["framework"]).translate(payload["job"], payload["job_dir"])
+    return translate_here(payload)
 
 
 def _call(payload: dict):

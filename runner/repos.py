@@ -254,16 +254,20 @@ def prepare(job: dict, home, registry, envmgr, log):
     req = env_request(home, repo, name, home.config.get("envs"), log)
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
-    from .prepare import datasets_cache, job_person, log_dataset_report
+    from .identity import hand_over
+    from .prepare import checked_report, datasets_cache, job_dir_mode, job_person, log_dataset_report, translate_as
 
-    t = translator.translate({"spec": spec, "repo": repo, "id": job["id"], "datasets_cache": str(datasets_cache(home, job_person(job)))},
-                             str(job_dir), str(src), python)
-    if t.get("dataset_report"):
-        log_dataset_report(spec, t["dataset_report"], log)
-    for rel, content in t["files"].items():
-        (job_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (job_dir / rel).write_text(content)
-    (job_dir / "out").mkdir(exist_ok=True)  # {output_dir} exists before the script starts
+    who = job_person(job)
+    cache = str(datasets_cache(home, who))
+    hand_over(job_dir, who, job_dir_mode(home))  # hers from here on: the daemon writes no more there
+    # The dataset is hers: it is read, converted and placed by a helper running as her.
+    t = translate_as(who, "repo", {"spec": spec, "repo": repo, "id": job["id"], "datasets_cache": cache}, job_dir,
+                     src=str(src), python=python)
+    if not (isinstance(t.get("argv"), list) and all(isinstance(a, str) for a in t["argv"]) and isinstance(t.get("env"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in t["env"].items())):
+        raise RepoError(f"repo {name}: the translation gave no argv")
+    if checked_report(t):
+        log_dataset_report(spec, checked_report(t), log)
     writable = [src, home.cache]
     if repo.get("dataset", {}).get("writable"):  # e.g. YOLOv7 writes labels/*.cache beside the data
         dataset_dir = Path(spec["dataset"]["path"])

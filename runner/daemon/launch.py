@@ -113,7 +113,6 @@ class Launch:
         from ..prepare import prepare
 
         jid = job["id"]
-        job_dir = self.home.job_dir(jid)
         run_dir = self.home.run_dir(jid)
         write = self._job_log(job)
         try:
@@ -138,10 +137,6 @@ class Launch:
         if (job["spec"].get("model") or "").startswith("repo/"):  # what ran, for the MLflow mirror's tags
             repo = self.registry.get_repo(job["spec"]["model"][5:]) or {}
             (run_dir / "repo.json").write_text(json.dumps({"url": repo.get("url"), "commit": repo.get("commit")}))
-        from ..identity import hand_over
-        from ..prepare import job_dir_mode, job_person
-
-        hand_over(job_dir, job_person(job), job_dir_mode(self.home))  # hers from here on; the daemon writes no more there
         if self.store.get_job(jid)["cancel_requested"]:
             self.store.transition(jid, JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
             return
