@@ -105,7 +105,14 @@ def _m5(db):
     db["jobs"].add_column("requeues", int)
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
+def _m6(db):
+    """A failed job's last log lines are no longer kept in the store, which every user may read: the
+    views read them from the log, for those who may read it. Tails stored before are dropped."""
+    db.execute("PRAGMA secure_delete = ON")  # the old text is overwritten in the file, not only unlinked
+    db.execute("UPDATE jobs SET log_tail = NULL WHERE log_tail IS NOT NULL")
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
