@@ -152,7 +152,12 @@ _NUM = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
 def parse_dota_labels(path: Path, problems: list) -> list[Obj]:
     """Objects of one DOTA labelTxt file; header lines (imagesource:, gsd:) are skipped."""
     objs = []
-    for n, raw in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        problems.append(f"{path}:1: cannot read it ({e.strerror})")
+        return objs
+    for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or re.match(r"^(imagesource|gsd)\s*:", line, re.I):
             continue

@@ -68,6 +68,8 @@ def build_parser(spec, state: dict | None = None):
     """A parser from a registry parser spec: None/'generic' or a {patterns: ...} table."""
     if spec is None or spec == "generic":
         return GenericParser(state)
+    if spec == "none":  # a private log that asked for no metrics
+        return NoParser()
     if isinstance(spec, dict):
         parts = []
         if spec.get("tables"):
@@ -80,6 +82,16 @@ def build_parser(spec, state: dict | None = None):
             parts.append(GenericParser(state))
         return parts[0] if len(parts) == 1 else ChainParser(parts)
     raise ValueError(f"parser: given {spec!r}; expected 'generic' or a table with patterns")
+
+
+class NoParser:
+    """No metrics from any line."""
+
+    def state(self):
+        return {}
+
+    def feed_line(self, line: str) -> list:
+        return []
 
 
 class ChainParser:

@@ -222,10 +222,12 @@ def repo_checks(store, job: dict, sizes: dict, infer: dict | None = None) -> dic
 def gather(store, home, jobs: dict, command: str | None = None, inferred: dict | None = None) -> dict:
     """The report from each job's check.json (or its failure, where it wrote none)."""
     from .provenance import commit, machine
+    from .queries import log_tail_for
 
     models = []
     for ref, jid in jobs.items():
         job = store.get_job(jid)
+        job["log_tail"] = "\n".join(log_tail_for(home, job, os.geteuid()) or [])  # the checker's own jobs
         job_dir = Path(job["job_dir"])
         sizes = (job["spec"].get("check") or {}).get("sizes") or {}
         try:

@@ -153,13 +153,20 @@ def datasets_cache(home, who: Person) -> Path:
     return mine
 
 
+USER_SIDE_PREFIX = "preparing the job's data"
+"""How an error of the translation helper (her dataset, her files) begins: its details are hers."""
+
+
 def translate_as(who: Person, kind: str, job: dict, job_dir: Path, **extra) -> dict:
     """Run a translator as the job's user (runner.privsep): it reads her dataset and writes what
     the job needs into her job folder; nothing of hers is read by the daemon. Returns what the
     translator says (argv, env, the dataset report)."""
     from .privsep import run_as
 
-    answer = run_as(who, "translate", {"kind": kind, "job": job, "job_dir": str(job_dir), **extra})
+    try:
+        answer = run_as(who, "translate", {"kind": kind, "job": job, "job_dir": str(job_dir), **extra})
+    except RunnerError as e:  # her data's problems: the whole message goes to her log, a short note to the views
+        raise RunnerError(f"{USER_SIDE_PREFIX}: {e}") from None
     if not isinstance(answer, dict):
         raise RunnerError("translation: the helper gave no answer")
     return answer
@@ -208,6 +215,17 @@ def job_person(job: dict) -> Person:
         return person(job["uid"])
     except (KeyError, TypeError):
         raise RunnerError(f"user {job.get('user')} (uid {job.get('uid')}) no longer exists on this machine") from None
+
+
+def default_command_parser(home, log):
+    """The parser of a command job that asked for none. Metrics are seen by everyone: a team
+    server whose logs are private makes none from a log unless the job asks (`parser: generic`),
+    and says so in the log; a single-user daemon or one with [server] share_logs parses as before."""
+    if os.geteuid() != 0 or home.config.get("server", {}).get("share_logs"):
+        return "generic"
+    log("runner: this job's log is private, so its key=value lines are not made into metrics (which everyone can see); "
+        "ask for them with `parser: generic` in the job file or `runner submit --parser generic`")
+    return "none"
 
 
 def log_mode(home) -> int:
@@ -280,6 +298,8 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         cwd = Path(spec.get("workdir") or job_dir)
         if isinstance(parser, str) and parser in registry.frameworks:
             parser = registry.frameworks[parser].get("parser")
+        elif parser is None:
+            parser = default_command_parser(home, log)
     else:
         argv = [python, "-m", "adapters", "train", str(job_dir / "job.json")]
         cwd = job_dir

@@ -12,18 +12,40 @@ JOB_FIELDS = ("id", "seq", "name", "user", "kind", "model", "state", "reason", "
               "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir", "slurm_job_id", "node", "requeues")
 
 
-def job_view(store, job: dict, full: bool = False, latest: dict | None = None) -> dict:
-    """A job as the user sees it: its fields, its latest metrics and (full) its history."""
+def job_view(store, job: dict, full: bool = False, latest: dict | None = None, tail: list[str] | None = None) -> dict:
+    """A job as the user sees it: its fields, its latest metrics and (full) its history. `tail`:
+    the last lines of its log, given only by a caller who checked that the viewer may read them
+    (log_tail_for)."""
     out = {k: job.get(k) for k in JOB_FIELDS}
     out["duration"] = ((job["finished_at"] or time.time()) - job["started_at"]) if job.get("started_at") else None
     out["metrics"] = store.latest_metrics(job["id"]) if latest is None else latest
     if full:
         out["spec"] = job["spec"]
-        out["log_tail"] = job.get("log_tail")
+        out["log_tail"] = "\n".join(tail) if tail else None
         out["transitions"] = [{k: t[k] for k in ("from_state", "to_state", "at", "reason")} for t in store.transitions(job["id"])]
         out["artifacts"] = store.artifacts(job["id"])[-MAX_ARTIFACTS:]
         out["mlflow"] = export_view(store, job["id"])
     return out
+
+
+def may_read_log(home, job: dict, viewer: int | None) -> bool:
+    """Whether the viewer (a uid; None: anonymous) may read the job's log: its owner, root, or
+    everyone where [server] share_logs is on."""
+    if home.config.get("server", {}).get("share_logs"):
+        return True
+    return viewer is not None and viewer in (0, job.get("uid"))
+
+
+def log_tail_for(home, job: dict, viewer: int | None) -> list[str] | None:
+    """A failed job's last log lines for a viewer who may read its log; None for anyone else."""
+    if job.get("state") != "failed" or not may_read_log(home, job, viewer):
+        return None
+    from .watch import tail_lines
+
+    try:
+        return tail_lines(home.run_dir(job["id"]) / "output.log")
+    except OSError:  # a CLI user whose log it is not (the file says so)
+        return None
 
 
 def export_view(store, job_id: str) -> dict | None:

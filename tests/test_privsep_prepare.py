@@ -17,9 +17,12 @@ def _secret(alice: User) -> Path:
 
 
 def _his(bob: User, rel: str) -> Path:
-    p = Path(bob.pw.pw_dir) / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
+    """A new path in his home (a fresh folder each time: a link planted by an earlier run is never written through)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir=bob.pw.pw_dir))
+    os.chown(base, bob.uid, bob.pw.pw_gid)
+    return base / rel
 
 
 def _give(path: Path, user: User):
@@ -63,7 +66,7 @@ def test_a_dataset_is_converted_as_its_submitter(team):
     blocker = bob.job("sleep", "6")
     bob.wait(blocker, "running")
     f = _his(bob, "obb.yaml")
-    f.write_text(f"model: ultralytics/yolov8n-obb\ndataset: {{path: {ds}, format: dota}}\nafter: [{blocker}]\n"
+    f.write_text(f"model: ultralytics/yolov8n-obb\ndataset: {{path: {ds}, format: dota}}\nafter: [{blocker}]\nenv: system\n"
                  "train: {epochs: 1, input_size: 64, pretrained: false}\n")
     _give(f, bob)
     jid = bob.run("submit", f).stdout.strip().splitlines()[-1]
@@ -72,8 +75,8 @@ def test_a_dataset_is_converted_as_its_submitter(team):
     os.symlink(_secret(alice), label)
     os.lchown(label, bob.uid, bob.pw.pw_gid)
     job = bob.wait(jid, timeout=120)
-    assert (job["state"], job["reason"]) == ("failed", "prepare_failed"), job
-    assert "Permission denied" in (job["note"] or ""), job["note"]
+    assert job["state"] == "failed", job  # env: system has no ultralytics: it ends at its first import
+    assert "cannot read it (Permission denied)" in bob.logs(jid)  # the converter, as him, could not read her file
     views = [bob.logs(jid), str(bob.show(jid)), str(alice.show(jid)), str(d.get(f"/jobs/{jid}")[1])]
     assert not any(SECRET in v for v in views), views
     # the converted dataset, had it been made, is his alone
@@ -103,3 +106,28 @@ def test_a_dataset_conversion_is_written_as_its_submitter(team):
     assert cache.stat().st_uid == bob.uid and cache.stat().st_mode & 0o077 == 0
     jd = home / "jobs" / bob.show(jid)["id"]
     assert (jd / "job.json").stat().st_uid == bob.uid
+
+
+def test_a_data_failure_tells_others_only_where_to_look(team):
+    """A dataset that breaks at prepare: the details (which may quote her files) go to her log; the
+    note that everyone sees names only the step."""
+    d, alice, bob, home = team
+    from runner.synth_tasks import make_dota
+
+    ds = make_dota(_his(bob, "dota-gone"), train=4, val=2)
+    _give(ds, bob)
+    blocker = bob.job("sleep", "5")
+    bob.wait(blocker, "running")
+    f = _his(bob, "gone.yaml")
+    f.write_text(f"model: ultralytics/yolov8n-obb\ndataset: {{path: {ds}, format: dota}}\nafter: [{blocker}]\nenv: system\n")
+    _give(f, bob)
+    jid = bob.run("submit", f).stdout.strip().splitlines()[-1]
+    import shutil
+
+    shutil.rmtree(ds / "train")
+    shutil.rmtree(ds / "val")
+    job = bob.wait(jid, timeout=60)
+    assert (job["state"], job["reason"]) == ("failed", "prepare_failed"), job
+    assert "no train/images" in bob.logs(jid)
+    assert str(ds) not in job["note"] and "runner logs" in job["note"], job["note"]
+    assert alice.show(jid)["note"] == job["note"]

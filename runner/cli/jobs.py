@@ -87,12 +87,12 @@ def ls(args):
 
 def show(args):
     """runner show ID [--json]"""
-    from runner.queries import find_job, job_view
+    from runner.queries import find_job, job_view, log_tail_for
 
     h = home(args)
     s = store(h)
     job = find_job(h, s, args.id)
-    view = job if job.get("spooled") else job_view(s, job, full=True)
+    view = job if job.get("spooled") else job_view(s, job, full=True, tail=log_tail_for(h, job, os.geteuid()))
     if args.json:
         print_json(view)
         return 0

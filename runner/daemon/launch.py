@@ -14,9 +14,24 @@ from ..exceptions import EnvBuildError, InvalidTransition, JobNotFound, RepoErro
 from ..proctl import kill_tree
 from ..scheduler import plan
 from ..states import JobState, Reason
-from ..watch import tail_lines
 
 log = logging.getLogger("runner.daemon.launch")
+
+
+def public_note(message: str) -> str | None:
+    """A prepare failure's note, which everyone sees: its first line, unless what failed was the
+    user's side (her dataset, her files: a helper's error may quote them), whose details go to
+    her log only."""
+    if not message:
+        return None
+    first = message.splitlines()[0][:500]
+    from ..prepare import USER_SIDE_PREFIX
+
+    if first.startswith(USER_SIDE_PREFIX):
+        return first.split(":", 1)[0] + ": failed; the reason is in the job's log (`runner logs ID`)"
+    return first
+
+
 
 
 class Launch:
@@ -174,7 +189,7 @@ class Launch:
             write(f"runner: {line}")
         try:
             self.store.transition(jid, JobState.FAILED, reason.value, expect=JobState.PREPARING,
-                                  log_tail="\n".join(tail_lines(self.home.run_dir(jid) / "output.log")), note=message.splitlines()[0][:500] if message else None)
+                                  note=public_note(message))
         except InvalidTransition as e:
             log.warning("%s", e)
         log.info("job %s: failed while preparing (%s): %s", jid, reason.value, message.splitlines()[0] if message else "")
