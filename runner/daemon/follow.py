@@ -144,7 +144,7 @@ class Follow:
         if isinstance(ended, (int, float)) and not isinstance(ended, bool) and (job["started_at"] or 0) - 5 <= ended <= now:
             now = max(float(ended), job["started_at"] or 0)
         usage = {k: exit_info[k] for k in ("max_rss_kb", "cpu_seconds") if isinstance(exit_info.get(k), (int, float))}
-        self._end(job, state, reason, now, exit_code=code, signal=sig, log_tail="\n".join(tail) if state != JobState.SUCCEEDED else None,
+        self._end(job, state, reason, now, exit_code=code, signal=sig,
                   **usage, **({"note": note} if note else {}))
 
     def _check_results_file(self, job, job_dir) -> tuple[str | None, bool]:
@@ -185,8 +185,6 @@ class Follow:
             if w.checkpoints:
                 w.scan_artifacts(self.store)
             w.close()
-        if "log_tail" not in fields and state == JobState.FAILED:
-            fields["log_tail"] = "\n".join(tail_lines(self.home.run_dir(jid) / "output.log"))
         try:
             self.store.transition(jid, state, reason, now=now, expect=JobState.RUNNING, **fields)
         except InvalidTransition as e:
