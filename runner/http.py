@@ -6,9 +6,13 @@ streamed or read by tail or byte range, parameters out of range get 422 with one
 so no request can stall the daemon or fill its memory for everyone else.
 
 Who asks is known only by a personal token (`Authorization: Bearer TOKEN`, see `runner token`),
-never by a name in the request. Writes (POST) need one; a job's log needs its owner's (or root's)
-unless [server] share_logs is on; when the daemon is bound beyond loopback every request but
-/healthz needs one.
+never by a name in the request. Writes (POST) need one, checked before a byte of the body is read;
+a job's log needs its owner's (or root's) unless [server] share_logs is on; when the daemon is
+bound beyond loopback every request but /healthz needs one. Before any route, `web.guard` checks
+the Host header against the server's names (DNS rebinding) and caps the body.
+
+/healthz fails (503, one line) when the loop has stalled or the store cannot be written (a real
+write, at most every STORE_PROBE_SECONDS): a monitor then sees what a submitter would.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import time
 from typing import Literal, Optional
 
-from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,6 +53,63 @@ class FastJSON(JSONResponse):
         except ValueError:
             text = json.dumps(_finite(content), allow_nan=False, default=str, separators=(",", ":"))
         return text.encode()
+
+
+STORE_PROBE_SECONDS = 5.0
+"""How often /healthz writes to the store (and its folder) to know that it still can."""
+
+
+class _Writable:
+    """Whether the store can be written, known by writing: a committed SQLite write that changes
+    nothing (the header's application_id set to what it is) and a small file fsynced in the store's
+    folder (a full disk, a read-only mount). At most one probe every STORE_PROBE_SECONDS."""
+
+    def __init__(self, home, store):
+        self.home, self.store = home, store
+        self.at, self.problem = 0.0, None
+        import threading
+
+        self.lock = threading.Lock()
+
+    def due(self, now: float) -> bool:
+        return now - self.at >= STORE_PROBE_SECONDS
+
+    def probe(self, now: float | None = None) -> str | None:
+        """Write now if due; the problem in one line, or None. Runs in a worker thread."""
+        import os
+        import sqlite3
+
+        now = time.time() if now is None else now
+        if not self.due(now) or not self.lock.acquire(blocking=False):
+            return self.problem
+        try:
+            self.at = now
+            path = self.home.root / ".healthz-probe"
+            try:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, b"\0" * 4096)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    os.unlink(path)
+                conn = self.store.conn
+                current = conn.execute("PRAGMA application_id").fetchone()["application_id"]
+                conn.execute(f"PRAGMA application_id={int(current)}")  # a real write of page 1, nothing changed
+                self.problem = None
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    return self.problem  # another writer held it: no verdict this time
+                self.problem = f"the store cannot be written ({self.store.path}: {e}): submits are set aside"
+            except OSError as e:
+                self.problem = f"the store's folder cannot be written ({self.home.root}: {e.strerror}): submits are set aside"
+            return self.problem
+        finally:
+            self.lock.release()
 
 
 class _Fresh:
@@ -131,6 +192,17 @@ def create_app(home, daemon=None) -> FastAPI:
 
     if not open_reads:  # only then: a middleware costs every request its own pass
         app.middleware("http")(_beyond_loopback)
+    from .web.guard import MAX_BODY_BYTES, BodyTooLarge, Guard, Hosts
+
+    server_cfg = home.config.get("server", {})
+    # added last: the outermost layer, so a request for another Host or with too large a body
+    # reaches nothing else
+    app.add_middleware(Guard, hosts=Hosts(bind, server_cfg.get("hostnames", ())),
+                       max_body=int(server_cfg.get("max_body_bytes", MAX_BODY_BYTES)))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_req: Request, exc: BodyTooLarge):
+        return FastJSON(status_code=413, content={"error": str(exc)}, headers={"Connection": "close"})
 
     def registry():
         from .registry import load
@@ -174,16 +246,27 @@ def create_app(home, daemon=None) -> FastAPI:
     # on the GIL around each SQLite call (7 ms a request instead of 1), and FastAPI's encoder pass
     # over a returned dict cost more than the query. Reads that may take long (a log) stay in threads.
 
+    writable = _Writable(home, store)
+
     @app.get("/healthz")
     async def healthz():
-        # async: answered on the event loop even when every worker thread is busy with reads.
+        # async: answered on the event loop even when every worker thread is busy with reads; the
+        # store probe (a write, which may wait on the lock) runs in a thread, and only when due.
         if daemon is None:
             return {"ok": True}
-        age = time.time() - daemon.last_tick
+        now = time.time()
+        problem = writable.problem
+        if writable.due(now):
+            from starlette.concurrency import run_in_threadpool
+
+            problem = await run_in_threadpool(writable.probe, now)
+        age = now - daemon.last_tick
         backlog = queries.spool_backlog(home)
-        body = {"ok": age < defaults.HEALTH_STALL_SECONDS, "loop_seconds_since_pass": round(age, 3), **backlog}
-        if not body["ok"]:
+        body = {"ok": age < defaults.HEALTH_STALL_SECONDS and problem is None, "loop_seconds_since_pass": round(age, 3), **backlog}
+        if age >= defaults.HEALTH_STALL_SECONDS:
             body["error"] = f"the daemon's loop has not completed a pass for {age:.0f}s: intake and reaping are stalled"
+        elif problem:
+            body["error"] = problem
         return FastJSON(status_code=200 if body["ok"] else 503, content=body)
 
     @app.get("/status")
@@ -201,8 +284,10 @@ def create_app(home, daemon=None) -> FastAPI:
         return Response(fresh.get(key, make), media_type="application/json")
 
     @app.get("/jobs/{job_id}")
-    async def job(job_id: str):
-        return FastJSON(queries.job_view(store, store.get_job(job_id), full=True))
+    async def job(request: Request, job_id: str):
+        j = store.get_job(job_id)
+        viewer = caller(request, required=False)  # a failed job's last log lines: for who may read its log
+        return FastJSON(queries.job_view(store, j, full=True, tail=queries.log_tail_for(home, j, viewer.uid if viewer else None)))
 
     @app.get("/jobs/{job_id}/metrics")
     async def metrics(job_id: str, name: Optional[str] = Query(None, max_length=200),
@@ -215,13 +300,28 @@ def create_app(home, daemon=None) -> FastAPI:
         return FastJSON({"job": j["id"], "metrics": points, "total": total, "limit": limit, "offset": offset,
                          "next_offset": nxt, "latest": store.latest_metrics(j["id"])})
 
-    @app.post("/jobs", status_code=201)
-    def post_job(request: Request, spec: dict = Body(..., description="a job spec, as a job file holds it")):
+    async def token_then_spec(request: Request):
+        """(who, spec) of a POST /jobs: her token is checked before a byte of the body is read; the
+        body is read within the guard's cap and must be one JSON object."""
+        who = caller(request)
+        raw = await request.body()
+        try:
+            spec = json.loads(raw)
+        except ValueError as e:
+            raise HTTPException(422, f"body: not JSON ({getattr(e, 'msg', e)}); expected a job spec as a JSON object") from None
+        if not isinstance(spec, dict):
+            raise HTTPException(422, f"body: given a JSON {type(spec).__name__}; expected a job spec as a JSON object")
+        return who, spec
+
+    @app.post("/jobs", status_code=201, openapi_extra={"requestBody": {
+        "required": True, "description": "a job spec, as a job file holds it",
+        "content": {"application/json": {"schema": {"type": "object"}}}}})
+    def post_job(request: Request, posted: tuple = Depends(token_then_spec)):
         from pathlib import Path
 
         from . import writes
 
-        who = caller(request)
+        who, spec = posted
         rec = writes.submit_as(home, store, spec, Path(who.home), who)
         return FastJSON(status_code=201, content={"id": rec["id"], "user": who.name, "warnings": rec["warnings"]})
 

@@ -350,7 +350,7 @@ def test_healthz_reports_a_stalled_loop(home):
 
     from fastapi.testclient import TestClient
 
-    r = TestClient(create_app(Home(home), daemon=Stalled())).get("/healthz")
+    r = TestClient(create_app(Home(home), daemon=Stalled()), base_url="http://127.0.0.1:8765").get("/healthz")  # a Host the bind serves
     assert r.status_code == 503 and r.json()["ok"] is False and "stalled" in r.json()["error"]
 
 

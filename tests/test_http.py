@@ -31,7 +31,7 @@ def served(tmp_path):
     (run / "output.log").write_bytes(b"".join(b"line %d\n" % k for k in range(1000)))
     tokens.ensure_dir(h)
     token = tokens.write(h, me, os.getgid())
-    return TestClient(create_app(h)), h, store, {"Authorization": f"Bearer {token}"}
+    return TestClient(create_app(h), base_url="http://127.0.0.1:8765"), h, store, {"Authorization": f"Bearer {token}"}
 
 
 def test_healthz_and_status(served):
@@ -159,3 +159,103 @@ def test_unknown_route_is_404_json(served):
     assert r.status_code == 404 and "error" in r.json()
     r = c.delete("/jobs")
     assert r.status_code == 405 and "error" in r.json()
+
+
+# -- what every request passes before a route (runner/web/guard.py) ------------------------------
+
+@pytest.mark.parametrize("host, status", [("127.0.0.1:8765", 200), ("localhost:8765", 200), ("[::1]:8765", 200), ("LOCALHOST", 200),
+                                          ("evil.example:8765", 421), ("127.0.0.1.evil.example", 421), ("gpu1.lab:8765", 421)])
+def test_host_must_be_a_name_of_this_server(served, host, status):
+    c, *_ = served
+    r = c.get("/jobs", headers={"Host": host})
+    assert r.status_code == status, r.text
+    if status == 421:
+        assert r.json()["error"].startswith("Host: ") and "\n" not in r.json()["error"] and "[server] hostnames" in r.json()["error"]
+
+
+def test_a_site_names_more_hosts_and_a_wildcard_bind_takes_its_addresses(tmp_path):
+    from runner.web.guard import Hosts
+
+    h = Home(tmp_path / "home").ensure()
+    h.config_file.write_text('[server]\nhostnames = ["gpu1.lab"]\n')
+    c = TestClient(create_app(h), base_url="http://gpu1.lab:8765")
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/healthz", headers={"Host": "gpu2.lab"}).status_code == 421
+    every = Hosts("0.0.0.0:8765", ["gpu1.lab"])
+    assert every.refuse(b"10.1.2.3:8765") is None and every.refuse(b"[fe80::1]:8765") is None and every.refuse(b"gpu1.lab") is None
+    assert "not a name of this server" in every.refuse(b"rebound.example:8765")
+    assert Hosts("10.0.0.5:8765").refuse(b"10.0.0.5:8765") is None and Hosts("10.0.0.5:8765").refuse(b"localhost") is not None
+    assert Hosts("127.0.0.1:8765").refuse(None).startswith("Host: missing")
+
+
+def test_a_body_over_the_cap_is_refused_in_one_line(served, tmp_path):
+    c, h, _s, auth = served
+    big = b'{"command": ["true"], "name": "' + b"x" * (2 << 20) + b'"}'
+    r = c.post("/jobs", content=big, headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"].startswith("request body: larger than 1048576 bytes") and "\n" not in r.json()["error"]
+    chunked = c.post("/jobs", content=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+                     headers={**auth, "content-type": "application/json"})  # no Content-Length: counted as it comes
+    assert chunked.status_code == 413, chunked.text
+    form = c.post("/ui/login", content=b"token=" + b"x" * (2 << 20), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 413  # the dashboard's forms too
+    assert c.post("/jobs", content=big, headers={"content-type": "application/json"}).status_code == 413  # declared: before the token
+    h.config_file.write_text("[server]\nmax_body_bytes = 4194304\n")
+    c2 = TestClient(create_app(Home(h.root)), base_url="http://127.0.0.1:8765")
+    r = c2.post("/jobs", content=big, headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 422 and "the spec is" in r.json()["error"], r.text  # read, and judged by the spec check
+    bad = c.post("/jobs", content=b"[1, 2]", headers={**auth, "content-type": "application/json"})
+    assert bad.status_code == 422 and bad.json()["error"] == "body: given a JSON list; expected a job spec as a JSON object"
+
+
+def test_pages_keep_what_they_show_inert(served):
+    c, *_ = served
+    r = c.get("/ui/")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    log = c.get("/ui/jobs/job0001/log")
+    assert log.headers["content-type"].startswith("text/plain") and log.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("value, expected", [("/ui/jobs/abc", "/ui/jobs/abc"), ("/ui/?state=failed", "/ui/?state=failed"),
+                                             ("//evil.example/x", "/ui/"), ("https://evil.example", "/ui/"), ("/\\evil.example", "/ui/"),
+                                             ("javascript:alert(1)", "/ui/"), ("/\t/evil.example", "/ui/"), ("", "/ui/"), (None, "/ui/"),
+                                             ("ui/jobs", "/ui/")])
+def test_next_is_a_path_of_this_site_only(served, value, expected):
+    from runner.web.auth import safe_next
+
+    assert safe_next(value) == expected
+    c, h, _s, auth = served
+    token = auth["Authorization"].split()[1]
+    r = c.post("/ui/login", data={"token": token, **({"next": value} if value is not None else {})}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == expected
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"},
+                                     {"Referer": "http://evil.example/page"}, {"Sec-Fetch-Site": "same-site"}])
+def test_signing_in_or_out_from_another_site_is_refused(served, headers):
+    c, h, _s, auth = served
+    token = auth["Authorization"].split()[1]
+    r = c.post("/ui/login", data={"token": token}, headers=headers, follow_redirects=False)
+    assert r.status_code == 403 and "cross-site request refused" in r.text and "set-cookie" not in r.headers
+    c.cookies.clear()
+    ok = c.post("/ui/login", data={"token": token}, headers={"Origin": "http://127.0.0.1:8765"}, follow_redirects=False)
+    assert ok.status_code == 303 and "runner_session=" in ok.headers["set-cookie"]
+    out = c.post("/ui/logout", headers=headers, follow_redirects=False)
+    assert out.status_code == 403 and "set-cookie" not in out.headers
+    assert c.post("/ui/logout", headers={"Origin": "http://127.0.0.1:8765"}, follow_redirects=False).status_code == 303
+
+
+def test_healthz_writes_the_store_at_most_every_few_seconds(served):
+    from runner import http
+
+    _c, h, store, _a = served
+    w = http._Writable(h, store)
+    assert w.probe(now=1000.0) is None and not (h.root / ".healthz-probe").exists()
+    real = w.home
+    w.home = type("Gone", (), {"root": h.root / "no-such-folder"})()  # its folder can no longer be written
+    assert w.probe(now=1001.0) is None  # within STORE_PROBE_SECONDS: the last verdict, no write
+    problem = w.probe(now=1000.0 + http.STORE_PROBE_SECONDS)
+    assert problem.startswith("the store's folder cannot be written") and "\n" not in problem
+    w.home = real
+    assert w.probe(now=1000.0 + 2 * http.STORE_PROBE_SECONDS) is None

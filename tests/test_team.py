@@ -119,7 +119,7 @@ def served_on(home, bind: str):
         last_tick = __import__("time").time()
         store = Home(home).ensure().store()
 
-    return TestClient(create_app(Home(home), daemon=Served()))
+    return TestClient(create_app(Home(home), daemon=Served()), base_url="http://127.0.0.1:8765")  # a Host the bind serves
 
 
 def test_beyond_loopback_every_request_needs_a_token(home):

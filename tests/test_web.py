@@ -102,8 +102,8 @@ def test_queue_orders_running_queued_ended_and_filters(web, browser):
 
 def test_chart_holds_the_stored_points_and_long_series_are_downsampled(web, browser):
     d, runner = web
-    small = runner.submit("--name", "chart-small", "--", *JOB, "burst", "300")
-    big = runner.submit("--name", "chart-big", "--", *JOB, "burst", "20000")
+    small = runner.submit("--name", "chart-small", "--parser", "generic", "--", *JOB, "burst", "300")
+    big = runner.submit("--name", "chart-big", "--parser", "generic", "--", *JOB, "burst", "20000")
     page = page_as(browser, d)
     for jid, stored in ((small, 300), (big, 20000)):
         job = runner.wait_state(jid)

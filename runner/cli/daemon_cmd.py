@@ -18,6 +18,11 @@ def daemon(args):
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     http = None if args.http in ("none", "", "off") else args.http
+    from runner.web.guard import raise_fd_limit
+
+    before, after = raise_fd_limit()  # systemd's default soft limit (1,024) is too few for a team's connections and jobs
+    if after != before:
+        logging.getLogger("runner.daemon").info("open files limit raised from %d to %d", before, after)
     Daemon(home(args), http=http, max_running=args.max_running).run()
     return 0
 

@@ -176,14 +176,11 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
             log.exception("file watching failed; polling every %.2fs", defaults.POLL_SECONDS)
 
     def _start_http(self):
-        import uvicorn
-
         from ..http import create_app
+        from ..web.guard import server
 
-        host, _, port = self.http_bind.rpartition(":")
         app = create_app(self.home, daemon=self)
-        config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False, lifespan="off")
-        self.http_server = uvicorn.Server(config)
+        self.http_server = server(app, self.http_bind, self.home.config.get("server", {}))  # bounded connections
         t = threading.Thread(target=self.http_server.run, name="http", daemon=True)
         t.start()
 

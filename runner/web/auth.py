@@ -7,8 +7,10 @@ token (`runner token --rotate`) ends every session of hers. A person gets one by
 token, which only she and the daemon can read) or by pasting her token into the sign-in page.
 
 Writes from a page need the session and a CSRF value bound to it (a form field or the
-X-Runner-CSRF header htmx sends); a request whose Origin names another site is refused. The
-cookie is HttpOnly and SameSite=Strict.
+X-Runner-CSRF header htmx sends). Writes, signing in and signing out are refused when the browser
+says the request comes from another site (Sec-Fetch-Site, Origin or Referer), so no page elsewhere
+can sign a person in as someone else or out. A `next=` address is followed only when it is a
+path of this site. The cookie is HttpOnly and SameSite=Strict.
 """
 
 from __future__ import annotations
@@ -107,13 +109,35 @@ def new_link(home, token: str, uid: int, base_url: str, now: float | None = None
     return f"{base_url.rstrip('/')}/ui/login?u={uid}&e={expiry}&n={nonce}&s={sig}"
 
 
-def same_origin(request) -> bool:
-    """False when the request says it comes from another site (Origin or Referer host differs)."""
+def cross_site(request) -> str | None:
+    """Why the request comes from another site, in one line, or None when it comes from a page of
+    this one (or from no page at all: a link pasted into the address bar, a script with a token)."""
     from urllib.parse import urlsplit
 
-    host = request.headers.get("host", "")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {fetch_site}; expected a request from a runner page (cross-site request refused)"
+    host = request.headers.get("host", "").lower()
     for header in ("origin", "referer"):
         value = request.headers.get(header)
-        if value and value != "null":
-            return urlsplit(value).netloc == host
-    return True  # neither header (an old browser, a privacy setting): the CSRF value still has to match
+        if value is None:
+            continue
+        if value == "null":  # an opaque origin: a sandboxed frame, a data: page
+            return f"{header.capitalize()}: null; expected a runner page of {host} (cross-site request refused)"
+        if urlsplit(value).netloc.lower() != host:
+            return f"{header.capitalize()}: {value[:80]} is another site; expected {host} (cross-site request refused)"
+        return None
+    return None  # neither header (an old browser, a privacy setting): a write still needs its CSRF value
+
+
+def safe_next(value, default: str = "/ui/") -> str:
+    """`value` when it is a path of this site ("/ui/jobs/x"), else `default`: never another site
+    ("//evil", "https://evil", "/\\evil", "javascript:...")."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//") or len(value) > 2000:
+        return default
+    if "\\" in value or any(ord(c) < 0x21 or ord(c) == 0x7f for c in value):
+        return default  # browsers read a backslash as a slash; control characters and spaces are dropped
+    parts = urlsplit(value)
+    return value if not parts.scheme and not parts.netloc else default

@@ -87,9 +87,12 @@ def routes(app, ctx):
             raise PermissionDenied("sign in first: run `runner web-login` on the server (or use your token)")
         import hmac
 
+        why = auth.cross_site(request)
+        if why:
+            raise PermissionDenied(why)
         sent = csrf or request.headers.get("x-runner-csrf") or ""
-        if not auth.same_origin(request) or not hmac.compare_digest(sent, sessions.csrf(cookie)):
-            raise PermissionDenied("this request did not come from a runner page (cross-site request refused)")
+        if not hmac.compare_digest(str(sent), sessions.csrf(cookie)):
+            raise PermissionDenied("csrf: missing or not this session's; expected the form of a runner page (cross-site request refused)")
         return who
 
     def can_act(who, job) -> bool:
@@ -107,6 +110,7 @@ def routes(app, ctx):
     def queue_data(user: str, state: str, model: str, page: int) -> dict:
         from ..queries import JOB_FIELDS, _spooled, spooled_view
 
+        JOB_FIELDS = (*JOB_FIELDS, "uid")  # noqa: N806 (the row's buttons are its owner's: the template compares uids)
         u, m = user or None, model or None
         active, queued, submitted = [], [], []
         if not state or state in ("running", "preparing"):
@@ -116,7 +120,8 @@ def routes(app, ctx):
             queued = sorted((dict(j, position=pos.get(j["id"])) for j in store.list_jobs(["queued"], u, columns=JOB_FIELDS, model=m)),
                             key=lambda j: j["position"] or 0)
         if not state or state == "submitted":
-            submitted = [s for s in (spooled_view(r) for r in _spooled(home)) if (not u or s["user"] == u) and (not m or s.get("model") == m)]
+            submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
+                         if (not u or s["user"] == u) and (not m or s.get("model") == m)]
         ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
         total_ended, ended = 0, []
         if ended_states:
@@ -147,9 +152,10 @@ def routes(app, ctx):
     @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def job_page(request: Request, job_id: str):
         job = queries.find_job(home, store, job_id)
-        if job.get("seq") is None:  # still in the spool: what is known of it
-            return render(request, "job.html", job=job, view=job, names=[], env_lock=None, arts=[], spec_yaml=_yaml(job.get("spec")),
-                          can_act=can_act(viewer(request), job), log_ok=False, active=True)
+        if job.get("seq") is None:  # still in the spool: what is known of it (its owner is the file's)
+            job = dict(job, uid=_uid_of(job.get("user")))
+            return render(request, "job.html", job=job, view=job, names=[], env_lock=None, arts=[], spec_yaml=_yaml(_shown(job.get("spec"))),
+                          can_act=can_act(viewer(request), job), log_ok=False, spooled=True, active=True)
         view = queries.job_view(store, job, full=True)
         env_lock = None
         if job.get("env_hash"):
@@ -164,7 +170,7 @@ def routes(app, ctx):
         tracking = (home.config.get("mlflow") or {}).get("tracking_uri", "").rstrip("/")
         return render(request, "job.html", job=job, view=view, names=names, default_metric=default_metric, env_lock=env_lock, arts=view["artifacts"],
                       mlflow=view.get("mlflow"), mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
-                      spec_yaml=_yaml(job["spec"]), can_act=can_act(viewer(request), job), log_ok=may_read_log(request, job),
+                      spec_yaml=_yaml(_shown(job["spec"])), can_act=can_act(viewer(request), job), log_ok=may_read_log(request, job),
                       active=job["state"] in ("queued", "preparing", "running"))
 
     @app.get("/ui/jobs/{job_id}/log", response_class=PlainTextResponse, include_in_schema=False)
@@ -190,8 +196,10 @@ def routes(app, ctx):
         form = await request.form()
         who = actor(request, form.get("csrf"))
         job = queries.find_job(home, store, job_id)
+        if job.get("seq") is None:  # still in the spool: its owner is its file's
+            job = dict(job, uid=_uid_of(job.get("user")))
         writes.cancel(home, job, who.uid, owner=(who.uid, who.gid))
-        return RedirectResponse(form.get("next") or f"/ui/jobs/{job['id']}", status_code=303)
+        return RedirectResponse(auth.safe_next(form.get("next"), f"/ui/jobs/{job['id']}"), status_code=303)
 
     @app.post("/ui/jobs/{job_id}/retry", include_in_schema=False)
     async def ui_retry(request: Request, job_id: str):
@@ -214,7 +222,7 @@ def routes(app, ctx):
                 pass
         names = sorted(set.intersection(*[set(_metric_names(j["id"])) for j in jobs])) if jobs else []
         metric = metric or next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
-        flat = [dict(_flatten(j["spec"])) for j in jobs]
+        flat = [dict(_flatten(_shown(j["spec"]))) for j in jobs]
         keys = sorted(set().union(*flat)) if flat else []
         diff = [(k, [f.get(k, "") for f in flat]) for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
         return render(request, "compare.html", jobs=jobs, names=names, metric=metric, diff=diff, ids=",".join(j["id"] for j in jobs))
@@ -297,32 +305,42 @@ def routes(app, ctx):
         return render(request, "checks.html", reports=check_reports(home))
 
     # -- signing in -------------------------------------------------------------------------------
+    # Signing in or out changes who the browser is for every later page: only a request from this
+    # site (or a link opened from the address bar) may do it, never a page of another site.
     @app.get("/ui/login", response_class=HTMLResponse, include_in_schema=False)
     def login(request: Request, u: Optional[int] = None, e: Optional[int] = None, n: str = Query("", max_length=64),
-              s: str = Query("", max_length=128)):
+              s: str = Query("", max_length=128), next: str = Query("", max_length=2000)):
+        goto = auth.safe_next(next)
         if u is None:
-            return render(request, "login.html", error=None)
-        why = sessions.check_link(u, e or 0, n, s)
+            return render(request, "login.html", error=None, next=goto)
+        why = auth.cross_site(request) or sessions.check_link(u, e or 0, n, s)
         if why:
-            return render(request, "login.html", error=why, status=403)
-        return _signed_in(request, u)
+            return render(request, "login.html", error=why, next=goto, status=403)
+        return _signed_in(request, u, goto)
 
     @app.post("/ui/login", include_in_schema=False)
     async def login_token(request: Request):
+        why = auth.cross_site(request)
+        if why:
+            return render(request, "login.html", error=why, next="/ui/", status=403)
         form = await request.form()
+        goto = auth.safe_next(form.get("next"))
         uid = ctx.book.uid(str(form.get("token", "")).strip())
         if uid is None:
-            return render(request, "login.html", error="unknown token (`runner token` prints yours)", status=403)
-        return _signed_in(request, uid)
+            return render(request, "login.html", error="token: unknown; expected yours (`runner token` prints it)", next=goto, status=403)
+        return _signed_in(request, uid, goto)
 
-    def _signed_in(request, uid: int):
-        r = RedirectResponse("/ui/", status_code=303)
+    def _signed_in(request, uid: int, goto: str):
+        r = RedirectResponse(goto, status_code=303)
         r.set_cookie(auth.COOKIE, sessions.make(uid), max_age=auth.SESSION_SECONDS, httponly=True, samesite="strict",
                      secure=request.url.scheme == "https", path="/")
         return r
 
     @app.post("/ui/logout", include_in_schema=False)
     async def logout(request: Request):
+        why = auth.cross_site(request)
+        if why:
+            raise PermissionDenied(why)
         r = RedirectResponse("/ui/", status_code=303)
         r.delete_cookie(auth.COOKIE, path="/")
         return r
@@ -332,6 +350,26 @@ def routes(app, ctx):
         if request.url.path.startswith("/ui/"):
             return HTMLResponse(env.get_template("error.html").render(message=str(exc), who=viewer(request), csrf="", path=""), status_code=403)
         return JSONResponse(status_code=403, content={"error": str(exc)})
+
+
+def _uid_of(name) -> int | None:
+    """The uid of a login name (a spooled job's owner, named from its file's owner), or None."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid if name else None
+    except KeyError:
+        return None
+
+
+def _shown(spec):
+    """A spec as a page may show it: env_vars values hidden, whoever looks (a job still in the
+    spool carries them as submitted)."""
+    from ..secrets import HIDDEN
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("env_vars"), dict):
+        return spec
+    return {**spec, "env_vars": {k: HIDDEN for k in spec["env_vars"]}}
 
 
 def strip_ansi(text: str) -> str:
