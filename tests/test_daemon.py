@@ -19,7 +19,7 @@ JOB = [sys.executable, str(FIXTURES / "jobs.py")]
 
 
 def test_submit_run_metrics_logs(runner, daemon):
-    jid = runner.submit("--name", "m", "--", *JOB, "metrics", "3")
+    jid = runner.submit("--name", "m", "--parser", "generic", "--", *JOB, "metrics", "3")
     job = runner.wait_state(jid)
     assert job["state"] == "succeeded" and job["exit_code"] == 0
     assert job["metrics"]["val_acc"] == pytest.approx(0.53)
@@ -53,7 +53,7 @@ def test_spawn_failure_is_reported(runner, daemon):
 
 
 def test_logs_follow_until_end(runner, daemon):
-    jid = runner.submit("--", *JOB, "metrics", "3", "0.3")
+    jid = runner.submit("--parser", "generic", "--", *JOB, "metrics", "3", "0.3")
     r = runner.run("logs", "-f", jid)
     assert "epoch 3 val_acc" in r.stdout
     assert runner.show(jid)["state"] == "succeeded"
@@ -114,7 +114,7 @@ def test_submit_while_daemon_down_then_start(runner, home):
 
 def test_sigkill_daemon_mid_job_loses_nothing(runner, home):
     d = DaemonProc(home, runner.env, http=False).start()
-    jid = runner.submit("--", *JOB, "metrics", "6", "0.5")
+    jid = runner.submit("--parser", "generic", "--", *JOB, "metrics", "6", "0.5")
     runner.wait_state(jid, "running")
     time.sleep(1.0)
     d.kill(signal.SIGKILL)
@@ -204,7 +204,7 @@ def test_corrupt_spool_file_is_quarantined(runner, daemon, home):
 
 
 def test_http_api(runner, daemon):
-    jid = runner.submit("--", *JOB, "metrics", "2")
+    jid = runner.submit("--parser", "generic", "--", *JOB, "metrics", "2")
     runner.wait_state(jid)
     status, body = daemon.get("/healthz")
     assert status == 200 and body["ok"] is True and body["spool_backlog"] == 0 and body["loop_seconds_since_pass"] < 5

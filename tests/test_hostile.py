@@ -251,7 +251,7 @@ def test_http_parameters_out_of_range_are_422_with_one_line(daemon, path):
 
 
 def test_http_metrics_are_paged_and_logs_bounded(runner, daemon, home):
-    jid = runner.submit("--", *JOB, "burst", "25000")
+    jid = runner.submit("--parser", "generic", "--", *JOB, "burst", "25000")
     job = runner.wait_state(jid)
     assert job["state"] == "succeeded"
     status, page = daemon.get(f"/jobs/{jid}/metrics?name=loss")
@@ -268,7 +268,7 @@ def test_http_metrics_are_paged_and_logs_bounded(runner, daemon, home):
 
 
 def test_nan_metrics_do_not_break_json(runner, daemon):
-    jid = runner.submit("--", *JOB, "nan")
+    jid = runner.submit("--parser", "generic", "--", *JOB, "nan")
     runner.wait_state(jid)
     status, body = daemon.get(f"/jobs/{jid}")
     assert status == 200 and body["metrics"]["loss"] is None and body["metrics"]["acc"] == 0.5

@@ -101,7 +101,7 @@ def metrics_job(epochs, per_epoch, sleep=0.0, name=None, extra=()):
             f"        s = e * {per_epoch} + i\n"
             f"        print(f'epoch {{e}} step {{s}} loss={{1.0 / (s + 1):.6f}} lr=0.01 acc={{(s % 7) / 7:.4f}}', flush=True)\n"
             f"    time.sleep({sleep})\nprint('epoch {epochs - 1} loss=nan')\n")
-    return [*(("--name", name) if name else ()), *extra, "--", PY, "-c", code]
+    return [*(("--name", name) if name else ()), "--parser", "generic", *extra, "--", PY, "-c", code]
 
 
 def assert_history_equals_store(server, home, job_id):
@@ -130,17 +130,17 @@ def test_each_job_is_a_run_with_its_metrics_params_tags_and_status(tmp_path, ser
     d = DaemonProc(home, r.env, http=True).start()
     try:
         ok = r.submit(*metrics_job(6, 200, name="ok-job"))  # 3,600 points: 4 batches
-        bad = r.submit("--name", "bad-job", "--", "sh", "-c", "echo 'epoch 0 loss=2.5'; exit 3")
+        bad = r.submit("--name", "bad-job", "--parser", "generic", "--", "sh", "-c", "echo 'epoch 0 loss=2.5'; exit 3")
         spec = tmp_path / "own.json"
-        spec.write_text(json.dumps({"name": "own-exp", "command": ["sh", "-c", "echo 'epoch 0 loss=1.5'"], "mlflow": {"experiment": "elsewhere"}}))
+        spec.write_text(json.dumps({"parser": "generic", "name": "own-exp", "command": ["sh", "-c", "echo 'epoch 0 loss=1.5'"], "mlflow": {"experiment": "elsewhere"}}))
         own = r.submit(str(spec))
-        spec.write_text(json.dumps({"name": "saves", "checkpoints": ["ckpt/*.pt"], "command": [
+        spec.write_text(json.dumps({"parser": "generic", "name": "saves", "checkpoints": ["ckpt/*.pt"], "command": [
             "sh", "-c", "mkdir -p $RUNNER_JOB_DIR/ckpt && echo w > $RUNNER_JOB_DIR/ckpt/last.pt && echo w > $RUNNER_JOB_DIR/ckpt/best.pt; "
                         "echo 'epoch 0 loss=1'"]}))
         saves = r.submit(str(spec))
-        spec.write_text(json.dumps({"name": "not-mirrored", "command": ["sh", "-c", "echo 'epoch 0 loss=1.5'"], "mlflow": False}))
+        spec.write_text(json.dumps({"parser": "generic", "name": "not-mirrored", "command": ["sh", "-c", "echo 'epoch 0 loss=1.5'"], "mlflow": False}))
         off = r.submit(str(spec))
-        slow = r.submit("--name", "cancelled-job", "--", "sh", "-c", "echo 'epoch 0 loss=9'; sleep 60")
+        slow = r.submit("--name", "cancelled-job", "--parser", "generic", "--", "sh", "-c", "echo 'epoch 0 loss=9'; sleep 60")
         r.wait_state(slow, "running")
         wait_for(lambda: (Store(home / "runner.db", migrate=False).mlflow_row(slow) or {}).get("status_sent") == "RUNNING", 30,
                  what="the running job's run to say RUNNING")

@@ -55,7 +55,7 @@ def test_a_command_job_with_metrics_runs_through_slurm(tmp_path, cluster):
     home, r = slurm_home(tmp_path, cluster)
     d = DaemonProc(home, r.env, http=False).start()
     try:
-        jid = r.submit("--name", "on-slurm", "--gpus", "1", "--", "sh", "-c",
+        jid = r.submit("--name", "on-slurm", "--gpus", "1", "--parser", "generic", "--", "sh", "-c",
                        "echo gpus=$CUDA_VISIBLE_DEVICES; for e in 0 1 2; do echo \"epoch $e loss=0.$((9 - e))\"; done")
         job = r.wait_state(jid, timeout=60)
         spec = tmp_path / "pinned.json"  # the job file's own Slurm settings
@@ -153,8 +153,8 @@ def test_a_job_past_its_time_limit_ends_as_timeout(tmp_path, cluster):
 def test_daemon_sigkill_mid_job_nothing_runs_twice(tmp_path, cluster):
     home, r = slurm_home(tmp_path, cluster)
     d = DaemonProc(home, r.env, http=False).start()
-    jid = r.submit("--", "sh", "-c", "for e in 0 1 2 3 4 5; do echo \"epoch $e loss=$e\"; sleep 1; done")
-    short = r.submit("--", "sh", "-c", "sleep 1; echo 'epoch 0 acc=0.5'; exit 3")
+    jid = r.submit("--parser", "generic", "--", "sh", "-c", "for e in 0 1 2 3 4 5; do echo \"epoch $e loss=$e\"; sleep 1; done")
+    short = r.submit("--parser", "generic", "--", "sh", "-c", "sleep 1; echo 'epoch 0 acc=0.5'; exit 3")
     r.wait_state(jid, "running", timeout=30)
     r.wait_state(short, "running", timeout=30)
     d.kill(signal.SIGKILL)

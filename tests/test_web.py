@@ -63,7 +63,7 @@ def page_as(browser, d, token=None, width=1400, height=1000):
 
 def test_every_page_renders(web, browser):
     d, runner = web
-    jid = runner.submit("--name", "render-me", "--", *JOB, "metrics", "3")
+    jid = runner.submit("--name", "render-me", "--parser", "generic", "--", *JOB, "metrics", "3")
     runner.wait_state(jid)
     page = page_as(browser, d)
     for path, heading in [("/", "Queue"), ("/ui/", "Queue"), (f"/ui/jobs/{jid}", "render-me"), (f"/ui/compare?ids={jid}", "Compare"),
