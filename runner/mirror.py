@@ -30,9 +30,11 @@ import threading
 import time
 from pathlib import Path
 
+from .atomic import write_json
 from .exceptions import RunnerError
 from .mlflow_rest import Client, MlflowError
 from .states import ENDED, JobState
+from .watch import Identity, Refused, open_job_file, read_identities
 
 log = logging.getLogger("runner.mirror")
 
@@ -145,10 +147,11 @@ def job_params(job: dict, job_dir: Path) -> dict:
     if spec.get("env_vars"):
         spec["env_vars"] = sorted(spec["env_vars"])  # the names only
     params = flatten(spec)
-    try:
-        with open(job_dir / "job.json", "rb") as f:
-            settings = json.loads(f.read(4 << 20))
-    except (OSError, ValueError):
+    try:  # written in the job folder, as the job's user: opened the safe way (a link or a FIFO is refused)
+        uid = job["uid"] if job.get("uid") is not None else os.geteuid()
+        with open_job_file(job_dir, "job.json", uid, max_bytes=4 << 20)[0] as f:
+            settings = json.loads(f.read())
+    except (OSError, ValueError, Refused):
         settings = None
     if isinstance(settings, dict):
         params.update(flatten({k: v for k, v in settings.items() if k != "dataset_report"}))
@@ -312,39 +315,81 @@ class Mirror:
         self.store.mlflow_set(job_id, exported_id=row["inflight_id"], inflight_id=None, ts_state=after)
 
     def _artifacts(self, job: dict, run_id: str):
-        """The files the config asks for, each within the size limit; what was left out is tagged."""
+        """The files the config asks for, each within the size limit; what was left out is tagged.
+
+        A checkpoint is a file the job wrote: it is opened without following links (open_job_file),
+        must be a regular file of the job's user, and must be the very file the watcher recorded
+        (same device, inode, size and time); anything else is skipped with the reason."""
         wanted = self.conf["artifacts"]
         if not wanted:
             return
         info = self.client.call("GET", "runs/get", query={"run_id": run_id})["run"]["info"]
+        run_dir = self.home.run_dir(job["id"])
         files = []
         if "spec" in wanted:
-            files.append(("runner/spec.json", None))
+            tmp = run_dir / "mlflow-spec.json"
+            write_json(tmp, {k: v for k, v in job["spec"].items() if k != "env_vars"}, mode=0o600, indent=2)
+            files.append(("runner/spec.json", tmp, None))
         if "log" in wanted:
-            files.append(("runner/output.log", self.home.run_dir(job["id"]) / "output.log"))
+            files.append(("runner/output.log", run_dir / "output.log", None))
         checkpoints = [a for a in self.store.artifacts(job["id"]) if a["kind"] == "checkpoint"]
         if checkpoints and "best_checkpoint" in wanted:
             best = [a for a in checkpoints if "best" in Path(a["path"]).name] or checkpoints
-            files.append((f"checkpoints/{Path(best[-1]['path']).name}", Path(best[-1]["path"])))
+            files.append((f"checkpoints/{Path(best[-1]['path']).name}", Path(best[-1]["path"]), "checkpoint"))
         if checkpoints and "last_checkpoint" in wanted:
             last = [a for a in checkpoints if "last" in Path(a["path"]).name] or checkpoints
-            files.append((f"checkpoints/{Path(last[-1]['path']).name}", Path(last[-1]["path"])))
+            files.append((f"checkpoints/{Path(last[-1]['path']).name}", Path(last[-1]["path"]), "checkpoint"))
         skipped = []
-        limit = self.conf["artifact_max_mb"] * 2**20
-        for rel, path in files:
-            if path is None:
-                tmp = self.home.run_dir(job["id"]) / "mlflow-spec.json"
-                tmp.write_text(json.dumps({k: v for k, v in job["spec"].items() if k != "env_vars"}, indent=2))
-                path = tmp
+        limit = int(self.conf["artifact_max_mb"] * 2**20)
+        identities = read_identities(run_dir)
+        for rel, path, kind in dict.fromkeys(files):
             try:
-                size = path.stat().st_size
+                if kind == "checkpoint":
+                    src, st = self._open_checkpoint(job, path, identities)
+                else:  # the daemon's own files, in its run folder
+                    src = open(path, "rb")
+                    st = os.fstat(src.fileno())
+            except Refused as e:
+                skipped.append(f"{rel} ({e})")
+                log.warning("job %s: %s not uploaded to MLflow: %s", job["id"], path, e)
+                continue
             except OSError:
                 skipped.append(f"{rel} (missing)")
                 continue
-            if size > limit:
-                skipped.append(f"{rel} ({size / 2**20:.0f} MB > artifact_max_mb {self.conf['artifact_max_mb']:g})")
-                continue
-            self.client.upload(info["artifact_uri"], rel, path)
+            with src:
+                if st.st_size > limit:
+                    skipped.append(f"{rel} ({st.st_size / 2**20:.0f} MB > artifact_max_mb {self.conf['artifact_max_mb']:g})")
+                    continue
+                self.client.upload(info["artifact_uri"], rel, _Bounded(src, st.st_size))
         if skipped:
             self.client.log_batch(run_id, tags=[{"key": "runner.artifacts_skipped", "value": "; ".join(skipped)[:5000]}])
 
+    def _open_checkpoint(self, job: dict, path: Path, identities: dict):
+        """The recorded checkpoint, opened the safe way and checked against its recorded identity."""
+        job_dir = self.home.job_dir(job["id"])
+        try:
+            rel = path.relative_to(job_dir)
+        except ValueError:
+            raise Refused("outside the job folder") from None
+        recorded = identities.get(str(path))
+        if recorded is None:
+            raise Refused("no identity was recorded when it was found")
+        uid = job["uid"] if job.get("uid") is not None else os.geteuid()
+        src, st = open_job_file(job_dir, rel, uid)
+        if Identity.of(st) != recorded:
+            src.close()
+            raise Refused("not the file that was recorded (replaced or changed since)")
+        return src, st
+
+
+class _Bounded:
+    """A file read up to the size it had when it was checked (a job may still append to it)."""
+
+    def __init__(self, f, size: int):
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n) if n else b""
+        self.left -= len(data)
+        return data

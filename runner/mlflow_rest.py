@@ -114,13 +114,15 @@ class Client:
             body["end_time"] = end_ms
         self.call("POST", "runs/update", body)
 
-    def upload(self, artifact_uri: str, rel: str, path: Path):
-        """Put one file into a run's artifacts (served by the tracking server, or a folder mounted here)."""
+    def upload(self, artifact_uri: str, rel: str, src):
+        """Put one file into a run's artifacts (served by the tracking server, or a folder mounted here).
+
+        `src` is a binary file already opened by the caller (the mirror opens what a job wrote
+        without following links, and checks it): it is read from, never opened again by name."""
         if artifact_uri.startswith("mlflow-artifacts:"):
             where = urllib.parse.urlparse(artifact_uri).path
             url = f"{self.uri}/api/2.0/mlflow-artifacts/artifacts/{where.strip('/')}/{urllib.parse.quote(rel)}"
-            with open(path, "rb") as f:
-                self._open("PUT", url, f.read(), {k: v for k, v in self.headers.items() if k != "Content-Type"})
+            self._open("PUT", url, src.read(), {k: v for k, v in self.headers.items() if k != "Content-Type"})
             return
         local = artifact_uri[len("file://"):] if artifact_uri.startswith("file://") else artifact_uri
         if not local.startswith("/"):
@@ -129,7 +131,7 @@ class Client:
         dest = Path(local) / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".tmp")
-        with open(path, "rb") as src, open(tmp, "wb") as out:
+        with open(tmp, "wb") as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
         os.replace(tmp, dest)

@@ -269,11 +269,27 @@ class JobSpec(_Strict):
                 raise ValueError(f"a folder of your own, not a system folder: {problem}")
         return v
 
-    @field_validator("after", "checkpoints")
+    @field_validator("after")
     @classmethod
     def _short_strings(cls, v):
         if any(len(x) > 4096 for x in v):
             raise ValueError("strings of at most 4096 characters")
+        return v
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoints(cls, v):
+        # Globs the daemon follows in the job folder: never out of it (the files it records are
+        # uploaded to MLflow and offered to `runner infer`).
+        from .watch import checkpoint_pattern_problem
+
+        problems = []
+        for i, pattern in enumerate(v):
+            problem = "at most 4096 characters" if len(pattern) > 4096 else checkpoint_pattern_problem(pattern)
+            if problem:
+                problems.append(f"checkpoints.{i}: {problem}")
+        if problems:
+            raise _lines(problems)
         return v
 
     @model_validator(mode="after")

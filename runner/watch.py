@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import glob
+import fnmatch
+import json
 import os
+import stat
 from pathlib import Path
+from typing import NamedTuple
 
 from log_parsers import LineAssembler, build_parser
 
@@ -12,6 +15,158 @@ from . import defaults
 
 READ_CHUNK = 4 << 20
 POLL_BYTES = 64 << 20  # most log bytes one look at a running job reads
+CHECKPOINT_MAX_BYTES = 1 << 40  # larger than any checkpoint: a sparse file of exabytes is not one
+SCAN_MAX_ENTRIES = 100_000  # most folder entries one checkpoint pattern looks at in one scan
+IDENTITIES = "checkpoints.json"  # in the daemon's run folder: what each recorded checkpoint was when scanned
+
+
+class Refused(Exception):
+    """A file in a job folder that the daemon will not take as the job's own (the message says why)."""
+
+
+class Identity(NamedTuple):
+    """What a checkpoint was when it was recorded; a file that differs later is another file."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Identity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def checkpoint_pattern_problem(pattern) -> str | None:
+    """Why a checkpoint glob may not be used (it must stay inside the job folder), or None."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        return "an empty pattern; expected a glob relative to the job folder, e.g. checkpoints/*.pt"
+    if pattern.startswith(("/", "~")) or "\\" in pattern or "\x00" in pattern:
+        return f"{pattern!r} is not relative to the job folder; expected a glob inside it, e.g. checkpoints/*.pt"
+    if ".." in pattern.split("/"):
+        return f"{pattern!r} leaves the job folder (..); expected a glob inside it, e.g. checkpoints/*.pt"
+    return None
+
+
+def open_job_file(job_dir: Path, rel: str | os.PathLike, uid: int, max_bytes: int = CHECKPOINT_MAX_BYTES):
+    """Open a file a job wrote, for the daemon to read: (binary file, its stat).
+
+    Every component from the job folder down is opened without following a symbolic link
+    (O_NOFOLLOW, one directory descriptor after another), the file itself with O_NONBLOCK so a FIFO
+    or a device never blocks the daemon, and what was opened is checked on its descriptor: a
+    regular file of the job's user with one link (a hard link to someone else's file is not hers),
+    at most `max_bytes`. Raises Refused with the reason, or OSError when it is missing.
+    """
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        raise Refused("outside the job folder")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dfd = os.open(job_dir, flags | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, flags | os.O_DIRECTORY, dir_fd=dfd)
+            except OSError as e:
+                if e.errno in (20, 40):  # ENOTDIR, ELOOP: a link (or a file) where a folder should be
+                    raise Refused(f"{part} is a symbolic link or not a folder") from None
+                raise
+            os.close(dfd)
+            dfd = nxt
+        st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise Refused("a symbolic link")
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not a regular file")  # a FIFO, a socket or a device is never opened
+        try:
+            fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == 40:
+                raise Refused("a symbolic link") from None
+            raise
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        why = _refusal(st, uid, max_bytes)
+        if why:
+            raise Refused(why)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def find(job_dir: Path, pattern: str, budget: int = SCAN_MAX_ENTRIES) -> list[str]:
+    """Paths (relative to job_dir) that a checkpoint glob matches, as glob.glob would find them
+    (`**` for any depth, `*` not matching a leading dot), except that no symbolic link to a folder
+    is entered: a job's links never make the daemon list another folder, nor loop. At most
+    `budget` entries are looked at."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    found: set[str] = set()
+    left = [budget]
+
+    def entries(rel: str):
+        try:
+            with os.scandir(job_dir / rel if rel else job_dir) as it:
+                for e in it:
+                    left[0] -= 1
+                    if left[0] < 0:
+                        return
+                    yield e
+        except OSError:
+            return
+
+    def walk(rel: str, i: int):
+        if left[0] < 0:
+            return
+        if i == len(parts):
+            if rel:
+                found.add(rel)
+            return
+        part, last = parts[i], i == len(parts) - 1
+        if part == "**":
+            walk(rel, i + 1)
+            for e in entries(rel):
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    walk(f"{rel}/{e.name}" if rel else e.name, i)
+                elif last:
+                    found.add(f"{rel}/{e.name}" if rel else e.name)
+            return
+        for e in entries(rel):
+            if e.name.startswith(".") and not part.startswith("."):
+                continue
+            if fnmatch.fnmatchcase(e.name, part) and (last or e.is_dir(follow_symlinks=False)):
+                walk(f"{rel}/{e.name}" if rel else e.name, i + 1)
+
+    walk("", 0)
+    return sorted(found)
+
+
+def _refusal(st: os.stat_result, uid: int, max_bytes: int) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != uid:
+        return f"owned by uid {st.st_uid}, not by the job's user (uid {uid})"
+    if st.st_nlink != 1:
+        return f"{st.st_nlink} hard links (another of its names may be someone else's file)"
+    if st.st_size > max_bytes:
+        return f"{st.st_size} bytes, more than {max_bytes}"
+    return None
+
+
+def read_identities(run_dir: Path | None) -> dict[str, Identity]:
+    """The identities recorded for a job's checkpoints (path -> Identity), from its run folder."""
+    if run_dir is None:
+        return {}
+    try:
+        with open(Path(run_dir) / IDENTITIES, "rb") as f:
+            data = json.loads(f.read(16 << 20))
+        return {p: Identity(*v) for p, v in data.items() if isinstance(v, list) and len(v) == 4}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 class LogWatcher:
@@ -22,13 +177,17 @@ class LogWatcher:
         self.job_id = job_id
         self.job_dir = Path(job_dir)
         self.path = Path(log_path) if log_path else self.job_dir / "output.log"
-        self.owner = owner  # checkpoints are recorded only when they belong to the job's user
+        # checkpoints are recorded only when they are files of the job's user (the daemon's own
+        # when it runs its own jobs), and their identities kept in the daemon's run folder, beside
+        # the log: never in the job folder, which the job can write
+        self.owner = owner if owner is not None else os.geteuid()
+        self.run_dir = Path(log_path).parent if log_path else None
         self.assembler = LineAssembler(offset)
         self.parser = build_parser(parser_spec, parser_state)
         self.checkpoints = checkpoints or []
         self.offset = offset
         self._fh = None
-        self._known = {}
+        self._known = read_identities(self.run_dir)
 
     def poll(self, store, final: bool = False) -> int:
         """Read what is new (all of it when `final`), store the points; returns how many.
@@ -72,21 +231,33 @@ class LogWatcher:
         return len(points)
 
     def scan_artifacts(self, store):
-        """Record checkpoint files matching the globs (relative to the job dir) that are new or changed."""
+        """Record checkpoint files matching the globs (relative to the job dir) that are new or changed.
+
+        Each is opened the safe way (open_job_file) and taken only when it is a regular file of the
+        job's user; its identity is kept so that whoever reads it later (the MLflow mirror) opens
+        the same file or none."""
+        new = []
         for pattern in self.checkpoints:
-            for path in glob.glob(str(self.job_dir / pattern), recursive=True):
-                if any(part.endswith(".tmp") or ".tmp." in part for part in Path(path).relative_to(self.job_dir).parts):
+            if checkpoint_pattern_problem(pattern):
+                continue  # refused at submit; a record that got past it is not followed out of the folder
+            for rel in find(self.job_dir, pattern):
+                if any(part.endswith(".tmp") or ".tmp." in part for part in Path(rel).parts):
                     continue  # still being written (atomic writes rename it into place)
                 try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if self.owner is not None and st.st_uid not in (self.owner, os.geteuid()):
-                    continue  # a link to someone else's file is not this job's checkpoint
-                sig = (st.st_size, st.st_mtime_ns)
-                if self._known.get(path) != sig:
-                    self._known[path] = sig
-                    store.add_artifact(self.job_id, path, "checkpoint", st.st_size)
+                    f, st = open_job_file(self.job_dir, rel, self.owner)
+                except (OSError, Refused):
+                    continue  # a link, a FIFO, someone else's file, or gone since the glob
+                f.close()
+                path, ident = str(self.job_dir / rel), Identity.of(st)
+                if self._known.get(path) != ident:
+                    self._known[path] = ident
+                    new.append((path, st.st_size))
+        if new and self.run_dir is not None:  # the identities first: a recorded checkpoint always has one
+            from .atomic import write_json
+
+            write_json(self.run_dir / IDENTITIES, {p: list(i) for p, i in self._known.items()}, mode=0o600)
+        for path, size in new:
+            store.add_artifact(self.job_id, path, "checkpoint", size)
 
     def close(self):
         if self._fh:

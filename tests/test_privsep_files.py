@@ -1,0 +1,140 @@
+"""What a job wrote, read by the root daemon and its tools: checkpoints, the MLflow mirror's
+uploads, the sandbox's /dev/shm, the log and the disk, dataset conversion and inference.
+
+Each attack is made as two real Unix users (rn_alice, rn_bob) against a real root daemon; each
+test shows it refused (with a one-line reason where a person sees one) and the daemon alive after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, DaemonProc, wait_for
+from runner.store import Store
+from test_mlflow import mlflow_server, server  # noqa: F401
+from test_users import ALICE, BOB, SYSTEM_PY, User, team, users, world  # noqa: F401
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                                reason="needs root and useradd: the tests make real Unix users")
+
+
+def job_file(user: User, name: str, spec: dict) -> Path:
+    """A job file in the user's home, hers (or his) to submit."""
+    f = Path(user.pw.pw_dir) / f"{name}.json"
+    f.write_text(json.dumps(spec))
+    os.chown(f, user.uid, user.pw.pw_gid)
+    return f
+
+
+def submit(user: User, name: str, spec: dict) -> str:
+    """The full id of a job the user submitted from a job file."""
+    short = user.run("submit", job_file(user, name, spec)).stdout.strip().splitlines()[-1]
+    return user.show(short)["id"]
+
+
+def daemon_alive(d: DaemonProc) -> bool:
+    status, body = d.get("/healthz")
+    return d.proc.poll() is None and status == 200
+
+
+@pytest.fixture
+def mirrored(world, users, server):  # noqa: F811
+    """A root daemon whose jobs are mirrored to the real MLflow server, with their checkpoints."""
+    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
+    os.chmod(home, 0o755)
+    (home / "config.toml").write_text(f'[mlflow]\ntracking_uri = "{server.url}"\nexperiment = "privsep"\n'
+                                      'interval_seconds = 0.2\nartifacts = ["best_checkpoint", "last_checkpoint"]\n')
+    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
+    alice, bob = User(users[ALICE], world, home), User(users[BOB], world, home)
+    secret = Path(users[ALICE].pw_dir) / "secret.txt"
+    secret.write_text("alice's secret\n")
+    os.chown(secret, alice.uid, users[ALICE].pw_gid)
+    os.chmod(secret, 0o600)
+    os.chmod(users[ALICE].pw_dir, 0o700)
+    yield d, alice, bob, home
+    d.kill(15)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def sh(script: str, **extra) -> dict:
+    """A shell job run in its own job folder, whose checkpoints are ckpt/*.pt there."""
+    return {"command": ["/bin/sh", "-c", f'cd "$RUNNER_JOB_DIR" && {script}'], "checkpoints": ["ckpt/*.pt"], **extra}
+
+
+def test_a_checkpoint_glob_that_leaves_the_job_folder_is_refused_at_submit(team):  # noqa: F811
+    d, alice, bob, home = team
+    r = bob.run("submit", job_file(bob, "escape", sh("true", checkpoints=["ckpt/*.pt", "../../secrets/ID.json"])), check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == ("runner: checkpoints.1: '../../secrets/ID.json' leaves the job folder (..); "
+                                "expected a glob inside it, e.g. checkpoints/*.pt"), r.stderr
+    r = bob.run("submit", job_file(bob, "abs", sh("true", checkpoints=["/etc/*"])), check=False)
+    assert r.returncode == 2 and r.stderr.strip().startswith("runner: checkpoints.0: '/etc/*' is not relative to the job folder")
+    # a record written into the spool by hand meets the same rule at the daemon
+    rec = {"id": "forged03", "spec": sh("true", checkpoints=["../../secrets/*.json"]), "submitted_at": time.time()}
+    bob.python(f"import json\nopen({str(home / 'spool' / '0003-forged03.job.json')!r}, 'w').write({json.dumps(json.dumps(rec))})")
+    reason = home / "spool" / "quarantine" / "0003-forged03.job.json.reason"
+    wait_for(reason.exists, 10, what="the forged record to be set aside")
+    assert "checkpoints.0: '../../secrets/*.json' leaves the job folder" in reason.read_text()
+    assert daemon_alive(d)
+
+
+def test_checkpoints_that_are_not_the_jobs_own_files_never_reach_mlflow(mirrored, server):  # noqa: F811
+    d, alice, bob, home = mirrored
+    secret = Path(alice.pw.pw_dir) / "secret.txt"
+    hers = submit(alice, "with-key", {"command": ["true"], "env_vars": {"API_KEY": "hunter2-of-alice"}})
+    alice.wait(hers)
+    her_secrets = home / "secrets" / f"{hers}.json"
+    assert her_secrets.stat().st_uid == 0 and "hunter2" in her_secrets.read_text()
+    root_file = home.parent / f"root-only-{os.getpid()}"
+    root_file.write_text("root's secret\n")
+    os.chmod(root_file, 0o600)
+    jobs = {
+        # (a) links to her 0600 file and to her job's secrets (the daemon's own file)
+        "links": submit(bob, "links", sh(f"mkdir ckpt && ln -s {secret} ckpt/best.pt && ln -s {her_secrets} ckpt/last.pt")),
+        # (b) a real file, recorded, then swapped for a link to her file before the job ends
+        "swapped": submit(bob, "swapped", sh(f"mkdir ckpt && echo honest > ckpt/best.pt && sleep 3 && "
+                                             f"ln -s {secret} ckpt/link && mv -T ckpt/link ckpt/best.pt")),
+        # (c) a hard link to a root-owned file (made here as root: protected_hardlinks stops a user)
+        "hardlink": submit(bob, "hardlink", sh("mkdir ckpt && while [ ! -e ckpt/go ]; do sleep 0.1; done")),
+        # (d) a FIFO, which blocked the mirror for every job when it was opened
+        "fifo": submit(bob, "fifo", sh("mkdir ckpt && mkfifo ckpt/best.pt")),
+    }
+    jd = home / "jobs" / jobs["hardlink"]
+    wait_for(lambda: (jd / "ckpt").is_dir(), 30, what="the hardlink job's folder")
+    os.link(root_file, jd / "ckpt" / "best.pt")
+    (jd / "ckpt" / "go").touch()
+    honest = submit(bob, "honest", sh("mkdir ckpt && echo weights > ckpt/best.pt"))
+    store = Store(home / "runner.db", migrate=False)
+    for jid in [*jobs.values(), honest]:
+        assert bob.wait(jid)["state"] == "succeeded"
+    wait_for(lambda: all((store.mlflow_row(j) or {}).get("done") for j in [*jobs.values(), honest]), 60,
+             what="every export (the mirror goes on past the hostile ones)")
+
+    def uploaded(jid):
+        run_id = store.mlflow_row(jid)["run_id"]
+        return [f["path"] for f in server.api("artifacts/list", {"run_id": run_id, "path": "checkpoints"}).get("files", [])]
+
+    assert uploaded(honest) == ["checkpoints/best.pt"]
+    for name, jid in jobs.items():
+        assert uploaded(jid) == [], name
+    assert not [a for a in store.artifacts(jobs["links"])], "a link is never recorded as a checkpoint"
+    assert not [a for a in store.artifacts(jobs["hardlink"])], "a root-owned file is not the job's checkpoint"
+    assert not [a for a in store.artifacts(jobs["fifo"])], "a FIFO is not a checkpoint"
+    tags = server.run(store.mlflow_row(jobs["swapped"])["run_id"])["tags"]
+    assert "checkpoints/best.pt (a symbolic link)" in tags["runner.artifacts_skipped"], tags
+    held = b"".join(p.read_bytes() for p in (server.folder / "artifacts").rglob("*") if p.is_file())
+    assert b"weights" in held
+    for leak in (b"alice's secret", b"hunter2", b"root's secret"):
+        assert leak not in held, leak
+    assert daemon_alive(d)
+    root_file.unlink()
