@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 import re
+import stat
 import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -456,54 +457,89 @@ def dataset_key(root, fmt: str, options: dict) -> str:
     return h.hexdigest()[:20]
 
 
+def _folder(root: Path, *parts: str) -> Path:
+    """root/parts..., made a folder at a time; a name that is already there must be a real folder,
+    never a symbolic link someone planted to send what is written elsewhere."""
+    p = root
+    for part in parts:
+        p = p / part
+        try:
+            os.mkdir(p)
+        except FileExistsError:
+            if not os.path.isdir(p) or os.path.islink(p):
+                raise DatasetError([f"{p}: is in the way (a link or a file where runner makes a folder); give a new --out"]) from None
+    return p
+
+
+def _write(path: Path, text: str):
+    """Write a new file's text: never through a symbolic link (O_NOFOLLOW), never into a FIFO (O_NONBLOCK)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno in (40, 6):  # ELOOP: a symbolic link; ENXIO: a FIFO
+            raise DatasetError([f"{path}: is in the way (a link or a FIFO where runner writes a file); give a new --out"]) from None
+        raise
+    with os.fdopen(fd, "w") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DatasetError([f"{path}: is in the way (not a regular file); give a new --out"])
+        f.write(text)
+
+
 def write_yolo(ds: Dataset, out: Path, target: str, keep_difficult: bool = False, tile: int | None = None,
-               overlap: int = 0) -> dict:
-    """Write images (linked; cropped tiles with `tile`) and labels under `out`, and out/data.yaml; returns the report."""
+               overlap: int = 0, final: Path | None = None) -> dict:
+    """Write images (linked; cropped tiles with `tile`) and labels under `out`, and out/data.yaml; returns the report.
+
+    `final` is where the folder will be once renamed into place (data.yaml and the crop plan name
+    it); `out` by default. Nothing is written through a link found in `out` (see _folder, _write):
+    callers write into a fresh folder of their own and rename it into place."""
     if target not in TARGETS:
         raise DatasetError([f"--to: given {target!r}; expected one of {', '.join(TARGETS)}"])
     out = Path(out)
+    final = Path(final) if final is not None else out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _folder(out.parent, out.name)
     index = {n: i for i, n in enumerate(ds.names)}
     skipped = 0
     counts = {"images": 0, "objects": 0, "tiles": 0}
     crops: list = []
     for split, samples in ds.splits.items():
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        _folder(out, "images", split)
+        labels = _folder(out, "labels", split)
         for s in samples:
             objs = [o for o in s.objects if keep_difficult or not o.difficult]
             skipped += len(s.objects) - len(objs)
             counts["images"] += 1
             if tile and (s.width > tile or s.height > tile):
-                counts["objects"] += _write_tiles(s, objs, out, split, index, target, tile, overlap, counts, crops)
+                counts["objects"] += _write_tiles(s, objs, out, split, index, target, tile, overlap, counts, crops, final)
                 continue
             dst = out / "images" / split / s.image.name
-            if not dst.exists():
+            if not os.path.lexists(dst):
                 os.symlink(os.path.realpath(s.image), dst)
             lines = [label_line(o, index[o.name], s.width, s.height, target) for o in objs]
             counts["objects"] += len(lines)
-            (out / "labels" / split / (s.image.stem + ".txt")).write_text("".join(line + "\n" for line in lines))
-    yaml = [f"path: {out}", "train: images/train", "val: images/val", "names:"] + [f"  {i}: {n}" for i, n in enumerate(ds.names)]
-    (out / "data.yaml").write_text("\n".join(yaml) + "\n")
+            _write(labels / (s.image.stem + ".txt"), "".join(line + "\n" for line in lines))
+    yaml = [f"path: {final}", "train: images/train", "val: images/val", "names:"] + [f"  {i}: {n}" for i, n in enumerate(ds.names)]
+    _write(out / "data.yaml", "\n".join(yaml) + "\n")
     if crops:
         import json
 
-        (out / "crops.json").write_text(json.dumps(crops))
+        _write(out / "crops.json", json.dumps(crops))
     ds.skipped_difficult = skipped
     report = ds.report()
     report.update({"written_objects": counts["objects"], "target": target, "tiles": counts["tiles"],
-                   "crops": str(out / "crops.json") if crops else None})
+                   "crops": str(final / "crops.json") if crops else None})
     return report
 
 
 def _write_tiles(s: Sample, objs: list, out: Path, split: str, index: dict, target: str, tile: int, overlap: int, counts,
-                 crops: list) -> int:
+                 crops: list, final: Path) -> int:
     written = 0
     for win in tiles(s.width, s.height, tile, overlap):
         name = f"{s.image.stem}__{win[0]}_{win[1]}"
-        crops.append({"src": os.path.realpath(s.image), "box": list(win), "dest": str(out / "images" / split / f"{name}.png")})
+        crops.append({"src": os.path.realpath(s.image), "box": list(win), "dest": str(final / "images" / split / f"{name}.png")})
         w, h = win[2] - win[0], win[3] - win[1]
         kept = [c for c in (clip_to_tile(o, win) for o in objs) if c is not None]
-        (out / "labels" / split / f"{name}.txt").write_text("".join(label_line(o, index[o.name], w, h, target) + "\n" for o in kept))
+        _write(out / "labels" / split / f"{name}.txt", "".join(label_line(o, index[o.name], w, h, target) + "\n" for o in kept))
         written += len(kept)
         counts["tiles"] += 1
     return written

@@ -138,3 +138,62 @@ def test_checkpoints_that_are_not_the_jobs_own_files_never_reach_mlflow(mirrored
         assert leak not in held, leak
     assert daemon_alive(d)
     root_file.unlink()
+
+
+def test_each_job_has_its_own_dev_shm(team):  # noqa: F811
+    d, alice, bob, home = team
+    name = f"runner-shm-{os.getpid()}-{time.time_ns()}"
+    his = submit(bob, "shm-writer", {"command": ["/bin/sh", "-c", f"echo bob-was-here > /dev/shm/{name} && echo WROTE && sleep 30"]})
+    bob.wait(his, "running")
+    wait_for(lambda: "WROTE" in (home / "run" / his / "output.log").read_text(), 30, what="his job to write /dev/shm")
+    hers = submit(alice, "shm-reader", {"command": ["/bin/sh", "-c", f"cat /dev/shm/{name} || echo MISSING; ls -a /dev/shm"]})
+    assert alice.wait(hers)["state"] == "succeeded"
+    out = alice.logs(hers)
+    assert "MISSING" in out and "bob-was-here" not in out and name not in out.replace(f"/dev/shm/{name}", ""), out
+    assert not (Path("/dev/shm") / name).exists(), "his job wrote into the host's /dev/shm"
+    bob.run("cancel", his)
+    bob.wait(his)
+    assert not (Path("/dev/shm") / name).exists()
+    assert daemon_alive(d)
+
+
+def test_dataset_convert_never_writes_through_a_planted_link(team, tmp_path):  # noqa: F811
+    from runner.synth_tasks import make_dota
+
+    d, alice, bob, home = team
+    apw = alice.pw
+    mine = Path(apw.pw_dir) / f"convert-{os.getpid()}"
+    mine.mkdir()
+    data = make_dota(mine / "dota", train=2, val=1)
+    work = mine / "work"
+    work.mkdir()
+    notes = mine / "notes.txt"
+    notes.write_text("her notes\n")
+    subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(mine)], check=True)
+    shared = Path(tempfile.mkdtemp(prefix="shared-", dir=alice.world))
+    os.chmod(shared, 0o1777)
+    try:
+        # his link where she will write: the whole output folder
+        bob.python(f"import os\nos.symlink({str(work)!r}, {str(shared / 'out')!r})")
+        r = alice.run("dataset", "convert", data, "--from", "dota", "--to", "yolo", "--out", shared / "out", check=False)
+        assert r.returncode == 1 and r.stderr.strip() == (f"runner: --out: {shared / 'out'} is a symbolic link (to {work}); "
+                                                          "give a new folder"), r.stderr
+        assert list(work.iterdir()) == [], "nothing is written through his link"
+        # a folder of his, open to all, with a link planted inside where a file will be written
+        bob.python(f"import os\nos.mkdir({str(shared / 'his')!r})\nos.chmod({str(shared / 'his')!r}, 0o777)\n"
+                   f"os.symlink({str(notes)!r}, {str(shared / 'his' / 'data.yaml')!r})")
+        code = (f"import sys\nsys.path[:0] = [{str(alice.world)!r}, {str(alice.world / 'site')!r}]\n"
+                "from config_translators import dataset_formats as df\n"
+                f"try:\n    df.write_yolo(df.read({str(data)!r}, 'dota'), {str(shared / 'his')!r}, 'yolo')\n"
+                "except df.DatasetError as e:\n    print('REFUSED', e.problems[0])\nelse:\n    print('WROTE')")
+        out = alice.python(code)
+        assert out.startswith("REFUSED") and "data.yaml: is in the way" in out, out
+        assert notes.read_text() == "her notes\n"
+        # and the ordinary case still works, into a new folder of hers
+        written = mine / "yolo"
+        r = alice.run("dataset", "convert", data, "--from", "dota", "--to", "yolo", "--out", written)
+        assert written.stat().st_uid == alice.uid and (written / "data.yaml").read_text().startswith(f"path: {written}\n")
+        assert len(list((written / "labels" / "train").glob("*.txt"))) == 2
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)

@@ -25,6 +25,56 @@ def _cut_tiles(plan: str):
                           f"cut them with: python -m adapters.crop {plan} (in any framework env)")
 
 
+def _check_out(given: str):
+    """The --out folder, absolute: a new name, or an empty folder; a symbolic link (one planted in
+    a shared folder to send the output elsewhere) is refused."""
+    import os
+    from pathlib import Path
+
+    from runner.exceptions import RunnerError
+
+    out = Path(os.path.abspath(given))
+    if os.path.islink(out):
+        raise RunnerError(f"--out: {out} is a symbolic link (to {os.readlink(out)}); give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunnerError(f"--out: {out} is not empty; give a new folder")
+    if not out.parent.is_dir():
+        raise RunnerError(f"--out: {out.parent} does not exist; give a folder inside an existing one")
+    return out
+
+
+def _convert_into(ds, out, args) -> dict:
+    """Write the conversion into a fresh folder of our own beside `out` (made with O_EXCL, 0700:
+    nobody can plant a link in it) and rename it into place; a link or a folder put at `out`
+    meanwhile makes the rename fail, it is never followed."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from config_translators import dataset_formats as df
+    from runner.exceptions import RunnerError, SpecError
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        try:
+            report = df.write_yolo(ds, tmp, args.to, args.keep_difficult, args.tile, args.overlap, final=out)
+        except (df.DatasetError, ValueError) as e:
+            raise SpecError(getattr(e, "problems", None) or [str(e)]) from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        try:
+            os.rename(tmp, out)
+        except OSError as e:
+            raise RunnerError(f"--out: {out} could not be put in place ({e.strerror}: something was put there "
+                              "meanwhile); give a new folder") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
 def dataset(args):
     """runner dataset check PATH --format F [--task T] | runner dataset convert PATH --from F --to G --out DIR"""
     from config_translators import dataset_formats as df
@@ -57,15 +107,8 @@ def dataset(args):
         return 1 if report["problems"] else 0
     if not args.to or not args.out:
         raise SpecError(["convert needs --to (yolo or yolo-obb) and --out DIR"])
-    from pathlib import Path
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise RunnerError(f"--out: {out} is not empty; give a new folder")
-    try:
-        report = df.write_yolo(ds, out, args.to, args.keep_difficult, args.tile, args.overlap)
-    except (df.DatasetError, ValueError) as e:
-        raise SpecError(getattr(e, "problems", None) or [str(e)]) from None
+    out = _check_out(args.out)
+    report = _convert_into(ds, out, args)
     if report.get("crops"):
         _cut_tiles(report["crops"])
     if args.json:
