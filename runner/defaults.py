@@ -57,6 +57,12 @@ GPU_RELEASE_WAIT_SECONDS = 10.0
 ENV_GC_DAYS = 14
 """`runner envs gc` removes envs unused for this many days."""
 
+BUILD_USER = "runner-build"
+"""The user a root daemon builds envs from users' requirements as ([envs] build_user); `nobody` when it does not exist."""
+
+BUILD_CACHE = Path("/var/cache/runner/build-uv")
+"""The build user's uv caches, one per owner of requirements ([envs] build_cache); outside any RUNNER_HOME, so shared by all."""
+
 TORCH_PAIR = ("2.14.1", "0.29.1")
 """torch / torchvision pins of the framework locks (Linux x86_64, Python 3.11)."""
 

@@ -5,6 +5,12 @@ lock, never a file name. It is built in a temporary folder under a file lock, im
 renamed into place only when complete, so two jobs that need it build it once and a killed build
 leaves nothing that looks finished. Index settings reach uv only through its own UV_* variables
 or the `[envs]` table of the site config.
+
+Who builds what: the envs of envs/ (committed, hash-locked locks) and of the registry's repo tables
+(admin data) are built by the daemon itself, so that they share its uv cache (torch is 5.5 GB) and
+their bytecode; an env built from a user's inline requirements is built by the build user in a
+sandbox (runner.envjail), never as root, keyed with its owner's uid. A user names a packaged env
+only by its name in envs/, and import checks come only from packaged envs and repo tables.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .exceptions import EnvBuildError, RunnerError
+
+if TYPE_CHECKING:  # the jail is loaded only when a user's build needs it
+    from .envjail import Jail
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVS_SRC = PROJECT_ROOT / "envs"
@@ -78,15 +87,19 @@ class EnvRequest:
     python_version: str = field(default_factory=lambda: platform.python_version())
     check_imports: list[str] = field(default_factory=list)
     build: dict = field(default_factory=dict)  # build_settings(): how sdists are built
+    owner: Optional[int] = None  # uid whose inline requirements these are: built by the build user, hers alone
+    inputs: Optional[str] = None  # inline_inputs(): what the owner asked for, known before anything is locked
 
     @property
     def key(self) -> str:
-        """sha256 of (Python version, lock content, platform, build settings if any), 16 hex digits."""
+        """sha256 of (Python version, lock content, platform, build settings and owner if any), 16 hex digits."""
         h = hashlib.sha256()
         h.update(f"python={self.python_version}\nplatform={platform_tag()}\n".encode())
         h.update(normalise_lock(self.lock).encode())
         if self.build:
             h.update(json.dumps(self.build, sort_keys=True).encode())
+        if self.owner is not None:
+            h.update(f"owner={self.owner}\n".encode())
         return h.hexdigest()[:16]
 
 
@@ -141,6 +154,96 @@ def normalise_lock(text: str) -> str:
         if s.strip():
             out.append(s.strip())
     return "\n".join(out) + "\n"
+
+
+_REQ_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_REQ_VERSION = r"(?:===|==|!=|~=|<=|>=|<|>)\s*[A-Za-z0-9*+!][A-Za-z0-9.*+!_-]*"
+_REQ_SPECS = rf"{_REQ_VERSION}(?:\s*,\s*{_REQ_VERSION})*"
+_REQUIREMENT = re.compile(
+    rf"\s*(?P<name>{_REQ_NAME})\s*(?:\[\s*(?:{_REQ_NAME}(?:\s*,\s*{_REQ_NAME})*)?\s*\])?\s*"
+    rf"(?:{_REQ_SPECS}|\(\s*{_REQ_SPECS}\s*\)|@\s*(?P<url>\S+))?\s*(?:;(?P<marker>.*))?")
+# A direct reference a site may allow ([envs] allow_requirement_urls): fetched over the network, never a path.
+_REQ_URL = re.compile(r"(?:git\+)?https?://[^\s;]+")
+_MARKER_TOKEN = re.compile(r"\s*(?:'[\w .*+!,-]*'|\"[\w .*+!,-]*\"|===|==|!=|~=|<=|>=|<|>|\(|\)|(?P<word>[A-Za-z_]+))")
+_MARKER_WORDS = {"python_version", "python_full_version", "os_name", "sys_platform", "platform_release", "platform_system",
+                 "platform_version", "platform_machine", "platform_python_implementation", "implementation_name",
+                 "implementation_version", "extra", "and", "or", "in", "not"}
+
+SPECIFIER_EXPECTED = 'a package specifier such as "numpy>=1.26" (no URLs, paths or pip options)'
+"""What an inline requirement must be (the message of a refused one)."""
+
+SPECIFIER_OR_URL_EXPECTED = ('a package specifier such as "numpy>=1.26", or "name @ https://..." where the site allows it '
+                             '(no paths or pip options)')
+"""The same where the site's [envs] allow_requirement_urls is true."""
+
+
+def _marker_ok(text: str) -> bool:
+    pos = 0
+    while text[pos:].strip():
+        m = _MARKER_TOKEN.match(text, pos)
+        if not m or (m.group("word") and m.group("word") not in _MARKER_WORDS):
+            return False
+        pos = m.end()
+    return True
+
+
+def requirement_problem(text, allow_urls: bool = False) -> Optional[str]:
+    """What an inline requirement should have been, or None when it is a plain package specifier:
+    a PEP 508 name with optional extras, version specifiers and an environment marker. URLs
+    (`name @ url`) only where the site allows them; never a path, a file, an option (-r, -e, -c,
+    --index-url, --find-links, ...) or a second line."""
+    expected = SPECIFIER_OR_URL_EXPECTED if allow_urls else SPECIFIER_EXPECTED
+    if not isinstance(text, str) or not text.strip() or len(text) > 500:
+        return expected
+    if re.search(r"[\x00-\x1f\x7f\\]", text) or re.search(r"(?:^|\s)-", text):
+        return expected  # a second line, a continuation, an option
+    m = _REQUIREMENT.fullmatch(text)
+    if not m or (m.group("marker") is not None and not _marker_ok(m.group("marker"))):
+        return expected
+    if m.group("url") is not None and not (allow_urls and _REQ_URL.fullmatch(m.group("url"))):
+        return expected
+    if "#" in text and m.group("url") is None:
+        return expected
+    return None
+
+
+def inline_inputs(requirements: list[str], python: Optional[str], owner: Optional[int]) -> str:
+    """What an inline env was asked for (owner, Python, requirements), hashed: it names the env's
+    request before its lock exists, so that `runner envs gc` keeps an env a queued job will use."""
+    return hashlib.sha256(json.dumps([owner, python or "", list(requirements)]).encode()).hexdigest()[:16]
+
+
+def base_python(version: Optional[str] = None, config: dict | None = None, where: str = "env.python") -> tuple[str, str]:
+    """(interpreter, full version) an env is made from. A root daemon's envs are run by every user
+    and users' envs are built by the build user, so there it is the first that the build user can
+    run of: [envs] python, the interpreter find_python picks (ours for our version), then
+    /usr/bin, /usr/local/bin and PATH's pythonX.Y. The daemon's own interpreter may live where
+    users cannot go (/root/.pyenv)."""
+    if os.geteuid() != 0:
+        return find_python(version, where)
+    from .envjail import build_person, runs_as
+
+    who = build_person(config)
+    want = version or ".".join(platform.python_version_tuple()[:2])
+    minor = ".".join(want.split(".")[:2])
+    if not re.fullmatch(r"3\.\d+(\.\d+)?", str(want)):
+        raise EnvBuildError(f"{where}: given {version!r}; expected a Python version such as \"3.11\"")
+    configured = (config or {}).get("python")
+    candidates = list(configured) if isinstance(configured, list) else [configured] if configured else []
+    try:
+        candidates.append(find_python(version, where)[0])
+    except EnvBuildError:
+        pass
+    candidates += [f"/usr/bin/python{minor}", f"/usr/local/bin/python{minor}", shutil.which(f"python{minor}")]
+    tried = []
+    for path in dict.fromkeys(p for p in candidates if p):
+        v = runs_as(str(path), who)
+        if v and (v == want or v.startswith(want + ".")):
+            return str(path), v
+        if os.path.exists(path):
+            tried.append(str(path))
+    raise EnvBuildError(f"{where}: no Python {want} that the build user {who.name} can run (tried {', '.join(tried) or 'nothing found'}); "
+                        f"set [envs] python to one every user may run, e.g. /usr/bin/python{minor}")
 
 
 def _pyenv_pythons(version: str) -> list[Path]:
@@ -215,52 +318,87 @@ def _build_args(build: dict | None, folder: str) -> tuple[list[str], dict]:
 
 
 def named_env_names() -> list[str]:
-    """Env names defined under envs/."""
+    """Env names defined under envs/ (the packaged envs a job may name, with 'system')."""
     return sorted(p.name for p in ENVS_SRC.iterdir() if (p / "requirements.in").exists()) if ENVS_SRC.exists() else []
 
 
-def _import_checks(requirements_in: str) -> list[str]:
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def checked_imports(modules, where: str) -> list[str]:
+    """Module names for an import check, each a dotted name (they are pasted into `python -c`)."""
+    bad = [m for m in modules if not isinstance(m, str) or not _MODULE.fullmatch(m)]
+    if bad:
+        raise EnvBuildError(f"{where}: given {bad[0]!r}; expected module names such as \"torch, timm\"")
+    return list(modules)
+
+
+def _import_checks(requirements_in: str, where: str) -> list[str]:
     m = re.search(r"^#\s*import-check:\s*(.+)$", requirements_in, re.M)
-    return [s.strip() for s in m.group(1).split(",") if s.strip()] if m else []
+    return checked_imports([s.strip() for s in m.group(1).split(",") if s.strip()] if m else [], where)
 
 
-def named_request(name: str, python: Optional[str] = None) -> EnvRequest:
-    """The request for an env defined in envs/NAME (its committed lock)."""
+def named_request(name: str, python: Optional[str] = None, config: dict | None = None) -> EnvRequest:
+    """The request for an env defined in envs/NAME (its committed lock). The name must be one of
+    envs/'s own: it is never taken as a path."""
+    known = named_env_names()
+    if name not in known:
+        raise RunnerError(f"env: given {str(name)[:60]!r}; expected 'system' or one of envs/: {', '.join(known)}")
     folder = ENVS_SRC / name
     lock = folder / "requirements.lock"
-    if not (folder / "requirements.in").exists():
-        raise RunnerError(f"env: {name!r} is not defined (known: {', '.join(named_env_names())}, or 'system')")
     if not lock.exists():
         raise RunnerError(f"env {name}: no lock yet (run `runner envs lock {name}`)")
-    py, ver = find_python(python)
+    py, ver = base_python(python, config)
     return EnvRequest(name=name, lock=lock.read_text(), python=py, python_version=ver,
-                      check_imports=_import_checks((folder / "requirements.in").read_text()))
+                      check_imports=_import_checks((folder / "requirements.in").read_text(), f"envs/{name}/requirements.in"))
 
 
 def compile_lock(requirements: str, python_version: str, config: dict | None = None, python: str | None = None,
-                 build: dict | None = None) -> str:
+                 build: dict | None = None, jail: Jail | None = None) -> str:
     """Lock a requirements text with `uv pip compile` (exact versions, hashes). With `python`, a
-    package that must be built to know its dependencies is built by that interpreter."""
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "requirements.in"
-        src.write_text(requirements)
-        extra, build_env = _build_args(build, d)
-        target = ["--python", python] if python and python != sys.executable else []
-        r = subprocess.run(
-            [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header", *target,
-             "--python-version", ".".join(python_version.split(".")[:2]), *extra, str(src)],
-            capture_output=True, text=True, env={**uv_environ(config), **build_env},
-        )
+    package that must be built to know its dependencies is built by that interpreter. With a
+    jail (a user's requirements), uv runs as the build user in it."""
+    minor = ".".join(python_version.split(".")[:2])
+    if jail is not None:
+        with jail.workdir(files={"requirements.in": requirements}) as d:
+            src = f"{jail.at(d)}/requirements.in"
+            r = jail.capture([uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header", "--python", python,
+                              "--python-version", minor, src], d, uv_environ(config))
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "requirements.in"
+            src.write_text(requirements)
+            extra, build_env = _build_args(build, d)
+            target = ["--python", python] if python and python != sys.executable else []
+            r = subprocess.run(
+                [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header", *target,
+                 "--python-version", minor, *extra, str(src)],
+                capture_output=True, text=True, env={**uv_environ(config), **build_env},
+            )
     if r.returncode != 0:
         raise EnvBuildError("cannot resolve the requirements:\n" + relevant_lines(r.stderr))
     return r.stdout.replace(str(src), "requirements.in")  # a recorded lock names no temporary folder
 
 
-def inline_request(requirements: list[str], python: Optional[str] = None, config: dict | None = None, name: str = "inline") -> EnvRequest:
-    """The request for an inline requirements list (locked now, keyed by the lock)."""
-    py, ver = find_python(python)
-    lock = compile_lock("\n".join(requirements) + "\n", ver, config)
-    return EnvRequest(name=name, lock=lock, python=py, python_version=ver)
+def inline_request(requirements: list[str], python: Optional[str] = None, config: dict | None = None, name: str = "inline",
+                   owner: Optional[int] = None, state_root: Path | None = None) -> EnvRequest:
+    """The request for `owner`'s inline requirements list (default: ours), locked now and keyed by
+    the lock and the owner. Each is checked again to be a package specifier (a record may have
+    reached the queue by hand); a root daemon locks them as the build user (runner.envjail), with
+    `state_root` hidden."""
+    from .envjail import jail_for
+
+    allow = bool((config or {}).get("allow_requirement_urls"))
+    problems = [f"env.requirements.{i}: given {str(r)[:60]!r}; expected {p}"
+                for i, r in enumerate(requirements) if (p := requirement_problem(r, allow))]
+    if problems:
+        raise EnvBuildError(problems[0])
+    owner = os.getuid() if owner is None else int(owner)
+    py, ver = base_python(python, config)
+    jail = jail_for(config, owner, [state_root] if state_root else [])
+    lock = compile_lock("\n".join(requirements) + "\n", ver, config, python=py, jail=jail)
+    return EnvRequest(name=name, lock=lock, python=py, python_version=ver, owner=owner,
+                      inputs=inline_inputs(requirements, python, owner))
 
 
 def lock_named(name: str, python: Optional[str] = None, config: dict | None = None) -> Path:
@@ -358,43 +496,20 @@ class EnvManager:
         for stale in self.root.glob(f".build-{key}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=self.root))
-        env = uv_environ(self.config)
-        uv = uv_binary()
         error = None
         try:
-            (tmp / "requirements.lock").write_text(req.lock)
-            nearest = self.nearest(req)
-            build_args, build_env = _build_args(req.build, str(tmp))
-            env.update(build_env)
-            steps = [
-                [uv, "venv", "--quiet", "--relocatable", "--python", req.python, str(tmp / "venv")],
-                # bytecode: uv compiles everything when there is no built env to borrow from
-                [uv, "pip", "sync", *([] if nearest else ["--compile-bytecode"]), "--python", str(tmp / "venv" / "bin" / "python"),
-                 *build_args, str(tmp / "requirements.lock")],
-            ]
-            for argv in steps:
-                rc, out = self._run(argv, log, env)
-                if rc != 0:
-                    raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
-            if nearest:
-                t0 = time.time()
-                linked = borrow_bytecode(nearest, tmp / "venv")
-                # a file that does not compile (torch ships some for newer Pythons) is skipped, as uv
-                # skips it; the import check below is what says whether the env works
-                self._run([str(tmp / "venv" / "bin" / "python"), "-m", "compileall", "-q", "-j", "0",
-                           *map(str, site_packages(tmp / "venv"))], None, env)
-                if log:
-                    log(f"runner: bytecode of {linked} files shared with env {nearest.name}, the rest compiled, in {time.time() - t0:.1f}s")
-            check = "import sys" + "".join(f"; import {m}" for m in req.check_imports)
-            r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise EnvBuildError(f"import check failed ({check}):\n" + relevant_lines(r.stderr))
-            # The venv is the env: move it up so that the env folder is the venv itself.
-            venv = tmp / "venv"
-            shutil.move(str(tmp / "requirements.lock"), venv / "requirements.lock")
+            if req.owner is None:
+                venv = self._build_here(req, tmp, log)
+            else:
+                venv = self._build_jailed(req, tmp, log)
             meta = {"key": key, "name": req.name, "python": req.python_version, "platform": platform_tag(),
                     "built_at": time.time(), "build_seconds": time.time() - started}
-            (venv / COMPLETE).write_text(json.dumps(meta))
+            if req.owner is not None:
+                meta.update(owner=req.owner, inputs=req.inputs)
+            from .envjail import write_new
+
+            write_new(venv / "requirements.lock", req.lock)  # the lock as asked for, never a file the build left
+            write_new(venv / COMPLETE, json.dumps(meta))
             os.rename(venv, final)
             shutil.rmtree(tmp, ignore_errors=True)
         except BaseException as e:
@@ -416,6 +531,83 @@ class EnvManager:
             })
         return final
 
+    def _build_here(self, req: EnvRequest, tmp: Path, log) -> Path:
+        """A packaged or registry env (admin data), built by the daemon itself: it shares the daemon's
+        uv cache (hard links) and the bytecode of the nearest env. Returns the venv."""
+        env = uv_environ(self.config)
+        uv = uv_binary()
+        (tmp / "requirements.lock").write_text(req.lock)
+        nearest = self.nearest(req)
+        build_args, build_env = _build_args(req.build, str(tmp))
+        env.update(build_env)
+        steps = [
+            [uv, "venv", "--quiet", "--relocatable", "--python", req.python, str(tmp / "venv")],
+            # bytecode: uv compiles everything when there is no built env to borrow from
+            [uv, "pip", "sync", *([] if nearest else ["--compile-bytecode"]), "--python", str(tmp / "venv" / "bin" / "python"),
+             *build_args, str(tmp / "requirements.lock")],
+        ]
+        for argv in steps:
+            rc, out = self._run(argv, log, env)
+            if rc != 0:
+                raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
+        if nearest:
+            t0 = time.time()
+            linked = borrow_bytecode(nearest, tmp / "venv")
+            # a file that does not compile (torch ships some for newer Pythons) is skipped, as uv
+            # skips it; the import check below is what says whether the env works
+            self._run([str(tmp / "venv" / "bin" / "python"), "-m", "compileall", "-q", "-j", "0",
+                       *map(str, site_packages(tmp / "venv"))], None, env)
+            if log:
+                log(f"runner: bytecode of {linked} files shared with env {nearest.name}, the rest compiled, in {time.time() - t0:.1f}s")
+        check = "import sys" + "".join(f"; import {m}" for m in checked_imports(req.check_imports, f"env {req.name}: import check"))
+        r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise EnvBuildError(f"import check failed ({check}):\n" + relevant_lines(r.stderr))
+        return tmp / "venv"
+
+    def _build_jailed(self, req: EnvRequest, tmp: Path, log) -> Path:
+        """An env of a user's requirements: every step that runs code of its packages (uv venv, uv pip
+        sync with its sdist builds, bytecode, the interpreter check) runs as the build user in the
+        jail (runner.envjail), in a folder of its own that nobody may find (`tmp` is root's, 0711);
+        then the tree is sealed (root's, read-only for others). Its files are copies, never links
+        into a cache; nothing is borrowed from other envs. Returns the venv."""
+        from .envjail import jail_for, seal
+
+        jail = jail_for(self.config, req.owner, [self.root.parent])
+        uv = uv_binary()
+        env = uv_environ(self.config)
+        if jail is None:  # the daemon is not root: it builds its own user's requirements as that user
+            (tmp / "requirements.lock").write_text(req.lock)
+            for argv in ([uv, "venv", "--quiet", "--relocatable", "--python", req.python, str(tmp / "venv")],
+                         [uv, "pip", "sync", "--compile-bytecode", "--python", str(tmp / "venv" / "bin" / "python"),
+                          str(tmp / "requirements.lock")]):
+                rc, out = self._run(argv, log, env)
+                if rc != 0:
+                    raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
+            return tmp / "venv"
+        if log:
+            log(jail.note())
+        os.chmod(tmp, 0o711)
+        work = Path(tempfile.mkdtemp(dir=tmp))  # its name is the build's secret: tmp cannot be listed
+        (work / "requirements.lock").write_text(req.lock)
+        os.lchown(work, jail.who.uid, jail.who.gid)
+        inside = jail.at(work)
+        python = f"{inside}/venv/bin/python"
+        steps = [
+            [uv, "venv", "--quiet", "--relocatable", "--python", req.python, f"{inside}/venv"],
+            [uv, "pip", "sync", "--compile-bytecode", "--link-mode", "copy", "--python", python, f"{inside}/requirements.lock"],
+            [python, "-c", "import sys"],  # the env's interpreter runs as a user, not only as root
+        ]
+        for argv in steps:
+            rc, out = jail.stream(argv, work, env, log)
+            if rc != 0:
+                what = f"uv {argv[1]}" if argv[0] == uv else "its interpreter"
+                raise EnvBuildError(f"{what} failed as {jail.who.name} (exit {rc}):\n" + relevant_lines(out))
+        os.lchown(work, 0, 0)  # from here the build user can rename nothing in it
+        os.chmod(work, 0o711)
+        seal(work / "venv", jail.who.uid)
+        return work / "venv"
+
     def nearest(self, req: EnvRequest) -> Optional[Path]:
         """The built env (same Python, same platform) whose lock shares the most lines with req's:
         its compiled bytecode can be shared. None when there is none or it shares nothing."""
@@ -425,6 +617,8 @@ class EnvManager:
             try:
                 meta = json.loads((p / COMPLETE).read_text())
                 if meta.get("python") != req.python_version or meta.get("platform") != platform_tag():
+                    continue
+                if meta.get("owner") is not None:  # built from a user's requirements: never lent to another env
                     continue
                 n = len(want & set(normalise_lock((p / "requirements.lock").read_text()).splitlines()))
             except (OSError, ValueError):
@@ -452,5 +646,5 @@ class EnvManager:
             out.append({"hash": p.name, "name": meta["name"], "python": meta["python"], "path": str(p),
                         "size": row.get("size"), "built_at": meta["built_at"], "last_used": row.get("last_used"),
                         "jobs": row.get("jobs", 0), "active": row.get("active", 0),
-                        "build_seconds": meta.get("build_seconds")})
+                        "build_seconds": meta.get("build_seconds"), "owner": meta.get("owner"), "inputs": meta.get("inputs")})
         return out

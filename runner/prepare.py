@@ -30,41 +30,56 @@ def job_secrets(home, job: dict) -> dict:
     return read(home, job["id"], job["spec"].get("env_vars") or {})
 
 
-def env_request(env, config: dict):
-    """The EnvRequest of a job's `env:` (None for 'system')."""
+def env_request(env, config: dict, owner: int | None = None, state_root: Path | None = None):
+    """The EnvRequest of a job's `env:` (None for 'system'). A packaged env is named, never given
+    by a path (checked again here: a spool record may have been written by hand); inline
+    requirements are `owner`'s, locked and built by the build user (runner.envjail), with the
+    state folder out of its sight."""
+    econf = config.get("envs")
     if env in (None, "system"):
         return None
     if isinstance(env, str):
-        return envs.named_request(env)
+        return envs.named_request(env, config=econf)
+    if not isinstance(env, dict):
+        raise RunnerError(f"env: given {str(env)[:60]!r}; expected an env name or {{requirements: [...]}}")
     if env.get("requirements") is not None:
-        return envs.inline_request(env["requirements"], env.get("python"), config.get("envs"), name=env.get("name", "inline"))
-    return envs.named_request(env["name"], env.get("python"))
+        return envs.inline_request(env["requirements"], env.get("python"), econf, name=env.get("name", "inline"),
+                                   owner=owner, state_root=state_root)
+    if env.get("requirements_file") is not None:  # runner submit reads it; a record that still names it was not made by runner
+        raise RunnerError("env.requirements_file: not read at submit; submit the job with `runner submit` or POST /jobs")
+    return envs.named_request(env.get("name"), env.get("python"), econf)
 
 
-def waiting_envs(store, config: dict) -> tuple[set, set]:
-    """(env keys, repo env names) that queued and preparing jobs will use: a job's env is recorded
-    only once it runs, so `runner envs gc` and `rm` must not remove these meanwhile. A repo's env
-    key is known only after its requirements are resolved at prepare: its name ("repo:X") stands in."""
+def waiting_envs(store, config: dict) -> tuple[set, set, set]:
+    """(env keys, repo env names, inline inputs) that queued and preparing jobs will use: a job's
+    env is recorded only once it runs, so `runner envs gc` and `rm` must not remove these
+    meanwhile. A repo's env key is known only after its requirements are resolved at prepare: its
+    name ("repo:X") stands in; an inline env's, only once locked: what was asked for
+    (envs.inline_inputs, kept with the env) stands in, so nothing here runs uv."""
     import json
 
-    keys, names, seen = set(), set(), set()
-    rows = store.conn.execute("SELECT spec FROM jobs WHERE state IN ('queued', 'preparing')").fetchall()
+    keys, names, inputs, seen = set(), set(), set(), set()
+    rows = store.conn.execute("SELECT spec, uid FROM jobs WHERE state IN ('queued', 'preparing')").fetchall()
     for row in rows:
         spec = row["spec"] if isinstance(row["spec"], dict) else json.loads(row["spec"] or "{}")
         if str(spec.get("model", "")).startswith("repo/"):
             names.add("repo:" + spec["model"].split("/", 1)[1])
             continue
-        sig = json.dumps(spec.get("env"), sort_keys=True)
+        env = spec.get("env")
+        if isinstance(env, dict) and isinstance(env.get("requirements"), list):
+            inputs.add(envs.inline_inputs(env["requirements"], env.get("python"), row["uid"]))
+            continue
+        sig = json.dumps(env, sort_keys=True)
         if sig in seen:
             continue
         seen.add(sig)
         try:
-            req = env_request(spec.get("env"), config)
+            req = env_request(env, config)
         except Exception:  # an env that no longer resolves: its job will fail at prepare, nothing to keep
             continue
         if req is not None:
             keys.add(req.key)
-    return keys, names
+    return keys, names, inputs
 
 
 def build_env(req, envmgr, job: dict, log) -> Path:
@@ -282,7 +297,7 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
                                                  "datasets_cache": str(datasets_cache(home, who))}, job_dir, framework=fw_name)
         if checked_report(answer):
             log_dataset_report(spec, checked_report(answer), log)
-    req = env_request(env_spec, home.config)
+    req = env_request(env_spec, home.config, owner=who.uid, state_root=home.root)
     if req is not None:
         env_dir = build_env(req, envmgr, job, log)
         env_hash = req.key

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from .exceptions import SpecError
@@ -16,6 +17,7 @@ from .spec import EnvSpec as EnvSpecType, JobSpec
 _ROOT = Path(__file__).resolve().parent.parent
 _SCHEMAS = _ROOT / "adapters" / "schemas"
 _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "choice": str}
+_MAX_REQUIREMENTS_FILE = 256 * 1024  # bytes of env.requirements_file read at most
 
 
 def framework_schema(name: str) -> dict | None:
@@ -83,10 +85,46 @@ def workdir_problems(workdir: str, state_root: Path | None) -> list[str]:
     return []
 
 
-def _env_names() -> list[str]:
-    from .envs import named_env_names  # here, not at the top: `runner submit` need not load env building
+def requirements_file(env: EnvSpecType, base: Path) -> tuple[dict | None, str | None]:
+    """(the inline env that env.requirements_file stands for, None), its lines checked as the spec's
+    own requirements are; or (None, the one-line problem). Read by whoever submits (the CLI, or the
+    HTTP submit's helper that has dropped to her): a file she may not read is refused as such."""
+    from .envs import requirement_problem
+    from .spec import _ENV_NAME, _describe_input
 
-    return named_env_names()
+    p = Path(_abs(env.requirements_file, base))
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang the submit
+    except (FileNotFoundError, NotADirectoryError):
+        return None, f"env.requirements_file: {p} does not exist"
+    except PermissionError:
+        return None, f"env.requirements_file: {p} is not readable by you"
+    except OSError as e:
+        return None, f"env.requirements_file: {p} cannot be opened ({e.strerror}); expected a requirements file"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, f"env.requirements_file: {p} is not a regular file; expected a requirements file"
+        raw = os.read(fd, _MAX_REQUIREMENTS_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > _MAX_REQUIREMENTS_FILE:
+        return None, f"env.requirements_file: {p} is larger than {_MAX_REQUIREMENTS_FILE // 1024} KiB; expected a requirements file"
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return None, f"env.requirements_file: {p} is not UTF-8 text; expected a requirements file"
+    lines = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        expected = requirement_problem(line, env.allows_urls)
+        if expected:
+            return None, f"env.requirements_file: line {n} of {p}: given {_describe_input(line)}; expected {expected}"
+        lines.append(line)
+    name = env.name or (p.stem if _ENV_NAME.match(p.stem) else None)
+    out = {"requirements": lines, "python": env.python, "name": name}
+    return {k: v for k, v in out.items() if v is not None}, None
 
 
 def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Path | None = None) -> dict:
@@ -104,15 +142,11 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
         if workdir_problems(str(base), state_root):
             problems.append(f"workdir: not given, so it would be {base}: {workdir_problems(str(base), state_root)[0].split(': ', 1)[1]}")
     if isinstance(spec.env, EnvSpecType) and spec.env.requirements_file:
-        p = Path(_abs(spec.env.requirements_file, base))
-        if not p.is_file():
-            problems.append(f"env.requirements_file: {p} does not exist")
+        env, problem = requirements_file(spec.env, base)
+        if problem:
+            problems.append(problem)
         else:
-            data["env"] = {"requirements": [l for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")],
-                           "python": spec.env.python, "name": spec.env.name or p.stem}
-            data["env"] = {k: v for k, v in data["env"].items() if v is not None}
-    elif isinstance(spec.env, str) and spec.env != "system" and spec.env not in _env_names():
-        problems.append(f"env: given {spec.env!r}; expected 'system' or one of envs/: {', '.join(_env_names())}")
+            data["env"] = env
     for i, dep in enumerate(spec.after):
         if not dep:
             problems.append(f"after.{i}: empty job id")

@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import defaults
@@ -63,19 +63,72 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _allows_urls(info: ValidationInfo) -> bool:
+    """Whether the site config given to parse_spec lets requirements be `name @ URL` ([envs] allow_requirement_urls)."""
+    site = info.context if isinstance(info.context, dict) else {}
+    return bool((site.get("envs") or {}).get("allow_requirement_urls"))
+
+
+def _known_envs() -> list[str]:
+    from .envs import named_env_names  # a folder listing; env building itself is not loaded
+
+    return named_env_names()
+
+
+def _unknown_env() -> str:
+    return f"an env name: 'system' or one of envs/: {', '.join(_known_envs())}"
+
+
 class EnvSpec(_Strict):
-    """An env given inline: a requirements list or file, and optionally a Python version."""
+    """An env given inline: a requirements list or file, and optionally a Python version; or a
+    packaged env by name (with another Python). Requirements are package specifiers only."""
 
     requirements: Optional[list[str]] = Field(None, max_length=1000)
     requirements_file: Optional[str] = Field(None, max_length=4096)
     python: Optional[str] = Field(None, max_length=32)
     name: Optional[str] = Field(None, max_length=64)
+    _allow_urls: bool = PrivateAttr(False)
+
+    @field_validator("requirements")
+    @classmethod
+    def _specifiers(cls, v, info: ValidationInfo):
+        # Each line goes to `uv pip compile` as a line of a requirements file: a URL, a path or an
+        # option there would fetch or run what the user points at.
+        if v is None:
+            return v
+        from .envs import requirement_problem
+
+        allow = _allows_urls(info)
+        problems = [f"env.requirements.{i}: given {_describe_input(r)}; expected {p}"
+                    for i, r in enumerate(v) if (p := requirement_problem(r, allow))]
+        if problems:
+            raise _lines(problems)
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v):
+        if v is not None and not re.fullmatch(r"3\.\d{1,2}(\.\d{1,3})?", v):
+            raise ValueError('a Python version such as "3.11"')
+        return v
 
     @model_validator(mode="after")
-    def _one_source(self):
-        if self.name is None and (self.requirements is None) == (self.requirements_file is None):
+    def _one_source(self, info: ValidationInfo):
+        inline = self.requirements is not None or self.requirements_file is not None
+        if self.requirements is not None and self.requirements_file is not None or not inline and self.name is None:
             raise ValueError("give exactly one of requirements (a list) or requirements_file (a path), or name")
+        if not inline and self.name not in _known_envs():  # a packaged env: never a path
+            raise _lines([f"env.name: given {_describe_input(self.name)}; expected one of envs/: {', '.join(_known_envs())}"])
+        if inline and self.name is not None and not _ENV_NAME.match(self.name):  # only a label for `runner envs ls`
+            raise _lines([f"env.name: given {_describe_input(self.name)}; expected letters, digits, '_', '.', '-' "
+                          "(at most 64, starting with a letter or digit)"])
+        self._allow_urls = _allows_urls(info)
         return self
+
+    @property
+    def allows_urls(self) -> bool:
+        """Whether this spec was validated under a site config that allows `name @ URL` requirements."""
+        return self._allow_urls
 
 
 class Dataset(_Strict):
@@ -226,16 +279,16 @@ class JobSpec(_Strict):
 
     @field_validator("env")
     @classmethod
-    def _env(cls, v):
+    def _env(cls, v, info: ValidationInfo):
         if v is None:
             return v
         if isinstance(v, str):
-            if not _ENV_NAME.match(v):
-                raise ValueError("an env name from envs/ (e.g. 'base', 'timm') or 'system'")
+            if not _ENV_NAME.match(v) or v != "system" and v not in _known_envs():
+                raise ValueError(_unknown_env())  # never a path: the name picks a folder of envs/
             return v
         if isinstance(v, dict):
             try:
-                return EnvSpec.model_validate(v)
+                return EnvSpec.model_validate(v, context=info.context)
             except ValidationError as err:
                 raise _lines(format_errors(err, prefix="env")) from None
         if isinstance(v, EnvSpec):
@@ -376,8 +429,9 @@ def _nul_problems(data, path: str, out: list, depth: int = 0):
         out.append(f"{path or '(job)'}: given {data}; expected a finite number")
 
 
-def parse_spec(data: Any) -> JobSpec:
-    """Validate a mapping into a JobSpec, or raise SpecError with one line per problem."""
+def parse_spec(data: Any, site: dict | None = None) -> JobSpec:
+    """Validate a mapping into a JobSpec, or raise SpecError with one line per problem. `site` is
+    the site config (Home.config): its [envs] allow_requirement_urls lets requirements be URLs."""
     if not isinstance(data, dict):
         raise SpecError([f"(job): given {_describe_input(data)}; expected a mapping of fields (name:, command: or model:, ...)"])
     problems: list[str] = []
@@ -388,6 +442,6 @@ def parse_spec(data: Any) -> JobSpec:
     if size > defaults.MAX_SPEC_BYTES:
         raise SpecError([f"(job): the spec is {size} bytes; at most {defaults.MAX_SPEC_BYTES} (keep data in files, not in the spec)"])
     try:
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(data, context=site or {})
     except ValidationError as err:
         raise SpecError(format_errors(err)) from None

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT, wait_for
-from runner.envs import COMPLETE, EnvManager, EnvRequest, inline_request, normalise_lock
+from runner.envs import COMPLETE, EnvManager, EnvRequest, compile_lock, find_python, inline_request, normalise_lock
 from runner.store import Store
 
 SMALL = ["six==1.16.0", "packaging"]
@@ -139,12 +139,21 @@ def test_gc_and_rm_keep_an_env_that_a_waiting_job_will_use(runner, daemon, home,
     runner.run("cancel", blocker)
 
 
+def daemons_own(requirements: list[str]) -> EnvRequest:
+    """An env the daemon builds itself, as it does a packaged or registry lock (no owner)."""
+    py, ver = find_python(None)
+    return EnvRequest(name="admin", lock=compile_lock("\n".join(requirements) + "\n", ver, python=py), python=py, python_version=ver)
+
+
 def test_a_second_env_shares_the_bytecode_of_the_nearest_one(tmp_path):
+    # envs the daemon builds itself share bytecode; one built from a user's requirements lends none
     store = Store(tmp_path / "runner.db")
     mgr = EnvManager(tmp_path / "envs", store)
-    first = mgr.ensure(inline_request(SMALL))
+    users = mgr.ensure(inline_request(["six==1.16.0", "packaging", "idna"]))
+    first = mgr.ensure(daemons_own(SMALL))
+    assert mgr.nearest(daemons_own(["six==1.16.0", "packaging", "idna"])) == first != users
     lines = []
-    second = mgr.ensure(inline_request(["six==1.16.0", "packaging", "idna"]), log=lines.append)
+    second = mgr.ensure(daemons_own(["six==1.16.0", "packaging", "idna"]), log=lines.append)
     assert second != first
     sp1, sp2 = (next(p.glob("lib/python*/site-packages")) for p in (first, second))
     shared = next(sp2.glob("packaging/__pycache__/version.*.pyc"))

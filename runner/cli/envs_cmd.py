@@ -27,8 +27,8 @@ def envs(args):
             from runner.prepare import waiting_envs
 
             waiting = waiting_envs(s, h.config)
-        keys, names = waiting
-        return row["active"] + int(row["hash"] in keys or row["name"] in names)
+        keys, names, inputs = waiting
+        return row["active"] + int(row["hash"] in keys or row["name"] in names or (row.get("inputs") or "") in inputs)
     if args.action == "ls":
         rows = mgr.listing()
         if args.json:
@@ -41,7 +41,7 @@ def envs(args):
     if args.action in ("build", "lock") and not args.target:
         raise RunnerError(f"envs {args.action}: give an env name (from envs/)")
     if args.action == "build":
-        req = named_request(args.target, args.python)
+        req = named_request(args.target, args.python, h.config.get("envs"))
         if mgr.ready(req.key):
             print(f"{args.target}: {req.key} already built at {mgr.path(req.key)}")
             return 0

@@ -91,7 +91,7 @@ class Intake:
             quarantine(self.home, path, f"internal error while taking it in: {type(e).__name__}: {str(e)[:200]}")
 
     def _ingest_job(self, rec: dict, uid: int, now: float):
-        spec = parse_spec(rec["spec"])
+        spec = parse_spec(rec["spec"], self.home.config)
         job_id = rec["id"]
         if spec.workdir is not None:
             from ..resolve import workdir_problems
