@@ -21,7 +21,6 @@ import ipaddress
 import json
 import resource
 import socket
-import time
 
 MAX_BODY_BYTES = 1 << 20
 """Largest request body by default (a job spec is a few KB); a site raises it with [server] max_body_bytes."""
@@ -34,6 +33,10 @@ HEADER_SECONDS = 10.0
 
 KEEP_ALIVE_SECONDS = 5
 """How long an idle keep-alive connection is kept."""
+
+BACKLOG = 128
+"""Pending connections the kernel queues; asyncio accepts up to this many at once before any is
+looked at, so it counts against the descriptors too."""
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -177,9 +180,19 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def connection_cap(max_connections: int = MAX_CONNECTIONS) -> int:
+    """How many connections may be open now: the site's cap, within half the open files limit less
+    an accept burst (the other half is for the store, the spool and the jobs' logs and pipes)."""
+    return max(8, min(max_connections, fd_limit() // 2 - BACKLOG))
+
+
 def _protocol(max_connections: int, header_seconds: float):
     """uvicorn's HTTP/1.1 protocol (h11) with runner's connection bounds (see `server`)."""
+    from collections import OrderedDict
+
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    idle: OrderedDict = OrderedDict()  # connections with no request in progress, longest idle first
 
     class Bounded(H11Protocol):
         """A connection that must send a request head in time, and that gives way when the server
@@ -188,36 +201,45 @@ def _protocol(max_connections: int, header_seconds: float):
 
         def connection_made(self, transport):
             super().connection_made(transport)
-            self.idle_since = time.monotonic()
             self.head_timer = self.loop.call_later(header_seconds, self._head_late)
-            cap = max(8, min(max_connections, fd_limit() // 2))
-            if len(self.connections) > cap:
-                idle = [c for c in self.connections if c is not self and getattr(c, "idle_since", None) is not None]
-                if idle:
-                    min(idle, key=lambda c: c.idle_since).transport.close()
-                else:  # every connection has a request in progress: this one waits its turn elsewhere
+            self._idle()
+            if len(self.connections) > connection_cap(max_connections):
+                oldest = next(iter(idle))
+                if oldest is self:  # every other connection has a request in progress: this one waits its turn elsewhere
+                    self._busy()
                     transport.close()
+                else:
+                    oldest._busy()
+                    oldest.transport.close()
+
+        def _idle(self):
+            idle.pop(self, None)
+            idle[self] = None
+
+        def _busy(self):
+            idle.pop(self, None)
 
         def handle_events(self):
             super().handle_events()
             if self.cycle is not None and not self.cycle.response_complete:
-                self.idle_since = None  # a request is in progress: not idle, its head arrived
+                self._busy()  # a request is in progress: its head arrived
                 self.head_timer.cancel()
 
         def on_response_complete(self):
             super().on_response_complete()
             if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-                self.idle_since = time.monotonic()
+                self._idle()
                 self.head_timer.cancel()
                 self.head_timer = self.loop.call_later(header_seconds, self._head_late)
 
         def connection_lost(self, exc):
             self.head_timer.cancel()
-            self.idle_since = None
+            self._busy()
             super().connection_lost(exc)
 
         def _head_late(self):
             if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self._busy()
                 self.transport.close()  # no complete request head in time (or an idle slowloris)
 
     return Bounded
@@ -233,5 +255,5 @@ def server(app, bind: str, settings: dict | None = None):
     host, _, port = bind.rpartition(":")
     config = uvicorn.Config(app, host=host.strip("[]") or "127.0.0.1", port=int(port), log_level="warning", access_log=False,
                             lifespan="off", ws="none", http=_protocol(cap, float(settings.get("header_seconds", HEADER_SECONDS))),
-                            timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=cap + 1)
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=cap + 1, backlog=BACKLOG)
     return uvicorn.Server(config)
