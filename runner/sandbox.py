@@ -79,7 +79,9 @@ def wrap(argv: list[str], job_dir: Path, writable: list[Path], network: bool, cw
     bwrap = bwrap_path()
     if not bwrap:
         return argv, False
-    args = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
+    # /dev is the host's (the GPUs' device files), but /dev/shm is the job's own: the host's is
+    # shared by every user, and what a job leaves there would outlive it.
+    args = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
     if not network:
         args.append("--unshare-net")
@@ -106,6 +108,6 @@ def report() -> dict:
         "bubblewrap": bwrap or None,
         "bubblewrap_works": bwrap_path() is not None,
         "user_namespaces": (userns.read_text().strip() == "1") if userns.exists() else os.path.exists("/proc/self/ns/user"),
-        "isolation": "bubblewrap: read-only system, private pid/ipc namespaces, network cut when asked"
+        "isolation": "bubblewrap: read-only system, private pid/ipc namespaces and /dev/shm, network cut when asked"
         if bwrap_path() else "process group + scrubbed env + rlimits only (install bubblewrap for a read-only system and network:false)",
     }
