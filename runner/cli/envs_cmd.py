@@ -8,6 +8,18 @@ import time
 from .common import ago, fmt_size, home, print_json, table
 
 
+def _owner(uid) -> str:
+    """Whose requirements an env was built from ('shared' for a packaged or repo env)."""
+    if uid is None:
+        return "shared"
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def envs(args):
     """Dispatch the envs sub-verbs."""
     from runner import defaults
@@ -34,9 +46,9 @@ def envs(args):
         if args.json:
             print_json(rows)
         else:
-            table([[r["hash"], r["name"], r["python"], fmt_size(r["size"]), ago(r["built_at"]), ago(r["last_used"]), r["jobs"],
-                    f"{r['build_seconds']:.1f}s" if r.get("build_seconds") else ""] for r in rows],
-                  ["HASH", "NAME", "PYTHON", "SIZE", "BUILT", "USED", "JOBS", "BUILD"])
+            table([[r["hash"], r["name"], r["python"], _owner(r.get("owner")), fmt_size(r["size"]), ago(r["built_at"]),
+                    ago(r["last_used"]), r["jobs"], f"{r['build_seconds']:.1f}s" if r.get("build_seconds") else ""] for r in rows],
+                  ["HASH", "NAME", "PYTHON", "OWNER", "SIZE", "BUILT", "USED", "JOBS", "BUILD"])
         return 0
     if args.action in ("build", "lock") and not args.target:
         raise RunnerError(f"envs {args.action}: give an env name (from envs/)")
