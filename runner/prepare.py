@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import envs, sandbox
+from . import diskspace, envs, sandbox
 from .exceptions import EnvBuildError, RunnerError
 from .identity import Person, check_paths_as, drops_privileges, hand_over, person
 
@@ -124,7 +124,8 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
     if not sandboxed and not network:
         log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
     launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),
-              "sandboxed": sandboxed, "log_mode": log_mode(home)}
+              "sandboxed": sandboxed, "log_mode": log_mode(home),
+              "log_max_bytes": diskspace.settings(home.config)["log_max_bytes"]}  # the shim keeps the log under it
     if drops_privileges(who.uid):
         launch["user"] = {"uid": who.uid, "gid": who.gid, "groups": list(who.groups)}
     _write_json(home.run_dir(job["id"]) / "launch.json", launch, mode=0o600)  # it holds the env_vars values

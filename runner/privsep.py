@@ -39,7 +39,7 @@ def _verbs() -> dict:
     """verb -> (modules to load before dropping, function(payload) -> JSON-able answer)."""
     return {
         "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
-                    "runner.store", "runner.spool", "runner.sitereg", "config_translators"], _submit),
+                    "runner.store", "runner.spool", "runner.sitereg", "runner.envs", "config_translators"], _submit),
         "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
         "call": ([], _call),
     }

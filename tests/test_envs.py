@@ -167,3 +167,49 @@ def test_a_second_env_shares_the_bytecode_of_the_nearest_one(tmp_path):
     r = subprocess.run([str(second / "bin" / "python"), "-v", "-c", "import packaging.version, idna"], capture_output=True, text=True)
     assert r.returncode == 0
     assert f"matches {sp2 / 'packaging' / 'version.py'}" in r.stderr  # "# code object from ... .pyc matches ...": no recompile
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("numpy", True), ("numpy>=1.26", True), ("numpy==1.26.*", True), ("torch==2.14.1+cpu", True), ("a_b.c-d~=1.0", True),
+    ("requests[socks,security] >=2.0, <3", True), ("packaging (>=20)", True),
+    ("six; python_version < '3.12' and sys_platform == \"linux\"", True),
+    ("pkg @ file:///home/bob/evilpkg", False), ("pkg @ https://host/pkg.whl", False), ("https://host/pkg.whl", False),
+    ("git+https://host/repo.git", False), ("./pkg", False), ("/abs/pkg", False), ("~/pkg", False), ("pkg.tar.gz/", False),
+    ("-r reqs.txt", False), ("-e .", False), ("-c constraints.txt", False), ("--index-url http://h/simple", False),
+    ("six --index-url http://h/simple", False), ("six\n-e /x", False), ("six \\", False), ("six # -e", False),
+    ("six; os.system('x')", False), ("six; python_version < '3' --hash=sha256:aa", False), ("", False), (" ", False),
+])
+def test_inline_requirements_are_package_specifiers(text, ok):
+    from runner.envs import SPECIFIER_EXPECTED, requirement_problem
+
+    assert requirement_problem(text) == (None if ok else SPECIFIER_EXPECTED)
+
+
+def test_a_site_may_allow_requirement_urls_but_never_paths_or_options():
+    from runner.exceptions import SpecError
+    from runner.spec import parse_spec
+
+    site = {"envs": {"allow_requirement_urls": True}}
+    spec = {"command": ["true"], "env": {"requirements": ["pkg @ https://host/pkg-1.0-py3-none-any.whl"]}}
+    with pytest.raises(SpecError, match=r"^env.requirements.0: given 'pkg @ https://host/pkg-1.0-py3-none-any.whl'; expected"):
+        parse_spec(spec)
+    assert parse_spec(spec, site).env.requirements == spec["env"]["requirements"]
+    for bad in ("pkg @ file:///home/bob/pkg", "-e /home/bob/pkg", "pkg --index-url https://host/simple"):
+        with pytest.raises(SpecError):
+            parse_spec({"command": ["true"], "env": {"requirements": [bad]}}, site)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon's choice (its envs are run by every user)")
+def test_envs_are_made_from_a_python_every_user_can_run():
+    from runner.envjail import build_person
+    from runner.envs import EnvBuildError, base_python
+
+    who = build_person()
+    path, version = base_python()
+    assert version.rsplit(".", 1)[0] == "%d.%d" % sys.version_info[:2]
+    r = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, user=who.uid, cwd="/")
+    assert r.returncode == 0 and r.stdout.strip() == str(sys.version_info[:2])
+    with pytest.raises(EnvBuildError) as e:
+        base_python("3.99")
+    assert str(e.value) == (f"env.python: no Python 3.99 that the build user {who.name} can run (tried nothing found); "
+                            "set [envs] python to one every user may run, e.g. /usr/bin/python3.99")

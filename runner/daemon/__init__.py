@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import defaults, gpus as gpus_mod
+from .. import defaults, diskspace, gpus as gpus_mod
 from ..envs import EnvManager
 from ..exceptions import RunnerError
 from ..home import Home
@@ -55,6 +55,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
         self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
         self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
+        diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
         self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
         self._slurm_next, self._slurm_errors = 0.0, 0
         self.backend = Slurm(self) if self.slurm else Local(self)

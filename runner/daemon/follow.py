@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from .. import defaults
+from ..diskspace import full_note
 from ..exceptions import InvalidTransition
 from ..outcome import decide, oom_in
 from ..proctl import alive, kill_tree, read_json
@@ -136,6 +137,8 @@ class Follow:
         state, reason = decide(exit_info, failure, cancel_requested=bool(fresh["cancel_requested"]),
                                timed_out=bool(fresh["timed_out"]), oom_in_log=oom_in(tail))
         note, mismatch = self._check_results_file(job, job_dir)
+        if reason == Reason.DISK_FULL.value:  # which folder was full
+            note = "; ".join(filter(None, [full_note(exit_info), note]))
         if mismatch and state == JobState.SUCCEEDED:  # the table asked for a disagreement to fail the job
             state, reason = JobState.FAILED, Reason.RESULTS_MISMATCH.value
         # The end time is the shim's, not this pass's: a job that ended while the daemon was down

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+from .. import diskspace
 from .. import gpus as gpus_mod
 from ..exceptions import EnvBuildError, InvalidTransition, JobNotFound, RepoError, RunnerError
 from ..proctl import kill_tree
@@ -51,6 +52,12 @@ class Launch:
         # when they come within the window.
         queued = self.store.queued_jobs(limit=max(32, 8 * self.max_running))
         if not queued:
+            return
+        low = diskspace.low_space(self.home)  # below [jobs] min_free_mb where jobs write: none starts, each says why
+        if low:
+            for j in queued:
+                if j["reason"] != low:
+                    self.store.update_job(j["id"], reason=low)
             return
         deps = {d for j in queued for d in (j["after"] or [])}
         dep_states = {}
