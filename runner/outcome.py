@@ -35,10 +35,12 @@ def decide(exit_info: dict, failure: dict | None = None, *, cancel_requested: bo
     2. a job the runner stopped at its time limit is `failed/timeout`;
     3. a program that could not start is `failed/spawn_failed`;
     4. exit status 0 is `succeeded` (stragglers on its GPUs killed afterwards do not change that);
-    5. a reason the adapter wrote (failure.json: oom, bad_config, ...) is taken as given;
-    6. an out-of-memory message in the log's tail is `failed/oom`;
-    7. a signal is `failed/killed_by_signal` (stragglers killed by the runner leave a note, not this);
-    8. any other status is `failed/exit_code`.
+    5. a full disk the shim saw (its log could not be written, or the job said "No space left on
+       device") is `failed/disk_full` (runner.diskspace.full_note names the folder);
+    6. a reason the adapter wrote (failure.json: oom, bad_config, ...) is taken as given;
+    7. an out-of-memory message in the log's tail is `failed/oom`;
+    8. a signal is `failed/killed_by_signal` (stragglers killed by the runner leave a note, not this);
+    9. any other status is `failed/exit_code`.
     """
     if cancel_requested:
         return Ending(JobState.CANCELLED, Reason.CANCELLED_BY_USER.value)
@@ -48,6 +50,8 @@ def decide(exit_info: dict, failure: dict | None = None, *, cancel_requested: bo
         return Ending(JobState.FAILED, Reason.SPAWN_FAILED.value)
     if exit_info.get("exit_code") == 0 and not exit_info.get("signal"):
         return Ending(JobState.SUCCEEDED, None)
+    if isinstance(exit_info.get("disk_full"), dict):
+        return Ending(JobState.FAILED, Reason.DISK_FULL.value)
     if failure and isinstance(failure.get("reason"), str) and failure["reason"] in {r.value for r in Reason}:
         return Ending(JobState.FAILED, failure["reason"])
     if oom_in_log:

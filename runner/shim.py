@@ -1,10 +1,15 @@
 """The shim: a tiny launcher that outlives the daemon.
 
 Started by the daemon as `python -I -S shim.py RUN_DIR` in a session of its own. It reads
-RUN_DIR/launch.json, starts the job in a new process group with its output appended to
+RUN_DIR/launch.json, starts the job in a new process group with its output (a pipe) copied into
 RUN_DIR/output.log, records the child in RUN_DIR/child.json, waits, and writes
 RUN_DIR/exit.json atomically. The daemon only ever watches these files, so it can be killed and
 restarted while jobs run. RUN_DIR is the daemon's: the job cannot write there.
+
+The shim, not the job, writes the log: past launch.json's `log_max_bytes` it keeps the head, says
+where it cut, and keeps the last part in memory until the job ends; a full disk loses output (and
+says so once it can), never the job. A job that ends after a full disk, its log's or one it
+reported ("No space left on device"), gets `disk_full` in exit.json with the folder that was full.
 
 When launch.json names a user, the job runs with her uid, gid and groups, with no way to gain
 privileges (no_new_privs), while the shim stays as it was to record the end. Standard library
@@ -17,17 +22,181 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+TAIL_MAX = 16 << 20  # most bytes of a cut log's last part held in memory until the job ends
+EXIT_RESERVE = 64 << 10  # disk space taken for exit.json when the job starts, so a full disk cannot stop it
+_FULL = (28, 122)  # ENOSPC, EDQUOT
+_FULL_WORDS = (b"No space left on device", b"Disk quota exceeded", b"[Errno 28]", b"ENOSPC")
 
-def _write_json(path, data):
+
+def _write_json(path, data, reserved=None):
+    """Write JSON atomically (a temporary file, fsync, rename); into `reserved` (a temporary file
+    made with its space at the start) when given, so that it can be written on a full disk."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
+    body = json.dumps(data).encode()
+    fd = reserved
+    if fd is None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(body))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _say(log_fd, line):
+    """A line of runner's into the log (lost on a full disk, where exit.json still says what happened)."""
+    try:
+        os.write(log_fd, line.encode())
+    except OSError:
+        pass
+
+
+def _reserve(path):
+    """exit.json's temporary file, made now with its disk space allocated (None when it cannot be)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        return None
+    try:
+        os.posix_fallocate(fd, 0, EXIT_RESERVE)
+    except (OSError, AttributeError):
+        pass  # a filesystem without fallocate: written the ordinary way at the end
+    return fd
+
+
+def _free(path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class _Relay:
+    """Copies the job's output from a pipe into its log: the cap (head, a line saying where it was
+    cut, the last part at the end), a full disk (the output lost meanwhile is counted and said), and
+    what the job said about a full disk (for exit.json). Runs in a thread; finish() ends it."""
+
+    def __init__(self, rfd, log_fd, cap):
+        self.rfd, self.log_fd, self.cap = rfd, log_fd, cap
+        self.tail_max = min(max(cap // 4, 4096), TAIL_MAX) if cap else 0
+        size = os.fstat(log_fd).st_size
+        self.head_left = max(cap - self.tail_max - size, 0) if cap else None
+        self.tail = bytearray()
+        self.cut = 0  # bytes past the head (the kept tail among them)
+        self.cutting = False
+        self.lost = 0  # bytes a full disk took, not yet said in the log
+        self.log_full = False
+        self.said_full = []  # short pieces of the job's output that spoke of a full disk
+        self.ended_line = True
+        self._prev = b""
+        self.lock = threading.Lock()
+        self.done = False
+
+    def run(self):
+        while True:
+            try:
+                data = os.read(self.rfd, 1 << 16)
+            except OSError:
+                data = b""
+            with self.lock:
+                if self.done:
+                    return
+                if not data:
+                    return
+                self._take(data)
+
+    def _take(self, data):
+        seen = self._prev + data
+        if len(self.said_full) < 4 and any(w in seen for w in _FULL_WORDS):
+            at = max(seen.rfind(w) for w in _FULL_WORDS)
+            self.said_full.append(seen[max(0, at - 300):at + 300])
+        self._prev = data[-64:]
+        if self.cap is None or (not self.cutting and len(data) <= self.head_left):
+            self._out(data)
+            if self.cap is not None:
+                self.head_left -= len(data)
+            return
+        if not self.cutting:
+            room = data[:self.head_left]
+            nl = room.rfind(b"\n")
+            if nl >= 0 and len(room) - nl < (1 << 16):
+                room = room[:nl + 1]  # cut at a line's end where there is one near
+            self._out(room)
+            data = data[len(room):]
+            self.cutting = True
+            self._out(("" if self.ended_line else "\n").encode() + (
+                f"runner: this log reached its cap ([jobs] log_max_mb = {self.cap / 2**20:g}); the output is cut here "
+                f"and its last part is written when the job ends\n").encode())
+        self.cut += len(data)
+        self.tail += data
+        if len(self.tail) > self.tail_max:
+            del self.tail[:len(self.tail) - self.tail_max]
+
+    def _out(self, data):
+        if not data:
+            return
+        if self.lost:
+            note = (f"{'' if self.ended_line else chr(10)}runner: {self.lost} bytes of output were lost here: "
+                    "the disk holding this log was full\n").encode()
+            if not self._write(note):
+                self.lost += len(data)
+                return
+            self.lost = 0
+            self.ended_line = True
+        if self._write(data):
+            self.ended_line = data.endswith(b"\n")
+
+    def _write(self, data) -> bool:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.log_fd, view):]
+            except OSError as e:
+                if e.errno not in _FULL:
+                    raise
+                self.log_full = True
+                self.lost += len(view)
+                return False
+        return True
+
+    def finish(self):
+        """Stop copying (what is still in the pipe after the job and its leftovers ended is read
+        first), and write the kept last part of a cut log."""
+        with self.lock:
+            self.done = True
+            if self.cutting:
+                kept = bytes(self.tail)
+                if self.cut > len(kept) and b"\n" in kept[:-1]:
+                    kept = kept[kept.index(b"\n") + 1:]  # from a line's start
+                self._out(f"runner: {self.cut - len(kept)} bytes of output were cut here; its last {len(kept)} bytes follow\n".encode())
+                self._out(kept)
+
+    def disk_full(self, log_folder, job_folders):
+        """exit.json's `disk_full`: the folder that was full, when the log could not be written or
+        the job spoke of a full disk; None otherwise. Only runner's own folders are named (never
+        a path from the job's output: the note is seen by everyone): the log's when it could not be
+        written, else the job's folder its words name, else the one with the least space left."""
+        if not self.log_full and not self.said_full:
+            return None
+        folders = list(dict.fromkeys(f for f in [*job_folders, log_folder] if isinstance(f, str) and f))
+        if self.log_full:
+            folder = log_folder
+        else:
+            said = b"".join(self.said_full).decode("utf-8", "replace")
+            named = [f for f in sorted(folders, key=len, reverse=True) if f in said]
+            frees = [(f, _free(f)) for f in folders]
+            folder = named[0] if named else min(frees, key=lambda x: x[1] if x[1] is not None else 1 << 62)[0]
+        return {"folder": folder, "free_bytes": _free(folder), "log": self.log_full}
 
 
 _FIELDS = {"RLIMIT_AS": "memory_gb", "RLIMIT_NOFILE": "max_open_files", "RLIMIT_NPROC": "max_processes",
@@ -162,41 +331,60 @@ def main(job_dir):
 
     started = time.time()
     _subreaper()
+    reserved = _reserve(exit_path)
+    out_r, out_w = os.pipe()
     try:
         # The limits are set in the child after it became the job's user: above the hard limit it
         # inherits, only a root job could raise them.
-        limits = _fit_limits(spec.get("rlimits") or {}, lambda m: os.write(log_fd, f"runner: warning: {m}\n".encode()),
+        limits = _fit_limits(spec.get("rlimits") or {}, lambda m: _say(log_fd, f"runner: warning: {m}\n"),
                              can_raise=os.geteuid() == 0 and not user)
         ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]} if user else {}
         proc = subprocess.Popen(
-            spec["argv"], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+            spec["argv"], stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
             env=_environment(spec), cwd=spec["cwd"], process_group=0, close_fds=True,
             # Only when there is something to do in the child: a preexec_fn costs every start a slower fork.
             preexec_fn=_in_child(limits, _prctl() if user else None) if (limits or user) else None, **ids,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as e:
-        os.write(log_fd, f"runner: failed to start {spec['argv'][0]!r}: {e}\n".encode())
+        os.close(out_r)
+        os.close(out_w)
+        _say(log_fd, f"runner: failed to start {spec['argv'][0]!r}: {e}\n")
         _write_json(exit_path, {"exit_code": None, "signal": None, "spawn_error": str(e),
-                                "started_at": started, "finished_at": time.time()})
+                                "started_at": started, "finished_at": time.time()}, reserved)
         return 0
+    os.close(out_w)
+    relay = _Relay(out_r, log_fd, spec.get("log_max_bytes"))
+    copier = threading.Thread(target=relay.run, name="log", daemon=True)
+    copier.start()
     child["proc"] = proc
-    _write_json(os.path.join(job_dir, "child.json"), {"pid": proc.pid, "pgid": proc.pid, "started_at": started,
-                                                      "shim_pid": os.getpid()})
+    try:
+        _write_json(os.path.join(job_dir, "child.json"), {"pid": proc.pid, "pgid": proc.pid, "started_at": started,
+                                                          "shim_pid": os.getpid()})
+    except OSError:
+        pass  # a full disk: the daemon follows the job through the shim's pid, which it recorded
     if child["signal"] is not None:
         forward(child["signal"], None)
     rc = proc.wait()
     finished = time.time()
     _end_leftovers()
+    copier.join(5.0)  # the pipe's end: every process of the job has ended (or kept it open: not waited for)
+    relay.finish()
     sig = -rc if rc < 0 else None
     if spec.get("sandboxed") and rc > 128 and rc - 128 < signal.NSIG:
         # bubblewrap reports a child killed by signal N as exit status 128+N.
         sig = rc - 128
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    _write_json(exit_path, {
-        "exit_code": None if sig else rc, "signal": sig, "raw_status": rc,
-        "started_at": started, "finished_at": finished, "max_rss_kb": usage.ru_maxrss,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-    })
+    end = {"exit_code": None if sig else rc, "signal": sig, "raw_status": rc,
+           "started_at": started, "finished_at": finished, "max_rss_kb": usage.ru_maxrss,
+           "cpu_seconds": usage.ru_utime + usage.ru_stime}
+    env = spec.get("env") or {}
+    try:
+        full = relay.disk_full(job_dir, [env.get("RUNNER_JOB_DIR"), spec.get("cwd"), env.get("TMPDIR"), env.get("HOME")])
+    except Exception:  # noqa: BLE001 - a finer reason is never worth losing exit.json
+        full = None
+    if full and (rc != 0 or sig):
+        end["disk_full"] = full
+    _write_json(exit_path, end, reserved)
     os.close(log_fd)
     return 0
 

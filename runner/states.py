@@ -20,6 +20,7 @@ class Reason(str, Enum):
     EXIT_CODE = "exit_code"
     KILLED_BY_SIGNAL = "killed_by_signal"
     OOM = "oom"
+    DISK_FULL = "disk_full"  # a disk the job (or its log) writes to was full when it ended; the note names the folder
     ENV_BUILD_FAILED = "env_build_failed"
     PREPARE_FAILED = "prepare_failed"
     PATCH_FAILED = "patch_failed"
@@ -34,6 +35,7 @@ class Reason(str, Enum):
     WAITING_FOR_GPUS = "waiting_for_gpus"
     WAITING_FOR_DEPENDENCY = "waiting_for_dependency"
     USER_GPU_LIMIT = "user_gpu_limit"
+    WAITING_FOR_DISK_SPACE = "waiting_for_disk_space"  # below [jobs] min_free_mb: no job starts (the wait reason says where)
 
 
 ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})

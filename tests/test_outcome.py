@@ -32,6 +32,11 @@ S, F, C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
     ({"exit_code": 0}, None, {"stragglers_killed": True}, (S, None)),
     ({"exit_code": None, "signal": 9}, None, {"timed_out": True, "cancel_requested": True}, (C, "cancelled_by_user")),
     ({"exit_code": 0, "signal": 9}, None, {}, (F, "killed_by_signal")),
+    # a full disk the shim saw: before the adapter's reason, never over a success or a cancel
+    ({"exit_code": 1, "disk_full": {"folder": "/x"}}, {"reason": "bad_config"}, {}, (F, "disk_full")),
+    ({"exit_code": None, "signal": 9, "disk_full": {"folder": "/x"}}, None, {"oom_in_log": True}, (F, "disk_full")),
+    ({"exit_code": 0, "disk_full": {"folder": "/x"}}, None, {}, (S, None)),
+    ({"exit_code": 1, "disk_full": {"folder": "/x"}}, None, {"cancel_requested": True}, (C, "cancelled_by_user")),
 ])
 def test_table(exit_info, failure, flags, expected):
     assert tuple(decide(exit_info, failure, **flags)) == expected

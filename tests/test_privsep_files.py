@@ -197,3 +197,73 @@ def test_dataset_convert_never_writes_through_a_planted_link(team, tmp_path):  #
     finally:
         shutil.rmtree(shared, ignore_errors=True)
         shutil.rmtree(mine, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk_team(world, users):
+    """A root daemon whose jobs/ and run/ (job folders and logs) are on one 24 MB tmpfs, with
+    [jobs] min_free_mb = 6 and log_max_mb = 1 (skipped where mounts are not allowed)."""
+    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
+    os.chmod(home, 0o755)
+    disk = Path(tempfile.mkdtemp(prefix="disk-", dir=world))
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(disk)], capture_output=True).returncode:
+        shutil.rmtree(home)
+        pytest.skip("mount is not allowed here: no small disk to fill")
+    mounts = []
+    for sub in ("jobs", "run"):
+        (disk / sub).mkdir()
+        (home / sub).mkdir()
+        subprocess.run(["mount", "--bind", str(disk / sub), str(home / sub)], check=True)
+        mounts.append(home / sub)
+    (home / "config.toml").write_text("[jobs]\nmin_free_mb = 6\nlog_max_mb = 1\n")
+    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
+    try:
+        yield d, User(users[ALICE], world, home), User(users[BOB], world, home), home
+    finally:
+        d.kill(15)
+        for m in [*mounts, disk]:
+            subprocess.run(["umount", "-l", str(m)], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
+
+
+def test_a_full_disk_kills_no_job_but_the_one_that_needed_it_and_starts_none(small_disk_team):
+    d, alice, bob, home = small_disk_team
+    talk = ("import time\nfor i in range(80):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.1)\n"
+            "print('talker done', flush=True)")
+    hers = submit(alice, "talker", {"command": [SYSTEM_PY, "-c", talk]})
+    alice.wait(hers, "running")
+    wait_for(lambda: "tick 3" in (home / "run" / hers / "output.log").read_text(), 30, what="her job to talk")
+    his = submit(bob, "filler", {"command": ["/bin/sh", "-c", 'cd "$RUNNER_JOB_DIR" && head -c 100000000 /dev/zero > fill; exit 1']})
+    job = bob.wait(his)
+    assert (job["state"], job["reason"]) == ("failed", "disk_full"), job
+    assert job["note"].startswith(f"the disk was full: the folder {home / 'jobs' / his} (0 MB free"), job["note"]
+    assert os.statvfs(home / "jobs").f_bavail * os.statvfs(home / "jobs").f_frsize < 1 << 20
+    job = alice.wait(hers, timeout=60)
+    assert (job["state"], job["reason"]) == ("succeeded", None), "her job lived through the full disk"
+    # nothing starts below the floor; the wait reason and doctor say why
+    waiting = submit(alice, "waits", {"command": ["/bin/sh", "-c", "echo started"]})
+    reason = wait_for(lambda: (alice.show(waiting)["reason"] or "").startswith("waiting_for_disk_space"), 20,
+                      what="the wait reason") and alice.show(waiting)["reason"]
+    assert reason.startswith(f"waiting_for_disk_space: {home / 'jobs'} has 0 MB free, below [jobs] min_free_mb = 6; "), reason
+    time.sleep(1)
+    assert alice.show(waiting)["state"] == "queued"
+    env = {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    doc = subprocess.run([sys.executable, "-m", "runner", "doctor"], env=env, capture_output=True, text=True)
+    assert doc.returncode == 1 and f"disk            NO: jobs do not start: {reason}" in doc.stdout, doc.stdout
+    (home / "jobs" / his / "fill").unlink()  # an admin frees space
+    assert alice.wait(waiting)["state"] == "succeeded"
+    assert daemon_alive(d)
+
+
+def test_a_log_past_log_max_mb_is_cut_and_the_job_runs_on(small_disk_team):
+    d, alice, bob, home = small_disk_team
+    flood = "import sys\nfor i in range(100000): print(f'line {i} ' + 'y' * 60)\nprint('survived', flush=True)"
+    his = submit(bob, "flood", {"command": [SYSTEM_PY, "-c", flood]})
+    assert bob.wait(his)["state"] == "succeeded"
+    log = home / "run" / his / "output.log"
+    assert log.stat().st_size <= (1 << 20) + 4096, log.stat().st_size
+    text = bob.logs(his)
+    assert "runner: this log reached its cap ([jobs] log_max_mb = 1); the output is cut here" in text
+    assert "bytes of output were cut here; its last" in text and text.rstrip().endswith("line 99999 " + "y" * 60 + "\nsurvived")
+    assert daemon_alive(d)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from runner.prepare import spawn_shim
 
 SH = "/bin/sh"
@@ -185,3 +186,66 @@ def test_warm_launcher_forks_shims_that_outlive_it(tmp_path):
         time.sleep(0.05)
     assert json.loads((again / "exit.json").read_text())["exit_code"] == 0
     launcher.close()
+
+
+def test_a_log_past_its_cap_keeps_its_head_and_its_last_part_and_the_job_runs_on(tmp_path):
+    cap = 256 << 10
+    prog = "import sys\nfor i in range(30000): print(f'line {i} ' + 'x' * 90)\nprint('LAST LINE', flush=True)"
+    d = launch(tmp_path / "r", [sys.executable, "-c", prog], log_max_bytes=cap)
+    (d / "output.log").write_text("runner: prepared\n")
+    end = run(d)
+    assert end["exit_code"] == 0 and "disk_full" not in end
+    data = (d / "output.log").read_bytes()
+    assert len(data) <= cap + 1024, len(data)
+    lines = data.decode().splitlines()
+    assert lines[0] == "runner: prepared" and lines[1].startswith("line 0 ")
+    cut = next(i for i, l in enumerate(lines) if "this log reached its cap ([jobs] log_max_mb = 0.25)" in l)
+    assert lines[cut - 1].startswith("line ") and lines[cut - 1].endswith("x" * 90)  # cut at a line's end
+    assert "bytes of output were cut here; its last" in lines[cut + 1]
+    assert lines[cut + 2].startswith("line ") and lines[cut + 2].endswith("x" * 90)  # the tail from a line's start
+    assert lines[-1] == "LAST LINE" and lines[-2].startswith("line 29999 ")
+    numbers = [int(l.split()[1]) for l in lines[cut + 2:-1]]
+    assert numbers == list(range(numbers[0], 30000))  # the last part is whole, in order
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KB tmpfs (as root; skipped where mounts are not allowed)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount to make a small disk")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_loses_output_but_not_the_job(small_disk, tmp_path):
+    d = launch(small_disk / "r", [SH, "-c", f"head -c 700000 /dev/zero | tr '\\0' 'y'; echo; while [ ! -e {tmp_path}/go ]; "
+                                            "do sleep 0.05; done; echo after-the-full-disk; exit 4"])
+    proc = spawn_shim(d)
+    wait_for(lambda: (small_disk / "r" / "output.log").exists() and os.statvfs(small_disk).f_bavail == 0, 20,
+             what="the disk to fill")
+    time.sleep(0.3)
+    assert proc.poll() is None, "the shim (and its job) go on"
+    (d / "output.log").write_bytes(b"")  # space again (a person cleaned up)
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=30) == 0
+    end = json.loads((d / "exit.json").read_text())
+    assert end["exit_code"] == 4, end
+    assert end["disk_full"] == {"folder": str(d), "free_bytes": end["disk_full"]["free_bytes"], "log": True}
+    text = (d / "output.log").read_text()
+    assert "bytes of output were lost here: the disk holding this log was full\nafter-the-full-disk\n" in text, text[-300:]
+
+
+def test_a_job_that_says_its_disk_is_full_is_told_apart(small_disk, tmp_path):
+    work = small_disk / "work"
+    work.mkdir()
+    prog = f"open({str(work / 'big')!r}, 'wb').write(b'z' * (1 << 20))"
+    end = run(launch(tmp_path / "r", [sys.executable, "-c", prog], cwd=str(work), env={"PATH": "/usr/bin:/bin", "TMPDIR": str(work)}))
+    assert end["exit_code"] == 1 and end["disk_full"]["folder"] == str(work) and end["disk_full"]["log"] is False
+    assert "No space left on device" in (tmp_path / "r" / "output.log").read_text()
+    ok = run(launch(tmp_path / "ok", [SH, "-c", "echo 'No space left on device (just words)'; exit 2"]))
+    assert ok["exit_code"] == 2 and ok["disk_full"]["folder"] == str(tmp_path / "ok")  # said: the fullest of its folders
+    fine = run(launch(tmp_path / "fine", [SH, "-c", "echo fine; exit 2"]))
+    assert "disk_full" not in fine

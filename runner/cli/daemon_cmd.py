@@ -48,6 +48,9 @@ def doctor(args):
         target = target.parent
     du = shutil.disk_usage(target)
     report["disk"] = {"path": str(target), "free_gb": round(du.free / 1e9, 1), "total_gb": round(du.total / 1e9, 1)}
+    from runner import diskspace
+
+    report["disk"]["problem"] = diskspace.low_space(h) if h.root.exists() else None  # below [jobs] min_free_mb: no job starts
     uv_vars = {k: v for k, v in os.environ.items() if k.startswith("UV_")}
     report["uv_settings"] = sorted(uv_vars)
     from runner.permissions import audit, daemon_info
@@ -85,10 +88,12 @@ def doctor(args):
     print(f"user namespaces {ok(sb['user_namespaces'])}")
     print(f"isolation       {sb['isolation']}")
     print(f"disk            {report['disk']['free_gb']} GB free of {report['disk']['total_gb']} GB at {report['disk']['path']}")
+    if report["disk"]["problem"]:
+        print(f"disk            NO: jobs do not start: {report['disk']['problem']}")
     for note in team:
         print(f"server          {note}")
     problems = report["permission_problems"]
     print(f"permissions     {'ok: every part of ' + str(h.root) + ' is owned and closed as it should be' if not problems else str(len(problems)) + ' problem(s):'}")
     for p in problems:
         print(f"  - {p}")
-    return 1 if problems else 0
+    return 1 if problems or report["disk"]["problem"] else 0
