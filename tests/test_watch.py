@@ -3,6 +3,7 @@ parser state, waits for whole lines, caps what one look reads, and records check
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -156,3 +157,48 @@ def test_tail_lines_reads_only_the_end_and_resolves_redraws(tmp_path):
     assert tail_lines(log, 3, max_bytes=8) == ["final"] or len(tail_lines(log, 3, max_bytes=8)) <= 1
     assert tail_lines(tmp_path / "none", 5) == []
     assert tail_lines(log, 0) == []
+
+
+def test_only_the_jobs_own_regular_files_are_checkpoints(store, job_dir, tmp_path):
+    """Never through a link (the file or a folder on its way), never a FIFO (opening one would
+    block the daemon), never a file of someone else (the daemon's own included) or one with
+    another name elsewhere; each recorded checkpoint's identity is kept in the run folder."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files other owners")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ck = job_dir / "ckpt"
+    ck.mkdir()
+    os.chown(job_dir, 4242, 4242)
+    os.chown(ck, 4242, 4242)
+    mine = ck / "mine.pt"
+    mine.write_bytes(b"w" * 5)
+    os.chown(mine, 4242, 4242)
+    rootfile = tmp_path / "root-secret"
+    rootfile.write_bytes(b"root")
+    (ck / "daemons.pt").write_bytes(b"made by root")  # the daemon's (root's) own file is not the job's
+    os.link(rootfile, ck / "hardlink.pt")
+    (ck / "link.pt").symlink_to(mine)
+    os.mkfifo(ck / "fifo.pt")
+    os.chown(ck / "fifo.pt", 4242, 4242)
+    (job_dir / "up").symlink_to(ck)  # a folder reached through a link
+    (ck / "loop").symlink_to(".")  # and a link that loops
+    w = LogWatcher("job1", job_dir, None, checkpoints=["ckpt/*.pt", "up/*.pt", "**/*.pt", "../*.pt"], owner=4242,
+                   log_path=run_dir / "output.log")
+    w.poll(store)  # returns: the FIFO is not opened
+    assert [a["path"] for a in store.artifacts("job1")] == [str(mine)]
+    ident = json.loads((run_dir / watch.IDENTITIES).read_text())
+    st = mine.stat()
+    assert ident == {str(mine): [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]}
+    with pytest.raises(watch.Refused, match="symbolic link"):
+        watch.open_job_file(job_dir, "up/mine.pt", 4242)
+    with pytest.raises(watch.Refused, match="not a regular file"):
+        watch.open_job_file(job_dir, "ckpt/fifo.pt", 4242)
+    with pytest.raises(watch.Refused, match="not by the job's user"):
+        watch.open_job_file(job_dir, "ckpt/hardlink.pt", 4242)
+    os.chown(ck / "hardlink.pt", 4242, 4242)
+    with pytest.raises(watch.Refused, match="2 hard links"):
+        watch.open_job_file(job_dir, "ckpt/hardlink.pt", 4242)
+    # a watcher made again (the daemon restarted) knows what it recorded
+    again = LogWatcher("job1", job_dir, None, checkpoints=["ckpt/*.pt"], owner=4242, log_path=run_dir / "output.log")
+    assert again._known == {str(mine): watch.Identity(*ident[str(mine)])}
