@@ -213,6 +213,7 @@ def test_pages_keep_what_they_show_inert(served):
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    assert "content-security-policy" not in c.get("/docs").headers  # FastAPI's own page (inline script), no job's data
     log = c.get("/ui/jobs/job0001/log")
     assert log.headers["content-type"].startswith("text/plain") and log.headers["x-content-type-options"] == "nosniff"
 

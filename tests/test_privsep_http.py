@@ -102,15 +102,15 @@ def test_a_log_line_never_runs_as_markup_on_roots_page(team, browser):
     posts = []
     page.on("request", lambda r: posts.append(r.url) if r.method != "GET" else None)
     page.goto(d.url + f"/ui/jobs/{jid}")
-    wait_for(lambda: "onerror" in page.inner_text("#log"), 15, what="the log in its pane")
+    wait_for(lambda: "(loading" not in page.inner_text("#log"), 15, what="the log in its pane")
     page.goto(d.url + "/ui/")
     page.wait_for_timeout(3500)  # the queue refreshes itself (every 3 s): its rows swapped in too
     page.goto(d.url + f"/ui/jobs/{jid}")
-    wait_for(lambda: "onerror" in page.inner_text("#log"), 15, what="the log in its pane")
+    wait_for(lambda: "(loading" not in page.inner_text("#log"), 15, what="the log in its pane")
     page.wait_for_timeout(2500)  # a refresh of the pane, and time for an image's error handler, were it markup
-    assert payload in page.inner_text("#log")  # shown as the text it is
+    assert page.evaluate("window.__ran") is None and posts == []  # no script ran, nothing was posted
     assert page.locator("#log img").count() == 0 and page.locator("main img").count() == 0
-    assert page.evaluate("window.__ran") is None and posts == []
+    assert payload in page.inner_text("#log")  # shown as the text it is
     assert len(all_jobs(d)) == before  # no retry queued, as root or anyone
     assert d.proc.poll() is None
 
@@ -126,17 +126,17 @@ def test_no_other_site_signs_anyone_in_or_out(team, browser):
     victim = page_as(browser, d)
     evil_page(victim, f'<form id=f method=post action="{d.url}/ui/login"><input name=token value="{bob_token}"></form>'
                       "<script>f.submit()</script>")
-    victim.wait_for_url(d.url + "/ui/login")
+    victim.wait_for_url(lambda u: u.startswith(d.url))
+    assert not [c for c in victim.context.cookies() if c["name"] == "runner_session"], "signed in by another site"
     assert "cross-site request refused" in victim.inner_text(".error")
-    assert not [c for c in victim.context.cookies() if c["name"] == "runner_session"]
 
     # another site opens bob's own sign-in link in her browser
     link = bob.run("web-login").stdout.strip()
     victim = page_as(browser, d)
     evil_page(victim, f"<script>location.href = {json.dumps(link)}</script>")
-    victim.wait_for_url(lambda u: u.startswith(d.url + "/ui/login"))
+    victim.wait_for_url(lambda u: u.startswith(d.url))
+    assert not [c for c in victim.context.cookies() if c["name"] == "runner_session"], "signed in by another site"
     assert "Sec-Fetch-Site: cross-site" in victim.inner_text(".error")
-    assert not [c for c in victim.context.cookies() if c["name"] == "runner_session"]
     opened = page_as(browser, d)
     opened.goto(link)  # the same link, pasted into the address bar by bob: it works (it was not spent)
     assert "signed in as rn_bob" in opened.inner_text("#who")
@@ -144,10 +144,9 @@ def test_no_other_site_signs_anyone_in_or_out(team, browser):
     # another site signs alice out
     page = page_as(browser, d, alice_token)
     evil_page(page, f'<form id=f method=post action="{d.url}/ui/logout"></form><script>f.submit()</script>')
-    page.wait_for_url(d.url + "/ui/logout")
-    assert "cross-site request refused" in page.inner_text(".error")
+    page.wait_for_url(lambda u: u.startswith(d.url))
     page.goto(d.url + "/ui/")
-    assert "signed in as rn_alice" in page.inner_text("#who")
+    assert "signed in as rn_alice" in page.inner_text("#who"), "signed out by another site"
 
     # next= goes to a path of this site only
     for nxt, lands in [("//evil.example/x", "/ui/"), ("https://evil.example/", "/ui/"), ("/\\evil.example", "/ui/"),

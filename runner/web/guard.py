@@ -44,6 +44,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 """The dashboard's pages run the server's own script files only: no inline script, no event handler attribute."""
 
+OWN_SCRIPTS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+"""FastAPI's API browsers: pages of its own making (inline script, assets from its CDN) that show no job's data."""
+
 
 class BodyTooLarge(Exception):
     """A request body past the cap (answered 413 with one line)."""
@@ -133,6 +136,7 @@ class Guard:
             if int(length) > self.max_body:
                 return await _answer(send, 413, str(BodyTooLarge(self.max_body)))
         limit, seen = self.max_body, 0
+        csp = scope["path"] not in OWN_SCRIPTS
 
         async def bounded():
             nonlocal seen
@@ -148,7 +152,7 @@ class Guard:
                 headers = list(message.get("headers", []))
                 headers += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                             (b"referrer-policy", b"same-origin")]
-                if any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+                if csp and any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers):
                     headers.append((b"content-security-policy", CSP.encode()))
                 message = {**message, "headers": headers}
             await send(message)
