@@ -31,6 +31,9 @@ def _dir(home):
 def keep(home, job_id: str, env_vars: dict, uid: int, retry_of: str | None = None, retry_uid: int | None = None) -> dict:
     """Store the values of a new job's env_vars; returns them hidden, for the store.
 
+    The caller has made sure that job_id is new (its row claimed in the same transaction): this
+    replaces whatever file has that name.
+
     A value given as HIDDEN (a retry copies a hidden spec) is taken from the job it retries, when
     that job was the same user's.
     """
@@ -47,6 +50,14 @@ def keep(home, job_id: str, env_vars: dict, uid: int, retry_of: str | None = Non
 
         write_json(_dir(home) / f"{job_id}.json", values, mode=0o600)
     return {k: HIDDEN for k in values}
+
+
+def forget(home, job_id: str):
+    """Remove the values kept for a job (one whose row was not stored after all)."""
+    try:
+        os.unlink(home.secrets / f"{job_id}.json")
+    except FileNotFoundError:
+        pass
 
 
 def read(home, job_id: str | None, stored: dict) -> dict:

@@ -2,7 +2,9 @@
 
 A submit is one atomic rename of a complete file into spool/, so the daemon never reads half a
 job and a submit works while the daemon is down. The file's owner (st_uid) is the submitting
-user; the daemon trusts that, not what the file says.
+user; the daemon trusts that, not what the file says, and only for a file that nobody else could
+have written: a regular file with one name, writable by its owner alone. The id a record gives is
+taken only when no job has it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .home import Home
 
 _ID = re.compile(r"^[0-9a-z]{4,32}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_QUARANTINE_NAME = 230
+"""The longest name a file keeps in quarantine/ (NAME_MAX is 255; ".N.reason" follows it)."""
 
 
 class SpoolFileError(RunnerError):
@@ -46,17 +50,30 @@ def user_name(uid: int | None = None) -> str:
 
 def _drop(home: Home, name: str, record: dict, owner: tuple[int, int] | None = None):
     # 0600: a spec may hold secrets (env_vars); the daemon reads it as root, teammates may not.
-    # `owner` (uid, gid): the daemon drops a file for a user it knows by her token (HTTP writes);
-    # the file is hers, so intake treats it exactly as if she had run the CLI.
+    # `owner` (uid, gid): the daemon drops a file for a user it knows by her token (HTTP writes),
+    # or root retries her job; the file is hers, so intake treats it exactly as if she had run the CLI.
     tmp = home.spool / ".tmp" / f"{name}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
-        if owner is not None and owner[0] != os.geteuid():
-            os.fchown(f.fileno(), owner[0], owner[1])
-    os.rename(tmp, home.spool / name)
+    made = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        made = True
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+            if owner is not None and owner[0] != os.geteuid():
+                os.fchown(f.fileno(), owner[0], owner[1])
+        os.rename(tmp, home.spool / name)
+    except BaseException as e:
+        if made:  # a full disk leaves no half-written file behind
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            why = (e.strerror or str(e)).lower()
+            raise RunnerError(f"cannot write the spool: {why} ({home.spool})") from None
+        raise
 
 
 def submit(home: Home, spec: dict, now: float | None = None, retry_of: str | None = None,
@@ -109,21 +126,35 @@ def pending_jobs(home: Home) -> list[dict]:
     return out
 
 
-def quarantine(home: Home, path: Path, reason: str):
-    """Move a spool file the daemon cannot use aside, with the reason beside it.
+def quarantine(home: Home, path: Path, reason: str) -> bool:
+    """Move a spool file the daemon cannot use aside, with the reason beside it; never raises.
 
-    The file is moved as it is (a symlink stays a link, a FIFO is never opened); the reason file is
-    written with O_NOFOLLOW into the daemon's own folder, so no name a user picks redirects it.
+    The file is moved as it is (a symlink stays a link, a FIFO is never opened, a folder stays a
+    folder) under a name no earlier one holds; the reason file is written with O_NOFOLLOW into the
+    daemon's own folder, so no name a user picks redirects it. False when the file could not be
+    moved (a read-only disk): it stays in spool/.taking, where only a restart looks again.
     """
     name = path.name.removesuffix(".retry")
+    if len(name) > _QUARANTINE_NAME:  # room for a counter and ".reason" within NAME_MAX
+        name = name[:_QUARANTINE_NAME]
     dest = home.quarantine / name
     try:
-        os.replace(path, dest)
+        n = 1
+        while os.path.lexists(dest):  # a folder sent twice must not meet the first one
+            n += 1
+            dest = home.quarantine / f"{name}.{n}"
+        os.rename(path, dest)
     except FileNotFoundError:
-        return
+        return True
+    except OSError as e:
+        import logging
+
+        logging.getLogger("runner.daemon.intake").warning("cannot set %s aside: %s", path.name, e.strerror)
+        return False
+    try:
+        fd = os.open(home.quarantine / (dest.name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError:
-        os.unlink(path)
-    fd = os.open(home.quarantine / (name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        return True  # a full disk: the file is aside, its reason is in the daemon's log
     try:
         # The reason may quote what the file said: it is its owner's to read, like the file.
         try:
@@ -133,8 +164,11 @@ def quarantine(home: Home, path: Path, reason: str):
         except OSError:
             pass
         os.write(fd, (_CONTROL.sub(" ", reason)[:2000] + "\n").encode())
+    except OSError:
+        pass
     finally:
         os.close(fd)
+    return True
 
 
 def read_record(path: Path) -> tuple[dict, int]:
@@ -153,6 +187,15 @@ def read_record(path: Path) -> tuple[dict, int]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SpoolFileError("not a regular file (a FIFO, device or folder); the spool takes regular files only")
+        # Its owner is who asked only if nobody else could have written it: not a second name of
+        # a file (a hard link he made to her file), not a file that others may write (hers, in a
+        # shared folder, that he edited and moved here). `runner submit` writes 0600, one name.
+        if st.st_nlink != 1:
+            raise SpoolFileError(f"a hard link ({st.st_nlink} names); the spool takes files with exactly one name "
+                                 "(write it with runner submit)")
+        if st.st_mode & 0o022:
+            raise SpoolFileError(f"writable by others than its owner (mode {stat.S_IMODE(st.st_mode):04o}); the spool "
+                                 "takes files that only their owner can write (runner submit writes 0600)")
         if st.st_size > defaults.MAX_SPOOL_BYTES:
             raise SpoolFileError(f"{st.st_size} bytes; a spool file is at most {defaults.MAX_SPOOL_BYTES}")
         chunks, size = [], 0
@@ -178,12 +221,13 @@ def read_record(path: Path) -> tuple[dict, int]:
 
 
 def _time(rec: dict, key: str, now: float) -> float:
+    """A time the record gives, or now; one from a clock ahead of the daemon's is taken as now."""
     v = rec.get(key, now)
     if v is None:
         return now
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= now + 86400:
-        raise SpoolFileError(f"{key}: given {str(v)[:40]}; expected a time (seconds since 1970, not in the future)")
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise SpoolFileError(f"{key}: given {str(v)[:40]}; expected a time (seconds since 1970)")
+    return min(float(v), now)
 
 
 def check_job_record(rec: dict, now: float) -> dict:

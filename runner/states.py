@@ -29,6 +29,7 @@ class Reason(str, Enum):
     BAD_CONFIG = "bad_config"
     LOST = "lost"
     TIMEOUT = "timeout"
+    DAEMON_ERROR = "daemon_error"  # the daemon could not follow or schedule it (a bad value in its row); the note says what
     DEPENDENCY_FAILED = "dependency_failed"
     CANCELLED_BY_USER = "cancelled_by_user"
     NO_GPUS_ON_THIS_HOST = "no_gpus_on_this_host"

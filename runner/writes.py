@@ -133,10 +133,24 @@ def cancel(home, job: dict, uid: int, owner: tuple[int, int] | None = None) -> b
 
 
 def retry(home, job: dict, uid: int, owner: tuple[int, int] | None = None) -> dict:
-    """Queue a copy of an ended job (env_vars values come with it only for its owner)."""
+    """Queue a copy of an ended job; it stays its owner's, whoever asks.
+
+    Root (or the dashboard, or a token of root's) may retry anyone's job: the copy is spooled as
+    its owner's file, so it runs as her, with her env_vars values, never as root. `owner` is who
+    acts, used only for a job from before jobs had owners.
+    """
     check_may_act(job, uid, "retry")
     if job["state"] not in ENDED:
         raise RunnerError(f"job {job['id']}: is {job['state']}; only an ended job can be retried")
+    if job.get("uid") is not None:
+        from .identity import person
+
+        try:
+            who = person(job["uid"])
+        except KeyError:
+            raise RunnerError(f"job {job['id']}: its owner {job['user']} (uid {job['uid']}) is no longer a user here; "
+                              "it cannot be retried as theirs (submit a copy as yourself)") from None
+        owner = (who.uid, who.gid)
     spec = dict(job["spec"])
     spec["after"] = []
     return spool.submit(home, spec, retry_of=job["id"], owner=owner)

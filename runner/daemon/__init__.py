@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import defaults, diskspace, gpus as gpus_mod
 from ..envs import EnvManager
-from ..exceptions import RunnerError
+from ..exceptions import InvalidTransition, RunnerError
 from ..home import Home
 from ..mirror import Mirror, settings as mirror_settings
 from ..prepare import ShimLauncher
@@ -31,6 +31,7 @@ from ..spool import user_name
 from ..states import JobState
 from ..watch import LogWatcher
 from .backends import Local, Slurm
+from .faults import Backoff, own_trouble, rollback
 from .follow import Follow
 from .intake import Intake
 from .launch import Launch
@@ -76,6 +77,9 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.http_server = None
         self.last_tick = time.time()  # when the loop last completed a pass (for /healthz)
         self._unmovable = set()  # spool names the daemon may not move (another user's, with a non-root daemon)
+        self._later = Backoff()  # spool names (and loop parts) waiting out the daemon's own trouble (a full disk)
+        self._held = {}  # spool name -> its path in .taking, when it could not go back to the spool
+        self._trouble = {}  # part of the loop -> the error it last met (logged once per change)
 
     @property
     def registry(self):
@@ -122,10 +126,13 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         info = {"pid": os.getpid(), "uid": os.geteuid(), "user": user_name(os.geteuid()), "http": self.http_bind,
                 "started_at": self.started_at}
         tmp = self.home.root / f".daemon.json.{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.home.root / "daemon.json")
-        self.reconcile()
-        self._resume_intake(time.time())
+        try:
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, self.home.root / "daemon.json")
+        except OSError as e:  # a full disk: the daemon serves without it (the CLI falls back to the pidfile)
+            log.error("cannot write daemon.json: %s", e.strerror)
+        self._guarded("reconcile", self.reconcile, time.time())
+        self._guarded("spool intake", self._resume_intake, time.time())
         threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
         if self.http_bind:
             self._start_http()
@@ -186,21 +193,70 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         t.start()
 
     def tick(self, now: float | None = None):
-        """One pass: take the spool, follow and reap running jobs, start what fits."""
+        """One pass: take the spool, follow and reap running jobs, start what fits.
+
+        Each part is guarded: an error costs the file or the job it came from (each part sees to
+        that), never the daemon; one the part could not pin on anything is logged and the next
+        pass tries again.
+        """
         now = time.time() if now is None else now
-        self.ingest(now)
-        self.follow(now)
+        self._guarded("spool intake", self.ingest, now)
+        self._guarded("following jobs", self.follow, now)
         # Scheduling reads the whole queue: do it when something changed (a submit, a job that
         # ended), and once a second for what changes unseen (GPUs used by others, a GPU back).
         if not self.stopping and (self._dirty or now - self._last_schedule >= 1.0):
             self._dirty = False
             self._last_schedule = now
-            self.schedule(now)
+            error = self._guarded("scheduling", self.schedule, now)
+            if error is not None and not own_trouble(error):
+                self._guarded("finding what scheduling fails on", self._fail_unschedulable, now)
         self.last_tick = time.time()
+
+    def _guarded(self, part: str, fn, now: float):
+        """fn(now); an Exception it raises is logged (once while it repeats) and returned, never raised."""
+        try:
+            fn(now)
+        except Exception as e:  # signals and SystemExit are not Exceptions: they still stop the daemon
+            rollback(self.store)
+            said = f"{type(e).__name__}: {e}"
+            if self._trouble.get(part) != said:
+                self._trouble[part] = said
+                why = own_trouble(e)
+                if why:
+                    log.error("%s: the daemon's own trouble (%s); it goes on and tries again", part, why)
+                else:
+                    log.exception("%s failed; the daemon goes on", part)
+            return e
+        self._trouble.pop(part, None)
+        return None
+
+    def _fail_unschedulable(self, now: float):
+        """Scheduling raised: fail each queued job that makes the scheduler raise on its own, so
+        that one bad row (written by hand, or by an older runner) never holds up the queue."""
+        from ..scheduler import plan
+        from ..states import Reason
+
+        for job in self.store.queued_jobs(limit=max(32, 8 * self.max_running)):
+            try:
+                after = job["after"] or []
+                if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+                    raise ValueError(f"after: given {str(after)[:80]}; expected a list of job ids")
+                for gpus_available in (True, False):
+                    plan([job], 0, 1, [], 0, gpus_available, {}, self.user_gpu_limit, {}, self.backfill_limit,
+                         {a: "succeeded" for a in after}, now=now, ends={})
+            except Exception as e:
+                note = f"the daemon could not schedule this job: {type(e).__name__}: {e}"[:500]
+                log.warning("job %s: %s", job["id"], note)
+                try:
+                    self.store.transition(job["id"], JobState.FAILED, Reason.DAEMON_ERROR.value, now=now,
+                                          expect=JobState.QUEUED, note=note)
+                except InvalidTransition:
+                    continue  # it left the queue meanwhile (cancelled)
+                self._dirty = True
 
     def reconcile(self, now: float | None = None):
         """After a (re)start: put every row that was mid-way right against what is on disk."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         self.backend.reconcile(now)  # Slurm: jobs sbatch'ed before the restart, not yet recorded
         for job in self.store.list_jobs(states=["preparing"]):
             d = self.home.run_dir(job["id"])

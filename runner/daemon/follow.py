@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from .. import defaults
@@ -16,6 +17,7 @@ from ..outcome import decide, oom_in
 from ..proctl import alive, kill_tree, read_json
 from ..states import JobState, Reason
 from ..watch import LogWatcher, tail_lines
+from .faults import own_trouble, rollback
 
 log = logging.getLogger("runner.daemon.follow")
 
@@ -32,6 +34,38 @@ def _users_json(path: Path, uid: int) -> dict:
         return {}
 
 
+def time_limit_reached(limit, started_boot: float | None, now_boot: float, started_wall: float | None, now_wall: float) -> bool:
+    """Whether a job has run longer than its time limit (seconds).
+
+    Measured on the boot clock (CLOCK_BOOTTIME: seconds since boot, which nobody sets and which
+    a daemon restart does not reset) from its shim's start, so a wall clock set ahead or back
+    neither ends a job early nor keeps it past its limit. Only when the shim's start is not known
+    does the wall clock decide, from the job's recorded start.
+    """
+    if not limit:
+        return False
+    if started_boot is not None:
+        return now_boot - started_boot > limit
+    return started_wall is not None and now_wall - started_wall > limit
+
+
+def _started_on_boot_clock(job: dict, run_dir: Path) -> float | None:
+    """When the job's shim (or else its child) started, in seconds on the boot clock; None if unknown.
+
+    A pid that was reused since belongs to a later process: it can only make the job seem younger."""
+    child = read_json(run_dir / "child.json") or {}
+    for pid in (job.get("shim_pid"), child.get("pid") if isinstance(child, dict) else None):
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime: clock ticks after boot
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
 class Follow:
     """The daemon's following and reaping of running jobs (a part of Daemon)."""
 
@@ -39,37 +73,65 @@ class Follow:
         """Read new log output of running jobs; reap the ones that ended."""
         self.backend.poll(now)
         for job in self.store.list_jobs(states=["running"]):
-            jid = job["id"]
-            run_dir = self.home.run_dir(jid)
-            w = self._watcher(job)
-            if self.backend.owns_end(job):
-                w.poll(self.store)  # its end comes from the backend's view (Slurm's)
-                continue
-            exit_info = read_json(run_dir / "exit.json")
-            w.poll(self.store, final=exit_info is not None)
-            if exit_info is not None:
-                if not self._gpus_released(job, now):
-                    continue
-                self._reap(job, exit_info, now)
-                continue
-            limit = (job["spec"].get("resources") or {}).get("time_limit")
-            if limit and job["started_at"] and now - job["started_at"] > limit and jid not in self.killing:
-                self.store.update_job(jid, timed_out=1, note=f"stopped at its time limit of {limit:g}s")
-                kill_tree(run_dir, signal.SIGTERM)
-                self.killing[jid] = now + defaults.CANCEL_GRACE_SECONDS
-            if jid in self.killing and now >= self.killing[jid]:
-                kill_tree(run_dir, signal.SIGKILL)
-                self.killing[jid] = now + 1.0
-            if not self._running_somewhere(job, run_dir):
-                exit_info = read_json(run_dir / "exit.json")  # the shim may have just finished
-                if exit_info is None:
-                    w.poll(self.store, final=True)
-                    self._end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
-                else:
-                    self._reap(job, exit_info, now)
+            try:
+                self._follow_one(job, now)
+            except Exception as e:  # one job's bad value costs that job, never the loop
+                self._cannot_follow(job, e, now)
         if now - self._last_gpu_sample >= 2.0:
             self._last_gpu_sample = now
             self._sample_gpus(now)
+
+    def _follow_one(self, job: dict, now: float):
+        jid = job["id"]
+        run_dir = self.home.run_dir(jid)
+        w = self._watcher(job)
+        if self.backend.owns_end(job):
+            w.poll(self.store)  # its end comes from the backend's view (Slurm's)
+            return
+        exit_info = read_json(run_dir / "exit.json")
+        w.poll(self.store, final=exit_info is not None)
+        if exit_info is not None:
+            if not self._gpus_released(job, now):
+                return
+            self._reap(job, exit_info, now)
+            return
+        limit = (job["spec"].get("resources") or {}).get("time_limit")
+        mono = time.monotonic()  # kill deadlines too are on a clock nobody sets
+        if limit and jid not in self.killing and time_limit_reached(
+                limit, _started_on_boot_clock(job, run_dir), time.clock_gettime(time.CLOCK_BOOTTIME), job["started_at"], now):
+            self.store.update_job(jid, timed_out=1, note=f"stopped at its time limit of {limit:g}s")
+            kill_tree(run_dir, signal.SIGTERM)
+            self.killing[jid] = mono + defaults.CANCEL_GRACE_SECONDS
+        if jid in self.killing and mono >= self.killing[jid]:
+            kill_tree(run_dir, signal.SIGKILL)
+            self.killing[jid] = mono + 1.0
+        if not self._running_somewhere(job, run_dir):
+            exit_info = read_json(run_dir / "exit.json")  # the shim may have just finished
+            if exit_info is None:
+                w.poll(self.store, final=True)
+                self._end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
+            else:
+                self._reap(job, exit_info, now)
+
+    def _cannot_follow(self, job: dict, e: Exception, now: float):
+        """Following a job raised. The daemon's own trouble (its disk, its store): the job runs on and
+        is followed again on the next pass. Anything else is the job's (a bad value in its files or
+        row): it is ended and fails with the error as its note, alone."""
+        rollback(self.store)
+        jid = job["id"]
+        why = own_trouble(e)
+        if why:
+            if self._trouble.get(f"job {jid}") != why:
+                self._trouble[f"job {jid}"] = why
+                log.error("job %s: cannot follow it now (%s); it runs on", jid, why)
+            return
+        note = f"the daemon could not follow this job: {type(e).__name__}: {e}"[:500]
+        log.exception("job %s: %s", jid, note)
+        w = self.watchers.pop(jid, None)  # not scanned again on its way out: it is what raised
+        if w:
+            w.close()
+        kill_tree(self.home.run_dir(jid), signal.SIGKILL)
+        self._end(job, JobState.FAILED, Reason.DAEMON_ERROR.value, now, note=note)
 
     def _watcher(self, job: dict) -> LogWatcher:
         """The job's log watcher, made on first use from its watch.json and stored offset."""

@@ -3,9 +3,11 @@ token request) or set aside with a reason, and never crashes or stalls the daemo
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from .. import defaults
@@ -14,8 +16,12 @@ from ..proctl import kill_tree
 from ..spec import parse_spec
 from ..spool import SpoolFileError, check_cancel_record, check_job_record, pending, quarantine, read_record, user_name
 from ..states import JobState, Reason
+from .faults import own_trouble, rollback
 
 log = logging.getLogger("runner.daemon.intake")
+
+MAX_NAME = 200
+"""The longest spool file name taken (runner's own are under 60 characters)."""
 
 
 class Intake:
@@ -27,10 +33,15 @@ class Intake:
         Each file is first moved into spool/.taking/ (the daemon's own folder), so a user can no
         longer swap it, and so a file that takes the daemon down with it is not taken twice: one
         left there by a daemon that died is retried once (a SIGKILL mid-intake loses no job), and
-        set aside if it is found there again.
+        set aside if it is found there again. A file the daemon could not take for a trouble of
+        its own (a full disk, a read-only store) goes back to the spool and is taken later.
         """
+        mono = time.monotonic()
+        for name, path in list(self._held.items()):  # waiting in .taking: they could not go back
+            if self._later.due(name, mono):
+                self._take(path, now)
         for path in pending(self.home):
-            if path.name in self._unmovable:
+            if path.name in self._unmovable or not self._later.due(path.name, mono):
                 continue
             taking = self.home.taking / path.name
             try:
@@ -38,33 +49,48 @@ class Intake:
             except FileNotFoundError:
                 continue
             except OSError as e:
+                if os.geteuid() == 0 or e.errno not in (errno.EPERM, errno.EACCES):
+                    self._wait(path.name, f"cannot move it into spool/.taking: {e.strerror}")
+                    continue
                 self._unmovable.add(path.name)
                 why = (f"this daemon runs as {user_name(os.geteuid())} and runs only that user's jobs; a daemon "
-                       f"that serves a team runs as root (docs/server.md)") if os.geteuid() != 0 else f"cannot take it: {e.strerror}"
+                       f"that serves a team runs as root (docs/server.md)")
                 try:
-                    fd = os.open(self.home.quarantine / (path.name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                    fd = os.open(self.home.quarantine / (path.name[:200] + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
                     os.write(fd, (why + " (the file is left in the spool: only its owner may remove it)\n").encode())
                     os.close(fd)
                 except OSError:
                     pass
                 log.warning("cannot take spool file %s: %s", path.name, why)
                 continue
+            if len(path.name) > MAX_NAME:  # no room for .retry or .reason beside it; runner's names are short
+                self._set_aside(taking, path.name, f"a name of {len(path.name)} characters; a spool file's name has at most {MAX_NAME}")
+                continue
             self._take(taking, now)
 
     def _resume_intake(self, now: float):
         """Files a previous daemon was taking in when it died: retry each once, then set it aside."""
-        for name in sorted(os.listdir(self.home.taking)):
+        try:
+            names = sorted(os.listdir(self.home.taking))
+        except OSError as e:
+            log.error("cannot read %s: %s", self.home.taking, e.strerror)
+            return
+        for name in names:
             path = self.home.taking / name
             if name.endswith(".retry"):
-                quarantine(self.home, path, "the daemon stopped twice while taking this file in; it is set aside "
-                                            "(submit it again if it is yours)")
-                log.warning("quarantined %s: the daemon died twice while taking it in", name)
+                self._set_aside(path, name.removesuffix(".retry"), "the daemon stopped twice while taking this file in; "
+                                "it is set aside (submit it again if it is yours)")
                 continue
             retry = path.with_name(name + ".retry")
-            os.rename(path, retry)
+            try:
+                os.rename(path, retry)
+            except OSError as e:  # a read-only disk: take it unmarked
+                log.warning("cannot mark %s as retried: %s", name, e.strerror)
+                retry = path
             self._take(retry, now)
 
     def _take(self, path: Path, now: float):
+        """Take one file from spool/.taking; whatever it holds, it costs that file at most, never the daemon."""
         name = path.name.removesuffix(".retry")
         try:
             owner = os.lstat(path).st_uid
@@ -79,18 +105,63 @@ class Intake:
             elif name.endswith(".export.json"):
                 self._export(rec, uid, now)
             elif name.endswith(".job.json"):
-                self._ingest_job(check_job_record(rec, now), uid, now)
+                self._ingest_job(check_job_record(rec, now), uid, now, again=path.name != name)
             else:
                 raise SpoolFileError("not a .job.json, .cancel.json, .token.json or .export.json file")
-            path.unlink(missing_ok=True)
         except (SpoolFileError, RunnerError) as e:
-            quarantine(self.home, path, f"{type(e).__name__}: {e}")
-            log.warning("quarantined %s: %s", name, e)
+            rollback(self.store)
+            self._set_aside(path, name, f"{type(e).__name__}: {e}")
+            return
         except Exception as e:  # a bug here must cost one file, never the daemon (signals are not Exceptions)
+            rollback(self.store)
+            why = own_trouble(e)
+            if why:
+                self._wait(name, why, path)
+                return
             log.exception("quarantined %s: intake failed", name)
-            quarantine(self.home, path, f"internal error while taking it in: {type(e).__name__}: {str(e)[:200]}")
+            self._set_aside(path, name, f"internal error while taking it in: {type(e).__name__}: {str(e)[:200]}")
+            return
+        self._later.done(name)
+        self._held.pop(name, None)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:  # taken; a restart finds it in .taking and knows its job (see _ingest_job)
+            log.warning("took %s but cannot remove it: %s", name, e.strerror)
 
-    def _ingest_job(self, rec: dict, uid: int, now: float):
+    def _set_aside(self, path: Path, name: str, reason: str):
+        self._later.done(name)
+        self._held.pop(name, None)
+        quarantine(self.home, path, reason)
+        log.warning("quarantined %s: %s", name, reason)
+
+    def _wait(self, name: str, why: str, path: Path | None = None):
+        """The daemon's own trouble kept it from taking this file: it goes back to the spool (or
+        stays in .taking when it cannot) and is tried again after a while, without end."""
+        first = name not in self._later
+        delay = self._later.failed(name, time.monotonic())
+        if path is not None:
+            back = self.home.spool / name
+            try:
+                os.link(path, back)  # never over a name someone made meanwhile
+            except OSError:
+                self._held[name] = path
+            else:
+                try:
+                    os.unlink(path)
+                    self._held.pop(name, None)
+                except OSError:
+                    try:
+                        os.unlink(back)
+                    except OSError:
+                        pass
+                    self._held[name] = path
+        if first:
+            log.warning("cannot take %s now (%s); it waits in the spool and is tried again every %.0fs at most",
+                        name, why, self._later.cap)
+        else:
+            log.debug("cannot take %s yet (%s); next try in %.0fs", name, why, delay)
+
+    def _ingest_job(self, rec: dict, uid: int, now: float, again: bool = False):
         spec = parse_spec(rec["spec"], self.home.config)
         job_id = rec["id"]
         if spec.workdir is not None:
@@ -123,31 +194,53 @@ class Intake:
         elif env is None and (spec.model or "").startswith("repo/"):
             env = f"repo:{spec.model[5:]}"  # a repo's env comes from its registry table
         stored = rec["spec"]
-        if stored.get("env_vars"):
-            from ..secrets import keep
+        env_vars = stored.get("env_vars")
+        if env_vars:
+            from ..secrets import HIDDEN
 
-            retry_uid = None
-            if rec["retry_of"]:
-                try:
-                    retry_uid = self.store.get_job(rec["retry_of"])["uid"]
-                except JobNotFound:
-                    pass
-            stored = {**stored, "env_vars": keep(self.home, job_id, stored["env_vars"], uid, rec["retry_of"], retry_uid)}
-        self._dirty = True
+            stored = {**stored, "env_vars": {k: HIDDEN for k in env_vars}}
         experiment = None
         if self.mirror_conf:
             from ..mirror import job_experiment
 
             experiment = job_experiment(stored, self.mirror_conf)
-        with self.store.transaction():  # a job and its place in the MLflow mirror, together
-            self.store.insert_job({
-                "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
-                "priority": spec.priority, "spec": stored, "env": env,
-                "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
-                "gpus": [], "retry_of": rec.get("retry_of"),
-            }, now=now)
-            if experiment:
-                self.store.mlflow_enroll([job_id], experiment, now=now)
+        # The id is the record's word; whether it names a new job is the store's. The row is made
+        # first, and only under an id that row has just claimed is anything written (the secrets),
+        # so no record can write into a job that exists, whoever's it is.
+        wrote_secrets = False
+        try:
+            with self.store.transaction():  # a job, its secrets and its place in the MLflow mirror, together
+                made = self.store.insert_job({
+                    "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
+                    "priority": spec.priority, "spec": stored, "env": env,
+                    "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
+                    "gpus": [], "retry_of": rec.get("retry_of"),
+                }, now=now)
+                if not made:
+                    if again and self.store.get_job(job_id)["uid"] == uid:
+                        return  # this very file, taken in just before the daemon stopped
+                    raise SpoolFileError(f"id: given {job_id!r}; expected a new job id (a job by that id exists; "
+                                         "runner submit picks a new one)")
+                if env_vars:
+                    from ..secrets import keep
+
+                    retry_uid = None
+                    if rec["retry_of"]:
+                        try:
+                            retry_uid = self.store.get_job(rec["retry_of"])["uid"]
+                        except JobNotFound:
+                            pass
+                    wrote_secrets = True
+                    keep(self.home, job_id, env_vars, uid, rec["retry_of"], retry_uid)
+                if experiment:
+                    self.store.mlflow_enroll([job_id], experiment, now=now)
+        except BaseException:
+            if wrote_secrets:  # the row is gone with the transaction: so are its values
+                from ..secrets import forget
+
+                forget(self.home, job_id)
+            raise
+        self._dirty = True
 
     def _export(self, rec: dict, uid: int, now: float):
         """`runner export mlflow`: mirror these past jobs (the requester's own; root's: anyone's)."""
@@ -206,4 +299,4 @@ class Intake:
             self.store.update_job(job["id"], cancel_requested=1)
             if state == JobState.RUNNING:
                 kill_tree(self.home.run_dir(job["id"]), signal.SIGTERM)
-                self.killing[job["id"]] = now + defaults.CANCEL_GRACE_SECONDS
+                self.killing[job["id"]] = time.monotonic() + defaults.CANCEL_GRACE_SECONDS  # a clock nobody sets
