@@ -402,7 +402,11 @@ def main(argv=None) -> int:
         meta_path = Path(ckpt).with_suffix(".json") if Path(ckpt).is_file() else Path(ckpt) / "runner_meta.json"
         if framework is None:
             framework = json.loads(meta_path.read_text())["framework"] if meta_path.exists() else "timm"
-        adapter = load_adapter(framework).from_checkpoint(ckpt)
+        try:
+            adapter = load_adapter(framework).from_checkpoint(ckpt)
+        except BadConfig as e:  # e.g. a checkpoint that would run code when loaded: one line, no traceback
+            print(f"runner: {e}", file=sys.stderr)
+            return 2
         for img in images:
             print(json.dumps({"image": img, **adapter.infer_single(img).as_dict()}), flush=True)
         return 0

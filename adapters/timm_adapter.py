@@ -18,6 +18,19 @@ from torchvision import datasets, transforms
 from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, inject_oom, write_json
 
 
+def load_weights(path, device):
+    """A checkpoint as plain data (tensors, numbers, strings, lists, dicts): torch.load with
+    weights_only=True, so a file that needs code to load (a pickle of objects, which could be
+    anything its author wrote) is refused, never run, whoever loads it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise BadConfig(f"{path}: not a plain checkpoint (tensors, numbers, strings, lists, dicts): "
+                        "loading it would run code, so it is refused") from None
+
+
 def _optimizer(name, params, lr, wd, momentum):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd)
@@ -197,14 +210,16 @@ class TimmAdapter(TrainingAdapter):
                 "metrics": (result.metrics if result else {}), "val_loss": result.val_loss if result else None}
 
     def save_checkpoint(self, path: Path, epoch: int, result: MetricsResult):
-        meta = self._meta(epoch, result)
+        """Tensors, numbers, strings, lists and dicts only, so that it loads with weights_only=True."""
+        meta = json.loads(json.dumps(self._meta(epoch, result), default=float))  # plain types (no numpy scalars)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "meta": meta, "step": self.step}, tmp)
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "meta": meta,
+                    "step": int(self.step)}, tmp)
         os.replace(tmp, path)
         write_json(path.with_suffix(".json"), meta)
 
     def load_checkpoint(self, path: Path) -> int:
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = load_weights(path, self.device)
         if list(ckpt["meta"]["classes"]) != list(self.classes):
             raise BadConfig(f"resume: {path} was trained on classes {ckpt['meta']['classes']}, the dataset has {self.classes}")
         self.model.load_state_dict(ckpt["model"])
@@ -221,7 +236,7 @@ class TimmAdapter(TrainingAdapter):
                "device": "cuda" if torch.cuda.is_available() else "cpu", "lr": 1e-3}
         self = cls(cfg)
         self.model = self._create(len(meta["classes"])).to(self.device)
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = load_weights(path, self.device)
         self.model.load_state_dict(ckpt["model"])
         self.mean, self.std = meta["mean"], meta["std"]
         self.t_eval = transforms.Compose([transforms.Resize((self.input_size, self.input_size)), transforms.ToTensor(),

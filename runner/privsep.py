@@ -42,7 +42,18 @@ def _verbs() -> dict:
                     "runner.store", "runner.spool", "runner.sitereg", "runner.envs", "config_translators"], _submit),
         "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
         "call": ([], _call),
+        "infer": (["runner.cli.models_cmd", "runner.cli.common", "runner.repo_infer", "runner.repos", "runner.envs",
+                   "runner.registry", "runner.queries", "runner.store", "runner.home", "config_translators"], _infer),
     }
+
+
+def _infer(payload: dict):
+    """`runner infer` on a user's job or checkpoint, run as its owner: what her checkpoint (a pickle,
+    for some frameworks) or her checkout makes the framework run, runs as her, never as root."""
+    from .cli.models_cmd import run_inference
+    from .home import Home
+
+    return run_inference(Home(payload["home"]), payload["source"], payload["images"], payload.get("model"))
 
 
 def _submit(payload: dict):

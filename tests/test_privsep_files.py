@@ -267,3 +267,68 @@ def test_a_log_past_log_max_mb_is_cut_and_the_job_runs_on(small_disk_team):
     assert "runner: this log reached its cap ([jobs] log_max_mb = 1); the output is cut here" in text
     assert "bytes of output were cut here; its last" in text and text.rstrip().endswith("line 99999 " + "y" * 60 + "\nsurvived")
     assert daemon_alive(d)
+
+
+def _uids_of(marker: str, proc: subprocess.Popen) -> set[int]:
+    """The uids of the processes whose command line holds `marker`, seen while `proc` runs."""
+    seen = set()
+    while proc.poll() is None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+                if marker.encode() in cmd:
+                    seen.add(os.stat(f"/proc/{pid}").st_uid)
+            except OSError:
+                continue
+        time.sleep(0.01)
+    return seen
+
+
+@pytest.mark.slow
+def test_root_runs_inference_on_her_job_as_her_and_her_checkpoint_is_never_unpickled(team):  # noqa: F811
+    from runner.synth import make_shapes
+
+    d, alice, bob, home = team
+    data = make_shapes(Path(alice.pw.pw_dir) / f"shapes-{os.getpid()}", per_class=4, val_per_class=2)
+    subprocess.run(["chown", "-R", f"{alice.uid}:{alice.pw.pw_gid}", str(data)], check=True)
+    spec = {"model": "timm/resnet18", "dataset": {"path": str(data), "format": "imagefolder"},
+            "train": {"epochs": 1, "batch_size": 4, "input_size": 32, "pretrained": False}, "resources": {"gpus": 0}}
+    jid = submit(alice, "timm-job", spec)
+    job = alice.wait(jid, timeout=1800)
+    assert job["state"] == "succeeded", alice.logs(jid)[-3000:]
+    best = next(a["path"] for a in job["artifacts"] if a["path"].endswith("best.pth"))
+    python = home / "envs" / job["env_hash"] / "bin" / "python"
+    # the adapter saved plain data: it loads with weights_only=True
+    r = subprocess.run([str(python), "-c", f"import torch; c = torch.load({best!r}, weights_only=True); "
+                        "print(sorted(c), c['meta']['classes'], type(c['step']).__name__)"],
+                       capture_output=True, text=True, user=alice.uid, group=alice.pw.pw_gid, extra_groups=[], cwd="/",
+                       env={"PATH": "/usr/bin:/bin", "HOME": alice.pw.pw_dir})
+    assert r.stdout.strip() == "['meta', 'model', 'optimizer', 'step'] ['circle', 'square', 'triangle'] int", r.stderr[-2000:]
+    # root's `runner infer` on her job runs as her
+    image = next((data / "val" / "circle").iterdir())
+    env = {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "infer", jid, str(image)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    uids = _uids_of("adapters", proc)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["predicted_label"] in ("circle", "square", "triangle")
+    assert uids == {alice.uid}, f"the inference ran as {uids}, not as {alice.uid}"
+    # her checkpoint swapped for a pickle that runs code when loaded: refused, nothing of it runs
+    marker = Path(tempfile.gettempdir()) / f"unpickled-{os.getpid()}"
+    alice.python("import os, pickle\nclass Boom:\n    def __reduce__(self):\n"
+                 f"        return (os.system, ('id -u > {marker}',))\n"
+                 f"open({best!r}, 'wb').write(pickle.dumps(Boom(), protocol=2))")
+    r = subprocess.run([sys.executable, "-m", "runner", "infer", jid, str(image)], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and not marker.exists(), (r.stderr, marker.exists() and marker.read_text())
+    assert r.stderr.strip() == (f"runner: inference failed: {best}: not a plain checkpoint (tensors, numbers, strings, lists, "
+                                "dicts): loading it would run code, so it is refused"), r.stderr
+    # and a teammate may not run it at all
+    r = bob.run("infer", jid, image, check=False)
+    assert r.returncode == 1 and r.stderr.strip() == (f"runner: job {jid}: belongs to {ALICE}; only they (or root, as them) "
+                                                      "may run inference with its checkpoints"), r.stderr
+    assert daemon_alive(d)
+    shutil.rmtree(data, ignore_errors=True)

@@ -61,15 +61,55 @@ def gpus(args):
 
 
 def infer(args):
-    """Run inference with a job's best checkpoint (or a checkpoint path) in the job's env."""
+    """Run inference with a job's best checkpoint (or a checkpoint path) in the job's env.
+
+    As the checkpoint's owner: root's `runner infer` on a user's job (or on a file of hers) runs
+    as her, in a helper that dropped to her (runner.privsep), so what her checkpoint or checkout
+    makes a framework run never runs as root; another user's job is refused."""
+    import os
+
+    from runner.exceptions import PermissionDenied, RunnerError
+    from runner.identity import drops_privileges, person
+    from runner.queries import find_job
+
+    h = home(args)
+    images = [str(Path(i).resolve()) for i in args.images]
+    src = Path(args.source)
+    if src.exists():
+        source = str(src.resolve())
+        uid = os.stat(source).st_uid
+    else:
+        job = find_job(h, store(h), args.source)
+        if job.get("uid") is None:
+            raise RunnerError(f"job {job['id']}: has not run yet; it has no checkpoint to infer with")
+        uid, source = job["uid"], job["id"]
+        if uid != os.geteuid() and os.geteuid() != 0:
+            raise PermissionDenied(f"job {job['id']}: belongs to {job.get('user')}; only they (or root, as them) may run "
+                                   "inference with its checkpoints")
+    if drops_privileges(uid):
+        from runner.privsep import run_as
+
+        try:
+            who = person(uid)
+        except KeyError:
+            raise RunnerError(f"{args.source}: its owner (uid {uid}) is not a user of this machine; nobody to run it as") from None
+        results = run_as(who, "infer", {"home": str(h.root), "source": source, "images": images, "model": args.model})
+    else:
+        results = run_inference(h, source, images, args.model)
+    print_json(results if len(results) != 1 else results[0])
+    return 0
+
+
+def run_inference(h, source: str, images: list[str], model: str | None = None) -> list[dict]:
+    """InferenceResult dicts, one per image, from a job (id) or a checkpoint file, in its env: run
+    by whoever calls it (the job's owner: see infer)."""
     from runner.envs import EnvManager, named_request
     from runner.exceptions import RunnerError
     from runner.queries import find_job
 
-    h = home(args)
     s = store(h)
-    src = Path(args.source)
-    if src.exists():
+    src = Path(source)
+    if src.is_absolute() and src.exists():
         ckpt = src
         env_name = "timm"
         if (src.with_suffix(".json")).exists():
@@ -77,17 +117,15 @@ def infer(args):
         elif (src / "runner_meta.json").exists():
             env_name = json.loads((src / "runner_meta.json").read_text()).get("framework", "timm")
         env_hash = None
-        framework = env_name if not args.model else args.model.split("/", 1)[0]
+        framework = env_name if not model else model.split("/", 1)[0]
     else:
-        job = find_job(h, s, args.source)
+        job = find_job(h, s, source)
         if (job.get("model") or "").startswith("repo/"):  # the repo's own predict script, as its table maps it
             from runner import repo_infer
             from runner.registry import load
 
             mgr = EnvManager(h.envs, s, h.config.get("envs"))
-            results = repo_infer.infer(h, s, load(h), mgr, job, args.images)
-            print_json(results if len(results) != 1 else results[0])
-            return 0
+            return repo_infer.infer(h, s, load(h), mgr, job, images)
         arts = [a["path"] for a in s.artifacts(job["id"])]
         # best, then last: a file named so, or a save_pretrained folder named so
         best = ([a for a in arts if "best" in (Path(a).stem, Path(a).parent.name)]
@@ -105,10 +143,9 @@ def infer(args):
         python = mgr.python(req.key) if mgr.ready(req.key) else mgr.ensure(req) / "bin" / "python"
     root = Path(__file__).resolve().parents[2]
     env = {"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([str(python), "-m", "adapters", "infer", "--framework", framework, str(ckpt), *[str(Path(i).resolve()) for i in args.images]],
+    r = subprocess.run([str(python), "-m", "adapters", "infer", "--framework", framework, str(ckpt), *images],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        raise RunnerError("inference failed:\n" + r.stderr[-3000:])
-    results = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
-    print_json(results if len(results) != 1 else results[0])
-    return 0
+        last = [l for l in r.stderr.strip().splitlines() if l.strip()][-1:] or [f"exit status {r.returncode}"]
+        raise RunnerError(f"inference failed: {last[0].removeprefix('runner: ')[:1000]}")
+    return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
