@@ -110,14 +110,14 @@ def routes(app, ctx):
     def queue_data(user: str, state: str, model: str, page: int) -> dict:
         from ..queries import JOB_FIELDS, _spooled, spooled_view
 
-        JOB_FIELDS = (*JOB_FIELDS, "uid")  # noqa: N806 (the row's buttons are its owner's: the template compares uids)
+        fields = (*JOB_FIELDS, "uid")  # a row's buttons are its owner's: the template compares uids
         u, m = user or None, model or None
         active, queued, submitted = [], [], []
         if not state or state in ("running", "preparing"):
-            active = store.list_jobs([state] if state else ["running", "preparing"], u, columns=JOB_FIELDS, model=m)
+            active = store.list_jobs([state] if state else ["running", "preparing"], u, columns=fields, model=m)
         if not state or state == "queued":
             pos = {j["id"]: i + 1 for i, j in enumerate(store.queued_jobs())}  # the order they will start in
-            queued = sorted((dict(j, position=pos.get(j["id"])) for j in store.list_jobs(["queued"], u, columns=JOB_FIELDS, model=m)),
+            queued = sorted((dict(j, position=pos.get(j["id"])) for j in store.list_jobs(["queued"], u, columns=fields, model=m)),
                             key=lambda j: j["position"] or 0)
         if not state or state == "submitted":
             submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
@@ -126,7 +126,7 @@ def routes(app, ctx):
         total_ended, ended = 0, []
         if ended_states:
             total_ended = store.count_jobs(ended_states, u, m)
-            ended = store.list_jobs(ended_states, u, PAGE, page * PAGE, columns=JOB_FIELDS, model=m)
+            ended = store.list_jobs(ended_states, u, PAGE, page * PAGE, columns=fields, model=m)
         return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended,
                 "page": page, "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
 
