@@ -41,8 +41,8 @@ class Intake:
             if self._later.due(name, mono):
                 self._take(path, now)
         for path in pending(self.home):
-            if path.name in self._unmovable or not self._later.due(path.name, mono):
-                continue
+            if path.name in self._unmovable or path.name in self._held or not self._later.due(path.name, mono):
+                continue  # (a name held in .taking is not moved over: the held file is someone's)
             taking = self.home.taking / path.name
             try:
                 os.rename(path, taking)
