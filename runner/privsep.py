@@ -41,7 +41,6 @@ def _verbs() -> dict:
         "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
                     "runner.store", "runner.spool", "runner.sitereg", "runner.envs", "config_translators"], _submit),
         "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
-        "call": ([], _call),
         "infer": (["runner.cli.models_cmd", "runner.cli.common", "runner.repo_infer", "runner.repos", "runner.envs",
                    "runner.registry", "runner.queries", "runner.store", "runner.home", "config_translators"], _infer),
     }
@@ -71,16 +70,6 @@ def _translate(payload: dict):
     from .prepare import translate_here
 
     return translate_here(payload)
-
-
-def _call(payload: dict):
-    """A named function of runner's (module:function) on JSON arguments: for the daemon's small reads."""
-    import importlib
-
-    module, _, name = payload["function"].partition(":")
-    if not module.startswith(("runner.", "config_translators", "log_parsers")):
-        raise RunnerError(f"privsep: {module} is not runner's")
-    return getattr(importlib.import_module(module), name)(*payload.get("args", []), **payload.get("kwargs", {}))
 
 
 _ERRORS = ("SpecError", "RunnerError", "EnvBuildError", "RepoError", "RegistryError", "JobNotFound", "PermissionDenied")
