@@ -167,7 +167,7 @@ def create_app(home, daemon=None) -> FastAPI:
         kind, _, token = auth.partition(" ")
         uid = book.uid(token.strip()) if kind.lower() == "bearer" else None
         if uid is None:
-            raise HTTPException(401, "unknown token (`runner token --rotate` makes a new one)")
+            raise HTTPException(401, "unknown token: give yours (`runner token` prints it)")
         try:
             return person(uid)
         except KeyError:

@@ -239,8 +239,8 @@ def default_command_parser(home, log):
     and says so in the log; a single-user daemon or one with [server] share_logs parses as before."""
     if os.geteuid() != 0 or home.config.get("server", {}).get("share_logs"):
         return "generic"
-    log("runner: this job's log is private, so its key=value lines are not made into metrics (which everyone can see); "
-        "ask for them with `parser: generic` in the job file or `runner submit --parser generic`")
+    log("runner: this job's log is private, so key=value lines it prints are not made into metrics (which everyone can see); "
+        "to have them, submit with `parser: generic` in the job file or `runner submit --parser generic`")
     return "none"
 
 

@@ -140,7 +140,8 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
     elif spec.kind == "command":
         data["workdir"] = str(base)
         if workdir_problems(str(base), state_root):
-            problems.append(f"workdir: not given, so it would be {base}: {workdir_problems(str(base), state_root)[0].split(': ', 1)[1]}")
+            problems.append(f"workdir: not given, so it would be {base}: {workdir_problems(str(base), state_root)[0].split(': ', 1)[1]} "
+                            "(submit from a folder of yours, or give --workdir DIR)")
     if isinstance(spec.env, EnvSpecType) and spec.env.requirements_file:
         env, problem = requirements_file(spec.env, base)
         if problem:

@@ -161,7 +161,9 @@ def metrics(args):
         print_json({"job": job["id"], "series": series})
         return 0
     if not series:
-        print(f"job {job['id']}: no metrics yet")
+        ended = job["state"] in ("succeeded", "failed", "cancelled")
+        hint = "" if job.get("model") or job["spec"].get("parser") else " (a command job's key=value lines become metrics with `parser: generic`)"
+        print(f"job {job['id']}: no metrics{'' if ended else ' yet'}{hint}")
         return 0
     by_epoch = all(p["epoch"] is not None for pts in series.values() for p in pts)
     key = "epoch" if by_epoch else "step"
@@ -284,10 +286,13 @@ def web_login(args):
     h = home(args)
     url = args.url
     if not url:
-        bind = daemon_info(h).get("http")
-        if not bind:
-            from runner.exceptions import RunnerError
+        from runner.exceptions import RunnerError
 
+        pid, info = h.daemon_pid(), daemon_info(h)
+        if not pid or (pid > 0 and info.get("pid") != pid):  # daemon.json of a daemon that has gone names no server
+            raise RunnerError(f"no daemon runs for {h.root}: start it (`runner daemon`, or systemctl start runner), or pass --url")
+        bind = info.get("http")
+        if not bind:
             raise RunnerError("the daemon serves no HTTP (started with --http none?); pass --url")
         host, _, port = bind.rpartition(":")
         if host in ("0.0.0.0", "::", "[::]", ""):
