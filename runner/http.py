@@ -192,6 +192,10 @@ def create_app(home, daemon=None) -> FastAPI:
 
     if not open_reads:  # only then: a middleware costs every request its own pass
         app.middleware("http")(_beyond_loopback)
+    from .metrics_text import EndedTotals, GpuLook, HttpStats
+
+    http_stats = HttpStats()  # requests by route template and their latency, for /metrics
+    app.add_middleware(lambda app: http_stats.middleware(app))
     from .web.guard import MAX_BODY_BYTES, BodyTooLarge, Guard, Hosts
 
     server_cfg = home.config.get("server", {})
@@ -360,6 +364,15 @@ def create_app(home, daemon=None) -> FastAPI:
             headers["X-Log-Offset"] = str(offset)
             return Response(body, media_type="text/plain; charset=utf-8", headers=headers)
         return StreamingResponse(queries.log_chunks(job_dir, 0, size), media_type="text/plain; charset=utf-8", headers=headers)
+
+    gpu_look, ended_totals = GpuLook(getattr(daemon, "inventory", None)), EndedTotals()
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus():
+        # a thread: a look at the GPUs (NVML, at most every few seconds) must not hold up the event loop
+        from .metrics_text import CONTENT_TYPE, render
+
+        return Response(render(home, store, daemon, http_stats, gpu_look, ended_totals), media_type=CONTENT_TYPE)
 
     @app.get("/envs")
     async def envs():

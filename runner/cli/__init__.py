@@ -31,6 +31,9 @@ VERBS = {
     "dataset": ("runner.cli.dataset_cmd", "dataset", "check or convert a DOTA, HRSC2016 or Pascal VOC dataset"),
     "web-login": ("runner.cli.jobs", "web_login", "print a one-time link that signs you in to the dashboard"),
     "export": ("runner.cli.export_cmd", "export", "mirror past jobs to the MLflow server of the config"),
+    "backup": ("runner.cli.operate_cmd", "backup", "write a consistent copy of the store while the daemon runs"),
+    "gc": ("runner.cli.operate_cmd", "gc", "apply the [retention] policy now, or preview it (--dry-run)"),
+    "du": ("runner.cli.operate_cmd", "du", "disk used per user (job folders, logs, caches) and per env"),
 }
 
 
@@ -167,7 +170,17 @@ def _web_login(p):
                    "(default: the daemon's HTTP bind; env RUNNER_URL)")
 
 
-ADD_ARGS = {"export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "metrics": _metrics, "cancel": _id,
+def _backup(p):
+    p.add_argument("file", help="where to write the copy (replaced atomically; mode 0600)")
+
+
+def _gc(p):
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed and its size; change nothing")
+    p.add_argument("--checkpoint-days", type=float, default=None, help="instead of [retention] checkpoint_days")
+    p.add_argument("--job-days", type=float, default=None, help="instead of [retention] job_days")
+
+
+ADD_ARGS = {"backup": _backup, "gc": _gc, "export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "metrics": _metrics, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

@@ -26,6 +26,7 @@ from ..home import Home
 from ..mirror import Mirror, settings as mirror_settings
 from ..prepare import ShimLauncher
 from ..registry import load as load_registry
+from ..retention import Retention
 from ..slurm import settings as slurm_settings
 from ..spool import user_name
 from ..states import JobState
@@ -57,6 +58,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
         self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
         diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
+        self.retention = Retention(self.home, self.store)  # a bad [retention] stops the daemon here, in one line
         self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
         self._slurm_next, self._slurm_errors = 0.0, 0
         self.backend = Slurm(self) if self.slurm else Local(self)
@@ -140,6 +142,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
             mirror = Mirror(self.home, self.store, self.mirror_conf)
             threading.Thread(target=mirror.run, args=(self._stop_watch,), name="mirror", daemon=True).start()
             log.info("mirroring jobs to MLflow at %s", self.mirror_conf["tracking_uri"])
+        self.retention.start(self._stop_watch)  # its own thread, at most one pass an hour; none without [retention]
         try:
             while not self.stopping:
                 self.tick()
