@@ -97,19 +97,35 @@ def audit(home) -> list[str]:
     return out
 
 
-def python_for_everyone() -> str | None:
-    """A problem when the Python runner runs on (and builds envs from) is not one every user may run:
-    jobs of `env: system` and every env's interpreter would fail to start for them."""
+def python_for_everyone(executable: str | None = None) -> str | None:
+    """A problem, with its fix, when the Python the daemon runs on (and builds envs from), by default
+    this process's, is not one every user may run: jobs of `env: system` and every env's
+    interpreter would fail to start for them (a venv made from root's pyenv or conda)."""
+    import glob
+    import re
     import sys
 
     from .identity import Person, may_access
 
     nobody = Person(65534, 65534, (65534,), "nobody", "/nonexistent")
-    real = os.path.realpath(sys.executable)
-    if may_access(real, nobody, "r") and os.stat(real).st_mode & 0o001:
-        return None
-    return (f"{sys.executable} (really {real}) cannot be run by other users: install runner with a system Python "
-            "(docs/server.md), or jobs of other users cannot start")
+    executable = executable or sys.executable
+    real = os.path.realpath(executable)
+    try:
+        if may_access(real, nobody, "r") and os.stat(real).st_mode & 0o001:
+            return None
+    except OSError:  # gone, or hidden from the one asking: nobody else can run it either
+        pass
+    closed = next((str(p) for p in reversed(Path(real).parents) if not may_access(p, nobody, "r")), None)
+    venv = Path(executable).parent.parent
+    version = re.search(r"python(\d+\.\d+)", Path(real).name)
+    system = [p for p in sorted(glob.glob(f"/usr/bin/python{version.group(1) if version else '3'}*"))
+              if re.fullmatch(r"python\d+\.\d+", Path(p).name) and may_access(p, nobody, "r")]
+    python = system[0] if system else "/usr/bin/python3"
+    fix = (f"make {venv} again from the system's Python ({python} -m venv --clear {venv}; --clear empties the folder, "
+           f"so keep runner's source outside it), reinstall runner into it and restart the daemon (docs/server.md)"
+           if (venv / "pyvenv.cfg").exists() else f"run runner with the system's Python ({python}; docs/server.md)")
+    return (f"{executable} (really {real}) cannot be run by other users"
+            + (f" ({closed} is closed to them)" if closed else "") + f": their jobs cannot start; {fix}")
 
 
 def daemon_info(home) -> dict:

@@ -163,6 +163,17 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
 
 
 
+def usual_format(framework: str, table: dict, task: str | None) -> str:
+    """The dataset format a job of `task` gets when its `dataset:` names none: the registry says it
+    (a framework's `task_formats`, a repo's `dataset.format`), not code."""
+    if framework == "repo":
+        return (table.get("dataset") or {}).get("format", "imagefolder")
+    formats = table.get("task_formats") or {}
+    if task in formats:
+        return formats[task]
+    return (table.get("dataset_formats") or ["imagefolder"])[0]
+
+
 def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: list) -> list[str]:
     from config_translators import for_framework
 
@@ -182,6 +193,9 @@ def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: li
         else:
             known = ", ".join(m["model_name"] for m in registry.list_models(framework=fw_name))
             return [f"model: given {spec.model!r}; neither the registry nor {fw_name} knows it (registry: {known})"]
+    if spec.dataset.format is None:
+        data["dataset"]["format"] = usual_format(fw_name, fw if fw_name != "repo" else registry.get_repo(name),
+                                                 (entry or {}).get("task_type") or spec.task)
     data["dataset"]["path"] = _abs(spec.dataset.path, base)
     if spec.dataset.annotations:
         data["dataset"]["annotations"] = _abs(spec.dataset.annotations, base)

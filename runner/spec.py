@@ -135,7 +135,8 @@ class Dataset(_Strict):
     """Where the data is and in what layout."""
 
     path: str = Field(max_length=4096)
-    format: Literal["imagefolder", "yolo", "coco", "dota", "hrsc2016", "voc", "masks", "captions"] = "imagefolder"
+    format: Optional[Literal["imagefolder", "yolo", "coco", "dota", "hrsc2016", "voc", "masks", "captions"]] = Field(
+        None, description="default: the usual format of the model's task (the registry's task_formats)")
     split: Optional[float] = Field(None, gt=0, lt=1, description="val fraction when there is no val/ folder")
     annotations: Optional[str] = Field(None, max_length=4096)
     keep_difficult: bool = Field(False, description="dota/hrsc2016/voc: keep objects marked difficult")

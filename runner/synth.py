@@ -93,11 +93,11 @@ def class_names(n: int) -> tuple:
 KINDS = ("shapes", "yolo", "coco", "keypoints", "masks", "captions")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m runner.synth", description="Make a tiny synthetic dataset whose labels are known exactly.")
+def add_arguments(p):
+    """The arguments of `runner synth` and `python -m runner.synth` (one parser for both)."""
     p.add_argument("kind", choices=KINDS, help="shapes: ImageFolder (classification); yolo: a YOLO set (--task); coco: COCO boxes "
                                                "and polygons; keypoints: COCO person keypoints (17); masks: semantic masks; captions")
-    p.add_argument("dir")
+    p.add_argument("dir", help="the folder to write (relative to the current folder, or absolute)")
     p.add_argument("--classes", type=int, default=3, help="shapes: number of classes (default 3)")
     p.add_argument("--per-class", type=int, default=8, help="shapes: training images per class")
     p.add_argument("--val-per-class", type=int, default=4, help="shapes: validation images per class")
@@ -107,23 +107,41 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--easy", action="store_true", help="each class in its own colour (a model learns it in a few epochs)")
-    a = p.parse_args(argv)
+
+
+FORMAT_OF = {"shapes": "imagefolder", "yolo": "yolo", "coco": "coco", "keypoints": "coco", "masks": "masks", "captions": "captions"}
+"""The `dataset.format` a job gives for each kind."""
+
+
+def make(a) -> list[Path]:
+    """Write the dataset `a` (parsed by add_arguments's parser) asks for; the paths a job names
+    (dataset.path, and dataset.annotations for coco and keypoints), absolute."""
     if a.classes < 1 or a.size < 16 or min(a.per_class, a.val_per_class, a.train, a.val) < 1:
-        p.error("--classes, --per-class, --val-per-class, --train and --val must be at least 1, --size at least 16")
+        raise ValueError("--classes, --per-class, --val-per-class, --train and --val must be at least 1, --size at least 16")
+    root = Path(a.dir).absolute()
     if a.kind == "shapes":
-        print(make_shapes(a.dir, a.per_class, a.val_per_class, a.size, classes=class_names(a.classes), seed=a.seed, easy=a.easy))
-        return
+        return [make_shapes(root, a.per_class, a.val_per_class, a.size, classes=class_names(a.classes), seed=a.seed, easy=a.easy)]
     from . import synth_tasks as t
 
     if a.kind == "yolo":
-        print(t.make_yolo(a.dir, a.task, a.train, a.val, a.size, a.seed, a.easy))
-    elif a.kind in ("coco", "keypoints"):
-        images, ann = (t.make_coco if a.kind == "coco" else t.make_keypoints)(a.dir, a.train, a.val, a.size, a.seed, a.easy)
-        print(f"{images}\n{ann}")
-    elif a.kind == "masks":
-        print(t.make_masks(a.dir, a.train, a.val, a.size, a.seed, a.easy))
-    else:
-        print(t.make_captions(a.dir, a.train, a.val, a.size, a.seed, a.easy))
+        return [t.make_yolo(root, a.task, a.train, a.val, a.size, a.seed, a.easy)]
+    if a.kind in ("coco", "keypoints"):
+        return list((t.make_coco if a.kind == "coco" else t.make_keypoints)(root, a.train, a.val, a.size, a.seed, a.easy))
+    if a.kind == "masks":
+        return [t.make_masks(root, a.train, a.val, a.size, a.seed, a.easy)]
+    return [t.make_captions(root, a.train, a.val, a.size, a.seed, a.easy)]
+
+
+def main(argv=None):
+    """`python -m runner.synth KIND DIR`: the same as `runner synth KIND DIR`."""
+    p = argparse.ArgumentParser(prog="python -m runner.synth", description="Make a tiny synthetic dataset whose labels are known exactly.")
+    add_arguments(p)
+    a = p.parse_args(argv)
+    try:
+        paths = make(a)
+    except ValueError as e:
+        p.error(str(e))
+    print("\n".join(map(str, paths)))
 
 
 if __name__ == "__main__":

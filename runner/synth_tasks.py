@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -42,8 +43,10 @@ def _label(task, cls, shape, box, size):
 
 def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int = 4, size: int = 64, seed: int = 0,
               easy: bool = False) -> Path:
-    """root/images/{train,val}, root/labels/{train,val}, root/data.yaml for a YOLO task."""
-    root = Path(root)
+    """root/images/{train,val}, root/labels/{train,val}, root/data.yaml for a YOLO task. data.yaml's
+    `path:` is the folder made, absolute: Ultralytics and runner read a relative one from another
+    folder (the job's, data.yaml's), so `data/yolo` would have named data/yolo/data/yolo."""
+    root = Path(os.path.abspath(root))
     rng = random.Random(seed)
     for split, count in (("train", train), ("val", val)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)

@@ -227,8 +227,10 @@ def test_runner_dataset_check_and_convert(runner, tmp_path):
     bad.write_text("1 2 3\n")
     r = runner.run("dataset", "check", tmp_path / "dota", "--format", "dota", check=False)
     assert r.returncode == 1 and f"{bad}:1: expected" in r.stdout
-    r = runner.run("dataset", "check", tmp_path / "dota", "--format", "coco", check=False)
-    assert r.returncode == 2 and "--format: given 'coco'" in r.stderr
+    r = runner.run("dataset", "check", tmp_path / "dota", "--format", "cocoa", check=False)
+    assert r.returncode == 2 and "--format: given 'cocoa'" in r.stderr
+    r = runner.run("dataset", "check", tmp_path / "dota", "--format", "coco", check=False)  # checked as COCO: no JSON there
+    assert r.returncode == 1 and "dataset.annotations:" in r.stdout
 
 
 def test_check_dataset_for_each_task():

@@ -28,7 +28,8 @@ VERBS = {
     "check": ("runner.cli.check_cmd", "check", "plugin check: train, validate, checkpoint, infer per model"),
     "repo": ("runner.cli.repo_cmd", "repo", "add, list, show and remove pinned GitHub repos"),
     "token": ("runner.cli.jobs", "token", "print your personal token for the HTTP API (made on first use)"),
-    "dataset": ("runner.cli.dataset_cmd", "dataset", "check or convert a DOTA, HRSC2016 or Pascal VOC dataset"),
+    "dataset": ("runner.cli.dataset_cmd", "dataset", "check a dataset of any format runner takes; convert DOTA, HRSC2016 or Pascal VOC"),
+    "synth": ("runner.cli.dataset_cmd", "synth", "make a tiny synthetic dataset whose labels are known exactly"),
     "web-login": ("runner.cli.jobs", "web_login", "print a one-time link that signs you in to the dashboard"),
     "export": ("runner.cli.export_cmd", "export", "mirror past jobs to the MLflow server of the config"),
     "backup": ("runner.cli.operate_cmd", "backup", "write a consistent copy of the store while the daemon runs"),
@@ -49,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for verb, (_, _, help_) in VERBS.items():
         sp = sub.add_parser(verb, help=help_, description=help_)
-        _common(sp, json_flag=verb not in ("daemon", "logs"))
+        _common(sp, json_flag=verb not in ("daemon", "logs", "synth"))
         ADD_ARGS.get(verb, lambda _p: None)(sp)
     return p
 
 
 def _daemon(p):
-    p.add_argument("--http", default=os.environ.get("RUNNER_HTTP", "127.0.0.1:8765"), help="HOST:PORT to serve on, or 'none'")
+    p.add_argument("--http", default=os.environ.get("RUNNER_HTTP"),
+                   help="HOST:PORT to serve on, or 'none' (env RUNNER_HTTP; default: the config's [daemon] http, else 127.0.0.1:8765)")
     p.add_argument("--max-running", type=int, default=None, help="jobs run at once")
     p.add_argument("--log-level", default=os.environ.get("RUNNER_LOG_LEVEL", "INFO"))
 
@@ -140,15 +142,24 @@ def _repo(p):
 def _dataset(p):
     p.add_argument("action", choices=["check", "convert"])
     p.add_argument("path", help="the dataset's folder")
-    p.add_argument("--format", help="dota, hrsc2016 or voc")
+    p.add_argument("--format", help="check: any format a job takes (yolo, yolo-obb, coco, masks, captions, imagefolder, dota, "
+                                    "hrsc2016, voc); convert: dota, hrsc2016 or voc")
     p.add_argument("--from", dest="from_", help="same as --format (for convert)")
     p.add_argument("--to", choices=["yolo", "yolo-obb"], help="convert: what to write")
     p.add_argument("--out", help="convert: a new folder to write into")
-    p.add_argument("--task", help="check: the task it is meant for (obb_detection, object_detection)")
-    p.add_argument("--split", type=float, default=0.2, help="val fraction when the dataset has no val split")
+    p.add_argument("--task", help="check: the task it is meant for (e.g. object_detection, pose_estimation; default: the format's usual one)")
+    p.add_argument("--annotations", help="check --format coco: the COCO JSON (default: PATH/../annotations.json)")
+    p.add_argument("--split", type=float, default=None, help="val fraction when the dataset has no val split (dota, hrsc2016, "
+                                                             "voc: default 0.2; imagefolder: none unless given)")
     p.add_argument("--tile", type=int, help="convert: cut larger images into tiles of this size (needs Pillow)")
     p.add_argument("--overlap", type=int, default=0, help="convert: pixels neighbouring tiles share")
     p.add_argument("--keep-difficult", action="store_true", help="convert: keep objects marked difficult")
+
+
+def _synth(p):
+    from runner.synth import add_arguments  # stdlib only: cheap to build with every parser
+
+    add_arguments(p)
 
 
 def _token(p):
@@ -180,7 +191,7 @@ def _gc(p):
     p.add_argument("--job-days", type=float, default=None, help="instead of [retention] job_days")
 
 
-ADD_ARGS = {"backup": _backup, "gc": _gc, "export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "metrics": _metrics, "cancel": _id,
+ADD_ARGS = {"backup": _backup, "gc": _gc, "synth": _synth, "export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "metrics": _metrics, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

@@ -13,31 +13,70 @@ from .common import home, print_json
 
 def daemon(args):
     """Run the queue in the foreground."""
+    from runner import defaults
     from runner.daemon import Daemon
+    from runner.exceptions import RunnerError
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
-    http = None if args.http in ("none", "", "off") else args.http
+    h = home(args)
+    bind = args.http if args.http is not None else h.config.get("daemon", {}).get("http", defaults.HTTP_BIND)
+    if not isinstance(bind, str):
+        raise RunnerError(f"[daemon] http: given {bind!r}; expected \"HOST:PORT\" or \"none\"")
+    http = None if bind in ("none", "", "off") else bind
     from runner.web.guard import raise_fd_limit
 
     before, after = raise_fd_limit()  # systemd's default soft limit (1,024) is too few for a team's connections and jobs
     if after != before:
         logging.getLogger("runner.daemon").info("open files limit raised from %d to %d", before, after)
-    Daemon(home(args), http=http, max_running=args.max_running).run()
+    Daemon(h, http=http, max_running=args.max_running).run()
     return 0
 
 
+def _served(bind: str, pid: int) -> tuple[str, str | None]:
+    """(what answers on the daemon's HTTP bind, a problem or None), asked over HTTP: /status says
+    which daemon (pid) answers, so another program or another daemon on that port shows."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    host, _, port = bind.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{host}:{port}/status"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy of the shell
+    try:
+        with opener.open(url, timeout=5) as r:
+            answer = json.loads(r.read().decode())
+    except urllib.error.HTTPError as e:
+        if e.code == 401:  # bound beyond loopback: reads need a token; it answers, as runner does
+            return f"served on {bind} (its reads need a token: bound beyond loopback)", None
+        return f"NOT served on {bind}", f"http: {url} answers {e.code}, not as runner's daemon does: is another program on that port?"
+    except (OSError, ValueError) as e:
+        why = getattr(e, "reason", None) or e
+        return f"NOT served on {bind}", (f"http: the daemon (pid {pid}) says it serves {bind}, but {url} does not answer ({why}): "
+                                          "restart it (its log says why) or set --http / [daemon] http")
+    other = answer.get("daemon_pid") if isinstance(answer, dict) else None
+    if other != pid:
+        return f"NOT served on {bind}", (f"http: {bind} is answered by another daemon (pid {other}, home {answer.get('home') if isinstance(answer, dict) else '?'}), "
+                                          f"not by this one (pid {pid}): give one of them another --http or [daemon] http and restart it")
+    return f"served on {bind} by this daemon (pid {pid})", None
+
+
 def doctor(args):
-    """What this machine supports: uv, NVML, bubblewrap, user namespaces, disk."""
+    """What this machine supports (uv, NVML, bubblewrap, user namespaces, disk), what the running
+    daemon serves and runs on, and every problem with its fix; exits 1 when there is one."""
     from runner import envs, gpus, sandbox
 
     h = home(args)
-    report = {"python": sys.executable, "home": str(h.root), "daemon_pid": h.daemon_pid()}
+    pid = h.daemon_pid()
+    report = {"python": sys.executable, "home": str(h.root), "daemon_pid": pid}
+    problems: list[str] = []
     try:
         uv = envs.uv_binary()
         report["uv"] = {"path": uv, "version": subprocess.run([uv, "--version"], capture_output=True, text=True).stdout.strip()}
     except Exception as e:
         report["uv"] = {"path": None, "error": str(e)}
+        problems.append(f"uv: {e}; envs cannot be built (reinstall runner: uv comes with it)")
     inv = gpus.inventory(h.config)
     report["gpus"] = {"source": inv.source, "available": inv.available, "note": inv.reason, "count": len(inv.gpus()) if inv.available else 0}
     if not inv.available:
@@ -51,35 +90,54 @@ def doctor(args):
     from runner import diskspace
 
     report["disk"]["problem"] = diskspace.low_space(h) if h.root.exists() else None  # below [jobs] min_free_mb: no job starts
+    if report["disk"]["problem"]:
+        problems.append(f"disk: {report['disk']['problem']}: no job starts until space is freed")
     uv_vars = {k: v for k, v in os.environ.items() if k.startswith("UV_")}
     report["uv_settings"] = sorted(uv_vars)
-    from runner.permissions import audit, daemon_info
+    from runner.permissions import audit, daemon_info, python_for_everyone
 
-    info = daemon_info(h)
+    info = daemon_info(h) if pid else {}
+    if pid and pid > 0 and info.get("pid") != pid:
+        info = {}  # left by a daemon that has gone: it says nothing of the one running now
     team = []
-    if info and report["daemon_pid"]:
-        if info.get("uid") != 0:
+    http = None
+    if pid:
+        if info and info.get("uid") != 0:
             team.append(f"the daemon runs as {info.get('user')}: it runs only that user's jobs (a team server runs it as root: docs/server.md)")
-        bind = info.get("http") or ""
-        host = bind.rpartition(":")[0]
-        if bind and not (host.startswith("127.") or host in ("localhost", "::1", "[::1]")):
-            team.append(f"HTTP is served on {bind}, beyond loopback: every request needs a token (`runner token`); "
-                        "put it behind TLS (a reverse proxy) before people use it from other machines")
+        bind = info.get("http")
+        if not info:
+            http = "unknown (this daemon wrote no daemon.json: restart it)"
+        elif not bind:
+            http = "none (the daemon was started with --http none: no API, no dashboard)"
+        else:
+            http, problem = _served(bind, pid)
+            if problem:
+                problems.append(problem)
+            host = bind.rpartition(":")[0]
+            if not (host.startswith("127.") or host in ("localhost", "::1", "[::1]")):
+                team.append(f"HTTP is served on {bind}, beyond loopback: every request needs a token (`runner token`); "
+                            "put it behind TLS (a reverse proxy) before people use it from other machines")
     report["daemon"] = info
+    report["http"] = http
     report["server_notes"] = team
     report["permission_problems"] = audit(h)
-    if info.get("uid") == 0 or os.geteuid() == 0:
-        from runner.permissions import python_for_everyone
-
-        bad_python = python_for_everyone()
+    problems += [f"permissions: {p}" for p in report["permission_problems"]]
+    # the interpreter jobs of other users start from: the running daemon's own (daemon.json), or,
+    # before one runs, this one's when root asks (the install being checked)
+    python = info.get("python") if info else (sys.executable if not pid and os.geteuid() == 0 else None)
+    report["daemon_python"] = python
+    if python and (not info or info.get("uid") == 0):
+        bad_python = python_for_everyone(python)
         if bad_python:
-            team.append(bad_python)
+            problems.append(f"python: {bad_python}")
+    report["problems"] = problems
     if args.json:
         print_json(report)
-        return 0
+        return 1 if problems else 0
     ok = lambda b: "yes" if b else "NO"  # noqa: E731
-    print(f"home            {report['home']} (daemon {'pid ' + str(report['daemon_pid']) if report['daemon_pid'] else 'not running'})")
-    print(f"python          {report['python']}")
+    print(f"home            {report['home']} (daemon {'pid ' + str(pid) if pid else 'not running'})")
+    print(f"python          {report['python']}" + (f" (the daemon's: {python})" if python and python != report["python"] else ""))
+    print(f"http            {http or '(daemon not running)'}")
     print(f"uv              {report['uv'].get('version') or report['uv'].get('error')}")
     print(f"uv settings     {', '.join(report['uv_settings']) or '(none: uv uses its defaults)'}")
     print(f"gpus            {ok(inv.available)}: {report['gpus']['note']} ({report['gpus']['count']} GPU(s))")
@@ -92,8 +150,9 @@ def doctor(args):
         print(f"disk            NO: jobs do not start: {report['disk']['problem']}")
     for note in team:
         print(f"server          {note}")
-    problems = report["permission_problems"]
-    print(f"permissions     {'ok: every part of ' + str(h.root) + ' is owned and closed as it should be' if not problems else str(len(problems)) + ' problem(s):'}")
+    perm = report["permission_problems"]
+    print(f"permissions     {'ok: every part of ' + str(h.root) + ' is owned and closed as it should be' if not perm else str(len(perm)) + ' problem(s), below'}")
+    print(f"problems        {len(problems) or 'none'}")
     for p in problems:
         print(f"  - {p}")
-    return 1 if problems or report["disk"]["problem"] else 0
+    return 1 if problems else 0

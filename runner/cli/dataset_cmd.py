@@ -1,10 +1,77 @@
-"""runner dataset check|convert: look at a DOTA, HRSC2016 or Pascal VOC dataset before training on it."""
+"""runner dataset check|convert: look at a dataset of any format a job takes before training on it;
+convert a DOTA, HRSC2016 or Pascal VOC one to YOLO. runner synth: a tiny synthetic dataset."""
 
 from __future__ import annotations
 
 from .common import print_json
 
 TASK_TARGET = {"obb_detection": "yolo-obb", "object_detection": "yolo"}
+
+
+LAYOUTS = {  # a format a job (or `dataset check`) takes -> the tasks it serves, its usual one first
+    "yolo": ("object_detection", "instance_segmentation", "pose_estimation", "obb_detection"),
+    "yolo-obb": ("obb_detection",),
+    "coco": ("object_detection", "instance_segmentation"),
+    "masks": ("semantic_segmentation",),
+    "captions": ("image_captioning",),
+    "imagefolder": ("image_classification",),
+}
+
+
+def _check_layout(fmt: str, args) -> list[str]:
+    """Problems of a dataset in one of LAYOUTS, found by the same checks a job's submit runs."""
+    from pathlib import Path
+
+    from config_translators import datasets, transformers, ultralytics
+    from runner.exceptions import SpecError
+
+    tasks = LAYOUTS[fmt]
+    task = args.task or tasks[0]
+    if task not in tasks:
+        raise SpecError([f"--task: given {task!r}; a {fmt} dataset is for {', '.join(tasks)}"])
+    path = Path(args.path).absolute()
+    if fmt in ("yolo", "yolo-obb"):
+        return ultralytics.check_yolo(path if path.suffix in (".yaml", ".yml") else path / "data.yaml", ultralytics.TASKS[task])
+    if fmt == "imagefolder":
+        return datasets.imagefolder_layout(str(path), args.split)[1]
+    ds = {"path": str(path), "format": fmt}
+    if fmt == "coco":
+        if (path / "images").is_dir() and not args.annotations:  # the folder that holds images/ and annotations.json
+            path = path / "images"
+        ds = {"path": str(path), "format": fmt,
+              "annotations": str(Path(args.annotations).absolute() if args.annotations else path.parent / "annotations.json")}
+        task = "object_detection"  # the same images and JSON either way
+    return transformers.check_dataset(ds, {"task_type": task})
+
+
+def _check_other(fmt: str, args) -> int:
+    """`dataset check` of a format a job takes as it is (no conversion): its problems, one a line."""
+    problems = _check_layout(fmt, args)
+    task = args.task or LAYOUTS[fmt][0]
+    if args.json:
+        print_json({"path": args.path, "format": fmt, "task": task, "problems": problems})
+    else:
+        for p in problems:
+            print(p)
+        print(f"{args.path} ({fmt}, for {task}): " + ("no problems" if not problems else f"{len(problems)} problem(s), listed above"))
+    return 1 if problems else 0
+
+
+def synth(args):
+    """runner synth KIND DIR: a tiny dataset whose labels are known exactly (relative DIRs are from
+    the current folder); prints the paths a job names and the job's dataset: line."""
+    from runner.exceptions import SpecError
+    from runner.synth import FORMAT_OF, make
+
+    try:
+        paths = make(args)
+    except ValueError as e:
+        raise SpecError([str(e)]) from None
+    for p in paths:
+        print(p)
+    annotations = f", annotations: {paths[1]}" if len(paths) > 1 else ""
+    print(f"train with: dataset: {{path: {paths[0]}, format: {FORMAT_OF[args.kind]}{annotations}}}")
+    return 0
 
 
 def _cut_tiles(plan: str):
@@ -81,14 +148,19 @@ def dataset(args):
     from runner.exceptions import RunnerError, SpecError
 
     fmt = args.format or args.from_
+    checkable = (*LAYOUTS, *df.FORMATS)
     if not fmt:
-        raise SpecError(["--format: missing; give dota, hrsc2016 or voc"])
+        raise SpecError([f"--format: missing; give one of {', '.join(checkable if args.action == 'check' else df.FORMATS)}"])
+    if args.action == "check" and fmt in LAYOUTS:
+        return _check_other(fmt, args)
     if fmt not in df.FORMATS:
-        raise SpecError([f"--format: given {fmt!r}; expected one of {', '.join(df.FORMATS)}"])
+        expected = checkable if args.action == "check" else df.FORMATS
+        raise SpecError([f"--format: given {fmt!r}; expected one of {', '.join(expected)}"
+                         + ("" if args.action == "check" else " (convert reads these; a job takes yolo, coco, ... as they are)")])
     if args.task and args.task not in TASK_TARGET:
         raise SpecError([f"--task: given {args.task!r}; a {fmt} dataset holds boxes for {', '.join(TASK_TARGET)}"])
     try:
-        ds = df.read(args.path, fmt, args.split)
+        ds = df.read(args.path, fmt, 0.2 if args.split is None else args.split)
     except df.DatasetError as e:
         raise SpecError(e.problems) from None
     if args.action == "check":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
     def run(self):
         """Run in the foreground until SIGTERM/SIGINT; running jobs are left running."""
         self._take_pidfile()
+        sock = self._bind_http() if self.http_bind else None  # at once, and before daemon.json names it
         import faulthandler
 
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack into the log
@@ -126,7 +128,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
 
         secrets_dir(self.home)
         info = {"pid": os.getpid(), "uid": os.geteuid(), "user": user_name(os.geteuid()), "http": self.http_bind,
-                "started_at": self.started_at}
+                "python": sys.executable, "started_at": self.started_at}
         tmp = self.home.root / f".daemon.json.{os.getpid()}"
         try:
             tmp.write_text(json.dumps(info))
@@ -136,8 +138,8 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self._guarded("reconcile", self.reconcile, time.time())
         self._guarded("spool intake", self._resume_intake, time.time())
         threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
-        if self.http_bind:
-            self._start_http()
+        if sock is not None:
+            self._start_http(sock)
         if self.mirror_conf:
             mirror = Mirror(self.home, self.store, self.mirror_conf)
             threading.Thread(target=mirror.run, args=(self._stop_watch,), name="mirror", daemon=True).start()
@@ -186,13 +188,46 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         except Exception:  # inotify limits etc.: the poll interval still drives the loop
             log.exception("file watching failed; polling every %.2fs", defaults.POLL_SECONDS)
 
-    def _start_http(self):
+    def _bind_http(self):
+        """The listening socket of http_bind, made here in the main thread: a port that cannot be
+        had stops the daemon with one line (uvicorn, left to bind in its thread, logs the error and
+        ends only that thread: the daemon ran on without HTTP). A bind with port 0 becomes the port
+        the kernel chose."""
+        import socket
+
+        from ..web.guard import BACKLOG
+
+        host, _, port = self.http_bind.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"cannot serve HTTP on {self.http_bind}: {getattr(e, 'strerror', None) or e} "
+                              "(expected HOST:PORT; set --http or [daemon] http)") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart while old connections linger
+            sock.bind(address)
+            sock.listen(BACKLOG)
+        except OSError as e:
+            sock.close()
+            import errno
+
+            why = (e.strerror or str(e)).lower()
+            hint = "another daemon? " if e.errno == errno.EADDRINUSE else ""
+            raise RunnerError(f"cannot serve HTTP on {self.http_bind}: {why} ({hint}set --http or [daemon] http)") from None
+        if int(port) == 0:
+            self.http_bind = f"{self.http_bind.rpartition(':')[0]}:{sock.getsockname()[1]}"
+        return sock
+
+    def _start_http(self, sock):
         from ..http import create_app
         from ..web.guard import server
 
         app = create_app(self.home, daemon=self)
         self.http_server = server(app, self.http_bind, self.home.config.get("server", {}))  # bounded connections
-        t = threading.Thread(target=self.http_server.run, name="http", daemon=True)
+        t = threading.Thread(target=self.http_server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
         t.start()
 
     def tick(self, now: float | None = None):
