@@ -644,7 +644,7 @@ class Store:
         import os
 
         dest = Path(dest).absolute()
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
         t0 = time.time()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         os.close(fd)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, ROOT, DaemonProc, wait_for
-from test_users import ALICE, BOB, SYSTEM_PY, User, users, world  # noqa: F401  (fixtures)
+from test_users import ALICE, BOB, User, users, world  # noqa: F401  (fixtures)
 
 JOBS_PY = FIXTURES / "jobs.py"
 DAY = 86400.0

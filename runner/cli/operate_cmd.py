@@ -42,9 +42,17 @@ def backup(args):
         raise RunnerError(f"FILE: {dest} is a folder; expected the path of the copy to write, e.g. {dest.rstrip('/')}/runner.db")
     if not os.path.isdir(os.path.dirname(dest)):
         raise RunnerError(f"FILE: {os.path.dirname(dest)} does not exist; expected a file in an existing folder")
-    if os.path.realpath(dest).startswith(os.path.realpath(h.db)):
+    store = os.path.realpath(h.db)
+    if os.path.realpath(dest) in {store, *(store + end for end in ("-wal", "-shm", "-journal"))}:
         raise RunnerError(f"FILE: {dest} is the store itself; expected another path")
-    done = Store(h.db, migrate=False).backup(dest)
+    import sqlite3
+
+    try:
+        done = Store(h.db, migrate=False).backup(dest)
+    except OSError as e:
+        raise RunnerError(f"backup: cannot write {dest}: {(e.strerror or str(e)).lower()}") from None
+    except sqlite3.Error as e:
+        raise RunnerError(f"backup: the copy of {h.db} failed ({e}); {dest} was left as it was") from None
     if args.json:
         print_json(done)
     else:
