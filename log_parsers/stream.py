@@ -7,6 +7,10 @@ import re
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _EPOCH = re.compile(rb"(?i)epoch\W{0,3}(\d+)")
 
+MAX_LINE = 16 << 10
+"""Longest line handed on, in bytes: a line with no end (a job that prints megabytes without a
+newline, or a log written by hand) is cut there, so neither memory nor a parser's time grows with it."""
+
 
 def _epoch_key(seg: bytes):
     m = _EPOCH.search(seg)
@@ -69,6 +73,9 @@ class LineAssembler:
         if b"\r" in tail:
             head, _, tail = tail.rpartition(b"\r")
             self._segments(head, pos, out, final=False)
+        if len(tail) > MAX_LINE and self._current is None:  # no end in sight: what came so far is a line
+            out.append(tail)
+            tail = b""
         self._buf = tail
         return [self._clean(b) for b in out]
 
@@ -82,6 +89,7 @@ class LineAssembler:
 
     @staticmethod
     def _clean(raw: bytes) -> str:
+        raw = raw[:MAX_LINE * 4]  # before the escape pattern runs over it
         if b"\x1b" in raw:
             raw = _ANSI.sub(b"", raw)
-        return raw.decode("utf-8", "replace").rstrip()
+        return raw[:MAX_LINE].decode("utf-8", "replace").rstrip()

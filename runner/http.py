@@ -229,6 +229,12 @@ def create_app(home, daemon=None) -> FastAPI:
     async def _spec(_req: Request, exc: SpecError):
         return FastJSON(status_code=422, content={"error": "; ".join(exc.problems), "problems": exc.problems})
 
+    from .privsep import Busy
+
+    @app.exception_handler(Busy)
+    async def _busy(_req: Request, exc: Busy):
+        return FastJSON(status_code=429, content={"error": str(exc)}, headers={"Retry-After": "2"})
+
     @app.exception_handler(RunnerError)
     async def _runner(_req: Request, exc: RunnerError):
         return FastJSON(status_code=409, content={"error": str(exc)})

@@ -84,17 +84,6 @@ def hand_over(folder: Path, who: Person, mode: int = 0o700):
     os.chmod(folder, mode)
 
 
-def open_users_file(path: str | os.PathLike, uid: int):
-    """Open a file the job wrote (results file, failure.json) for the daemon to read: never through
-    a symbolic link, and only a regular file that belongs to the job's user (or to the daemon)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, os.geteuid()):
-        os.close(fd)
-        raise PermissionError(f"{path}: not a regular file of the job's user")
-    return os.fdopen(fd, "rb")
-
-
 def check_paths_as(spec: dict, who: Person) -> list[str]:
     """The paths a job names, checked as its submitter: one line per path she cannot use."""
     problems = []

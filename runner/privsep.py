@@ -16,10 +16,12 @@ verb runs in the daemon's process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .exceptions import RunnerError
@@ -95,11 +97,8 @@ def run_as(who, verb: str, payload: dict, timeout: float = 600.0, env: dict | No
     argv = [sys.executable, "-I", "-m", "runner.privsep", verb, str(who.uid), str(who.gid), ",".join(map(str, who.groups))]
     environ = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": who.home, "USER": who.name, "LOGNAME": who.name,
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
-    try:
-        r = subprocess.run(argv, input=json.dumps(payload).encode(), capture_output=True, timeout=timeout, env=environ,
-                           cwd="/", start_new_session=True, close_fds=True)
-    except subprocess.TimeoutExpired:
-        raise HelperError(f"{verb}: the helper running as {who.name} did not answer within {timeout:.0f}s") from None
+    with _slot(who, wait=verb != "submit"):
+        r = _communicate(argv, json.dumps(payload).encode(), timeout, environ, f"{verb}: the helper running as {who.name}")
     out = r.stdout[:MAX_ANSWER + 1]
     try:
         answer = json.loads(out) if len(out) <= MAX_ANSWER else None
@@ -114,6 +113,74 @@ def run_as(who, verb: str, payload: dict, timeout: float = 600.0, env: dict | No
     return answer.get("ok")
 
 
+HELPERS_PER_USER = 2
+"""Helpers of one user at a time: her requests never hold more of the daemon's threads than this."""
+
+STOPPED_SECONDS = 2.0
+"""A helper stopped this long (SIGSTOP from its user, who may signal her own processes) is ended."""
+
+_busy: dict[int, int] = {}
+_busy_lock = threading.Condition()
+
+
+class Busy(RunnerError):
+    """A user who already has HELPERS_PER_USER requests being worked on."""
+
+
+@contextlib.contextmanager
+def _slot(who, wait: bool):
+    """One of the user's helper slots: waited for (prepare), or refused at once when `wait` is
+    false (an HTTP submit), so that one user's requests never fill the daemon's threads."""
+    with _busy_lock:
+        while _busy.get(who.uid, 0) >= HELPERS_PER_USER:
+            if not wait:
+                raise Busy(f"{who.name} has {HELPERS_PER_USER} requests being checked already; try again when they are answered")
+            _busy_lock.wait(1.0)
+        _busy[who.uid] = _busy.get(who.uid, 0) + 1
+    try:
+        yield
+    finally:
+        with _busy_lock:
+            _busy[who.uid] -= 1
+            _busy_lock.notify_all()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether a process is stopped by a signal or a tracer (its state in /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
+def _communicate(argv, data: bytes, timeout: float, environ: dict, what: str) -> subprocess.CompletedProcess:
+    """Run the helper to its end: killed at `timeout`, or sooner when it is held stopped."""
+    import time
+
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ,
+                            cwd="/", start_new_session=True, close_fds=True)
+    deadline, stopped_since = time.monotonic() + timeout, None
+    while True:
+        try:
+            out, err = proc.communicate(data, timeout=0.5)
+            return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            data = None  # given once; communicate() keeps sending what is left
+        now = time.monotonic()
+        if _stopped(proc.pid):
+            stopped_since = now if stopped_since is None else stopped_since
+        else:
+            stopped_since = None
+        why = (f"did not answer within {timeout:.0f}s" if now >= deadline else
+               f"was held stopped for {STOPPED_SECONDS:.0f}s" if stopped_since is not None and now - stopped_since >= STOPPED_SECONDS
+               else None)
+        if why:
+            proc.kill()
+            proc.communicate()
+            raise HelperError(f"{what} {why}")
+
+
 def _drop(uid: int, gid: int, groups: list[int]):
     """Become uid for good: groups, gid, uid, then check that root cannot be had back."""
     os.setgroups(groups)
@@ -124,7 +191,9 @@ def _drop(uid: int, gid: int, groups: list[int]):
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its user cannot ptrace it or read its memory (it holds the daemon's payload)
     except (OSError, AttributeError):
         pass
     os.umask(0o077)

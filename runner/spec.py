@@ -231,7 +231,7 @@ class JobSpec(_Strict):
     workdir: Optional[str] = Field(None, max_length=4096)
     env_vars: dict[str, str] = Field(default_factory=dict)
     parser: Optional[str] = Field(None, max_length=4096)
-    checkpoints: list[str] = Field(default_factory=list, max_length=100)
+    checkpoints: list[str] = Field(default_factory=list, max_length=16)
     check: Optional[dict[str, Any]] = None
     mlflow: Any = None
     slurm: Optional[SlurmOptions] = None

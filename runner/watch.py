@@ -6,6 +6,7 @@ import fnmatch
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,8 +16,11 @@ from . import defaults
 
 READ_CHUNK = 4 << 20
 POLL_BYTES = 64 << 20  # most log bytes one look at a running job reads
+FINAL_BYTES = 256 << 20  # most log bytes the last look at an ended job reads (the rest is not parsed)
 CHECKPOINT_MAX_BYTES = 1 << 40  # larger than any checkpoint: a sparse file of exabytes is not one
-SCAN_MAX_ENTRIES = 100_000  # most folder entries one checkpoint pattern looks at in one scan
+SCAN_MAX_ENTRIES = 20_000  # most folder entries one scan of a job's checkpoint globs looks at, all patterns together
+MAX_CHECKPOINTS = 1000  # most checkpoint files recorded for one job (a job making more keeps its first ones)
+SCAN_SECONDS = 5.0  # a running job's checkpoint globs are looked at this often (and once more when it ends)
 IDENTITIES = "checkpoints.json"  # in the daemon's run folder: what each recorded checkpoint was when scanned
 
 
@@ -97,7 +101,7 @@ def open_job_file(job_dir: Path, rel: str | os.PathLike, uid: int, max_bytes: in
         raise
 
 
-def find(job_dir: Path, pattern: str, budget: int = SCAN_MAX_ENTRIES) -> list[str]:
+def find(job_dir: Path, pattern: str, budget: int = SCAN_MAX_ENTRIES, spent: list | None = None) -> list[str]:
     """Paths (relative to job_dir) that a checkpoint glob matches, as glob.glob would find them
     (`**` for any depth, `*` not matching a leading dot), except that no symbolic link to a folder
     is entered: a job's links never make the daemon list another folder, nor loop. At most
@@ -142,6 +146,8 @@ def find(job_dir: Path, pattern: str, budget: int = SCAN_MAX_ENTRIES) -> list[st
                 walk(f"{rel}/{e.name}" if rel else e.name, i + 1)
 
     walk("", 0)
+    if spent is not None:  # how many entries this look cost, for a caller that shares one budget
+        spent.append(budget - max(left[0], 0))
     return sorted(found)
 
 
@@ -173,8 +179,11 @@ class LogWatcher:
     """Reads a job's output.log from a saved offset and stores what the parser finds."""
 
     def __init__(self, job_id: str, job_dir: Path, parser_spec, offset: int = 0, parser_state=None, checkpoints=None,
-                 log_path: Path | None = None, owner: int | None = None):
+                 log_path: Path | None = None, owner: int | None = None, max_offset: int | None = None):
         self.job_id = job_id
+        # The log is its user's file: she may write it by hand, past what the shim's cap lets
+        # through. Nothing past max_offset is read, so no log costs more than the cap allows.
+        self.max_offset = max_offset
         self.job_dir = Path(job_dir)
         self.path = Path(log_path) if log_path else self.job_dir / "output.log"
         # checkpoints are recorded only when they are files of the job's user (the daemon's own
@@ -188,9 +197,10 @@ class LogWatcher:
         self.offset = offset
         self._fh = None
         self._known = read_identities(self.run_dir)
+        self._scanned = float("-inf")  # monotonic time of the last checkpoint scan
 
     def poll(self, store, final: bool = False) -> int:
-        """Read what is new (all of it when `final`), store the points; returns how many.
+        """Read what is new (up to FINAL_BYTES of it when `final`), store the points; returns how many.
 
         Every transaction holds the points of whole lines and the offset just past those lines
         (and the parser's state there), so a daemon killed between two transactions reads on from
@@ -206,8 +216,12 @@ class LogWatcher:
                 return 0
             self._fh.seek(self.offset)
         total = read = 0
-        while final or read < POLL_BYTES:
-            data = self._fh.read(READ_CHUNK)
+        budget = FINAL_BYTES if final else POLL_BYTES
+        while read < budget:
+            want = READ_CHUNK
+            if self.max_offset is not None:
+                want = max(0, min(want, self.max_offset - self._fh.tell()))
+            data = self._fh.read(want) if want else b""
             read += len(data)
             for i in range(0, len(data), defaults.METRICS_BATCH_BYTES):
                 total += self._store(store, self.assembler.feed(data[i:i + defaults.METRICS_BATCH_BYTES]))
@@ -215,7 +229,7 @@ class LogWatcher:
                 if final:
                     total += self._store(store, self.assembler.finish())
                 break
-        if self.checkpoints:
+        if self.checkpoints and (final or time.monotonic() - self._scanned >= SCAN_SECONDS):
             self.scan_artifacts(store)
         return total
 
@@ -236,13 +250,27 @@ class LogWatcher:
         Each is opened the safe way (open_job_file) and taken only when it is a regular file of the
         job's user; its identity is kept so that whoever reads it later (the MLflow mirror) opens
         the same file or none."""
+        self._scanned = time.monotonic()
         new = []
+        budget = SCAN_MAX_ENTRIES  # for all the patterns together: many patterns cost no more than one
         for pattern in self.checkpoints:
-            if checkpoint_pattern_problem(pattern):
+            if checkpoint_pattern_problem(pattern) or budget <= 0:
                 continue  # refused at submit; a record that got past it is not followed out of the folder
-            for rel in find(self.job_dir, pattern):
+            spent: list[int] = []
+            found = find(self.job_dir, pattern, budget, spent)
+            budget -= max(spent[0], 1)
+            for rel in found:
                 if any(part.endswith(".tmp") or ".tmp." in part for part in Path(rel).parts):
                     continue  # still being written (atomic writes rename it into place)
+                path = str(self.job_dir / rel)
+                if path not in self._known and len(self._known) >= MAX_CHECKPOINTS:
+                    continue
+                try:
+                    seen = os.lstat(path)  # unchanged since recorded: not opened again
+                    if self._known.get(path) == Identity.of(seen):
+                        continue
+                except OSError:
+                    continue
                 try:
                     f, st = open_job_file(self.job_dir, rel, self.owner)
                 except (OSError, Refused):

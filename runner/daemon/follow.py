@@ -22,15 +22,17 @@ from .faults import own_trouble, rollback
 log = logging.getLogger("runner.daemon.follow")
 
 
-def _users_json(path: Path, uid: int) -> dict:
-    """A small JSON file the job wrote (failure.json), read without following links; {} if unusable."""
-    from ..identity import open_users_file
+def _users_json(job_dir: Path, rel: str, uid: int) -> dict:
+    """A small JSON file the job wrote (failure.json), opened the safe way (watch.open_job_file:
+    no link anywhere below the job folder, the job user's own regular file); {} if unusable."""
+    from ..watch import Refused, open_job_file
 
     try:
-        with open_users_file(path, uid) as f:
+        f, _ = open_job_file(job_dir, rel, uid, 1 << 20)
+        with f:
             data = json.loads(f.read(1 << 20))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, Refused):
         return {}
 
 
@@ -141,8 +143,17 @@ class Follow:
             meta = read_json(run_dir / "watch.json") or {}
             w = self.watchers[job["id"]] = LogWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
                                                       job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
-                                                      log_path=run_dir / "output.log", owner=job["uid"])
+                                                      log_path=run_dir / "output.log", owner=job["uid"],
+                                                      max_offset=self._log_read_limit())
         return w
+
+    def _log_read_limit(self) -> int | None:
+        """The most bytes of a log worth reading: the shim writes at most the cap, its cut notes and a tail."""
+        from ..diskspace import settings
+        from ..shim import TAIL_MAX
+
+        cap = settings(self.home.config)["log_max_bytes"]
+        return cap + TAIL_MAX + (1 << 20) if cap else None
 
     def _stragglers(self, job) -> list:
         """Processes of this job still on its GPUs (found by the RUNNER_JOB_ID in their environment)."""
@@ -192,7 +203,7 @@ class Follow:
     def _reap(self, job: dict, exit_info: dict, now: float):
         jid = job["id"]
         job_dir = self.home.job_dir(jid)
-        failure = _users_json(job_dir / "failure.json", job["uid"])
+        failure = _users_json(job_dir, "failure.json", job["uid"])
         tail = tail_lines(self.home.run_dir(jid) / "output.log")
         code, sig = exit_info.get("exit_code"), exit_info.get("signal")
         fresh = self.store.get_job(jid)
@@ -220,15 +231,20 @@ class Follow:
             return None, False
         from log_parsers.results import compare, read_results
 
-        from ..identity import open_users_file
+        from ..watch import Refused, open_job_file
 
         fail = spec.get("on_mismatch") == "fail"
-        path = job_dir / (spec.get("job_path") or f"out/{spec['path']}")
-        if not path.exists():
-            return f"results file {spec['path']} was not written", fail
+        rel = spec.get("job_path") or f"out/{spec['path']}"
+        path = job_dir / rel
         try:
-            with open_users_file(path, job["uid"]) as f:
-                text = f.read(64 << 20).decode("utf-8", "replace")
+            f, _ = open_job_file(job_dir, rel, job["uid"], 16 << 20)
+        except FileNotFoundError:
+            return f"results file {spec['path']} was not written", fail
+        except (OSError, Refused) as e:
+            return f"results file {spec['path']}: not read ({e})", fail
+        try:
+            with f:
+                text = f.read(16 << 20).decode("utf-8", "replace")
             results = read_results(path, spec, text)
         except (ValueError, KeyError, OSError) as e:
             return f"results file {spec['path']}: {e}", fail
