@@ -299,3 +299,33 @@ def test_the_usual_formats_are_registry_data_a_site_may_change(tmp_path, monkeyp
     monkeypatch.setenv("RUNNER_REGISTRY", str(site))
     spec = parse_spec({"model": "ultralytics/yolov8n", "dataset": _make("coco", tmp_path / "c")})
     assert resolve(spec, tmp_path, load(), [])["dataset"]["format"] == "coco"
+
+
+# -- 6. the README's job files, as written -----------------------------------------------------------------
+
+def test_the_readmes_job_files_are_accepted_as_written_with_their_usual_formats(tmp_path, monkeypatch):
+    """One job file per kind (timm, Ultralytics, Transformers, a repo, a command), each accepted at
+    submit as the README shows it, on the datasets the README's `runner synth` lines make."""
+    import re
+
+    from runner import synth, synth_tasks
+    from runner.registry import load
+    from runner.resolve import resolve
+    from runner.spec import parse_spec
+    from runner.specfile import parse_yaml
+
+    readme = (ROOT / "README.md").read_text()
+    part = readme[readme.index("Job files, one per kind"):readme.index("A command job runs in")]
+    jobs = [parse_yaml(b, "README.md") for b in re.findall(r"```yaml\n(.*?)```", part, re.S)]
+    assert [j.get("model", "command").split("/")[0] for j in jobs] == ["timm", "ultralytics", "transformers", "repo", "command"]
+    synth.make_shapes(tmp_path / "data" / "shapes", easy=True)
+    synth_tasks.make_yolo(tmp_path / "data" / "yolo", easy=True)
+    synth_tasks.make_masks(tmp_path / "data" / "masks", easy=True)
+    (tmp_path / "train.py").write_text("print('epoch=1 loss=0.5')\n")
+    guide = (ROOT / "docs" / "adding-a-repo.md").read_text()
+    table = re.search(r'```toml title="registry.toml"\n(.*?)\n```', guide, re.S).group(1)
+    (tmp_path / "site.toml").write_text(table.replace("TINYCLS_COMMIT", "0" * 40))
+    monkeypatch.setenv("RUNNER_REGISTRY", str(tmp_path / "site.toml"))
+    monkeypatch.chdir(tmp_path)
+    formats = [resolve(parse_spec(j), tmp_path, load(), []).get("dataset", {}).get("format") for j in jobs]
+    assert formats == ["imagefolder", "yolo", "masks", "imagefolder", None]
