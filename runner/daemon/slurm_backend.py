@@ -109,11 +109,11 @@ class SlurmJobs:
         for j in jobs:
             s = view.get(j["slurm_job_id"])
             try:
-                self._follow_one(j, s, now)
+                self._follow_slurm_one(j, s, now)
             except (InvalidTransition, JobNotFound) as e:
                 log.info("%s", e)
 
-    def _follow_one(self, job: dict, s, now: float):
+    def _follow_slurm_one(self, job: dict, s, now: float):
         jid, state = job["id"], JobState(job["state"])
         run_dir = self.home.run_dir(jid)
         if s is None:  # neither squeue nor scontrol knows it any more (ended long ago, while we were down)
