@@ -175,6 +175,15 @@ def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, dict, str]:
         except RepoError:
             raise RepoError(f"repos.{name}.requirements: {repo['requirements']} does not exist at {repo['commit'][:12]}") from None
     text = merge_requirements(base, repo.get("overrides", []))
+    # The repo's requirements are resolved and built by the daemon: what its file names must come
+    # from the index, like a user's inline requirements. A `name @ file:///home/...` line (or a
+    # URL) would have the daemon build whatever that folder holds at build time, as root.
+    allow_urls = bool((home.config.get("envs") or {}).get("allow_requirement_urls"))
+    for line in text.splitlines():
+        why = envs.requirement_problem(line, allow_urls)
+        if why:
+            where = f"repos.{name}.overrides" if line in repo.get("overrides", []) else f"repos.{name}.requirements ({repo.get('requirements')})"
+            raise RepoError(f"{where}: given {line[:120]!r}; {why}; replace it with a pinned package in the table's overrides")
     py, ver = envs.find_python(repo.get("python"), f"repos.{name}.python")
     build = envs.build_settings(repo.get("build"), f"repos.{name}.build")
     minor = ".".join(ver.split(".")[:2])

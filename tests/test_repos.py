@@ -181,3 +181,29 @@ def test_dataset_format_and_missing_fields_fail_clearly(runner, home, trainrepo,
     assert r.returncode == 2 and "this repo expects 'yolo'" in r.stderr
     r = runner.run("submit", job(tmp_path, shapes, name="nope"), check=False)
     assert "repo/nope is not in the registry" in r.stderr
+
+
+def test_a_repos_requirements_never_make_the_daemon_build_a_local_folder(runner, daemon, home, tmp_path, shapes):
+    """A repo (pinned by an admin) whose requirements file names `pkg @ file:///...`: the daemon
+    resolves and builds a repo's env itself, so such a line would have it build whatever that
+    folder holds at build time, as root. The job fails at prepare in one line; nothing is built."""
+    pkg = tmp_path / "pwnpkg"
+    pkg.mkdir()
+    marker = tmp_path / "built-as"
+    (pkg / "pyproject.toml").write_text('[build-system]\nrequires = []\nbackend-path = ["."]\nbuild-backend = "backend"\n'
+                                        '[project]\nname = "pwnpkg"\nversion = "1"\n')
+    (pkg / "backend.py").write_text(f"import os\nopen({str(marker)!r}, 'a').write(str(os.getuid()))\n")
+    src = tmp_path / "evilrepo"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    (src / "train.py").write_text(TRAIN)
+    (src / "requirements.txt").write_text(f"six==1.16.0\npwnpkg @ file://{pkg}\n")
+    (src / "LICENSE").write_text("MIT License\n")
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "v1", cwd=src)
+    add_table(home, "evilrepo", repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src)))
+    j = runner.wait_state(runner.submit(job(tmp_path, shapes, name="evilrepo")), timeout=120)
+    assert (j["state"], j["reason"]) == ("failed", "prepare_failed"), j
+    assert "repos.evilrepo.requirements" in j["note"] and "pwnpkg @ file://" in j["note"] and "package specifier" in j["note"], j["note"]
+    assert not marker.exists()
+    assert daemon.proc.poll() is None
