@@ -332,3 +332,40 @@ def test_root_runs_inference_on_her_job_as_her_and_her_checkpoint_is_never_unpic
                                                       "may run inference with its checkpoints"), r.stderr
     assert daemon_alive(d)
     shutil.rmtree(data, ignore_errors=True)
+
+
+def test_nobody_loads_a_checkpoint_file_a_teammate_planted(team):  # noqa: F811
+    """`runner infer PATH`: loading a checkpoint may run code as whoever loads it. His file is
+    refused to her in one line, a sidecar of his beside her file does not choose her loader, and
+    root refuses a file of its own in a folder others may write (it could be swapped after the look)."""
+    d, alice, bob, home = team
+    shared = Path(tempfile.mkdtemp(prefix="lab-", dir="/var/tmp"))
+    os.chmod(shared, 0o777)  # a lab folder without the sticky bit
+    try:
+        his = shared / "best.pt"
+        his.write_bytes(b"not a checkpoint")
+        os.chown(his, bob.uid, -1)
+        img = shared / "x.png"
+        img.write_bytes(b"")
+        os.chmod(img, 0o644)
+        r = alice.run("infer", his, img, check=False)
+        assert r.returncode != 0 and f"belongs to {BOB}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        mine = shared / "mine.pt"
+        mine.write_bytes(b"x")
+        from runner.cli.models_cmd import _sidecar
+
+        (shared / "mine.json").write_text(json.dumps({"framework": "ultralytics"}))
+        os.chown(shared / "mine.json", bob.uid, -1)
+        os.chown(mine, alice.uid, -1)
+        assert _sidecar(mine, ".json") == {}  # his file beside hers chooses nothing
+        os.chown(shared / "mine.json", alice.uid, -1)
+        assert _sidecar(mine, ".json") == {"framework": "ultralytics"}
+        root_file = shared / "root.pt"
+        root_file.write_bytes(b"x")
+        from conftest import Runner
+
+        r = Runner(home).run("infer", root_file, img, check=False)
+        assert r.returncode != 0 and "others may write" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    assert d.proc.poll() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -66,11 +67,10 @@ def infer(args):
     As the checkpoint's owner: root's `runner infer` on a user's job (or on a file of hers) runs
     as her, in a helper that dropped to her (runner.privsep), so what her checkpoint or checkout
     makes a framework run never runs as root; another user's job is refused."""
-    import os
-
     from runner.exceptions import PermissionDenied, RunnerError
     from runner.identity import drops_privileges, person
     from runner.queries import find_job
+    from runner.spool import user_name
 
     h = home(args)
     images = [str(Path(i).resolve()) for i in args.images]
@@ -78,6 +78,12 @@ def infer(args):
     if src.exists():
         source = str(src.resolve())
         uid = os.stat(source).st_uid
+        if uid != os.geteuid() and os.geteuid() != 0:
+            raise PermissionDenied(f"{args.source}: belongs to {user_name(uid)}; run inference only on checkpoints of yours "
+                                   "(loading a checkpoint may run code as whoever loads it)")
+        if uid == 0 and os.geteuid() == 0 and _others_may_swap(source):
+            raise PermissionDenied(f"{args.source}: lies in a folder that others may write; root loads checkpoints only "
+                                   "from folders no one else can change (copy it into one)")
     else:
         job = find_job(h, store(h), args.source)
         if job.get("uid") is None:
@@ -100,6 +106,44 @@ def infer(args):
     return 0
 
 
+def _others_may_swap(path: str) -> bool:
+    """Whether anyone but root could replace `path` or a folder above it (between root's look at
+    its owner and the load): a folder or link on the way not root's, or one others may write
+    without the sticky bit's protection."""
+    import stat as st_
+
+    p = Path(path)
+    for part in [p, *p.parents]:
+        try:
+            st = os.lstat(part)
+        except OSError:
+            return True
+        if st.st_uid != 0:
+            return True
+        if part != p and st.st_mode & 0o022 and not st.st_mode & st_.S_ISVTX:
+            return True
+    return False
+
+
+def _sidecar(ckpt: Path, name: str) -> dict:
+    """A checkpoint's metadata file (which framework loads it), trusted only when it is the
+    checkpoint owner's own regular file: a teammate's file beside it does not choose the loader."""
+    path = ckpt.with_suffix(".json") if name == ".json" else ckpt / name
+    try:
+        st, own = os.lstat(path), os.stat(ckpt)
+    except OSError:
+        return {}
+    import stat as st_
+
+    if not st_.S_ISREG(st.st_mode) or st.st_uid != own.st_uid:
+        return {}
+    try:
+        data = json.loads(path.read_bytes()[:1 << 20])
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def run_inference(h, source: str, images: list[str], model: str | None = None) -> list[dict]:
     """InferenceResult dicts, one per image, from a job (id) or a checkpoint file, in its env: run
     by whoever calls it (the job's owner: see infer)."""
@@ -111,11 +155,8 @@ def run_inference(h, source: str, images: list[str], model: str | None = None) -
     src = Path(source)
     if src.is_absolute() and src.exists():
         ckpt = src
-        env_name = "timm"
-        if (src.with_suffix(".json")).exists():
-            env_name = json.loads(src.with_suffix(".json").read_text()).get("framework", "timm")
-        elif (src / "runner_meta.json").exists():
-            env_name = json.loads((src / "runner_meta.json").read_text()).get("framework", "timm")
+        meta = _sidecar(src, ".json") or (_sidecar(src, "runner_meta.json") if src.is_dir() else {})
+        env_name = meta.get("framework", "timm") if isinstance(meta.get("framework", "timm"), str) else "timm"
         env_hash = None
         framework = env_name if not model else model.split("/", 1)[0]
     else:
