@@ -113,12 +113,34 @@ FORMAT_OF = {"shapes": "imagefolder", "yolo": "yolo", "coco": "coco", "keypoints
 """The `dataset.format` a job gives for each kind."""
 
 
+def _fresh_folder(root: Path):
+    """Make the dataset's folder new (or take an empty one of the caller's): every file is then
+    written inside a folder only the caller may write, so no link planted by someone else (in a
+    shared /tmp, say) is written through."""
+    import os
+    import stat
+
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        os.makedirs(root.parent, exist_ok=True)
+        os.mkdir(root, 0o755)
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{root}: exists and is not a folder; give a new folder")
+    if st.st_uid != os.geteuid() or os.listdir(root):
+        raise ValueError(f"{root}: exists{' and is not empty' if os.listdir(root) else ' and is not yours'}; "
+                         "give a new folder (synth writes only into a folder it makes)")
+    os.chmod(root, 0o755)
+
+
 def make(a) -> list[Path]:
     """Write the dataset `a` (parsed by add_arguments's parser) asks for; the paths a job names
     (dataset.path, and dataset.annotations for coco and keypoints), absolute."""
     if a.classes < 1 or a.size < 16 or min(a.per_class, a.val_per_class, a.train, a.val) < 1:
         raise ValueError("--classes, --per-class, --val-per-class, --train and --val must be at least 1, --size at least 16")
     root = Path(a.dir).absolute()
+    _fresh_folder(root)
     if a.kind == "shapes":
         return [make_shapes(root, a.per_class, a.val_per_class, a.size, classes=class_names(a.classes), seed=a.seed, easy=a.easy)]
     from . import synth_tasks as t

@@ -4,7 +4,7 @@
 . "$(dirname "$0")/setup.sh"
 export RUNNER_HOME="${RUNNER_HOME:-$(pwd)/demo/home}"
 mkdir -p demo
-"$PY" -m runner.synth shapes demo/shapes >/dev/null
+[ -d demo/shapes ] || "$PY" -m runner.synth shapes demo/shapes >/dev/null  # made once; synth writes only into a new folder
 cat > demo/job.yaml <<'YAML'
 name: shapes-resnet18
 model: timm/resnet18

@@ -329,3 +329,17 @@ def test_the_readmes_job_files_are_accepted_as_written_with_their_usual_formats(
     monkeypatch.chdir(tmp_path)
     formats = [resolve(parse_spec(j), tmp_path, load(), []).get("dataset", {}).get("format") for j in jobs]
     assert formats == ["imagefolder", "yolo", "masks", "imagefolder", None]
+
+
+def test_synth_never_writes_through_a_link_planted_in_its_folder(tmp_path):
+    """A teammate's link in a shared folder where someone makes a dataset: synth writes only into
+    a folder it makes (or an empty one of the caller's), so the link's target is never written."""
+    target = tmp_path / "victim.txt"
+    target.write_text("hers\n")
+    planted = tmp_path / "shared" / "train" / "circle"
+    planted.mkdir(parents=True)
+    (planted / "circle_000.png").symlink_to(target)
+    r = subprocess.run([sys.executable, "-m", "runner.synth", "shapes", str(tmp_path / "shared")], capture_output=True, text=True,
+                       env=_env(tmp_path / "h"))
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert target.read_text() == "hers\n"
