@@ -278,7 +278,7 @@ def test_nan_metrics_do_not_break_json(runner, daemon):
 
 async def _get(port, path):
     r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     await w.drain()
     data = await r.read()
     w.close()
@@ -325,7 +325,7 @@ def test_reading_a_big_log_keeps_the_daemon_small(runner, daemon, home):
 
     async def read():
         r, w = await asyncio.open_connection("127.0.0.1", daemon.port)
-        w.write(f"GET /jobs/{jid}/log HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode())
+        w.write(f"GET /jobs/{jid}/log HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode())
         await w.drain()
         n = 0
         while chunk := await r.read(1 << 20):
@@ -395,7 +395,7 @@ def test_a_crash_between_two_metric_batches_stores_each_point_once(tmp_path, mon
 def test_metric_burst_with_daemon_sigkills_is_stored_exactly_once(runner, home):
     n = 400_000
     d = DaemonProc(home, runner.env, http=False).start()
-    jid = runner.submit("--", *JOB, "burst", str(n), "8")
+    jid = runner.submit("--parser", "generic", "--", *JOB, "burst", str(n), "8")
     full = runner.wait_state(jid, "running")["id"]
     from runner.store import Store
 

@@ -101,8 +101,9 @@ def test_checkpoints_that_are_not_the_jobs_own_files_never_reach_mlflow(mirrored
     jobs = {
         # (a) links to her 0600 file and to her job's secrets (the daemon's own file)
         "links": submit(bob, "links", sh(f"mkdir ckpt && ln -s {secret} ckpt/best.pt && ln -s {her_secrets} ckpt/last.pt")),
-        # (b) a real file, recorded, then swapped for a link to her file before the job ends
-        "swapped": submit(bob, "swapped", sh(f"mkdir ckpt && echo honest > ckpt/best.pt && sleep 3 && "
+        # (b) a real file, recorded (checkpoints are looked at every watch.SCAN_SECONDS), then swapped
+        # for a link to her file before the job ends
+        "swapped": submit(bob, "swapped", sh(f"mkdir ckpt && echo honest > ckpt/best.pt && sleep 8 && "
                                              f"ln -s {secret} ckpt/link && mv -T ckpt/link ckpt/best.pt")),
         # (c) a hard link to a root-owned file (made here as root: protected_hardlinks stops a user)
         "hardlink": submit(bob, "hardlink", sh("mkdir ckpt && while [ ! -e ckpt/go ]; do sleep 0.1; done")),
