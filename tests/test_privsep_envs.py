@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pwd
 import shutil
 import stat
 import tarfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, DaemonProc, wait_for
-from test_users import ALICE, BOB, SYSTEM_PY, User, team, users, world  # noqa: F401
+from test_users import ALICE, BOB, SYSTEM_PY, User, team, team_home, users, world  # noqa: F401
 
 SPECIFIER = 'expected a package specifier such as "numpy>=1.26" (no URLs, paths or pip options)'
 KNOWN = "base, timm, transformers, ultralytics"
@@ -196,20 +195,11 @@ def site(world, users):
     alice's 0600 secret in her 0700 home."""
     links = Path(tempfile.mkdtemp(prefix="rn-links-", dir="/var/tmp"))
     os.chmod(links, 0o755)
-    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
-    os.chmod(home, 0o755)
-    (home / "config.toml").write_text(f"[envs]\nfind_links = {json.dumps(str(links))}\n")
-    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
-    alice, bob = User(users[ALICE], world, home), User(users[BOB], world, home)
-    secret = Path(users[ALICE].pw_dir) / "secret.txt"
-    secret.write_text("alice's secret\n")
-    os.chown(secret, alice.uid, users[ALICE].pw_gid)
-    os.chmod(secret, 0o600)
-    os.chmod(users[ALICE].pw_dir, 0o700)
-    yield d, alice, bob, home, links
-    d.kill(15)
-    shutil.rmtree(home, ignore_errors=True)
-    shutil.rmtree(links, ignore_errors=True)
+    try:
+        with team_home(world, users, f"[envs]\nfind_links = {json.dumps(str(links))}\n") as (d, alice, bob, home):
+            yield d, alice, bob, home, links
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
 
 
 def test_a_users_packages_are_built_as_the_build_user_in_the_sandbox(site):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from conftest import ROOT, DaemonProc, wait_for
 from runner.store import Store
 from test_mlflow import mlflow_server, server  # noqa: F401
-from test_users import ALICE, BOB, SYSTEM_PY, User, team, users, world  # noqa: F401
+from test_users import ALICE, BOB, SYSTEM_PY, User, team, team_home, users, world  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                                 reason="needs root and useradd: the tests make real Unix users")
@@ -50,20 +49,10 @@ def daemon_alive(d: DaemonProc) -> bool:
 @pytest.fixture
 def mirrored(world, users, server):  # noqa: F811
     """A root daemon whose jobs are mirrored to the real MLflow server, with their checkpoints."""
-    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
-    os.chmod(home, 0o755)
-    (home / "config.toml").write_text(f'[mlflow]\ntracking_uri = "{server.url}"\nexperiment = "privsep"\n'
-                                      'interval_seconds = 0.2\nartifacts = ["best_checkpoint", "last_checkpoint"]\n')
-    d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
-    alice, bob = User(users[ALICE], world, home), User(users[BOB], world, home)
-    secret = Path(users[ALICE].pw_dir) / "secret.txt"
-    secret.write_text("alice's secret\n")
-    os.chown(secret, alice.uid, users[ALICE].pw_gid)
-    os.chmod(secret, 0o600)
-    os.chmod(users[ALICE].pw_dir, 0o700)
-    yield d, alice, bob, home
-    d.kill(15)
-    shutil.rmtree(home, ignore_errors=True)
+    config = (f'[mlflow]\ntracking_uri = "{server.url}"\nexperiment = "privsep"\n'
+              'interval_seconds = 0.2\nartifacts = ["best_checkpoint", "last_checkpoint"]\n')
+    with team_home(world, users, config) as t:
+        yield t
 
 
 def sh(script: str, **extra) -> dict:

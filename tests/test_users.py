@@ -8,6 +8,7 @@ would from a system-wide install (docs/server.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -96,10 +97,14 @@ class User:
                               extra_groups=[], env={"PATH": "/usr/bin:/bin"}, cwd="/").stdout
 
 
-@pytest.fixture
-def team(world, users):
+@contextlib.contextmanager
+def team_home(world, users, config: str = ""):
+    """A root daemon on a new state folder (with `config` as its config.toml), two users, and
+    alice's 0600 secret in her 0700 home: (daemon, alice, bob, home)."""
     home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
     os.chmod(home, 0o755)
+    if config:
+        (home / "config.toml").write_text(config)
     d = DaemonProc(home, {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
     alice, bob = User(users[ALICE], world, home), User(users[BOB], world, home)
     secret = Path(users[ALICE].pw_dir) / "secret.txt"
@@ -107,9 +112,17 @@ def team(world, users):
     os.chown(secret, alice.uid, users[ALICE].pw_gid)
     os.chmod(secret, 0o600)
     os.chmod(users[ALICE].pw_dir, 0o700)
-    yield d, alice, bob, home
-    d.kill(15)
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        yield d, alice, bob, home
+    finally:
+        d.kill(15)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def team(world, users):
+    with team_home(world, users) as t:
+        yield t
 
 
 def test_a_job_runs_as_its_submitter_with_no_privileges(team):
