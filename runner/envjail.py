@@ -107,6 +107,13 @@ def sandboxed(argv: list[str], tools: tuple[str, str], who: Person, cwd: str, bi
         args += ["--tmpfs", h]
     for real, where in (binds or {}).items():
         args += ["--bind", str(real), where]
+    exe = os.path.realpath(argv[0]) if os.path.isabs(argv[0]) else argv[0]
+    if os.path.basename(exe) == "uv" and any(exe.startswith(h.rstrip("/") + "/") for h in hidden):
+        # uv itself (a standalone binary, from a venv under /tmp, say) lies in a hidden folder:
+        # it alone is shown, read-only, at its own path. Never an interpreter: whether the build
+        # user can run one is what runs_as asks.
+        args += ["--ro-bind", exe, exe]
+        argv = [exe, *argv[1:]]
     for h in hidden:  # after the binds: their mount points were made in the empty folder first
         args += ["--remount-ro", h]
     drop = [setpriv, f"--reuid={who.uid}", f"--regid={who.gid}", "--clear-groups", "--no-new-privs",
