@@ -234,13 +234,9 @@ class Jail:
     def stream(self, argv: list[str], folder: Path, uv_env: dict | None = None,
                log: Callable[[str], None] | None = None) -> tuple[int, str]:
         """Run one step in `folder`, its output lines to `log`; returns (exit status, output)."""
-        proc = self._popen(argv, folder, uv_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines = []
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if log:
-                log(line.rstrip("\n"))
-        return proc.wait(), "\n".join(lines)
+        from .envs import drain
+
+        return drain(self._popen(argv, folder, uv_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), log)
 
     def capture(self, argv: list[str], folder: Path, uv_env: dict | None = None) -> subprocess.CompletedProcess:
         """Run one step in `folder`; returns its exit status, stdout and stderr apart."""

@@ -442,6 +442,16 @@ def disk_usage(path: Path, seen: set | None = None) -> int:
     return total
 
 
+def drain(proc, log: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """A build step's output lines, each to `log` as it comes; (exit status, the whole output)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if log:
+            log(lines[-1])
+    return proc.wait(), "\n".join(lines)
+
+
 class EnvManager:
     """Builds and finds envs under $RUNNER_HOME/envs/<key>."""
 
@@ -480,13 +490,7 @@ class EnvManager:
             return self._build(req, key, job_id, log)
 
     def _run(self, argv, log, env):
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        lines = []
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if log:
-                log(line.rstrip("\n"))
-        return proc.wait(), "\n".join(lines)
+        return drain(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env), log)
 
     def _build(self, req: EnvRequest, key: str, job_id, log) -> Path:
         started = time.time()
