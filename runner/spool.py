@@ -151,8 +151,12 @@ def quarantine(home: Home, path: Path, reason: str) -> bool:
 
         logging.getLogger("runner.daemon.intake").warning("cannot set %s aside: %s", path.name, e.strerror)
         return False
+    # The reason appears whole or not at all (a reader never sees it half-written): written under a
+    # hidden name in the daemon's own folder, then renamed beside the file.
+    final = home.quarantine / (dest.name + ".reason")
+    tmp = home.quarantine / f".reason.{os.getpid()}.{time.time_ns()}"
     try:
-        fd = os.open(home.quarantine / (dest.name + ".reason"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError:
         return True  # a full disk: the file is aside, its reason is in the daemon's log
     try:
@@ -164,10 +168,17 @@ def quarantine(home: Home, path: Path, reason: str) -> bool:
         except OSError:
             pass
         os.write(fd, (_CONTROL.sub(" ", reason)[:2000] + "\n").encode())
-    except OSError:
-        pass
-    finally:
         os.close(fd)
+        fd = -1
+        os.rename(tmp, final)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return True
 
 
