@@ -35,10 +35,14 @@ def served(tmp_path):
 
 
 def test_healthz_and_status(served):
-    c, *_ = served
+    c, h, *_ = served
     assert c.get("/healthz").json() == {"ok": True}
-    st = c.get("/status").json()
-    assert st["jobs"]["queued"] >= 6 if isinstance(st.get("jobs"), dict) else st
+    r = c.get("/status")
+    assert r.status_code == 200
+    st = r.json()
+    # 25 jobs cycling queued, running, succeeded, failed: 7 queued, 6 of each other; nothing spooled
+    assert st["counts"] == {"queued": 7, "running": 6, "succeeded": 6, "failed": 6, "submitted": 0}
+    assert st["home"] == str(h.root) and st["daemon_pid"] is None  # no daemon serves this app
     assert c.get("/openapi.json").status_code == 200
 
 
