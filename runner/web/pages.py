@@ -241,52 +241,9 @@ def routes(app, ctx):
                       frameworks=sorted({m["framework"] for m in every}), tasks=sorted({m.get("task_type") or "" for m in every} - {""}),
                       all_tags=sorted({t for m in every for t in m.get("tags", [])}))
 
-    def _submit_page(request, model_ref: str, values: dict, errors: dict, status=200, general=None):
-        reg = ctx.registry()
-        model = reg.get_model(model_ref) if model_ref else None
-        if model is None:
-            return render(request, "submit.html", model=None, models=reg.list_models(), fields=[], values={}, errors={},
-                          general=general, yaml="", status=status if model_ref == "" else 404)
-        fields = forms.fields_for(model, reg)
-        spec = forms.spec_from(model, fields, values)
-        return render(request, "submit.html", model=model, models=[], fields=fields, values=values, errors=errors, general=general,
-                      yaml=_yaml(spec), warning=license_warning(model.get("license"), warn_patterns), status=status)
+    from . import submitform
 
-    @app.get("/ui/submit", response_class=HTMLResponse, include_in_schema=False)
-    def submit_form(request: Request, model: str = Query("", max_length=200)):
-        return _submit_page(request, model, {}, {})
-
-    @app.post("/ui/submit/preview", response_class=PlainTextResponse, include_in_schema=False)
-    async def submit_preview(request: Request):
-        form = dict(await request.form())
-        reg = ctx.registry()
-        model = reg.get_model(form.get("model", ""))
-        if model is None:
-            return PlainTextResponse("")
-        return PlainTextResponse(_yaml(forms.spec_from(model, forms.fields_for(model, reg), form)))
-
-    @app.post("/ui/submit", include_in_schema=False)
-    async def submit(request: Request):
-        from .. import writes
-
-        form = dict(await request.form())
-        who = actor(request, form.get("csrf"))
-        reg = ctx.registry()
-        model = reg.get_model(form.get("model", ""))
-        if model is None:
-            return _submit_page(request, form.get("model", ""), form, {}, 404, general=f"model {form.get('model')!r} is not in the registry")
-        fields = forms.fields_for(model, reg)
-        try:
-            spec = forms.spec_from(model, fields, form, strict=True)
-            from starlette.concurrency import run_in_threadpool
-
-            rec = await run_in_threadpool(writes.submit_as, home, store, spec, Path(who.home), who)
-        except SpecError as e:
-            return _submit_page(request, model["ref"], form, forms.errors_by_field(e.problems), 422,
-                                general=None if forms.errors_by_field(e.problems).keys() - {"_"} else "; ".join(e.problems))
-        except RunnerError as e:
-            return _submit_page(request, model["ref"], form, {}, 409, general=str(e))
-        return RedirectResponse(f"/ui/jobs/{rec['id']}", status_code=303)
+    submitform.routes(app, ctx, render, actor, viewer, _yaml)
 
     # -- GPUs, envs, check reports ----------------------------------------------------------------
     @app.get("/ui/gpus", response_class=HTMLResponse, include_in_schema=False)
