@@ -143,7 +143,8 @@ class _Fresh:
 
 def create_app(home, daemon=None) -> FastAPI:
     """The app for one $RUNNER_HOME; `daemon` (when served by it) adds uptime, GPUs and loop health."""
-    app = FastAPI(title="runner", version="0.1.0", default_response_class=FastJSON,
+    # docs_url, redoc_url None: FastAPI's pages load Swagger from a CDN; web.docs serves /docs from vendored files
+    app = FastAPI(title="runner", version="0.1.0", default_response_class=FastJSON, docs_url=None, redoc_url=None,
                   description="The runner's queue, jobs, metrics, envs and GPUs.")
     store = daemon.store if daemon else home.store()
     fresh = _Fresh(home, store)

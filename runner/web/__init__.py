@@ -3,7 +3,7 @@ vendored under static/ (licenses in static/licenses/). Pages read the same funct
 and the JSON API (`queries`, `writes`); charts read GET /jobs/{id}/series (downsampled on the
 server). Pages without charts work with JavaScript off.
 
-    mount(app, ctx)   adds / (redirect), /ui/..., /static/... and /jobs/{id}/series
+    mount(app, ctx)   adds / (redirect), /ui/..., /static/..., /jobs/{id}/series and /docs
 """
 
 from __future__ import annotations
@@ -35,7 +35,21 @@ def mount(app, ctx):
     book, the registry loader, share_logs and the function that reads a bearer token."""
     from fastapi.staticfiles import StaticFiles
 
-    from . import pages
+    from . import jobpage, pages, runs
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    pages.routes(app, ctx)
+    ui = pages.routes(app, ctx)
+    runs.routes(app, ctx, ui)
+    jobpage.routes(app, ctx, ui)
+    docs(app)
+
+
+def docs(app):
+    """/docs: Swagger UI from the vendored swagger-ui-dist (static/swagger-ui-*), no CDN: it loads
+    on a server with no way out. The app is made with docs_url=None; this page takes its place."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} · API", swagger_js_url="/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui.css", swagger_favicon_url="/static/swagger-favicon-32x32.png")

@@ -1,4 +1,5 @@
-"""The dashboard's routes: queue, job, compare, models, submit, GPUs, envs, check reports, sign-in."""
+"""The dashboard's routes: models, submit, GPUs, envs, check reports, sign-in, cancel and retry (the runs table and
+compare: runs.py; a job's page: jobpage.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 
 from .. import queries
-from ..exceptions import JobNotFound, PermissionDenied, RunnerError, SpecError
+from ..exceptions import PermissionDenied, RunnerError, SpecError
 from . import HERE, LICENSE_WARN, auth, forms, license_warning, series
 
-ENDED = ("succeeded", "failed", "cancelled")
-PAGE = 50
 
 
 def _env():
@@ -106,82 +105,7 @@ def routes(app, ctx):
     async def root():
         return RedirectResponse("/ui/", status_code=307)
 
-    # -- queue -----------------------------------------------------------------------------
-    def queue_data(user: str, state: str, model: str, page: int) -> dict:
-        from ..queries import JOB_FIELDS, _spooled, spooled_view
-
-        fields = (*JOB_FIELDS, "uid")  # a row's buttons are its owner's: the template compares uids
-        u, m = user or None, model or None
-        active, queued, submitted = [], [], []
-        if not state or state in ("running", "preparing"):
-            active = store.list_jobs([state] if state else ["running", "preparing"], u, columns=fields, model=m)
-        if not state or state == "queued":
-            pos = {j["id"]: i + 1 for i, j in enumerate(store.queued_jobs())}  # the order they will start in
-            queued = sorted((dict(j, position=pos.get(j["id"])) for j in store.list_jobs(["queued"], u, columns=fields, model=m)),
-                            key=lambda j: j["position"] or 0)
-        if not state or state == "submitted":
-            submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
-                         if (not u or s["user"] == u) and (not m or s.get("model") == m)]
-        ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
-        total_ended, ended = 0, []
-        if ended_states:
-            total_ended = store.count_jobs(ended_states, u, m)
-            ended = store.list_jobs(ended_states, u, PAGE, page * PAGE, columns=fields, model=m)
-        return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended,
-                "page": page, "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
-
-    def _filters(user, state, model, page):
-        return {"user": user or "", "state": state or "", "model": model or "", "page": page}
-
-    @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
-    def queue(request: Request, user: str = Query("", max_length=64), state: str = Query("", max_length=16),
-              model: str = Query("", max_length=200), page: int = Query(0, ge=0, le=10**6)):
-        users = [r["user"] for r in store.conn.execute("SELECT DISTINCT user FROM jobs ORDER BY user").fetchall()]
-        return render(request, "queue.html", f=_filters(user, state, model, page), users=users,
-                      states=["running", "preparing", "queued", "submitted", *ENDED], **queue_data(user, state, model, page))
-
-    @app.get("/ui/queue/rows", response_class=HTMLResponse, include_in_schema=False)
-    def queue_rows(request: Request, user: str = Query("", max_length=64), state: str = Query("", max_length=16),
-                   model: str = Query("", max_length=200), page: int = Query(0, ge=0, le=10**6)):
-        return render(request, "_queue_rows.html", f=_filters(user, state, model, page), **queue_data(user, state, model, page))
-
-    # -- one job ------------------------------------------------------------------------------
-    def _metric_names(jid: str) -> list[str]:
-        return [r["name"] for r in store.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (jid,)).fetchall()]
-
-    @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
-    def job_page(request: Request, job_id: str):
-        job = queries.find_job(home, store, job_id)
-        if job.get("seq") is None:  # still in the spool: what is known of it (its owner is the file's)
-            job = dict(job, uid=_uid_of(job.get("user")))
-            return render(request, "job.html", job=job, view=job, names=[], env_lock=None, arts=[], spec_yaml=_yaml(_shown(job.get("spec"))),
-                          can_act=can_act(viewer(request), job), log_ok=False, spooled=True, active=True)
-        view = queries.job_view(store, job, full=True)
-        env_lock = None
-        if job.get("env_hash"):
-            row = next((e for e in store.envs() if e["hash"] == job["env_hash"]), None)
-            if row:
-                try:
-                    env_lock = (Path(row["path"]) / "requirements.lock").read_text()[:20000]
-                except OSError:
-                    env_lock = None
-        names = _metric_names(job["id"])
-        default_metric = next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else None)
-        tracking = (home.config.get("mlflow") or {}).get("tracking_uri", "").rstrip("/")
-        return render(request, "job.html", job=job, view=view, names=names, default_metric=default_metric, env_lock=env_lock, arts=view["artifacts"],
-                      mlflow=view.get("mlflow"), mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
-                      spec_yaml=_yaml(_shown(job["spec"])), can_act=can_act(viewer(request), job), log_ok=may_read_log(request, job),
-                      active=job["state"] in ("queued", "preparing", "running"))
-
-    @app.get("/ui/jobs/{job_id}/log", response_class=PlainTextResponse, include_in_schema=False)
-    def job_log(request: Request, job_id: str, tail: int = Query(200, ge=1, le=5000)):
-        job = store.get_job(job_id)
-        if not may_read_log(request, job):
-            return PlainTextResponse(f"(the log of {job['id']} is {job['user']}'s: sign in as her to read it)", status_code=403)
-        from ..watch import tail_lines
-
-        return PlainTextResponse(strip_ansi("\n".join(tail_lines(home.run_dir(job["id"]) / "output.log", tail))))
-
+    # -- one job (its page, charts, log and files: jobpage.py) -----------------------------------
     @app.get("/jobs/{job_id}/series", tags=["jobs"])
     async def job_series(job_id: str, name: str = Query(..., max_length=200), points: int = Query(series.MAX_POINTS, ge=4, le=20000)):
         """One metric for a chart: x (step, epoch or index), y, downsampled to at most `points`
@@ -209,23 +133,6 @@ def routes(app, ctx):
         who = actor(request, form.get("csrf"))
         rec = writes.retry(home, store.get_job(job_id), who.uid, owner=(who.uid, who.gid))
         return RedirectResponse(f"/ui/jobs/{rec['id']}", status_code=303)
-
-    # -- compare --------------------------------------------------------------------------------
-    @app.get("/ui/compare", response_class=HTMLResponse, include_in_schema=False)
-    def compare(request: Request, ids: str = Query("", max_length=2000), metric: str = Query("", max_length=200)):
-        refs = [i for i in ids.replace(" ", ",").split(",") if i][:10]
-        jobs = []
-        for r in refs:
-            try:
-                jobs.append(store.get_job(r))
-            except JobNotFound:
-                pass
-        names = sorted(set.intersection(*[set(_metric_names(j["id"])) for j in jobs])) if jobs else []
-        metric = metric or next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
-        flat = [dict(_flatten(_shown(j["spec"]))) for j in jobs]
-        keys = sorted(set().union(*flat)) if flat else []
-        diff = [(k, [f.get(k, "") for f in flat]) for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
-        return render(request, "compare.html", jobs=jobs, names=names, metric=metric, diff=diff, ids=",".join(j["id"] for j in jobs))
 
     # -- models and submit ------------------------------------------------------------------------
     @app.get("/ui/models", response_class=HTMLResponse, include_in_schema=False)
@@ -307,6 +214,10 @@ def routes(app, ctx):
         if request.url.path.startswith("/ui/"):
             return HTMLResponse(env.get_template("error.html").render(message=str(exc), who=viewer(request), csrf="", path=""), status_code=403)
         return JSONResponse(status_code=403, content={"error": str(exc)})
+
+    from types import SimpleNamespace
+
+    return SimpleNamespace(render=render, viewer=viewer, can_act=can_act, may_read_log=may_read_log)
 
 
 def _uid_of(name) -> int | None:

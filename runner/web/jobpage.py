@@ -1,0 +1,205 @@
+"""One job's page and what it reads while it is open: its charts (every metric, downsampled, in one
+response), a live refresh (header fields and the points recorded since the last one), its log
+(a tail, a search, the whole file streamed) and its checkpoints to download.
+
+A job's log and files are its owner's, root's, or everyone's under [server] share_logs
+(`ui.may_read_log`); anyone else (another user, an anonymous client) gets 403 from every route here.
+A checkpoint is served only when it is a file the daemon recorded for the job and, opened again
+component by component without following a link (watch.open_job_file), it is still that same
+regular file of the job's user: a link planted in the job folder never makes the root daemon
+read another file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from fastapi import Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+
+from .. import queries
+from ..exceptions import PermissionDenied
+from . import metricsview
+
+ACTIVE = ("queued", "preparing", "running")
+LOG_LINES = 500  # lines of the log a page shows (and refreshes)
+SEARCH_LINES = 20_000  # lines of the log's end that a search looks through
+SEARCH_HITS = 1000  # most matching lines a search shows
+CHUNK = 1 << 20
+
+
+def routes(app, ctx, ui):
+    """Add the job page's routes. `ui` carries the page helpers of pages.routes (render, viewer,
+    can_act, may_read_log)."""
+    from .pages import _dur, _shown, _size, _uid_of, _yaml, strip_ansi
+
+    home, store = ctx.home, ctx.store
+
+    def denied(job) -> PermissionDenied:
+        return PermissionDenied(f"the log and files of {job['id']} are {job['user']}'s: sign in as {job['user']} to read them")
+
+    def header(job: dict) -> dict:
+        """The header fields a live page refreshes, as text."""
+        dur = ((job["finished_at"] or time.time()) - job["started_at"]) if job.get("started_at") else None
+        usage = []
+        if job.get("max_rss_kb"):
+            usage.append(f"peak {_size(job['max_rss_kb'] * 1024)}")
+        if job.get("cpu_seconds"):
+            usage.append(f"{_dur(job['cpu_seconds'])} CPU")
+        if not usage and job["state"] == "running":
+            now = process_usage(home.run_dir(job["id"]))
+            if now:
+                usage.append(f"{_size(now[0])} now, {_dur(now[1])} CPU (main process)")
+        gpus = ", ".join(job.get("gpus") or []) or "none"
+        if job.get("peak_gpu_mem_mb"):
+            gpus += f" · peak {round(job['peak_gpu_mem_mb'])} MB"
+        return {"state": job["state"], "reason": (job.get("reason") or "").replace("_", " "),
+                "duration": "" if dur is None else ("ran " if job.get("finished_at") else "running for ") + _dur(dur),
+                "ended": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["finished_at"])) if job.get("finished_at") else "—",
+                "usage": " · ".join(usage), "gpus": gpus,
+                "exit": "" if job.get("exit_code") is None else str(job["exit_code"]) + (f" signal {job['signal']}" if job.get("signal") else "")}
+
+    def best_latest(job_id: str) -> list[dict]:
+        rows = store.conn.execute("SELECT name, MIN(value) AS lo, MAX(value) AS hi, COUNT(*) AS n FROM metrics WHERE job_id=? GROUP BY name",
+                                  (job_id,)).fetchall()
+        latest = store.latest_metrics(job_id)
+        out = []
+        for r in rows:
+            lower = metricsview.lower_is_better(r["name"])
+            out.append({"name": r["name"], "latest": latest.get(r["name"]), "best": r["lo"] if lower else r["hi"], "lower": lower, "n": r["n"]})
+        return sorted(out, key=lambda m: (m["name"].startswith("gpu"), metricsview.group_key(m["name"]), m["name"]))
+
+    @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def job_page(request: Request, job_id: str):
+        job = queries.find_job(home, store, job_id)
+        who = ui.viewer(request)
+        if job.get("seq") is None:  # still in the spool: what is known of it (its owner is the file's)
+            job = dict(job, uid=_uid_of(job.get("user")))
+            return ui.render(request, "job.html", job=job, view=job, head=None, table=[], env_lock=None, arts=[],
+                             spec_yaml=_yaml(_shown(job.get("spec"))), can_act=ui.can_act(who, job), log_ok=ui.may_read_log(request, job),
+                             log="", spooled=True, active=True)
+        view = queries.job_view(store, job, full=True)
+        env_lock = None
+        if job.get("env_hash"):
+            row = next((e for e in store.envs() if e["hash"] == job["env_hash"]), None)
+            if row:
+                try:
+                    env_lock = (Path(row["path"]) / "requirements.lock").read_text()[:20000]
+                except OSError:
+                    env_lock = None
+        log_ok = ui.may_read_log(request, job)
+        tracking = (home.config.get("mlflow") or {}).get("tracking_uri", "").rstrip("/")
+        return ui.render(request, "job.html", job=job, view=view, head=header(job), table=best_latest(job["id"]), env_lock=env_lock,
+                         arts=checkpoints(job) if log_ok else [], mlflow=view.get("mlflow"),
+                         mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
+                         spec_yaml=_yaml(_shown(job["spec"])), can_act=ui.can_act(who, job), log_ok=log_ok,
+                         log=log_text(job, LOG_LINES) if log_ok else "", active=job["state"] in ACTIVE)
+
+    @app.get("/ui/jobs/{job_id}/charts", include_in_schema=False)
+    async def job_charts(job_id: str, points: int = Query(metricsview.CHART_POINTS, ge=4, le=20000)):
+        """Every metric of the job, downsampled, grouped for small multiples (metrics are public,
+        as on GET /jobs/{id}/metrics)."""
+        j = store.get_job(job_id)
+        return JSONResponse(metricsview.charts(store, j["id"], points))
+
+    @app.get("/ui/jobs/{job_id}/live", include_in_schema=False)
+    async def job_live(request: Request, job_id: str, after: int = Query(..., ge=0, le=2**62)):
+        """What changed since a page's last look: the header, the points after `after`, the log's size."""
+        j = store.get_job(job_id)
+        out = {"id": j["id"], "active": j["state"] in ACTIVE, "head": header(j), **metricsview.since(store, j["id"], after)}
+        if ui.may_read_log(request, j):
+            out["log_size"] = queries.log_size(home.run_dir(j["id"]))
+        return JSONResponse(out)
+
+    def log_text(job: dict, tail: int, q: str = "") -> str:
+        from ..watch import tail_lines
+
+        path = home.run_dir(job["id"]) / "output.log"
+        if not q:
+            return strip_ansi("\n".join(tail_lines(path, tail)))
+        low = q.lower()
+        hits = [line for line in tail_lines(path, SEARCH_LINES, 64 << 20) if low in line.lower()]
+        return strip_ansi("\n".join(hits[-SEARCH_HITS:]))
+
+    @app.get("/ui/jobs/{job_id}/log", response_class=PlainTextResponse, include_in_schema=False)
+    def job_log(request: Request, job_id: str, tail: int = Query(LOG_LINES, ge=1, le=5000), q: str = Query("", max_length=200)):
+        """The log's last lines, or (q) the lines of its last SEARCH_LINES that contain q, any case."""
+        job = store.get_job(job_id)
+        if not ui.may_read_log(request, job):
+            return PlainTextResponse(f"(the log of {job['id']} is {job['user']}'s: sign in as {job['user']} to read it)", status_code=403)
+        return PlainTextResponse(log_text(job, tail, q.strip()))
+
+    @app.get("/ui/jobs/{job_id}/output.log", include_in_schema=False)
+    def job_log_whole(request: Request, job_id: str, download: bool = False):
+        """The whole log, streamed as it is on disk (memory stays flat whatever its size)."""
+        job = store.get_job(job_id)
+        if not ui.may_read_log(request, job):
+            raise denied(job)
+        run_dir = home.run_dir(job["id"])
+        size = queries.log_size(run_dir)
+        headers = {"Content-Length": str(size)}
+        if download:
+            headers["Content-Disposition"] = f'attachment; filename="{job["id"]}-output.log"'
+        return StreamingResponse(queries.log_chunks(run_dir, 0, size), media_type="text/plain; charset=utf-8", headers=headers)
+
+    def checkpoints(job: dict) -> list[dict]:
+        """The job's recorded checkpoints: path relative to its folder, size, when."""
+        prefix = str(home.job_dir(job["id"])) + "/"
+        return [{"rel": a["path"][len(prefix):], "size": a["size"], "at": a["at"]}
+                for a in store.artifacts(job["id"])[-queries.MAX_ARTIFACTS:] if a["path"].startswith(prefix)]
+
+    @app.get("/ui/jobs/{job_id}/checkpoint", include_in_schema=False)
+    def job_checkpoint(request: Request, job_id: str, path: str = Query(..., max_length=4096)):
+        """One recorded checkpoint of the job, for its owner (or everyone under share_logs)."""
+        from ..watch import Refused, open_job_file, read_identities
+
+        job = store.get_job(job_id)
+        if not ui.may_read_log(request, job):
+            raise denied(job)
+        job_dir = home.job_dir(job["id"])
+        if path not in {c["rel"] for c in checkpoints(job)}:
+            return JSONResponse(status_code=404, content={"error": f"path: {path!r} is not a checkpoint recorded for {job['id']} (see its page)"})
+        known = read_identities(home.run_dir(job["id"])).get(str(job_dir / path))
+        try:
+            f, st = open_job_file(job_dir, path, job["uid"])
+        except Refused as e:
+            return JSONResponse(status_code=403, content={"error": f"path: {path}: refused ({e}); only the job user's own files in its folder are served"})
+        except OSError:
+            return JSONResponse(status_code=404, content={"error": f"path: {path} is gone from {job['id']}'s folder (removed since it was recorded)"})
+        if known is None or (known.dev, known.ino) != (st.st_dev, st.st_ino):
+            f.close()
+            return JSONResponse(status_code=409, content={"error": f"path: {path} was replaced since it was recorded; try again in a few seconds"})
+
+        def body(size=st.st_size):
+            with f:
+                left = size
+                while left > 0:
+                    data = f.read(min(CHUNK, left))
+                    if not data:
+                        return
+                    left -= len(data)
+                    yield data
+
+        name = os.path.basename(path).replace('"', "")
+        return StreamingResponse(body(), media_type="application/octet-stream",
+                                 headers={"Content-Length": str(st.st_size), "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def process_usage(run_dir: Path) -> tuple[int, float] | None:
+    """(resident bytes, CPU seconds) of a running job's main process, from /proc (the kernel's
+    word, not a file of the job's), or None where it is not this host's or has ended."""
+    try:
+        with open(run_dir / "child.json", "rb") as fh:
+            pid = int(json.loads(fh.read(4096))["pid"])
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        if int(fields[2]) != pid:  # its process group is the job's own: not a reused pid
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        cpu = sum(int(v) for v in fields[11:15]) / tick  # utime, stime and those of its reaped children
+        return int(fields[21]) * os.sysconf("SC_PAGE_SIZE"), cpu
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None

@@ -1,0 +1,154 @@
+"""What the dashboard shows of a job's metrics: its main metric (latest and best), metrics grouped
+for small multiples (train and val of one quantity on one chart), every chart's downsampled series
+read in one pass, and the points recorded since a live page last asked.
+
+Reads go straight to the store's `metrics` table (index job_id, name, id): a page of 50 jobs costs
+one query for their latest values and one indexed range per job for its main metric's best.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import series
+
+MAIN_METRICS = ("val_accuracy", "val_accuracy_top1", "val_top1", "val_map50_mask", "val_map50_pose", "val_map50_box", "val_map50",
+                "val_mean_iou_fg", "val_mean_iou", "val_miou", "val_bleu", "bleu")
+"""A model job's main metric, the first of these it records: classification's val accuracy,
+detection's mAP50 (the mask's for instance segmentation, the keypoints' for pose), segmentation's
+mIoU, captioning's BLEU (the names our adapters print)."""
+
+MAIN_PATTERNS = (r"map_?50(?!.?95)", r"m_?iou|mean_iou", r"acc", r"bleu")
+"""Where none of MAIN_METRICS is recorded (a repo's own names, e.g. `mAP50(B)`): the first name
+matching one of these, validation names first."""
+
+LOWER_IS_BETTER = re.compile(r"loss|err|wer\b|cer\b|perplexity|ppl|mse|mae|rmse|_time|seconds", re.I)
+"""Names whose best is their lowest value (every other metric's best is its highest)."""
+
+NOT_A_RESULT = re.compile(r"^gpu\d+_|^lr$|learning_rate|^epoch$|^step$", re.I)
+"""Samples and settings, never a job's main metric (GPU memory, the learning rate)."""
+
+SPLIT = re.compile(r"^(train|training|val|valid|validation|eval|test)[_/.\-](.+)$", re.I)
+"""A name's split prefix: train_loss and val_loss are one quantity, `loss`, drawn on one chart."""
+
+CHART_POINTS = 1000
+"""Most points per series on a job page's small multiples (min and max per bucket)."""
+
+LIVE_MAX_POINTS = 5000
+"""Most new points one live refresh carries; past that the page reloads its charts whole."""
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a metric's best value is its lowest (a loss, an error rate)."""
+    return bool(LOWER_IS_BETTER.search(name))
+
+
+def group_key(name: str) -> str:
+    """The quantity a metric measures, its split removed: `val_loss` -> `loss`."""
+    m = SPLIT.match(name)
+    return m.group(2) if m else name
+
+
+def main_metric(kind: str | None, names_by_recency: list[str]) -> str | None:
+    """A job's main metric among its names (ordered by when each was last recorded, oldest first).
+
+    A command job's is the last metric it printed; a model job's is its task's (MAIN_METRICS, then
+    MAIN_PATTERNS), else the last one printed. Samples and settings (GPU memory, lr) never are."""
+    names = [n for n in names_by_recency if not NOT_A_RESULT.search(n)]
+    if not names:
+        return None
+    if kind != "command":
+        have = set(names)
+        for n in MAIN_METRICS:
+            if n in have:
+                return n
+        for pat in MAIN_PATTERNS:
+            hits = [n for n in names if re.search(pat, n, re.I) and not lower_is_better(n)]
+            if hits:
+                return next((n for n in hits if SPLIT.match(n) and SPLIT.match(n).group(1).lower().startswith("val")), hits[0])
+    return names[-1]
+
+
+def main_metrics(store, jobs: list[dict]) -> dict:
+    """{job_id: {"name", "latest", "best", "lower"}} for a page of jobs (absent when a job has none)."""
+    ids = [j["id"] for j in jobs]
+    if not ids:
+        return {}
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    marks = ",".join("?" * len(ids))
+    # SQLite returns the other columns of the row that holds MAX(id): each name's latest value
+    rows = cur.execute(f"SELECT job_id, name, value, MAX(id) FROM metrics WHERE job_id IN ({marks}) GROUP BY job_id, name", ids).fetchall()
+    latest: dict = {}
+    for jid, name, value, mid in rows:
+        latest.setdefault(jid, []).append((mid, name, value))
+    out = {}
+    for j in jobs:
+        recs = sorted(latest.get(j["id"], ()))
+        name = main_metric(j.get("kind"), [n for _, n, _ in recs])
+        if name is None:
+            continue
+        lower = lower_is_better(name)
+        best = cur.execute(f"SELECT {'MIN' if lower else 'MAX'}(value) FROM metrics WHERE job_id=? AND name=?", (j["id"], name)).fetchone()[0]
+        out[j["id"]] = {"name": name, "latest": next(v for _, n, v in recs if n == name), "best": best, "lower": lower}
+    return out
+
+
+def _finite(v):
+    return None if v is None or v != v or v in (float("inf"), float("-inf")) else v
+
+
+def charts(store, job_id: str, points: int = CHART_POINTS) -> dict:
+    """Every metric of a job for its page, read in one pass: groups of names (one chart each), each
+    series downsampled, and `last_id`, the point a live refresh continues after."""
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    # the newest point of any job first: the rows read below are those up to it, and a live
+    # refresh asks for what came after it (never a point twice, never one missed)
+    last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
+    rows = cur.execute("SELECT name, step, epoch, value FROM metrics WHERE job_id=? AND id<=? ORDER BY name, id", (job_id, last_id)).fetchall()
+    out: dict = {}
+    start = 0
+    while start < len(rows):
+        name = rows[start][0]
+        end = start
+        while end < len(rows) and rows[end][0] == name:
+            end += 1
+        chunk = rows[start:end]
+        steps, epochs = [r[1] for r in chunk], [r[2] for r in chunk]
+        values = [_finite(r[3]) for r in chunk]
+        axis, xs = series.x_axis(steps, epochs)
+        x, y = series.downsample(xs, values, points)
+        out[name] = {"axis": axis, "x": x, "y": y, "total": len(values), "lower": lower_is_better(name)}
+        start = end
+    return {"job": job_id, "last_id": last_id, "points": points, "series": out, "groups": groups(list(out))}
+
+
+def groups(names: list[str]) -> list[dict]:
+    """Names as small multiples: one chart per quantity, its splits overlaid, GPU samples last."""
+    by: dict[str, list[str]] = {}
+    for n in sorted(names):
+        by.setdefault(group_key(n), []).append(n)
+    order = sorted(by, key=lambda k: (k.startswith("gpu"), k))
+    return [{"title": k, "names": by[k]} for k in order]
+
+
+def since(store, job_id: str, after: int) -> dict:
+    """The job's points recorded after point `after` (ids are global and increase), at most
+    LIVE_MAX_POINTS; `reload` when there were more (the page then reads its charts whole)."""
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
+    # `+job_id`: walk the rowid range after `after` (only the points of the last seconds, of every
+    # job), not the job's whole index (100,000 points of a long run)
+    rows = cur.execute("SELECT name, step, epoch, value FROM metrics WHERE id>? AND id<=? AND +job_id=? ORDER BY id LIMIT ?",
+                       (after, last_id, job_id, LIVE_MAX_POINTS + 1)).fetchall()
+    if len(rows) > LIVE_MAX_POINTS:
+        return {"last_id": after, "reload": True, "points": {}}
+    pts: dict = {}
+    for name, step, epoch, value in rows:
+        p = pts.setdefault(name, {"step": [], "epoch": [], "y": []})
+        p["step"].append(step)
+        p["epoch"].append(epoch)
+        p["y"].append(_finite(value))
+    return {"last_id": max(last_id, after), "reload": False, "points": pts}

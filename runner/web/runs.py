@@ -1,0 +1,132 @@
+"""The runs table (/ui/) and Compare: running jobs first, then queued ones in the order they will
+start, then ended ones a page at a time; each row with its main metric (latest and best), sortable
+columns, filters by user, state, model and name, and boxes that open Compare with the jobs ticked.
+
+Sorting by a job's column orders every ended job (SQL); sorting by the metric orders the rows shown.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import Depends, Query, Request
+from fastapi.responses import HTMLResponse
+
+from ..exceptions import JobNotFound
+from . import metricsview
+
+ENDED = ("succeeded", "failed", "cancelled")
+PAGE = 50
+SORTS = {"seq": "seq", "name": "name", "user": "user", "model": "model", "state": "state", "created": "created_at",
+         "time": "(COALESCE(finished_at, started_at) - started_at)"}
+"""Columns the table sorts by in SQL (the name in a link -> the expression)."""
+COMPARE_MAX = 10
+
+
+def routes(app, ctx, ui):
+    """Add /ui/, its 3 s refresh (/ui/queue/rows) and /ui/compare."""
+    from ..queries import JOB_FIELDS, _spooled, spooled_view
+    from .pages import _flatten, _shown, _uid_of
+
+    home, store = ctx.home, ctx.store
+    fields = (*JOB_FIELDS, "uid")  # a row's buttons are its owner's: the template compares uids
+
+    def where(states, user, model, name) -> tuple[str, list]:
+        sql, args = [f"state IN ({','.join('?' * len(states))})"], list(states)
+        for column, value in (("user", user), ("model", model)):
+            if value:
+                sql.append(f"{column}=?")
+                args.append(value)
+        if name:
+            sql.append("name LIKE ? ESCAPE '\\'")
+            args.append("%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        return " WHERE " + " AND ".join(sql), args
+
+    def select(states, user, model, name, order="seq DESC", limit=None, offset=0) -> list[dict]:
+        w, args = where(states, user, model, name)
+        sql = f"SELECT {', '.join(fields)} FROM jobs{w} ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        return store.conn.execute(sql, args).fetchall()
+
+    def data(f: dict) -> dict:
+        u, m, n, state = f["user"] or None, f["model"] or None, f["name"], f["state"]
+        active, queued, submitted, ended, total_ended = [], [], [], [], 0
+        if not state or state in ("running", "preparing"):
+            active = select([state] if state else ["running", "preparing"], u, m, n)
+        if not state or state == "queued":
+            pos = {j["id"]: i + 1 for i, j in enumerate(store.queued_jobs())}  # the order they will start in
+            queued = sorted((dict(j, position=pos.get(j["id"])) for j in select(["queued"], u, m, n)), key=lambda j: j["position"] or 0)
+        if not state or state == "submitted":
+            submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
+                         if (not u or s["user"] == u) and (not m or s.get("model") == m) and (not n or n.lower() in (s["name"] or "").lower())]
+        ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
+        if ended_states:
+            w, args = where(ended_states, u, m, n)
+            total_ended = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{w}", args).fetchone()["n"]
+            col = SORTS.get(f["sort"])
+            order = f"{col} {'DESC' if f['desc'] else 'ASC'}, seq DESC" if col else "seq DESC"
+            ended = select(ended_states, u, m, n, order, PAGE, f["page"] * PAGE)
+        metrics = metricsview.main_metrics(store, active + ended)
+        if f["sort"] in ("latest", "best"):  # the rows shown, by their main metric (jobs without one last)
+            for rows in (active, ended):
+                have = [r for r in rows if r["id"] in metrics and metrics[r["id"]][f["sort"]] is not None]
+                rest = [r for r in rows if r not in have]
+                have.sort(key=lambda r: metrics[r["id"]][f["sort"]], reverse=f["desc"])
+                rows[:] = have + rest
+        return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended, "metrics": metrics,
+                "page": f["page"], "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
+
+    def filters(user, state, model, name, sort, desc, page) -> dict:
+        f = {"user": user or "", "state": state or "", "model": model or "", "name": name or "", "sort": sort if sort in (*SORTS, "latest", "best") else "",
+             "desc": bool(desc), "page": page}
+        from urllib.parse import urlencode
+
+        f["query"] = urlencode({k: f[k] for k in ("user", "state", "model", "name")})
+        f["sorted"] = urlencode({"sort": f["sort"], "desc": int(f["desc"])}) if f["sort"] else ""
+        return f
+
+    def query(user: str = Query("", max_length=64), state: str = Query("", max_length=16), model: str = Query("", max_length=200),
+              name: str = Query("", max_length=200), sort: str = Query("", max_length=16), desc: int = Query(0, ge=0, le=1),
+              page: int = Query(0, ge=0, le=10**6)) -> dict:
+        return filters(user, state, model, name, sort, desc, page)
+
+    @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
+    def runs(request: Request, f: dict = Depends(query)):
+        users = [r["user"] for r in store.conn.execute("SELECT DISTINCT user FROM jobs ORDER BY user").fetchall()]
+        return ui.render(request, "queue.html", f=f, users=users, states=["running", "preparing", "queued", "submitted", *ENDED], **data(f))
+
+    @app.get("/ui/queue/rows", response_class=HTMLResponse, include_in_schema=False)
+    def runs_rows(request: Request, f: dict = Depends(query)):
+        return ui.render(request, "_queue_rows.html", f=f, **data(f))
+
+    @app.get("/ui/compare", response_class=HTMLResponse, include_in_schema=False)
+    def compare(request: Request, ids: list[str] = Query([], max_length=COMPARE_MAX * 4), metric: str = Query("", max_length=200)):
+        """Up to ten jobs (ids=a,b or ids=a&ids=b, as the runs table's boxes send them) on one chart."""
+        refs = [i for v in ids for i in v.replace(" ", ",").split(",") if i][:COMPARE_MAX]
+        jobs = []
+        for r in refs:
+            try:
+                j = store.get_job(r)
+            except JobNotFound:
+                continue
+            if j["id"] not in {x["id"] for x in jobs}:
+                jobs.append(j)
+        names = sorted(set.intersection(*[set(metric_names(j["id"])) for j in jobs])) if jobs else []
+        metric = metric if metric in names else next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
+        flat = [dict(_flatten(_shown(j["spec"]))) for j in jobs]
+        keys = sorted(set().union(*flat)) if flat else []
+        diff = [(k, [f.get(k, "") for f in flat]) for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+        labels = legend_names(jobs)
+        return ui.render(request, "compare.html", jobs=jobs, labels=labels, names=names, metric=metric, diff=diff,
+                         ids=",".join(j["id"] for j in jobs))
+
+    def metric_names(jid: str) -> list[str]:
+        return [r["name"] for r in store.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (jid,)).fetchall()]
+
+
+def legend_names(jobs: list[dict]) -> list[str]:
+    """A legend entry per job: its name, with its id where two jobs share a name."""
+    names = [j.get("name") or j["id"] for j in jobs]
+    return [f"{n} ({j['id']})" if names.count(n) > 1 else n for n, j in zip(names, jobs)]

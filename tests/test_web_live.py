@@ -1,0 +1,197 @@
+"""The dashboard as a team uses it, in Debian's Chromium against one root daemon, as the real
+non-root users rn_alice and rn_bob (tests/test_users.py): a running job's charts and header change
+without a reload, the owner cancels from the runs table (with a confirmation) and the other user
+sees no button, a checkpoint downloads byte for byte for its owner and for nobody else (nor
+through a link planted in the job folder), a failed job's log is in no view of the other user or
+of an anonymous client, /docs loads with no way out. Plus the pure choice of a job's main metric."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+from test_users import SYSTEM_PY, team_home, users, world  # noqa: F401 (fixtures)
+from test_web import CHROMIUM, browser, page_as  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the tests make real Unix users")]
+
+
+@pytest.fixture(scope="module")
+def site(world, users):  # noqa: F811
+    """One root daemon for the module, alice and bob with their tokens."""
+    with team_home(world, users) as (d, alice, bob, home):
+        alice.token, bob.token = alice.run("token").stdout.strip(), bob.run("token").stdout.strip()
+        yield d, alice, bob, home
+
+
+def get(page, url):
+    """(status, text) of a GET with the page's cookies (its session, or none)."""
+    r = page.context.request.get(url, max_redirects=0)
+    return r.status, r.text()
+
+
+def test_a_running_jobs_charts_and_header_change_without_a_reload_and_she_cancels_it_from_the_runs_table(site, browser):  # noqa: F811
+    d, alice, bob, home = site
+    jid = alice.run("submit", "--name", "live-curve", "--parser", "generic", "--", SYSTEM_PY, alice.world / "jobs.py",
+                    "metrics", "60", "0.4").stdout.strip().splitlines()[-1]
+    alice.wait(jid, "running")
+    wait_for(lambda: alice.show(jid)["metrics"].get("loss") is not None, 30, 0.2, "a first point")
+    page = page_as(browser, d, alice.token)
+    page.goto(d.url + f"/ui/jobs/{jid}")
+    chart = ".chart.small[data-names='loss']"
+    page.wait_for_selector(chart + "[data-total]")
+    first = int(page.get_attribute(chart, "data-total"))
+    dur = page.inner_text("[data-live=duration]")
+    page.evaluate("window.__notReloaded = true")
+    wait_for(lambda: int(page.get_attribute(chart, "data-total")) >= first + 3, 20, 0.2, "the loss chart grown by three epochs")
+    assert page.evaluate("window.__notReloaded") is True  # grown in place, not by a reload
+    assert page.inner_text("[data-live=duration]") != dur and "running for" in page.inner_text("[data-live=duration]")
+    # train/val of one quantity share a chart; a best/latest table sits on top; epochs are whole numbers
+    assert page.locator(".chart.small[data-names='val_acc']").count() == 1
+    assert page.inner_text("#best tr[data-metric='val_acc'] .best") == page.inner_text("#best tr[data-metric='val_acc'] .latest")
+    assert "loss" in page.inner_text("#log")
+    page.check("#log-scale")
+    page.wait_for_selector(chart + " canvas")
+
+    # the runs table: her row shows its main metric (a command job's last printed, lr left out) and a cancel button; his shows none
+    his = page_as(browser, d, bob.token)
+    his.goto(d.url + "/ui/")
+    row = f"tr[data-job='{jid}']"
+    assert his.locator(row).count() == 1 and his.locator(row + " button").count() == 0
+    page.goto(d.url + "/ui/")
+    assert page.inner_text(row + " td.metric") == "val_acc" and page.inner_text(row + " td.best")
+    asked = []
+    page.once("dialog", lambda dlg: (asked.append(dlg.message), dlg.dismiss()))
+    page.click(row + " button.danger")
+    assert asked == ["Cancel live-curve?"] and alice.show(jid)["state"] == "running"  # dismissed: nothing sent
+    page.once("dialog", lambda dlg: dlg.accept())
+    page.click(row + " button.danger")
+    assert alice.wait(jid)["state"] == "cancelled"
+    page.goto(d.url + f"/ui/jobs/{jid}")
+    assert page.inner_text("h1 .state") == "cancelled" and page.get_attribute("#live", "data-ended") == "1"
+    assert page.errors == [] and his.errors == []
+
+
+def test_a_running_jobs_page_stops_asking_once_it_ended(site, browser):  # noqa: F811
+    d, alice, bob, home = site
+    jid = alice.run("submit", "--name", "short", "--parser", "generic", "--", SYSTEM_PY, alice.world / "jobs.py",
+                    "metrics", "8", "0.7").stdout.strip().splitlines()[-1]
+    alice.wait(jid, "running")
+    page = page_as(browser, d, alice.token)
+    asked = []
+    page.on("request", lambda r: asked.append(r.url) if "/live?" in r.url else None)
+    page.goto(d.url + f"/ui/jobs/{jid}")
+    page.wait_for_selector("#live[data-ended='1']", timeout=30000)
+    assert page.inner_text("h1 .state") == "succeeded" and "ran " in page.inner_text("[data-live=duration]")
+    assert page.locator(".chart.small[data-names='loss']").count() == 1  # its first points came while it ran
+    n = len(asked)
+    page.wait_for_timeout(4500)
+    assert len(asked) == n  # no timer left once it ended
+
+
+CKPT = "mkdir -p \"$RUNNER_JOB_DIR/checkpoints\" && head -c 300000 /dev/urandom > \"$RUNNER_JOB_DIR/checkpoints/model.pt\""
+
+
+def test_a_checkpoint_downloads_for_its_owner_only_and_never_through_a_planted_link(site, browser, tmp_path):  # noqa: F811
+    d, alice, bob, home = site
+    spec = Path(alice.pw.pw_dir) / "ckpt.json"
+    spec.write_text(json.dumps({"name": "with-ckpt", "command": ["/bin/sh", "-c", CKPT], "checkpoints": ["checkpoints/*.pt"]}))
+    os.chown(spec, alice.uid, alice.pw.pw_gid)
+    jid = alice.run("submit", spec).stdout.strip().splitlines()[-1]
+    assert alice.wait(jid)["state"] == "succeeded"
+    on_disk = home / "jobs" / jid / "checkpoints" / "model.pt"
+    wait_for(lambda: alice.show(jid)["artifacts"], 15, 0.2, "the checkpoint recorded")
+    page = page_as(browser, d, alice.token)
+    page.goto(d.url + f"/ui/jobs/{jid}")
+    with page.expect_download() as dl:
+        page.click("#checkpoints a")
+    got = Path(dl.value.path()).read_bytes()
+    assert got == on_disk.read_bytes() and len(got) == 300000 and dl.value.suggested_filename == "model.pt"
+
+    url = d.url + f"/ui/jobs/{jid}/checkpoint?path=checkpoints/model.pt"
+    his, anyone = page_as(browser, d, bob.token), page_as(browser, d)
+    for other in (his, anyone):
+        other.goto(d.url + f"/ui/jobs/{jid}")
+        assert other.locator("#checkpoints a").count() == 0
+        for path in (f"/ui/jobs/{jid}/checkpoint?path=checkpoints/model.pt", f"/ui/jobs/{jid}/output.log"):
+            status, text = get(other, d.url + path)
+            assert status == 403 and "alice" in text, (path, status)
+
+    # links she plants in her job folder after the fact: the file itself, then its folder
+    shadow = Path("/etc/shadow").read_bytes()
+    victim = bobs_model(bob)
+    alice.python(f"import os; os.remove({str(on_disk)!r}); os.symlink('/etc/shadow', {str(on_disk)!r})")
+    assert on_disk.is_symlink()
+    status, text = get(page, url)
+    assert status == 403 and "symbolic link" in text and shadow[:20].decode(errors="replace") not in text
+    alice.python(f"import os, shutil; shutil.rmtree({str(on_disk.parent)!r}); os.symlink({str(victim.parent)!r}, {str(on_disk.parent)!r})")
+    status, text = get(page, url)
+    assert status == 403 and "bob's model" not in text
+    status, _ = get(page, d.url + f"/ui/jobs/{jid}/checkpoint?path=../../../../etc/shadow")
+    assert status == 404  # not a recorded checkpoint: never opened
+
+
+def bobs_model(bob) -> Path:
+    """A model.pt of bob's own, in a folder of his."""
+    folder = Path(bob.pw.pw_dir) / "models"
+    bob.python(f"import os; os.makedirs({str(folder)!r}, exist_ok=True); open({str(folder / 'model.pt')!r}, 'w').write(\"bob's model\")")
+    assert (folder / "model.pt").exists()
+    return folder / "model.pt"
+
+
+def test_a_failed_jobs_log_is_in_no_view_of_another_user_or_an_anonymous_client(site, browser):  # noqa: F811
+    d, alice, bob, home = site
+    marker = "ALICE-PRIVATE-TAIL-42"  # printed by the job, not written in its (public) spec
+    jid = alice.run("submit", "--name", "fails", "--", "/bin/sh", "-c", "echo ALICE-PRIVATE-TAIL-$((40+2)); echo loss=0.5; exit 3").stdout.strip().splitlines()[-1]
+    assert alice.wait(jid)["state"] == "failed"
+    mine = page_as(browser, d, alice.token)
+    mine.goto(d.url + f"/ui/jobs/{jid}")
+    assert marker in mine.inner_text("#log")
+    paths = ["/ui/", "/ui/?state=failed", "/ui/queue/rows", f"/ui/jobs/{jid}", f"/ui/jobs/{jid}/log", f"/ui/jobs/{jid}/log?q=ALICE",
+             f"/ui/jobs/{jid}/output.log", f"/ui/jobs/{jid}/output.log?download=1", f"/ui/jobs/{jid}/live?after=0", f"/ui/jobs/{jid}/charts",
+             f"/ui/compare?ids={jid}", f"/jobs/{jid}", "/jobs", f"/jobs/{jid}/log", f"/jobs/{jid}/metrics", "/status"]
+    for who in (page_as(browser, d, bob.token), page_as(browser, d)):
+        for path in paths:
+            status, text = get(who, d.url + path)
+            assert marker not in text, (path, status)
+        who.goto(d.url + f"/ui/jobs/{jid}")
+        assert marker not in who.content() and "sign in as rn_alice" in who.inner_text("main")
+    assert marker not in bob.run("show", jid).stdout + bob.run("show", jid, "--json").stdout
+
+
+def test_docs_load_with_no_way_out(site, browser):  # noqa: F811
+    d = site[0]
+    page = page_as(browser, d)
+    outside = []
+
+    def only_here(route):
+        if route.request.url.startswith(d.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_here)
+    page.goto(d.url + "/docs")
+    page.wait_for_selector(".swagger-ui .info .title", timeout=15000)
+    assert "runner" in page.inner_text(".swagger-ui .info .title")
+    assert page.locator(".opblock").count() > 5 and outside == []
+    assert get(page, d.url + "/redoc")[0] == 404
+
+
+def test_a_jobs_main_metric_is_its_tasks():
+    from runner.web.metricsview import group_key, lower_is_better, main_metric
+
+    assert main_metric("model", ["train_loss", "val_loss", "val_accuracy", "lr"]) == "val_accuracy"
+    assert main_metric("model", ["val_map50_box", "val_map50_95_box", "val_map50_mask"]) == "val_map50_mask"  # instance segmentation
+    assert main_metric("model", ["val_loss", "val_mean_iou_fg"]) == "val_mean_iou_fg"
+    assert main_metric("model", ["val_bleu", "train_loss"]) == "val_bleu"
+    assert main_metric("model", ["metrics/mAP50-95(B)", "metrics/mAP50(B)", "train/box_loss"]) == "metrics/mAP50(B)"  # a repo's names
+    assert main_metric("command", ["val_acc", "loss", "lr", "gpu0_memory_mb"]) == "loss"  # the last printed, samples left out
+    assert main_metric("command", ["gpu0_memory_mb"]) is None
+    assert lower_is_better("val_loss") and not lower_is_better("val_map50_box")
+    assert group_key("train_loss") == group_key("val_loss") == "loss" and group_key("val/box_loss") == "box_loss"
