@@ -1,8 +1,11 @@
 """The tiny datasets `runner check` generates, per framework (stdlib only): easy ones, each class in
-its own colour, so that a model that learns at all beats chance within the check's few epochs."""
+its own colour, so that a model that learns at all beats chance within the check's few epochs; and
+the shuffled-label control of a classification set: the same images, the training labels shuffled."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from .synth import SHAPES, make_shapes
@@ -23,3 +26,26 @@ def make(framework: str, model: dict, fw: dict, root: Path) -> tuple[Path, str]:
     from . import synth_tasks
 
     return synth_tasks.make(fmt, model, sizes, root)
+
+
+def shuffled_labels(path: Path) -> Path:
+    """The control of an ImageFolder set (beside it, made once): the same training images with their
+    labels shuffled so that a label says nothing of the image (image i of true class k goes to
+    class (k + i) mod classes: every class gets as many images of each colour as the others), and
+    the same, truly labelled validation images. A run on it must stay near chance on validation:
+    what the real run gains over it is learning, not memorising."""
+    path = Path(path)
+    out = path.parent / f"{path.name}-shuffled"
+    if (out / "val").exists():
+        return out
+    tmp = path.parent / f".{out.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    classes = sorted(d.name for d in (path / "train").iterdir() if d.is_dir())
+    for c in classes:
+        (tmp / "train" / c).mkdir(parents=True)
+    for k, c in enumerate(classes):
+        for i, img in enumerate(sorted((path / "train" / c).iterdir())):
+            shutil.copyfile(img, tmp / "train" / classes[(k + i) % len(classes)] / f"{c}-{img.name}")
+    shutil.copytree(path / "val", tmp / "val")
+    os.rename(tmp, out)  # whole or not at all: a second check of the same layout reuses it
+    return out

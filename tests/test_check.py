@@ -3,6 +3,7 @@ repo's checks read off its job, mAP@0.5, and the report's provenance and wording
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -198,3 +199,47 @@ def test_markdown_states_provenance_criteria_and_na_reasons(repo_job):
     assert "| repo/convnext | repo | image_classification | 64 | 3 | success | ok 30.0s | ok 60.0s | ok | n/a | n/a | ok test_acc1=80 |" in md
     assert "repo/convnext infer: the table maps no inference" in md
     assert " 0.0s" not in md  # no placeholder times
+
+
+
+def test_report_shows_drift_against_the_one_it_replaces():
+    def model(ref, status, value, secs):
+        return {"model": ref, "status": status, "seconds": secs,
+                "checks": [{"name": "learns", "ok": status == "success", "detail": {"metric": "val_accuracy", "value": value}}]}
+    old = {"commit": "a" * 40, "generated_at": "2026-11-27 19:53:34 +0000", "summary": {"success": 1, "total": 2},
+           "models": [model("timm/resnet18", "success", 1.0, 74.0), model("timm/vgg19", "partial", 0.333, 382.0)]}
+    new = {"commit": "b" * 40, "generated_at": "now", "machine": {}, "criteria": [], "summary": {"success": 2, "total": 2, "partial": 0,
+           "failed": 0, "learns": 2, "success_rate": 1.0},
+           "models": [model("timm/vgg19", "success", 0.944, 191.0), model("timm/efficientnet_b0", "success", 1.0, 60.0)]}
+    new["drift"] = chk.drift(old, new)
+    rows = {r["model"]: r for r in new["drift"]["models"]}
+    assert rows["timm/vgg19"] == {"model": "timm/vgg19", "status": ["partial", "success"], "learns": [0.333, 0.944], "seconds": [382.0, 191.0]}
+    assert rows["timm/efficientnet_b0"]["status"] == [None, "success"] and rows["timm/resnet18"]["status"] == ["success", None]
+    for m in new["models"]:
+        m.update(framework="timm", task="image_classification", input_size=64, epochs=8)
+    md = chk.markdown(new, "t")
+    assert "## Drift against the previous report (commit `aaaaaaaaaaaa`, 2026-11-27 19:53:34 +0000: 1/2 passed)" in md
+    assert "| timm/vgg19 | partial -> success (changed) | 0.333 -> 0.944 | 382s -> 191s (-50 %) |" in md
+    assert "| timm/resnet18 | success -> gone (changed) | 1 -> — | 74s -> — |" in md
+    assert "| timm/efficientnet_b0 | not in it -> success (changed) | — -> 1 | — -> 60s |" in md
+
+
+@pytest.mark.slow
+def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runner, home, tmp_path):
+    # ResNet-18 at lr 1e-7 for two epochs: every step runs, nothing is learned; its shuffled-label
+    # control (the second and last training run here) is judged beside it and does not pass either
+    (home / "registry.toml").write_text('[models.timm.resnet18]\ndisplay_name = "ResNet-18"\ntask_type = "image_classification"\n'
+                                        'check = { lr = 1e-7, learns_epochs = 2, input_size = 32 }\n')
+    out = tmp_path / "check"
+    r = runner.run("check", "timm/resnet18", "--out", out, check=False)
+    assert r.returncode == 1
+    m = json.loads((out / "report.json").read_text())["models"][0]
+    assert m["status"] == "partial", m
+    by = {c["name"]: c for c in m["checks"]}
+    assert all(by[n]["ok"] for n in ("load", "train", "validate", "checkpoint", "infer"))
+    learns = by["learns"]
+    assert learns["ok"] is False and "< 0.5833" in learns["error"] and len(learns["detail"]["train_loss"]) == 2
+    control = learns["detail"]["control"]
+    assert control["job"] != m["job"] and control["value"] < 0.5833
+    md = (out / "report.md").read_text()
+    assert "does not learn" in md and "| shuffled-label control |" in md

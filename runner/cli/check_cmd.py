@@ -43,7 +43,7 @@ def check(args):
         raise RunnerError("check: name models (e.g. timm/resnet18) or --framework NAME")
     out = Path(args.out or f"check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    jobs = {}
+    jobs, controls = {}, {}
     for ref in refs:
         model = reg.get_model(ref)
         if model is None:
@@ -61,13 +61,19 @@ def check(args):
         rec = spool.submit(h, resolve(spec, out, reg, []))
         jobs[ref] = rec["id"]
         print(f"{ref}: job {rec['id']}", file=sys.stderr)
+        if fmt == "imagefolder":
+            # the shuffled-label control: the same run on the same images, the training labels shuffled
+            ctl = chk.control_spec(raw, checkdata.shuffled_labels(data_dir))
+            rec = spool.submit(h, resolve(parse_spec(ctl), out, reg, []))
+            controls[ref] = rec["id"]
+            print(f"{ref}: control job {rec['id']} (training labels shuffled)", file=sys.stderr)
     proc = _ensure_daemon(h)
     store = h.store()
     deadline = time.time() + args.timeout
     try:
         while time.time() < deadline:
             states = {}
-            for ref, jid in jobs.items():
+            for ref, jid in [*jobs.items(), *((f"{r} (control)", j) for r, j in controls.items())]:
                 try:
                     states[ref] = store.get_job(jid)["state"]
                 except Exception:
@@ -76,7 +82,7 @@ def check(args):
                 break
             time.sleep(1.0)
         else:
-            raise RunnerError(f"check: not finished after {args.timeout:.0f}s; jobs: {', '.join(jobs.values())}")
+            raise RunnerError(f"check: not finished after {args.timeout:.0f}s; jobs: {', '.join([*jobs.values(), *controls.values()])}")
     finally:
         if proc is not None:
             proc.terminate()
@@ -86,13 +92,20 @@ def check(args):
     # the command as typed (paths under the current folder relative: a committed report names no machine's folders)
     argv = [os.path.relpath(a) if os.path.isabs(a) and a.startswith(os.getcwd() + os.sep) else a for a in sys.argv[1:]]
     inferred = {ref: chk.repo_infer_check(h, store, reg, jid) for ref, jid in jobs.items() if ref.startswith("repo/")}
-    report = chk.gather(store, h, jobs, inferred=inferred, command=os.environ.get("RUNNER_CHECK_COMMAND") or shlex.join(["runner", *argv]))
+    try:  # the report this one replaces: its drift goes in the new one
+        previous = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    report = chk.gather(store, h, jobs, inferred=inferred, controls=controls, previous=previous,
+                        command=os.environ.get("RUNNER_CHECK_COMMAND") or shlex.join(["runner", *argv]))
     if not args.keep_checkpoints:
-        freed = chk.drop_checkpoints(store, jobs)
+        freed = chk.drop_checkpoints(store, {**jobs, **{f"{r} (control)": j for r, j in controls.items()}})
         print(f"check: removed {freed / 2**20:.0f} MB of check checkpoints (--keep-checkpoints keeps them)", file=sys.stderr)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
     title = f"Plugin validation report: {args.framework or ', '.join(refs)}"
-    (out / "report.md").write_text(chk.markdown(report, title))
+    from runner import atomic
+
+    atomic.write_json(out / "report.json", report, indent=1)
+    atomic.write_bytes(out / "report.md", chk.markdown(report, title).encode())
     if args.json:
         print_json(report)
     else:
