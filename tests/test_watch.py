@@ -84,14 +84,27 @@ def test_restart_from_saved_offset_and_parser_state_reads_on_without_repeats(sto
     w2.poll(store, final=True)
     pts = store.metrics("job1", "loss")
     assert [(p["step"], p["value"]) for p in pts] == [(1, 1.0), (2, 2.0)]
-    assert [p["epoch"] for p in pts] == [pts[0]["epoch"], pts[0]["epoch"]]
+    assert [p["epoch"] for p in pts] == [3, 3]  # the epoch seen before the restart still applies after it
+
+
+def test_lines_without_metrics_still_move_the_saved_offset(store, job_dir):
+    # a daemon restarted after a long stretch of chatter reads on from its end, not from the last metric
+    log = job_dir / "output.log"
+    append(log, "step=1 loss=1\n")
+    w = LogWatcher("job1", job_dir, None)
+    assert w.poll(store) == 1
+    append(log, "downloading weights\nepoch 2\n")
+    assert w.poll(store) == 0
+    saved = store.get_job("job1")
+    assert saved["log_offset"] == log.stat().st_size and saved["parser_state"]["epoch"] == 2
 
 
 def test_progress_redraws_are_collapsed_and_a_line_is_read_once(store, job_dir):
     # tqdm-style redraws: many \r segments, one newline; the parser sees the line as a person would
     append(job_dir / "output.log", "".join(f"\rstep={i} loss={i / 10}" for i in range(1, 50)) + "\n")
     LogWatcher("job1", job_dir, None).poll(store, final=True)
-    assert len(losses(store)) <= 1 + 1  # the final redraw (plus at most the first): not 49 points
+    assert losses(store) == [(49, 4.9)]  # the last redraw, as the screen showed it: not 49 points, nor none
+    assert store.get_job("job1")["log_offset"] == (job_dir / "output.log").stat().st_size
 
 
 def test_one_look_reads_at_most_poll_bytes(store, job_dir, monkeypatch):
@@ -134,7 +147,7 @@ def test_checkpoints_new_changed_and_in_progress(store, job_dir):
     (ck / "last.pth").write_bytes(b"x" * 20)
     os.utime(ck / "last.pth", ns=(1, 1))
     w.poll(store)
-    assert sorted(a["size"] for a in store.artifacts("job1")) in ([10, 20], [20])
+    assert [a["size"] for a in store.artifacts("job1")] == [20]  # one row per file, its size refreshed
 
 
 def test_a_checkpoint_that_is_someone_elses_file_is_not_recorded(store, job_dir, tmp_path):
@@ -154,7 +167,11 @@ def test_tail_lines_reads_only_the_end_and_resolves_redraws(tmp_path):
     log = tmp_path / "log"
     log.write_bytes(b"x" * (5 << 20) + b"\n" + b"".join(b"line %d\n" % i for i in range(100)) + b"a\rb\rfinal")
     assert tail_lines(log, 3) == ["line 98", "line 99", "final"]
-    assert tail_lines(log, 3, max_bytes=8) == ["final"] or len(tail_lines(log, 3, max_bytes=8)) <= 1
+    assert tail_lines(log, 3, max_bytes=8) == ["final"]  # the last 8 bytes (\rb\rfinal), resolved
+    cut = tmp_path / "cut"
+    cut.write_bytes(b"a long first line\nline 1\nline 2\n")
+    # a cap that ends inside a line: that partial line is not shown as if it were whole
+    assert tail_lines(cut, 5, max_bytes=len(b"line 1\nline 2\n") + 4) == ["line 1", "line 2"]
     assert tail_lines(tmp_path / "none", 5) == []
     assert tail_lines(log, 0) == []
 
