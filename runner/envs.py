@@ -38,14 +38,22 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVS_SRC = PROJECT_ROOT / "envs"
 COMPLETE = ".runner-env.json"
 
-# [envs] config key -> uv variable. Nothing else reaches uv's index settings.
+# [envs] config key -> the variable uv reads. Nothing else reaches uv's index and TLS settings.
 _CONFIG_TO_UV = {
     "index_url": "UV_INDEX_URL",
     "extra_index_urls": "UV_EXTRA_INDEX_URL",
     "find_links": "UV_FIND_LINKS",
     "index_strategy": "UV_INDEX_STRATEGY",
     "torch_backend": "UV_TORCH_BACKEND",
+    "ca_bundle": "SSL_CERT_FILE",  # a lab's CA bundle (a TLS-inspecting proxy, a private index): the CAs uv trusts
 }
+_LIST_SEP = {"UV_FIND_LINKS": ","}  # uv splits UV_FIND_LINKS at commas, UV_EXTRA_INDEX_URL at spaces
+
+# What decides where uv finds packages and whether it trusts the answer: recorded by the daemon
+# (daemon.json) and shown and tried by `runner doctor`.
+_SETTING_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+_NOT_SETTINGS = ("UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR", "UV_TOOL_DIR", "UV_CONFIG_FILE", "UV_INTERNAL__PARENT_INTERPRETER")
 
 
 def uv_binary() -> str:
@@ -62,14 +70,26 @@ def uv_binary() -> str:
 
 
 def uv_environ(config: dict | None = None) -> dict:
-    """The environment for a uv call: ours, plus index settings from the [envs] config table."""
+    """The environment for a uv call: ours, plus index and CA settings from the [envs] config table."""
     env = dict(os.environ)
     for key, var in _CONFIG_TO_UV.items():
         value = (config or {}).get(key)
         if value:
-            env[var] = " ".join(value) if isinstance(value, list) else str(value)
+            env[var] = _LIST_SEP.get(var, " ").join(value) if isinstance(value, list) else str(value)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def uv_settings(env: dict) -> dict:
+    """Of a uv call's environment, what decides where uv finds packages and whether it trusts
+    them: its UV_* settings (not its own folders), the CA bundle and the proxies."""
+    return {k: v for k, v in sorted(env.items())
+            if (k.startswith("UV_") and k not in _NOT_SETTINGS) or k in _SETTING_VARS}
+
+
+def masked(settings: dict) -> dict:
+    """`settings` with the credentials of every URL in them hidden (https://***@host), for files others read."""
+    return {k: re.sub(r"://[^/@\s]+@", "://***@", v) for k, v in settings.items()}
 
 
 def platform_tag() -> str:
@@ -357,12 +377,13 @@ def compile_lock(requirements: str, python_version: str, config: dict | None = N
                  build: dict | None = None, jail: Jail | None = None) -> str:
     """Lock a requirements text with `uv pip compile` (exact versions, hashes). With `python`, a
     package that must be built to know its dependencies is built by that interpreter. With a
-    jail (a user's requirements), uv runs as the build user in it."""
+    jail (a user's requirements), uv runs as the build user in it. Not --quiet: uv's warnings (a CA
+    bundle it cannot use) belong with its error."""
     minor = ".".join(python_version.split(".")[:2])
     if jail is not None:
         with jail.workdir(files={"requirements.in": requirements}) as d:
             src = f"{jail.at(d)}/requirements.in"
-            r = jail.capture([uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header", "--python", python,
+            r = jail.capture([uv_binary(), "pip", "compile", "--generate-hashes", "--no-header", "--python", python,
                               "--python-version", minor, src], d, uv_environ(config))
     else:
         with tempfile.TemporaryDirectory() as d:
@@ -371,7 +392,7 @@ def compile_lock(requirements: str, python_version: str, config: dict | None = N
             extra, build_env = _build_args(build, d)
             target = ["--python", python] if python and python != sys.executable else []
             r = subprocess.run(
-                [uv_binary(), "pip", "compile", "--quiet", "--generate-hashes", "--no-header", *target,
+                [uv_binary(), "pip", "compile", "--generate-hashes", "--no-header", *target,
                  "--python-version", minor, *extra, str(src)],
                 capture_output=True, text=True, env={**uv_environ(config), **build_env},
             )
@@ -419,10 +440,16 @@ def lock_named(name: str, python: Optional[str] = None, config: dict | None = No
 
 
 def relevant_lines(text: str, limit: int = 30) -> str:
-    """The lines of uv's output that say what went wrong."""
+    """The lines of uv's output that say what went wrong (its causes and warnings too: an
+    untrusted certificate or a CA bundle uv could not use is said there), with the fix of a TLS wall."""
     lines = [l for l in text.splitlines() if l.strip()]
-    keep = [l for l in lines if re.search(r"(?i)error|no solution|unsatisfiable|conflict|not found|because|hint|×|╰|failed|no space", l)]
-    return "\n".join((keep or lines)[-limit:])
+    keep = [l for l in lines if re.search(r"(?i)error|no solution|unsatisfiable|conflict|not found|because|hint|×|╰|failed|no space"
+                                          r"|cause:|warning:|certificate", l)]
+    out = (keep or lines)[-limit:]
+    if re.search(r"(?i)invalid peer certificate|certificate verify failed|SSL_CERT_FILE", text):
+        out.append("uv does not trust the index's certificate: give uv the CA bundle pip trusts ([envs] ca_bundle, "
+                   "or SSL_CERT_FILE in the daemon's unit; `bash scripts/uv-from-pip.sh` prints pip's) and restart the daemon")
+    return "\n".join(out)
 
 
 def disk_usage(path: Path, seen: set | None = None) -> int:

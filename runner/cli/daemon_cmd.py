@@ -92,13 +92,20 @@ def doctor(args):
     report["disk"]["problem"] = diskspace.low_space(h) if h.root.exists() else None  # below [jobs] min_free_mb: no job starts
     if report["disk"]["problem"]:
         problems.append(f"disk: {report['disk']['problem']}: no job starts until space is freed")
-    uv_vars = {k: v for k, v in os.environ.items() if k.startswith("UV_")}
-    report["uv_settings"] = sorted(uv_vars)
     from runner.permissions import audit, daemon_info, python_for_everyone
 
     info = daemon_info(h) if pid else {}
     if pid and pid > 0 and info.get("pid") != pid:
         info = {}  # left by a daemon that has gone: it says nothing of the one running now
+    from runner import uvcheck
+
+    # what the daemon's env builds give uv (its unit's Environment= and [envs]), never this shell's
+    settings, origin = uvcheck.daemon_settings(h, info)
+    report["uv_settings"], report["uv_settings_from"] = envs.masked(settings), origin
+    if report["uv"].get("path"):
+        report["index"], problem = uvcheck.resolve(settings, report["uv"]["path"])
+        if problem:
+            problems.append(problem)
     team = []
     http = None
     if pid:
@@ -139,7 +146,10 @@ def doctor(args):
     print(f"python          {report['python']}" + (f" (the daemon's: {python})" if python and python != report["python"] else ""))
     print(f"http            {http or '(daemon not running)'}")
     print(f"uv              {report['uv'].get('version') or report['uv'].get('error')}")
-    print(f"uv settings     {', '.join(report['uv_settings']) or '(none: uv uses its defaults)'}")
+    shown = ", ".join(f"{k}={v}" for k, v in envs.masked(settings).items()) or "none: uv uses its defaults (https://pypi.org/simple)"
+    print(f"uv settings     {shown} ({origin})")
+    if "index" in report:
+        print(f"index           {report['index']}")
     print(f"gpus            {ok(inv.available)}: {report['gpus']['note']} ({report['gpus']['count']} GPU(s))")
     sb = report["sandbox"]
     print(f"bubblewrap      {ok(sb['bubblewrap_works'])}: {sb['bubblewrap'] or 'not installed (apt-get install bubblewrap)'}")

@@ -21,7 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import defaults, diskspace, gpus as gpus_mod
-from ..envs import EnvManager
+from ..atomic import write_json
+from ..envs import EnvManager, masked, uv_environ, uv_settings
 from ..exceptions import InvalidTransition, RunnerError
 from ..home import Home
 from ..mirror import Mirror, settings as mirror_settings
@@ -127,8 +128,13 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         from ..secrets import _dir as secrets_dir
 
         secrets_dir(self.home)
+        settings = uv_settings(uv_environ(self.home.config.get("envs")))  # what its env builds give uv: `runner doctor` shows and tries them
         info = {"pid": os.getpid(), "uid": os.geteuid(), "user": user_name(os.geteuid()), "http": self.http_bind,
-                "python": sys.executable, "started_at": self.started_at}
+                "python": sys.executable, "started_at": self.started_at, "uv_settings": masked(settings)}
+        try:  # whole, for doctor as root: a proxy's or an index's password is not for every user's eyes
+            write_json(self.home.root / "uv-settings.json", {"pid": os.getpid(), "uv_settings": settings}, mode=0o600)
+        except OSError as e:
+            log.error("cannot write uv-settings.json: %s", e.strerror)
         tmp = self.home.root / f".daemon.json.{os.getpid()}"
         try:
             tmp.write_text(json.dumps(info))
