@@ -62,15 +62,11 @@ def routes(app, ctx, ui):
                 "usage": " · ".join(usage), "gpus": gpus,
                 "exit": "" if job.get("exit_code") is None else str(job["exit_code"]) + (f" signal {job['signal']}" if job.get("signal") else "")}
 
-    def best_latest(job_id: str) -> list[dict]:
-        rows = store.conn.execute("SELECT name, MIN(value) AS lo, MAX(value) AS hi, COUNT(*) AS n FROM metrics WHERE job_id=? GROUP BY name",
-                                  (job_id,)).fetchall()
-        latest = store.latest_metrics(job_id)
-        out = []
-        for r in rows:
-            lower = metricsview.lower_is_better(r["name"])
-            out.append({"name": r["name"], "latest": latest.get(r["name"]), "best": r["lo"] if lower else r["hi"], "lower": lower, "n": r["n"]})
-        return sorted(out, key=lambda m: (m["name"].startswith("gpu"), metricsview.group_key(m["name"]), m["name"]))
+    def latest_table(latest: dict) -> list[dict]:
+        """The best/latest table as the server renders it: each metric's latest value (the page's
+        script adds the best and the count from the charts it reads, and keeps them current)."""
+        rows = [{"name": n, "latest": v, "lower": metricsview.lower_is_better(n)} for n, v in latest.items()]
+        return sorted(rows, key=lambda m: (m["name"].startswith("gpu"), metricsview.group_key(m["name"]), m["name"]))
 
     @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def job_page(request: Request, job_id: str):
@@ -92,7 +88,7 @@ def routes(app, ctx, ui):
                     env_lock = None
         log_ok = ui.may_read_log(request, job)
         tracking = (home.config.get("mlflow") or {}).get("tracking_uri", "").rstrip("/")
-        return ui.render(request, "job.html", job=job, view=view, head=header(job), table=best_latest(job["id"]), env_lock=env_lock,
+        return ui.render(request, "job.html", job=job, view=view, head=header(job), table=latest_table(view["metrics"]), env_lock=env_lock,
                          arts=checkpoints(job) if log_ok else [], mlflow=view.get("mlflow"),
                          mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
                          spec_yaml=_yaml(_shown(job["spec"])), can_act=ui.can_act(who, job), log_ok=log_ok,
