@@ -446,7 +446,10 @@ def relevant_lines(text: str, limit: int = 30) -> str:
     keep = [l for l in lines if re.search(r"(?i)error|no solution|unsatisfiable|conflict|not found|because|hint|×|╰|failed|no space"
                                           r"|cause:|warning:|certificate", l)]
     out = (keep or lines)[-limit:]
-    if re.search(r"(?i)invalid peer certificate|certificate verify failed|SSL_CERT_FILE", text):
+    if "SSL_CERT_FILE" in text:
+        out.append("uv could not use its CA bundle (SSL_CERT_FILE: [envs] ca_bundle or the daemon's unit): give a PEM file "
+                   "that the build user can read, outside /home, /root and /tmp, and restart the daemon")
+    elif re.search(r"(?i)invalid peer certificate|certificate verify failed", text):
         out.append("uv does not trust the index's certificate: give uv the CA bundle pip trusts ([envs] ca_bundle, "
                    "or SSL_CERT_FILE in the daemon's unit; `bash scripts/uv-from-pip.sh` prints pip's) and restart the daemon")
     return "\n".join(out)

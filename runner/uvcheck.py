@@ -43,11 +43,14 @@ def daemon_settings(home, info: dict) -> tuple[dict, str]:
     return info["uv_settings"], f"the daemon's (pid {info.get('pid')}), credentials hidden"
 
 
-def resolve(settings: dict, uv: str) -> tuple[str, str | None]:
+def resolve(settings: dict, uv: str | None) -> tuple[str, str | None]:
     """(what happened, a problem or None): `uv pip compile` of PROBE with these settings and
-    nothing of this shell's, no cache (the index itself must answer)."""
+    nothing of this shell's, no cache (the index itself must answer). Without uv (a problem said
+    apart), nothing is tried."""
     if any("***@" in v for v in settings.values()):
         return "not tried: the daemon's credentials are hidden from you (run doctor as root)", None
+    if not uv:
+        return "not tried: no uv", None
     cert = settings.get("SSL_CERT_FILE")
     if cert and not os.path.isfile(cert):
         return "not tried", (f"index: SSL_CERT_FILE (the daemon's CA bundle, [envs] ca_bundle) is {cert}, which does not exist: "

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LOOPBACK, ROOT, DaemonProc, Runner, free_port, wait_for
-from test_users import ALICE, BOB, SYSTEM_PY, users  # noqa: F401
+from test_users import ALICE, BOB, User, users, world  # noqa: F401
 
 DOC = ROOT / "docs" / "server.md"
 SCRIPT = ROOT / "scripts" / "uv-from-pip.sh"
@@ -92,6 +92,7 @@ def test_a_ca_bundle_given_only_to_pip_reaches_uv_in_the_daemons_env_build(tmp_p
         log = runner.run("logs", first["id"]).stdout
         # uv's own words: the variable reached the uv process of the build (the file is not there yet)
         assert re.search(rf"SSL_CERT_FILE`?\.? .*{re.escape(str(bundle))}", log), log[-3000:]
+        assert "uv could not use its CA bundle (SSL_CERT_FILE: [envs] ca_bundle or the daemon's unit)" in log, log[-3000:]
         assert (first["state"], first["reason"]) == ("failed", "env_build_failed"), first
         info = json.loads((home / "daemon.json").read_text())
         assert info["uv_settings"]["SSL_CERT_FILE"] == str(bundle) and "SSL_CERT_DIR" not in info["uv_settings"]
@@ -152,6 +153,53 @@ def test_doctor_shows_and_tries_the_running_daemons_index_not_its_own_shells(tmp
         assert "  - index: " not in r.stdout
     finally:
         d.stop()
+
+
+@as_root
+def test_a_user_sees_the_daemons_index_with_its_password_hidden_and_doctor_does_not_try_it(world, users):  # noqa: F811
+    """doctor run by a user: the daemon's settings as daemon.json shows them (a password in the unit's
+    UV_INDEX_URL hidden); root's whole copy is not hers, so the index is not tried with a half URL."""
+    home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
+    os.chmod(home, 0o755)
+    dead = free_port()
+    d = DaemonProc(home, {**_bare(os.environ, keep_tls=True), "UV_INDEX_URL": f"http://rn:s3cret@127.0.0.1:{dead}/simple",
+                          "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
+    try:
+        alice = User(users[ALICE], world, home)
+        r = alice.run("doctor", check=False)
+        assert f"UV_INDEX_URL=http://***@127.0.0.1:{dead}/simple" in r.stdout and f"(the daemon's (pid {d.proc.pid}), credentials hidden)" in r.stdout, r.stdout
+        assert "index           not tried: the daemon's credentials are hidden from you (run doctor as root)" in r.stdout, r.stdout
+        assert "s3cret" not in r.stdout + r.stderr and "  - index: " not in r.stdout
+    finally:
+        d.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _wheel(folder: Path, name: str):
+    """A wheel of a pure package `name` 1.0 with nothing in it."""
+    import zipfile
+
+    files = {f"{name}/__init__.py": "", f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{name}-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{n},,\n" for n in files) + f"{name}-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        for n, text in {**files, f"{name}-1.0.dist-info/RECORD": record}.items():
+            z.writestr(n, text)
+
+
+def test_find_links_of_two_folders_reach_uv_as_two(tmp_path, monkeypatch):
+    """[envs] find_links = [a, b]: uv finds what each folder holds (it splits UV_FIND_LINKS at commas)."""
+    from runner.envs import compile_lock
+
+    for folder, name in (("a", "rnlinka"), ("b", "rnlinkb")):
+        (tmp_path / folder).mkdir()
+        _wheel(tmp_path / folder, name)
+    for var in [k for k in os.environ if k.startswith("UV_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("UV_NO_INDEX", "1")  # the two folders alone
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "cache"))
+    lock = compile_lock("rnlinka\nrnlinkb\n", "3.11", {"find_links": [str(tmp_path / "a"), str(tmp_path / "b")]})
+    assert "rnlinka==1.0" in lock and "rnlinkb==1.0" in lock, lock
 
 
 # -- the install, as written ---------------------------------------------------------------------------

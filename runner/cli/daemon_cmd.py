@@ -102,10 +102,9 @@ def doctor(args):
     # what the daemon's env builds give uv (its unit's Environment= and [envs]), never this shell's
     settings, origin = uvcheck.daemon_settings(h, info)
     report["uv_settings"], report["uv_settings_from"] = envs.masked(settings), origin
-    if report["uv"].get("path"):
-        report["index"], problem = uvcheck.resolve(settings, report["uv"]["path"])
-        if problem:
-            problems.append(problem)
+    report["index"], problem = uvcheck.resolve(settings, report["uv"].get("path"))
+    if problem:
+        problems.append(problem)
     team = []
     http = None
     if pid:
@@ -148,8 +147,7 @@ def doctor(args):
     print(f"uv              {report['uv'].get('version') or report['uv'].get('error')}")
     shown = ", ".join(f"{k}={v}" for k, v in envs.masked(settings).items()) or "none: uv uses its defaults (https://pypi.org/simple)"
     print(f"uv settings     {shown} ({origin})")
-    if "index" in report:
-        print(f"index           {report['index']}")
+    print(f"index           {report['index']}")
     print(f"gpus            {ok(inv.available)}: {report['gpus']['note']} ({report['gpus']['count']} GPU(s))")
     sb = report["sandbox"]
     print(f"bubblewrap      {ok(sb['bubblewrap_works'])}: {sb['bubblewrap'] or 'not installed (apt-get install bubblewrap)'}")
