@@ -1,8 +1,10 @@
 """How a job ended: one pure decision over everything that is known when its shim has exited.
 
 The daemon gathers the facts (exit.json, the adapter's failure.json, the time limit, a cancel
-request, the log's tail, GPU stragglers killed) and this function alone turns them into the end
-state and reason, so every combination is covered by one table test.
+request, the log's tail) and this function alone turns them into the end state and reason, so
+every combination is covered by one table test. Processes left on a job's GPUs are not a fact
+here: the daemon kills them before it decides and adds a note; the time limit is a flag of its
+own, so that note never hides it (tests/test_gpus.py runs that with a real daemon).
 """
 
 from __future__ import annotations
@@ -28,18 +30,18 @@ class Ending(NamedTuple):
 
 
 def decide(exit_info: dict, failure: dict | None = None, *, cancel_requested: bool = False, timed_out: bool = False,
-           stragglers_killed: bool = False, oom_in_log: bool = False) -> Ending:
+           oom_in_log: bool = False) -> Ending:
     """End state and reason, in this order of precedence:
 
     1. a cancel the user asked for is `cancelled`, however the processes ended;
     2. a job the runner stopped at its time limit is `failed/timeout`;
     3. a program that could not start is `failed/spawn_failed`;
-    4. exit status 0 is `succeeded` (stragglers on its GPUs killed afterwards do not change that);
+    4. exit status 0 is `succeeded`;
     5. a full disk the shim saw (its log could not be written, or the job said "No space left on
        device") is `failed/disk_full` (runner.diskspace.full_note names the folder);
     6. a reason the adapter wrote (failure.json: oom, bad_config, ...) is taken as given;
     7. an out-of-memory message in the log's tail is `failed/oom`;
-    8. a signal is `failed/killed_by_signal` (stragglers killed by the runner leave a note, not this);
+    8. a signal is `failed/killed_by_signal`;
     9. any other status is `failed/exit_code`.
     """
     if cancel_requested:

@@ -203,27 +203,46 @@ def test_free_gpus_rules():
     assert StaticInventory([{"memory_mb": 1, "present": False}, {"memory_mb": 2}]).gpus()[0].memory_total_mb == 2
 
 
-def test_gpus_are_released_only_when_the_jobs_processes_left_them(runner, home):
+def test_gpus_are_released_only_when_the_jobs_processes_left_them(runner, home, tmp_path):
     import os
     import subprocess
 
     gpus_file(home, four()[:1])
     (home / "config.toml").write_text((home / "config.toml").read_text() + "release_wait_seconds = 2\n")
     d = DaemonProc(home, runner.env, http=False).start()
+    straggler = None
     try:
-        jid = runner.submit("--gpus", "1", "--", *JOB, "sleep", "0.5")
+        jid = runner.submit("--gpus", "1", "--", *JOB, "sleep", "2")  # long enough to see its straggler (a loaded CI too)
         full = runner.wait_state(jid, "running")["id"]
         # a process of this job that outlived it (its RUNNER_JOB_ID says whose it is) sits on the GPU
         straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "RUNNER_JOB_ID": full})
         entries = four()[:1]
         entries[0]["processes"] = [{"pid": straggler.pid, "used_mb": 100, "user": "root"}]
         gpus_file(home, entries)
-        time.sleep(1.5)
+        from runner.home import Home
+
+        wait_for(lambda: (Home(home).run_dir(full) / "exit.json").exists(), what="the job's exit")
         assert runner.show(jid)["state"] == "running"  # exited, but not released while its process holds the GPU
         job = runner.wait_state(jid, timeout=20)
         assert straggler.wait(timeout=10) == -signal.SIGKILL
         assert job["state"] == "succeeded" and "killed 1 process(es) left on its GPUs" in job["note"]
+        straggler = None
+        # a job stopped at its time limit, then its straggler killed: still a timeout, and both noted
+        gpus_file(home, four()[:1])  # the GPU free again
+        spec = tmp_path / "limited.yaml"
+        spec.write_text(f"command: {json.dumps([*JOB, 'sleep', '60'])}\nresources: {{gpus: 1, time_limit: 3}}\n")
+        jid = runner.submit(spec)
+        full = runner.wait_state(jid, "running")["id"]
+        straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "RUNNER_JOB_ID": full})
+        entries[0]["processes"] = [{"pid": straggler.pid, "used_mb": 100, "user": "root"}]
+        gpus_file(home, entries)
+        job = runner.wait_state(jid, timeout=30)
+        assert straggler.wait(timeout=10) == -signal.SIGKILL
+        assert (job["state"], job["reason"]) == ("failed", "timeout")
+        assert "stopped at its time limit" in job["note"] and "killed 1 process(es) left on its GPUs" in job["note"]
     finally:
+        if straggler is not None and straggler.poll() is None:
+            straggler.kill()
         d.stop()
 
 
