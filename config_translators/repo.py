@@ -174,7 +174,7 @@ KEYS = {
     "parser.results_file": {"path", "format", "columns", "epoch_column", "epoch_offset", "compare", "on_mismatch"},
     "infer": {"checkpoint", "template", "output", "cpu", "gpu"},
     "infer.output": {"stdout", "file", "format", "records", "columns", "regex", "fields", "box", "label_offset"},
-    "check": {"input_size", "batch_size", "epochs", "images", "val_images", "classes", "images_per_class", "learns", "lr", "validation_metrics"},
+    "check": {"input_size", "batch_size", "epochs", "images", "val_images", "classes", "images_per_class", "val_images_per_class", "learns", "lr", "validation_metrics"},
 }
 _LISTS = ("overrides", "import_check", "exclude", "checkpoints", "tags", "args.template", "args.cpu", "args.gpu", "args.extra",
           "infer.template", "infer.cpu", "infer.gpu")

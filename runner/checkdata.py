@@ -17,11 +17,14 @@ def make(framework: str, model: dict, fw: dict, root: Path) -> tuple[Path, str]:
     fmt = fw.get("check_formats", {}).get(model.get("task_type")) or (fw.get("dataset_formats") or ["imagefolder"])[0]
     if fmt == "imagefolder":
         n = int(sizes.get("images_per_class", 6))
+        # validation images per class: enough that a run at chance (the shuffled-label control) does not
+        # reach chance + 0.25 by luck (12 a class of 3, 36 images: a run at chance reaches 0.58 with p = 0.002); only inferred, so cheap
+        val = int(sizes.get("val_images_per_class", max(2, n // 2)))
         classes = int(sizes.get("classes", 3))
         names = tuple(SHAPES[:classes]) + tuple(f"class{i}" for i in range(classes - len(SHAPES)))
-        path = root / f"imagefolder-{classes}x{n}"
+        path = root / f"imagefolder-{classes}x{n}" if val == max(2, n // 2) else root / f"imagefolder-{classes}x{n}-{val}"
         if not (path / "val").exists():
-            make_shapes(path, per_class=n, val_per_class=max(2, n // 2), size=64, classes=names, easy=True)
+            make_shapes(path, per_class=n, val_per_class=val, size=64, classes=names, easy=True)
         return path, fmt
     from . import synth_tasks
 
