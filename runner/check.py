@@ -418,7 +418,8 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
     for m in report["models"]:
         by = {c["name"]: c for c in m["checks"]}
         lines.append(f"| {m['model']} | {m['framework']} | {m['task'] or ''} | {m.get('input_size') or ''} | {m.get('epochs') or ''} | "
-                     f"{m['status']} | " + " | ".join(_cell(by.get(n)) for n in CHECKS) + f" | {m['seconds']:.0f}s |")
+                     f"{m['status']} | " + " | ".join(_cell(by.get(n)) for n in CHECKS) + f" | {m['seconds']:.0f}s"
+                     + (f" (control {m['control_seconds']:.0f}s)" if m.get("control_seconds") is not None else "") + " |")
     learns = [(m["model"], c) for m in report["models"] for c in m["checks"] if c["name"] == "learns" and c.get("detail")]
     if learns:
         lines += ["", "## learns, the numbers", "",
