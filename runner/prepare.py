@@ -123,8 +123,8 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
     wrapped, sandboxed = sandbox.wrap(argv, job_dir, writable, network=network, cwd=cwd, protect=[home.root])
     if not sandboxed and not network:
         log("runner: warning: bubblewrap is not available here, so network: false cannot be enforced")
-    launch = {"argv": wrapped, "env": environ, "cwd": str(cwd), "rlimits": sandbox.rlimits(spec.get("resources", {})),
-              "sandboxed": sandboxed, "log_mode": log_mode(home),
+    launch = {"argv": wrapped, "program": argv[0], "env": environ, "cwd": str(cwd),
+              "rlimits": sandbox.rlimits(spec.get("resources", {})), "sandboxed": sandboxed, "log_mode": log_mode(home),
               "log_max_bytes": diskspace.settings(home.config)["log_max_bytes"]}  # the shim keeps the log under it
     if drops_privileges(who.uid):
         launch["user"] = {"uid": who.uid, "gid": who.gid, "groups": list(who.groups)}

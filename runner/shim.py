@@ -11,6 +11,11 @@ where it cut, and keeps the last part in memory until the job ends; a full disk 
 says so once it can), never the job. A job that ends after a full disk, its log's or one it
 reported ("No space left on device"), gets `disk_full` in exit.json with the folder that was full.
 
+A program that cannot start ends the same way with or without bubblewrap: exit.json has its
+`spawn_error` and the log says "runner: failed to start". Without bubblewrap the exec fails in
+Popen; under it bwrap itself reports the failed exec (or a sandbox it could not set up) as exit
+status 1 with one line of its own, which is how the shim tells that from a program that exited 1.
+
 When launch.json names a user, the job runs with her uid, gid and groups, with no way to gain
 privileges (no_new_privs), while the shim stays as it was to record the end. Standard library
 only, no site-packages: it must start in ~10 ms.
@@ -29,6 +34,19 @@ TAIL_MAX = 16 << 20  # most bytes of a cut log's last part held in memory until 
 EXIT_RESERVE = 64 << 10  # disk space taken for exit.json when the job starts, so a full disk cannot stop it
 _FULL = (28, 122)  # ENOSPC, EDQUOT
 _FULL_WORDS = (b"No space left on device", b"Disk quota exceeded", b"[Errno 28]", b"ENOSPC")
+_FIRST_MAX = 4096  # bytes of a job's first output kept to tell bubblewrap's own failure from the program's
+
+
+def _bwrap_failure(rc, first):
+    """Why bubblewrap never started the program, or None: it exits 1 having printed one line of its
+    own ("bwrap: execvp PROG: No such file or directory", or a sandbox it could not set up) and
+    nothing else. A program that ran and exited 1 printed something else, or nothing."""
+    if rc != 1 or not first.startswith(b"bwrap: ") or not first.endswith(b"\n") or first.count(b"\n") != 1:
+        return None
+    why = first[len(b"bwrap: "):-1].decode("utf-8", "replace")
+    if why.startswith("execvp "):  # "execvp PROG: REASON": the reason alone, PROG is named by the caller
+        why = why.rpartition(": ")[2]
+    return why
 
 
 def _write_json(path, data, reserved=None):
@@ -99,6 +117,7 @@ class _Relay:
         self.said_full = []  # short pieces of the job's output that spoke of a full disk
         self.ended_line = True
         self._prev = b""
+        self.first = b""  # the first bytes of output: a sandbox that never started the program says why there
         self.lock = threading.Lock()
         self.done = False
 
@@ -116,6 +135,8 @@ class _Relay:
                 self._take(data)
 
     def _take(self, data):
+        if len(self.first) < _FIRST_MAX:
+            self.first += data[:_FIRST_MAX - len(self.first)]
         seen = self._prev + data
         if len(self.said_full) < 4 and any(w in seen for w in _FULL_WORDS):
             at = max(seen.rfind(w) for w in _FULL_WORDS)
@@ -348,7 +369,7 @@ def main(job_dir):
     except (OSError, ValueError, subprocess.SubprocessError) as e:
         os.close(out_r)
         os.close(out_w)
-        _say(log_fd, f"runner: failed to start {spec['argv'][0]!r}: {e}\n")
+        _say(log_fd, f"runner: failed to start {spec.get('program', spec['argv'][0])!r}: {e}\n")
         _write_json(exit_path, {"exit_code": None, "signal": None, "spawn_error": str(e),
                                 "started_at": started, "finished_at": time.time()}, reserved)
         return 0
@@ -369,6 +390,13 @@ def main(job_dir):
     _end_leftovers()
     copier.join(5.0)  # the pipe's end: every process of the job has ended (or kept it open: not waited for)
     relay.finish()
+    why = _bwrap_failure(rc, bytes(relay.first)) if spec.get("sandboxed") else None
+    if why is not None:
+        _say(log_fd, f"runner: failed to start {spec.get('program', spec['argv'][0])!r}: {why}\n")
+        _write_json(exit_path, {"exit_code": None, "signal": None, "spawn_error": why, "raw_status": rc,
+                                "started_at": started, "finished_at": finished}, reserved)
+        os.close(log_fd)
+        return 0
     sig = -rc if rc < 0 else None
     if spec.get("sandboxed") and rc > 128 and rc - 128 < signal.NSIG:
         # bubblewrap reports a child killed by signal N as exit status 128+N.

@@ -46,10 +46,36 @@ def test_failed_job_keeps_exit_code_and_log_tail(runner, daemon):
     assert (oom["state"], oom["reason"]) == ("failed", "oom")
 
 
-def test_spawn_failure_is_reported(runner, daemon):
-    job = runner.wait_state(runner.submit("--", "/nonexistent/program"))
-    assert job["state"] == "failed" and job["reason"] in ("spawn_failed", "exit_code")
-    assert job["exit_code"] != 0
+@pytest.mark.parametrize("sandbox", ["bubblewrap", "none"])
+def test_spawn_failure_is_reported(runner, home, tmp_path, sandbox):
+    """A program that cannot start is failed/spawn_failed, with why in its log, with or without
+    bubblewrap (under it, bwrap's own exit status 1 is not taken for the program's)."""
+    from runner.sandbox import bwrap_path
+
+    if sandbox == "bubblewrap" and bwrap_path() is None:
+        pytest.skip("bubblewrap cannot make a sandbox on this machine")
+    if sandbox == "none":
+        runner.env["RUNNER_NO_BWRAP"] = "1"
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\nexit 0\n")
+    plain.chmod(0o644)
+    d = DaemonProc(home, runner.env, http=False).start()
+    try:
+        missing, denied, ran = (runner.submit("--", *argv) for argv in (
+            ["/nonexistent/program"], [str(plain)], [sys.executable, "-c", "raise SystemExit(1)"]))
+        for jid, prog, why in ((missing, "/nonexistent/program", "No such file or directory"), (denied, str(plain), "Permission denied")):
+            job = runner.wait_state(jid)
+            assert (job["state"], job["reason"], job["exit_code"]) == ("failed", "spawn_failed", None), (sandbox, job)
+            log = runner.run("logs", jid).stdout
+            assert f"runner: failed to start {prog!r}: " in log and why in log, log
+        # a program that started and exited 1 without a word is that, not a spawn failure
+        job = runner.wait_state(ran)
+        assert (job["state"], job["reason"], job["exit_code"]) == ("failed", "exit_code", 1), (sandbox, job)
+        from runner.home import Home
+
+        assert json.loads((Home(home).run_dir(job["id"]) / "launch.json").read_text())["sandboxed"] == (sandbox == "bubblewrap")
+    finally:
+        d.stop()
 
 
 def test_logs_follow_until_end(runner, daemon):
