@@ -215,31 +215,41 @@ class TrainingAdapter:
         return result
 
     def run_train(self) -> int:
-        """train with the OOM policy: auto_batch_size halves the batch once and says so."""
+        """train with the OOM policy: auto_batch_size halves the batch once and says so.
+
+        The handler only records that a retry is due. The retry starts after it has ended: while
+        the exception is handled, its traceback keeps every frame of the failed step alive, and
+        with them the step's activations and batch, the very memory the retry needs."""
         try:
             self.prepare_dataset()
             self.prepare_model()
             self.fit()
             return 0
         except Exception as e:
-            if is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1:
-                half = max(1, self.batch_size // 2)
-                print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
-                cfg = dict(self.with_batch_size(half), _oom_retried=True)
-                self.release()
-                return type(self)(cfg).run_train()
-            raise
+            if not (is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1):
+                raise
+            half = max(1, self.batch_size // 2)
+            print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
+            retry = dict(self.with_batch_size(half), _oom_retried=True)
+        # `e` and its traceback are gone here; release() drops this attempt's model and data too
+        self.release()
+        return type(self)(retry).run_train()
 
     def with_batch_size(self, n: int) -> dict:
         """This job's settings with another batch size (for the out-of-memory retry)."""
         return dict(self.cfg, batch_size=n)
 
     def release(self):
-        """Drop references to the model and data so that a retry can reuse the memory."""
+        """Drop references to the model and data so that a retry can reuse the memory: this
+        attempt's attributes, what only reference cycles still hold, and the blocks torch's CUDA
+        allocator keeps cached for itself (when CUDA was used)."""
         import gc
 
         self.__dict__.clear()
         gc.collect()
+        torch = sys.modules.get("torch")  # never imported here: a framework without torch has nothing cached
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def check(self) -> dict:
         """The plugin check: load, one epoch of training, validation, checkpoint round trip,
