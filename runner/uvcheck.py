@@ -74,6 +74,31 @@ def resolve(settings: dict, uv: str | None) -> tuple[str, str | None]:
                       "the config (or the unit's Environment=) and restart the daemon (scripts/uv-from-pip.sh prints pip's)")
 
 
+def bundle_for_builds(settings: dict, config: dict | None, state: str) -> str | None:
+    """A problem when the daemon's CA bundle is one the build user's sandbox cannot use (users'
+    requirements are built there, not as root): under a folder the sandbox hides (/home, /root,
+    /tmp, the state folder), or unreadable by the build user. None when there is none, or it is fine."""
+    from .envjail import HIDDEN, build_person
+    from .exceptions import RunnerError
+    from .identity import may_access
+
+    cert = settings.get("SSL_CERT_FILE")
+    if not cert or not os.path.isfile(cert):
+        return None  # none; or missing, which resolve() says
+    hidden = next((h for h in (*HIDDEN, state) if os.path.realpath(cert).startswith(h.rstrip("/") + "/")), None)
+    if hidden:
+        return (f"index: the daemon's CA bundle {cert} lies under {hidden}, which the sandbox of users' env builds does not "
+                "show: their builds will not trust the index; put it elsewhere (/etc/ssl/...), set [envs] ca_bundle and restart the daemon")
+    try:
+        who = build_person(config)
+    except RunnerError:
+        return None  # no build user: doctor's other lines and the builds say so
+    if not may_access(cert, who, "r"):
+        return (f"index: the daemon's CA bundle {cert} cannot be read by the build user {who.name}: users' env builds will "
+                f"not trust the index (chmod a+r {cert}, and the folders above it a+x)")
+    return None
+
+
 def _shown(settings: dict) -> str:
     """The index and CA settings as one line, credentials hidden (a problem line may be pasted anywhere)."""
     from .envs import masked

@@ -155,6 +155,34 @@ def test_doctor_shows_and_tries_the_running_daemons_index_not_its_own_shells(tmp
         d.stop()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon builds users' envs as the build user")
+def test_doctor_says_when_the_build_user_cannot_read_the_daemons_ca_bundle(tmp_path):
+    """Root's resolve works with a 0600 bundle; the build user, who builds users' requirements, could
+    not read it: doctor says so with the fix, and is content once it is readable."""
+    folder = Path(tempfile.mkdtemp(prefix="rn-ca-", dir="/var/tmp"))
+    os.chmod(folder, 0o755)
+    bundle = folder / "lab-ca.pem"
+    shutil.copy(_trusted_bundle(), bundle)
+    os.chmod(bundle, 0o600)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[envs]\nca_bundle = "{bundle}"\n')
+    d = DaemonProc(home, {**_bare(os.environ), "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}).start()
+    try:
+        r = _doctor(home, _bare(os.environ))
+        assert re.search(r"^index           ok: ", r.stdout, re.M), r.stdout  # as root it works
+        problem = next((x for x in r.stdout.splitlines() if x.startswith("  - index: ")), None)
+        assert problem and problem.startswith(f"  - index: the daemon's CA bundle {bundle} cannot be read by the build user ") \
+            and f"(chmod a+r {bundle}" in problem, r.stdout
+        assert r.returncode == 1
+        os.chmod(bundle, 0o644)
+        r = _doctor(home, _bare(os.environ))
+        assert "  - index: " not in r.stdout, r.stdout
+    finally:
+        d.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @as_root
 def test_a_user_sees_the_daemons_index_with_its_password_hidden_and_doctor_does_not_try_it(world, users):  # noqa: F811
     """doctor run by a user: the daemon's settings as daemon.json shows them (a password in the unit's

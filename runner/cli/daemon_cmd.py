@@ -103,6 +103,8 @@ def doctor(args):
     settings, origin = uvcheck.daemon_settings(h, info)
     report["uv_settings"], report["uv_settings_from"] = envs.masked(settings), origin
     report["index"], problem = uvcheck.resolve(settings, report["uv"].get("path"))
+    if not problem and (info.get("uid") == 0 if info else os.geteuid() == 0):  # a root daemon builds users' envs as the build user
+        problem = uvcheck.bundle_for_builds(settings, h.config.get("envs"), str(h.root))
     if problem:
         problems.append(problem)
     team = []
