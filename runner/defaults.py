@@ -120,3 +120,7 @@ MAX_PROCESSES = 4_194_304
 
 MAX_SECONDS = 366 * 86400
 """Largest time_limit and cpu_seconds: a year."""
+
+LS_ROWS = 50
+"""Rows `runner ls` prints when no --limit is given (running jobs first, then the newest queued);
+a line on stderr says how many more there are. --limit 0 prints them all."""

@@ -80,14 +80,33 @@ def spooled_view(rec: dict) -> dict:
 def list_jobs(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0) -> list[dict]:
     """Jobs for `runner ls` and GET /jobs: active ones by default, every one with all_jobs."""
     if not states and not all_jobs:
-        states = ("queued", "preparing", "running")
-    jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS)
+        jobs = _active(store, user, limit, offset)
+    else:
+        jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS)
     latest = store.latest_metrics_many([j["id"] for j in jobs])
     rows = [job_view(store, j, latest=latest[j["id"]]) for j in jobs]
     if offset == 0 and (not states or "queued" in states):
         spooled = [spooled_view(r) for r in _spooled(home)]
         rows = [r for r in spooled if not user or r["user"] == user] + rows
     return rows
+
+
+def _active(store, user, limit, offset) -> list[dict]:
+    """The active jobs, those that hold a slot first (running, then preparing, newest first), then
+    the queued ones, newest first: a page of them, so that 100,000 queued jobs cost one page."""
+    busy = store.list_jobs(("running",), user, columns=JOB_FIELDS) + store.list_jobs(("preparing",), user, columns=JOB_FIELDS)
+    page = busy[offset:] if limit is None else busy[offset:offset + limit]
+    if limit is not None and len(page) >= limit:
+        return page
+    return page + store.list_jobs(("queued",), user, None if limit is None else limit - len(page),
+                                  max(0, offset - len(busy)), columns=JOB_FIELDS)
+
+
+def count_jobs(store, states=(), user=None, all_jobs=False) -> int:
+    """How many jobs list_jobs gives without a limit (the store's; spooled ones aside)."""
+    if not states and not all_jobs:
+        states = ("queued", "preparing", "running")
+    return store.count_jobs(states, user)
 
 
 _SPOOL_CACHE: dict = {}

@@ -120,3 +120,41 @@ def test_failed_transaction_rolls_back(store):
             c.execute("UPDATE jobs SET name='changed' WHERE id='job1'")
             raise RuntimeError("boom")
     assert store.get_job("job1")["name"] == "job1"
+
+
+def test_ls_shows_the_running_jobs_first_and_one_page_of_a_long_queue(tmp_path):
+    """300 queued after 2 running: `runner ls` prints the running ones, then the newest queued, 50
+    rows in all, and says how many more; --limit 0 and --json give every active job."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from runner.home import Home
+
+    h = Home(tmp_path / "home").ensure()
+    s = h.store()
+    for i in range(305):
+        s.insert_job({"id": f"j{i:04d}", "name": f"n{i}", "user": "u", "uid": 1000, "kind": "command",
+                      "spec": {"command": "true"}, "created_at": 1.0 + i, "gpus": [], "after": []}, now=1.0 + i)
+    for jid in ("j0001", "j0002"):
+        s.transition(jid, "preparing")
+        s.transition(jid, "running")
+    s.transition("j0000", "cancelled")
+    s.transition("j0003", "preparing")
+    env = {**os.environ, "RUNNER_HOME": str(h.root)}
+
+    def ls(*args):
+        r = subprocess.run([sys.executable, "-m", "runner", "ls", *args], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    r = ls()
+    ids = [line.split()[0] for line in r.stdout.splitlines()[1:]]
+    assert ids[:3] == ["j0002", "j0001", "j0003"] and ids[3:5] == ["j0304", "j0303"] and len(ids) == 50
+    assert "50 shown, 254 more" in r.stderr
+    assert len(ls("--limit", "0").stdout.splitlines()) == 1 + 304 and len(json.loads(ls("--json").stdout)) == 304
+    r = ls("--limit", "3")
+    assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["j0002", "j0001", "j0003"] and "3 shown, 301 more" in r.stderr
+    assert [j["id"] for j in json.loads(ls("--json", "--limit", "5").stdout)] == ["j0002", "j0001", "j0003", "j0304", "j0303"]
+    assert ls("--all", "--limit", "2").stdout.split()[8] == "j0304"  # every state: newest first, as before

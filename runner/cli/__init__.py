@@ -80,7 +80,7 @@ def _ls(p):
     p.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")
     p.add_argument("--user")
     p.add_argument("--all", action="store_true", help="ended jobs too")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="at most N rows (default 50 in the table, every job with --json; 0: every job)")
 
 
 def _id(p):

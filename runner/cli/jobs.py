@@ -69,16 +69,27 @@ def _when(j):
 
 def ls(args):
     """runner ls [--state S] [--user U] [--all] [--json]"""
-    from runner.queries import list_jobs
+    from runner import defaults
+    from runner.queries import count_jobs, list_jobs
 
     h = home(args)
+    if args.limit is not None and args.limit < 0:
+        raise SystemExit(f"runner: --limit: given {args.limit}; expected 0 (every job) or more")
+    limit = (args.limit or None) if (args.limit is not None or args.json) else defaults.LS_ROWS
+    everything = args.all or bool(args.state)
     if not h.db.exists() and not h.spool.exists():
         rows = []
     else:
-        rows = list_jobs(h, store(h), args.state, args.user, args.all or bool(args.state), args.limit)
+        rows = list_jobs(h, store(h), args.state, args.user, everything, limit)
     if args.json:
         print_json(rows)
         return 0
+    if limit is not None and len(rows) >= limit:
+        total = count_jobs(store(h), args.state, args.user, everything)
+        shown = sum(1 for r in rows if r.get("seq") is not None)
+        if total > shown:
+            print(f"({len(rows)} shown, {total - shown:,} more: --limit N, or --limit 0 for all; --state or --user to narrow)",
+                  file=sys.stderr)
     table([[r["id"], r.get("seq") or "", (r["name"] or "")[:40], r["user"], r["state"], r.get("reason") or "",
             _when(r), ",".join(map(str, r.get("gpus") or [])) or "-"] for r in rows],
           ["ID", "#", "NAME", "USER", "STATE", "REASON", "TIME", "GPUS"])
