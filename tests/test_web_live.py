@@ -57,6 +57,16 @@ def test_a_running_jobs_charts_and_header_change_without_a_reload_and_she_cancel
     assert "loss" in page.inner_text("#log")
     page.check("#log-scale")
     page.wait_for_selector(chart + " canvas")
+    # the log follows new lines only while she is at its end; a search shows the lines with a word
+    page.eval_on_selector("#log", "el => { el.scrollTop = 0; }")
+    before = page.inner_text("#log")
+    wait_for(lambda: page.inner_text("#log") != before, 15, 0.2, "new log lines")
+    assert page.eval_on_selector("#log", "el => el.scrollTop") == 0
+    page.fill("#log-q", "val_acc")
+    page.click("#log-search button")
+    wait_for(lambda: (lambda lines: lines and all("val_acc" in x for x in lines))(page.inner_text("#log").splitlines()), 10, 0.2, "the search")
+    status, whole = get(page, d.url + f"/ui/jobs/{jid}/output.log")
+    assert status == 200 and "epoch 1 val_acc: 0.510" in whole and "epoch 1 val_acc" not in page.inner_text("#log").splitlines()[-1]
 
     # the runs table: her row shows its main metric (a command job's last printed, lr left out) and a cancel button; his shows none
     his = page_as(browser, d, bob.token)
@@ -92,6 +102,22 @@ def test_a_running_jobs_page_stops_asking_once_it_ended(site, browser):  # noqa:
     n = len(asked)
     page.wait_for_timeout(4500)
     assert len(asked) == n  # no timer left once it ended
+
+    # compare from the runs table: tick two jobs; legends by job name; a log-scale toggle
+    other = alice.run("submit", "--name", "short-too", "--parser", "generic", "--", SYSTEM_PY, alice.world / "jobs.py",
+                      "metrics", "3").stdout.strip().splitlines()[-1]
+    alice.wait(other)
+    page.goto(d.url + "/ui/")
+    page.check(f"tr[data-job='{jid}'] input.pick")
+    page.check(f"tr[data-job='{other}'] input.pick")
+    page.wait_for_timeout(3500)  # a refresh of the rows keeps them ticked
+    page.click("#compare-picked")
+    page.wait_for_selector("#compare-chart[data-points]")
+    assert f"ids={jid}" in page.url and f"ids={other}" in page.url
+    labels = page.locator("#compare-chart .u-legend .u-label").all_inner_texts()
+    assert sorted(labels[1:]) == ["short", "short-too"]  # by job name, not id
+    page.check("#log-scale")
+    page.wait_for_selector("#compare-chart[data-log='1'] canvas")
 
 
 CKPT = "mkdir -p \"$RUNNER_JOB_DIR/checkpoints\" && head -c 300000 /dev/urandom > \"$RUNNER_JOB_DIR/checkpoints/model.pt\""
