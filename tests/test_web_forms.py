@@ -120,3 +120,14 @@ def test_a_model_clone_keeps_its_settings_and_what_the_form_has_no_field_for():
     assert values["more"] == "after:\n- abc123\n"  # env and network are what resolve gives it anyway
     spec, problems = forms.spec_from(model, fields, values)
     assert problems == [] and spec["after"] == ["abc123"] and spec["train"]["epochs"] == 2 and spec["train"]["batch_size"] == 16
+
+
+def test_clone_is_for_whoever_may_see_the_spec():
+    from types import SimpleNamespace
+
+    stored = {"id": "a1", "seq": 4, "user": "root"}
+    spooled = {"id": "b2", "seq": None, "user": "root"}  # still in the spool: its owner's and root's alone
+    someone = SimpleNamespace(uid=54321)
+    assert submitform.may_clone(None, stored) and submitform.may_clone(someone, stored)  # its page shows the spec to all
+    assert submitform.may_clone(SimpleNamespace(uid=0), spooled)
+    assert not submitform.may_clone(someone, spooled) and not submitform.may_clone(None, spooled)
