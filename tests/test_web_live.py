@@ -221,3 +221,50 @@ def test_a_jobs_main_metric_is_its_tasks():
     assert main_metric("command", ["gpu0_memory_mb"]) is None
     assert lower_is_better("val_loss") and not lower_is_better("val_map50_box")
     assert group_key("train_loss") == group_key("val_loss") == "loss" and group_key("val/box_loss") == "box_loss"
+
+
+def test_under_share_logs_everyone_downloads_and_a_swapped_or_linked_file_is_refused(tmp_path):
+    """No daemon: a store with one ended job of rn_bob's (uid), its log and a recorded checkpoint;
+    [server] share_logs opens both to an anonymous client; a checkpoint replaced by another file,
+    or given a second name, is not served."""
+    import pwd
+
+    from fastapi.testclient import TestClient
+
+    from runner.atomic import write_json
+    from runner.home import Home
+    from runner.http import create_app
+    from runner.watch import IDENTITIES, Identity
+
+    try:
+        bob = pwd.getpwnam("rn_bob")
+    except KeyError:
+        pytest.skip("needs the user rn_bob (tests/test_users.py makes it)")
+    (tmp_path / "config.toml").write_text("[server]\nshare_logs = true\n")
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    store.insert_job({"id": "shared01", "name": "shared", "user": "rn_bob", "uid": bob.pw_uid, "kind": "command", "model": None,
+                      "spec": {"command": ["true"]}, "gpus": [], "after": [], "state": "succeeded", "reason": None, "created_at": 1.0,
+                      "started_at": 1.0, "finished_at": 2.0, "exit_code": 0}, now=1.0)
+    run, job = h.run_dir("shared01"), h.job_dir("shared01")
+    run.mkdir(parents=True)
+    (run / "output.log").write_text("epoch 1 loss=0.5\n")
+    (job / "ck").mkdir(parents=True)
+    ck = job / "ck" / "a.pt"
+    ck.write_bytes(b"weights" * 1000)
+    os.chown(ck, bob.pw_uid, bob.pw_gid)
+    write_json(run / IDENTITIES, {str(ck): list(Identity.of(ck.stat()))})
+    store.add_artifact("shared01", str(ck), "checkpoint", ck.stat().st_size)
+    c = TestClient(create_app(h), base_url="http://127.0.0.1:8765")
+    assert c.get("/ui/jobs/shared01/output.log").text == "epoch 1 loss=0.5\n"
+    r = c.get("/ui/jobs/shared01/checkpoint", params={"path": "ck/a.pt"})
+    assert r.status_code == 200 and r.content == b"weights" * 1000 and 'filename="a.pt"' in r.headers["content-disposition"]
+    os.link(ck, job / "second-name")  # a second name: it may be someone else's file under hers
+    assert c.get("/ui/jobs/shared01/checkpoint", params={"path": "ck/a.pt"}).status_code == 403
+    os.unlink(job / "second-name")
+    other = job / "ck" / "b.tmp"
+    other.write_bytes(b"other")
+    os.chown(other, bob.pw_uid, bob.pw_gid)
+    os.replace(other, ck)  # another file at the recorded path (as a save by rename makes it), not yet recorded
+    r = c.get("/ui/jobs/shared01/checkpoint", params={"path": "ck/a.pt"})
+    assert r.status_code == 409 and "replaced" in r.json()["error"]

@@ -94,8 +94,11 @@ def main_metrics(store, jobs: list[dict]) -> dict:
     return out
 
 
+INF = float("inf")
+
+
 def _finite(v):
-    return None if v is None or v != v or v in (float("inf"), float("-inf")) else v
+    return v if v is not None and v == v and -INF < v < INF else None
 
 
 def charts(store, job_id: str, points: int = CHART_POINTS) -> dict:
@@ -114,9 +117,9 @@ def charts(store, job_id: str, points: int = CHART_POINTS) -> dict:
         end = start
         while end < len(rows) and rows[end][0] == name:
             end += 1
-        chunk = rows[start:end]
-        steps, epochs = [r[1] for r in chunk], [r[2] for r in chunk]
-        values = [_finite(r[3]) for r in chunk]
+        _, steps, epochs, values = zip(*rows[start:end])
+        # NaN and infinities -> null (JSON has neither); `v == v` is False for NaN alone
+        values = [v if v is not None and v == v and -INF < v < INF else None for v in values]
         axis, xs = series.x_axis(steps, epochs)
         x, y = series.downsample(xs, values, points)
         out[name] = {"axis": axis, "x": x, "y": y, "total": len(values), "lower": lower_is_better(name)}
