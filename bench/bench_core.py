@@ -47,8 +47,8 @@ def submit_to_start(n: int):
             jid = r.stdout.strip()
             log = home / "run" / jid / "output.log"
             while True:
-                try:
-                    first = log.read_text().split("\n", 1)[0]
+                try:  # the job's first line; runner's own notes ("runner: ...") may come before it
+                    first = next((l for l in log.read_text().splitlines() if l.strip() and not l.startswith("runner:")), "")
                     if first.strip():
                         break
                 except FileNotFoundError:
