@@ -33,6 +33,7 @@ class Tsp:
 
     def close(self):
         subprocess.run(["tsp", "-K"], env=self.env, capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # its socket and each job's output file
 
 
 def submit_to_start(n: int):
