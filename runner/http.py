@@ -390,6 +390,10 @@ def create_app(home, daemon=None) -> FastAPI:
         inv = daemon.inventory if daemon else __import__("runner.gpus", fromlist=["inventory"]).inventory(home.config)
         return {"source": inv.source, "available": inv.available, "note": inv.reason, "gpus": queries.gpu_view(store, inv)}
 
+    @app.get("/share")
+    def share():
+        return queries.share_view(store, home.config, time.time())
+
     @app.get("/models")
     def models(framework: Optional[str] = None, task: Optional[str] = None, tags: Optional[str] = None, filter: str = "*"):
         return {"models": registry().list_models(filter, framework, task, (tags or "").split(","))}

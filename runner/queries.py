@@ -167,6 +167,27 @@ def status(home, store, daemon=None) -> dict:
     return out
 
 
+def share_view(store, config: dict, now: float) -> dict:
+    """Each user's fair-share standing: decayed use (GPU-hours; a CPU job counts as one slot),
+    share, use per share, order (1 goes first among equal priority), and running/queued counts."""
+    from . import fairshare
+
+    conf = fairshare.settings(config)
+    use = fairshare.Ledger(store, conf).use(now)
+    counts: dict = {}
+    for r in store.conn.execute("SELECT user, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'preparing', 'running') "
+                                "GROUP BY user, state").fetchall():
+        counts.setdefault(r["user"], {})[r["state"]] = r["n"]
+    users = sorted(set(use) | set(counts) | set(conf["shares"]))
+    per = fairshare.standing({u: use.get(u, 0.0) for u in users}, conf["shares"])
+    ranked = sorted(users, key=lambda u: (per[u], u))
+    rows = [{"user": u, "use_gpu_hours": round(use.get(u, 0.0) / 3600.0, 4), "share": conf["shares"].get(u, 1.0),
+             "use_per_share": round(per[u] / 3600.0, 4), "order": ranked.index(u) + 1,
+             "running": counts.get(u, {}).get("running", 0) + counts.get(u, {}).get("preparing", 0),
+             "queued": counts.get(u, {}).get("queued", 0)} for u in ranked]
+    return {"fairshare": conf["on"], "half_life_days": conf["half_life_s"] / 86400.0, "users": rows}
+
+
 def gpu_view(store, inventory) -> list[dict]:
     """Each GPU with its processes and the runner job holding it."""
     alloc = store.gpu_allocations()

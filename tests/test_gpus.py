@@ -66,11 +66,12 @@ def test_foreign_process_keeps_its_gpu_out_of_use(runner, home, gdaemon):
 
 def test_gpu_job_waits_until_a_gpu_frees(runner, home, gdaemon):
     gpus_file(home, four()[:1])
-    first = runner.submit("--gpus", "1", "--", *JOB, "sleep", "2")
+    first = runner.submit("--gpus", "1", "--", *JOB, "sleep", "6")
     runner.wait_state(first, "running")
     second = runner.submit("--gpus", "1", "--", *JOB, "env")
-    wait_for(lambda: runner.show(second)["reason"] == "waiting_for_gpus", 10, what="second to wait for GPUs")
-    assert runner.show(second)["state"] == "queued"
+    waiting = wait_for(lambda: (lambda j: j if j["reason"] == "waiting_for_gpus" else None)(runner.show(second)), 10,
+                       what="second to wait for GPUs")
+    assert waiting["state"] == "queued"
     j2 = runner.wait_state(second, timeout=30)
     assert j2["started_at"] >= runner.show(first)["finished_at"]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from runner.scheduler import plan
 from runner.states import Reason
 
@@ -90,3 +92,51 @@ def test_a_job_that_starts_clears_its_skip_count():
     skipped = {"a": 5}
     d = plan([job("a", gpus=1)], 0, 4, [G(0)], 1, True, skipped=skipped)
     assert started(d) == [("a", [0])] and skipped == {}
+
+
+# Fair share: the order among equal priority, by each user's decayed use.
+from runner import fairshare  # noqa: E402
+
+
+def fjob(jid, user, gpus=1, prio=0, limit=None):
+    j = job(jid, gpus, user, limit=limit)
+    j["priority"] = prio
+    return j
+
+
+def test_fair_share_puts_the_user_with_less_use_first_and_keeps_each_users_order():
+    q = [fjob(f"a{i}", "ann") for i in range(6)] + [fjob("b0", "bob")]  # ann queued first
+    fair = fairshare.order(q, {"ann": 7200.0, "bob": 0.0})
+    assert [j["id"] for j in fair] == ["b0", "a0", "a1", "a2", "a3", "a4", "a5"]
+    d = plan(fair, 0, 8, [G(0)], 1, True)
+    assert started(d) == [("b0", [0])]
+    assert fairshare.passed_over(q, fair) == {f"a{i}" for i in range(6)}
+    # nobody has used anything yet: the two alternate (each turn charges its user what the job will use)
+    fair = fairshare.order(q[:3] + [fjob("b0", "bob"), fjob("b1", "bob")], {})
+    assert [j["id"] for j in fair] == ["a0", "b0", "a1", "b1", "a2"]
+
+
+def test_priority_still_wins_and_shares_weigh_use():
+    q = [fjob("a0", "ann", prio=5), fjob("b0", "bob"), fjob("a1", "ann")]
+    assert [j["id"] for j in fairshare.order(q, {"ann": 1e6})] == ["a0", "b0", "a1"]
+    q = [fjob("a0", "ann"), fjob("b0", "bob")]
+    assert [j["id"] for j in fairshare.order(q, {"ann": 300.0, "bob": 200.0})] == ["b0", "a0"]
+    assert [j["id"] for j in fairshare.order(q, {"ann": 300.0, "bob": 200.0}, {"ann": 2})] == ["a0", "b0"]  # twice her share
+
+
+def test_use_is_gpu_seconds_halved_every_half_life():
+    day = 86400.0
+    now = 100 * day
+    rows = [{"user": "ann", "gpus": [0, 1], "started_at": now - 8 * day - 100, "finished_at": now - 7 * day},  # 2 GPUs x 100 s, a week ago
+            {"user": "bob", "gpus": [], "started_at": now - 50, "finished_at": None},  # a CPU job, running for 50 s
+            {"user": "cy", "gpus": [0], "started_at": None, "finished_at": None}]  # never started
+    use = fairshare.decayed_use(rows, now, 7 * day)
+    assert use == {"ann": pytest.approx(2 * (day + 100) / 2), "bob": pytest.approx(50.0)}
+
+
+def test_fair_share_settings_are_checked_in_one_line():
+    assert fairshare.settings({}) == {"on": True, "half_life_s": 7 * 86400.0, "shares": {}}
+    for bad, field in (({"fairshare": "yes"}, "fairshare"), ({"fairshare_half_life": 0}, "fairshare_half_life"),
+                       ({"shares": {"ann": -1}}, "shares.ann"), ({"shares": 3}, "shares")):
+        with pytest.raises(Exception, match=rf"\[scheduler\] {field}: given"):
+            fairshare.settings({"scheduler": bad})

@@ -158,3 +158,18 @@ def test_ls_shows_the_running_jobs_first_and_one_page_of_a_long_queue(tmp_path):
     assert [line.split()[0] for line in r.stdout.splitlines()[1:]] == ["j0002", "j0001", "j0003"] and "3 shown, 301 more" in r.stderr
     assert [j["id"] for j in json.loads(ls("--json", "--limit", "5").stdout)] == ["j0002", "j0001", "j0003", "j0304", "j0303"]
     assert ls("--all", "--limit", "2").stdout.split()[8] == "j0304"  # every state: newest first, as before
+
+
+def test_queued_heads_gives_each_users_first_jobs_in_queue_order(store):
+    for i in range(10):
+        store.insert_job({"id": f"a{i}", "name": "a", "user": "ann", "uid": 1, "kind": "command", "spec": {}, "created_at": 1.0 + i,
+                          "priority": 0, "gpus": [], "after": []})
+    store.insert_job({"id": "b0", "name": "b", "user": "bob", "uid": 2, "kind": "command", "spec": {}, "created_at": 50.0,
+                      "priority": 0, "gpus": [], "after": []})
+    store.insert_job({"id": "c0", "name": "c", "user": "cy", "uid": 3, "kind": "command", "spec": {}, "created_at": 60.0,
+                      "priority": 9, "gpus": [], "after": []})
+    assert [j["id"] for j in store.queued_heads(3)] == ["c0", "a0", "a1", "a2", "b0"]
+    assert [j["id"] for j in store.queued_jobs(limit=3)] == ["c0", "a0", "a1"]  # (without fair share: the head of the queue)
+    plan = " ".join(r["detail"] for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='queued' AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC LIMIT 3"))
+    assert "TEMP B-TREE" not in plan, plan  # a page of a deep queue is read off an index, never sorted whole

@@ -24,6 +24,7 @@ VERBS = {
     "models": ("runner.cli.models_cmd", "models", "list the registry's models"),
     "schema": ("runner.cli.models_cmd", "schema", "a framework's settings schema"),
     "gpus": ("runner.cli.models_cmd", "gpus", "the GPUs, their processes and holders"),
+    "share": ("runner.cli.jobs", "share", "each user's fair-share standing: recent GPU use, share, who goes first"),
     "infer": ("runner.cli.models_cmd", "infer", "run inference with a job's checkpoint"),
     "check": ("runner.cli.check_cmd", "check", "plugin check: train, validate, checkpoint, infer per model"),
     "repo": ("runner.cli.repo_cmd", "repo", "add, list, show and remove pinned GitHub repos"),

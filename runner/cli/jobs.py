@@ -345,3 +345,22 @@ def my_token(h, rotate: bool = False) -> str:
             return new
         time.sleep(0.05)
     raise RunnerError("the daemon did not make a token within 15 s (see `runner doctor`)")
+
+
+def share(args):
+    """runner share [--json]: each user's decayed use, share and order (fair share, [scheduler])."""
+    from runner.queries import share_view
+
+    h = home(args)
+    view = share_view(store(h), h.config, time.time()) if h.db.exists() else {"fairshare": True, "users": []}
+    if args.json:
+        print_json(view)
+        return 0
+    if not view["fairshare"]:
+        print("fair share is off ([scheduler] fairshare = false): the queue goes by priority, then age")
+    else:
+        print(f"fair share: among equal priority, the user with the least use per share goes first "
+              f"(use halves every {view['half_life_days']:g} days)")
+    table([[r["order"], r["user"], f"{r['use_gpu_hours']:.2f}", f"{r['share']:g}", f"{r['use_per_share']:.2f}", r["running"], r["queued"]]
+           for r in view["users"]], ["ORDER", "USER", "GPU-HOURS", "SHARE", "PER-SHARE", "RUNNING", "QUEUED"])
+    return 0

@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import defaults, diskspace, gpus as gpus_mod
+from .. import defaults, diskspace, fairshare, gpus as gpus_mod
 from ..atomic import write_json
 from ..envs import EnvManager, masked, uv_environ, uv_settings
 from ..exceptions import InvalidTransition, RunnerError
@@ -58,6 +58,8 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.user_gpu_limit = home.config.get("gpus", {}).get("per_user_limit")
         self.backfill_limit = home.config.get("gpus", {}).get("backfill_limit", defaults.BACKFILL_LIMIT)
         self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
+        self.fairshare = fairshare.settings(home.config)  # a bad [scheduler] stops the daemon here, in one line
+        self.ledger = fairshare.Ledger(self.store, self.fairshare)
         self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
         diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
         self.retention = Retention(self.home, self.store)  # a bad [retention] stops the daemon here, in one line

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from .. import diskspace
+from .. import diskspace, fairshare
 from .. import gpus as gpus_mod
 from ..exceptions import EnvBuildError, InvalidTransition, JobNotFound, RepoError, RunnerError
 from ..proctl import kill_tree
@@ -50,7 +50,8 @@ class Launch:
         # The head of the queue is enough to fill the free slots: a deep queue is not re-read
         # (and its JSON re-parsed) on every decision. Jobs further back get their wait reason
         # when they come within the window.
-        queued = self.store.queued_jobs(limit=max(32, 8 * self.max_running))
+        window = max(32, 8 * self.max_running)
+        queued = self.store.queued_heads(window) if self.fairshare["on"] else self.store.queued_jobs(limit=window)
         if not queued:
             return
         low = diskspace.low_space(self.home)  # below [jobs] min_free_mb where jobs write: none starts, each says why
@@ -94,6 +95,9 @@ class Launch:
                 limit = (j["spec"].get("resources") or {}).get("time_limit")
                 for u in j["gpu_uuids"] or []:
                     ends[u] = (j["started_at"] or now) + limit if limit else None
+        fifo = queued
+        if self.fairshare["on"]:
+            queued = fairshare.order(queued, self.ledger.use(now), self.fairshare["shares"])
         decision = plan(queued, running, self.max_running, free, count, self.inventory.available and count > 0,
                         held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states, now=now, ends=ends)
         for job, chosen in decision.start:
@@ -103,9 +107,12 @@ class Launch:
                 log.info("%s", e)
                 continue
             self.pool.submit(self._prepare_and_launch, self.store.get_job(job["id"]))
+        behind = fairshare.passed_over(fifo, queued) if self.fairshare["on"] else set()
         for j in queued:
             if j["id"] in decision.waiting:
                 reason = decision.waiting[j["id"]]
+                if reason is Reason.WAITING_FOR_GPUS and j["id"] in behind:
+                    reason = Reason.FAIR_SHARE
                 value = reason.value if reason else None
                 if j["reason"] != value:
                     self.store.update_job(j["id"], reason=value)

@@ -1,0 +1,66 @@
+"""Fair share on a root daemon with two real users and two static GPUs: the user who queued first
+does not hold the GPUs; the other user's job starts at the first GPU that frees."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import wait_for
+from test_users import ALICE, BOB, team_home, users, world  # noqa: F401 (fixtures)
+
+CONFIG = """[gpus]
+source = "static"
+static = [{uuid = "GPU-0", name = "Static A100", memory_mb = 16384}, {uuid = "GPU-1", name = "Static A100", memory_mb = 16384}]
+"""
+
+
+def _running(user, ids):
+    rows = {r["id"]: r for r in json.loads(user.run("ls", "--json").stdout)}
+    return [j for j in ids if rows.get(j, {}).get("state") == "running"]
+
+
+def test_the_second_user_starts_at_the_first_free_gpu_while_the_first_users_older_jobs_wait(world, users):
+    with team_home(world, users, CONFIG) as (d, alice, bob, home):
+        hers = [alice.job("sleep", "120", extra=("--gpus", "1")) for _ in range(6)]
+        wait_for(lambda: len(_running(alice, hers)) == 2, 60, 0.2, "two of her jobs to run")
+        first = _running(alice, hers)[0]
+        his = bob.job("sleep", "1", extra=("--gpus", "1"))
+        # while his job waits, hers say why they wait behind it, and `runner share` ranks him first
+        wait_for(lambda: alice.show(hers[2])["reason"] == "fair_share", 30, 0.2, "her waiting jobs to say fair_share")
+        assert bob.show(his)["reason"] == "waiting_for_gpus"
+        share = json.loads(bob.run("share", "--json").stdout)
+        assert share["fairshare"] and [r["user"] for r in share["users"]][:2] == [BOB, ALICE]
+        assert {r["user"]: (r["running"], r["queued"]) for r in share["users"]} == {ALICE: (2, 4), BOB: (0, 1)}
+        assert share["users"][1]["use_gpu_hours"] > 0 and share["users"][0]["use_gpu_hours"] == 0
+        assert "ORDER" in bob.run("share").stdout
+        alice.run("cancel", first)  # the first GPU that frees is his
+        done = bob.wait(his, timeout=60)
+        assert done["state"] == "succeeded" and done["gpus"] == alice.show(first)["gpus"]
+        assert all(alice.show(j)["started_at"] is None or alice.show(j)["started_at"] > done["started_at"] for j in hers[2:])
+        for j in hers:
+            alice.run("cancel", j, check=False)
+
+
+def test_fair_share_off_keeps_the_plain_order(world, users):
+    with team_home(world, users, CONFIG + "\n[scheduler]\nfairshare = false\n") as (d, alice, bob, home):
+        hers = [alice.job("sleep", "120", extra=("--gpus", "1")) for _ in range(3)]
+        wait_for(lambda: len(_running(alice, hers)) == 2, 60, 0.2, "two of her jobs to run")
+        his = bob.job("sleep", "1", extra=("--gpus", "1"))
+        wait_for(lambda: bob.show(his)["reason"] == "waiting_for_gpus", 30, 0.2, "his job to wait")
+        alice.run("cancel", _running(alice, hers)[0])
+        alice.wait(hers[2], "running", timeout=60)  # first come, first served
+        assert bob.show(his)["state"] == "queued"
+        assert "fair share is off" in bob.run("share").stdout
+        for j in hers:
+            alice.run("cancel", j, check=False)
+
+
+def test_a_bad_scheduler_setting_stops_the_daemon_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config.toml").write_text("[scheduler]\nfairshare_half_life = -2\n")
+    r = subprocess.run([sys.executable, "-m", "runner", "daemon", "--http", "none"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RUNNER_HOME": str(tmp_path)})
+    assert r.returncode != 0 and "[scheduler] fairshare_half_life: given -2; expected a number of days above 0" in r.stderr
