@@ -268,3 +268,18 @@ def test_under_share_logs_everyone_downloads_and_a_swapped_or_linked_file_is_ref
     os.replace(other, ck)  # another file at the recorded path (as a save by rename makes it), not yet recorded
     r = c.get("/ui/jobs/shared01/checkpoint", params={"path": "ck/a.pt"})
     assert r.status_code == 409 and "replaced" in r.json()["error"]
+
+
+def test_a_rows_best_follows_new_points(tmp_path):
+    from runner.home import Home
+    from runner.web.metricsview import Best, main_metrics
+
+    store = Home(tmp_path).ensure().store()
+    store.insert_job({"id": "best0001", "name": "b", "user": "u", "uid": 0, "kind": "model", "model": "timm/resnet18", "spec": {},
+                      "gpus": [], "after": [], "state": "running", "reason": None, "created_at": 1.0}, now=1.0)
+    job = store.get_job("best0001")
+    best = Best()
+    store.add_metrics("best0001", [("val_accuracy", v, None, e) for e, v in enumerate((0.2, 0.6, 0.4))] + [("val_loss", 0.1, None, 0)])
+    assert main_metrics(store, [job], best)["best0001"] == {"name": "val_accuracy", "latest": 0.4, "best": 0.6, "lower": False}
+    store.add_metrics("best0001", [("val_accuracy", 0.7, None, 3), ("val_accuracy", 0.5, None, 4)])
+    assert main_metrics(store, [job], best)["best0001"]["best"] == 0.7 and main_metrics(store, [job], best)["best0001"]["latest"] == 0.5

@@ -69,11 +69,40 @@ def main_metric(kind: str | None, names_by_recency: list[str]) -> str | None:
     return names[-1]
 
 
-def main_metrics(store, jobs: list[dict]) -> dict:
+class Best:
+    """Each (job, metric)'s best value so far, kept per server: a later look reads only the points
+    recorded since (an index range), so a page of jobs with 100,000 points each costs their new
+    points, not all of them, every 3 s. At most MAX entries (least recently used go first)."""
+
+    MAX = 20_000
+
+    def __init__(self):
+        from collections import OrderedDict
+
+        self.seen: OrderedDict = OrderedDict()  # (job_id, name) -> (last id looked at, best)
+
+    def get(self, cur, job_id: str, name: str, lower: bool, last_id: int):
+        key = (job_id, name)
+        after, best = self.seen.pop(key, (0, None))
+        if after < last_id:
+            agg = "MIN" if lower else "MAX"
+            new = cur.execute(f"SELECT {agg}(value) FROM metrics WHERE job_id=? AND name=? AND id>? AND id<=?",
+                              (job_id, name, after, last_id)).fetchone()[0]
+            if new is not None and (best is None or (new < best if lower else new > best)):
+                best = new
+            after = last_id
+        self.seen[key] = (after, best)
+        while len(self.seen) > self.MAX:
+            self.seen.popitem(last=False)
+        return best
+
+
+def main_metrics(store, jobs: list[dict], best: Best | None = None) -> dict:
     """{job_id: {"name", "latest", "best", "lower"}} for a page of jobs (absent when a job has none)."""
     ids = [j["id"] for j in jobs]
     if not ids:
         return {}
+    best = best or Best()
     cur = store.conn.cursor()
     cur.row_factory = None
     marks = ",".join("?" * len(ids))
@@ -88,9 +117,9 @@ def main_metrics(store, jobs: list[dict]) -> dict:
         name = main_metric(j.get("kind"), [n for _, n, _ in recs])
         if name is None:
             continue
+        mid, value = next((i, v) for i, n, v in recs if n == name)
         lower = lower_is_better(name)
-        best = cur.execute(f"SELECT {'MIN' if lower else 'MAX'}(value) FROM metrics WHERE job_id=? AND name=?", (j["id"], name)).fetchone()[0]
-        out[j["id"]] = {"name": name, "latest": next(v for _, n, v in recs if n == name), "best": best, "lower": lower}
+        out[j["id"]] = {"name": name, "latest": value, "best": best.get(cur, j["id"], name, lower, mid), "lower": lower}
     return out
 
 

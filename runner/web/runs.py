@@ -30,6 +30,7 @@ def routes(app, ctx, ui):
 
     home, store = ctx.home, ctx.store
     fields = (*JOB_FIELDS, "uid")  # a row's buttons are its owner's: the template compares uids
+    best = metricsview.Best()
 
     def where(states, user, model, name) -> tuple[str, list]:
         sql, args = [f"state IN ({','.join('?' * len(states))})"], list(states)
@@ -77,7 +78,7 @@ def routes(app, ctx, ui):
             col = SORTS.get(f["sort"])
             order = f"{col} {'DESC' if f['desc'] else 'ASC'}, seq DESC" if col else "seq DESC"
             ended = select(ended_states, u, m, n, order, PAGE, f["page"] * PAGE)
-        metrics = metricsview.main_metrics(store, active + ended)
+        metrics = metricsview.main_metrics(store, active + ended, best)
         if f["sort"] in ("latest", "best"):  # the rows shown, by their main metric (jobs without one last)
             for rows in (active, ended):
                 have = [r for r in rows if r["id"] in metrics and metrics[r["id"]][f["sort"]] is not None]
