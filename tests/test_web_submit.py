@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def dash(world, users):  # noqa: F811
         sitereg.put(home / "registry.toml", "repos.formrepo", _repo_table(world))
         os.chmod(home / "registry.toml", 0o644)
         data = Path(users[ALICE].pw_dir) / "form-data"
+        shutil.rmtree(data, ignore_errors=True)
         shapes = make_shapes(data / "shapes", per_class=4, val_per_class=2, size=32)
         yolo = make_yolo(data / "yolo", train=4, val=2)
         subprocess.run(["chown", "-R", f"{alice.uid}:{users[ALICE].pw_gid}", str(data)], check=True)
@@ -91,6 +93,7 @@ def dash(world, users):  # noqa: F811
             pages = {"alice": page_as(b, d, alice.run("token").stdout.strip()), "bob": page_as(b, d, bob.run("token").stdout.strip())}
             yield {"d": d, "alice": alice, "bob": bob, "home": home, "pages": pages, "shapes": shapes, "yolo": yolo, "browser": b}
             b.close()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def _sel(name: str) -> str:
