@@ -61,7 +61,11 @@ def check_dataset(dataset: dict, repo: dict) -> list[str]:
         if not dataset.get("annotations") or not Path(dataset["annotations"]).is_file():
             problems.append(f"dataset.annotations: {dataset.get('annotations')} does not exist (the COCO JSON)")
         return problems
-    return [f"repos: dataset format {want!r} is not supported by the translator"]
+    if want in ("masks", "captions"):
+        from .transformers import check_dataset as check_task_set
+
+        return check_task_set(dataset, {"task_type": {"masks": "semantic_segmentation", "captions": "image_captioning"}[want]})
+    return [f"dataset.format: {want!r} is not a format a repo table may declare; expected one of {', '.join(REPO_FORMATS)}"]
 
 
 def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: str | None = None) -> tuple[dict, dict]:
@@ -107,6 +111,18 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
         f["dataset_dir"] = str(Path(ds["path"]).parent)
         f["num_classes"] = len(json.loads(Path(ds["annotations"]).read_text())["categories"])
         f["data"] = ds["annotations"]
+    elif fmt in ("masks", "captions"):
+        root = Path(ds["path"])
+        f["data"] = f["dataset_dir"] = str(root)
+        for split in ("train", "val"):
+            f[f"{split}_dir"] = str(root / split)
+            if fmt == "masks":
+                f[f"{split}_images"], f[f"{split}_masks"] = str(root / split / "images"), str(root / split / "masks")
+            else:
+                f[f"{split}_captions"] = str(root / split / "captions.jsonl")
+        if fmt == "masks":
+            f["classes_file"] = str(root / "classes.txt")
+            f["num_classes"] = len([n for n in (root / "classes.txt").read_text().splitlines() if n.strip()])
     else:
         root = Path(ds["path"])
         layout, _ = imagefolder_layout(str(root), ds.get("split"))
@@ -157,7 +173,55 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
         files["hyp.yaml"] = text
         argv += [hyp.get("flag", "--hyp"), str(Path(job_dir) / "hyp.yaml")]
     argv += list(args.get("extra", []))
-    return {"argv": argv, "files": files, "env": table_env(repo, fields), "fields": fields, **({"dataset_report": report} if report else {})}
+    links = placements(repo, fields)
+    return {"argv": argv, "files": files, "links": links, "env": table_env(repo, fields), "fields": fields, **({"dataset_report": report} if report else {})}
+
+
+REPO_FORMATS = ("imagefolder", "yolo", "coco", "masks", "captions")
+"""What a repo table's dataset.format may be: the translator checks a job's dataset in that format and
+fills its placeholders (docs/adding-a-repo.md lists them per format); DOTA, HRSC2016 and VOC sets
+are converted to YOLO for a `yolo` repo."""
+
+PART_FIELDS = {"imagefolder": ("train_dir", "val_dir", "data"), "yolo": ("data",), "coco": ("image_dir", "anno_path", "dataset_dir", "data"),
+               "masks": ("train_images", "train_masks", "val_images", "val_masks", "classes_file", "train_dir", "val_dir", "data"),
+               "captions": ("train_captions", "val_captions", "train_dir", "val_dir", "data")}
+"""The dataset's parts a `dataset.place` entry may put somewhere, per format."""
+
+
+def _place_target(dest: str, where: str) -> str:
+    """A placement's destination relative to the job folder: {src}/... (the checkout, where the
+    script runs; a plain path means that too) or {job_dir}/..."""
+    if not (dest.startswith("{src}/") or dest.startswith("{job_dir}/")):
+        if "{" in dest:
+            raise ValueError(f"{where}: {dest!r}: only {{src}}/ or {{job_dir}}/ may start a placement (a plain path is inside the checkout)")
+        dest = "{src}/" + dest
+    rel = job_path(dest, where)
+    if rel in ("", "src"):
+        raise ValueError(f"{where}: {dest!r} names the folder itself; give a path inside it")
+    return rel
+
+
+def _place_entries(table: dict, where: str) -> list[tuple[str, str, bool]]:
+    """[(destination relative to the job folder, {part} placeholder, copy)] of dataset.place, checked."""
+    place = (table.get("dataset") or {}).get("place") or {}
+    fmt = (table.get("dataset") or {}).get("format", "imagefolder")
+    out = []
+    for dest, v in place.items():
+        w = f"{where}.dataset.place.{dest}"
+        part, copy = (v.get("from"), bool(v.get("copy", False))) if isinstance(v, dict) else (v, False)
+        if isinstance(v, dict) and set(v) - {"from", "copy"}:
+            raise ValueError(f"{w}: unknown key {sorted(set(v) - {'from', 'copy'})[0]!r}; expected from and copy")
+        m = re.fullmatch(r"\{([a-z_]+)\}", part) if isinstance(part, str) else None
+        if not m or m.group(1) not in PART_FIELDS.get(fmt, ()):
+            raise ValueError(f"{w}: given {part!r}; expected one of {', '.join('{' + x + '}' for x in PART_FIELDS.get(fmt, ()))} "
+                             f"(the parts of a {fmt} dataset)")
+        out.append((_place_target(dest, w), m.group(1), copy))
+    return out
+
+
+def placements(repo: dict, fields: dict) -> list[dict]:
+    """[{"path": relative to the job folder, "source": absolute path, "copy": bool}] of the table's dataset.place."""
+    return [{"path": rel, "source": str(fields[part]), "copy": copy} for rel, part, copy in _place_entries(repo, "dataset.place")]
 
 
 # Every key a [repos.X] table may have (docs/adding-a-repo.md is their reference; a test holds the two together).
@@ -168,7 +232,7 @@ KEYS = {
          "args", "parser", "infer"},
     "args": {"template", "optional", "hyp", "cpu", "gpu", "extra"},
     "args.hyp": {"base", "flag", "set"},
-    "dataset": {"format", "writable", "min_classes"},
+    "dataset": {"format", "writable", "min_classes", "place"},
     "build": {"constraints", "env", "no_isolation"},
     "parser": {"patterns", "ignore", "tables", "generic", "kv_lines", "epoch_offset", "final_marker", "results_file"},
     "parser.results_file": {"path", "format", "columns", "epoch_column", "epoch_offset", "compare", "on_mismatch"},
@@ -212,6 +276,16 @@ def check_table(name: str, table: dict) -> list[str]:
     rf = (table.get("parser") or {}).get("results_file") or {}
     if rf.get("on_mismatch", "note") not in ("note", "fail"):
         problems.append(f"{where}.parser.results_file.on_mismatch: given {rf['on_mismatch']!r}; expected 'note' or 'fail'")
+    ds = table.get("dataset") if isinstance(table.get("dataset"), dict) else {}
+    if ds.get("format", "imagefolder") not in REPO_FORMATS:
+        problems.append(f"{where}.dataset.format: given {ds['format']!r}; expected one of {', '.join(REPO_FORMATS)}")
+    elif "place" in ds and not isinstance(ds["place"], dict):
+        problems.append(f"{where}.dataset.place: expected a table of path = \"{{part}}\" (or {{ from = \"{{part}}\", copy = true }})")
+    else:
+        try:
+            _place_entries(table, where)
+        except ValueError as e:
+            problems.append(str(e))
     for i, c in enumerate(table.get("checkpoints") or []):
         try:
             job_path(c, f"{where}.checkpoints.{i}")

@@ -210,7 +210,34 @@ def translate_here(payload: dict) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_text(target, content)
     (job_dir / "out").mkdir(exist_ok=True)  # {output_dir} exists before the script starts
+    for link in t.get("links", []):
+        place_dataset_part(job_dir, link)
     return {"argv": t["argv"], "env": t["env"], "dataset_report": t.get("dataset_report")}
+
+
+def place_dataset_part(job_dir: Path, link: dict):
+    """Put a part of the dataset where the repo's script reads it (its table's dataset.place): a
+    symbolic link, or a copy when the table asks. As the job's user: she reads her dataset and
+    writes her job folder. An empty folder there (a placeholder in the repo) gives way."""
+    import shutil
+
+    rel = Path(link["path"])
+    if rel.is_absolute() or ".." in rel.parts:
+        raise RunnerError(f"dataset.place: {link['path']!r} is outside the job folder")
+    target, source = job_dir / rel, Path(link["source"])
+    if not source.exists():
+        raise RunnerError(f"dataset.place: {source} does not exist (the dataset lacks the part {rel} is to show)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()
+    elif os.path.lexists(target):
+        raise RunnerError(f"dataset.place: {rel} already exists in the checkout (the table would hide the repo's own file)")
+    if not link.get("copy"):
+        os.symlink(source, target)
+    elif source.is_dir():
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target)
 
 
 def _write_text(path: Path, text: str):

@@ -207,3 +207,74 @@ def test_a_repos_requirements_never_make_the_daemon_build_a_local_folder(runner,
     assert "repos.evilrepo.requirements" in j["note"] and "pwnpkg @ file://" in j["note"] and "package specifier" in j["note"], j["note"]
     assert not marker.exists()
     assert daemon.proc.poll() is None
+
+
+SEG_TRAIN = textwrap.dedent('''
+    # a segmentation repo that reads fixed relative folders, as research scripts do
+    import os, sys
+    epochs = int(sys.argv[sys.argv.index("--epochs") + 1])
+    classes = [c for c in open("data/classes.txt").read().splitlines() if c]
+    for split in ("train", "val"):
+        imgs = sorted(os.listdir(f"data/{split}/images"))
+        masks = sorted(os.listdir(f"data/{split}/masks"))
+        assert imgs and imgs == masks, (split, imgs, masks)
+    print(f"classes={len(classes)} train={len(imgs)} copied_classes={not os.path.islink('data/classes.txt')}", flush=True)
+    os.makedirs("runs", exist_ok=True)
+    for e in range(epochs):
+        print(f"Epoch {e + 1}: train_loss={1.0 / (e + 1):.4f} val_miou={0.2 + 0.1 * e:.4f}", flush=True)
+        open(f"runs/seg-{e}.pt", "wb").write(b"w" * 64)
+''')
+
+
+def test_a_segmentation_repo_reads_its_fixed_folders_by_its_table_alone(runner, daemon, home, tmp_path):
+    """dataset.format = masks and dataset.place link the set's parts where the script reads them (a
+    copy where the table asks): no patch, no wrapper."""
+    from runner.synth_tasks import make_masks
+
+    src = tmp_path / "segrepo"
+    (src / "data").mkdir(parents=True)
+    git("init", "-q", "-b", "main", cwd=src)
+    (src / "train.py").write_text(SEG_TRAIN)
+    (src / "data" / ".keep").write_text("")  # the repo ships its data folder empty
+    (src / "requirements.txt").write_text("six==1.16.0\n")
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "seg", cwd=src)
+    commit = git("rev-parse", "HEAD", cwd=src)
+    data = make_masks(tmp_path / "masks", train=4, val=2, size=16)
+    table = {"url": f"file://{src}", "commit": commit, "license": "MIT", "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+             "entry": "train.py", "requirements": "requirements.txt", "task_type": "semantic_segmentation",
+             "dataset": {"format": "masks", "place": {
+                 "data/train/images": "{train_images}", "data/train/masks": "{train_masks}",
+                 "data/val/images": "{val_images}", "{src}/data/val/masks": "{val_masks}",
+                 "data/classes.txt": {"from": "{classes_file}", "copy": True}}},
+             "args": {"template": ["--epochs", "{epochs}"]}, "defaults": {"epochs": 2},
+             "checkpoints": ["{src}/runs/seg-*.pt"],
+             "parser": {"patterns": [{"regex": r"^Epoch (?P<epoch>\d+): train_loss=(?P<train_loss>[\d.]+) val_miou=(?P<val_miou>[\d.]+)"}]}}
+    add_table(home, "segrepo", table)
+    spec = tmp_path / "seg.json"
+    spec.write_text(json.dumps({"model": "repo/segrepo", "dataset": {"path": str(data)}, "train": {"epochs": 2}}))
+    j = runner.wait_state(runner.submit(spec), timeout=300)
+    log = runner.run("logs", j["id"]).stdout
+    assert j["state"] == "succeeded", log
+    assert "classes=4 train=2 copied_classes=True" in log  # (the last split read: val)
+    from runner.store import Store
+
+    assert [(m["epoch"], m["value"]) for m in Store(home / "runner.db").metrics(j["id"], "val_miou")] == [(1, 0.2), (2, 0.3)]
+    link = Path(j["job_dir"]) / "src" / "data" / "train" / "images"
+    assert link.is_symlink() and link.resolve() == (data / "train" / "images").resolve()
+    assert sorted(Path(a["path"]).name for a in j["artifacts"]) == ["seg-0.pt", "seg-1.pt"]
+
+
+@pytest.mark.parametrize("dataset, says", [
+    ({"format": "segmentation"}, "repos.bad.dataset.format: given 'segmentation'; expected one of imagefolder, yolo, coco, masks, captions"),
+    ({"format": "masks", "place": {"../../etc/x": "{train_images}"}}, "repos.bad.dataset.place.../../etc/x: '{src}/../../etc/x' leaves the job folder"),
+    ({"format": "masks", "place": {"data/x": "{train_dir}/images"}}, "repos.bad.dataset.place.data/x: given '{train_dir}/images'; expected one of {train_images}"),
+    ({"format": "imagefolder", "place": {"data/x": "{train_images}"}}, "expected one of {train_dir}, {val_dir}, {data} (the parts of a imagefolder dataset)"),
+    ({"format": "masks", "place": {"{output_dir}/x": "{val_masks}"}}, "only {src}/ or {job_dir}/ may start a placement"),
+    ({"format": "masks", "place": {"{src}/": "{val_masks}"}}, "names the folder itself"),
+])
+def test_a_repo_tables_dataset_is_refused_at_load_in_one_line(dataset, says):
+    from config_translators.repo import check_table
+
+    problems = check_table("bad", {"url": "file:///x", "commit": "0" * 40, "dataset": dataset})
+    assert any(says in p for p in problems), problems
