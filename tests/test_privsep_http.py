@@ -408,6 +408,7 @@ def test_the_queue_shows_buttons_on_ones_own_jobs_only(team, browser):
         assert f"signed in as {who.name}" in page.inner_text("#who")
         assert page.locator(f"tr[data-job='{running}'] button[title='cancel {running}']").count() == (1 if mine else 0), who.name
         assert page.locator(f"tr[data-job='{ended}'] button[title='retry {ended}']").count() == (1 if mine else 0), who.name
+    pages[ALICE].once("dialog", lambda dlg: dlg.accept())  # the button asks first
     pages[ALICE].click(f"tr[data-job='{running}'] button[title='cancel {running}']")  # her button works
     assert alice.wait(running, timeout=30)["state"] == "cancelled"
     assert d.proc.poll() is None
