@@ -14,7 +14,9 @@ fresh folder for this inference). `args.cpu` / `args.gpu` have their counterpart
 
 `output` says where the records are and how to read them:
 - `stdout = true` or `file = "path under {output_dir}"` (placeholders allowed);
-- `format`: `json` (a list of records, or one record; `records = "key"` picks a list inside),
+- `format`: `png` (semantic segmentation: a mask PNG, 8-bit grey or palette, pixel = class id;
+  each class's pixel count becomes a `masks` entry, as the Transformers plugin returns),
+  `json` (a list of records, or one record; `records = "key"` picks a list inside),
   `jsonl` (a record a line; other lines are ignored), `csv` (a header row), `text` (whitespace
   columns named by `columns`, or a `regex` with named groups; other lines are ignored);
 - `fields`: renames, ours = theirs (`{ confidence = "score", label_id = "category_id" }`);
@@ -42,7 +44,7 @@ from .dataset_formats import image_size  # noqa: F401 (the size of a box format'
 from .repo import _fill
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh", "cxcywhn")
-FORMATS = ("json", "jsonl", "csv", "text")
+FORMATS = ("json", "jsonl", "csv", "text", "png")
 
 
 def check_table(infer: dict, where: str) -> list[str]:
@@ -62,6 +64,8 @@ def check_table(infer: dict, where: str) -> list[str]:
         problems.append(f"{where}.output: give one of stdout = true or file = \"...\"")
     if out.get("format") not in FORMATS:
         problems.append(f"{where}.output.format: given {out.get('format')!r}; expected one of {', '.join(FORMATS)}")
+    if out.get("format") == "png" and not out.get("file"):
+        problems.append(f"{where}.output: format png (a mask of class ids) is read from a file = \"...\", not stdout")
     if out.get("format") == "text" and not (out.get("columns") or out.get("regex")):
         problems.append(f"{where}.output: format text needs columns = [...] or regex = '...'")
     if out.get("box") is not None and out.get("box") not in BOX_FORMATS:
@@ -102,6 +106,51 @@ def _number(v):
         except ValueError:
             return v
     return v
+
+
+def mask_records(data: bytes) -> list[dict]:
+    """A mask PNG (8-bit grey or palette index per pixel) -> [{"label_id": k, "pixels": n}] per class present."""
+    import struct
+    import zlib
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("the mask is not a PNG")
+    pos, idat, width = 8, b"", None
+    while pos + 8 <= len(data):
+        (length,), tag = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if tag == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            if depth != 8 or colour not in (0, 3) or interlace:
+                raise ValueError(f"the mask PNG is {depth}-bit, colour type {colour}{', interlaced' if interlace else ''}; "
+                                 f"expected 8-bit grey or palette, one class id per pixel")
+        elif tag == b"IDAT":
+            idat += body
+        elif tag == b"IEND":
+            break
+        pos += 12 + length
+    if width is None:
+        raise ValueError("the mask PNG has no header")
+    raw, counts, prev = zlib.decompress(idat), {}, bytearray(width)
+    for y in range(height):
+        kind, line = raw[y * (width + 1)], bytearray(raw[y * (width + 1) + 1:(y + 1) * (width + 1)])
+        for x in range(width):
+            a = line[x - 1] if x else 0
+            b, c = prev[x], (prev[x - 1] if x else 0)
+            if kind == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        for v in line:
+            counts[v] = counts.get(v, 0) + 1
+        prev = line
+    return [{"label_id": k, "pixels": n} for k, n in sorted(counts.items())]
 
 
 def records(out: dict, text: str) -> list[dict]:
@@ -190,6 +239,13 @@ def result(task: str, rows: list[dict], out: dict, names: dict, size: tuple[int,
             order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:5]
             res["top5_predictions"] = [{"label_id": i + offset, "label": names.get(i + offset), "confidence": float(scores[i])} for i in order]
         return {k: v for k, v in res.items() if v is not None}
+    if task == "semantic_segmentation":
+        total = sum(int(r.get("pixels", 0) or 0) for r in rows)
+        res["masks"] = [{**label(r), "pixels": int(r["pixels"]), "fraction": int(r["pixels"]) / total}
+                        for r in rows if r.get("pixels") and r.get("label_id") is not None]
+        if rows and not res["masks"]:
+            res["warnings"] = [f"{len(rows)} record(s) gave no mask (a mask record needs label_id and pixels: output format png)"]
+        return res
     how = out.get("box", "xyxy")
     boxes, people = [], []
     for r in rows:
@@ -201,4 +257,8 @@ def result(task: str, rows: list[dict], out: dict, names: dict, size: tuple[int,
     res["boxes"] = boxes
     if task == "pose_estimation":
         res["keypoints"] = people
+    lost = len(rows) - max(len(boxes), len(people))
+    if lost > 0:
+        res["warnings"] = [f"{lost} of {len(rows)} record(s) mapped to no box{' or person' if task == 'pose_estimation' else ''} "
+                           f"(see the table's output.box and fields)"]
     return res

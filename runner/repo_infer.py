@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from .exceptions import RunnerError
@@ -27,6 +28,10 @@ def class_names(spec: dict, repo: dict, job_dir: Path) -> dict:
         cfg = _simple_yaml((job_dir / "data.yaml").read_text())
         names = cfg.get("names") or []
         return dict(enumerate(names)) if isinstance(names, list) else {int(k): v for k, v in names.items()}
+    if fmt == "masks":  # classes.txt: line k names pixel value k
+        return dict(enumerate(n.strip() for n in (Path(ds["path"]) / "classes.txt").read_text().splitlines() if n.strip()))
+    if fmt == "captions":
+        return {}
     from config_translators.datasets import imagefolder_layout
 
     layout, _ = imagefolder_layout(ds["path"], ds.get("split"))
@@ -109,12 +114,19 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
                 raise RunnerError(f"repo/{name} inference failed (exit {r.returncode}):\n" + (r.stderr or r.stdout)[-3000:])
             for image in covered:
                 if out.get("stdout"):
-                    text = r.stdout
+                    rows = mapping.records(out, r.stdout)
                 else:
                     path = Path(translator._fill(out["file"], mapping.image_fields(fields, image), f"repos.{name}.infer.output.file", mapping.HERE))
                     path = path if path.is_absolute() else out_dir / path
-                    text = path.read_text() if path.exists() else ""  # no file: nothing found in that image
-                rows = mapping.records(out, text)
+                    if out["format"] != "png":
+                        rows = mapping.records(out, path.read_text() if path.exists() else "")  # no file: nothing found in that image
+                    elif not path.exists():
+                        raise RunnerError(f"repo/{name} inference wrote no mask at {path} for {image}")
+                    else:  # a mask: a class id per pixel
+                        try:
+                            rows = mapping.mask_records(path.read_bytes())
+                        except (ValueError, zlib.error) as e:
+                            raise RunnerError(f"repo/{name} inference: {path}: {e}") from None
                 if len(covered) > 1 or any("image" in row for row in rows):
                     rows = [row for row in rows if "image" not in row or os.path.basename(str(row["image"])) == os.path.basename(image)]
                 res = mapping.result(spec.get("task") or repo.get("task_type"), rows, out, names, mapping.image_size(image))

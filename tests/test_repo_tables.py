@@ -74,7 +74,7 @@ def test_table_check_names_the_key(tmp_path):
         "repos.t.chekpoints: unknown key; expected one of " + ", ".join(sorted(__import__("config_translators.repo", fromlist=["KEYS"]).KEYS[""])),
         "repos.t.parser.results_file.on_mismatch: given 'explode'; expected 'note' or 'fail'",
         "repos.t.infer.template: names neither {image} nor {images}",
-        "repos.t.infer.output.format: given 'xml'; expected one of json, jsonl, csv, text",
+        "repos.t.infer.output.format: given 'xml'; expected one of json, jsonl, csv, text, png",
     ]
 
 

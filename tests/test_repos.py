@@ -226,6 +226,43 @@ SEG_TRAIN = textwrap.dedent('''
 ''')
 
 
+SEG_PREDICT = textwrap.dedent('''
+    # writes its prediction as a mask PNG (here: the image's own mask, placed beside it by the table)
+    import shutil, sys
+    ckpt, image, out = sys.argv[1:4]
+    assert open(ckpt, "rb").read(1) == b"w"
+    stem = image.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    shutil.copy(f"data/val/masks/{stem}.png", out)
+''')
+
+
+def test_a_mask_png_is_read_whatever_its_filters_and_palette():
+    import io
+    import random
+
+    from PIL import Image
+
+    from config_translators.repo_infer import mask_records
+
+    rng = random.Random(3)
+    img = Image.new("L", (37, 23))
+    img.putdata([rng.choice((0, 0, 0, 1, 2, 7)) if (x // 5 + y // 4) % 3 else 2 for y in range(23) for x in range(37)])
+    want = sorted((k, n) for n, k in img.getcolors())
+    for mode in ("L", "P"):
+        for optimize in (False, True):
+            buf = io.BytesIO()
+            (img if mode == "L" else img.convert("P")).save(buf, "PNG", optimize=optimize)
+            got = [(r["label_id"], r["pixels"]) for r in mask_records(buf.getvalue())]
+            if mode == "P":  # palette indices: the same partition of the pixels
+                assert sorted(n for _, n in got) == sorted(n for _, n in want)
+            else:
+                assert got == want, (optimize, got, want)
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "PNG")
+    with pytest.raises(ValueError, match="colour type 2; expected 8-bit grey or palette"):
+        mask_records(buf.getvalue())
+
+
 def test_a_segmentation_repo_reads_its_fixed_folders_by_its_table_alone(runner, daemon, home, tmp_path):
     """dataset.format = masks and dataset.place link the set's parts where the script reads them (a
     copy where the table asks): no patch, no wrapper."""
@@ -237,6 +274,7 @@ def test_a_segmentation_repo_reads_its_fixed_folders_by_its_table_alone(runner, 
     (src / "train.py").write_text(SEG_TRAIN)
     (src / "data" / ".keep").write_text("")  # the repo ships its data folder empty
     (src / "requirements.txt").write_text("six==1.16.0\n")
+    (src / "predict.py").write_text(SEG_PREDICT)
     git("add", ".", cwd=src)
     git("commit", "-qm", "seg", cwd=src)
     commit = git("rev-parse", "HEAD", cwd=src)
@@ -249,7 +287,9 @@ def test_a_segmentation_repo_reads_its_fixed_folders_by_its_table_alone(runner, 
                  "data/classes.txt": {"from": "{classes_file}", "copy": True}}},
              "args": {"template": ["--epochs", "{epochs}"]}, "defaults": {"epochs": 2},
              "checkpoints": ["{src}/runs/seg-*.pt"],
-             "parser": {"patterns": [{"regex": r"^Epoch (?P<epoch>\d+): train_loss=(?P<train_loss>[\d.]+) val_miou=(?P<val_miou>[\d.]+)"}]}}
+             "parser": {"patterns": [{"regex": r"^Epoch (?P<epoch>\d+): train_loss=(?P<train_loss>[\d.]+) val_miou=(?P<val_miou>[\d.]+)"}]},
+             "infer": {"template": ["predict.py", "{checkpoint}", "{image}", "{output_dir}/{image_stem}.png"],
+                       "output": {"file": "{image_stem}.png", "format": "png"}}}
     add_table(home, "segrepo", table)
     spec = tmp_path / "seg.json"
     spec.write_text(json.dumps({"model": "repo/segrepo", "dataset": {"path": str(data)}, "train": {"epochs": 2}}))
@@ -263,6 +303,17 @@ def test_a_segmentation_repo_reads_its_fixed_folders_by_its_table_alone(runner, 
     link = Path(j["job_dir"]) / "src" / "data" / "train" / "images"
     assert link.is_symlink() and link.resolve() == (data / "train" / "images").resolve()
     assert sorted(Path(a["path"]).name for a in j["artifacts"]) == ["seg-0.pt", "seg-1.pt"]
+    # its predict script writes a mask PNG: the answer is the mask's classes, as the script drew them
+    image = data / "val" / "images" / "001.png"
+    ans = json.loads(runner.run("infer", j["id"], image).stdout)
+    from PIL import Image
+
+    drawn = Image.open(data / "val" / "masks" / "001.png")
+    counts = {k: n for n, k in drawn.getcolors()}
+    names = (data / "classes.txt").read_text().split()
+    assert ans["task"] == "semantic_segmentation" and "warnings" not in ans, ans
+    assert [(m["label_id"], m["label"], m["pixels"]) for m in ans["masks"]] == [(k, names[k], counts[k]) for k in sorted(counts)]
+    assert abs(sum(m["fraction"] for m in ans["masks"]) - 1.0) < 1e-9
 
 
 @pytest.mark.parametrize("dataset, says", [
