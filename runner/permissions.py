@@ -26,6 +26,13 @@ def audit(home) -> list[str]:
     try:
         owner = os.stat(home.root).st_uid
     except FileNotFoundError:
+        import os as _os
+
+        from . import defaults
+
+        if not _os.environ.get("RUNNER_HOME") and not defaults.system_config().get("home"):
+            return [f"{home.root}: does not exist: RUNNER_HOME is not set and no {defaults.SYSTEM_CONFIG} names a home, so this is "
+                    "your personal default; set RUNNER_HOME to the team daemon's state folder (or start a daemon of your own once)"]
         return [f"{home.root}: does not exist (start the daemon once: it makes the folders)"]
 
     def check(path: Path, mode: int | None = None, uid: int | None = owner, no_write_by_others: bool = True, label: str = ""):

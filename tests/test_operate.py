@@ -489,3 +489,32 @@ def test_du_shows_usage_per_user_and_per_env(home, runner):
     assert 500_000 <= e["bytes"] < 2_000_000 and e["complete"]
     text = runner.run("du").stdout
     assert "USER" in text and "root" in text and "abc123" in text
+
+
+def test_gc_dry_run_on_a_fresh_install_previews_the_suggested_policy(tmp_path):
+    """No [retention] yet: the preview uses the suggested days and says so; gc itself still asks for a policy."""
+    import subprocess
+    import sys
+
+    from runner.home import Home
+
+    h = Home(tmp_path / "state").ensure()
+    h.store()
+    env = {**os.environ, "RUNNER_HOME": str(h.root)}
+    r = subprocess.run([sys.executable, "-m", "runner", "gc", "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "previewing checkpoint_days = 14, job_days = 90" in r.stderr
+    assert "would free 0B in 0 item(s) (checkpoint_days = 14, job_days = 90); nothing was changed" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "runner", "gc"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "gc: no [retention] in the config" in r.stderr
+
+
+def test_doctor_says_when_a_missing_home_is_only_the_personal_default(tmp_path, monkeypatch):
+    from runner import defaults, permissions
+    from runner.home import Home
+
+    monkeypatch.delenv("RUNNER_HOME", raising=False)
+    monkeypatch.setattr(defaults, "system_config", lambda: {})
+    [line] = permissions.audit(Home(tmp_path / "nowhere"))
+    assert "RUNNER_HOME is not set" in line and "set RUNNER_HOME to the team daemon's state folder" in line
+    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "nowhere"))
+    assert permissions.audit(Home(tmp_path / "nowhere")) == [f"{(tmp_path / 'nowhere').resolve()}: does not exist (start the daemon once: it makes the folders)"]

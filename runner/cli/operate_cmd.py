@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from .common import ago, fmt_size, home, print_json, table
 
@@ -60,6 +61,10 @@ def backup(args):
     return 0
 
 
+SUGGESTED = {"checkpoint_days": 14.0, "job_days": 90.0}
+"""What `runner gc --dry-run` previews where the config has no [retention] (the values docs/server.md suggests)."""
+
+
 def gc(args):
     """The retention policy: previewed (--dry-run) or applied now."""
     from runner import retention
@@ -73,6 +78,10 @@ def gc(args):
             if not 0 < v <= 100_000:
                 raise RunnerError(f"--{key.replace('_', '-')}: given {v:g}; expected a number of days above 0")
             policy[key] = float(v)
+    if policy["checkpoint_days"] is None and policy["job_days"] is None and args.dry_run:
+        policy = {"checkpoint_days": SUGGESTED["checkpoint_days"], "job_days": SUGGESTED["job_days"]}
+        print(f"(no [retention] in the config: previewing checkpoint_days = {SUGGESTED['checkpoint_days']:g}, "
+              f"job_days = {SUGGESTED['job_days']:g}; docs/server.md)", file=sys.stderr)
     if policy["checkpoint_days"] is None and policy["job_days"] is None:
         raise RunnerError("gc: no [retention] in the config (checkpoint_days = 14, job_days = 90; docs/server.md), "
                           "and no --checkpoint-days or --job-days given")
