@@ -16,11 +16,14 @@ verb runs in the daemon's process.
 
 from __future__ import annotations
 
+import base64  # (the infer verb's upload: loaded before the helper drops, as every module it uses)
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -54,7 +57,22 @@ def _infer(payload: dict):
     from .cli.models_cmd import run_inference
     from .home import Home
 
-    return run_inference(Home(payload["home"]), payload["source"], payload["images"], payload.get("model"))
+    upload = payload.get("upload")
+    if not upload:
+        return run_inference(Home(payload["home"]), payload["source"], payload["images"], payload.get("model"))
+    # an image sent to the dashboard: written by her, in a folder of hers, for the length of the inference
+    folder = tempfile.mkdtemp(prefix="runner-infer-")
+    try:
+        image = os.path.join(folder, "upload" + (upload["suffix"] if upload.get("suffix") in UPLOAD_SUFFIXES else ".png"))
+        with open(image, "xb") as f:
+            f.write(base64.b64decode(upload["data"], validate=True))
+        return run_inference(Home(payload["home"]), payload["source"], [image], payload.get("model"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+UPLOAD_SUFFIXES = (".png", ".jpg", ".bmp", ".tif")
+"""The file names an uploaded image may get (by its kind, told from its first bytes by the dashboard)."""
 
 
 def _submit(payload: dict):

@@ -7,6 +7,7 @@ framework env is built once."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -178,7 +179,8 @@ def test_every_framework_and_a_command_from_the_form_then_clone(dash):
     assert preview["env_vars"] == {"API_KEY": "<hidden>"} and "hunter2" not in page.content()
     assert preview["command"] == cmd and preview["workdir"] == work and preview["resources"]["memory_gb"] == 4.0
     previews["command"], ids["command"] = preview, submit(page, d)
-    assert "hunter2" not in page.content()
+    # her job's page: the spec hides the value (her own log may print it: the job printed its env)
+    assert "hunter2" not in page.inner_text("pre.spec") and "hunter2" not in page.inner_text("table.kv")
 
     for what, jid in ids.items():
         job = alice.wait(jid, timeout=1500)
@@ -188,6 +190,31 @@ def test_every_framework_and_a_command_from_the_form_then_clone(dash):
         for key, value in leaves(previews[what]).items():  # the YAML beside the form is what the job got
             assert got.get(key) == value, (what, key, value, got.get(key))
     assert "API_KEY=hunter2-of-alice" in alice.logs(ids["command"])
+
+    # "Try the model" on her job's page: an uploaded image, answered by the job's checkpoint (as her), drawn on the page
+    for ref, task in (("timm/resnet18", "image_classification"), ("ultralytics/yolov8n", "object_detection")):
+        page.goto(d.url + f"/ui/jobs/{ids[ref]}")
+        data = Path(dash["shapes"] if ref.startswith("timm") else dash["yolo"])
+        image = sorted(p for p in (data if data.is_dir() else data.parent).rglob("*") if p.suffix in (".png", ".jpg"))[-1]
+        page.set_input_files("#infer-image", str(image))
+        page.click("#infer-run")
+        page.wait_for_selector("#infer-out:not([hidden])", timeout=300_000)
+        answer = json.loads(page.text_content("#infer-json"))
+        assert answer.get("task") == task and answer.get("image") == image.name and "error" not in answer, answer
+        if task == "image_classification":
+            assert answer["predicted_label"] in ("circle", "square", "triangle") and "class" in page.inner_text("#infer-table")
+        wait_for(lambda: page.is_visible("#infer-canvas"), 10, 0.2, "the image drawn with the answer")
+    his = dash["pages"]["bob"]
+    his.goto(d.url + f"/ui/jobs/{ids['timm/resnet18']}")
+    assert his.locator("#infer-form").count() == 0  # not his job: no box, and the route refuses him
+    his_csrf = json.loads(his.get_attribute("body", "hx-headers"))["X-Runner-CSRF"]
+    r = his.context.request.post(d.url + f"/ui/jobs/{ids['timm/resnet18']}/infer", multipart={
+        "csrf": his_csrf, "image": {"name": "x.png", "mimeType": "image/png", "buffer": image.read_bytes()}})
+    assert r.status == 403 and "only they (or root) run inference" in r.text()
+    r = page.context.request.post(d.url + f"/ui/jobs/{ids['timm/resnet18']}/infer", multipart={
+        "csrf": json.loads(page.get_attribute("body", "hx-headers"))["X-Runner-CSRF"],
+        "image": {"name": "x.txt", "mimeType": "text/plain", "buffer": b"not an image"}})
+    assert r.status == 400 and "image: not a PNG, JPEG, BMP or TIFF file" in r.text()
 
     # clone: the form comes back with the job's values; the secret is asked for again, never shown
     page.goto(d.url + f"/ui/jobs/{ids['command']}")

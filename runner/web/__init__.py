@@ -41,6 +41,7 @@ def mount(app, ctx):
     ui = pages.routes(app, ctx)
     runs.routes(app, ctx, ui)
     jobpage.routes(app, ctx, ui)
+    jobpage.infer_routes(app, ctx, ui)
     docs(app)
 
 

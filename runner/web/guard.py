@@ -40,7 +40,7 @@ looked at, so it counts against the descriptors too."""
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 """The dashboard's pages run the server's own script files only: no inline script, no event handler attribute."""
 

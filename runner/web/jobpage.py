@@ -184,6 +184,62 @@ def routes(app, ctx, ui):
                                  headers={"Content-Length": str(st.st_size), "Content-Disposition": f'attachment; filename="{name}"'})
 
 
+MAX_IMAGE_BYTES = 8 << 20
+"""Largest image the job page's infer box takes (the request body cap, [server] max_body_bytes, may be lower)."""
+
+
+def image_kind(data: bytes) -> str | None:
+    """The suffix of an image's kind from its first bytes (PNG, JPEG, BMP, TIFF), or None."""
+    for magic, suffix in ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"BM", ".bmp"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif")):
+        if data.startswith(magic):
+            return suffix
+    return None
+
+
+def infer_routes(app, ctx, ui):
+    """POST /ui/jobs/ID/infer: an image uploaded from the job page, answered with the job's model's
+    InferenceResult. Its owner (or root) only, as `runner infer`: the checkpoint is loaded, and the
+    image read, by a helper running as the job's user (runner.privsep), never by the root daemon."""
+    import asyncio
+    import base64
+
+    from starlette.datastructures import UploadFile
+
+    home, store = ctx.home, ctx.store
+
+    @app.post("/ui/jobs/{job_id}/infer", include_in_schema=False)
+    async def job_infer(request: Request, job_id: str):
+        form = await request.form(max_files=1, max_fields=4)
+        who = ui.actor(request, form.get("csrf"))
+        job = store.get_job(job_id)
+        if not ui.can_act(who, job):
+            return JSONResponse(status_code=403, content={"error": f"{job['id']} is {job['user']}'s: only they (or root) run inference with its model"})
+        if job["state"] != "succeeded":
+            return JSONResponse(status_code=409, content={"error": f"{job['id']} is {job['state']}; inference takes a job that succeeded"})
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            return JSONResponse(status_code=400, content={"error": "image: missing; expected an image file (PNG, JPEG, BMP or TIFF)"})
+        data = await upload.read(MAX_IMAGE_BYTES + 1)
+        kind = image_kind(data)
+        if len(data) > MAX_IMAGE_BYTES or kind is None:
+            return JSONResponse(status_code=400, content={"error": f"image: {'over 8 MB' if kind else 'not a PNG, JPEG, BMP or TIFF file'}; "
+                                                                   "expected an image file of at most 8 MB"})
+        from ..exceptions import RunnerError
+        from ..identity import person
+        from ..privsep import run_as
+
+        payload = {"home": str(home.root), "source": job["id"], "images": [], "model": None,
+                   "upload": {"suffix": kind, "data": base64.b64encode(data).decode()}}
+        try:
+            results = await asyncio.to_thread(run_as, person(job["uid"]), "infer", payload, 300.0)
+        except RunnerError as e:
+            return JSONResponse(status_code=422, content={"error": str(e).splitlines()[0][:500]})
+        res = results[0] if isinstance(results, list) and results else results
+        if isinstance(res, dict):
+            res = {**res, "image": upload.filename or "upload"}
+        return JSONResponse(res)
+
+
 def process_usage(run_dir: Path) -> tuple[int, float] | None:
     """(resident bytes, CPU seconds) of a running job's main process, from /proc (the kernel's
     word, not a file of the job's), or None where it is not this host's or has ended."""

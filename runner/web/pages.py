@@ -217,7 +217,7 @@ def routes(app, ctx):
 
     from types import SimpleNamespace
 
-    return SimpleNamespace(render=render, viewer=viewer, can_act=can_act, may_read_log=may_read_log)
+    return SimpleNamespace(render=render, viewer=viewer, can_act=can_act, may_read_log=may_read_log, actor=actor)
 
 
 def _uid_of(name) -> int | None:
