@@ -106,8 +106,10 @@ def _raise(answer: dict):
     raise cls(str(answer.get("error"))[:4000])
 
 
-def run_as(who, verb: str, payload: dict, timeout: float = 600.0, env: dict | None = None):
-    """The answer of `verb` on `payload`, computed as `who` (a Person); raises what the verb raised."""
+def run_as(who, verb: str, payload: dict, timeout: float = 600.0, env: dict | None = None, wait: bool | None = None):
+    """The answer of `verb` on `payload`, computed as `who` (a Person); raises what the verb raised.
+    `wait`: whether to wait for one of the user's helper slots (default: yes, but for a submit) or
+    raise Busy at once (what an HTTP request wants: its thread is the server's, not the user's)."""
     from .identity import drops_privileges
 
     if not drops_privileges(who.uid):
@@ -115,7 +117,7 @@ def run_as(who, verb: str, payload: dict, timeout: float = 600.0, env: dict | No
     argv = [sys.executable, "-I", "-m", "runner.privsep", verb, str(who.uid), str(who.gid), ",".join(map(str, who.groups))]
     environ = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": who.home, "USER": who.name, "LOGNAME": who.name,
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
-    with _slot(who, wait=verb != "submit"):
+    with _slot(who, wait=(verb != "submit") if wait is None else wait):
         r = _communicate(argv, json.dumps(payload).encode(), timeout, environ, f"{verb}: the helper running as {who.name}")
     out = r.stdout[:MAX_ANSWER + 1]
     try:

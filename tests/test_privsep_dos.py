@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import LOOPBACK, wait_for
 from test_users import ALICE, BOB, SYSTEM_PY, User, team, users, world  # noqa: F401
@@ -133,3 +134,26 @@ def test_helpers_she_stops_hold_none_of_the_daemons_threads(team):
         done.set()
     assert 429 in his and None not in his, his  # refused at once, or ended by the daemon: never left hanging
     assert d.proc.poll() is None
+
+
+def test_an_http_inference_never_waits_for_a_busy_users_slot(users):  # noqa: F811
+    """The dashboard's infer asks run_as not to wait: with the user's helper slots taken, it is
+    refused at once (429), so a flood of one user's requests never holds the server's threads."""
+    import time
+
+    from runner import privsep
+    from runner.identity import person
+
+    bob = person(users[BOB].pw_uid)
+    with privsep._busy_lock:
+        privsep._busy[bob.uid] = privsep.HELPERS_PER_USER
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(privsep.Busy, match="requests being checked already"):
+            privsep.run_as(bob, "infer", {"home": "/nonexistent", "source": "x", "images": []}, 30.0, None, False)
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        with privsep._busy_lock:
+            privsep._busy[bob.uid] = 0
+    src = Path(privsep.__file__).parent / "web" / "jobpage.py"
+    assert '"infer", payload, 300.0, None, False)' in src.read_text()  # the route asks for exactly that

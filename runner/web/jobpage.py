@@ -226,12 +226,15 @@ def infer_routes(app, ctx, ui):
                                                                    "expected an image file of at most 8 MB"})
         from ..exceptions import RunnerError
         from ..identity import person
-        from ..privsep import run_as
+        from ..privsep import Busy, run_as
 
         payload = {"home": str(home.root), "source": job["id"], "images": [], "model": None,
                    "upload": {"suffix": kind, "data": base64.b64encode(data).decode()}}
         try:
-            results = await asyncio.to_thread(run_as, person(job["uid"]), "infer", payload, 300.0)
+            # never waits for a slot: one user's flood of requests must not hold the server's threads
+            results = await asyncio.to_thread(run_as, person(job["uid"]), "infer", payload, 300.0, None, False)
+        except Busy:
+            raise
         except RunnerError as e:
             return JSONResponse(status_code=422, content={"error": str(e).splitlines()[0][:500]})
         res = results[0] if isinstance(results, list) and results else results
