@@ -219,6 +219,11 @@ def test_he_cannot_cancel_retry_or_read_her_job(team):
     assert d.post(f"/jobs/{full}/retry", bob_token)[0] == 403
     status, body = d.post(f"/jobs/{full}/retry", alice_token)
     assert status == 201 and alice.show(body["id"])["user"] == ALICE
+    # nor add a repo to the team's registry (the admin's), nor infer with a command job: one line each, no traceback
+    r = bob.run("repo", "add", "file:///nowhere", "--commit", "0" * 40, check=False)
+    assert r.returncode == 1 and "not writable by you: an admin (root) adds repos" in r.stderr and "Traceback" not in r.stderr
+    r = alice.run("infer", full, "/etc/hostname", check=False)
+    assert r.returncode == 1 and ("is a command job" in r.stderr or "has no checkpoint" in r.stderr), r.stderr
 
 
 def test_doctor_audits_the_permissions_of_every_part(team):

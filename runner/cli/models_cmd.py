@@ -175,7 +175,10 @@ def run_inference(h, source: str, images: list[str], model: str | None = None) -
             raise RunnerError(f"job {job['id']}: has no checkpoint to infer with")
         ckpt = Path(best[0])
         env_name, env_hash = job["env"], job["env_hash"]
-        framework = (job.get("model") or "timm/").split("/", 1)[0]
+        if job.get("kind") == "command" or not job.get("model"):
+            raise RunnerError(f"job {job['id']}: is a command job; runner infers with a model job's checkpoint "
+                              "(a framework's or a repo's), not with what a command wrote")
+        framework = job["model"].split("/", 1)[0]
     mgr = EnvManager(h.envs, s, h.config.get("envs"))
     if env_hash and mgr.ready(env_hash):
         python = mgr.python(env_hash)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -70,6 +71,9 @@ def repo(args):
         name = args.name or re.sub(r"\.git$", "", url.rstrip("/").rsplit("/", 1)[-1])
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise RepoError(f"--name: given {name!r}; expected letters, digits, '_', '.', '-'")
+        if not os.access(h.repos, os.W_OK) or not os.access(h.root, os.W_OK):
+            raise RepoError(f"repo add: {h.root} is the daemon's and not writable by you: an admin (root) adds repos "
+                            "to a team server (docs/adding-a-repo.md); or run a daemon of your own (RUNNER_HOME)")
         commit, tag = repos.resolve_pin(h, url, args.commit)
         cache = repos.cache_dir(h, url)
         lic = _at(cache, commit, "LICENSE") or _at(cache, commit, "LICENSE.md") or ""
@@ -113,8 +117,6 @@ def repo(args):
                     "lock": str(repos.lock_path(r, args.target)) if repos.lock_path(r, args.target).exists() else None})
         return 0
     if args.action == "lock":
-        import os
-
         repo_ = reg.get_repo(args.target)
         path = repos.lock_path(repo_, args.target)
         if not os.access(path.parent if path.parent.exists() else path.parent.parent, os.W_OK):
