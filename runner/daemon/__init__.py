@@ -74,6 +74,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.watchers: dict[str, LogWatcher] = {}
         self.killing = {}  # job_id -> when to escalate to SIGKILL
         self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
+        self._born = {}  # spool file name -> its ctime when taken (intake: no backdated job)
         self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs
         self._last_gpu_sample = 0.0
         self._dirty = True  # something happened that may let a queued job start

@@ -24,8 +24,14 @@ MAX_NAME = 200
 """The longest spool file name taken (runner's own are under 60 characters)."""
 
 
+BORN_SLACK = 5.0
+"""Seconds a record's submitted_at may precede its file's last change (the writer's clock against the kernel's)."""
+
+
 class Intake:
     """The daemon's spool intake (a part of Daemon)."""
+
+    _born: dict  # spool file name -> its ctime when taken (set by Daemon)
 
     def ingest(self, now: float):
         """Take every spool file: jobs into the store, cancel requests applied, bad files quarantined.
@@ -45,6 +51,10 @@ class Intake:
                 continue  # (a name held in .taking is not moved over: the held file is someone's)
             taking = self.home.taking / path.name
             try:
+                # When the file was last changed, by the kernel's clock: its writer can make this
+                # later (any change does), never earlier, so a record's own submitted_at may not
+                # backdate the job before it (a forged 1970 would head the queue).
+                born = os.lstat(path).st_ctime
                 os.rename(path, taking)
             except FileNotFoundError:
                 continue
@@ -63,7 +73,9 @@ class Intake:
                     pass
                 log.warning("cannot take spool file %s: %s", path.name, why)
                 continue
+            self._born[path.name] = born
             if len(path.name) > MAX_NAME:  # no room for .retry or .reason beside it; runner's names are short
+                self._born.pop(path.name, None)
                 self._set_aside(taking, path.name, f"a name of {len(path.name)} characters; a spool file's name has at most {MAX_NAME}")
                 continue
             self._take(taking, now)
@@ -92,6 +104,7 @@ class Intake:
     def _take(self, path: Path, now: float):
         """Take one file from spool/.taking; whatever it holds, it costs that file at most, never the daemon."""
         name = path.name.removesuffix(".retry")
+        born = self._born.pop(name, None)
         try:
             owner = os.lstat(path).st_uid
             if owner != os.geteuid() and os.geteuid() != 0:
@@ -105,7 +118,7 @@ class Intake:
             elif name.endswith(".export.json"):
                 self._export(rec, uid, now)
             elif name.endswith(".job.json"):
-                self._ingest_job(check_job_record(rec, now), uid, now, again=path.name != name)
+                self._ingest_job(check_job_record(rec, now), uid, now, again=path.name != name, born=born)
             else:
                 raise SpoolFileError("not a .job.json, .cancel.json, .token.json or .export.json file")
         except (SpoolFileError, RunnerError) as e:
@@ -161,7 +174,7 @@ class Intake:
         else:
             log.debug("cannot take %s yet (%s); next try in %.0fs", name, why, delay)
 
-    def _ingest_job(self, rec: dict, uid: int, now: float, again: bool = False):
+    def _ingest_job(self, rec: dict, uid: int, now: float, again: bool = False, born: float | None = None):
         spec = parse_spec(rec["spec"], self.home.config)
         job_id = rec["id"]
         if spec.workdir is not None:
@@ -213,7 +226,8 @@ class Intake:
                 made = self.store.insert_job({
                     "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
                     "priority": spec.priority, "spec": stored, "env": env,
-                    "after": after, "created_at": rec["submitted_at"], "job_dir": str(self.home.job_dir(job_id)),
+                    "after": after, "created_at": max(rec["submitted_at"], (born or 0.0) - BORN_SLACK),
+                    "job_dir": str(self.home.job_dir(job_id)),
                     "gpus": [], "retry_of": rec.get("retry_of"),
                 }, now=now)
                 if not made:
