@@ -58,6 +58,8 @@ def test_a_running_jobs_charts_and_header_change_without_a_reload_and_she_cancel
     page.check("#log-scale")
     page.wait_for_selector(chart + " canvas")
     # the log follows new lines only while she is at its end; a search shows the lines with a word
+    # (a log shorter than its pane is read at its end whatever the scroll: wait until it can scroll)
+    wait_for(lambda: page.eval_on_selector("#log", "el => el.scrollHeight - el.clientHeight") > 40, 30, 0.2, "a log taller than its pane")
     page.eval_on_selector("#log", "el => { el.scrollTop = 0; }")
     before = page.inner_text("#log")
     wait_for(lambda: page.inner_text("#log") != before, 15, 0.2, "new log lines")
