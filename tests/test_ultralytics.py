@@ -143,8 +143,8 @@ def test_check_three_ultralytics_models(runner, tmp_path):
     assert report["summary"]["success"] == 3 and report["summary"]["learns"] == 3, r.stdout + r.stderr
     for m in report["models"]:
         learns = {c["name"]: c for c in m["checks"]}["learns"]["detail"]
-        # from scratch, 30 epochs of 32 easy images: boxes, masks and keypoints are found, the loss falls
-        assert learns["metric"] in ("val_map50_box", "val_map50_mask", "val_map50_pose") and learns["value"] > 0
+        # from scratch, 30 epochs of 64 easy images: boxes, masks and keypoints are found past the floor, the loss falls
+        assert learns["metric"] in ("val_map50_box", "val_map50_mask", "val_map50_pose") and learns["value"] >= learns["criteria"]["at_least"]
         assert learns["loss_drop"] >= 0.2 and len(learns["train_loss"]) == 30
 
 
