@@ -174,10 +174,7 @@ def share_view(store, config: dict, now: float) -> dict:
 
     conf = fairshare.settings(config)
     use = fairshare.Ledger(store, conf).use(now)
-    counts: dict = {}
-    for r in store.conn.execute("SELECT user, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'preparing', 'running') "
-                                "GROUP BY user, state").fetchall():
-        counts.setdefault(r["user"], {})[r["state"]] = r["n"]
+    counts = store.active_by_user()
     users = sorted(set(use) | set(counts) | set(conf["shares"]))
     per = fairshare.standing({u: use.get(u, 0.0) for u in users}, conf["shares"])
     ranked = sorted(users, key=lambda u: (per[u], u))

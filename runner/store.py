@@ -353,6 +353,14 @@ class Store:
             args += [limit, offset]
         return self.conn.execute(sql, args).fetchall()
 
+    def active_by_user(self) -> dict:
+        """{user: {state: count}} of the queued, preparing and running jobs."""
+        out: dict = {}
+        for r in self.conn.execute("SELECT user, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'preparing', 'running') "
+                                   "GROUP BY user, state").fetchall():
+            out.setdefault(r["user"], {})[r["state"]] = r["n"]
+        return out
+
     def count_by_state(self) -> dict:
         """{state: count} over all jobs."""
         rows = self.conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
