@@ -42,8 +42,12 @@ def _wait(user: User, jid: str, states=("succeeded", "failed", "cancelled"), tim
 
 
 def _write_as(user: User, path: Path, record: dict):
-    """A spool file written by hand as `user` (0644, as her umask makes it)."""
-    user.python(f"import json\nopen({str(path)!r}, 'w').write({json.dumps(json.dumps(record))})")
+    """A spool file written by hand as `user` (0644, as her umask makes it), whole or not at all:
+    under a hidden name, then renamed, as runner's own submit does (the daemon may wake on its
+    creation and would otherwise read it empty, and set it aside as not JSON)."""
+    hidden = path.with_name(".part-" + path.name[:100])
+    user.python(f"import json, os\nopen({str(hidden)!r}, 'w').write({json.dumps(json.dumps(record))})\n"
+                f"os.rename({str(hidden)!r}, {str(path)!r})")
 
 
 def _her_file(user: User, path: Path, text: str, mode: int) -> Path:
