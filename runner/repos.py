@@ -122,7 +122,8 @@ def _name(req: str) -> str:
 
 
 def merge_requirements(base: str, overrides: list[str]) -> str:
-    """The repo's requirements with `overrides` replacing pins of the same package, or added."""
+    """The repo's requirements with `overrides` replacing pins of the same package, or added; ""
+    when there are none (a repo of the standard library alone), never a lone blank line."""
     names = {_name(o) for o in overrides}
     keep = []
     for line in base.splitlines():
@@ -131,7 +132,8 @@ def merge_requirements(base: str, overrides: list[str]) -> str:
             continue
         if _name(s) not in names:
             keep.append(s)
-    return "\n".join(keep + list(overrides)) + "\n"
+    lines = keep + list(overrides)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def copy_files(src: Path, repo: dict, name: str):

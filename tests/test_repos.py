@@ -329,3 +329,23 @@ def test_a_repo_tables_dataset_is_refused_at_load_in_one_line(dataset, says):
 
     problems = check_table("bad", {"url": "file:///x", "commit": "0" * 40, "dataset": dataset})
     assert any(says in p for p in problems), problems
+
+
+def test_a_repo_with_no_requirements_locks_to_nothing(runner, home, tmp_path):
+    """A repo of the standard library alone: no `requirements` key and no overrides. Its lock is
+    empty (it was a lone blank line, which the requirement check refused as not a package)."""
+    from runner.repos import merge_requirements
+
+    assert merge_requirements("", []) == "" and merge_requirements("# none\n\n", []) == ""
+    assert merge_requirements("", ["six==1.16.0"]) == "six==1.16.0\n"
+    src = tmp_path / "stdlibrepo"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    (src / "train.py").write_text("print('epoch 1 acc 0.5')\n")
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "v1", cwd=src)
+    table = repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src), overrides=[])
+    del table["requirements"]
+    add_table(home, "stdlibrepo", table)
+    r = runner.run("repo", "lock", "stdlibrepo")
+    assert "0 packages pinned" in r.stdout, r.stdout
