@@ -25,10 +25,20 @@ from typing import Literal, Optional
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import defaults, queries
 from .exceptions import JobNotFound, PermissionDenied, RegistryError, RunnerError, SpecError
+
+
+class TagsChange(BaseModel):
+    """A change of a job's tags and notes (runner.tags): tags to add and to remove, and the notes
+    (null: unchanged; "": cleared)."""
+
+    add: list[str] = Field(default_factory=list, max_length=100)
+    remove: list[str] = Field(default_factory=list, max_length=100)
+    notes: Optional[str] = Field(None, max_length=20_000)
 
 State = Literal["queued", "preparing", "running", "succeeded", "failed", "cancelled"]
 
@@ -286,12 +296,13 @@ def create_app(home, daemon=None) -> FastAPI:
 
     @app.get("/jobs")
     async def jobs(state: Optional[list[State]] = Query(None), user: Optional[str] = Query(None, max_length=64), all: bool = True,
-             limit: int = Query(100, ge=1, le=defaults.HTTP_MAX_LIMIT), offset: int = Query(0, ge=0, le=10**9)):
+             limit: int = Query(100, ge=1, le=defaults.HTTP_MAX_LIMIT), offset: int = Query(0, ge=0, le=10**9),
+             tag: Optional[str] = Query(None, max_length=40)):
         def make():
-            jobs = queries.list_jobs(home, store, state or (), user, all, limit, offset)
+            jobs = queries.list_jobs(home, store, state or (), user, all, limit, offset, tag=tag)
             return FastJSON({"jobs": jobs, "limit": limit, "offset": offset}).body
 
-        key = ("jobs", tuple(state or ()), user, all, limit, offset)
+        key = ("jobs", tuple(state or ()), user, all, limit, offset, tag)
         return Response(fresh.get(key, make), media_type="application/json")
 
     @app.get("/jobs/{job_id}")
@@ -344,6 +355,17 @@ def create_app(home, daemon=None) -> FastAPI:
         job = queries.find_job(home, store, job_id)
         requested = writes.cancel(home, job, who.uid, owner=(who.uid, who.gid))
         return FastJSON({"id": job["id"], "cancel_requested": requested, "state": job["state"]})
+
+    @app.post("/jobs/{job_id}/tags", status_code=202)
+    def post_tags(request: Request, job_id: str, change: TagsChange):
+        """Add and remove tags, or set the notes, of a job of yours (root: anyone's). Applied by the
+        daemon within a moment: GET /jobs/ID shows them then."""
+        from . import writes
+
+        who = caller(request)
+        job = queries.find_job(home, store, job_id)
+        writes.tag(home, job, who.uid, change.add, change.remove, change.notes, owner=(who.uid, who.gid))
+        return FastJSON(status_code=202, content={"id": job["id"], "add": change.add, "remove": change.remove, "notes": change.notes})
 
     @app.post("/jobs/{job_id}/retry", status_code=201)
     def post_retry(request: Request, job_id: str):

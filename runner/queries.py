@@ -9,7 +9,8 @@ from .spool import pending_jobs
 
 JOB_FIELDS = ("id", "seq", "name", "user", "kind", "model", "state", "reason", "exit_code", "signal", "priority",
               "created_at", "queued_at", "started_at", "finished_at", "gpus", "gpu_uuids", "env", "env_hash", "after",
-              "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir", "slurm_job_id", "node", "requeues")
+              "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir", "slurm_job_id", "node", "requeues",
+              "tags", "notes")
 
 
 def job_view(store, job: dict, full: bool = False, latest: dict | None = None, tail: list[str] | None = None) -> dict:
@@ -77,36 +78,38 @@ def spooled_view(rec: dict) -> dict:
             "model": spec.get("model"), "metrics": {}, "gpus": [], "exit_code": None}
 
 
-def list_jobs(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0) -> list[dict]:
-    """Jobs for `runner ls` and GET /jobs: active ones by default, every one with all_jobs."""
+def list_jobs(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0, tag=None) -> list[dict]:
+    """Jobs for `runner ls` and GET /jobs: active ones by default, every one with all_jobs (`tag`:
+    only those tagged so; a job still in the spool has no tags yet)."""
     if not states and not all_jobs:
-        jobs = _active(store, user, limit, offset)
+        jobs = _active(store, user, limit, offset, tag)
     else:
-        jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS)
+        jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS, tag=tag)
     latest = store.latest_metrics_many([j["id"] for j in jobs])
     rows = [job_view(store, j, latest=latest[j["id"]]) for j in jobs]
-    if offset == 0 and (not states or "queued" in states):
+    if offset == 0 and (not states or "queued" in states) and not tag:
         spooled = [spooled_view(r) for r in _spooled(home)]
         rows = [r for r in spooled if not user or r["user"] == user] + rows
     return rows
 
 
-def _active(store, user, limit, offset) -> list[dict]:
+def _active(store, user, limit, offset, tag=None) -> list[dict]:
     """The active jobs, those that hold a slot first (running, then preparing, newest first), then
     the queued ones, newest first: a page of them, so that 100,000 queued jobs cost one page."""
-    busy = store.list_jobs(("running",), user, columns=JOB_FIELDS) + store.list_jobs(("preparing",), user, columns=JOB_FIELDS)
+    busy = (store.list_jobs(("running",), user, columns=JOB_FIELDS, tag=tag)
+            + store.list_jobs(("preparing",), user, columns=JOB_FIELDS, tag=tag))
     page = busy[offset:] if limit is None else busy[offset:offset + limit]
     if limit is not None and len(page) >= limit:
         return page
     return page + store.list_jobs(("queued",), user, None if limit is None else limit - len(page),
-                                  max(0, offset - len(busy)), columns=JOB_FIELDS)
+                                  max(0, offset - len(busy)), columns=JOB_FIELDS, tag=tag)
 
 
-def count_jobs(store, states=(), user=None, all_jobs=False) -> int:
+def count_jobs(store, states=(), user=None, all_jobs=False, tag=None) -> int:
     """How many jobs list_jobs gives without a limit (the store's; spooled ones aside)."""
     if not states and not all_jobs:
         states = ("queued", "preparing", "running")
-    return store.count_jobs(states, user)
+    return store.count_jobs(states, user, tag=tag)
 
 
 _SPOOL_CACHE: dict = {}

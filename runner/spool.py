@@ -91,6 +91,12 @@ def request_cancel(home: Home, job_id: str, now: float | None = None, owner: tup
     _drop(home, f"{time.time_ns()}-{job_id}.cancel.json", {"id": job_id, "at": time.time() if now is None else now}, owner)
 
 
+def request_tags(home: Home, job_id: str, add=(), remove=(), notes: str | None = None,
+                 owner: tuple[int, int] | None = None):
+    """Ask the daemon to change a job's tags and notes (it checks that the file's owner may)."""
+    _drop(home, f"{time.time_ns()}-{job_id}.tags.json", {"id": job_id, "add": list(add), "remove": list(remove), "notes": notes}, owner)
+
+
 def request_token(home: Home, rotate: bool = False):
     """Ask the daemon to make (or replace) the caller's token; it knows the caller by the file's owner."""
     _drop(home, f"{time.time_ns()}-{new_id()}.token.json", {"rotate": bool(rotate)})
@@ -254,6 +260,22 @@ def check_job_record(rec: dict, now: float) -> dict:
     if retry_of is not None and (not isinstance(retry_of, str) or not _ID.match(retry_of)):
         raise SpoolFileError(f"retry_of: given {str(retry_of)[:40]!r}; expected a runner job id or null")
     return {"id": rec["id"], "spec": rec["spec"], "submitted_at": _time(rec, "submitted_at", now), "retry_of": retry_of}
+
+
+def check_tags_record(rec: dict) -> dict:
+    """The fields of a tags request, each checked: {id, add, remove, notes (None: unchanged)}."""
+    from .tags import check
+
+    if set(rec) - {"id", "add", "remove", "notes"}:
+        raise SpoolFileError("unknown field(s) in a tags request; expected id, add, remove and notes")
+    ref = rec.get("id")
+    if not isinstance(ref, str) or not re.fullmatch(r"#?[0-9a-z]{1,32}", ref):
+        raise SpoolFileError(f"id: given {str(ref)[:40]!r}; expected a job id, prefix or #seq")
+    out = {"id": ref, "add": rec.get("add", []), "remove": rec.get("remove", []), "notes": rec.get("notes")}
+    problems = check(out["add"], out["remove"], out["notes"])
+    if problems:
+        raise SpoolFileError("; ".join(problems))
+    return out
 
 
 def check_cancel_record(rec: dict, now: float) -> dict:

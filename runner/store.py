@@ -20,7 +20,7 @@ from . import defaults
 from .exceptions import InvalidTransition, JobNotFound
 from .states import ENDED, JobState, allowed
 
-JSON_COLUMNS = ("spec", "gpus", "after", "parser_state", "gpu_uuids", "ts_state")
+JSON_COLUMNS = ("spec", "gpus", "after", "parser_state", "gpu_uuids", "ts_state", "tags")
 
 
 def _m1(db):
@@ -122,7 +122,14 @@ def _m7(db):
     db.execute("CREATE INDEX IF NOT EXISTS idx_jobs_user_queue_order ON jobs (state, user, priority DESC, created_at ASC, seq ASC)")
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
+def _m8(db):
+    """A job's tags and notes, its owner's words about it (`runner tag`, the job page): tags a JSON
+    list of short words, notes free text. Unlike `note` (runner's own line on how a job ended)."""
+    db["jobs"].add_column("tags", str)
+    db["jobs"].add_column("notes", str)
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -324,8 +331,11 @@ class Store:
         raise JobNotFound(f"job {ref}: no such job (see `runner ls --all`)")
 
     @staticmethod
-    def _job_filter(states: Iterable[str], user: Optional[str], model: Optional[str]) -> tuple[str, list]:
+    def _job_filter(states: Iterable[str], user: Optional[str], model: Optional[str], tag: Optional[str] = None) -> tuple[str, list]:
         where, args = [], []
+        if tag:  # tags are a JSON list of words without quotes (runner.tags): the quoted word is the tag
+            where.append("instr(tags, ?) > 0")
+            args.append(json.dumps(tag))
         states = list(states)
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
@@ -336,16 +346,17 @@ class Store:
                 args.append(value)
         return (" WHERE " + " AND ".join(where) if where else ""), args
 
-    def count_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, model: Optional[str] = None) -> int:
+    def count_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, model: Optional[str] = None,
+                   tag: Optional[str] = None) -> int:
         """How many jobs list_jobs would give without a limit."""
-        where, args = self._job_filter(states, user, model)
+        where, args = self._job_filter(states, user, model, tag)
         return self.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{where}", args).fetchone()["n"]
 
     def list_jobs(self, states: Iterable[str] = (), user: Optional[str] = None, limit: Optional[int] = None,
                   offset: int = 0, newest_first: bool = True, columns: Optional[Iterable[str]] = None,
-                  model: Optional[str] = None) -> list[dict]:
-        """Jobs filtered by state, user and model, newest first by default (only `columns`, when given)."""
-        where, args = self._job_filter(states, user, model)
+                  model: Optional[str] = None, tag: Optional[str] = None) -> list[dict]:
+        """Jobs filtered by state, user, model and tag, newest first by default (only `columns`, when given)."""
+        where, args = self._job_filter(states, user, model, tag)
         sql = f"SELECT {', '.join(columns) if columns else '*'} FROM jobs" + where
         sql += " ORDER BY seq " + ("DESC" if newest_first else "ASC")
         if limit is not None:

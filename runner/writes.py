@@ -132,6 +132,21 @@ def cancel(home, job: dict, uid: int, owner: tuple[int, int] | None = None) -> b
     return True
 
 
+def tag(home, job: dict, uid: int, add=(), remove=(), notes: str | None = None,
+        owner: tuple[int, int] | None = None):
+    """Change a job's tags (add, remove) and notes (None: unchanged; "": cleared): its owner or root."""
+    from .tags import apply, check
+
+    check_may_act(job, uid, "tag")
+    problems = check(list(add), list(remove), notes)
+    if problems:
+        raise SpecError(problems)
+    if job.get("seq") is None:
+        raise RunnerError(f"job {job['id']}: is still in the spool; tag it once the daemon has taken it (a moment)")
+    apply(job.get("tags"), add, remove)  # too many: said now, not only in the daemon's quarantine
+    spool.request_tags(home, job["id"], list(add), list(remove), notes, owner=owner)
+
+
 def retry(home, job: dict, uid: int, owner: tuple[int, int] | None = None) -> dict:
     """Queue a copy of an ended job; it stays its owner's, whoever asks.
 

@@ -19,6 +19,7 @@ VERBS = {
     "metrics": ("runner.cli.jobs", "metrics", "a job's metrics per epoch (or step)"),
     "cancel": ("runner.cli.jobs", "cancel", "cancel a job (kills its whole process tree)"),
     "retry": ("runner.cli.jobs", "retry", "queue a copy of an ended job"),
+    "tag": ("runner.cli.jobs", "tag", "add or remove a job's tags, or set its notes (yours, or any as root)"),
     "doctor": ("runner.cli.daemon_cmd", "doctor", "what this machine supports"),
     "envs": ("runner.cli.envs_cmd", "envs", "list, build, remove, collect and lock envs"),
     "models": ("runner.cli.models_cmd", "models", "list the registry's models"),
@@ -82,6 +83,14 @@ def _ls(p):
     p.add_argument("--user")
     p.add_argument("--all", action="store_true", help="ended jobs too")
     p.add_argument("--limit", type=int, default=None, help="at most N rows (default 50 in the table, every job with --json; 0: every job)")
+    p.add_argument("--tag", default=None, help="only jobs with this tag (see `runner tag`)")
+
+
+def _tag(p):
+    _id(p)
+    p.add_argument("tags", nargs="*", metavar="TAG", help="tags to add (words of letters, digits and _ . : + = -)")
+    p.add_argument("--rm", action="append", default=[], metavar="TAG", help="a tag to remove (repeatable)")
+    p.add_argument("--notes", default=None, help="the job's notes, replacing any ('' clears them; - reads them from stdin)")
 
 
 def _id(p):
@@ -192,7 +201,7 @@ def _gc(p):
     p.add_argument("--job-days", type=float, default=None, help="instead of [retention] job_days")
 
 
-ADD_ARGS = {"backup": _backup, "gc": _gc, "synth": _synth, "export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "logs": _logs, "metrics": _metrics, "cancel": _id,
+ADD_ARGS = {"backup": _backup, "gc": _gc, "synth": _synth, "export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "tag": _tag, "logs": _logs, "metrics": _metrics, "cancel": _id,
             "retry": _id, "envs": _envs, "models": _models, "schema": _schema, "infer": _infer, "check": _check, "repo": _repo}
 
 

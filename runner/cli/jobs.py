@@ -80,12 +80,12 @@ def ls(args):
     if not h.db.exists() and not h.spool.exists():
         rows = []
     else:
-        rows = list_jobs(h, store(h), args.state, args.user, everything, limit)
+        rows = list_jobs(h, store(h), args.state, args.user, everything, limit, tag=args.tag)
     if args.json:
         print_json(rows)
         return 0
     if limit is not None and len(rows) >= limit:
-        total = count_jobs(store(h), args.state, args.user, everything)
+        total = count_jobs(store(h), args.state, args.user, everything, tag=args.tag)
         shown = sum(1 for r in rows if r.get("seq") is not None)
         if total > shown:
             print(f"({len(rows)} shown, {total - shown:,} more: --limit N, or --limit 0 for all; --state or --user to narrow)",
@@ -112,6 +112,10 @@ def show(args):
     for k in keys:
         if view.get(k) not in (None, [], ""):
             print(f"{k + ':':<16}{view[k]}")
+    if view.get("tags"):
+        print(f"{'tags:':<16}{', '.join(view['tags'])}")
+    if view.get("notes"):
+        print(f"{'notes:':<16}" + view["notes"].replace("\n", "\n" + " " * 16))
     for k in ("created_at", "started_at", "finished_at"):
         if view.get(k):
             print(f"{k + ':':<16}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(view[k]))}")
@@ -241,6 +245,28 @@ def logs(args):
             out.flush()
             return 0
         time.sleep(0.2)
+
+
+def tag(args):
+    """runner tag ID [TAG ...] [--rm TAG] [--notes TEXT]: only the job's owner or root may."""
+    from runner import writes
+    from runner.queries import find_job
+
+    notes = args.notes
+    if notes == "-":
+        notes = sys.stdin.read()
+    if not args.tags and not args.rm and notes is None:
+        raise SystemExit("runner tag: give tags to add, --rm TAG to remove one, or --notes TEXT")
+    h = home(args)
+    job = find_job(h, store(h), args.id)
+    writes.tag(h, job, os.getuid(), args.tags, args.rm, notes)
+    if args.json:
+        print_json({"id": job["id"], "add": args.tags, "remove": args.rm, "notes": notes})
+    else:
+        tags = [t for t in (job.get("tags") or []) if t not in args.rm] + [t for t in args.tags if t not in (job.get("tags") or [])]
+        print(f"job {job['id']}: tags {', '.join(tags) or '(none)'}" + ("; notes set" if notes else "; notes cleared" if notes == "" else "")
+              + ("" if h.daemon_pid() else " (daemon not running: applied when it starts)"))
+    return 0
 
 
 def cancel(args):

@@ -14,7 +14,7 @@ from .. import defaults
 from ..exceptions import InvalidTransition, JobNotFound, RunnerError, SpecError
 from ..proctl import kill_tree
 from ..spec import parse_spec
-from ..spool import SpoolFileError, check_cancel_record, check_job_record, pending, quarantine, read_record, user_name
+from ..spool import SpoolFileError, check_cancel_record, check_job_record, check_tags_record, pending, quarantine, read_record, user_name
 from ..states import JobState, Reason
 from .faults import own_trouble, rollback
 
@@ -115,12 +115,14 @@ class Intake:
                 self._cancel(check_cancel_record(rec, now), uid, now)
             elif name.endswith(".token.json"):
                 self._token(rec, uid)
+            elif name.endswith(".tags.json"):
+                self._tags(check_tags_record(rec), uid)
             elif name.endswith(".export.json"):
                 self._export(rec, uid, now)
             elif name.endswith(".job.json"):
                 self._ingest_job(check_job_record(rec, now), uid, now, again=path.name != name, born=born)
             else:
-                raise SpoolFileError("not a .job.json, .cancel.json, .token.json or .export.json file")
+                raise SpoolFileError("not a .job.json, .cancel.json, .tags.json, .token.json or .export.json file")
         except (SpoolFileError, RunnerError) as e:
             rollback(self.store)
             self._set_aside(path, name, f"{type(e).__name__}: {e}")
@@ -289,6 +291,18 @@ class Intake:
         except KeyError:
             raise SpoolFileError(f"uid {uid} is no user of this machine") from None
         tokens.write(self.home, uid, who.gid, rotate=rec.get("rotate", False))
+
+    def _tags(self, rec: dict, uid: int):
+        """`runner tag`: a job's tags and notes, changed by its owner or root."""
+        from ..tags import apply
+
+        job = self.store.get_job(rec["id"])
+        if uid not in (0, job["uid"]):
+            raise RunnerError(f"job {job['id']}: {user_name(uid)} may not tag a job of {job['user']}")
+        fields = {"tags": apply(job.get("tags"), rec["add"], rec["remove"])}
+        if rec["notes"] is not None:
+            fields["notes"] = rec["notes"].strip() or None
+        self.store.update_job(job["id"], **fields)
 
     def _cancel(self, rec: dict, uid: int, now: float):
         job = self.store.get_job(rec["id"])

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from fastapi import Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
 
 from .. import queries
 from ..exceptions import PermissionDenied
@@ -70,6 +70,45 @@ def routes(app, ctx, ui):
 
     @app.get("/ui/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def job_page(request: Request, job_id: str):
+        return page(request, job_id)
+
+    @app.post("/ui/jobs/{job_id}/tags", response_class=HTMLResponse, include_in_schema=False)
+    async def job_tags(request: Request, job_id: str):
+        """The job page's tags and notes form (its owner's, or root's): the tags box is the whole
+        new set (what it lost is removed), the notes box replaces the notes. Applied by the daemon
+        through the spool; the page comes back once it shows them (a moment)."""
+        import asyncio
+
+        from .. import writes
+        from ..exceptions import SpecError
+        from ..tags import split
+
+        form = await request.form(max_files=0, max_fields=4)
+        who = ui.actor(request, form.get("csrf"))
+        job = store.get_job(job_id)
+        if not ui.can_act(who, job):
+            raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; only its owner or root may tag it")
+        old, new = job.get("tags") or [], split(str(form.get("tags") or ""))
+        notes = str(form.get("notes") or "").replace("\r\n", "\n").strip()
+        add, remove = [t for t in new if t not in old], [t for t in old if t not in new]
+        if notes == (job.get("notes") or ""):
+            notes = None  # unchanged: a second tab's edit of the notes is not undone by a tag
+        if not add and not remove and notes is None:
+            return RedirectResponse(f"/ui/jobs/{job['id']}", status_code=303)
+        try:
+            writes.tag(home, job, who.uid, add, remove, notes, owner=(who.uid, who.gid))
+        except SpecError as e:
+            return page(request, job["id"], tag_errors=e.problems, status=422,
+                        tag_form={"tags": str(form.get("tags") or ""), "notes": str(form.get("notes") or "")})
+        for _ in range(30):  # until the daemon has applied it (it wakes on the spool file)
+            now = store.get_job(job["id"])
+            if set(add) <= set(now.get("tags") or []) and not set(remove) & set(now.get("tags") or []) and \
+                    (notes is None or (now.get("notes") or "") == notes):
+                break
+            await asyncio.sleep(0.1)
+        return RedirectResponse(f"/ui/jobs/{job['id']}", status_code=303)
+
+    def page(request: Request, job_id: str, tag_errors=None, status: int = 200, tag_form=None):
         job = queries.find_job(home, store, job_id)
         who = ui.viewer(request)
         if job.get("seq") is None:  # still in the spool: what is known of it (its owner is the file's)
@@ -92,7 +131,8 @@ def routes(app, ctx, ui):
                          arts=checkpoints(job) if log_ok else [], mlflow=view.get("mlflow"),
                          mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
                          spec_yaml=_yaml(_shown(job["spec"])), can_act=ui.can_act(who, job), log_ok=log_ok,
-                         log=log_text(job, LOG_LINES) if log_ok else "", active=job["state"] in ACTIVE)
+                         log=log_text(job, LOG_LINES) if log_ok else "", active=job["state"] in ACTIVE,
+                         tag_errors=tag_errors, tag_form=tag_form, status=status)
 
     @app.get("/ui/jobs/{job_id}/charts", include_in_schema=False)
     async def job_charts(job_id: str, points: int = Query(metricsview.CHART_POINTS, ge=4, le=20000)):

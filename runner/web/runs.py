@@ -1,6 +1,6 @@
 """The runs table (/ui/) and Compare: running jobs first, then queued ones in the order they will
 start, then ended ones a page at a time; each row with its main metric (latest and best), sortable
-columns, filters by user, state, model and name, and boxes that open Compare with the jobs ticked.
+columns, filters by user, state, model, name and tag (a row's tags are links to that filter), and boxes that open Compare with the jobs ticked.
 
 Sorting by a job's column orders every ended job (SQL); sorting by the metric orders the rows shown.
 """
@@ -29,11 +29,14 @@ def routes(app, ctx, ui):
     from .pages import _flatten, _shown, _uid_of
 
     home, store = ctx.home, ctx.store
-    fields = (*JOB_FIELDS, "uid")  # a row's buttons are its owner's: the template compares uids
+    fields = tuple(k for k in (*JOB_FIELDS, "uid") if k != "notes")  # a row's buttons are its owner's: the template compares uids
     best = metricsview.Best()
 
-    def where(states, user, model, name) -> tuple[str, list]:
+    def where(states, user, model, name, tag="") -> tuple[str, list]:
         sql, args = [f"state IN ({','.join('?' * len(states))})"], list(states)
+        if tag:  # a JSON list of words without quotes (runner.tags): the quoted word is the tag
+            sql.append("instr(tags, ?) > 0")
+            args.append(json.dumps(tag))
         for column, value in (("user", user), ("model", model)):
             if value:
                 sql.append(f"{column}=?")
@@ -43,8 +46,8 @@ def routes(app, ctx, ui):
             args.append("%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         return " WHERE " + " AND ".join(sql), args
 
-    def select(states, user, model, name, order="seq DESC", limit=None, offset=0) -> list[dict]:
-        w, args = where(states, user, model, name)
+    def select(states, user, model, name, tag, order="seq DESC", limit=None, offset=0) -> list[dict]:
+        w, args = where(states, user, model, name, tag)
         if order == "seq DESC" and limit is not None:
             # newest first: walk the seq index from the end and stop at the page (`+state` keeps SQLite
             # from taking the state index, which would sort all 10,000 ended jobs to give 50)
@@ -56,28 +59,28 @@ def routes(app, ctx, ui):
         return store.conn.execute(sql, args).fetchall()
 
     def data(f: dict) -> dict:
-        u, m, n, state = f["user"] or None, f["model"] or None, f["name"], f["state"]
+        u, m, n, t, state = f["user"] or None, f["model"] or None, f["name"], f["tag"], f["state"]
         active, queued, submitted, ended, total_ended, queued_more = [], [], [], [], 0, 0
         if not state or state in ("running", "preparing"):
-            active = select([state] if state else ["running", "preparing"], u, m, n)
+            active = select([state] if state else ["running", "preparing"], u, m, n, t)
         if not state or state == "queued":
             # the order they will start in (the scheduler's: store.queued_jobs), ids alone: a deep queue costs no JSON
             order = [r["id"] for r in store.conn.execute("SELECT id FROM jobs WHERE state='queued' AND slurm_job_id IS NULL "
                                                          "ORDER BY priority DESC, created_at ASC, seq ASC").fetchall()]
             pos = {jid: i + 1 for i, jid in enumerate(order)}
-            queued = sorted((dict(j, position=pos.get(j["id"])) for j in select(["queued"], u, m, n)), key=lambda j: j["position"] or 1 << 60)
+            queued = sorted((dict(j, position=pos.get(j["id"])) for j in select(["queued"], u, m, n, t)), key=lambda j: j["position"] or 1 << 60)
             if state != "queued" and len(queued) > PAGE:  # the next ones to start; the state filter shows them all
                 queued_more, queued = len(queued) - PAGE, queued[:PAGE]
-        if not state or state == "submitted":
+        if (not state or state == "submitted") and not t:  # (a job in the spool has no tags yet)
             submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
                          if (not u or s["user"] == u) and (not m or s.get("model") == m) and (not n or n.lower() in (s["name"] or "").lower())]
         ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
         if ended_states:
-            w, args = where(ended_states, u, m, n)
+            w, args = where(ended_states, u, m, n, t)
             total_ended = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{w}", args).fetchone()["n"]
             col = SORTS.get(f["sort"])
             order = f"{col} {'DESC' if f['desc'] else 'ASC'}, seq DESC" if col else "seq DESC"
-            ended = select(ended_states, u, m, n, order, PAGE, f["page"] * PAGE)
+            ended = select(ended_states, u, m, n, t, order, PAGE, f["page"] * PAGE)
         metrics = metricsview.main_metrics(store, active + ended, best)
         if f["sort"] in ("latest", "best"):  # the rows shown, by their main metric (jobs without one last)
             for rows in (active, ended):
@@ -89,19 +92,20 @@ def routes(app, ctx, ui):
                 "queued_more": queued_more,
                 "page": f["page"], "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
 
-    def filters(user, state, model, name, sort, desc, page) -> dict:
-        f = {"user": user or "", "state": state or "", "model": model or "", "name": name or "", "sort": sort if sort in (*SORTS, "latest", "best") else "",
+    def filters(user, state, model, name, sort, desc, page, tag="") -> dict:
+        f = {"user": user or "", "state": state or "", "model": model or "", "name": name or "", "tag": tag or "",
+             "sort": sort if sort in (*SORTS, "latest", "best") else "",
              "desc": bool(desc), "page": page}
         from urllib.parse import urlencode
 
-        f["query"] = urlencode({k: f[k] for k in ("user", "state", "model", "name")})
+        f["query"] = urlencode({k: f[k] for k in ("user", "state", "model", "name", "tag")})
         f["sorted"] = urlencode({"sort": f["sort"], "desc": int(f["desc"])}) if f["sort"] else ""
         return f
 
     def query(user: str = Query("", max_length=64), state: str = Query("", max_length=16), model: str = Query("", max_length=200),
               name: str = Query("", max_length=200), sort: str = Query("", max_length=16), desc: int = Query(0, ge=0, le=1),
-              page: int = Query(0, ge=0, le=10**6)) -> dict:
-        return filters(user, state, model, name, sort, desc, page)
+              page: int = Query(0, ge=0, le=10**6), tag: str = Query("", max_length=40)) -> dict:
+        return filters(user, state, model, name, sort, desc, page, tag)
 
     @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
     def runs(request: Request, f: dict = Depends(query)):
