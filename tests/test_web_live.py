@@ -285,3 +285,31 @@ def test_a_rows_best_follows_new_points(tmp_path):
     assert main_metrics(store, [job], best)["best0001"] == {"name": "val_accuracy", "latest": 0.4, "best": 0.6, "lower": False}
     store.add_metrics("best0001", [("val_accuracy", 0.7, None, 3), ("val_accuracy", 0.5, None, 4)])
     assert main_metrics(store, [job], best)["best0001"]["best"] == 0.7 and main_metrics(store, [job], best)["best0001"]["latest"] == 0.5
+
+
+def test_the_headers_memory_and_cpu_are_the_whole_process_trees(tmp_path):
+    """A job whose two workers hold most of its memory: the header counts them, not only the main process."""
+    import subprocess
+    import sys
+    import time
+
+    from runner.web.jobpage import process_usage
+
+    code = ("import subprocess, sys, time\n"
+            "kids = [subprocess.Popen([sys.executable, '-c', 'b = bytearray(64 << 20); import time; time.sleep(60)']) for _ in range(2)]\n"
+            "print('up', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == b"up"
+        import psutil
+
+        (tmp_path / "child.json").write_text(json.dumps({"pid": p.pid, "pgid": p.pid, "started_at": psutil.Process(p.pid).create_time()}))
+        usage = wait_for(lambda: (lambda u: u if u and u[0] > 128 << 20 else None)(process_usage(tmp_path)), 20, 0.2, "the workers' memory")
+        assert usage[2] == 3 and usage[1] >= 0
+        main_only = psutil.Process(p.pid).memory_info().rss
+        assert usage[0] > main_only + (128 << 20) * 0.9
+        (tmp_path / "child.json").write_text(json.dumps({"pid": p.pid, "pgid": p.pid, "started_at": time.time() - 3600}))
+        assert process_usage(tmp_path) is None  # a pid whose start time is not the job's: another process
+    finally:
+        os.killpg(p.pid, 9)
+        p.wait()

@@ -52,7 +52,7 @@ def routes(app, ctx, ui):
         if not usage and job["state"] == "running":
             now = process_usage(home.run_dir(job["id"]))
             if now:
-                usage.append(f"{_size(now[0])} now, {_dur(now[1])} CPU (main process)")
+                usage.append(f"{_size(now[0])} now, {_dur(now[1])} CPU ({now[2]} process{'es' if now[2] != 1 else ''})")
         gpus = ", ".join(job.get("gpus") or []) or "none"
         if job.get("peak_gpu_mem_mb"):
             gpus += f" · peak {round(job['peak_gpu_mem_mb'])} MB"
@@ -283,18 +283,29 @@ def infer_routes(app, ctx, ui):
         return JSONResponse(res)
 
 
-def process_usage(run_dir: Path) -> tuple[int, float] | None:
-    """(resident bytes, CPU seconds) of a running job's main process, from /proc (the kernel's
-    word, not a file of the job's), or None where it is not this host's or has ended."""
+def process_usage(run_dir: Path) -> tuple[int, float, int] | None:
+    """(resident bytes, CPU seconds, processes) of a running job's whole process tree (its main
+    process and every descendant: data loader workers, a launcher's children), from /proc (the
+    kernel's word, not a file of the job's), or None where it is not this host's or has ended."""
+    import psutil
+
     try:
         with open(run_dir / "child.json", "rb") as fh:
-            pid = int(json.loads(fh.read(4096))["pid"])
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        if int(fields[2]) != pid:  # its process group is the job's own: not a reused pid
+            child = json.loads(fh.read(4096))
+        root = psutil.Process(int(child["pid"]))
+        if abs(root.create_time() - float(child["started_at"])) >= 5:  # a reused pid, not the job's
             return None
-        tick = os.sysconf("SC_CLK_TCK")
-        cpu = sum(int(v) for v in fields[11:15]) / tick  # utime, stime and those of its reaped children
-        return int(fields[21]) * os.sysconf("SC_PAGE_SIZE"), cpu
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        procs = [root, *root.children(recursive=True)]
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None
+    rss, cpu, n = 0, 0.0, 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                rss += p.memory_info().rss
+                cpu += t.user + t.system + t.children_user + t.children_system  # and its reaped children's
+                n += 1
+        except psutil.Error:  # ended meanwhile
+            continue
+    return (rss, cpu, n) if n else None
