@@ -26,13 +26,15 @@ def _key(k: str) -> str:
     return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
-def table(header: str, data: dict) -> str:
+def table(header: str, data: dict, comments: dict[str, list[str]] | None = None) -> str:
     """One TOML table; its table values as sub-tables ([header.args], which a person can extend
-    with keys of their own), deeper ones inline, arrays as arrays."""
+    with keys of their own), deeper ones inline, arrays as arrays. `comments`: lines ("# ...") put
+    at the end of a sub-table, by its key, for the person who edits it next."""
     lines = [f"[{header}]"] + [f"{_key(k)} = {_value(v)}" for k, v in data.items() if v is not None and not isinstance(v, dict)]
     for k, v in data.items():
         if isinstance(v, dict):
             lines += ["", f"[{header}.{_key(k)}]"] + [f"{_key(kk)} = {_value(vv)}" for kk, vv in v.items() if vv is not None]
+            lines += ["# " + c.removeprefix("#").strip().replace("\n", " ") for c in (comments or {}).get(k, [])]
     return "\n".join(lines) + "\n"
 
 
@@ -55,10 +57,10 @@ def _write(path: Path, text: str):
     os.replace(tmp, path)
 
 
-def put(path: Path, header: str, data: dict):
-    """Write (or replace) a table in the site registry."""
+def put(path: Path, header: str, data: dict, comments: dict[str, list[str]] | None = None):
+    """Write (or replace) a table in the site registry (with `comments` in its sub-tables, see table)."""
     text = path.read_text() if path.exists() else "# Site registry: merged over the packaged registry.toml.\n"
-    text = _remove(text, header).rstrip("\n") + "\n\n" + table(header, data)
+    text = _remove(text, header).rstrip("\n") + "\n\n" + table(header, data, comments)
     import tomllib
 
     tomllib.loads(text)  # never write a file the daemon cannot read

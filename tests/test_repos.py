@@ -119,6 +119,12 @@ def test_repo_add_pins_and_refuses_branches(runner, home, trainrepo):
     rows = runner.json("repo", "ls")
     mine = next(x for x in rows if x["name"] == "mine")
     assert (mine["commit"], mine["tag"], mine["license"], mine["entry"]) == (first, "v1.0", "MIT", "train.py")
+    # its args are read from train.py's own add_argument calls (nothing run): the flags it has, what it could not tell marked
+    assert mine["args"] == {"template": ["--epochs", "{epochs}", "--img-size", "{input_size}", "{input_size}", "--train-dir", "{train_dir}",
+                                         "--val-dir", "{val_dir}", "--out", "{output_dir}"],
+                            "optional": {"batch_size": ["--batch-size", "{batch_size}"], "lr": ["--lr", "{lr}"]}}
+    assert "runner could not tell: --hyp (required)" in r.stdout
+    assert "\n# runner could not tell: --hyp (required)" in (home / "registry.toml").read_text()
     assert runner.json("models", "--framework", "repo")[-1]["ref"] in {f"repo/{x['name']}" for x in rows}
     runner.run("repo", "rm", "mine")
     assert "mine" not in {x["name"] for x in runner.json("repo", "ls")}

@@ -57,6 +57,31 @@ def _guess_task(readme: str) -> str:
     return best[1] if best[0] else "image_classification"
 
 
+TASK_FORMATS = {"semantic_segmentation": "masks", "image_captioning": "captions", "object_detection": "yolo", "obb_detection": "yolo",
+                "instance_segmentation": "coco", "pose_estimation": "coco"}
+"""The dataset format a new table starts from, by its task (imagefolder otherwise); a person edits it."""
+
+
+def _proposal(cache, commit, files: list[str], entry: str, fmt: str):
+    """The args the entry script's own argparse calls suggest (read with ast, nothing run); the
+    module it imports when its parser is defined there."""
+    from config_translators.repo import PART_FIELDS
+    from runner import script_args
+
+    source = _at(cache, commit, entry)
+    if source is None:
+        return script_args.propose([], (), entry, [f"{script_args.NOT_TOLD}{entry} is not in the repo at {commit[:12]}; "
+                                                   "set entry and write args.template by hand"])
+    found, notes = script_args.read_arguments(source, entry)
+    if not found and not notes:
+        for mod in script_args.local_modules(source, entry, set(files))[:8]:
+            more, more_notes = script_args.read_arguments(_at(cache, commit, mod) or "", mod)
+            if more:
+                found, notes = more, [*more_notes, f"# flags read from {mod}, which {entry} imports"]
+                break
+    return script_args.propose(found, PART_FIELDS[fmt], entry, notes)
+
+
 def repo(args):
     """Dispatch the repo sub-verbs."""
     from runner import repos, sitereg
@@ -86,19 +111,27 @@ def repo(args):
 
         if task not in TASK_TYPES:
             raise RepoError(f"--task: given {task!r}; expected one of {', '.join(TASK_TYPES)}")
+        fmt = TASK_FORMATS.get(task, "imagefolder")
+        proposal = _proposal(cache, commit, files, entry, fmt)
         table_ = {
             "url": url, "commit": commit, "tag": tag, "license": license_, "python": ".".join(map(str, sys.version_info[:2])),
             "entry": entry, "requirements": reqs,
             "task_type": task, "display_name": name, "description": f"{url} at {commit[:12]}",
-            "dataset": {"format": "imagefolder"},
-            "args": {"template": ["--epochs", "{epochs}", "--batch-size", "{batch_size}", "--lr", "{lr}", "--data", "{data}",
-                                 "--output-dir", "{output_dir}"]},
-            "defaults": {"epochs": 1, "batch_size": 8, "lr": 0.001},
+            "dataset": {"format": fmt},
+            "args": {"template": proposal.template, **({"optional": proposal.optional} if proposal.optional else {})},
+            **({"defaults": proposal.defaults} if proposal.defaults else {}),
             "parser": {"generic": True},
-            "checkpoints": ["**/*.pt", "**/*.pth"],
+            "checkpoints": ["**/*.pt", "**/*.pth"] if proposal.writes_to_output_dir else ["{src}/**/*.pt", "{src}/**/*.pth"],
         }
-        sitereg.put(h.registry_file, f"repos.{name}", table_)
+        sitereg.put(h.registry_file, f"repos.{name}", table_, {"args": proposal.notes})
         print(f"added repo/{name} at {commit}{f' (tag {tag})' if tag else ''} to {h.registry_file}; edit its table to map flags and parser")
+        told = ", ".join(f"{{{f}}} -> {flag}" for f, flag in proposal.mapped.items())
+        print(f"args from {entry}'s argparse: {told or 'none'}")
+        from runner.script_args import NOT_TOLD
+
+        for note in proposal.notes:
+            if note.startswith(NOT_TOLD):
+                print(note.removeprefix("# "))
         return 0
     reg = load(h)
     if args.action == "ls":
