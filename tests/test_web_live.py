@@ -313,3 +313,23 @@ def test_the_headers_memory_and_cpu_are_the_whole_process_trees(tmp_path):
     finally:
         os.killpg(p.pid, 9)
         p.wait()
+
+
+def test_a_long_chart_keeps_its_spike_its_gap_and_says_infinity_as_null(tmp_path):
+    from runner.home import Home
+    from runner.web import metricsview
+
+    store = Home(tmp_path).ensure().store()
+    store.insert_job({"id": "long0001", "name": "x", "user": "u", "uid": 0, "kind": "command", "spec": {}, "gpus": [], "after": []})
+    ys = [1.0 / (k + 1) for k in range(50_000)]
+    ys[31_337], ys[40_000] = 50.0, float("inf")
+    store.add_metrics("long0001", [("loss", ys[k], k, k // 1000) for k in range(50_000)])
+    store.add_metrics("long0001", [("val_loss", v, None, e) for e, v in enumerate((0.9, float("nan"), 0.7))])
+    out = metricsview.charts(store, "long0001", points=1000)
+    loss, val = out["series"]["loss"], out["series"]["val_loss"]
+    assert loss["axis"] == "step" and loss["total"] == 50_000 and len(loss["x"]) <= 1000
+    assert (31_337, 50.0) in zip(loss["x"], loss["y"])  # the spike survives the decimation
+    assert (40_000, None) not in zip(loss["x"], loss["y"]) and max(y for y in loss["y"] if y is not None) == 50.0
+    assert loss["x"][0] == 0 and loss["x"][-1] == 49_999 and loss["x"] == sorted(loss["x"])
+    assert val == {"axis": "epoch", "x": [0, 1, 2], "y": [0.9, None, 0.7], "total": 3, "lower": True}
+    assert out["groups"] == [{"title": "loss", "names": ["loss", "val_loss"]}]
