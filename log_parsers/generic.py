@@ -17,6 +17,24 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
+class _Keys(dict):
+    """Each name as printed -> its metric key, or None for a name that is a position (epoch, step):
+    a log prints the same few names on every line, so each is normalised once, not once a line
+    (a name seen before is a plain dict lookup)."""
+
+    MAX = 4096  # a log that prints ever new names (a counter in the name) starts the table over
+
+    def __missing__(self, name: str):
+        if len(self) >= self.MAX:
+            self.clear()
+        key = _norm(name)
+        key = self[name] = None if key in _SKIP_KEYS else key
+        return key
+
+
+_KEYS = _Keys()
+
+
 class GenericParser:
     """Numbers after `name=` or `name: ` become metric points; `Epoch N` sets the epoch."""
 
@@ -33,16 +51,18 @@ class GenericParser:
         """Metric points (name, value, step, epoch) in one line."""
         if "=" not in line and ":" not in line and "poch" not in line:
             return []
-        m = _EPOCH.search(line)
-        if m:
-            self.epoch = int(m.group(1))
-        m = _STEP.search(line)
-        if m:
-            self.step = int(m.group(1))
-        points = []
-        for name, value in _KV.findall(line):
-            key = _norm(name)
-            if key in _SKIP_KEYS:
-                continue
-            points.append((key, float(value), self.step, self.epoch))
-        return points
+        # Each position pattern runs only on a line that holds its word: most lines hold neither.
+        # (The patterns ignore case, and Unicode folds a few other letters onto ASCII ones, the
+        # long s onto s, the dotless i onto i: a line that is not ASCII is always searched.)
+        low = line.lower() if line.isascii() else None
+        if low is None or "epoch" in low:
+            m = _EPOCH.search(line)
+            if m:
+                self.epoch = int(m.group(1))
+        if low is None or "it" in low or "step" in low:  # step, iter, it
+            m = _STEP.search(line)
+            if m:
+                self.step = int(m.group(1))
+        step, epoch = self.step, self.epoch
+        keys = _KEYS
+        return [(key, float(value), step, epoch) for name, value in _KV.findall(line) if (key := keys[name]) is not None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .generic import _KV, _SKIP_KEYS, GenericParser, _norm
+from .generic import _KEYS, _KV, GenericParser
 
 
 class RegexParser:
@@ -58,8 +58,8 @@ class RegexParser:
                 points.append((prefix + name.replace("__", "/"), v, self.step, self.epoch))
         if self.kv_lines is not None and self.kv_lines.search(line):
             for name, value in _KV.findall(line):
-                key = _norm(name)
-                if key not in _SKIP_KEYS:
+                key = _KEYS[name]
+                if key is not None:
                     points.append((key, float(value), self.step, self.epoch))
         return points
 

@@ -89,6 +89,23 @@ def test_progress_is_stored_with_its_offset(store):
     assert store.latest_metrics("job1") == {"loss": 0.5, "acc": 0.9}
 
 
+def test_a_batch_of_points_is_stored_whole_and_in_order(store):
+    import math
+
+    from runner.store import POINTS_PER_INSERT
+
+    _job(store)
+    n = 2 * POINTS_PER_INSERT + 37  # statements of many points, and the rest
+    pts = [(f"m{i % 3}", [0.25 * i, float("nan"), float("inf"), -1e-300][i % 4], None if i % 5 == 0 else i, i // 7) for i in range(n)]
+    store.record_progress("job1", pts, 999, {"epoch": 5})
+    got = [(r["name"], r["value"], r["step"], r["epoch"]) for r in store.metrics("job1")]
+    # (SQLite keeps a NaN as NULL, whichever way it is inserted)
+    assert got == [(m, None if math.isnan(v) else v, st, e) for (m, v, st, e) in pts]
+    with pytest.raises(ValueError):  # a malformed point: nothing of the batch is stored, the offset stays
+        store.record_progress("job1", pts[:50] + [("loss", 1.0, 1), ("loss", 1.0, 1, 1, 1)] + pts[:60], 2000)
+    assert store.count_metrics("job1") == n and store.get_job("job1")["log_offset"] == 999
+
+
 def test_prefix_lookup(store):
     _job(store, "abc123")
     _job(store, "abd456")
