@@ -46,7 +46,7 @@ def _verbs() -> dict:
         "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
                     "runner.store", "runner.spool", "runner.sitereg", "runner.envs", "config_translators"], _submit),
         "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
-        "infer": (["runner.cli.models_cmd", "runner.cli.common", "runner.repo_infer", "runner.repos", "runner.envs",
+        "infer": (["runner.cli.models_cmd", "runner.cli.common", "runner.repo_infer", "runner.repos", "runner.envs", "runner.prepare",
                    "runner.registry", "runner.queries", "runner.store", "runner.home", "config_translators"], _infer),
     }
 
@@ -59,14 +59,14 @@ def _infer(payload: dict):
 
     upload = payload.get("upload")
     if not upload:
-        return run_inference(Home(payload["home"]), payload["source"], payload["images"], payload.get("model"))
+        return run_inference(Home(payload["home"]), payload["source"], payload["images"], payload.get("model"), payload.get("table") or "job")
     # an image sent to the dashboard: written by her, in a folder of hers, for the length of the inference
     folder = tempfile.mkdtemp(prefix="runner-infer-")
     try:
         image = os.path.join(folder, "upload" + (upload["suffix"] if upload.get("suffix") in UPLOAD_SUFFIXES else ".png"))
         with open(image, "xb") as f:
             f.write(base64.b64decode(upload["data"], validate=True))
-        return run_inference(Home(payload["home"]), payload["source"], [image], payload.get("model"))
+        return run_inference(Home(payload["home"]), payload["source"], [image], payload.get("model"), payload.get("table") or "job")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -59,9 +59,28 @@ def checkpoint_of(store, job: dict, pattern: str | None = None) -> Path:
     return Path(pick[0])
 
 
+TABLES = ("job", "current")
+"""Whose table makes the checkout an infer runs in: the job's own checkout (what it trained with), or
+a fresh one made by the registry's current table (`runner infer --table current`)."""
+
+
+def table_change(home, job: dict, repo: dict, name: str) -> list[str]:
+    """The files a checkout made by the registry's current table has otherwise than the job's
+    (recorded at its prepare); [] when none, or for a job prepared before runner recorded it."""
+    from . import repos
+
+    try:
+        old = json.loads((home.run_dir(job["id"]) / repos.CHECKOUT_RECORD).read_text())
+    except (OSError, ValueError):
+        return []
+    return repos.changed_files(home, old, repos.made_from(repo, name))
+
+
 def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoint: Path | None = None,
-          timeout: float = 600.0) -> list[dict]:
-    """InferenceResult dicts, one per image, from the repo's own script on the CPU."""
+          timeout: float = 600.0, table_of: str = "job") -> list[dict]:
+    """InferenceResult dicts, one per image, from the repo's own script on the CPU, in the job's
+    checkout (or, with table_of="current", one made by the registry's table now). Where the two
+    differ, each result's `note` names the files and the other choice."""
     from config_translators import repo as translator
     from config_translators import repo_infer as mapping
 
@@ -84,15 +103,33 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
         from .exceptions import PermissionDenied
 
         raise PermissionDenied(f"job {job['id']}: belongs to {job.get('user')}; its checkout and checkpoints are theirs")
+    if table_of not in TABLES:
+        raise RunnerError(f"--table: given {table_of!r}; expected one of {', '.join(TABLES)}")
     ckpt = Path(checkpoint) if checkpoint else checkpoint_of(store, job, table.get("checkpoint"))
+    changed = table_change(home, job, repo, name)
+    note = None
+    if changed and table_of == "job":
+        shown = ", ".join(changed[:12]) + (f" and {len(changed) - 12} more" if len(changed) > 12 else "")
+        note = (f"job {job['id']} was prepared by an earlier table of repo/{name}: {shown} differ from what the registry's "
+                "table makes now; this inference used the job's own checkout (`runner infer --table current` uses the registry's)")
     work = Path(tempfile.mkdtemp(prefix="runner-infer-"))
     try:
         src = job_dir / "src"
-        if not (src / ".git").exists():  # the checkout was removed: a fresh one at the same commit
+        if table_of == "current":  # made from the cache alone: her infer may not write the daemon's clone cache
+            src = repos.export(home, repo, work / "src")
+            repos.copy_files(src, repo, name)
+            repos.apply_patches(src, repo.get("patches", []))
+        elif not (src / ".git").exists():  # the checkout was removed: a fresh one at the same commit
             src = repos.checkout(home, repo, work / "src")
             repos.copy_files(src, repo, name)
             repos.apply_patches(src, repo.get("patches", []))
         fields, _ = translator._fields({**spec, "resources": {"gpus": 0}}, repo, str(job_dir), str(src), python)
+        if table_of == "current":  # the dataset's parts where the table places them in the checkout, as for a job
+            from .prepare import place_dataset_part
+
+            for link in translator.placements(repo, fields):
+                if link["path"].startswith("src/"):
+                    place_dataset_part(work, link)
         out_dir = work / "out"
         out_dir.mkdir()
         fields.update(checkpoint=str(ckpt.resolve()), output_dir=str(out_dir), python=python)
@@ -130,7 +167,12 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
                 if len(covered) > 1 or any("image" in row for row in rows):
                     rows = [row for row in rows if "image" not in row or os.path.basename(str(row["image"])) == os.path.basename(image)]
                 res = mapping.result(spec.get("task") or repo.get("task_type"), rows, out, names, mapping.image_size(image))
-                results.append({"image": image, **res, "inference_ms": round(elapsed / len(covered), 1), "checkpoint": str(ckpt)})
+                results.append({"image": image, **res, "inference_ms": round(elapsed / len(covered), 1), "checkpoint": str(ckpt),
+                                **({"note": note} if note else {})})
         return results
+    except RunnerError as e:
+        if note:  # a failure in an old checkout may be what the newer table fixed
+            raise RunnerError(f"{e}\n{note}") from None
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -5,6 +5,7 @@ job, never 'latest'. A repo is onboarded by a `[repos.X]` table in the registry,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -136,30 +137,94 @@ def merge_requirements(base: str, overrides: list[str]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _shipped(repo: dict, name: str, dest: str, what) -> bytes:
+    """The bytes the table's `files` entry `dest` puts into the checkout."""
+    base = Path(repo.get("_dir") or ".")
+    rel = Path(dest)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise RepoError(f"repos.{name}.files: {dest!r} must be a path inside the checkout")
+    if isinstance(what, dict) and isinstance(what.get("text"), str):
+        return what["text"].encode()
+    if isinstance(what, str):
+        path = (base / what).resolve()
+        if not path.is_relative_to(base.resolve()):  # the daemon reads it: nothing outside the table's folder
+            raise RepoError(f"repos.{name}.files.{dest}: {what!r} is outside the folder of the registry file that defines the table")
+        try:
+            return path.read_bytes()
+        except OSError:
+            raise RepoError(f"repos.{name}.files.{dest}: {path} cannot be read (paths are relative to the registry file that defines the table)") from None
+    raise RepoError(f"repos.{name}.files.{dest}: expected a path (string) or {{ text = \"...\" }}")
+
+
 def copy_files(src: Path, repo: dict, name: str):
     """The table's `files`: small files it ships (a font, a config, a helper script) put into the
     checkout. `{"dest/in/checkout" = "path next to the registry file"}` or `{ text = "..." }`."""
-    base = Path(repo.get("_dir") or ".")
     for dest, what in (repo.get("files") or {}).items():
+        data = _shipped(repo, name, dest, what)
         rel = Path(dest)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise RepoError(f"repos.{name}.files: {dest!r} must be a path inside the checkout")
-        if isinstance(what, dict) and isinstance(what.get("text"), str):
-            data = what["text"].encode()
-        elif isinstance(what, str):
-            path = (base / what).resolve()
-            if not path.is_relative_to(base.resolve()):  # the daemon reads it: nothing outside the table's folder
-                raise RepoError(f"repos.{name}.files.{dest}: {what!r} is outside the folder of the registry file that defines the table")
-            try:
-                data = path.read_bytes()
-            except OSError:
-                raise RepoError(f"repos.{name}.files.{dest}: {path} cannot be read (paths are relative to the registry file that defines the table)") from None
-        else:
-            raise RepoError(f"repos.{name}.files.{dest}: expected a path (string) or {{ text = \"...\" }}")
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         if (src / rel).is_symlink():
             (src / rel).unlink()
         (src / rel).write_bytes(data)
+
+
+def made_from(repo: dict, name: str) -> dict:
+    """What a checkout made by this table holds: its commit, and a hash per file the table ships
+    (`files`) or patches, so that a later table can be compared with it (`changed_files`). A file
+    that cannot be read is hashed as its error: it differs from any content."""
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    files = {}
+    for dest, what in (repo.get("files") or {}).items():
+        try:
+            files[dest] = digest(_shipped(repo, name, dest, what))
+        except RepoError as e:
+            files[dest] = digest(str(e).encode())
+    patches: dict[str, list] = {}
+    for p in repo.get("patches") or []:
+        patches.setdefault(p["file"], []).append([p["find"], p["replace"], p.get("count", 1)])
+    return {"url": repo["url"], "commit": repo["commit"], "files": files,
+            "patches": {f: digest(json.dumps(v).encode()) for f, v in patches.items()}}
+
+
+def changed_files(home, old: dict, new: dict) -> list[str]:
+    """The files that a checkout made from `new` (a made_from record) has otherwise than one made
+    from `old`: those shipped or patched otherwise, and those its commit changes (read from the
+    clone cache; only a note where the cache cannot tell)."""
+    names = {f for f in old["files"].keys() | new["files"].keys() if old["files"].get(f) != new["files"].get(f)}
+    names |= {f for f in old["patches"].keys() | new["patches"].keys() if old["patches"].get(f) != new["patches"].get(f)}
+    if (old["url"], old["commit"]) != (new["url"], new["commit"]):
+        r = subprocess.run(["git", "--git-dir", str(cache_dir(home, new["url"])), "diff", "--name-only", old["commit"], new["commit"]],
+                           capture_output=True, text=True) if old["url"] == new["url"] else None
+        if r is not None and r.returncode == 0:
+            names |= set(r.stdout.split("\n")) - {""}
+        else:
+            names.add(f"(every file: {old['url']} at {old['commit'][:12]}, now {new['url']} at {new['commit'][:12]})")
+    return sorted(names)
+
+
+CHECKOUT_RECORD = "checkout.json"
+"""In a job's run folder (the daemon's): made_from of the table its checkout was made by."""
+
+
+def export(home, repo: dict, dest: Path) -> Path:
+    """The repo's files at its pinned commit in `dest`, `exclude` paths left out, without a
+    worktree: read from the clone cache alone, so a user who may not write the cache can make it."""
+    cache = cache_dir(home, repo["url"])
+    if not has_commit(cache, repo["commit"]):
+        raise RepoError(f"commit {repo['commit'][:12]} is not in the clone cache of {repo['url']} (a job of this table fetches it)")
+    dest.mkdir(parents=True, exist_ok=True)
+    excludes = [f":(exclude){e.strip('/')}" for e in repo.get("exclude", [])]
+    archive = subprocess.Popen(["git", "--git-dir", str(cache), "archive", "--format=tar", repo["commit"], *(["--", ".", *excludes] if excludes else [])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, capture_output=True)
+    archive.stdout.close()
+    err = archive.stderr.read().decode(errors="replace").strip()
+    if archive.wait() != 0 or untar.returncode != 0:
+        why = (err or untar.stderr.decode(errors="replace")).strip().splitlines()
+        raise RepoError(f"git archive {repo['commit'][:12]}: {why[-1] if why else 'failed'}")
+    return dest
 
 
 def lock_path(repo: dict, name: str) -> Path:
@@ -262,6 +327,9 @@ def prepare(job: dict, home, registry, envmgr, log):
     checkout(home, repo, src)
     copy_files(src, repo, name)
     apply_patches(src, repo.get("patches", []))
+    from .atomic import write_json
+
+    write_json(home.run_dir(job["id"]) / CHECKOUT_RECORD, made_from(repo, name))  # what `runner infer` compares a later table with
     req = env_request(home, repo, name, home.config.get("envs"), log)
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")

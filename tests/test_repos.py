@@ -321,6 +321,17 @@ def test_a_segmentation_repo_reads_its_fixed_folders_by_its_table_alone(runner, 
     assert [(m["label_id"], m["label"], m["pixels"]) for m in ans["masks"]] == [(k, names[k], counts[k]) for k in sorted(counts)]
     assert abs(sum(m["fraction"] for m in ans["masks"]) - 1.0) < 1e-9
 
+    # the table ships a new predict script after the job: infer still uses the job's checkout, says
+    # which file differs, and --table current uses the registry's (its dataset parts placed again)
+    other = {k: n for n, k in Image.open(data / "val" / "masks" / "000.png").getcolors()}
+    assert other != counts
+    add_table(home, "segrepo", {**table, "files": {"predict.py": {"text": SEG_PREDICT.replace('f"data/val/masks/{stem}.png"', '"data/val/masks/000.png"')}}})
+    r = runner.run("infer", j["id"], image)
+    assert f"job {j['id']} was prepared by an earlier table of repo/segrepo: predict.py differ" in r.stderr and "--table current" in r.stderr, r.stderr
+    assert [m["pixels"] for m in json.loads(r.stdout)["masks"]] == [counts[k] for k in sorted(counts)]
+    r = runner.run("infer", j["id"], image, "--table", "current")
+    assert [(m["label_id"], m["pixels"]) for m in json.loads(r.stdout)["masks"]] == sorted(other.items()) and "earlier table" not in r.stderr
+
 
 @pytest.mark.parametrize("dataset, says", [
     ({"format": "segmentation"}, "repos.bad.dataset.format: given 'segmentation'; expected one of imagefolder, yolo, coco, masks, captions"),
@@ -355,3 +366,25 @@ def test_a_repo_with_no_requirements_locks_to_nothing(runner, home, tmp_path):
     add_table(home, "stdlibrepo", table)
     r = runner.run("repo", "lock", "stdlibrepo")
     assert "0 packages pinned" in r.stdout, r.stdout
+
+
+def test_what_a_newer_table_changes_in_a_checkout_is_named(home, trainrepo):
+    """repos.made_from (recorded at a job's prepare) against the registry's table now: the files it
+    ships or patches otherwise, and those its new commit changes (read from the clone cache)."""
+    from runner import repos
+    from runner.home import Home
+
+    src, first = trainrepo
+    (src / "predict.py").write_text("print('boxes')\n")
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "v2", cwd=src)
+    second = git("rev-parse", "HEAD", cwd=src)
+    h = Home(home).ensure()
+    old = repo_table(f"file://{src}", first, files={"conf.yaml": {"text": "a: 1\n"}})
+    repos.ensure_clone(h, old["url"], second)
+    was = repos.made_from(old, "t")
+    assert repos.changed_files(h, was, repos.made_from(old, "t")) == []
+    new = {**old, "files": {"conf.yaml": {"text": "a: 2\n"}, "extra.py": {"text": ""}},
+           "patches": [{"file": "train.py", "find": "import six", "replace": "import os"}]}
+    assert repos.changed_files(h, was, repos.made_from(new, "t")) == ["conf.yaml", "extra.py", "train.py"]
+    assert repos.changed_files(h, was, repos.made_from({**old, "commit": second}, "t")) == ["predict.py"]

@@ -131,6 +131,8 @@ def _infer(p):
     p.add_argument("source", help="job id or checkpoint path")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", help="with a checkpoint path: the model (e.g. timm/resnet18)")
+    p.add_argument("--table", choices=["job", "current"], default="job",
+                   help="a repo job: infer in its own checkout (job), or in one the registry's table makes now (current)")
 
 
 def _check(p):

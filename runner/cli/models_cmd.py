@@ -99,9 +99,14 @@ def infer(args):
             who = person(uid)
         except KeyError:
             raise RunnerError(f"{args.source}: its owner (uid {uid}) is not a user of this machine; nobody to run it as") from None
-        results = run_as(who, "infer", {"home": str(h.root), "source": source, "images": images, "model": args.model})
+        results = run_as(who, "infer", {"home": str(h.root), "source": source, "images": images, "model": args.model,
+                                        "table": args.table})
     else:
-        results = run_inference(h, source, images, args.model)
+        results = run_inference(h, source, images, args.model, args.table)
+    import sys
+
+    for note in dict.fromkeys(r["note"] for r in results if isinstance(r, dict) and isinstance(r.get("note"), str)):
+        print(f"runner: {note}", file=sys.stderr)
     print_json(results if len(results) != 1 else results[0])
     return 0
 
@@ -144,9 +149,10 @@ def _sidecar(ckpt: Path, name: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def run_inference(h, source: str, images: list[str], model: str | None = None) -> list[dict]:
+def run_inference(h, source: str, images: list[str], model: str | None = None, table: str = "job") -> list[dict]:
     """InferenceResult dicts, one per image, from a job (id) or a checkpoint file, in its env: run
-    by whoever calls it (the job's owner: see infer)."""
+    by whoever calls it (the job's owner: see infer). `table`: for a repo job, whose table makes
+    the checkout (runner.repo_infer.TABLES)."""
     from runner.envs import EnvManager, named_request
     from runner.exceptions import RunnerError
     from runner.queries import find_job
@@ -166,7 +172,7 @@ def run_inference(h, source: str, images: list[str], model: str | None = None) -
             from runner.registry import load
 
             mgr = EnvManager(h.envs, s, h.config.get("envs"))
-            return repo_infer.infer(h, s, load(h), mgr, job, images)
+            return repo_infer.infer(h, s, load(h), mgr, job, images, table_of=table)
         arts = [a["path"] for a in s.artifacts(job["id"])]
         # best, then last: a file named so, or a save_pretrained folder named so
         best = ([a for a in arts if "best" in (Path(a).stem, Path(a).parent.name)]
@@ -179,6 +185,8 @@ def run_inference(h, source: str, images: list[str], model: str | None = None) -
             raise RunnerError(f"job {job['id']}: is a command job; runner infers with a model job's checkpoint "
                               "(a framework's or a repo's), not with what a command wrote")
         framework = job["model"].split("/", 1)[0]
+    if table != "job":
+        raise RunnerError(f"--table {table}: only a repo job's checkout is made by a table; {source} is not a repo job")
     mgr = EnvManager(h.envs, s, h.config.get("envs"))
     if env_hash and mgr.ready(env_hash):
         python = mgr.python(env_hash)
