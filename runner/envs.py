@@ -596,7 +596,10 @@ class EnvManager:
         check = "import sys" + "".join(f"; import {m}" for m in checked_imports(req.check_imports, f"env {req.name}: import check"))
         r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True)
         if r.returncode != 0:
-            raise EnvBuildError(f"import check failed ({check}):\n" + relevant_lines(r.stderr))
+            said = [l.strip() for l in r.stderr.splitlines() if l.strip()]
+            # the error itself on the first line: that line alone is the job's note
+            raise EnvBuildError(f"import check failed ({check}): {said[-1][:300] if said else f'exit {r.returncode}'}\n"
+                                + relevant_lines(r.stderr))
         return tmp / "venv"
 
     def _build_jailed(self, req: EnvRequest, tmp: Path, log) -> Path:

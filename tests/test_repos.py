@@ -348,9 +348,12 @@ def test_a_repo_tables_dataset_is_refused_at_load_in_one_line(dataset, says):
     assert any(says in p for p in problems), problems
 
 
-def test_a_repo_with_no_requirements_locks_to_nothing(runner, home, tmp_path):
+def test_a_repo_with_no_requirements_builds_and_a_failed_import_check_says_its_error(runner, home, tmp_path):
     """A repo of the standard library alone: no `requirements` key and no overrides. Its lock is
-    empty (it was a lone blank line, which the requirement check refused as not a package)."""
+    empty (it was a lone blank line, which the requirement check refused as not a package) and its
+    env builds. An import check that fails puts the error on the line a job's note shows (the note
+    stopped at "...):", the error on the next line)."""
+    from runner import repos
     from runner.repos import merge_requirements
 
     assert merge_requirements("", []) == "" and merge_requirements("# none\n\n", []) == ""
@@ -366,6 +369,21 @@ def test_a_repo_with_no_requirements_locks_to_nothing(runner, home, tmp_path):
     add_table(home, "stdlibrepo", table)
     r = runner.run("repo", "lock", "stdlibrepo")
     assert "0 packages pinned" in r.stdout, r.stdout
+    # its env builds (nothing to install); an import check that fails says its error on the note's line
+    from runner import envs
+    from runner.daemon.launch import public_note
+    from runner.home import Home
+    from runner.registry import load
+
+    h = Home(home).ensure()
+    req = repos.env_request(h, {**load(h).get_repo("stdlibrepo"), "import_check": ["json", "no_such_module_x"]}, "stdlibrepo", None)
+    with pytest.raises(envs.EnvBuildError) as e:
+        envs.EnvManager(h.envs).ensure(req)
+    assert public_note(str(e.value)) == ("import check failed (import sys; import json; import no_such_module_x): "
+                                         "ModuleNotFoundError: No module named 'no_such_module_x'")
+    import dataclasses
+
+    assert (envs.EnvManager(h.envs).ensure(dataclasses.replace(req, check_imports=["json"])) / "bin" / "python").exists()
 
 
 def test_what_a_newer_table_changes_in_a_checkout_is_named(home, trainrepo):
