@@ -118,6 +118,10 @@ def test_a_running_jobs_page_stops_asking_once_it_ended(site, browser):  # noqa:
     assert f"ids={jid}" in page.url and f"ids={other}" in page.url
     labels = page.locator("#compare-chart .u-legend .u-label").all_inner_texts()
     assert sorted(labels[1:]) == ["short", "short-too"]  # by job name, not id
+    page.wait_for_selector("#compare-all[data-charts]")  # and every metric they share, each job on each
+    assert sorted(page.locator("#compare-all .chart.small").evaluate_all("els => els.map(e => e.dataset.name)")) == ["loss", "lr", "val_acc"]
+    assert page.locator("#compare-all .chart.small[data-jobs='2']").count() == 3
+    assert sorted(page.locator("#compare-all .chart.small[data-name='val_acc'] .u-legend .u-label").all_inner_texts()[1:]) == ["short", "short-too"]
     page.check("#log-scale")
     page.wait_for_selector("#compare-chart[data-log='1'] canvas")
 

@@ -130,8 +130,8 @@ def _finite(v):
     return v if v is not None and v == v and -INF < v < INF else None
 
 
-def charts(store, job_id: str, points: int = CHART_POINTS) -> dict:
-    """Every metric of a job for its page, read in one pass: groups of names (one chart each), each
+def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | None = None) -> dict:
+    """Every metric of a job for its page (or `only` these): groups of names (one chart each), each
     series downsampled, and `last_id`, the point a live refresh continues after."""
     cur = store.conn.cursor()
     cur.row_factory = None
@@ -141,6 +141,8 @@ def charts(store, job_id: str, points: int = CHART_POINTS) -> dict:
     # the names off the index alone, then each name's points in its own index range: no Python
     # pass to split one long result by name (a 100,000-point job's page costs what SQLite costs)
     names = [r[0] for r in cur.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (job_id,)).fetchall()]
+    if only is not None:
+        names = [n for n in names if n in set(only)]
     out: dict = {}
     for name in names:
         # infinities -> null in SQL (JSON has none; SQLite keeps a NaN as NULL already)

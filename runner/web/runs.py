@@ -137,6 +137,24 @@ def routes(app, ctx, ui):
         return ui.render(request, "compare.html", jobs=jobs, labels=labels, names=names, metric=metric, diff=diff,
                          ids=",".join(j["id"] for j in jobs))
 
+    @app.get("/ui/compare/charts", include_in_schema=False)
+    def compare_charts(ids: list[str] = Query([], max_length=COMPARE_MAX * 4), points: int = Query(400, ge=4, le=4000)):
+        """Every metric the compared jobs share, each job's series downsampled: the page's small
+        multiples (metrics are public, as on GET /jobs/{id}/metrics)."""
+        refs = [i for v in ids for i in v.replace(" ", ",").split(",") if i][:COMPARE_MAX]
+        jobs = []
+        for r in refs:
+            try:
+                j = store.get_job(r)
+            except JobNotFound:
+                continue
+            if j["id"] not in [x["id"] for x in jobs]:
+                jobs.append(j)
+        names = sorted(set.intersection(*[set(metric_names(j["id"])) for j in jobs])) if jobs else []
+        per_job = {j["id"]: metricsview.charts(store, j["id"], points, names)["series"] for j in jobs}
+        return {"jobs": [j["id"] for j in jobs], "labels": legend_names(jobs), "groups": metricsview.groups(names),
+                "series": {n: [per_job[j["id"]].get(n) for j in jobs] for n in names}}
+
     def metric_names(jid: str) -> list[str]:
         return [r["name"] for r in store.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (jid,)).fetchall()]
 

@@ -5,7 +5,8 @@
 // the server) and extended by live.js with the points recorded since. Each series keeps at most
 // 2 x MAX points in the page: past that it is downsampled again (min and max per bucket, as the
 // server does), so a page left open for hours holds no more than at its start.
-// Compare page: one metric of up to ten jobs, legends by job name.
+// Compare page: one metric of up to ten jobs on a large chart (the metric box picks it), then every
+// metric they share as small multiples; legends by job name; log scale for all.
 // Each drawn chart carries data-points (points drawn) and data-total (points stored), which the
 // browser tests read; #charts carries data-updates (live updates applied).
 (function () {
@@ -177,10 +178,36 @@
     var ids = el.dataset.compare.split(","), labels = JSON.parse(el.dataset.labels), metric = el.dataset.metric, t0 = performance.now();
     var opts = { log: false, smooth: false }, u = null, all = null;
     var logBox = document.getElementById("log-scale");
+    var grid = document.getElementById("compare-all"), shared = null, small = [];
     function draw() {
       if (u) u.destroy();
       el.textContent = "";
       u = plot(el, metric, all.length ? all[0].axis : "x", labels, align(all), opts, 320);
+    }
+    // every shared metric as small multiples, one chart per metric with every job on it
+    function drawAll() {
+      small.forEach(function (c) { c.destroy(); });
+      small = [];
+      grid.textContent = "";
+      shared.groups.forEach(function (g) {
+        g.names.forEach(function (n) {
+          var per = shared.series[n], have = [], names = [];
+          per.forEach(function (s, i) { if (s) { have.push(s); names.push(shared.labels[i]); } });
+          if (!have.length) return;
+          var axes = new Set(have.map(function (s) { return s.axis; }));
+          var c = document.createElement("div");
+          c.className = "chart small";
+          c.dataset.name = n;
+          c.dataset.jobs = have.length;
+          grid.appendChild(c);
+          small.push(plot(c, n + (axes.size > 1 ? " (x: " + Array.from(axes).join(" / ") + ")" : ""), have[0].axis, names, align(have), opts));
+        });
+      });
+      grid.dataset.charts = small.length;
+    }
+    if (grid) {
+      fetch("/ui/compare/charts?ids=" + encodeURIComponent(grid.dataset.ids)).then(function (r) { return r.json(); })
+        .then(function (got) { shared = got; drawAll(); });
     }
     Promise.all(ids.map(function (id) {
       return fetch("/jobs/" + id + "/series?name=" + encodeURIComponent(metric) + "&points=2000").then(function (r) { return r.json(); });
@@ -196,7 +223,11 @@
       var note = document.getElementById("chart-note");
       if (note) note.textContent = metric + " of " + ids.length + " jobs.";
     });
-    if (logBox) logBox.addEventListener("change", function () { opts.log = logBox.checked; if (all) { draw(); el.dataset.log = opts.log ? "1" : "0"; } });
+    if (logBox) logBox.addEventListener("change", function () {
+      opts.log = logBox.checked;
+      if (all) { draw(); el.dataset.log = opts.log ? "1" : "0"; }
+      if (shared) drawAll();
+    });
   }
 
   window.RunnerCharts = { Multiples: Multiples, downsample: downsample, MAX: MAX };
