@@ -97,6 +97,14 @@ def test_daemon_json_names_what_the_daemon_serves_and_web_login_no_dead_one(tmp_
         wait_for(lambda: LOOPBACK.open(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200, 30, 0.1, "HTTP up")
         r = Runner(home)
         assert r.run("web-login").stdout.startswith(f"http://127.0.0.1:{port}/")
+        # a site reached through an SSH tunnel or a proxy says so once, for every user's link
+        (home / "config.toml").write_text(f'[daemon]\nhttp = "127.0.0.1:{port}"\n[server]\nurl = "https://gpu1.lab"\n')
+        assert r.run("web-login").stdout.startswith("https://gpu1.lab/ui/login?")
+        assert r.run("web-login", "--url", "http://localhost:9000").stdout.startswith("http://localhost:9000/")
+        (home / "config.toml").write_text(f'[daemon]\nhttp = "127.0.0.1:{port}"\n[server]\nurl = "gpu1.lab"\n')
+        bad = r.run("web-login", check=False)
+        assert bad.returncode == 1 and bad.stderr.strip() == ("runner: [server] url: given 'gpu1.lab'; expected the dashboard's address, "
+                                                            "as http://HOST:PORT or https://HOST")
     finally:
         _stop(proc)
     # the daemon is gone: its daemon.json names a port nobody (or anybody) may serve now

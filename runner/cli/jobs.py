@@ -314,6 +314,18 @@ def retry(args):
     return 0
 
 
+def site_url(h) -> str | None:
+    """[server] url: the dashboard's address as teammates' browsers reach it, or None."""
+    from runner.exceptions import RunnerError
+
+    url = (h.config.get("server") or {}).get("url")
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or any(c in url for c in " ?#\"\n"):
+        raise RunnerError(f"[server] url: given {str(url)[:80]!r}; expected the dashboard's address, as http://HOST:PORT or https://HOST")
+    return url.rstrip("/")
+
+
 def web_login(args):
     """runner web-login [--url URL]: a link, valid once for 5 minutes, that signs you in to the
     dashboard as yourself (signed with your token, which only you and the daemon can read)."""
@@ -336,7 +348,8 @@ def web_login(args):
             import socket
 
             host = socket.getfqdn()
-        url = f"http://{host}:{port}"
+        # the address browsers reach it by, where the site says (an SSH tunnel's end, a TLS proxy)
+        url = site_url(h) or f"http://{host}:{port}"
     print(new_link(h, my_token(h), os.getuid(), url))  # the token is yours, made on first use
     return 0
 
