@@ -69,6 +69,11 @@ def main():
                                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
             return json.loads(urllib.request.urlopen(req).read())["id"]
 
+        def tag(jid: str, add: list, notes: str | None = None):
+            req = urllib.request.Request(f"{url}/jobs/{jid}/tags", data=json.dumps({"add": add, "notes": notes}).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            urllib.request.urlopen(req).read()
+
         def state(jid: str) -> str:
             return json.loads(urllib.request.urlopen(f"{url}/jobs/{jid}").read())["state"]
 
@@ -87,6 +92,9 @@ def main():
                 break
             time.sleep(1)
         print(f"shapes-resnet18: {state(trained)}")
+        tag(trained, ["baseline", "shapes"], "6 epochs at 32 px; the reference for the lr sweep")
+        tag(curve, ["sweep"])
+        tag(curve2, ["sweep"])
         running = command("long-run", "metrics", "400", "0.5")
         command("eval-sweep", "sleep", "300")
         command("night-job", "sleep", "300", priority=-1)
@@ -109,6 +117,7 @@ def main():
                      ("job-log-running", f"/ui/jobs/{running}#log"),
                      ("compare", f"/ui/compare?ids={curve}&ids={curve2}&metric=loss"), ("models", "/ui/models"),
                      ("models-ultralytics", "/ui/models?framework=ultralytics"), ("submit", "/ui/submit?model=ultralytics/yolov8n"),
+                     ("submit-command", "/ui/submit?kind=command"),
                      ("gpus", "/ui/gpus"), ("envs", "/ui/envs"), ("checks", "/ui/checks"), ("docs", "/docs"), ("login", "/ui/login")]
             made = []
             for name, path in shots:
