@@ -310,6 +310,8 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
     env_hash, path_dirs, extra_env = None, [], {}
     parser, checkpoints = spec.get("parser"), list(spec.get("checkpoints", []))
     env_spec = spec.get("env")
+    if isinstance(parser, str) and parser in registry.frameworks:  # a framework's log format, by its name
+        parser = registry.frameworks[parser].get("parser")
     if spec.get("model", "").startswith("repo/"):
         from . import repos
 
@@ -339,9 +341,7 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         cmd = spec["command"]
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         cwd = Path(spec.get("workdir") or job_dir)
-        if isinstance(parser, str) and parser in registry.frameworks:
-            parser = registry.frameworks[parser].get("parser")
-        elif parser is None:
+        if parser is None and not spec.get("parser"):
             parser = default_command_parser(home, log)
     else:
         argv = [python, "-m", "adapters", "train", str(job_dir / "job.json")]

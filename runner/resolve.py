@@ -127,6 +127,18 @@ def requirements_file(env: EnvSpecType, base: Path) -> tuple[dict | None, str | 
     return {k: v for k, v in out.items() if v is not None}, None
 
 
+def parser_problem(parser: str, registry) -> str | None:
+    """What a job's `parser:` should have been, or None: generic (key=value lines), none, or a
+    framework whose log format the job prints (its parser from the registry)."""
+    if parser in ("generic", "none"):
+        return None
+    allowed = ["generic", "none", *sorted(registry.frameworks if registry is not None else ())]
+    if parser in allowed:
+        return None
+    return (f"parser: given {parser[:60]!r}; expected one of {', '.join(allowed)} (generic: key=value lines become metrics; "
+            "none: no metrics; a framework: its log format)")
+
+
 def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Path | None = None) -> dict:
     """The spec as it goes into the spool: paths absolute, defaults filled, checked.
 
@@ -151,6 +163,8 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
     for i, dep in enumerate(spec.after):
         if not dep:
             problems.append(f"after.{i}: empty job id")
+    if spec.parser is not None and parser_problem(spec.parser, registry):
+        problems.append(parser_problem(spec.parser, registry))
     if spec.kind == "command":
         data.setdefault("env", "system")
         if spec.network is None:

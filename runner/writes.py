@@ -58,7 +58,7 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     if problems:
         raise SpecError(problems)
     registry = None
-    if spec.kind == "model":
+    if spec.kind == "model" or spec.parser not in (None, "generic", "none"):  # (a framework's parser, by name)
         from .registry import load
 
         registry = load(home)

@@ -56,6 +56,16 @@ def test_cli_refuses_bad_file_and_queues_nothing(runner, home, tmp_path):
     assert r.returncode == 2 and "not valid YAML/JSON" in r.stderr
 
 
+def test_a_bad_parser_is_refused_with_the_values_it_may_have(runner, home, tmp_path):
+    r = runner.run("submit", "--parser", "yolo", "--", "echo", "hi", check=False, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "runner: parser: given 'yolo'; expected one of generic, none, timm, transformers, ultralytics "
+        "(generic: key=value lines become metrics; none: no metrics; a framework: its log format)"), r.stderr
+    assert not list((home / "spool").glob("*.json")) if (home / "spool").exists() else True
+    for ok in ("ultralytics", "generic", "none"):
+        assert runner.run("submit", "--parser", ok, "--", "echo", "hi", cwd=tmp_path).stdout.strip()
+
+
 _json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
                      lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(string.ascii_lowercase, max_size=8), c, max_size=3),
                      max_leaves=8)
