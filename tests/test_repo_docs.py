@@ -33,6 +33,21 @@ def test_the_reference_names_every_key_runner_reads():
         assert "{" + placeholder + "}" in text, placeholder
 
 
+def test_the_guides_parser_rules_are_what_the_parser_does():
+    """The guide's words on tqdm redraws and on metrics with no epoch group, held to the code."""
+    from log_parsers import LineAssembler, build_parser
+
+    text = " ".join(DOC.read_text().split())
+    assert 'reaches the parser as its last `\\r` segment only: `"3/10 loss 0.9\\r10/10 loss 0.5\\n"` is the one line `"10/10 loss 0.5"`' in text
+    assert LineAssembler().feed(b"3/10 loss 0.9\r10/10 loss 0.5\n") == ["10/10 loss 0.5"]
+    assert '`"Epoch 1: 100% loss 0.8\\rEpoch 2: 100% loss 0.5\\n"` gives both' in text
+    assert LineAssembler().feed(b"Epoch 1: 100% loss 0.8\rEpoch 2: 100% loss 0.5\n") == ["Epoch 1: 100% loss 0.8", "Epoch 2: 100% loss 0.5"]
+    assert "A metric matched before any line set an epoch is stored with no epoch and no step" in text
+    p = build_parser({"patterns": [r"^Epoch (?P<epoch>\d+):.* loss (?P<loss>[\d.]+)", r"^val mIoU (?P<val_miou>[\d.]+)"]})
+    lines = ["val mIoU 0.1", "Epoch 2: 100% loss 0.5", "val mIoU 0.4"]
+    assert [p.feed_line(line) for line in lines] == [[("val_miou", 0.1, None, None)], [("loss", 0.5, None, 2)], [("val_miou", 0.4, None, 2)]]
+
+
 @pytest.mark.slow
 def test_the_guides_example_works_as_written(runner, daemon, home, tmp_path):
     b = blocks()
