@@ -119,16 +119,7 @@ def routes(app, ctx, ui):
     @app.get("/ui/compare", response_class=HTMLResponse, include_in_schema=False)
     def compare(request: Request, ids: list[str] = Query([], max_length=COMPARE_MAX * 4), metric: str = Query("", max_length=200)):
         """Up to ten jobs (ids=a,b or ids=a&ids=b, as the runs table's boxes send them) on one chart."""
-        refs = [i for v in ids for i in v.replace(" ", ",").split(",") if i][:COMPARE_MAX]
-        jobs = []
-        for r in refs:
-            try:
-                j = store.get_job(r)
-            except JobNotFound:
-                continue
-            if j["id"] not in {x["id"] for x in jobs}:
-                jobs.append(j)
-        names = sorted(set.intersection(*[set(metric_names(j["id"])) for j in jobs])) if jobs else []
+        jobs, names = compared(ids)
         metric = metric if metric in names else next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
         flat = [dict(_flatten(_shown(j["spec"]))) for j in jobs]
         keys = sorted(set().union(*flat)) if flat else []
@@ -141,6 +132,14 @@ def routes(app, ctx, ui):
     def compare_charts(ids: list[str] = Query([], max_length=COMPARE_MAX * 4), points: int = Query(400, ge=4, le=4000)):
         """Every metric the compared jobs share, each job's series downsampled: the page's small
         multiples (metrics are public, as on GET /jobs/{id}/metrics)."""
+        jobs, names = compared(ids)
+        per_job = {j["id"]: metricsview.charts(store, j["id"], points, names)["series"] for j in jobs}
+        return {"jobs": [j["id"] for j in jobs], "labels": legend_names(jobs), "groups": metricsview.groups(names),
+                "series": {n: [per_job[j["id"]].get(n) for j in jobs] for n in names}}
+
+    def compared(ids: list[str]) -> tuple[list[dict], list[str]]:
+        """The jobs named (ids=a,b or ids=a&ids=b, as the runs table's boxes send them; at most ten,
+        each once, unknown ones left out) and the metric names they all have."""
         refs = [i for v in ids for i in v.replace(" ", ",").split(",") if i][:COMPARE_MAX]
         jobs = []
         for r in refs:
@@ -148,12 +147,10 @@ def routes(app, ctx, ui):
                 j = store.get_job(r)
             except JobNotFound:
                 continue
-            if j["id"] not in [x["id"] for x in jobs]:
+            if j["id"] not in {x["id"] for x in jobs}:
                 jobs.append(j)
         names = sorted(set.intersection(*[set(metric_names(j["id"])) for j in jobs])) if jobs else []
-        per_job = {j["id"]: metricsview.charts(store, j["id"], points, names)["series"] for j in jobs}
-        return {"jobs": [j["id"] for j in jobs], "labels": legend_names(jobs), "groups": metricsview.groups(names),
-                "series": {n: [per_job[j["id"]].get(n) for j in jobs] for n in names}}
+        return jobs, names
 
     def metric_names(jid: str) -> list[str]:
         return [r["name"] for r in store.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (jid,)).fetchall()]
