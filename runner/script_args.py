@@ -237,8 +237,8 @@ def propose(args: list[Argument], parts: tuple[str, ...], entry: str = "the scri
         p.mapped[f] = a.name
         tokens = _tokens(a, "{" + f + "}")
         if f in ALWAYS_SET or a.required or a.positional:
-            if f not in ALWAYS_SET and not (a.has_default and a.default is not None):
-                p.defaults[f] = FALLBACK.get(f, 1)
+            if f in FALLBACK and not (a.has_default and a.default is not None):
+                p.defaults[f] = FALLBACK[f]  # (a field with no fallback, e.g. weights, is the job's to give)
             (positional if a.positional else template).extend(tokens)
         else:
             p.optional[f] = tokens  # the script's own default unless a job sets the field

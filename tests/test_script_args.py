@@ -25,13 +25,15 @@ def test_flags_map_to_runner_fields_and_nothing_is_invented():
             parser.add_argument("-b", "--batch-size", type=int, default=16)
             parser.add_argument("--image_size", type=int, nargs=2, default=[32, 32])
             parser.add_argument("--save-dir", default="runs")
+            parser.add_argument("--weights", required=True)
             parser.add_argument("--amp", action="store_true")
             parser.add_argument("--momentum", type=float, default=0.9)
             return parser.parse_args()
     ''')
-    assert p.template == ["--train_dir", "{train_dir}", "--val-dir", "{val_dir}", "--num-epochs", "{epochs}", "--save-dir", "{output_dir}"]
+    assert p.template == ["--train_dir", "{train_dir}", "--val-dir", "{val_dir}", "--num-epochs", "{epochs}", "--save-dir", "{output_dir}",
+                          "--weights", "{pretrained_weights}"]
     assert p.optional == {"batch_size": ["--batch-size", "{batch_size}"], "input_size": ["--image_size", "{input_size}", "{input_size}"]}
-    assert p.defaults == {"epochs": 1}  # required with no default: a starting value, said to be a guess
+    assert p.defaults == {"epochs": 1}  # required with no default: a starting value, said to be a guess (weights: the job's to give)
     assert "lr" not in p.mapped and "{lr}" not in str(p.template + list(p.optional.values()))  # the script has no such flag
     assert not [n for n in p.notes if n.startswith(NOT_TOLD)], p.notes
     assert "# other flags of train.py (its own defaults apply): --amp, --momentum" in p.notes
