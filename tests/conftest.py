@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import envcache
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -25,6 +27,16 @@ def pytest_addoption(parser):
     # under docs/checks/ (scripts/check-reports.sh); CI runs a slice of it.
     parser.addoption("--full-checks", action="store_true", default=False,
                      help="run `runner check` over every model of each framework (about an hour on 2 CPU cores)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # before any fixture of the test is made (a module's daemon included): may its homes share envs?
+    envcache.wanted = item.get_closest_marker("shared_envs") is not None
+
+
+def pytest_sessionfinish(session):
+    envcache.clear()
 
 
 def free_port() -> int:
@@ -110,6 +122,7 @@ class DaemonProc:
 
     def start(self):
         self.home.mkdir(parents=True, exist_ok=True)
+        envcache.seed(self.home)
         self.proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", *self.args], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         def mine():  # this daemon's pid in the pidfile (one left by an earlier daemon of the home does not count)
@@ -132,6 +145,10 @@ class DaemonProc:
         return self
 
     def kill(self, sig=signal.SIGKILL):
+        self._stop(sig)
+        envcache.harvest(self.home)
+
+    def _stop(self, sig):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -176,7 +193,9 @@ class DaemonProc:
 def home(tmp_path) -> Path:
     h = tmp_path / "home"
     h.mkdir()
-    return h
+    envcache.seed(h)
+    yield h
+    envcache.harvest(h)  # (what `runner check`'s own daemon built there, too)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import pytest
 
 from adapters.base import TrainingAdapter
 
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
+
 
 class OutOfMemoryError(RuntimeError):
     """Named as torch's (torch.cuda.OutOfMemoryError): what is_oom() recognises without torch here."""

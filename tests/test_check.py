@@ -12,6 +12,8 @@ from adapters.base import map50
 from runner import check as chk
 from runner.store import Store
 
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
+
 
 @pytest.mark.parametrize("value, ok", [(1.0, True), (0.59, True), (0.58, False), (1 / 3, False), (None, False), (math.nan, False)])
 def test_classification_learns_means_chance_plus_a_margin(value, ok):

@@ -17,6 +17,8 @@ from config_translators.ultralytics import check_dataset, convert_published
 from runner.synth import write_png
 from runner.synth_tasks import make_dota, make_hrsc, make_voc, write_bmp
 
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
+
 
 def _image(path: Path, w: int, h: int, bmp: bool = False):
     rows = [bytearray(random.Random(1).randint(0, 255) for _ in range(3 * w)) for _ in range(h)]

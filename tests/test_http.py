@@ -13,6 +13,8 @@ from runner import tokens
 from runner.home import Home
 from runner.http import create_app
 
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
+
 
 @pytest.fixture
 def served(tmp_path):

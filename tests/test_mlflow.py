@@ -22,6 +22,8 @@ import pytest
 from conftest import LOOPBACK, ROOT, DaemonProc, Runner, free_port, wait_for
 from runner.store import Store
 
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
+
 PY = sys.executable
 
 

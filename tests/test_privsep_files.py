@@ -23,8 +23,9 @@ from runner.store import Store
 from test_mlflow import mlflow_server, server  # noqa: F401
 from test_users import ALICE, BOB, SYSTEM_PY, User, team, team_home, users, world  # noqa: F401
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
-                                reason="needs root and useradd: the tests make real Unix users")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                                reason="needs root and useradd: the tests make real Unix users"),
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 
 def job_file(user: User, name: str, spec: dict) -> Path:

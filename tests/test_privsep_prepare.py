@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from test_users import ALICE, BOB, SYSTEM_PY, User, team, users, world  # noqa: F401
+
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
 
 SECRET = "alice's secret"
 

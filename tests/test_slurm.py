@@ -20,8 +20,9 @@ from conftest import ROOT, DaemonProc, Runner, wait_for
 from runner.store import Store
 from test_users import ALICE, User, users, world  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("slurmctld") or not shutil.which("munged"),
-                                reason="needs root and Debian's slurm-wlm and munge (.ci/run installs them)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("slurmctld") or not shutil.which("munged"),
+                                reason="needs root and Debian's slurm-wlm and munge (.ci/run installs them)"),
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 SCRIPT = ROOT / "scripts" / "slurm-cluster.sh"
 PY = sys.executable
 

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import assert_oom_policy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 
 def _job(tmp_path, shapes, **train):

@@ -12,7 +12,8 @@ from conftest import assert_oom_policy
 from runner.synth import make_shapes
 from runner.synth_tasks import make_captions, make_coco, make_masks
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 # Small configs keep a 2-core CPU run short; the registry's own configs are the real architectures
 # (`runner check --framework transformers` builds those).

@@ -16,6 +16,8 @@ from runner.registry import load
 from runner.synth import make_shapes
 from runner.synth_tasks import make_coco, make_yolo
 
+pytestmark = pytest.mark.shared_envs  # its homes reuse the session's framework envs (tests/envcache.py)
+
 PARSER = load().frameworks["ultralytics"]["parser"]
 TASKS = {"detect": "yolov8n", "segment": "yolov8n-seg", "pose": "yolov8n-pose", "obb": "yolov8n-obb", "classify": "yolov8n-cls"}
 

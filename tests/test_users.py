@@ -23,8 +23,9 @@ import pytest
 
 from conftest import ROOT, DaemonProc, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
-                                reason="needs root and useradd: the tests make real Unix users")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                                reason="needs root and useradd: the tests make real Unix users"),
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 ALICE, BOB = "rn_alice", "rn_bob"
 SYSTEM_PY = "/usr/bin/python3"

@@ -22,7 +22,8 @@ from conftest import FIXTURES, LOOPBACK, DaemonProc, Runner, wait_for
 
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
                  if p and os.path.exists(p)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 JOB = [sys.executable, str(FIXTURES / "jobs.py")]
 
 

@@ -18,7 +18,8 @@ from test_users import SYSTEM_PY, team_home, users, world  # noqa: F401 (fixture
 from test_web import CHROMIUM, browser, page_as  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the tests make real Unix users")]
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the tests make real Unix users"),
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 
 @pytest.fixture(scope="module")

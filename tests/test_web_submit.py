@@ -22,7 +22,8 @@ from test_users import ALICE, SYSTEM_PY, team_home, users, world  # noqa: F401  
 from test_web import CHROMIUM, page_as
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run does)"),
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root daemon and real users"), pytest.mark.slow]
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root daemon and real users"), pytest.mark.slow,
+              pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 SYSTEM_VERSION = subprocess.run([SYSTEM_PY, "-c", "import platform; print(platform.python_version())"], capture_output=True,
                                 text=True).stdout.strip() if os.path.exists(SYSTEM_PY) else ""
