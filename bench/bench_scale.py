@@ -128,9 +128,9 @@ def timed_get(url, reps, between=None):
     return out
 
 
-TSP_MAX = 1000
-"""Most jobs queued in task-spooler: each of its queued jobs is a process of its own waiting on the
-server's socket, and its server watches them with select(), which stops at 1,024 descriptors."""
+TSP_MAX = 500
+"""Most jobs queued in task-spooler: each of its queued jobs is a process of its own holding a
+connection to the server, which serves at most 1,000 (MAXCONN; past it a new `tsp` waits for good)."""
 
 
 class Tsp:
@@ -145,11 +145,11 @@ class Tsp:
             self.run("true")
 
     def run(self, *args):
-        return subprocess.run(["tsp", *args], env=self.env, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["tsp", *args], env=self.env, capture_output=True, text=True, check=True, timeout=60).stdout
 
     def close(self):
-        subprocess.run(["tsp", "-k", self.blocker], env=self.env, capture_output=True)  # -K alone leaves the running job
-        subprocess.run(["tsp", "-K"], env=self.env, capture_output=True)  # the server and its waiting jobs
+        subprocess.run(["tsp", "-k", self.blocker], env=self.env, capture_output=True, timeout=60)  # -K alone leaves the running job
+        subprocess.run(["tsp", "-K"], env=self.env, capture_output=True, timeout=60)  # the server and its waiting jobs
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
