@@ -202,6 +202,76 @@ def parse_throughput(lines: int, reps: int = 3):
     return out
 
 
+def parse_rows(parse) -> list[tuple]:
+    """The table rows of parse_throughput's figures."""
+    m, g = parse["metrics"], parse["progress"]
+    return [
+        (f"parse into SQLite: metric lines ({m['lines_to_parser']:,} lines, {m['bytes'] / 1e6:.0f} MB, {m['points']:,} points)",
+         spread([m["lines_to_parser"] / t for t in m["seconds"]], 1e-6, "{:.2f}") + " M lines/s",
+         f"bare regex pass: {m['lines_to_parser'] / m['bare_seconds'] / 1e6:.2f} M lines/s", ">= 1.0 M lines/s",
+         median([m["lines_to_parser"] / t for t in m["seconds"]]) >= 1e6),
+        (f"parse into SQLite: progress log ({g['bytes'] / 1e6:.0f} MB raw, {g['redraws']:,} \\r redraws, "
+         f"{g['lines_to_parser']:,} lines reach the parser, {g['points']:,} points)",
+         spread([g["bytes"] / t for t in g["seconds"]], 1e-6, "{:.0f}") + " MB/s raw",
+         f"bare regex pass: {g['bytes'] / g['bare_seconds'] / 1e6:.0f} MB/s", "", ""),
+    ]
+
+
+def parse_stages(lines: int, reps: int = 3) -> dict:
+    """Where a metrics log's time goes, stage by stage, in CPU seconds of this process (a shared
+    host's other work does not count): the log's lines (LineAssembler, 256 KiB batches as the
+    watcher feeds them), their points (the generic parser), the store (record_progress, a batch's
+    points and offset a transaction), and a bare regex pass over the same lines. Best of `reps`."""
+    import re
+
+    from log_parsers import LineAssembler, build_parser
+    from runner import defaults
+    from runner.store import Store
+
+    data = "".join(f"step={i} loss={1.0 / (i + 1):.5f} lr=0.001 acc={i % 100 / 100:.2f}\n" for i in range(lines)).encode()
+    step = defaults.METRICS_BATCH_BYTES
+    rx = re.compile(r"(\w+)=([\d.]+)")
+    out: dict = {}
+    for _ in range(reps):
+        t = time.process_time()
+        for line in data.decode().splitlines():
+            rx.findall(line)
+        out.setdefault("bare regex pass", []).append(time.process_time() - t)
+        t = time.process_time()
+        a = LineAssembler()
+        batches = [a.feed(data[i:i + step]) for i in range(0, len(data), step)]
+        out.setdefault("lines (LineAssembler)", []).append(time.process_time() - t)
+        p = build_parser(None)
+        t = time.process_time()
+        points = []
+        for batch in batches:
+            got: list = []
+            for line in batch:
+                got += p.feed_line(line)
+            points.append(got)
+        out.setdefault("points (generic parser)", []).append(time.process_time() - t)
+        home = tmp_home()
+        s = Store(home / "runner.db")
+        s.insert_job({"id": "bench", "name": "b", "user": "u", "uid": 0, "kind": "command", "spec": {}, "created_at": 0, "gpus": [], "after": []})
+        t = time.process_time()
+        for i, batch in enumerate(points):
+            s.record_progress("bench", batch, i, p.state())
+        out.setdefault("store (record_progress)", []).append(time.process_time() - t)
+        s.close()
+        shutil.rmtree(home.parent, ignore_errors=True)
+    return {k: min(v) for k, v in out.items()} | {"lines": lines, "points": sum(map(len, points))}
+
+
+def stage_rows(st) -> list[tuple]:
+    """Table rows of parse_stages."""
+    names = ("lines (LineAssembler)", "points (generic parser)", "store (record_progress)")
+    total = sum(st[k] for k in names)
+    rows = [(k, f"{st[k]:.2f} s", f"{st['lines'] / st[k] / 1e6:.2f} M lines/s", f"{100 * st[k] / total:.0f} %") for k in names]
+    rows.append((f"all three ({st['points']:,} points)", f"{total:.2f} s", f"{st['lines'] / total / 1e6:.2f} M lines/s", ""))
+    rows.append(("bare regex pass (the same lines)", f"{st['bare regex pass']:.2f} s", f"{st['lines'] / st['bare regex pass'] / 1e6:.2f} M lines/s", ""))
+    return rows
+
+
 WORK = """import sys, time
 t0 = time.perf_counter()
 n, x = int(sys.argv[1]), 0
@@ -268,7 +338,15 @@ def _tsp_version() -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    ap.add_argument("--only", choices=["parse"], help="only these figures (parse: the metrics log into SQLite, and its stages)")
     a = ap.parse_args()
+    if a.only == "parse":
+        print(f"# bench_core (parse only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
+        n = 100_000 if a.quick else 1_000_000
+        table("metrics log into SQLite (wall time)", parse_rows(parse_throughput(n)), headers=("figure", "runner", "alternative", "target", "ok"))
+        table("where the time goes (CPU seconds of the bench's process, best of 3)", stage_rows(parse_stages(n // 4)),
+              headers=("stage", "CPU", "rate", "share"))
+        return
     n = 20 if a.quick else 100
     reps = 3 if a.quick else 5
     print(f"# bench_core on {machine()}; commit {commit()}")
@@ -304,17 +382,7 @@ def main():
                      (f"{alt}: " + spread(times[alt], 1000, "{:.0f}") + " ms") if alt in times else "",
                      f"<= {1000 * target:.0f} ms", median(times[k]) <= target))
     rows.append(("bare interpreter start", spread(times["bare interpreter"], 1000, "{:.0f}") + " ms", "", "(reference)", ""))
-    m, g = parse["metrics"], parse["progress"]
-    rows += [
-        (f"parse into SQLite: metric lines ({m['lines_to_parser']:,} lines, {m['bytes'] / 1e6:.0f} MB, {m['points']:,} points)",
-         spread([m["lines_to_parser"] / t for t in m["seconds"]], 1e-6, "{:.2f}") + " M lines/s",
-         f"bare regex pass: {m['lines_to_parser'] / m['bare_seconds'] / 1e6:.2f} M lines/s", ">= 1.0 M lines/s",
-         median([m["lines_to_parser"] / t for t in m["seconds"]]) >= 1e6),
-        (f"parse into SQLite: progress log ({g['bytes'] / 1e6:.0f} MB raw, {g['redraws']:,} \\r redraws, "
-         f"{g['lines_to_parser']:,} lines reach the parser, {g['points']:,} points)",
-         spread([g["bytes"] / t for t in g["seconds"]], 1e-6, "{:.0f}") + " MB/s raw",
-         f"bare regex pass: {g['bytes'] / g['bare_seconds'] / 1e6:.0f} MB/s", "", ""),
-    ]
+    rows += parse_rows(parse)
     oh_work = [100 * (r - h) / h for r, h in zip(ran["work"], hand["work"])]
     oh_wall = [100 * (r - h) / h for r, h in zip(ran["wall"], hand["wall"])]
     rows += [
