@@ -140,19 +140,24 @@ def _series(store, job_id: str, name: str) -> list:
 
 def repo_learns(store, job: dict, sizes: dict) -> dict:
     """The learns check of a repo job, from its parsed metrics and the repo's `check.learns` table
-    {metric, at_least, chance?, loss?}: the held-out metric's last value must reach at_least (the
-    loss, where named, is reported beside it). A table without it fails the check, saying which key."""
+    {metric, at_least?, chance?, loss?}: the held-out metric's last value must reach at_least (the
+    loss, where named, is reported beside it). Without at_least, a task other than classification
+    takes its task's floor (LEARNS_FLOOR: a segmentation repo's foreground mIoU 0.3, as for the
+    frameworks). A table without what it needs fails the check, saying which key."""
     spec = sizes.get("learns")
-    missing = "check.learns" if not isinstance(spec, dict) else next((f"check.learns.{k}" for k in ("metric", "at_least") if k not in spec), None)
+    task = (job.get("spec") or {}).get("task")
+    needs = ("metric",) if task in LEARNS_FLOOR else ("metric", "at_least")
+    missing = "check.learns" if not isinstance(spec, dict) else next((f"check.learns.{k}" for k in needs if k not in spec), None)
     if missing:
         return {"name": "learns", "ok": False, "seconds": None,
                 "error": f"the repo's table has no `{missing}`: learning cannot be judged "
                          '(set check.learns = { metric = "<held-out metric>", at_least = <floor> })'}
-    crit = {"metric": spec["metric"], "at_least": float(spec["at_least"])}
+    floor = float(spec["at_least"]) if "at_least" in spec else LEARNS_FLOOR[task]
+    crit = {"metric": spec["metric"], "at_least": floor}
     if "chance" in spec:
-        crit.update(chance=float(spec["chance"]), rule=f"{spec['metric']} >= {spec['at_least']} (chance {spec['chance']})")
+        crit.update(chance=float(spec["chance"]), rule=f"{spec['metric']} >= {floor:g} (chance {spec['chance']})")
     else:
-        crit["rule"] = f"{spec['metric']} >= {spec['at_least']} on the held-out set"
+        crit["rule"] = f"{spec['metric']} >= {floor:g} on the held-out set" + ("" if "at_least" in spec else f" ({task}'s floor)")
     values = _series(store, job["id"], spec["metric"])
     losses = _series(store, job["id"], spec["loss"]) if spec.get("loss") else []
     verdict = judge(crit, values[-1] if values else None, losses)
@@ -207,13 +212,20 @@ def repo_infer_check(home, store, registry, jid: str) -> dict:
     except Exception as e:  # the report says why; the check goes on
         return {"name": "infer", "ok": False, "seconds": time.time() - t0, "error": str(e)[-3000:]}
     task = res.get("task")
+    # what a prediction of each task must hold (a task not listed: any field beside task and checkpoint)
     ok = {"image_classification": res.get("predicted_label_id") is not None or res.get("predicted_label") is not None,
           "object_detection": isinstance(res.get("boxes"), list) and len(res["boxes"]) > 0,
-          "pose_estimation": bool(res.get("keypoints")) and len(res["keypoints"][0]) > 0}.get(task, bool(res))
+          "semantic_segmentation": isinstance(res.get("masks"), list) and len(res["masks"]) > 0,
+          "pose_estimation": bool(res.get("keypoints")) and len(res["keypoints"][0]) > 0}.get(
+        task, bool(set(res) - {"task", "checkpoint", "image", "warnings", "note"}))
     detail = {"image": os.path.basename(image), "checkpoint": os.path.relpath(res["checkpoint"], job["job_dir"]),
               **{k: res[k] for k in ("predicted_label", "confidence") if k in res},
               **({"boxes": len(res["boxes"])} if "boxes" in res else {}),
+              **({"masks": [m.get("label", m.get("label_id")) for m in res["masks"]]} if "masks" in res else {}),
               **({"people": len(res["keypoints"]), "keypoints": len(res["keypoints"][0]) if res["keypoints"] else 0} if "keypoints" in res else {})}
+    if res.get("warnings"):  # records that mapped to nothing fail the check, whatever else mapped
+        return {"name": "infer", "ok": False, "seconds": time.time() - t0, "detail": detail,
+                "error": "the repo's inference gave records that map to nothing: " + "; ".join(res["warnings"])}
     return {"name": "infer", "ok": ok, "seconds": time.time() - t0, "detail": detail,
             **({} if ok else {"error": f"the repo's inference gave no {task} prediction: {json.dumps(res)[:500]}"})}
 

@@ -406,3 +406,74 @@ def test_what_a_newer_table_changes_in_a_checkout_is_named(home, trainrepo):
            "patches": [{"file": "train.py", "find": "import six", "replace": "import os"}]}
     assert repos.changed_files(h, was, repos.made_from(new, "t")) == ["conf.yaml", "extra.py", "train.py"]
     assert repos.changed_files(h, was, repos.made_from({**old, "commit": second}, "t")) == ["predict.py"]
+
+
+@pytest.fixture
+def seg_job(tmp_path):
+    """A finished semantic-segmentation repo job in a real store: val_miou over three epochs, a
+    checkpoint, and a masks dataset with one validation image."""
+    from runner.store import Store
+
+    s = Store(tmp_path / "db")
+    job_dir = tmp_path / "jobs" / "s1"
+    (job_dir / "src" / "runs").mkdir(parents=True)
+    (tmp_path / "masks" / "val" / "images").mkdir(parents=True)
+    (tmp_path / "masks" / "val" / "images" / "000.png").write_bytes(b"png")
+    s.insert_job({"id": "s1", "name": "check-tinyseg", "user": "u", "uid": 0, "kind": "model", "gpus": [], "after": [],
+                  "spec": {"task": "semantic_segmentation", "model": "repo/tinyseg",
+                           "dataset": {"path": str(tmp_path / "masks"), "format": "masks"}}, "job_dir": str(job_dir)}, now=100.0)
+    s.transition("s1", "preparing", now=101.0)
+    s.transition("s1", "running", now=102.0, started_at=102.0)
+    for e, (loss, miou) in enumerate([(1.39, 0.0), (0.65, 0.14), (0.26, 0.33)]):
+        s.add_metrics("s1", [("loss", loss, None, e + 1), ("val_miou", miou, None, e + 1)])
+    (job_dir / "src" / "runs" / "last.json").write_text("{}")
+    s.add_artifact("s1", str(job_dir / "src" / "runs" / "last.json"), "checkpoint", 2)
+    s.transition("s1", "succeeded", now=110.0, finished_at=110.0, exit_code=0)
+    return s, s.get_job("s1")
+
+
+def test_a_segmentation_repos_learns_takes_its_tasks_floor_unless_the_table_states_one(seg_job):
+    from runner import check as chk
+
+    s, job = seg_job
+    learns = chk.repo_learns(s, job, {"learns": {"metric": "val_miou", "loss": "loss"}})
+    assert learns["ok"] and learns["detail"]["criteria"]["at_least"] == chk.LEARNS_FLOOR["semantic_segmentation"] == 0.3
+    assert learns["detail"]["criteria"]["rule"] == "val_miou >= 0.3 on the held-out set (semantic_segmentation's floor)"
+    assert learns["detail"]["train_loss"] == [1.39, 0.65, 0.26]
+    learns = chk.repo_learns(s, job, {"learns": {"metric": "val_miou", "at_least": 0.5}})
+    assert not learns["ok"] and learns["error"] == "val_miou 0.33 < 0.5"
+    learns = chk.repo_learns(s, {**job, "spec": {**job["spec"], "task": "image_classification"}}, {"learns": {"metric": "val_miou"}})
+    assert not learns["ok"] and "no `check.learns.at_least`" in learns["error"]  # classification's floor depends on its classes
+
+
+@pytest.mark.parametrize("answer, ok, says", [
+    ({"masks": [{"label_id": 0, "label": "background", "pixels": 90, "fraction": 0.9},
+                {"label_id": 2, "label": "square", "pixels": 10, "fraction": 0.1}]}, True, None),
+    ({"masks": []}, False, "gave no semantic_segmentation prediction"),
+    ({"masks": [], "warnings": ["1 record(s) gave no mask (a mask record needs label_id and pixels: output format png)"]}, False,
+     "records that map to nothing: 1 record(s) gave no mask"),
+])
+def test_a_segmentation_repos_infer_check_needs_a_mask(seg_job, monkeypatch, answer, ok, says):
+    """The infer column of a segmentation repo: a mask of some class passes; an answer with no
+    mask, or with records that mapped to nothing, fails (it passed as any non-empty answer)."""
+    from runner import check as chk
+    from runner import envs, repo_infer
+
+    s, job = seg_job
+    ckpt = str(Path(job["job_dir"]) / "src" / "runs" / "last.json")
+    seen = []
+    monkeypatch.setattr(envs, "EnvManager", lambda *a: None)
+    monkeypatch.setattr(repo_infer, "infer", lambda home, store, reg, em, j, images: seen.append(images) or
+                        [{"task": "semantic_segmentation", "checkpoint": ckpt, **answer}])
+
+    class Registry:
+        def get_repo(self, name):
+            return {"infer": {"template": ["predict.py"]}} if name == "tinyseg" else {}
+
+    home = type("Home", (), {"envs": None, "config": {}})()
+    c = chk.repo_infer_check(home, s, Registry(), "s1")
+    assert seen == [[str(Path(job["spec"]["dataset"]["path"]) / "val" / "images" / "000.png")]]
+    assert c["ok"] is ok and c["detail"]["checkpoint"] == "src/runs/last.json", c
+    assert (says in c["error"]) if says else "error" not in c
+    if ok:
+        assert c["detail"]["masks"] == ["background", "square"]
