@@ -27,6 +27,9 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     for k in ("batch_size", "input_size", "lr", "optimizer"):
         if sizes.get(k) is not None:
             train[k] = sizes[k]
+    # check.train: further settings of the model's recipe (any of its framework's `train:` settings,
+    # checked like a job's), e.g. { precise_bn = true, warmup_epochs = 1 }
+    train.update({k: v for k, v in (sizes.get("train") or {}).items() if k not in ("epochs", "pretrained")})
     dataset = {"path": str(data_dir), "format": fmt}
     if fmt == "coco":
         dataset["annotations"] = str(Path(data_dir).parent / "annotations.json")

@@ -48,6 +48,15 @@ def test_thresholds_come_from_the_check_table_and_are_stated():
     assert "object_detection 0.3" in " ".join(chk.criteria_text())
 
 
+def test_a_models_check_train_table_reaches_its_job_but_never_pretrained_or_epochs(tmp_path):
+    fw = {"check": {"input_size": 64, "batch_size": 4, "learns_epochs": 8, "train": {"hflip": 0.0}}}
+    model = {"ref": "timm/m", "model_name": "m", "framework": "timm", "task_type": "image_classification",
+             "check": {"batch_size": 8, "train": {"precise_bn": True, "pretrained": True, "epochs": 50}}}
+    train = chk.check_spec(model, fw, tmp_path, "imagefolder")["train"]
+    # the model's table replaces the framework's (hflip goes); the check still starts from scratch, one epoch a job
+    assert train == {"epochs": 1, "pretrained": False, "batch_size": 8, "input_size": 64, "precise_bn": True}
+
+
 def test_pending_learns_is_judged_and_status_follows():
     checks = [{"name": n, "ok": True, "seconds": 0.1} for n in ("load", "train", "validate", "checkpoint", "infer")]
     pending = {"name": "learns", "ok": None, "verdict": "pending", "seconds": 3.0,
