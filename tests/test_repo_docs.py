@@ -116,3 +116,75 @@ def test_the_guides_example_works_as_written(runner, daemon, home, tmp_path):
     by = {c["name"]: c for c in rep["checks"]}
     assert r.returncode == 0 and rep["status"] == "success", r.stdout
     assert by["infer"]["ok"] and by["checkpoint"]["ok"] and by["learns"]["ok"]
+
+
+def tinyseg(tmp_path, home) -> tuple[Path, str]:
+    """The guide's segmentation repo made from its blocks, committed, and its table in the home's
+    registry (the url pointed at that repo): (the repo, its commit)."""
+    b = blocks()
+    src = tmp_path / "tinyseg"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    for name in ("pngio.py", "train.py", "predict.py"):
+        (src / name).write_text(b[f"tinyseg/{name}"])
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "tinyseg", cwd=src)
+    commit = git("rev-parse", "HEAD", cwd=src)
+    table = b["registry.toml (tinyseg)"].replace("TINYSEG_COMMIT", commit)
+    (home / "registry.toml").write_text(table.replace('url = "https://github.com/example-lab/tinyseg"', f'url = "file://{src}"'))
+    return src, commit
+
+
+def test_the_guides_segmentation_example_works_as_written(runner, daemon, home, tmp_path):
+    """The guide's second example: its fixed data folders placed by the table, its metrics, its
+    checkpoint, and `runner infer` answering with the classes of the PNG its predict script writes."""
+    from PIL import Image
+
+    src, _ = tinyseg(tmp_path, home)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "seg.yaml").write_text(blocks()["seg.yaml"])
+    subprocess.run([sys.executable, "-m", "runner.synth", "masks", "masks", "--easy"], cwd=work, check=True, capture_output=True)
+    j = runner.wait_state(runner.submit(str(work / "seg.yaml"), cwd=work), timeout=300)
+    assert j["state"] == "succeeded", runner.run("logs", j["id"]).stdout
+    checkout = Path(j["job_dir"]) / "src"
+    for part in ("train/images", "train/masks", "val/images", "val/masks", "classes.txt"):
+        assert (checkout / "data" / part).resolve() == (work / "masks" / part).resolve(), part
+    series = runner.json("metrics", j["id"])["series"]
+    miou = [p["value"] for p in series["val_miou"]]
+    assert [p["epoch"] for p in series["loss"]] == list(range(1, 9)) and len(miou) == 8
+    assert miou[0] < 0.3 <= miou[-1] and series["loss"][-1]["value"] < series["loss"][0]["value"]  # it learns
+    assert [a["path"] for a in j["artifacts"]] == [str(checkout / "runs" / "last.json")]
+
+    image = work / "masks" / "val" / "images" / "001.png"
+    ans = runner.json("infer", j["id"], str(image))
+    # what its predict script writes with that checkpoint, run here by hand
+    subprocess.run([sys.executable, "predict.py", "--weights", str(checkout / "runs" / "last.json"), "--out", str(tmp_path / "p.png"),
+                    str(image)], cwd=src, check=True)
+    drawn = {k: n for n, k in Image.open(tmp_path / "p.png").getcolors()}
+    names = (work / "masks" / "classes.txt").read_text().split()
+    assert ans["task"] == "semantic_segmentation" and "warnings" not in ans, ans
+    assert [(m["label_id"], m["label"], m["pixels"]) for m in ans["masks"]] == [(k, names[k], drawn[k]) for k in sorted(drawn)]
+    assert len(drawn) > 1 and ans["masks"][0]["pixels"] == 3367 and round(ans["masks"][0]["fraction"], 2) == 0.82  # as the guide says
+
+
+def test_runner_check_fills_every_column_for_the_guides_segmentation_repo(runner, home, tmp_path):
+    """`runner check repo/tinyseg`: a synthetic masks set made for the table's format, its script
+    trained on it (one job, by the check's own daemon), and each column what a user expects."""
+    tinyseg(tmp_path, home)
+    r = runner.run("check", "repo/tinyseg", "--out", str(tmp_path / "check"), check=False)
+    rep = json.loads((tmp_path / "check" / "report.json").read_text())["models"][0]
+    by = {c["name"]: c for c in rep["checks"]}
+    assert r.returncode == 0 and rep["status"] == "success", r.stdout
+    assert (rep["task"], rep["epochs"]) == ("semantic_segmentation", 8)
+    job = runner.json("show", rep["job"])
+    assert job["spec"]["dataset"]["format"] == "masks" and (Path(job["spec"]["dataset"]["path"]) / "val" / "masks").is_dir()
+    assert by["load"]["ok"] and by["train"]["ok"] and by["train"]["seconds"] > 0
+    assert by["validate"]["ok"] and set(by["validate"]["detail"]) == {"val_miou"}
+    assert by["checkpoint"]["ok"] and by["checkpoint"]["detail"][0]["path"] == "src/runs/last.json"
+    assert by["infer"]["ok"] and by["infer"]["detail"]["image"] == "000.png" and "background" in by["infer"]["detail"]["masks"]
+    assert len(by["infer"]["detail"]["masks"]) > 1  # a shape's class besides the background
+    d = by["learns"]["detail"]
+    assert by["learns"]["ok"] and d["criteria"]["at_least"] == 0.3 and d["value"] >= 0.3 and d["epochs"] == 8
+    assert d["train_loss"][-1] < d["train_loss"][0]
+    assert "| repo/tinyseg | repo | semantic_segmentation |" in r.stdout and f"ok val_miou={d['value']:.3g}" in r.stdout
