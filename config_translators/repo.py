@@ -55,7 +55,9 @@ def check_dataset(dataset: dict, repo: dict) -> list[str]:
         return problems
     if want == "yolo":
         p = Path(dataset["path"])
-        return check_yolo(p if p.suffix in (".yaml", ".yml") else p / "data.yaml", "detect")
+        # each label line is checked for the repo's task (a pose line has its keypoints, an OBB line its corners)
+        layout = YOLO_LAYOUT.get(repo.get("task_type") or "", "detect")
+        return check_yolo(p if p.suffix in (".yaml", ".yml") else p / "data.yaml", layout)
     if want == "coco":
         problems = [] if Path(dataset["path"]).is_dir() else [f"dataset.path: {dataset['path']} does not exist (the COCO images folder)"]
         if not dataset.get("annotations") or not Path(dataset["annotations"]).is_file():
@@ -100,8 +102,10 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
         root = Path(cfg.get("path") or data_yaml.parent)
         root = root if root.is_absolute() else (data_yaml.parent / root).resolve()
         names = [cfg["names"][k] for k in sorted(cfg["names"])]
+        # a pose set's keypoint layout goes with it (a pose script reads kpt_shape; flip_idx for its flips)
+        pose = "".join(f"{k}: {cfg[k] if isinstance(cfg[k], str) else list(cfg[k])}\n" for k in ("kpt_shape", "flip_idx") if k in cfg)
         files["data.yaml"] = (f"train: {root / cfg['train']}\nval: {root / cfg['val']}\nnc: {len(names)}\n"
-                              f"names: [{', '.join(repr(n) for n in names)}]\n")  # no download: key, ever
+                              f"names: [{', '.join(repr(n) for n in names)}]\n{pose}")  # no download: key, ever
         f["data"] = str(Path(job_dir) / "data.yaml")
         f["num_classes"] = len(names)
     elif fmt == "coco":
@@ -181,6 +185,8 @@ REPO_FORMATS = ("imagefolder", "yolo", "coco", "masks", "captions")
 """What a repo table's dataset.format may be: the translator checks a job's dataset in that format and
 fills its placeholders (docs/adding-a-repo.md lists them per format); DOTA, HRSC2016 and VOC sets
 are converted to YOLO for a `yolo` repo."""
+YOLO_LAYOUT = {"instance_segmentation": "segment", "pose_estimation": "pose", "obb_detection": "obb"}
+"""The YOLO label layout of a repo's task_type (any other task: detect, class cx cy w h)."""
 
 PART_FIELDS = {"imagefolder": ("train_dir", "val_dir", "data"), "yolo": ("data",), "coco": ("image_dir", "anno_path", "dataset_dir", "data"),
                "masks": ("train_images", "train_masks", "val_images", "val_masks", "classes_file", "train_dir", "val_dir", "data"),

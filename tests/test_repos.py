@@ -477,3 +477,119 @@ def test_a_segmentation_repos_infer_check_needs_a_mask(seg_job, monkeypatch, ans
     assert (says in c["error"]) if says else "error" not in c
     if ok:
         assert c["detail"]["masks"] == ["background", "square"]
+
+
+
+POSE_CORE = textwrap.dedent('''
+    # what the pose repo's train.py and predict.py share
+    import struct, zlib
+
+    def read_rgb(path):  # an 8-bit RGB PNG with unfiltered rows (what runner.synth writes): rows of (r, g, b)
+        d = open(path, "rb").read()
+        w, h = struct.unpack(">II", d[16:24])
+        pos, idat = 8, b""
+        while pos < len(d):
+            n, tag = struct.unpack(">I4s", d[pos:pos + 8])
+            idat += d[pos + 8:pos + 8 + n] if tag == b"IDAT" else b""
+            pos += 12 + n
+        raw = zlib.decompress(idat)
+        return [[tuple(raw[y * (3 * w + 1) + 1 + 3 * x:y * (3 * w + 1) + 4 + 3 * x]) for x in range(w)] for y in range(h)]
+
+    def found(img, t):  # the pixels brighter than the threshold t (their brightest channel)
+        return [(x, y) for y, row in enumerate(img) for x, v in enumerate(row) if max(v) > t]
+
+    def corners(pts, n):  # normalised corners of the points' box, clockwise from top left (the centre if none)
+        if not pts:
+            return [(0.5, 0.5)] * 4
+        x0, x1 = min(p[0] for p in pts) / n, max(p[0] for p in pts) / n
+        y0, y1 = min(p[1] for p in pts) / n, max(p[1] for p in pts) / n
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+''')
+
+POSE_TRAIN = textwrap.dedent('''
+    # a pose repo: the four corner keypoints of the one bright shape in an image, found by a brightness
+    # threshold that it fits over the epochs; it reads a YOLO pose data.yaml and its label files
+    import json, os, sys
+    from posecore import corners, found, read_rgb
+    a = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+    cfg = dict(l.split(": ", 1) for l in open(a["--data"]).read().splitlines() if ": " in l and not l.startswith(" "))
+    assert cfg["kpt_shape"] == "[4, 3]", cfg
+
+    def split(name):
+        d = os.path.join(os.path.dirname(a["--data"]), cfg.get("path", ""), cfg[name])
+        for f in sorted(os.listdir(d)):
+            lab = [float(v) for v in open(os.path.join(d.replace("images", "labels"), f.rsplit(".", 1)[0] + ".txt")).read().split()]
+            yield read_rgb(os.path.join(d, f)), list(zip(lab[5::3], lab[6::3]))
+
+    train, val, t = list(split("train")), list(split("val")), 255.0
+    for e in range(int(a["--epochs"])):
+        targets = []  # per image: midway between the mean brightness inside and outside its keypoints' box
+        for img, kps in train:
+            n, (x0, y0), (x1, y1) = len(img), kps[0], kps[2]
+            parts = ([], [])
+            for y, row in enumerate(img):
+                for x, v in enumerate(row):
+                    parts[x0 <= x / n <= x1 and y0 <= y / n <= y1].append(max(v))
+            targets.append(sum(sum(p) / len(p) for p in parts) / 2)
+        t += 0.7 * (sum(targets) / len(targets) - t)
+        near = [abs(px - x) <= 0.1 and abs(py - y) <= 0.1 for img, kps in val for (px, py), (x, y) in zip(corners(found(img, t), len(img)), kps)]
+        print(f"epoch {e + 1} threshold {t:.2f} val_pck {sum(near) / len(near):.4f}", flush=True)
+        json.dump({"threshold": t}, open(os.path.join(a["--out"], f"pose-{e}.json"), "w"))
+''')
+
+POSE_PREDICT = textwrap.dedent('''
+    # one JSON line an image: the shape's class (its dominant colour), its box and its four keypoints, in pixels
+    import json, sys
+    from posecore import corners, found, read_rgb
+    t = json.load(open(sys.argv[1]))["threshold"]
+    for image in sys.argv[2:]:
+        img = read_rgb(image)
+        n, pts = len(img), found(img, t)
+        colour = [sum(img[y][x][c] for x, y in pts) for c in range(3)]
+        kps = [[round(x * n, 2), round(y * n, 2), 1.0] for x, y in corners(pts, n)]
+        print(json.dumps({"image": image, "label_id": colour.index(max(colour)), "confidence": round(len(pts) / n / n, 4),
+                          "box": kps[0][:2] + kps[2][:2], "keypoints": kps}))
+''')
+
+
+def test_a_pose_repo_trains_on_a_yolo_pose_set_and_infers_keypoints_by_its_table_alone(runner, daemon, home, tmp_path):
+    """dataset.format = yolo for a pose_estimation repo: its pose labels are checked as pose (they
+    were refused as detection lines), and the keypoints its predict script prints are the answer."""
+    from runner.synth_tasks import make_yolo
+
+    src = tmp_path / "poserepo"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    for name, text in (("posecore.py", POSE_CORE), ("train.py", POSE_TRAIN), ("predict.py", POSE_PREDICT)):
+        (src / name).write_text(text)
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "pose", cwd=src)
+    data = make_yolo(tmp_path / "pose", "pose", train=3, val=3, size=24, easy=True)
+    add_table(home, "poserepo", {
+        "url": f"file://{src}", "commit": git("rev-parse", "HEAD", cwd=src), "license": "MIT", "entry": "train.py",
+        "task_type": "pose_estimation", "dataset": {"format": "yolo"},
+        "args": {"template": ["--data", "{data}", "--epochs", "{epochs}", "--out", "{output_dir}"]}, "defaults": {"epochs": 2},
+        "checkpoints": ["pose-*.json"],
+        "parser": {"patterns": [{"regex": r"^epoch (?P<epoch>\d+) threshold (?P<threshold>[\d.]+) val_pck (?P<val_pck>[\d.]+)"}]},
+        "infer": {"template": ["predict.py", "{checkpoint}", "{images}"], "output": {"stdout": True, "format": "jsonl"}}})
+    spec = tmp_path / "pose.json"
+    spec.write_text(json.dumps({"model": "repo/poserepo", "dataset": {"path": str(data), "format": "yolo"}}))
+    j = runner.wait_state(runner.submit(spec), timeout=300)
+    assert j["state"] == "succeeded", runner.run("logs", j["id"]).stdout
+    series = runner.json("metrics", j["id"])["series"]
+    assert [p["epoch"] for p in series["val_pck"]] == [1, 2] and [p["epoch"] for p in series["threshold"]] == [1, 2]
+    assert sorted(Path(a["path"]).name for a in j["artifacts"]) == ["pose-0.json", "pose-1.json"]
+
+    images = [str(data.parent / "images" / "val" / f"val_00{i}.png") for i in range(2)]
+    ans = json.loads(runner.run("infer", j["id"], *images).stdout)
+    # what its predict script prints with that checkpoint, run here by hand
+    ckpt = str(Path(j["job_dir"]) / "out" / "pose-1.json")
+    printed = [json.loads(line) for line in subprocess.run([sys.executable, "predict.py", ckpt, *images], cwd=src, check=True,
+                                                           capture_output=True, text=True).stdout.splitlines()]
+    assert [r["task"] for r in ans] == ["pose_estimation"] * 2 and not any("warnings" in r for r in ans), ans
+    for res, rec in zip(ans, printed):
+        assert res["keypoints"] == [[{"x": x, "y": y, "confidence": c} for x, y, c in rec["keypoints"]]]
+        box = res["boxes"][0]
+        assert [box[k] for k in ("x1", "y1", "x2", "y2")] == rec["box"] and box["label_id"] == rec["label_id"]
+        assert box["label"] == ["circle", "square", "triangle"][rec["label_id"]]
+    assert [r["label_id"] for r in printed] == [0, 1]  # the easy set's colours: val_000 a red circle, val_001 a green square
