@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -78,25 +79,31 @@ def big_job(home, store, n_points, now):
 
 
 def sqlite_limit(path, rows=1_000_000):
-    """Rows/s of one executemany into a copy of the metrics table (same columns and index), one
-    transaction, on the same disk: the most the store could take from Python's sqlite3."""
-    from runner.store import Store
+    """Rows/s into the store's metrics table (same columns and index) in one transaction, on the
+    same disk, from Python's sqlite3: a row a statement (executemany), and the store's own
+    statements of many rows (store._insert_points). (executemany's, the store's)"""
+    from runner.store import Store, _insert_points
 
-    s = Store(path)
-    data = [("sqlite-limit", METRICS[k % 4], 1.0 / (k + 1), k, k // 1000, 0.0) for k in range(rows)]
-    c = s.conn
-    t0 = time.perf_counter()
-    c.execute("BEGIN IMMEDIATE")
-    c.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)", data)
-    c.execute("COMMIT")
-    dt = time.perf_counter() - t0
-    s.close()
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.unlink(str(path) + suffix)
-        except FileNotFoundError:
-            pass
-    return rows / dt
+    out = []
+    for multi in (False, True):
+        s = Store(path)
+        c = s.conn
+        t0 = time.perf_counter()
+        c.execute("BEGIN IMMEDIATE")
+        if multi:
+            _insert_points(c, "sqlite-limit", [(METRICS[k % 4], 1.0 / (k + 1), k, k // 1000) for k in range(rows)], 0.0)
+        else:
+            c.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)",
+                          [("sqlite-limit", METRICS[k % 4], 1.0 / (k + 1), k, k // 1000, 0.0) for k in range(rows)])
+        c.execute("COMMIT")
+        out.append(rows / (time.perf_counter() - t0))
+        s.close()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(str(path) + suffix)
+            except FileNotFoundError:
+                pass
+    return out
 
 
 def enqueue(home, n):
@@ -193,6 +200,12 @@ def one_size(n_jobs, reps, points_per_job, big_points, use_tsp):
             ls.append(time.perf_counter() - t)
             assert r.returncode == 0, r.stderr
         out["ls"] = ls
+        bare = []
+        for _ in range(min(reps, 5)):  # what any Python command costs to start on this host now
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"])
+            bare.append(time.perf_counter() - t)
+        out["bare"] = bare
         out["rss_mb"] = psutil.Process(d.proc.pid).memory_info().rss / 2**20
         out["load"] = os.getloadavg()[0]  # this host is shared: how busy it was while measured
     points = build["history_points"] + build["big_points"]
@@ -273,6 +286,7 @@ def main():
         row("runner ls (the CLI, wall)", "ls", 0.10,
             ("tsp -l: " + " / ".join(f"{ms(res[n]['tsp_l'])} ({res[n]['tsp_n']:,} queued)" for n in sizes if "tsp_l" in res[n]))
             if use_tsp else None),
+        ("  a bare `python -c pass` then", *(ms(res[n]["bare"]) for n in sizes), "", "(reference)", ""),
         row("GET /jobs?limit=50, uncached", "api", 0.02),
         row("runs table /ui/, uncached", "runs", 0.10),
         row("runs table, its last page, uncached", "runs_last", 0.10),
@@ -292,7 +306,8 @@ def main():
     rows = [
         ("history: points stored per second (record_progress, a job a transaction)",
          *(f"{b[n]['history_points'] / b[n]['history_s'] / 1e6:.2f} M/s" for n in sizes),
-         f"SQLite's own limit: {limit / 1e6:.2f} M rows/s (one executemany, one transaction, same table and index)"),
+         f"SQLite's own limit, one transaction, same table and index: {limit[0] / 1e6:.2f} M rows/s a row a statement "
+         f"(executemany), {limit[1] / 1e6:.2f} M rows/s 100 rows a statement (the store's)"),
         (f"a {a.big_points:,}-point log through LogWatcher (4 points a line)",
          *(f"{b[n]['big_s']:.2f} s ({b[n]['big_points'] / b[n]['big_s'] / 1e6:.2f} M points/s)" for n in sizes), ""),
         ("the queue taken in by the daemon from the spool",
