@@ -127,6 +127,40 @@ def test_a_running_jobs_page_stops_asking_once_it_ended(site, browser):  # noqa:
     page.wait_for_selector("#compare-chart[data-log='1'] canvas")
 
 
+NEW_METRICS = """import time
+time.sleep(6)
+for i in range(1, 5):
+    print(f"loss={1 / i:.3f}", flush=True)
+    time.sleep(0.7)
+for i in range(1, 5):
+    print(f"loss={0.2 / i:.3f} val_acc={0.5 + i / 10:.2f}", flush=True)
+    time.sleep(0.7)
+print("all done", flush=True)
+"""
+
+
+def test_a_page_opened_before_any_metric_follows_every_new_one_to_the_end(site, browser):  # noqa: F811
+    """Opened while the job had printed nothing: its first metric, then a second one that appears
+    later, each gets its chart in place; the log reaches the job's last line; the timer stops."""
+    d, alice, bob, home = site
+    jid = alice.run("submit", "--name", "late-metrics", "--parser", "generic", "--", SYSTEM_PY, "-c",
+                    NEW_METRICS).stdout.strip().splitlines()[-1]
+    alice.wait(jid, "running")
+    page = page_as(browser, d, alice.token)
+    asked = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto(d.url + f"/ui/jobs/{jid}")
+    assert "No metrics yet." in page.inner_text("#charts")
+    page.evaluate("window.__notReloaded = true")
+    page.wait_for_selector(".chart.small[data-names='loss']", timeout=20000)
+    page.wait_for_selector(".chart.small[data-names='val_acc']", timeout=20000)  # a metric that came later
+    page.wait_for_selector("#live[data-ended='1']", timeout=30000)
+    assert page.evaluate("window.__notReloaded") is True
+    assert page.get_attribute(".chart.small[data-names='val_acc']", "data-total") == "4"
+    assert "all done" in page.inner_text("#log") and page.inner_text("h1 .state") == "succeeded"
+    assert not [u for u in asked if "/ui/jobs/" in u and jid not in u], asked  # no other page asked for by mistake
+
+
 CKPT = "mkdir -p \"$RUNNER_JOB_DIR/checkpoints\" && head -c 300000 /dev/urandom > \"$RUNNER_JOB_DIR/checkpoints/model.pt\""
 
 

@@ -16,7 +16,7 @@
     var charts = new window.RunnerCharts.Multiples(box), after = null, logSize = -1, query = "";
 
     function loadCharts() {
-      return fetch(box.dataset.charts).then(function (r) { return r.json(); }).then(function (d) {
+      return fetch(box.dataset.src).then(function (r) { return r.json(); }).then(function (d) {
         after = d.last_id;
         if (!d.groups.length) return;
         tools.hidden = false;
