@@ -552,11 +552,9 @@ POSE_PREDICT = textwrap.dedent('''
 ''')
 
 
-def test_a_pose_repo_trains_on_a_yolo_pose_set_and_infers_keypoints_by_its_table_alone(runner, daemon, home, tmp_path):
-    """dataset.format = yolo for a pose_estimation repo: its pose labels are checked as pose (they
-    were refused as detection lines), and the keypoints its predict script prints are the answer."""
-    from runner.synth_tasks import make_yolo
-
+@pytest.fixture
+def poserepo(home, tmp_path):
+    """A pure-Python pose repo (POSE_*) committed in a real git repo, its table in the home's registry."""
     src = tmp_path / "poserepo"
     src.mkdir()
     git("init", "-q", "-b", "main", cwd=src)
@@ -564,14 +562,23 @@ def test_a_pose_repo_trains_on_a_yolo_pose_set_and_infers_keypoints_by_its_table
         (src / name).write_text(text)
     git("add", ".", cwd=src)
     git("commit", "-qm", "pose", cwd=src)
-    data = make_yolo(tmp_path / "pose", "pose", train=3, val=3, size=24, easy=True)
     add_table(home, "poserepo", {
         "url": f"file://{src}", "commit": git("rev-parse", "HEAD", cwd=src), "license": "MIT", "entry": "train.py",
         "task_type": "pose_estimation", "dataset": {"format": "yolo"},
         "args": {"template": ["--data", "{data}", "--epochs", "{epochs}", "--out", "{output_dir}"]}, "defaults": {"epochs": 2},
-        "checkpoints": ["pose-*.json"],
+        "checkpoints": ["pose-*.json"], "check": {"epochs": 2, "learns": {"metric": "val_pck"}},
         "parser": {"patterns": [{"regex": r"^epoch (?P<epoch>\d+) threshold (?P<threshold>[\d.]+) val_pck (?P<val_pck>[\d.]+)"}]},
         "infer": {"template": ["predict.py", "{checkpoint}", "{images}"], "output": {"stdout": True, "format": "jsonl"}}})
+    return src
+
+
+def test_a_pose_repo_trains_on_a_yolo_pose_set_and_infers_keypoints_by_its_table_alone(runner, daemon, home, tmp_path, poserepo):
+    """dataset.format = yolo for a pose_estimation repo: its pose labels are checked as pose (they
+    were refused as detection lines), and the keypoints its predict script prints are the answer."""
+    from runner.synth_tasks import make_yolo
+
+    src = poserepo
+    data = make_yolo(tmp_path / "pose", "pose", train=3, val=3, size=24, easy=True)
     spec = tmp_path / "pose.json"
     spec.write_text(json.dumps({"model": "repo/poserepo", "dataset": {"path": str(data), "format": "yolo"}}))
     j = runner.wait_state(runner.submit(spec), timeout=300)
@@ -593,3 +600,18 @@ def test_a_pose_repo_trains_on_a_yolo_pose_set_and_infers_keypoints_by_its_table
         assert [box[k] for k in ("x1", "y1", "x2", "y2")] == rec["box"] and box["label_id"] == rec["label_id"]
         assert box["label"] == ["circle", "square", "triangle"][rec["label_id"]]
     assert [r["label_id"] for r in printed] == [0, 1]  # the easy set's colours: val_000 a red circle, val_001 a green square
+
+
+def test_runner_check_fills_every_column_for_a_pose_repo(runner, home, tmp_path, poserepo):
+    """`runner check repo/poserepo`: a synthetic YOLO pose set made for its table (format yolo,
+    task pose_estimation), its script trained on it (one job), each column what a user expects."""
+    r = runner.run("check", "repo/poserepo", "--out", str(tmp_path / "check"), check=False)
+    rep = json.loads((tmp_path / "check" / "report.json").read_text())["models"][0]
+    by = {c["name"]: c for c in rep["checks"]}
+    assert r.returncode == 0 and rep["status"] == "success", r.stdout
+    job = runner.json("show", rep["job"])
+    assert job["spec"]["dataset"]["format"] == "yolo" and "kpt_shape: [4, 3]" in Path(job["spec"]["dataset"]["path"]).read_text()
+    assert by["load"]["ok"] and by["train"]["ok"] and set(by["validate"]["detail"]) == {"val_pck"}
+    assert by["checkpoint"]["ok"] and by["checkpoint"]["detail"][0]["path"].startswith("out/pose-")
+    assert by["infer"]["ok"] and (by["infer"]["detail"]["people"], by["infer"]["detail"]["keypoints"]) == (1, 4)
+    assert by["learns"]["ok"] and by["learns"]["detail"]["criteria"]["at_least"] == 0.3 and by["learns"]["detail"]["epochs"] == 2
