@@ -94,10 +94,11 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
 
         p = Path(ds["path"])
         data_yaml = p if p.suffix in (".yaml", ".yml") else p / "data.yaml"
-        if ds.get("format") in published.FORMATS:  # DOTA/HRSC2016/VOC as YOLO boxes, converted once per version
+        if ds.get("format") in published.FORMATS:  # DOTA/HRSC2016/VOC as YOLO(-OBB) labels, converted once per version
             from .ultralytics import convert_published
 
-            data_yaml, files["_dataset_report"] = convert_published(ds, "detect", Path(cache or Path(job_dir) / "datasets"))
+            layout = "obb" if repo.get("task_type") == "obb_detection" else "detect"  # an OBB repo keeps the angles
+            data_yaml, files["_dataset_report"] = convert_published(ds, layout, Path(cache or Path(job_dir) / "datasets"))
         cfg = _simple_yaml(data_yaml.read_text())
         root = Path(cfg.get("path") or data_yaml.parent)
         root = root if root.is_absolute() else (data_yaml.parent / root).resolve()

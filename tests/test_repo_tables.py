@@ -291,3 +291,23 @@ def test_shipped_files_come_from_the_tables_folder_only(tmp_path):
     with pytest.raises(RepoError, match=r"repos.t.files: '../x' must be a path inside the checkout"):
         repos.copy_files(src, {"_dir": str(site), "files": {"../x": "extra/font.ttf"}}, "t")
     assert not (tmp_path / "x").exists() and not (src / "x").exists()
+
+
+@pytest.mark.parametrize("task, values", [("obb_detection", 9), ("object_detection", 5)])
+def test_a_published_set_reaches_a_yolo_repo_in_its_tasks_layout(tmp_path, task, values):
+    """A DOTA set given to a yolo repo is converted once, as oriented boxes for an OBB repo (it
+    was made axis-aligned boxes whatever the task, losing the angles) and as boxes for a detector;
+    the data.yaml runner writes names the converted set, and its labels pass the task's check."""
+    from config_translators import repo as translator
+    from runner.synth_tasks import make_dota
+
+    dota = make_dota(tmp_path / "dota", train=2, val=1, size=32)
+    table = repo_table("file:///x", "0" * 40, task_type=task, dataset={"format": "yolo"},
+                       args={"template": ["--data", "{data}"]})
+    spec = {"model": "repo/t", "dataset": {"path": str(dota), "format": "dota"}, "train": {}, "resources": {"gpus": 0}}
+    assert translator.check_dataset(spec["dataset"], table) == []
+    out = translator.translate({"spec": spec, "repo": table, "id": "x"}, str(tmp_path / "job"), str(tmp_path / "job" / "src"), "/py")
+    yaml = dict(line.split(": ", 1) for line in out["files"]["data.yaml"].splitlines())
+    labels = sorted(Path(yaml["train"].replace("/images/", "/labels/")).glob("*.txt"))
+    assert len(labels) == 2 and {len(line.split()) for f in labels for line in f.read_text().splitlines()} == {values}
+    assert out["argv"][2:] == ["--data", str(tmp_path / "job" / "data.yaml")]
