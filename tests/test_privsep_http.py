@@ -269,6 +269,42 @@ def test_a_thousand_idle_connections_leave_the_daemon_serving(team):
     assert d.proc.poll() is None
 
 
+def test_requests_whose_bodies_never_come_neither_lock_others_out_nor_stay(world, users):
+    """bob, with his own valid token, opens more POSTs than the server takes, each with its head and
+    the first byte of a long body: alice's requests are still answered at once, and each stalled
+    request is closed once its body is late (found by a hostile teammate: everyone was locked out)."""
+    from test_users import team_home
+
+    with team_home(world, users, "[server]\nmax_connections = 40\nbody_seconds = 6\n") as (d, alice, bob, home):
+        token, mine = bob.run("token").stdout.strip(), alice.run("token").stdout.strip()
+        head = (f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{").encode()
+        socks = []
+        try:
+            for _ in range(60):
+                s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+                s.sendall(head)
+                socks.append(s)
+            time.sleep(1)
+            for _ in range(5):  # a new request displaces the longest-stalled one, every time
+                t0 = time.time()
+                status, body = d.get("/jobs?limit=1", token=mine)
+                assert status == 200 and time.time() - t0 < 5, (status, body)
+            t0 = time.time()
+            alive = [s for s in socks if s.fileno() >= 0]
+            for s in alive:  # each is closed by the server by body_seconds after its head
+                s.settimeout(15)
+                try:
+                    assert s.recv(1) in (b"", b"H")  # closed (or answered, then closed)
+                except (ConnectionResetError, socket.timeout) as e:
+                    assert isinstance(e, ConnectionResetError), "a stalled request stayed open"
+            assert time.time() - t0 < 15
+        finally:
+            for s in socks:
+                s.close()
+        assert d.get("/healthz")[0] == 200 and d.proc.poll() is None
+
+
 def test_the_daemon_raises_its_open_files_limit_to_the_hard_one(world):
     home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -10,9 +10,12 @@ the server itself (the API and the dashboard alike).
   HTML a Content-Security-Policy that runs only the server's own script files.
 
 `server(app, bind, settings)` makes the uvicorn server: a connection must send a complete request
-head within HEADER_SECONDS, idle keep-alive connections close after KEEP_ALIVE_SECONDS, and at most
-`max_connections` are open at once (a new one displaces the longest-idle one), so a flood of idle
-connections can neither exhaust the daemon's file descriptors nor lock everyone out.
+head within HEADER_SECONDS and then its whole body within BODY_SECONDS, idle keep-alive connections
+close after KEEP_ALIVE_SECONDS, and at most `max_connections` are open at once: a new one displaces
+the longest-idle one, else the one that has waited longest for the rest of its body. So neither a
+flood of idle connections nor one of requests whose bodies never come (sent with a valid token:
+the body is read before the route knows who asks) can exhaust the daemon's file descriptors or
+lock everyone out.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ MAX_CONNECTIONS = 1000
 
 HEADER_SECONDS = 10.0
 """How long a connection may take to send a complete request head (after it opens, or after its last answer)."""
+
+BODY_SECONDS = 30.0
+"""How long a request may take to send its whole body once its head is in ([server] body_seconds)."""
 
 KEEP_ALIVE_SECONDS = 5
 """How long an idle keep-alive connection is kept."""
@@ -190,13 +196,15 @@ def connection_cap(max_connections: int = MAX_CONNECTIONS) -> int:
     return max(8, min(max_connections, fd_limit() // 2 - BACKLOG))
 
 
-def _protocol(max_connections: int, header_seconds: float):
+def _protocol(max_connections: int, header_seconds: float, body_seconds: float = BODY_SECONDS):
     """uvicorn's HTTP/1.1 protocol (h11) with runner's connection bounds (see `server`)."""
     from collections import OrderedDict
 
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     idle: OrderedDict = OrderedDict()  # connections with no request in progress, longest idle first
+    waiting: OrderedDict = OrderedDict()  # connections whose request head came and whose body has not, longest first
 
     class Bounded(H11Protocol):
         """A connection that must send a request head in time, and that gives way when the server
@@ -206,15 +214,18 @@ def _protocol(max_connections: int, header_seconds: float):
         def connection_made(self, transport):
             super().connection_made(transport)
             self.head_timer = self.loop.call_later(header_seconds, self._head_late)
+            self.body_timer = None
             self._idle()
             if len(self.connections) > connection_cap(max_connections):
                 oldest = next(iter(idle))
-                if oldest is self:  # every other connection has a request in progress: this one waits its turn elsewhere
-                    self._busy()
-                    transport.close()
-                else:
+                if oldest is not self:
                     oldest._busy()
                     oldest.transport.close()
+                elif waiting:  # none idle: the one that has waited longest for its body gives way
+                    next(iter(waiting))._drop()
+                else:  # every other connection has a request in progress: this one waits its turn elsewhere
+                    self._busy()
+                    transport.close()
 
         def _idle(self):
             idle.pop(self, None)
@@ -228,6 +239,27 @@ def _protocol(max_connections: int, header_seconds: float):
             if self.cycle is not None and not self.cycle.response_complete:
                 self._busy()  # a request is in progress: its head arrived
                 self.head_timer.cancel()
+            if self.conn.their_state is h11.SEND_BODY:  # its head came, the rest of its body has not
+                if self not in waiting:
+                    waiting[self] = None
+                    self.body_timer = self.loop.call_later(body_seconds, self._body_late)
+            else:
+                self._body_done()
+
+        def _body_done(self):
+            waiting.pop(self, None)
+            if self.body_timer is not None:
+                self.body_timer.cancel()
+                self.body_timer = None
+
+        def _body_late(self):
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                self._drop()  # no whole body in time (a slow or stalled upload)
+
+        def _drop(self):
+            self._body_done()
+            self._busy()
+            self.transport.close()
 
         def on_response_complete(self):
             super().on_response_complete()
@@ -238,6 +270,7 @@ def _protocol(max_connections: int, header_seconds: float):
 
         def connection_lost(self, exc):
             self.head_timer.cancel()
+            self._body_done()
             self._busy()
             super().connection_lost(exc)
 
@@ -251,13 +284,14 @@ def _protocol(max_connections: int, header_seconds: float):
 
 def server(app, bind: str, settings: dict | None = None):
     """The uvicorn server for `app` on `bind` (host:port), with runner's bounds: `settings` is the
-    config's [server] table (max_connections, header_seconds)."""
+    config's [server] table (max_connections, header_seconds, body_seconds)."""
     import uvicorn
 
     settings = settings or {}
     cap = int(settings.get("max_connections", MAX_CONNECTIONS))
     host, _, port = bind.rpartition(":")
     config = uvicorn.Config(app, host=host.strip("[]") or "127.0.0.1", port=int(port), log_level="warning", access_log=False,
-                            lifespan="off", ws="none", http=_protocol(cap, float(settings.get("header_seconds", HEADER_SECONDS))),
+                            lifespan="off", ws="none", http=_protocol(cap, float(settings.get("header_seconds", HEADER_SECONDS)),
+                                                                          float(settings.get("body_seconds", BODY_SECONDS))),
                             timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=cap + 1, backlog=BACKLOG)
     return uvicorn.Server(config)
