@@ -430,3 +430,19 @@ def test_a_store_that_refuses_writes_leaves_the_file_in_the_spool(tmp_path, monk
     finally:
         readonly.close()
         daemon.launcher.close()
+
+
+def test_a_teammates_command_cannot_drive_my_terminal(team):
+    """bob's command carries escape sequences (erase the rows above, set the title, right-to-left):
+    alice's `runner ls` and `runner show` print them as visible escapes, and the name made from
+    the command has none (found by a hostile teammate)."""
+    d, alice, bob, home = team
+    evil = "\x1b[A\x1b[2K\x1b]0;PWNED\x07\u202eevil"
+    jid = bob.run("submit", "--", "/bin/echo", evil).stdout.strip().splitlines()[-1]
+    bob.wait(jid)
+    listed = alice.run("ls", "--all").stdout
+    shown = alice.run("show", jid).stdout
+    for out in (listed, shown):
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, repr(out)
+    assert "?[A?[2K?]0;PWNED??evil" in listed  # the name, made from the command
+    assert json.loads(alice.run("show", jid, "--json").stdout)["name"] == "/bin/echo ?[A?[2K?]0;PWNED??evil"

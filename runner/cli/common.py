@@ -27,7 +27,9 @@ def print_json(data):
 
 def table(rows: list[list], headers: list[str]):
     """A plain aligned table."""
-    rows = [["" if c is None else str(c) for c in r] for r in rows]
+    from runner.printable import printable
+
+    rows = [["" if c is None else printable(c) for c in r] for r in rows]  # a teammate's name cannot drive your terminal
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -109,13 +109,15 @@ def show(args):
         return 0
     keys = ["id", "name", "user", "state", "reason", "exit_code", "signal", "model", "env", "env_hash", "gpus", "priority",
             "after", "retry_of", "note", "peak_gpu_mem_mb", "job_dir"]
+    from runner.printable import printable
+
     for k in keys:
         if view.get(k) not in (None, [], ""):
-            print(f"{k + ':':<16}{view[k]}")
+            print(f"{k + ':':<16}{printable(view[k])}")  # a teammate's words cannot drive your terminal
     if view.get("tags"):
         print(f"{'tags:':<16}{', '.join(view['tags'])}")
     if view.get("notes"):
-        print(f"{'notes:':<16}" + view["notes"].replace("\n", "\n" + " " * 16))
+        print(f"{'notes:':<16}" + ("\n" + " " * 16).join(printable(line) for line in view["notes"].split("\n")))
     for k in ("created_at", "started_at", "finished_at"):
         if view.get(k):
             print(f"{k + ':':<16}{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(view[k]))}")

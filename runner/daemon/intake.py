@@ -14,6 +14,7 @@ from .. import defaults
 from ..exceptions import InvalidTransition, JobNotFound, RunnerError, SpecError
 from ..proctl import kill_tree
 from ..spec import parse_spec
+from ..printable import plain_name
 from ..spool import SpoolFileError, check_cancel_record, check_job_record, check_tags_record, pending, quarantine, read_record, user_name
 from ..states import JobState, Reason
 from .faults import own_trouble, rollback
@@ -202,7 +203,7 @@ class Intake:
                 after.append(self.store.get_job(ref)["id"])
             except JobNotFound:
                 after.append(ref)
-        name = spec.name or (spec.model.split("/", 1)[1] if spec.model else (spec.command if isinstance(spec.command, str) else " ".join(spec.command)))[:60]
+        name = spec.name or plain_name((spec.model.split("/", 1)[1] if spec.model else (spec.command if isinstance(spec.command, str) else " ".join(spec.command)))[:60])
         env = rec["spec"].get("env")
         if isinstance(env, dict):
             env = env.get("name", "inline")
