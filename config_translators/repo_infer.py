@@ -29,7 +29,10 @@ fresh folder for this inference). `args.cpu` / `args.gpu` have their counterpart
 A record may carry `label_id`, `label`, `confidence`, a box, `keypoints` (a list of [x, y] or
 [x, y, score], or a flat list of triples) and `scores` (one per class: classification's top-5).
 Classification takes the record with the highest confidence; detection makes a box of each;
-pose makes a person of each record with keypoints.
+pose makes a person of each record with keypoints; semantic segmentation a mask entry of each
+class's `pixels` or `rle`; instance segmentation a box and a mask of each `polygon`,
+`segmentation` or `rle`; OBB a rotated box of each `cx cy w h angle` or `corners`; captioning
+the (most confident) `caption` or `text` (regions.py reads the shapes).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import json
 import re
 from pathlib import Path
 
+from . import regions
 from .dataset_formats import image_size  # noqa: F401 (the size of a box format's image: runner.repo_infer)
 from .repo import _fill
 
@@ -239,26 +243,55 @@ def result(task: str, rows: list[dict], out: dict, names: dict, size: tuple[int,
             order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:5]
             res["top5_predictions"] = [{"label_id": i + offset, "label": names.get(i + offset), "confidence": float(scores[i])} for i in order]
         return {k: v for k, v in res.items() if v is not None}
+    if task == "image_captioning":
+        said = [r for r in rows if isinstance(r.get("caption", r.get("text")), str)]
+        if said:
+            best = max(said, key=conf) if any("confidence" in r or "score" in r for r in said) else said[0]
+            res["caption"] = best.get("caption", best.get("text"))
+        elif rows:
+            res["warnings"] = [f"{len(rows)} record(s) gave no caption (a record needs caption or text)"]
+        return res
     if task == "semantic_segmentation":
+        rows = [{**r, "pixels": regions.rle_pixels(r["rle"])} if r.get("pixels") is None and r.get("rle") is not None else r
+                for r in rows]  # a class's mask as an RLE: its pixels counted
         total = sum(int(r.get("pixels", 0) or 0) for r in rows)
         res["masks"] = [{**label(r), "pixels": int(r["pixels"]), "fraction": int(r["pixels"]) / total}
                         for r in rows if r.get("pixels") and r.get("label_id") is not None]
         if rows and not res["masks"]:
-            res["warnings"] = [f"{len(rows)} record(s) gave no mask (a mask record needs label_id and pixels: output format png)"]
+            res["warnings"] = [f"{len(rows)} record(s) gave no mask (a mask record needs label_id and pixels or rle, or output format png)"]
+        return res
+    if task == "obb_detection":
+        res["rotated_boxes"] = [{**rb, "confidence": conf(r), **label(r)} for r in rows if (rb := regions.rotated(r)) is not None]
+        lost = len(rows) - len(res["rotated_boxes"])
+        if lost:
+            res["warnings"] = [f"{lost} of {len(rows)} record(s) mapped to no rotated box (a record needs cx, cy, w, h and angle, or corners)"]
         return res
     how = out.get("box", "xyxy")
-    boxes, people = [], []
+    boxes, people, masks = [], [], []
     for r in rows:
         if task == "pose_estimation" and r.get("keypoints") is not None:
             people.append(_keypoints(r["keypoints"]))
         b = _box(r, how, size)
+        if task == "instance_segmentation":  # its mask as a polygon (as Ultralytics gives it) or an RLE; the box around it if none is given
+            poly = regions.points(r.get("polygon", r.get("segmentation")))
+            rle = r.get("rle") or (r["segmentation"] if isinstance(r.get("segmentation"), dict) else None)
+            if poly:
+                masks.append({"polygon": poly, **label(r)})
+                b = b or regions.polygon_box(poly)
+            elif rle is not None:
+                masks.append({"pixels": regions.rle_pixels(rle), **label(r)})
+                b = b or regions.rle_box(rle)
         if b is not None:
             boxes.append({"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "confidence": conf(r), **label(r)})
     res["boxes"] = boxes
     if task == "pose_estimation":
         res["keypoints"] = people
+    if task == "instance_segmentation":
+        res["masks"] = masks
     lost = len(rows) - max(len(boxes), len(people))
     if lost > 0:
         res["warnings"] = [f"{lost} of {len(rows)} record(s) mapped to no box{' or person' if task == 'pose_estimation' else ''} "
                            f"(see the table's output.box and fields)"]
+    elif task == "instance_segmentation" and len(masks) < len(rows):
+        res["warnings"] = [f"{len(rows) - len(masks)} of {len(rows)} record(s) gave no mask (a record needs polygon, segmentation or rle)"]
     return res

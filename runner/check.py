@@ -219,12 +219,17 @@ def repo_infer_check(home, store, registry, jid: str) -> dict:
     ok = {"image_classification": res.get("predicted_label_id") is not None or res.get("predicted_label") is not None,
           "object_detection": isinstance(res.get("boxes"), list) and len(res["boxes"]) > 0,
           "semantic_segmentation": isinstance(res.get("masks"), list) and len(res["masks"]) > 0,
+          "instance_segmentation": bool(res.get("boxes")) and bool(res.get("masks")),
+          "obb_detection": bool(res.get("rotated_boxes")),
+          "image_captioning": bool((res.get("caption") or "").strip()),
           "pose_estimation": bool(res.get("keypoints")) and len(res["keypoints"][0]) > 0}.get(
         task, bool(set(res) - {"task", "checkpoint", "image", "warnings", "note"}))
     detail = {"image": os.path.basename(image), "checkpoint": os.path.relpath(res["checkpoint"], job["job_dir"]),
               **{k: res[k] for k in ("predicted_label", "confidence") if k in res},
               **({"boxes": len(res["boxes"])} if "boxes" in res else {}),
               **({"masks": [m.get("label", m.get("label_id")) for m in res["masks"]]} if "masks" in res else {}),
+              **({"rotated_boxes": len(res["rotated_boxes"])} if "rotated_boxes" in res else {}),
+              **({"caption": res["caption"]} if "caption" in res else {}),
               **({"people": len(res["keypoints"]), "keypoints": len(res["keypoints"][0]) if res["keypoints"] else 0} if "keypoints" in res else {})}
     if res.get("warnings"):  # records that mapped to nothing fail the check, whatever else mapped
         return {"name": "infer", "ok": False, "seconds": time.time() - t0, "detail": detail,

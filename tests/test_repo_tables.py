@@ -311,3 +311,65 @@ def test_a_published_set_reaches_a_yolo_repo_in_its_tasks_layout(tmp_path, task,
     labels = sorted(Path(yaml["train"].replace("/images/", "/labels/")).glob("*.txt"))
     assert len(labels) == 2 and {len(line.split()) for f in labels for line in f.read_text().splitlines()} == {values}
     assert out["argv"][2:] == ["--data", str(tmp_path / "job" / "data.yaml")]
+
+
+def coco_rle_string(counts: list) -> str:
+    """pycocotools' rleToString, transcribed from its maskApi.c (the inverse of the reader under test)."""
+    s = ""
+    for i, n in enumerate(counts):
+        x = n - counts[i - 2] if i > 2 else n
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            s += chr((c | 0x20 if more else c) + 48)
+    return s
+
+
+def test_infer_maps_masks_rotated_boxes_and_captions_for_every_task():
+    """What a repo's predict script prints for the tasks beyond boxes and classes: a class's mask
+    as an RLE (semantic), an object's polygon or RLE (instance, with the box around it), an
+    oriented box as its corners or centre, size and angle (OBB), a caption; a record that gives
+    none of them is a warning, never an empty success."""
+    import math
+
+    from config_translators import regions
+    from config_translators.repo_infer import records, result
+
+    assert coco_rle_string([0, 4]) == "04" and regions.rle_counts({"counts": "04"}) == [0, 4]
+    for counts in ([5, 3, 120, 1, 0, 2], [0, 4096], [7, 40, 1, 33, 2, 900, 31, 1]):
+        assert regions.rle_counts({"size": [64, 64], "counts": coco_rle_string(counts)}) == counts
+    out = {"stdout": True, "format": "jsonl"}
+    names = {0: "background", 1: "circle", 2: "square"}
+    # semantic: one record a class, its mask as an RLE (compressed or not)
+    text = "\n".join(json.dumps(r) for r in [{"label_id": 0, "rle": {"size": [4, 4], "counts": [0, 10, 6]}},
+                                             {"label_id": 2, "rle": {"size": [4, 4], "counts": coco_rle_string([10, 6])}}])
+    res = result("semantic_segmentation", records(out, text), out, names, (4, 4))
+    assert res["masks"] == [{"label_id": 0, "label": "background", "pixels": 10, "fraction": 10 / 16},
+                            {"label_id": 2, "label": "square", "pixels": 6, "fraction": 6 / 16}] and "warnings" not in res
+    # instance: a polygon (pairs or COCO's flat rings) or an RLE; the box is the mask's when the record has none
+    text = "\n".join(json.dumps(r) for r in [
+        {"label_id": 1, "score": 0.9, "polygon": [[2, 3], [10, 3], [10, 9], [2, 9]]},
+        {"label_id": 2, "score": 0.5, "segmentation": [[1, 1, 5, 1, 5, 4]], "box": [0, 0, 6, 6]},
+        {"label_id": 2, "score": 0.4, "rle": {"size": [8, 8], "counts": [8 * 3 + 2, 4, 4, 4]}}])  # columns 3-4, rows 2-5
+    res = result("instance_segmentation", records(out, text), out, names, (16, 16))
+    assert [[b[k] for k in ("x1", "y1", "x2", "y2")] for b in res["boxes"]] == [[2, 3, 10, 9], [0, 0, 6, 6], [3, 2, 5, 6]]
+    assert res["masks"][0] == {"polygon": [[2, 3], [10, 3], [10, 9], [2, 9]], "label_id": 1, "label": "circle"}
+    assert res["masks"][1]["polygon"] == [[1, 1], [5, 1], [5, 4]] and res["masks"][2] == {"pixels": 8, "label_id": 2, "label": "square"}
+    assert "warnings" not in res
+    res = result("instance_segmentation", records(out, json.dumps({"label_id": 1, "box": [0, 0, 2, 2]})), out, names, (4, 4))
+    assert res["boxes"] and res["masks"] == [] and "gave no mask" in res["warnings"][0]
+    # OBB: centre, size and angle, or four corners in order
+    text = "\n".join(json.dumps(r) for r in [{"label_id": 1, "cx": 8, "cy": 8, "w": 6, "h": 2, "angle": 0.5, "confidence": 0.7},
+                                             {"label_id": 2, "corners": [0, 0, 4, 4, 2, 6, -2, 2]}, {"label_id": 1}])
+    res = result("obb_detection", records(out, text), out, names, (16, 16))
+    assert res["rotated_boxes"][0] == {"cx": 8.0, "cy": 8.0, "w": 6.0, "h": 2.0, "angle": 0.5, "confidence": 0.7, "label_id": 1, "label": "circle"}
+    rb = res["rotated_boxes"][1]
+    assert (rb["cx"], rb["cy"], rb["angle"]) == (1.0, 3.0, math.atan2(4, 4)) and math.isclose(rb["w"], math.sqrt(32))
+    assert math.isclose(rb["h"], math.sqrt(8)) and res["warnings"] == ["1 of 3 record(s) mapped to no rotated box (a record needs cx, cy, w, h and angle, or corners)"]
+    # captioning: the caption (the most confident where they say)
+    res = result("image_captioning", records(out, '{"caption": "a red circle", "score": 0.2}\n{"text": "a circle", "score": 0.6}'), out, {}, (4, 4))
+    assert res == {"task": "image_captioning", "caption": "a circle"}
+    res = result("image_captioning", records(out, '{"label_id": 1}'), out, {}, (4, 4))
+    assert "caption" not in res and "gave no caption" in res["warnings"][0]

@@ -452,10 +452,17 @@ def test_a_segmentation_repos_learns_takes_its_tasks_floor_unless_the_table_stat
     ({"masks": []}, False, "gave no semantic_segmentation prediction"),
     ({"masks": [], "warnings": ["1 record(s) gave no mask (a mask record needs label_id and pixels: output format png)"]}, False,
      "records that map to nothing: 1 record(s) gave no mask"),
+    ({"task": "instance_segmentation", "boxes": [{"x1": 0, "y1": 0, "x2": 4, "y2": 4}], "masks": []}, False,
+     "gave no instance_segmentation prediction"),
+    ({"task": "obb_detection", "rotated_boxes": [{"cx": 1, "cy": 1, "w": 2, "h": 1, "angle": 0.3}]}, True, None),
+    ({"task": "obb_detection", "boxes": []}, False, "gave no obb_detection prediction"),
+    ({"task": "image_captioning", "caption": " "}, False, "gave no image_captioning prediction"),
+    ({"task": "image_captioning", "caption": "a red circle"}, True, None),
 ])
-def test_a_segmentation_repos_infer_check_needs_a_mask(seg_job, monkeypatch, answer, ok, says):
-    """The infer column of a segmentation repo: a mask of some class passes; an answer with no
-    mask, or with records that mapped to nothing, fails (it passed as any non-empty answer)."""
+def test_a_repos_infer_check_needs_what_its_task_predicts(seg_job, monkeypatch, answer, ok, says):
+    """The infer column of a repo: a mask of some class passes a segmentation repo, a rotated box an
+    OBB one, a caption a captioning one; an answer without them, or with records that mapped to
+    nothing, fails (it passed as any non-empty answer)."""
     from runner import check as chk
     from runner import envs, repo_infer
 
@@ -475,7 +482,7 @@ def test_a_segmentation_repos_infer_check_needs_a_mask(seg_job, monkeypatch, ans
     assert seen == [[str(Path(job["spec"]["dataset"]["path"]) / "val" / "images" / "000.png")]]
     assert c["ok"] is ok and c["detail"]["checkpoint"] == "src/runs/last.json", c
     assert (says in c["error"]) if says else "error" not in c
-    if ok:
+    if ok and "masks" in answer:
         assert c["detail"]["masks"] == ["background", "square"]
 
 
