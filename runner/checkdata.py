@@ -11,6 +11,12 @@ from pathlib import Path
 from .synth import SHAPES, make_shapes
 
 
+def repo_framework(table: dict) -> dict:
+    """What `make` and check_spec read of a framework, for a repo: its table's check sizes and its
+    dataset format (imagefolder where the table names none, as a job of it takes)."""
+    return {"check": table.get("check") or {}, "dataset_formats": [(table.get("dataset") or {}).get("format", "imagefolder")]}
+
+
 def make(framework: str, model: dict, fw: dict, root: Path) -> tuple[Path, str]:
     """(dataset path, format) for a model's check; made once per layout and shared."""
     sizes = {**fw.get("check", {}), **model.get("check", {})}

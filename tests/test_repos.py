@@ -622,3 +622,22 @@ def test_runner_check_fills_every_column_for_a_pose_repo(runner, home, tmp_path,
     assert by["checkpoint"]["ok"] and by["checkpoint"]["detail"][0]["path"].startswith("out/pose-")
     assert by["infer"]["ok"] and (by["infer"]["detail"]["people"], by["infer"]["detail"]["keypoints"]) == (1, 4)
     assert by["learns"]["ok"] and by["learns"]["detail"]["criteria"]["at_least"] == 0.3 and by["learns"]["detail"]["epochs"] == 2
+
+
+def test_runner_check_makes_the_data_a_repo_table_declares(tmp_path):
+    """The synthetic set `runner check repo/X` trains on is of the table's task and format (a table
+    that names no dataset takes an ImageFolder, as its jobs do: it was a KeyError)."""
+    from runner import checkdata
+
+    cases = [({"task_type": "semantic_segmentation", "dataset": {"format": "masks"}}, "masks", "val/masks/000.png"),
+             ({"task_type": "pose_estimation", "dataset": {"format": "yolo"}}, "yolo", "labels/val/val_000.txt"),
+             ({"task_type": "pose_estimation", "dataset": {"format": "coco"}}, "coco", "../val.json"),
+             ({"task_type": "image_captioning", "dataset": {"format": "captions"}}, "captions", "val/captions.jsonl"),
+             ({"task_type": "image_classification"}, "imagefolder", "val/circle")]
+    for table, fmt, part in cases:
+        model = {"framework": "repo", "model_name": "x", "task_type": table["task_type"]}
+        path, got = checkdata.make("repo", model, checkdata.repo_framework(table), tmp_path / "data")
+        root = path.parent if path.suffix == ".yaml" else path
+        assert got == fmt and (root / part).exists(), (table, path, got)
+    yolo = (tmp_path / "data" / "yolo-pose" / "labels" / "val" / "val_000.txt").read_text().split()
+    assert len(yolo) == 5 + 4 * 3  # pose lines, with their keypoints

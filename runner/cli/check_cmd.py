@@ -48,10 +48,10 @@ def check(args):
         model = reg.get_model(ref)
         if model is None:
             raise RunnerError(f"check: {ref} is not in the registry (see `runner models`)")
-        fw_name = model["framework"]
-        fw = reg.get_framework(fw_name) if fw_name != "repo" else {"check": reg.get_repo(model["model_name"]).get("check", {}),
-                                                                    "dataset_formats": [reg.get_repo(model["model_name"])["dataset"]["format"]]}
         from runner import checkdata
+
+        fw_name = model["framework"]
+        fw = reg.get_framework(fw_name) if fw_name != "repo" else checkdata.repo_framework(reg.get_repo(model["model_name"]))
 
         data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")
         raw = chk.check_spec(model, fw, data_dir, fmt)
