@@ -446,3 +446,19 @@ def test_a_teammates_command_cannot_drive_my_terminal(team):
         assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, repr(out)
     assert "?[A?[2K?]0;PWNED??evil" in listed  # the name, made from the command
     assert json.loads(alice.run("show", jid, "--json").stdout)["name"] == "/bin/echo ?[A?[2K?]0;PWNED??evil"
+
+
+def test_a_hand_written_retry_of_her_job_is_refused(team):
+    """bob's record names alice's job as the one it retries: set aside (a forged history would also
+    keep her job's folder from [retention]); a retry of his own job, and root's of hers, stay retries."""
+    d, alice, bob, home = team
+    hers, his = alice.wait(alice.job("whoami"))["id"], bob.wait(bob.job("whoami"))["id"]
+    for jid, of in (("forged01", hers), ("ownretry", his)):
+        _write_as(bob, home / "spool" / f"0001-{jid}.job.json",
+                  {"id": jid, "submitted_at": time.time(), "retry_of": of,
+                   "spec": {"command": [SYSTEM_PY, str(bob.world / "jobs.py"), "whoami"]}})
+    assert f"retry_of: given '{hers}', a job of {alice.name}; expected a job of yours" in _reason(home, "0001-forged01.job.json")
+    assert bob.run("show", "forged01", check=False).returncode != 0
+    assert _wait(bob, "ownretry")["retry_of"] == his
+    copy = Runner(home).run("retry", hers).stdout.strip().splitlines()[-1]  # root's retry of hers: hers, a retry
+    assert _wait(alice, copy)["retry_of"] == hers

@@ -203,6 +203,17 @@ class Intake:
                 after.append(self.store.get_job(ref)["id"])
             except JobNotFound:
                 after.append(ref)
+        retry_of = rec.get("retry_of")
+        if retry_of:  # a retry is of one's own job (root's copy of hers is spooled as her file): no forged history
+            try:
+                was = self.store.get_job(retry_of)
+            except JobNotFound:
+                retry_of = None  # gone (removed by [retention]): nothing to link to
+            else:
+                if uid not in (0, os.geteuid(), was["uid"]):
+                    raise SpoolFileError(f"retry_of: given {retry_of!r}, a job of {was['user']}; expected a job of yours "
+                                         "(runner retry ID queues a copy of your own ended job)")
+                retry_of = was["id"]
         name = spec.name or plain_name((spec.model.split("/", 1)[1] if spec.model else (spec.command if isinstance(spec.command, str) else " ".join(spec.command)))[:60])
         env = rec["spec"].get("env")
         if isinstance(env, dict):
@@ -231,7 +242,7 @@ class Intake:
                     "priority": spec.priority, "spec": stored, "env": env,
                     "after": after, "created_at": max(rec["submitted_at"], (born or 0.0) - BORN_SLACK),
                     "job_dir": str(self.home.job_dir(job_id)),
-                    "gpus": [], "retry_of": rec.get("retry_of"),
+                    "gpus": [], "retry_of": retry_of,
                 }, now=now)
                 if not made:
                     if again and self.store.get_job(job_id)["uid"] == uid:
@@ -242,13 +253,10 @@ class Intake:
                     from ..secrets import keep
 
                     retry_uid = None
-                    if rec["retry_of"]:
-                        try:
-                            retry_uid = self.store.get_job(rec["retry_of"])["uid"]
-                        except JobNotFound:
-                            pass
+                    if retry_of:
+                        retry_uid = self.store.get_job(retry_of)["uid"]
                     wrote_secrets = True
-                    keep(self.home, job_id, env_vars, uid, rec["retry_of"], retry_uid)
+                    keep(self.home, job_id, env_vars, uid, retry_of, retry_uid)
                 if experiment:
                     self.store.mlflow_enroll([job_id], experiment, now=now)
         except BaseException:
