@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import defaults, queries
 from .exceptions import JobNotFound, PermissionDenied, RegistryError, RunnerError, SpecError
+from .tags import MAX_NOTES
 
 
 class TagsChange(BaseModel):
@@ -38,7 +39,7 @@ class TagsChange(BaseModel):
 
     add: list[str] = Field(default_factory=list, max_length=100)
     remove: list[str] = Field(default_factory=list, max_length=100)
-    notes: Optional[str] = Field(None, max_length=20_000)
+    notes: Optional[str] = Field(None, max_length=MAX_NOTES)
 
 State = Literal["queued", "preparing", "running", "succeeded", "failed", "cancelled"]
 
