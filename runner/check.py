@@ -371,8 +371,9 @@ def criteria_text() -> list[str]:
             "mAP50 for boxes, masks and keypoints, foreground mIoU, BLEU 0-100); the training loss's drop is shown, not judged; "
             "no control yet for these tasks",
             "within the model's stated epochs (column `epochs`) on the check's easy synthetic set (each class in its own colour), "
-            "from scratch (`pretrained: false`), at the stated input size; repos: the floor of their `check.learns` table "
-            "(a table without one fails learns); learns is never n/a"]
+            "from scratch (`pretrained: false`), at the stated input size; repos: the metric of their `check.learns` table, "
+            "at its `at_least`, else at their task's floor above (a classification repo must state its own; a table "
+            "without `check.learns` fails learns); learns is never n/a"]
 
 
 def drop_checkpoints(store, jobs: dict) -> int:
