@@ -146,6 +146,8 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
     """
     problems = []
     data = spec.model_dump(exclude_none=True)
+    if spec.kind == "command" and "train" not in spec.model_fields_set:
+        data.pop("train", None)  # a command job trains as its command says: no model settings shown for it
     if spec.workdir:
         data["workdir"] = _abs(spec.workdir, base)
         problems += workdir_problems(data["workdir"], state_root)

@@ -85,3 +85,21 @@ def test_fuzzed_specs_are_refused_cleanly_or_valid(data):
         return
     assert spec.kind in ("command", "model")
     json.dumps(spec.model_dump())
+
+
+def test_a_command_jobs_spec_carries_no_model_settings_it_did_not_give(tmp_path):
+    """The job page's Spec and `runner show` of a command job show what it was given, not a train
+    block of defaults (found by a newcomer: `train: {epochs: 1, pretrained: false, ...}`)."""
+    from runner.registry import load
+    from runner.resolve import resolve
+
+    reg = load()
+    plain = resolve(parse_spec({"command": ["python3", "train.py"], "parser": "generic"}), tmp_path, reg, [])
+    assert "train" not in plain and plain["command"] == ["python3", "train.py"]
+    given = resolve(parse_spec({"command": ["python3", "train.py"], "train": {"epochs": 3}}), tmp_path, reg, [])
+    assert given["train"]["epochs"] == 3
+    from runner.synth import make_shapes
+
+    data = make_shapes(tmp_path / "shapes", per_class=2, val_per_class=1)
+    model = resolve(parse_spec({"model": "timm/resnet18", "dataset": {"path": str(data)}}), tmp_path, reg, [])
+    assert model["train"]["epochs"] >= 1  # a model job keeps its settings, defaults filled
