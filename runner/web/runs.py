@@ -120,7 +120,9 @@ def routes(app, ctx, ui):
     def compare(request: Request, ids: list[str] = Query([], max_length=COMPARE_MAX * 4), metric: str = Query("", max_length=200)):
         """Up to ten jobs (ids=a,b or ids=a&ids=b, as the runs table's boxes send them) on one chart."""
         jobs, names = compared(ids)
-        metric = metric if metric in names else next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
+        if metric not in names:  # the jobs' main metric (val accuracy, mAP50, mIoU, BLEU), else a loss
+            main = next((n for n in metricsview.MAIN_METRICS if n in names), None)
+            metric = main or next((n for n in ("val_loss", "train_loss", "loss") if n in names), names[0] if names else "")
         flat = [dict(_flatten(_shown(j["spec"]))) for j in jobs]
         keys = sorted(set().union(*flat)) if flat else []
         diff = [(k, [f.get(k, "") for f in flat]) for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]

@@ -221,7 +221,7 @@
       el.dataset.points = all.map(function (s) { return s.points; }).join(",");
       el.dataset.ms = Math.round(performance.now() - t0);
       var note = document.getElementById("chart-note");
-      if (note) note.textContent = metric + " of " + ids.length + " jobs.";
+      if (note) note.textContent = metric + " of " + ids.length + (ids.length === 1 ? " job." : " jobs.");
     });
     if (logBox) logBox.addEventListener("change", function () {
       opts.log = logBox.checked;
