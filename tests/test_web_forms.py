@@ -131,3 +131,16 @@ def test_clone_is_for_whoever_may_see_the_spec():
     assert submitform.may_clone(None, stored) and submitform.may_clone(someone, stored)  # its page shows the spec to all
     assert submitform.may_clone(SimpleNamespace(uid=0), spooled)
     assert not submitform.may_clone(someone, spooled) and not submitform.may_clone(None, spooled)
+
+
+@pytest.mark.parametrize("ref", ["timm/resnet18", "ultralytics/yolov8n", "transformers/google/vit-base-patch16-224"])
+def test_each_settings_group_is_one_heading_with_its_everyday_fields_first(ref):
+    """The form's headings come from runs of one group: each group's fields together, so a heading
+    appears once (a newcomer saw "training" five times), the advanced ones after the everyday ones."""
+    _, fields = form(ref)
+    groups = [f["group"] for f in fields if f["name"].startswith("train.")]
+    runs = [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g]
+    assert len(runs) == len(set(runs)), runs
+    for g in set(groups):
+        adv = [bool(f.get("advanced")) for f in fields if f["name"].startswith("train.") and f["group"] == g]
+        assert adv == sorted(adv), g

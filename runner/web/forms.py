@@ -109,11 +109,17 @@ def fields_for(model: dict, registry) -> list[dict]:
         if f["name"] == "dataset.format":
             f["options"], f["default"] = ([usual] + [x for x in formats if x != usual]), usual
     recommended = {"batch_size": model.get("recommended_batch_size"), "lr": model.get("recommended_lr"), "input_size": model.get("input_size")}
+    # each group's fields together under one heading (groups in the order they first come; within
+    # one, the everyday fields before the advanced ones), as the schema lists them otherwise
+    first = {}
     for f in schema:
+        first.setdefault(f.get("group"), len(first))
+    for f in sorted(schema, key=lambda f: (first[f.get("group")], bool(f.get("advanced")))):
         g = dict(f, name=f"train.{f['name']}", label=f["name"].replace("_", " "))
         if recommended.get(f["name"]) is not None:
             g["default"] = recommended[f["name"]]
-            g["description"] = (g.get("description") or "") + " (the model's recommended value)"
+            if "registry" not in (g.get("description") or ""):
+                g["description"] = (g.get("description") or "") + " (the model's recommended value)"
         fields.append(g)
     return fields + _copy(LIMITS) + [dict(MORE)]
 
