@@ -266,3 +266,35 @@ def test_healthz_writes_the_store_at_most_every_few_seconds(served):
     assert problem.startswith("the store's folder cannot be written") and "\n" not in problem
     w.home = real
     assert w.probe(now=1000.0 + 2 * http.STORE_PROBE_SECONDS) is None
+
+
+def test_the_runs_tables_queue_is_a_page_in_start_order_with_each_jobs_place(tmp_path):
+    """120 queued jobs of two users at two priorities: /ui/ shows the first 50 to start with their
+    places, says how many more; filtered by user, each row keeps its place in the whole queue."""
+    import re
+
+    h = Home(tmp_path / "home").ensure()
+    store = h.store()
+    me = os.getuid()
+    for i in range(120):
+        store.insert_job({"id": f"q{i:04d}", "name": f"n{i}", "user": ("ann", "ben")[i % 2], "uid": me, "kind": "command",
+                          "spec": {"command": ["true"]}, "gpus": [], "after": [], "priority": 5 if i % 10 == 0 else 0,
+                          "created_at": 1000.0 + i}, now=1000.0 + i)
+    store.insert_job({"id": "slurm001", "name": "held", "user": "ben", "uid": me, "kind": "command", "spec": {"command": ["true"]},
+                      "gpus": [], "after": [], "priority": 9, "created_at": 1.0, "slurm_job_id": "4242"}, now=1.0)  # in Slurm's queue
+    expected = sorted(range(120), key=lambda i: (-(5 if i % 10 == 0 else 0), i))  # priority first, then age
+    place = {f"q{i:04d}": k + 1 for k, i in enumerate(expected)}
+    c = TestClient(create_app(h), base_url="http://127.0.0.1:8765")
+
+    def rows(query=""):
+        page = c.get("/ui/" + query).text
+        return re.findall(r'<tr class="queued" data-job="(q\d+)">.*?<td>queue (\d+)</td>', page, re.S), page
+
+    got, page = rows()
+    assert [j for j, _ in got] == [f"q{i:04d}" for i in expected[:50]] and all(place[j] == int(p) for j, p in got)
+    assert "and 71 more queued" in page  # (Slurm's job among them, with no place in runner's queue)
+    got, page = rows("?user=ben")
+    assert [j for j, _ in got] == [f"q{i:04d}" for i in expected if i % 2][:50] and all(place[j] == int(p) for j, p in got)
+    assert "and 11 more queued" in page
+    got, page = rows("?state=queued")
+    assert len(got) == 120 and all(place[j] == int(p) for j, p in got) and 'data-job="slurm001"' in page

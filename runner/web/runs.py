@@ -58,19 +58,42 @@ def routes(app, ctx, ui):
             args += [limit, offset]
         return store.conn.execute(sql, args).fetchall()
 
+    def queue_page(u, m, n, t, limit) -> tuple[list[dict], int]:
+        """The queued jobs that match, in the order they will start (the scheduler's plain order:
+        priority, then age), `limit` of them (None: all) with their place in the whole queue, then
+        those Slurm holds; and how many more match. Read off the queue-order index: a page of a
+        100,000-job queue costs that page, not a sort of the queue."""
+        w, args = where(["queued"], u, m, n, t)
+        total = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{w}", args).fetchone()["n"]
+        sql = (f"SELECT {', '.join(fields)} FROM jobs{w} AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC"
+               + (" LIMIT ?" if limit is not None else ""))
+        rows = store.conn.execute(sql, args + ([limit] if limit is not None else [])).fetchall()
+        if not (u or m or n or t):
+            rows = [dict(r, position=i + 1) for i, r in enumerate(rows)]
+        elif rows:  # a filtered row's place among every queued job: the ones ahead of it, counted off the index
+            held_any = store.conn.execute("SELECT 1 FROM jobs WHERE state='queued' AND slurm_job_id IS NOT NULL LIMIT 1").fetchone()
+            held = " AND slurm_job_id IS NULL" if held_any else ""  # (Slurm's own queue has no place in runner's)
+            ahead = [f"SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND priority > ?{held}",
+                     f"SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND priority = ? AND created_at < ?{held}",
+                     f"SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND priority = ? AND created_at = ? AND seq < ?{held}"]
+
+            def place(r):
+                keys = ((r["priority"],), (r["priority"], r["created_at"]), (r["priority"], r["created_at"], r["seq"]))
+                return 1 + sum(store.conn.execute(q, k).fetchone()["n"] for q, k in zip(ahead, keys))
+            rows = [dict(r, position=place(r)) for r in rows]
+        if limit is None or len(rows) < limit:
+            held = store.conn.execute(f"SELECT {', '.join(fields)} FROM jobs{w} AND slurm_job_id IS NOT NULL ORDER BY seq"
+                                      + (" LIMIT ?" if limit is not None else ""), args + ([limit - len(rows)] if limit is not None else []))
+            rows += [dict(r, position=None) for r in held.fetchall()]
+        return rows, total - len(rows)
+
     def data(f: dict) -> dict:
         u, m, n, t, state = f["user"] or None, f["model"] or None, f["name"], f["tag"], f["state"]
         active, queued, submitted, ended, total_ended, queued_more = [], [], [], [], 0, 0
         if not state or state in ("running", "preparing"):
             active = select([state] if state else ["running", "preparing"], u, m, n, t)
         if not state or state == "queued":
-            # the order they will start in (the scheduler's: store.queued_jobs), ids alone: a deep queue costs no JSON
-            order = [r["id"] for r in store.conn.execute("SELECT id FROM jobs WHERE state='queued' AND slurm_job_id IS NULL "
-                                                         "ORDER BY priority DESC, created_at ASC, seq ASC").fetchall()]
-            pos = {jid: i + 1 for i, jid in enumerate(order)}
-            queued = sorted((dict(j, position=pos.get(j["id"])) for j in select(["queued"], u, m, n, t)), key=lambda j: j["position"] or 1 << 60)
-            if state != "queued" and len(queued) > PAGE:  # the next ones to start; the state filter shows them all
-                queued_more, queued = len(queued) - PAGE, queued[:PAGE]
+            queued, queued_more = queue_page(u, m, n, t, None if state == "queued" else PAGE)
         if (not state or state == "submitted") and not t:  # (a job in the spool has no tags yet)
             submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
                          if (not u or s["user"] == u) and (not m or s.get("model") == m) and (not n or n.lower() in (s["name"] or "").lower())]
