@@ -202,6 +202,7 @@ def test_every_framework_and_a_command_from_the_form_then_clone(dash):
         page.wait_for_selector("#infer-out:not([hidden])", timeout=300_000)
         answer = json.loads(page.text_content("#infer-json"))
         assert answer.get("task") == task and answer.get("image") == image.name and "error" not in answer, answer
+        wait_for(lambda: "the last answer took" in page.inner_text("#infer-form"), 10, 0.2, "the wait said, with the env's start")
         if task == "image_classification":
             assert answer["predicted_label"] in ("circle", "square", "triangle") and "class" in page.inner_text("#infer-table")
         wait_for(lambda: page.is_visible("#infer-canvas"), 10, 0.2, "the image drawn with the answer")

@@ -58,10 +58,18 @@
     if (!file) return;
     const button = document.getElementById("infer-run");
     button.disabled = true; button.textContent = "running…";
+    const t0 = Date.now(), note = button.nextElementSibling, was = note ? note.textContent : "";
+    const ticker = setInterval(function () {  // most of a first answer is the job's env starting and its checkpoint loading
+      if (note) note.textContent = "starting the job's env and loading its checkpoint as " + form.dataset.user + "… " + Math.round((Date.now() - t0) / 1000) + " s";
+    }, 1000);
     fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" })
       .then(function (r) { return r.json(); })
       .then(function (ans) { show(file, ans); })
       .catch(function (e) { show(file, { error: String(e) }); })
-      .finally(function () { button.disabled = false; button.textContent = "infer"; });
+      .finally(function () {
+        clearInterval(ticker);
+        if (note) note.textContent = was + " (the last answer took " + Math.round((Date.now() - t0) / 100) / 10 + " s, with the env's start)";
+        button.disabled = false; button.textContent = "infer";
+      });
   });
 })();
