@@ -126,6 +126,14 @@ def test_repo_add_pins_and_refuses_branches(runner, home, trainrepo):
     assert "runner could not tell: --hyp (required)" in r.stdout
     assert "\n# runner could not tell: --hyp (required)" in (home / "registry.toml").read_text()
     assert runner.json("models", "--framework", "repo")[-1]["ref"] in {f"repo/{x['name']}" for x in rows}
+    # adding it again never wipes the table a person edited (found by a newcomer): it says how to move the pin
+    reg = home / "registry.toml"
+    reg.write_text(reg.read_text().replace('[repos.mine]\n', '[repos.mine]\nnotes = "edited by hand"\n', 1))
+    again = runner.run("repo", "add", url, "--commit", "v1.0", "--name", "mine", check=False)
+    assert again.returncode == 1 and "repos.mine is in" in again.stderr and "set its commit" in again.stderr
+    assert 'notes = "edited by hand"' in reg.read_text()
+    runner.run("repo", "add", url, "--commit", "v1.0", "--name", "mine", "--replace")
+    assert 'notes = "edited by hand"' not in reg.read_text()
     runner.run("repo", "rm", "mine")
     assert "mine" not in {x["name"] for x in runner.json("repo", "ls")}
 

@@ -145,10 +145,11 @@ def _check(p):
 
 def _repo(p):
     p.add_argument("action", choices=["add", "ls", "show", "rm", "lock"])
-    p.add_argument("target", nargs="?", help="URL (add) or name")
+    p.add_argument("target", nargs="?", help="add: the repo's URL (or a local git folder); show, rm, lock: its name")
     p.add_argument("--task", default=None, help="add: the task of the starter table (default: guessed from the README)")
-    p.add_argument("--commit")
-    p.add_argument("--name")
+    p.add_argument("--commit", help="add: the commit SHA (or a tag) to pin; a branch moves and is refused")
+    p.add_argument("--name", help="add: the table's name (default: the URL's last part)")
+    p.add_argument("--replace", action="store_true", help="add: replace a table of that name, edits and all, with a new starter table")
 
 
 def _dataset(p):

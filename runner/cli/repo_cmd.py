@@ -82,6 +82,16 @@ def _proposal(cache, commit, files: list[str], entry: str, fmt: str):
     return script_args.propose(found, PART_FIELDS[fmt], entry, notes)
 
 
+def _in_site_registry(path, name: str) -> bool:
+    """Whether the site registry already has a table repos.NAME (the one `repo add` would write)."""
+    import tomllib
+
+    try:
+        return name in tomllib.loads(path.read_text()).get("repos", {})
+    except FileNotFoundError:
+        return False
+
+
 def repo(args):
     """Dispatch the repo sub-verbs."""
     from runner import repos, sitereg
@@ -99,6 +109,10 @@ def repo(args):
         if not os.access(h.repos, os.W_OK) or not os.access(h.root, os.W_OK):
             raise RepoError(f"repo add: {h.root} is the daemon's and not writable by you: an admin (root) adds repos "
                             "to a team server (docs/adding-a-repo.md); or run a daemon of your own (RUNNER_HOME)")
+        if _in_site_registry(h.registry_file, name) and not args.replace:
+            raise RepoError(f"repo add: repos.{name} is in {h.registry_file} already, and your edits to it are kept: to move its "
+                            f"pin, set its commit = \"SHA\" there (runner fetches it at the next job); to start it again from a "
+                            f"new starter table, give --replace (or --name for a second table)")
         commit, tag = repos.resolve_pin(h, url, args.commit)
         cache = repos.cache_dir(h, url)
         lic = _at(cache, commit, "LICENSE") or _at(cache, commit, "LICENSE.md") or ""
