@@ -486,6 +486,10 @@ class Store:
             out[r["job_id"]][r["name"]] = r["value"]
         return out
 
+    def has_metrics(self, job_id: str) -> bool:
+        """Whether a job has any point (one index probe, whatever its count)."""
+        return self.conn.execute("SELECT 1 FROM metrics WHERE job_id=? LIMIT 1", (job_id,)).fetchone() is not None
+
     def count_metrics(self, job_id: str, name: Optional[str] = None) -> int:
         """How many points a job has (of one metric, when named)."""
         sql, args = "SELECT COUNT(*) AS n FROM metrics WHERE job_id=?", [job_id]

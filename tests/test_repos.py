@@ -649,3 +649,24 @@ def test_runner_check_makes_the_data_a_repo_table_declares(tmp_path):
         assert got == fmt and (root / part).exists(), (table, path, got)
     yolo = (tmp_path / "data" / "yolo-pose" / "labels" / "val" / "val_000.txt").read_text().split()
     assert len(yolo) == 5 + 4 * 3  # pose lines, with their keypoints
+
+
+def test_a_repo_job_whose_table_catches_nothing_says_so(runner, daemon, home, tmp_path, shapes):
+    """A starter table's generic parser and globs match nothing this script prints or writes: the job
+    succeeds, and its note says that no metric and no checkpoint were caught (found by a newcomer:
+    it said nothing, and only `runner check` told)."""
+    src = tmp_path / "quietrepo"
+    src.mkdir()
+    git("init", "-q", "-b", "main", cwd=src)
+    (src / "train.py").write_text("import logging, sys\nlogging.basicConfig(level=logging.INFO)\n"
+                                  "logging.info('epoch 1/1 loss 0.41 val_miou 0.62')\nopen('model.ckpt', 'w').write('w')\n")
+    git("add", ".", cwd=src)
+    git("commit", "-qm", "v1", cwd=src)
+    table = repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src), overrides=[], args={"template": []},
+                       parser={"generic": True}, checkpoints=["{src}/**/*.pt"])
+    del table["requirements"]
+    add_table(home, "quietrepo", table)
+    j = runner.wait_state(runner.submit(job(tmp_path, shapes, "quietrepo")), timeout=300)
+    assert j["state"] == "succeeded", runner.run("logs", j["id"]).stdout
+    assert j["note"] == ("no metric was parsed from its log (its table's parser matches none of its lines); no checkpoint "
+                         "matched its table's checkpoints globs: see docs/adding-a-repo.md, or `runner check` for more")

@@ -266,12 +266,25 @@ class Follow:
             if w.checkpoints:
                 w.scan_artifacts(self.store)
             w.close()
+        if state == JobState.SUCCEEDED and (job.get("model") or "").startswith("repo/"):
+            missing = self._nothing_recorded(job)
+            if missing:  # a succeeded run whose table caught nothing says so, not only `runner check`
+                fields["note"] = "; ".join(filter(None, [fields.get("note"), missing]))
         try:
             self.store.transition(jid, state, reason, now=now, expect=JobState.RUNNING, **fields)
         except InvalidTransition as e:
             log.warning("%s", e)
         self.killing.pop(jid, None)
         log.info("job %s: %s%s", jid, state.value, f" ({reason})" if reason else "")
+
+    def _nothing_recorded(self, job) -> str | None:
+        """What a repo job's table caught none of (metrics, checkpoints), in one line, or None."""
+        out = []
+        if not self.store.has_metrics(job["id"]):
+            out.append("no metric was parsed from its log (its table's parser matches none of its lines)")
+        if not self.store.artifacts(job["id"]):
+            out.append("no checkpoint matched its table's checkpoints globs")
+        return ("; ".join(out) + ": see docs/adding-a-repo.md, or `runner check` for more") if out else None
 
     def _sample_gpus(self, now):
         running = [j for j in self.store.list_jobs(states=["running"]) if j.get("gpu_uuids")]
