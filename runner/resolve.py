@@ -127,6 +127,33 @@ def requirements_file(env: EnvSpecType, base: Path) -> tuple[dict | None, str | 
     return {k: v for k, v in out.items() if v is not None}, None
 
 
+ALWAYS_TRAIN = ("epochs", "pretrained")
+"""train: keys a repo job may give whatever its table says (runner check counts epochs; pretrained
+decides network access)."""
+
+
+def repo_train_keys(repo: dict) -> set:
+    """The train: keys a repo's table passes to its script ({key} in its args, env or variants, or a
+    default), and those every job may give (ALWAYS_TRAIN)."""
+    import json
+
+    from config_translators.repo import _FIELD
+
+    used = set(_FIELD.findall(json.dumps({k: repo.get(k) for k in ("args", "env", "variants")}, default=str)))
+    return used | set(repo.get("defaults") or {}) | set(ALWAYS_TRAIN)
+
+
+def unused_train_keys(spec, name: str, repo: dict) -> list[str]:
+    """A repo job's train: keys that its table never passes to the script (no {key} in its args,
+    env or hyp, no default): a typo (`epoch`) or a setting the script cannot get (`stride`) is
+    refused, not run with the script's own default."""
+    used = repo_train_keys(repo)
+    given = set(spec.train.model_fields_set) | set(spec.train.model_extra or {})
+    mapped = sorted(used & (given | set(repo.get("defaults") or {}) | {"batch_size", "lr", "input_size", "epochs", "seed"}))
+    return [f"train.{k}: repo/{name}'s table passes no {{{k}}} to its script (it takes {', '.join(mapped)}); "
+            f"map it in the table's args, or leave it out" for k in sorted(given - used)]
+
+
 def parser_problem(parser: str, registry) -> str | None:
     """What a job's `parser:` should have been, or None: generic (key=value lines), none, or a
     framework whose log format the job prints (its parser from the registry)."""
@@ -229,6 +256,7 @@ def _resolve_model(spec: JobSpec, data: dict, base: Path, registry, warnings: li
         from config_translators.repo import check_table
 
         problems += check_table(name, repo)
+        problems += unused_train_keys(spec, name, repo)
         if spec.network is None:  # the table decides: a repo that must stay offline does, pretrained or not
             data["network"] = bool(repo.get("network", False))
         if "epochs" not in spec.train.model_fields_set and (repo.get("defaults") or {}).get("epochs"):

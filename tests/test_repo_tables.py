@@ -263,7 +263,7 @@ def test_a_table_that_asks_for_another_python_gets_it(runner, daemon, home, tmp_
     git("add", ".", cwd=src)
     git("commit", "-qm", "v1", cwd=src)
     table = repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src), python="3.8", overrides=[], checkpoints=[],
-                       args={"template": []}, build={"constraints": ["setuptools<70"]})
+                       args={"template": [], "optional": {"lr": ["--lr", "{lr}"]}}, build={"constraints": ["setuptools<70"]})
     del table["parser"]["results_file"]
     add_table(home, "old", table)
     j = runner.wait_state(runner.submit(job(tmp_path, shapes, name="old")), timeout=300)

@@ -662,7 +662,7 @@ def test_a_repo_job_whose_table_catches_nothing_says_so(runner, daemon, home, tm
                                   "logging.info('epoch 1/1 loss 0.41 val_miou 0.62')\nopen('model.ckpt', 'w').write('w')\n")
     git("add", ".", cwd=src)
     git("commit", "-qm", "v1", cwd=src)
-    table = repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src), overrides=[], args={"template": []},
+    table = repo_table(f"file://{src}", git("rev-parse", "HEAD", cwd=src), overrides=[], args={"template": [], "optional": {"lr": ["--lr", "{lr}"]}},
                        parser={"generic": True}, checkpoints=["{src}/**/*.pt"])
     del table["requirements"]
     add_table(home, "quietrepo", table)
@@ -670,3 +670,15 @@ def test_a_repo_job_whose_table_catches_nothing_says_so(runner, daemon, home, tm
     assert j["state"] == "succeeded", runner.run("logs", j["id"]).stdout
     assert j["note"] == ("no metric was parsed from its log (its table's parser matches none of its lines); no checkpoint "
                          "matched its table's checkpoints globs: see docs/adding-a-repo.md, or `runner check` for more")
+
+
+def test_a_repo_jobs_train_key_its_table_never_passes_is_refused(runner, home, trainrepo, shapes, tmp_path):
+    """`train: {epoch: 3}` (a typo) or a setting the table maps to no flag ran with the script's own
+    default, silently (found by a newcomer): refused at submit in one line naming what it takes."""
+    src, first = trainrepo
+    add_table(home, "testrepo", repo_table(f"file://{src}", first))
+    r = runner.run("submit", job(tmp_path, shapes, epoch=3, stride=1), check=False)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.startswith("runner: train.")]
+    assert lines == [f"runner: train.{k}: repo/testrepo's table passes no {{{k}}} to its script (it takes batch_size, epochs, "
+                     "input_size, lr); map it in the table's args, or leave it out" for k in ("epoch", "stride")], r.stderr

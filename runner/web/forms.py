@@ -100,6 +100,10 @@ def fields_for(model: dict, registry) -> list[dict]:
                   {"name": "batch_size", "type": "int", "default": d.get("batch_size"), "min": 1, "group": "training"},
                   {"name": "lr", "type": "float", "default": d.get("lr"), "min": 1e-7, "group": "optimizer"},
                   {"name": "input_size", "type": "int", "default": d.get("input_size"), "min": 16, "group": "data"}]
+        from ..resolve import repo_train_keys
+
+        takes = repo_train_keys(repo)
+        schema = [f for f in schema if f["name"] in takes]  # a field its table passes to no flag would be refused
     else:
         fw = registry.get_framework(model["framework"])
         formats = list(fw.get("dataset_formats", ["imagefolder"]))
