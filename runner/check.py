@@ -321,6 +321,12 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
                  "seconds": run, "input_size": (job["spec"].get("train") or {}).get("input_size"),
                  "epochs": sizes.get("learns_epochs") or sizes.get("epochs"),
                  "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
+        if ref.startswith("repo/"):  # which code was checked: the commit its job ran (recorded at prepare)
+            try:
+                ran = json.loads((home.run_dir(jid) / "repo.json").read_text())
+                entry.update(repo_url=ran.get("url"), repo_commit=ran.get("commit"))
+            except (OSError, ValueError):
+                pass
         if ref in (controls or {}):
             cj = store.get_job(controls[ref])
             entry["control_seconds"] = (cj["finished_at"] or time.time()) - (cj["started_at"] or cj["created_at"])
@@ -455,6 +461,10 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
                                                             f"{ctl['value']:.4g}" + {True: " (reached)", False: " (below)"}.get(ctl.get("reached"), ""))
             rule = (d.get("criteria") or {}).get("rule", "")
             lines.append(f"| {model} | {rule} | {val} | {ctl} | {loss} | {'learns' if c['ok'] else 'does not learn: ' + (c.get('error') or '')} |")
+    repos = [m for m in report["models"] if m.get("repo_commit")]
+    if repos:
+        lines += ["", "Repos checked, at the commit each job ran:", ""] + [f"- {m['model']}: {m.get('repo_url') or ''} `{m['repo_commit']}`"
+                                                                          for m in repos]
     lines += _drift_lines(report.get("drift"))
     na = [(m["model"], c) for m in report["models"] for c in m["checks"] if c["ok"] is None and c.get("reason")]
     if na:

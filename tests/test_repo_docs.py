@@ -116,6 +116,8 @@ def test_the_guides_example_works_as_written(runner, daemon, home, tmp_path):
     by = {c["name"]: c for c in rep["checks"]}
     assert r.returncode == 0 and rep["status"] == "success", r.stdout
     assert by["infer"]["ok"] and by["checkpoint"]["ok"] and by["learns"]["ok"]
+    assert rep["repo_commit"] == commit  # which code was checked (found missing by a newcomer)
+    assert f"- repo/tinycls: file://{src} `{commit}`" in (tmp_path / "check" / "report.md").read_text()
 
 
 def tinyseg(tmp_path, home) -> tuple[Path, str]:
