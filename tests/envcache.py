@@ -32,6 +32,17 @@ def _shareable(env: Path) -> bool:
     return meta.get("owner") is None  # a framework env, not one user's inline requirements
 
 
+def _link(env: Path, into: Path, prefix: str):
+    """into/NAME: the env hard-linked (`cp -al`), whole or not at all (made under a hidden name)."""
+    into.mkdir(parents=True, exist_ok=True)
+    tmp = into / f"{prefix}{env.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if subprocess.run(["cp", "-al", str(env), str(tmp)], capture_output=True).returncode == 0:
+        os.rename(tmp, into / env.name)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def seed(home: Path):
     """Link every cached env into home/envs (where missing), when the running test wants it."""
     if not wanted or not CACHE.is_dir():
@@ -40,13 +51,7 @@ def seed(home: Path):
     for env in CACHE.iterdir():
         if env.name.startswith(".") or (envs / env.name).exists():
             continue
-        envs.mkdir(parents=True, exist_ok=True)
-        tmp = envs / f".seed-{env.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if subprocess.run(["cp", "-al", str(env), str(tmp)], capture_output=True).returncode == 0:
-            os.rename(tmp, envs / env.name)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _link(env, envs, ".seed-")
 
 
 def harvest(home: Path):
@@ -57,13 +62,7 @@ def harvest(home: Path):
     for env in envs.iterdir():
         if env.name.startswith(".") or (CACHE / env.name).exists() or not _shareable(env):
             continue
-        CACHE.mkdir(exist_ok=True)
-        tmp = CACHE / f".in-{env.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if subprocess.run(["cp", "-al", str(env), str(tmp)], capture_output=True).returncode == 0:
-            os.rename(tmp, CACHE / env.name)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _link(env, CACHE, ".in-")
 
 
 def clear():
