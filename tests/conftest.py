@@ -32,7 +32,7 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     # before any fixture of the test is made (a module's daemon included): may its homes share envs?
-    envcache.wanted = item.get_closest_marker("shared_envs") is not None
+    envcache.wanted = item.get_closest_marker("shared_envs") is not None and item.get_closest_marker("no_shared_envs") is None
 
 
 def pytest_sessionfinish(session):

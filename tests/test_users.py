@@ -313,6 +313,7 @@ def test_workdirs_are_checked_as_the_submitter(team):
     assert (work / "probe-by-job").stat().st_uid == alice.uid
 
 
+@pytest.mark.no_shared_envs  # it shows that no env is built: its home starts with none
 def test_data_paths_are_checked_as_the_submitter_at_submit_and_at_prepare(team):
     d, alice, bob, home = team
     private = Path(pwd.getpwnam(BOB).pw_dir) / "data"
