@@ -360,9 +360,12 @@ class Store:
     @staticmethod
     def _job_filter(states: Iterable[str], user: Optional[str], model: Optional[str], tag: Optional[str] = None) -> tuple[str, list]:
         where, args = [], []
-        if tag:  # tags are a JSON list of words without quotes (runner.tags): the quoted word is the tag
-            where.append("instr(tags, ?) > 0")
-            args.append(json.dumps(tag))
+        if tag:
+            from .tags import sql_filter
+
+            cond, arg = sql_filter(tag)
+            where.append(cond)
+            args.append(arg)
         states = list(states)
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")

@@ -13,6 +13,7 @@ from fastapi import Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from ..exceptions import JobNotFound
+from ..tags import sql_filter
 from . import metricsview
 
 ENDED = ("succeeded", "failed", "cancelled")
@@ -34,9 +35,10 @@ def routes(app, ctx, ui):
 
     def where(states, user, model, name, tag="") -> tuple[str, list]:
         sql, args = [f"state IN ({','.join('?' * len(states))})"], list(states)
-        if tag:  # a JSON list of words without quotes (runner.tags): the quoted word is the tag
-            sql.append("instr(tags, ?) > 0")
-            args.append(json.dumps(tag))
+        if tag:
+            cond, arg = sql_filter(tag)
+            sql.append(cond)
+            args.append(arg)
         for column, value in (("user", user), ("model", model)):
             if value:
                 sql.append(f"{column}=?")
