@@ -6,6 +6,7 @@ validation, checkpoint and inference steps; `train()` and `check()` are shared.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -200,18 +201,21 @@ class TrainingAdapter:
         if resume:
             self.start_epoch = self.load_checkpoint(Path(resume)) + 1
             print(f"runner: resumed from {resume} at epoch {self.start_epoch}", flush=True)
+        gate = StopGate()  # SIGTERM (a preemption, a cancel) stops training, never between an epoch's line and its checkpoint
+        result = None
         for epoch in range(self.start_epoch, self.epochs + 1):
             t0 = time.time()
             train_loss = self.train_epoch(epoch)
             result = self.validate(epoch)
             result.train_loss = train_loss
             extra = {"lr": self.current_lr(), "epoch_time": time.time() - t0}
-            print(self.metrics_line(epoch, self.epochs, result, extra), flush=True)
-            self.save_checkpoint(self.ckpt_dir / "last.pth", epoch, result)
-            score = self.primary_metric(result)
-            if self.best is None or score >= self.best:
-                self.best = score
-                self.save_checkpoint(self.ckpt_dir / "best.pth", epoch, result)
+            with gate.held():  # the epoch's line and its checkpoint go together: a resumed run never prints it again
+                print(self.metrics_line(epoch, self.epochs, result, extra), flush=True)
+                self.save_checkpoint(self.ckpt_dir / "last.pth", epoch, result)
+                score = self.primary_metric(result)
+                if self.best is None or score >= self.best:
+                    self.best = score
+                    self.save_checkpoint(self.ckpt_dir / "best.pth", epoch, result)
         return result
 
     def run_train(self) -> int:
@@ -392,6 +396,41 @@ def map50(preds: list, truth: list) -> float:
     return sum(aps) / len(aps) if aps else 0.0
 
 
+class StopGate:
+    """SIGTERM ends training at once (SystemExit 143), except inside `held()`, where it waits for
+    the block's end: an epoch's metrics line is never printed without its checkpoint saved."""
+
+    def __init__(self):
+        import signal
+
+        self._held, self._pending = False, False
+        try:
+            signal.signal(signal.SIGTERM, self._on_term)
+        except ValueError:  # not the main thread (a test calling fit() from a thread): the default stays
+            pass
+
+    def _on_term(self, signum, frame):
+        if self._held:
+            self._pending = True
+            return
+        self._stop()
+
+    @staticmethod
+    def _stop():
+        print("runner: stopped by SIGTERM; the last checkpoint holds every epoch printed", flush=True)
+        raise SystemExit(143)
+
+    @contextlib.contextmanager
+    def held(self):
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending:
+            self._stop()
+
+
 def main(argv=None) -> int:
     """python -m adapters run JOB.json | infer [--framework F] CHECKPOINT IMAGE... | schema FRAMEWORK"""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -422,6 +461,8 @@ def main(argv=None) -> int:
         return 0
     if verb in ("run", "train"):
         cfg = json.loads(Path(rest[0]).read_text())
+        if os.environ.get("RUNNER_RESUME_FROM") and not cfg.get("check"):  # a run after a preemption: its last checkpoint
+            cfg["resume"] = os.environ["RUNNER_RESUME_FROM"]
         out = Path(cfg.get("output_dir") or ".")
         cls = load_adapter(cfg["framework"])
         try:

@@ -353,6 +353,14 @@ class TransformersAdapter(TrainingAdapter):
         self._epoch_t0 = time.time()
         trainer = self._trainer(self.epochs)
         resume = self.cfg.get("resume")
+        if resume and os.environ.get("RUNNER_RESUME_FROM") == resume:
+            # after a preemption: the Trainer's own last checkpoint (weights, optimizer, scheduler, epoch)
+            from transformers.trainer_utils import get_last_checkpoint
+
+            hf = self.out / "hf"
+            resume = get_last_checkpoint(str(hf)) if hf.is_dir() else None
+            if not resume:
+                print("runner: no Trainer checkpoint to resume from; training from the start", flush=True)
         if resume:
             print(f"runner: resumed from {resume}", flush=True)
         trainer.train(resume_from_checkpoint=resume or None)

@@ -35,9 +35,15 @@ def units(gpus) -> int:
 
 
 def decayed_use(rows, now: float, half_life_s: float) -> dict:
-    """{user: decayed slot-seconds} from rows with user, gpus (the list it held), started_at, finished_at."""
+    """{user: decayed slot-seconds} from rows with user, gpus (the list it held), started_at,
+    finished_at, and (a job preempted before) prior_use, the slot-seconds of its earlier runs, and
+    prior_ended_at, when the last of them ended."""
     use: dict = {}
     for r in rows:
+        prior = r.get("prior_use")
+        if prior and half_life_s > 0:
+            age = max(0.0, now - (r.get("prior_ended_at") or now))
+            use[r["user"]] = use.get(r["user"], 0.0) + float(prior) * math.pow(2.0, -age / half_life_s)
         start = r.get("started_at")
         if start is None:
             continue

@@ -10,7 +10,7 @@ from .spool import pending_jobs
 JOB_FIELDS = ("id", "seq", "name", "user", "kind", "model", "state", "reason", "exit_code", "signal", "priority",
               "created_at", "queued_at", "started_at", "finished_at", "gpus", "gpu_uuids", "env", "env_hash", "after",
               "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir", "slurm_job_id", "node", "requeues",
-              "tags", "notes")
+              "tags", "notes", "restarts")
 
 
 def job_view(store, job: dict, full: bool = False, latest: dict | None = None, tail: list[str] | None = None) -> dict:

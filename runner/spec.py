@@ -227,6 +227,7 @@ class JobSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     network: Optional[bool] = None
     priority: int = Field(0, ge=-1000, le=1000)
+    preemptible: Optional[bool] = None  # None: by kind (timm, Ultralytics, Transformers yes; commands, repos without resume no)
     after: list[str] = Field(default_factory=list, max_length=100)
     workdir: Optional[str] = Field(None, max_length=4096)
     env_vars: dict[str, str] = Field(default_factory=dict)

@@ -130,7 +130,17 @@ def _m8(db):
     db["jobs"].add_column("notes", str)
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8]
+def _m9(db):
+    """Preemption: how many times a job went back to the queue to resume later (`restarts`), when
+    the daemon asked it to stop for that (`preempt_requested`), and the slot-seconds its earlier
+    runs used with when the last of them ended (fair share weighs them as it weighs ended jobs)."""
+    db["jobs"].add_column("restarts", int, not_null_default=0)
+    db["jobs"].add_column("preempt_requested", float)
+    db["jobs"].add_column("prior_use", float)
+    db["jobs"].add_column("prior_ended_at", float)
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -410,7 +420,7 @@ class Store:
     def queued_jobs(self, limit: int | None = None) -> list[dict]:
         """Queued jobs in scheduling order: highest priority, then oldest (the first `limit`); not
         those already handed to Slurm, which wait in its queue."""
-        sql = ("SELECT id, user, priority, created_at, after, spec, reason FROM jobs WHERE state='queued' "
+        sql = ("SELECT id, user, priority, created_at, queued_at, after, spec, reason FROM jobs WHERE state='queued' "
                "AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC")
         return self.conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
 
@@ -424,18 +434,21 @@ class Store:
         rows = []
         for user in users:
             rows += self.conn.execute(
-                "SELECT id, user, priority, created_at, after, spec, reason, seq FROM jobs WHERE state='queued' AND user=? "
+                "SELECT id, user, priority, created_at, queued_at, after, spec, reason, seq FROM jobs WHERE state='queued' AND user=? "
                 "AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?", (user, per_user)).fetchall()
         rows.sort(key=lambda r: (-(r["priority"] or 0), r["created_at"] or 0.0, r["seq"]))
         return rows
 
     def usage_rows(self, since: float, running: bool = False) -> list[dict]:
-        """What fair share weighs: (user, gpus, started_at, finished_at) of the jobs that ended
-        after `since` (running: of the jobs that run or prepare now)."""
+        """What fair share weighs: (user, gpus, started_at, finished_at, prior_use, prior_ended_at)
+        of the jobs that ended after `since` (running: of the jobs that run or prepare now)."""
+        cols = "user, gpus, started_at, finished_at, prior_use, prior_ended_at"
         if running:
-            sql = "SELECT user, gpus, started_at, finished_at FROM jobs WHERE state IN ('running', 'preparing') AND started_at IS NOT NULL"
+            # and the jobs back in the queue after preemption, for what their earlier runs used
+            sql = (f"SELECT {cols} FROM jobs WHERE state IN ('running', 'preparing') AND started_at IS NOT NULL "
+                   f"UNION ALL SELECT {cols} FROM jobs WHERE state='queued' AND restarts > 0")
             return self.conn.execute(sql).fetchall()
-        sql = "SELECT user, gpus, started_at, finished_at FROM jobs WHERE finished_at >= ? AND started_at IS NOT NULL"  # (index _m7)
+        sql = f"SELECT {cols} FROM jobs WHERE finished_at >= ? AND started_at IS NOT NULL"  # (index _m7)
         return self.conn.execute(sql, (since,)).fetchall()
 
     def transitions(self, job_id: str) -> list[dict]:
@@ -443,14 +456,22 @@ class Store:
         return self.conn.execute("SELECT * FROM transitions WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
 
     # -- metrics and artifacts ------------------------------------------------------------
-    def record_progress(self, job_id: str, points: list[tuple], log_offset: int, parser_state=None, now: Optional[float] = None):
+    def record_progress(self, job_id: str, points: list[tuple], log_offset: int, parser_state=None, now: Optional[float] = None,
+                        redo_before: Optional[float] = None):
         """Store parsed metric points and the log offset they came from, in one transaction.
 
         Points are (name, value, step, epoch). Because the offset moves with the rows, a daemon
         killed at any moment neither loses nor duplicates a point when it reads on from the offset.
+        `redo_before` (a job resumed after preemption: when this run started): a point of the same
+        name, step and epoch recorded before then is the earlier run's, which this one did again
+        from its checkpoint; it is replaced, so each epoch (or step) is kept once.
         """
         now = now or time.time()
         with self.transaction() as c:
+            if points and redo_before is not None:
+                c.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND step IS ? AND epoch IS ? AND at < ? "
+                              "AND (step IS NOT NULL OR epoch IS NOT NULL)",
+                              [(job_id, n, s, e, redo_before) for (n, _, s, e) in points])
             if points:
                 _insert_points(c, job_id, points, now)
             c.execute(

@@ -179,8 +179,10 @@ class LogWatcher:
     """Reads a job's output.log from a saved offset and stores what the parser finds."""
 
     def __init__(self, job_id: str, job_dir: Path, parser_spec, offset: int = 0, parser_state=None, checkpoints=None,
-                 log_path: Path | None = None, owner: int | None = None, max_offset: int | None = None):
+                 log_path: Path | None = None, owner: int | None = None, max_offset: int | None = None,
+                 redo_before: float | None = None):
         self.job_id = job_id
+        self.redo_before = redo_before  # a resumed run: what it does again replaces the earlier run's points
         # The log is its user's file: she may write it by hand, past what the shim's cap lets
         # through. Nothing past max_offset is read, so no log costs more than the cap allows.
         self.max_offset = max_offset
@@ -240,7 +242,7 @@ class LogWatcher:
             points += feed(line)
         consumed = self.assembler.consumed
         if points or consumed != self.offset:
-            store.record_progress(self.job_id, points, consumed, self.parser.state())
+            store.record_progress(self.job_id, points, consumed, self.parser.state(), redo_before=self.redo_before)
         self.offset = consumed
         return len(points)
 

@@ -74,6 +74,9 @@ def _submit(p):
     p.add_argument("--no-network", action="store_true", help="cut the job off the network")
     p.add_argument("--workdir")
     p.add_argument("--parser", help="log parser: generic or a framework name")
+    p.add_argument("--preemptible", action=argparse.BooleanOptionalAction, default=None,
+                   help="may be stopped for a user with less recent use and resumed later (a command must handle SIGTERM and "
+                        "RUNNER_RESUME_FROM/RUNNER_RESTARTS itself)")
     p.set_defaults(command=[])
     p.epilog = "or: runner submit [options] -- CMD ARGS...  (a command instead of a job file)"
 

@@ -27,6 +27,8 @@ def _overrides(args, data: dict):
         data["workdir"] = args.workdir
     if args.parser:
         data["parser"] = args.parser
+    if getattr(args, "preemptible", None) is not None:
+        data["preemptible"] = args.preemptible
 
 
 def submit(args):
@@ -108,11 +110,11 @@ def show(args):
         print_json(view)
         return 0
     keys = ["id", "name", "user", "state", "reason", "exit_code", "signal", "model", "env", "env_hash", "gpus", "priority",
-            "after", "retry_of", "note", "peak_gpu_mem_mb", "job_dir"]
+            "restarts", "after", "retry_of", "note", "peak_gpu_mem_mb", "job_dir"]
     from runner.printable import printable
 
     for k in keys:
-        if view.get(k) not in (None, [], ""):
+        if view.get(k) not in (None, [], "") and not (k == "restarts" and not view[k]):
             print(f"{k + ':':<16}{printable(view[k])}")  # a teammate's words cannot drive your terminal
     if view.get("tags"):
         print(f"{'tags:':<16}{', '.join(view['tags'])}")

@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import defaults, diskspace, fairshare, gpus as gpus_mod
+from .. import defaults, diskspace, fairshare, gpus as gpus_mod, preempt
 from ..atomic import write_json
 from ..envs import EnvManager, masked, uv_environ, uv_settings
 from ..exceptions import InvalidTransition, RunnerError
@@ -38,12 +38,13 @@ from .faults import Backoff, own_trouble, rollback
 from .follow import Follow
 from .intake import Intake
 from .launch import Launch
+from .preemption import Preemption
 from .slurm_backend import SlurmJobs
 
 log = logging.getLogger("runner.daemon")
 
 
-class Daemon(Intake, Launch, Follow, SlurmJobs):
+class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
     """One daemon per $RUNNER_HOME."""
 
     def __init__(self, home: Home, http: str | None = defaults.HTTP_BIND, max_running: int | None = None):
@@ -60,6 +61,7 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
         self.release_wait = home.config.get("gpus", {}).get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)
         self.fairshare = fairshare.settings(home.config)  # a bad [scheduler] stops the daemon here, in one line
         self.ledger = fairshare.Ledger(self.store, self.fairshare)
+        self.preempt = preempt.settings(home.config)  # a bad preempt_* key stops the daemon here, in one line
         self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
         diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
         self.retention = Retention(self.home, self.store)  # a bad [retention] stops the daemon here, in one line
@@ -313,3 +315,5 @@ class Daemon(Intake, Launch, Follow, SlurmJobs):
                 self.store.transition(job["id"], JobState.QUEUED, "daemon_restarted", now=now)
         for job in self.store.list_jobs(states=["running"]):
             log.info("job %s: still running from before; following from offset %s", job["id"], job["log_offset"])
+            if job.get("preempt_requested"):  # stopped before the restart: its grace runs from now
+                self.killing[job["id"]] = time.monotonic() + self.preempt["grace"]

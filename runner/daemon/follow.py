@@ -144,7 +144,8 @@ class Follow:
             w = self.watchers[job["id"]] = LogWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
                                                       job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
                                                       log_path=run_dir / "output.log", owner=job["uid"],
-                                                      max_offset=self._log_read_limit())
+                                                      max_offset=self._log_read_limit(),
+                                                      redo_before=job["started_at"] if job.get("restarts") else None)
         return w
 
     def _log_read_limit(self) -> int | None:
@@ -207,6 +208,9 @@ class Follow:
         tail = tail_lines(self.home.run_dir(jid) / "output.log")
         code, sig = exit_info.get("exit_code"), exit_info.get("signal")
         fresh = self.store.get_job(jid)
+        if fresh.get("preempt_requested") and not fresh["cancel_requested"] and not fresh["timed_out"] and code != 0:
+            self.requeue_preempted(fresh, exit_info, now)  # back to the queue, to resume from its last checkpoint
+            return
         state, reason = decide(exit_info, failure, cancel_requested=bool(fresh["cancel_requested"]),
                                timed_out=bool(fresh["timed_out"]), oom_in_log=oom_in(tail))
         note, mismatch = self._check_results_file(job, job_dir)

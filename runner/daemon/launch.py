@@ -116,6 +116,8 @@ class Launch:
                 value = reason.value if reason else None
                 if j["reason"] != value:
                     self.store.update_job(j["id"], reason=value)
+        if self.preempt["after"] is not None and count:
+            self.preempt_pass(queued, decision.waiting, len(free) - sum(len(c) for _, c in decision.start), count, now)
 
     def _job_log(self, job: dict):
         """A writer of `runner: ...` lines into the job's log while it is prepared (the log is its user's to read)."""
@@ -144,6 +146,8 @@ class Launch:
         jid = job["id"]
         run_dir = self.home.run_dir(jid)
         write = self._job_log(job)
+        if job.get("restarts") and self.relaunch(job, write):  # preempted before: its first run's launch, resumed
+            return
         try:
             prepared = prepare(job, self.home, self.registry, self.envs, write)
         except EnvBuildError as e:

@@ -1,0 +1,111 @@
+"""Preemption on the local backend: the daemon stops the jobs runner/preempt.py names (SIGTERM,
+then SIGKILL after the grace), queues each again when its shim has recorded its end, and starts
+it again from its last checkpoint (its env, folder and sandbox as before; its new GPUs, the count
+of restarts and the checkpoint in its environment)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from .. import fairshare, preempt
+from ..atomic import write_json
+from ..proctl import kill_tree, read_json
+from ..states import JobState, Reason
+
+log = logging.getLogger("runner.daemon.preemption")
+
+
+class Preemption:
+    """The daemon's preemption (a part of Daemon)."""
+
+    def preempt_pass(self, queued: list, waiting: dict, n_free: int, total_gpus: int, now: float):
+        """After a scheduling decision: stop what preempt.choose names for the jobs that wait for GPUs."""
+        running = self.store.list_jobs(states=["running"])
+        if any(r.get("preempt_requested") for r in running):
+            return  # one stop at a time: the GPUs it frees go to the job it was stopped for
+        from ..states import Reason as R
+
+        wanting = [j for j in queued if waiting.get(j["id"]) is R.WAITING_FOR_GPUS]
+        stops = preempt.choose(wanting, running, n_free, total_gpus, self.ledger.use(now), self.fairshare["shares"], now,
+                               self.preempt)
+        for victim, for_job in stops:
+            self._stop_for(victim, for_job, now)
+
+    def _stop_for(self, job: dict, for_job: dict, now: float):
+        jid = job["id"]
+        grace = self.preempt["grace"]
+        self.store.update_job(jid, preempt_requested=now)
+        self._job_log(job)(f"runner: preempted for job {for_job['id']} of {for_job['user']}, who has used less recently "
+                           f"(fair share): SIGTERM now, SIGKILL in {grace:g}s unless it exits; it goes back to the queue "
+                           "and resumes from its last checkpoint")
+        kill_tree(self.home.run_dir(jid), signal.SIGTERM)
+        self.killing[jid] = time.monotonic() + grace
+        log.info("job %s: preempted for job %s of %s", jid, for_job["id"], for_job["user"])
+
+    def requeue_preempted(self, job: dict, exit_info: dict, now: float):
+        """A preempted job has ended its run: back to the queue, with what the run used kept for fair share."""
+        jid = job["id"]
+        run = self.home.run_dir(jid)
+        w = self.watchers.pop(jid, None)
+        if w:
+            if w.checkpoints:
+                w.scan_artifacts(self.store)
+            w.close()
+        k = (job.get("restarts") or 0) + 1
+        for name in ("exit", "child"):  # the next run's shim writes its own; these would read as its end
+            try:
+                os.replace(run / f"{name}.json", run / f"{name}.run{k}.json")
+            except FileNotFoundError:
+                pass
+        ended = exit_info.get("finished_at")
+        if not isinstance(ended, (int, float)) or isinstance(ended, bool) or not (job["started_at"] or 0) <= ended <= now:
+            ended = now
+        used = fairshare.units(job.get("gpus")) * max(0.0, ended - (job["started_at"] or ended))
+        self.store.transition(jid, JobState.QUEUED, Reason.PREEMPTED.value, now=now, expect=JobState.RUNNING, restarts=k,
+                              preempt_requested=None, prior_use=(job.get("prior_use") or 0.0) + used, prior_ended_at=ended,
+                              queued_at=now, shim_pid=None, shim_started=None,
+                              note=f"preempted {k} time{'s' if k > 1 else ''}; resumes from its last checkpoint when it starts again")
+        self.killing.pop(jid, None)
+        self._dirty = True
+        self._job_log(job)(f"runner: run {k} ended for the preemption; the job is queued again")
+        log.info("job %s: preempted, queued again (restart %d)", jid, k)
+
+    def resume_point(self, job: dict) -> str | None:
+        """The checkpoint a resumed run starts from: the newest recorded `last*` file, else the newest recorded."""
+        rows = [a for a in self.store.artifacts(job["id"]) if a["kind"] == "checkpoint"]
+        if not rows:
+            return None
+        lasts = [a for a in rows if Path(a["path"]).name.startswith("last")]
+        return max(lasts or rows, key=lambda a: a["at"] or 0)["path"]
+
+    def relaunch(self, job: dict, write) -> bool:
+        """Start a preempted job again with its first run's launch (env, folder, sandbox), its new
+        GPUs and RUNNER_RESTARTS / RUNNER_RESUME_FROM in its environment. False: it has none to reuse."""
+        from ..prepare import Prepared
+
+        run = self.home.run_dir(job["id"])
+        launch, meta = read_json(run / "launch.json"), read_json(run / "watch.json")
+        if not isinstance(launch, dict) or not isinstance(meta, dict) or not isinstance(launch.get("env"), dict):
+            return False
+        uuids = job.get("gpu_uuids") or []
+        ckpt = self.resume_point(job)
+        env = launch["env"]
+        env.update({"CUDA_VISIBLE_DEVICES": ",".join(uuids), "RUNNER_NUM_GPUS": str(len(uuids)),
+                    "RUNNER_RESTARTS": str(job.get("restarts") or 0)})
+        env.pop("RUNNER_RESUME_FROM", None)
+        if ckpt:
+            env["RUNNER_RESUME_FROM"] = ckpt
+        write_json(run / "launch.json", launch, mode=0o600)  # it holds the env_vars values
+        write(f"runner: run {(job.get('restarts') or 0) + 1} starts after a preemption, "
+              f"{'from ' + ckpt if ckpt else 'from the start (no checkpoint was recorded)'}")
+        prepared = Prepared(launch, meta.get("parser"), meta.get("checkpoints") or [], job.get("env_hash"), meta.get("results_file"))
+        if self.store.get_job(job["id"])["cancel_requested"]:
+            self.store.transition(job["id"], JobState.CANCELLED, Reason.CANCELLED_BY_USER.value, expect=JobState.PREPARING)
+            return True
+        log_path = run / "output.log"
+        self.backend.start(job, prepared, log_path.stat().st_size if log_path.exists() else 0, write)
+        return True

@@ -1,0 +1,198 @@
+"""Preemption (#29): a job that has waited for GPUs held by a user over her share stops the newest
+of that user's preemptible jobs, which goes back to the queue and resumes from its last checkpoint
+with each step or epoch recorded once. The pure choice (runner/preempt.py) without a daemon; the
+whole path with a root daemon, two real users and two static GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from conftest import wait_for
+from runner import preempt
+from runner.exceptions import RunnerError
+from runner.store import Store
+from test_users import ALICE, BOB, team_home, users, world  # noqa: F401 (fixtures)
+
+ON = {"after": 60.0, "grace": 30.0, "exempt": set(), "by": None}
+
+
+def queued(jid, user, gpus=1, waited=120.0, now=1000.0):
+    return {"id": jid, "user": user, "queued_at": now - waited, "spec": {"resources": {"gpus": gpus}}}
+
+
+def running(jid, user, gpus=1, started=0.0, model=None, preemptible=None):
+    spec = {"resources": {"gpus": gpus}}
+    if model:
+        spec["model"] = model
+    else:
+        spec["command"] = ["train"]
+    if preemptible is not None:
+        spec["preemptible"] = preemptible
+    return {"id": jid, "user": user, "started_at": started, "gpu_uuids": [f"G-{jid}-{i}" for i in range(gpus)], "spec": spec}
+
+
+def ids(stops):
+    return [(v["id"], j["id"]) for v, j in stops]
+
+
+TIMM = "timm/resnet18"
+
+
+def test_the_newest_preemptible_job_of_the_user_over_her_share_is_stopped():
+    run = [running("a1", "alice", started=10, model=TIMM), running("a2", "alice", started=20, model=TIMM)]
+    stops = preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0}, {}, 1000.0, ON)
+    assert ids(stops) == [("a2", "b1")]
+
+
+def test_nothing_is_stopped_before_the_job_has_waited_preempt_after_seconds():
+    run = [running("a1", "alice", model=TIMM), running("a2", "alice", model=TIMM)]
+    assert preempt.choose([queued("b1", "bob", waited=59)], run, 0, 2, {"alice": 100.0}, {}, 1000.0, ON) == []
+    assert preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0}, {}, 1000.0, {**ON, "after": None}) == []
+
+
+def test_a_user_at_her_part_or_with_less_use_keeps_her_jobs():
+    # two GPUs, two users: alice's part is one; holding one, she keeps it (bob runs on the other)
+    run = [running("a1", "alice", model=TIMM), running("b0", "bob", model=TIMM)]
+    assert preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0}, {}, 1000.0, ON) == []
+    # holding both but with less recent use than the waiting user: she keeps them
+    run = [running("a1", "alice", model=TIMM), running("a2", "alice", model=TIMM)]
+    assert preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 10.0, "bob": 50.0}, {}, 1000.0, ON) == []
+
+
+def test_after_a_stop_the_two_users_cannot_preempt_each_other_back():
+    # bob runs on the GPU alice gave up; her stopped job waits, she holds her part (one) and has used more
+    run = [running("a1", "alice", started=10, model=TIMM), running("b1", "bob", started=30, model=TIMM)]
+    assert preempt.choose([queued("a2", "alice")], run, 0, 2, {"alice": 100.0, "bob": 5.0}, {}, 1000.0, ON) == []
+
+
+def test_commands_exempt_users_and_jobs_that_say_no_are_not_stopped():
+    q = [queued("b1", "bob")]
+    use = {"alice": 100.0}
+    assert preempt.choose(q, [running("a1", "alice"), running("a2", "alice")], 0, 2, use, {}, 1000.0, ON) == []
+    assert ids(preempt.choose(q, [running("a1", "alice"), running("a2", "alice", preemptible=True)], 0, 2, use, {}, 1000.0, ON)) == [("a2", "b1")]
+    run = [running("a1", "alice", model=TIMM, started=5), running("a2", "alice", model=TIMM, preemptible=False, started=9)]
+    assert ids(preempt.choose(q, run, 0, 2, use, {}, 1000.0, ON)) == [("a1", "b1")]
+    run = [running("a1", "alice", model=TIMM), running("a2", "alice", model=TIMM)]
+    assert preempt.choose(q, run, 0, 2, use, {}, 1000.0, {**ON, "exempt": {"alice"}}) == []
+    assert preempt.choose(q, run, 0, 2, use, {}, 1000.0, {**ON, "by": {"carol"}}) == []
+    assert preempt.choose(q, [running("a1", "alice", model="repo/yolov7"), running("a2", "alice", model="repo/yolov7")],
+                          0, 2, use, {}, 1000.0, ON) == []
+
+
+def test_jobs_are_stopped_only_when_together_they_free_what_the_waiting_job_needs():
+    run = [running(f"a{i}", "alice", started=i, model=TIMM) for i in range(4)] + [running("c1", "carol", started=9, model=TIMM, preemptible=False)]
+    # bob needs 4 of 5 GPUs; alice (part 5/3 of 5) may give up 2 before she is at her part: not enough, nothing stopped
+    assert preempt.choose([queued("b1", "bob", gpus=4)], run, 0, 5, {"alice": 100.0, "carol": 1.0}, {}, 1000.0, ON) == []
+    # he needs 2: her two newest
+    assert ids(preempt.choose([queued("b1", "bob", gpus=2)], run, 0, 5, {"alice": 100.0, "carol": 1.0}, {}, 1000.0, ON)) == [("a3", "b1"), ("a2", "b1")]
+    # one GPU is free already: one more is enough
+    assert ids(preempt.choose([queued("b1", "bob", gpus=2)], run, 1, 6, {"alice": 100.0}, {}, 1000.0, ON)) == [("a3", "b1")]
+
+
+def test_shares_weigh_the_part_and_the_standing():
+    run = [running("a1", "alice", started=1, model=TIMM), running("a2", "alice", started=2, model=TIMM),
+           running("a3", "alice", started=3, model=TIMM)]
+    # alice's share of 3 makes her part 3 of 4 GPUs (3 held): nothing of hers goes
+    assert preempt.choose([queued("b1", "bob")], run, 0, 4, {"alice": 100.0}, {"alice": 3}, 1000.0, ON) == []
+    assert ids(preempt.choose([queued("b1", "bob")], run, 0, 4, {"alice": 100.0}, {}, 1000.0, ON)) == [("a3", "b1")]
+
+
+def test_bad_preemption_settings_are_one_line_naming_the_key():
+    for bad, key in (({"preempt_after_seconds": "soon"}, "preempt_after_seconds"), ({"preempt_after_seconds": -1}, "preempt_after_seconds"),
+                     ({"preempt_grace_seconds": 0}, "preempt_grace_seconds"), ({"preempt_exempt": "alice"}, "preempt_exempt"),
+                     ({"preempt_by": [1]}, "preempt_by")):
+        with pytest.raises(RunnerError, match=rf"^\[scheduler\] {key}: given .*; expected"):
+            preempt.settings({"scheduler": bad})
+    assert preempt.settings({})["after"] is None
+    assert preempt.settings({"scheduler": {"preempt_after_seconds": 300, "preempt_exempt": ["ci"]}}) == \
+        {"after": 300.0, "grace": 60.0, "exempt": {"ci"}, "by": None}
+
+
+def test_a_resumed_run_replaces_the_points_of_what_it_did_again(tmp_path):
+    s = Store(tmp_path / "runner.db")
+    s.migrate()
+    s.insert_job({"id": "j1", "seq": 1, "user": "u", "uid": 0, "state": "running", "spec": "{}", "created_at": 0.0})
+    s.record_progress("j1", [("val_accuracy", 0.5, None, 1), ("val_accuracy", 0.6, None, 2), ("loss", 1.0, 7, 2)], 10, now=100.0)
+    # run 2 began at 200 from epoch 1's checkpoint: epoch 2 again, then 3
+    s.record_progress("j1", [("val_accuracy", 0.65, None, 2), ("loss", 0.9, 7, 2), ("val_accuracy", 0.7, None, 3)], 20,
+                      now=210.0, redo_before=200.0)
+    got = [(m["name"], m["value"], m["epoch"]) for m in s.metrics("j1")]
+    assert got == [("val_accuracy", 0.5, 1), ("val_accuracy", 0.65, 2), ("loss", 0.9, 2), ("val_accuracy", 0.7, 3)]
+    # within one run, nothing is replaced
+    s.record_progress("j1", [("val_accuracy", 0.71, None, 3)], 30, now=220.0, redo_before=200.0)
+    assert [m["value"] for m in s.metrics("j1", "val_accuracy")] == [0.5, 0.65, 0.7, 0.71]
+
+
+CONFIG = """[gpus]
+source = "static"
+static = [{uuid = "GPU-0", name = "Static A100", memory_mb = 16384}, {uuid = "GPU-1", name = "Static A100", memory_mb = 16384}]
+[scheduler]
+preempt_after_seconds = 1
+preempt_grace_seconds = 20
+"""
+
+STEPS = textwrap.dedent("""\
+    import json, os, signal, sys, time
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    start = 0
+    if os.environ.get("RUNNER_RESUME_FROM"):
+        with open(os.environ["RUNNER_RESUME_FROM"]) as f:
+            start = json.load(f)["step"] + 1
+    print("run", os.environ.get("RUNNER_RESTARTS", "0"), "starts at", start, flush=True)
+    os.chdir(os.environ["RUNNER_JOB_DIR"])  # where the job's checkpoints globs look
+    os.makedirs("ckpt", exist_ok=True)
+    for step in range(start, 12):
+        if stop:
+            sys.exit(143)
+        time.sleep(0.7)
+        with open("ckpt/last.json.tmp", "w") as f:
+            json.dump({"step": step}, f)
+        os.replace("ckpt/last.json.tmp", "ckpt/last.json")
+        print(f"step={step} loss={1 / (step + 1):.4f}", flush=True)
+    """)
+
+
+def _job_file(user, name: str, spec: dict):
+    path = os.path.join(user.pw.pw_dir, name)
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    os.chown(path, user.uid, user.pw.pw_gid)
+    return path
+
+
+def test_a_preempted_command_job_resumes_from_its_own_progress_and_prints_every_step_once(world, users):
+    with team_home(world, users, CONFIG) as (d, alice, bob, home):
+        script = _job_file(alice, "steps.py", {})
+        with open(script, "w") as f:
+            f.write(STEPS)
+        hold = alice.job("sleep", "300", extra=("--gpus", "1"))  # a command that did not opt in: never stopped
+        alice.wait(hold, "running", timeout=60)
+        spec = {"name": "steps", "command": ["/usr/bin/python3", script], "resources": {"gpus": 1}, "preemptible": True,
+                "parser": "generic", "checkpoints": ["ckpt/*.json"]}
+        steps = alice.run("submit", _job_file(alice, "steps.json", spec)).stdout.strip().splitlines()[-1]
+        wait_for(lambda: "step=2 " in alice.logs(steps), 60, 0.2, "her job's third step")
+        his = bob.job("sleep", "2", extra=("--gpus", "1"))
+        wait_for(lambda: alice.show(steps)["reason"] == "preempted" or alice.show(steps)["restarts"], 60, 0.2, "her job to be preempted")
+        done = bob.wait(his, timeout=60)
+        assert done["state"] == "succeeded"
+        end = alice.wait(steps, timeout=90)
+        assert end["state"] == "succeeded" and end["restarts"] == 1, end
+        assert alice.show(hold)["state"] == "running"  # not preemptible: it ran on
+        log = alice.logs(steps)
+        assert [line for line in log.splitlines() if line.startswith("step=")] == [f"step={i} loss={1 / (i + 1):.4f}" for i in range(12)]
+        assert "run 1 starts at" in log and "run 0 starts at 0" in log and "preempted for job" in log
+        series = json.loads(alice.run("metrics", steps, "--name", "loss", "--json").stdout)
+        assert [p["step"] for p in series["series"]["loss"]] == list(range(12))
+        trail = [(t["from_state"], t["to_state"], t["reason"]) for t in alice.show(steps)["transitions"]]
+        assert ("running", "queued", "preempted") in trail and trail.count(("preparing", "running", None)) == 2
+        # his job started on the GPU her job gave up, and before her job came back
+        assert done["gpus"] == end["gpus"] or done["started_at"] < end["started_at"]
+        # fair share counts both of her runs
+        share = {r["user"]: r for r in json.loads(bob.run("share", "--json").stdout)["users"]}
+        assert share[ALICE]["use_gpu_hours"] > share[BOB]["use_gpu_hours"] > 0
+        alice.run("cancel", hold)
