@@ -71,16 +71,16 @@ SYSTEM_CONFIG = Path("/etc/runner/config.toml")
 """The server's config (every user's runner reads it): `home = "/var/lib/runner"` and site settings."""
 
 
-def system_config() -> dict:
-    """The system config ($RUNNER_SYSTEM_CONFIG or /etc/runner/config.toml), or {}."""
-    import tomllib
+def system_config_path() -> Path:
+    """Where the system config is: $RUNNER_SYSTEM_CONFIG or /etc/runner/config.toml."""
+    return Path(os.environ.get("RUNNER_SYSTEM_CONFIG") or SYSTEM_CONFIG)
 
-    path = Path(os.environ.get("RUNNER_SYSTEM_CONFIG") or SYSTEM_CONFIG)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (FileNotFoundError, PermissionError):
-        return {}
+
+def system_config() -> dict:
+    """The system config, or {}; one that is not TOML raises RunnerError naming it."""
+    from .config import read
+
+    return read(system_config_path())
 
 
 def runner_home() -> Path:

@@ -75,14 +75,10 @@ class Home:
     @cached_property
     def config(self) -> dict:
         """The settings: the system config (/etc/runner/config.toml) with $RUNNER_HOME/config.toml over it, table by table."""
-        import tomllib
+        from .config import read
 
         merged = {k: v for k, v in defaults.system_config().items() if k != "home"}
-        try:
-            with open(self.config_file, "rb") as f:
-                site = tomllib.load(f)
-        except (FileNotFoundError, PermissionError):
-            site = {}
+        site = read(self.config_file)  # one that is not TOML: one line naming it, for every command
         for key, value in site.items():
             merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
         return merged
