@@ -293,7 +293,8 @@ def find_python(version: Optional[str], where: str = "python") -> tuple[str, str
     candidates = [r.stdout.strip()] if r.returncode == 0 and r.stdout.strip() else []
     candidates += [str(p) for p in _pyenv_pythons(version)]
     for path in candidates:
-        v = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True).stdout.strip()
+        v = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True,
+                           cwd="/").stdout.strip()  # never the caller's folder: `-c` imports from it first
         if v == version or v.startswith(version + "."):
             return path, v
     raise EnvBuildError(f"{where}: Python {version} is not on this machine (looked for uv-managed Pythons, on PATH and in pyenv); "
@@ -394,7 +395,7 @@ def compile_lock(requirements: str, python_version: str, config: dict | None = N
             r = subprocess.run(
                 [uv_binary(), "pip", "compile", "--generate-hashes", "--no-header", *target,
                  "--python-version", minor, *extra, str(src)],
-                capture_output=True, text=True, env={**uv_environ(config), **build_env},
+                capture_output=True, text=True, env={**uv_environ(config), **build_env}, cwd="/",
             )
     if r.returncode != 0:
         raise EnvBuildError("cannot resolve the requirements:\n" + relevant_lines(r.stderr))
@@ -520,7 +521,9 @@ class EnvManager:
             return self._build(req, key, job_id, log)
 
     def _run(self, argv, log, env):
-        return drain(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env), log)
+        # cwd "/": `python -m compileall` (and any Python it starts) imports from its folder first, and
+        # root's `runner envs build` may be typed in /tmp or a teammate's folder
+        return drain(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/"), log)
 
     def _build(self, req: EnvRequest, key: str, job_id, log) -> Path:
         started = time.time()
@@ -594,7 +597,7 @@ class EnvManager:
             if log:
                 log(f"runner: bytecode of {linked} files shared with env {nearest.name}, the rest compiled, in {time.time() - t0:.1f}s")
         check = "import sys" + "".join(f"; import {m}" for m in checked_imports(req.check_imports, f"env {req.name}: import check"))
-        r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True)
+        r = subprocess.run([str(tmp / "venv" / "bin" / "python"), "-c", check], capture_output=True, text=True, cwd="/")
         if r.returncode != 0:
             said = [l.strip() for l in r.stderr.splitlines() if l.strip()]
             # the error itself on the first line: that line alone is the job's note

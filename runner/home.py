@@ -13,7 +13,7 @@ class Home:
     """Paths under the state folder. Creating it is idempotent."""
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root).resolve() if root else defaults.runner_home()
+        self.root = (Path(root) if root else defaults.runner_home()).resolve()
         self.spool = self.root / "spool"
         self.quarantine = self.spool / "quarantine"
         self.taking = self.spool / ".taking"  # the daemon's own: a spool file moves here while it is read

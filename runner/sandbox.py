@@ -52,10 +52,8 @@ def job_environment(job_dir: Path, path_dirs: list[str], extra: dict, user: str,
     """The child's environment, built from nothing: what the runner sets, then what the spec sets."""
     env = {k: os.environ[k] for k in PASSTHROUGH if k in os.environ}
     env.setdefault("LANG", "C.UTF-8")
-    home = job_dir / "home"
+    home = job_dir / "home"  # made by the shim as the job's user (the daemon writes nothing in her folder)
     tmp = job_dir / "tmp"
-    home.mkdir(exist_ok=True)
-    tmp.mkdir(exist_ok=True)
     env.update({
         "PATH": os.pathsep.join([*path_dirs, "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": str(home),

@@ -248,13 +248,23 @@ def _fit_limits(rlimits, say, can_raise):
     return out
 
 
-def _in_child(limits, no_new_privs):
+def _in_child(limits, no_new_privs, folders=()):
     def apply():
         if no_new_privs is not None:
             no_new_privs(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary gives the job more
+        _own_folders(folders)  # as the job's user: hers, in her folder
         for kind, value in limits.items():
             resource.setrlimit(kind, (value, value))
     return apply
+
+
+def _own_folders(folders):
+    """The job's HOME and TMPDIR (in its job folder), made by whoever runs the job, never followed if a link."""
+    for path in folders:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
 
 
 def _prctl():
@@ -360,11 +370,16 @@ def main(job_dir):
         limits = _fit_limits(spec.get("rlimits") or {}, lambda m: _say(log_fd, f"runner: warning: {m}\n"),
                              can_raise=os.geteuid() == 0 and not user)
         ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]} if user else {}
+        env = _environment(spec)
+        jd = (spec["env"].get("RUNNER_JOB_DIR") or "").rstrip("/")
+        folders = [env[k] for k in ("HOME", "TMPDIR") if jd and env.get(k, "").startswith(jd + "/")]
+        if not user:
+            _own_folders(folders)  # this shim runs as the job's user already
         proc = subprocess.Popen(
             spec["argv"], stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
-            env=_environment(spec), cwd=spec["cwd"], process_group=0, close_fds=True,
+            env=env, cwd=spec["cwd"], process_group=0, close_fds=True,
             # Only when there is something to do in the child: a preexec_fn costs every start a slower fork.
-            preexec_fn=_in_child(limits, _prctl() if user else None) if (limits or user) else None, **ids,
+            preexec_fn=_in_child(limits, _prctl() if user else None, folders) if (limits or user) else None, **ids,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as e:
         os.close(out_r)

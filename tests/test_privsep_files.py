@@ -190,6 +190,47 @@ def test_dataset_convert_never_writes_through_a_planted_link(team, tmp_path):  #
         shutil.rmtree(mine, ignore_errors=True)
 
 
+def test_a_module_planted_where_she_runs_runner_never_runs_and_her_job_folder_is_all_hers(team):  # noqa: F811
+    """`python -m` imports from the folder it starts in first: runner's own helpers (the tile
+    cutter, inference, root's env builds and the daemon's Python processes) never start in the
+    caller's folder. And the HOME and TMPDIR in her job folder are made by her job, not by root."""
+    from runner.synth_tasks import make_dota
+
+    pytest.importorskip("PIL")
+    d, alice, bob, home = team
+    apw = alice.pw
+    mine = Path(apw.pw_dir) / f"plant-{os.getpid()}"
+    mine.mkdir()
+    data = make_dota(mine / "dota", train=2, val=1)
+    subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(mine)], check=True)
+    shared = Path(tempfile.mkdtemp(prefix="shared-", dir=alice.world))
+    os.chmod(shared, 0o1777)
+    loot = shared / "loot.txt"
+    try:
+        plant = shared / "adapters"  # his package, where she will type runner
+        plant.mkdir()
+        (plant / "__init__.py").write_text("")
+        (plant / "crop.py").write_text(f"import os\nopen({str(loot)!r}, 'a').write(str(os.getuid()))\n")
+        loot.write_text("")
+        os.chmod(loot, 0o666)
+        bpw = bob.pw
+        subprocess.run(["chown", "-R", f"{bpw.pw_uid}:{bpw.pw_gid}", str(plant), str(loot)], check=True)
+        subprocess.run(["chmod", "-R", "a+rX", str(plant)], check=True)
+        assert (shared / "adapters" / "crop.py").exists()
+        r = alice.run("dataset", "convert", data, "--from", "dota", "--to", "yolo-obb", "--out", mine / "tiles", "--tile", "48",
+                      "--overlap", "16", cwd=shared)
+        assert loot.read_text() == "", "his module ran as her"
+        assert "tiles" in r.stdout and len(list((mine / "tiles" / "images" / "train").glob("*__*.png"))) == 8
+        jid = alice.job("exit", "0")
+        assert alice.wait(jid)["state"] == "succeeded"
+        jd = home / "jobs" / jid
+        owners = {p.name: p.stat().st_uid for p in jd.iterdir() if p.name in ("home", "tmp")}
+        assert owners == {"home": alice.uid, "tmp": alice.uid}, owners
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
+
+
 @pytest.fixture
 def small_disk_team(world, users):
     """A root daemon whose jobs/ and run/ (job folders and logs) are on one 24 MB tmpfs, with

@@ -16,7 +16,7 @@ def _ensure_daemon(h):
     """A daemon for this home: the running one, or one started for the check and stopped after."""
     if h.daemon_pid():
         return None
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", "--home", str(h.root), "--http", "none"],
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", "--home", str(h.root.resolve()), "--http", "none"], cwd="/",
                             stdout=subprocess.DEVNULL, stderr=open(h.root / "check-daemon.log", "ab"), start_new_session=True)
     for _ in range(100):
         if h.daemon_pid():

@@ -84,8 +84,9 @@ def _cut_tiles(plan: str):
     from runner.exceptions import RunnerError
 
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "-m", "adapters.crop", plan], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(root)})
+    # cwd "/": `-m` imports from the folder it runs in first, which may be /tmp or a teammate's folder
+    r = subprocess.run([sys.executable, "-m", "adapters.crop", os.path.abspath(plan)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}, cwd="/")
     if r.returncode != 0:
         why = "Pillow is not installed here (pip install pillow)" if "No module named 'PIL'" in r.stderr else r.stderr.strip()[-300:]
         raise RunnerError(f"--tile: the labels are written but the tiles were not cut: {why}; "

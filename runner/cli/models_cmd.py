@@ -195,8 +195,9 @@ def run_inference(h, source: str, images: list[str], model: str | None = None, t
         python = mgr.python(req.key) if mgr.ready(req.key) else mgr.ensure(req) / "bin" / "python"
     root = Path(__file__).resolve().parents[2]
     env = {"PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([str(python), "-m", "adapters", "infer", "--framework", framework, str(ckpt), *images],
-                       capture_output=True, text=True, env=env)
+    # cwd "/": `-m` imports from the folder it runs in first, which may be /tmp or a teammate's folder
+    r = subprocess.run([str(python), "-m", "adapters", "infer", "--framework", framework, os.path.abspath(ckpt),
+                        *map(os.path.abspath, images)], capture_output=True, text=True, env=env, cwd="/")
     if r.returncode != 0:
         last = [l for l in r.stderr.strip().splitlines() if l.strip()][-1:] or [f"exit status {r.returncode}"]
         raise RunnerError(f"inference failed: {last[0].removeprefix('runner: ')[:1000]}")

@@ -115,6 +115,9 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
     def run(self):
         """Run in the foreground until SIGTERM/SIGINT; running jobs are left running."""
         self._take_pidfile()
+        # Root's Python processes (import checks, compileall, uv) import from the folder they start
+        # in: never a folder that the admin happened to start the daemon in (/tmp, a user's).
+        os.chdir("/")
         sock = self._bind_http() if self.http_bind else None  # at once, and before daemon.json names it
         import faulthandler
 
