@@ -68,7 +68,7 @@ def test_the_guides_example_works_as_written(runner, daemon, home, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     (work / "job.yaml").write_text(b["job.yaml"])
-    subprocess.run([sys.executable, "-m", "runner.synth", "shapes", "shapes", "--easy"], cwd=work, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "runner", "synth", "shapes", "shapes", "--easy"], cwd=work, check=True, capture_output=True)
 
     jid = runner.submit(str(work / "job.yaml"), cwd=work)
     j = runner.wait_state(jid, timeout=600)
@@ -146,7 +146,7 @@ def test_the_guides_segmentation_example_works_as_written(runner, daemon, home, 
     work = tmp_path / "work"
     work.mkdir()
     (work / "seg.yaml").write_text(blocks()["seg.yaml"])
-    subprocess.run([sys.executable, "-m", "runner.synth", "masks", "masks", "--easy"], cwd=work, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "runner", "synth", "masks", "masks", "--easy"], cwd=work, check=True, capture_output=True)
     j = runner.wait_state(runner.submit(str(work / "seg.yaml"), cwd=work), timeout=300)
     assert j["state"] == "succeeded", runner.run("logs", j["id"]).stdout
     checkout = Path(j["job_dir"]) / "src"
