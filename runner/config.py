@@ -1,10 +1,30 @@
-"""The config files: reading one (a syntax error is one line naming the file)."""
+"""The config files: reading one (a syntax error is one line naming the file) and the tables and
+keys runner reads, so that a misspelled key is said instead of silently ignored."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from .exceptions import RunnerError
+
+TOP_KEYS = ("home",)  # the system config's only key outside a table: where the state folder is
+
+KEYS = {  # table -> the keys runner reads of it (docs/server.md documents each)
+    "daemon": ("http", "max_running", "prepare_workers"),
+    "server": ("share_logs", "hostnames", "url", "max_body_bytes", "max_connections", "header_seconds", "body_seconds"),
+    "envs": ("index_url", "extra_index_urls", "find_links", "index_strategy", "torch_backend", "ca_bundle",
+             "build_user", "build_cache", "python", "allow_requirement_urls", "gc_days"),
+    "gpus": ("source", "static", "static_file", "per_user_limit", "backfill_limit", "release_wait_seconds"),
+    "jobs": ("log_max_mb", "min_free_mb"),
+    "scheduler": ("fairshare", "fairshare_half_life", "shares", "preempt_after_seconds", "preempt_grace_seconds",
+                  "preempt_exempt", "preempt_by"),
+    "backend": ("kind", "shim_python", "partition", "account", "qos", "sbatch_args", "poll_seconds", "requeue",
+                "signal_seconds", "cpus_per_task"),
+    "mlflow": ("tracking_uri", "experiment", "artifacts", "artifact_max_mb", "interval_seconds", "timeout_seconds"),
+    "retention": ("checkpoint_days", "job_days"),
+    "web": ("license_warn",),
+}
 
 
 def read(path: str | Path) -> dict:
@@ -21,3 +41,47 @@ def read(path: str | Path) -> dict:
         raise RunnerError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise RunnerError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _hint(word: str, known, shown: str = "{}") -> str:
+    near = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"did you mean {shown.format(near[0])}? " if near else ""
+
+
+def problems(path: str | Path, data: dict, top_keys=TOP_KEYS) -> list[str]:
+    """One line per table or key of one config file that runner does not read, with the nearest
+    known name; [] when every one is known. Values are checked where they are read."""
+    out = []
+    for name, value in data.items():
+        if name in KEYS:
+            if not isinstance(value, dict):
+                out.append(f"{path}: {name}: expected a table, [{name}], with keys such as {', '.join(KEYS[name][:3])}")
+                continue
+            for key in value:
+                if key not in KEYS[name]:
+                    out.append(f"{path}: [{name}] {key}: not a key of [{name}]; {_hint(key, KEYS[name])}"
+                               f"(known: {', '.join(KEYS[name])})")
+        elif name in top_keys and not isinstance(value, dict):
+            continue
+        elif isinstance(value, dict):
+            out.append(f"{path}: [{name}]: not a table runner reads; {_hint(name, KEYS, '[{}]')}(known: {', '.join(f'[{t}]' for t in KEYS)})")
+        else:
+            where = next((t for t, keys in KEYS.items() if name in keys), None)
+            if where:
+                said = f"it belongs inside [{where}] (a key above the first [table] is top-level)"
+            elif name in TOP_KEYS:
+                said = "only the system config's is read (/etc/runner/config.toml): this one cannot move the state folder"
+            else:
+                said = (_hint(name, top_keys) + "(a key above the first [table] is top-level; runner reads "
+                        + (f"only {', '.join(top_keys)} there)" if top_keys else "none there)"))
+            out.append(f"{path}: {name}: not a top-level key; {said}")
+    return out
+
+
+def home_problems(home) -> list[str]:
+    """The unknown tables and keys of the two files a home's settings come from: the system config
+    and the state folder's own (where `home` means nothing)."""
+    from . import defaults
+
+    return (problems(defaults.system_config_path(), defaults.system_config())
+            + problems(home.config_file, read(home.config_file), top_keys=()))

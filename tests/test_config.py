@@ -40,3 +40,66 @@ def test_a_config_that_is_not_toml_is_one_line_naming_the_file_for_every_command
         r = _run(env, *args)
         assert (r.returncode, r.stderr.strip()) == (1, want), (args, r.stdout, r.stderr)
     assert not (home / "runner.db").exists()  # the daemon stopped before it made anything
+
+
+# -- a key runner does not read (a misspelling) stops the daemon and is a doctor problem, never a user's command --
+
+def test_an_unknown_key_stops_the_daemon_naming_it_and_the_nearest_key_and_doctor_lists_each(tmp_path):
+    (tmp_path / "etc").mkdir()
+    system = tmp_path / "etc" / "config.toml"
+    system.write_text('[server]\nshare_log = true\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[daemon]\nmax_runing = 2\n[envs]\nindex-strategy = "unsafe-best-match"\n')
+    env = _env(tmp_path, RUNNER_HOME=str(home))
+    first = (f"runner: {system}: [server] share_log: not a key of [server]; did you mean share_logs? (known: share_logs, "
+             "hostnames, url, max_body_bytes, max_connections, header_seconds, body_seconds)")
+    r = _run(env, "daemon", "--http", "none")
+    assert (r.returncode, r.stderr.strip()) == (1, first + " (and 2 more: `runner doctor` lists each)"), r.stderr
+    assert not (home / "runner.db").exists()
+    r = _run(env, "doctor")
+    listed = [line[len("  - config: "):] for line in r.stdout.splitlines() if line.startswith("  - config: ")]
+    assert r.returncode == 1 and "config          3 unknown table(s) or key(s), below" in r.stdout, r.stdout
+    assert listed[0] == first[len("runner: "):], listed
+    assert listed[1].startswith(f"{home / 'config.toml'}: [daemon] max_runing: not a key of [daemon]; did you mean max_running?")
+    assert listed[2].startswith(f"{home / 'config.toml'}: [envs] index-strategy: not a key of [envs]; did you mean index_strategy?")
+    # a user's commands go on: the config is the admin's to fix, and the daemon says so
+    jid = _run(env, "submit", "--", "true")
+    assert jid.returncode == 0 and jid.stderr == "", jid.stderr
+    r = _run(env, "ls")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    # fixed: the daemon starts, doctor has no config problem
+    system.write_text('[server]\nshare_logs = true\n')
+    (home / "config.toml").write_text('[daemon]\nmax_running = 2\n[envs]\nindex_strategy = "unsafe-best-match"\n')
+    r = _run(env, "doctor", "--json")
+    assert __import__("json").loads(r.stdout)["config_problems"] == [], r.stdout
+
+
+def test_a_table_key_or_home_in_the_wrong_place_is_said_with_where_it_belongs():
+    from runner.config import problems
+
+    assert problems("c.toml", {"deamon": {"http": "none"}})[0].startswith("c.toml: [deamon]: not a table runner reads; did you mean [daemon]?")
+    assert problems("c.toml", {"max_running": 2}) == [
+        "c.toml: max_running: not a top-level key; it belongs inside [daemon] (a key above the first [table] is top-level)"]
+    assert problems("/etc/runner/config.toml", {"home": "/var/lib/runner"}) == []
+    assert "cannot move the state folder" in problems("state/config.toml", {"home": "/x"}, top_keys=())[0]
+    assert problems("c.toml", {"scheduler": {"shares": {"anyone": 2}}, "gpus": {"static": [{"name": "A", "odd": 1}]}}) == []
+
+
+def test_every_documented_key_is_known_and_every_known_key_is_read():
+    import re
+    import tomllib
+
+    from runner.config import KEYS, problems
+    from runner.envs import _CONFIG_TO_UV
+
+    doc = (ROOT / "docs" / "server.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
+    install = re.search(r"cat > /etc/runner/config.toml <<'TOML'\n(.*?)TOML\n", doc, re.S).group(1)
+    assert len(blocks) >= 3
+    for text in blocks + [install]:
+        assert problems("docs", tomllib.loads(text)) == [], text
+    assert set(_CONFIG_TO_UV) <= set(KEYS["envs"])
+    source = "\n".join(p.read_text() for p in (ROOT / "runner").rglob("*.py") if p.name != "config.py")
+    unread = [f"[{t}] {k}" for t, keys in KEYS.items() for k in keys if not re.search(rf"[\"']{k}[\"']", source)]
+    assert unread == [], "listed as known but read nowhere: " + ", ".join(unread)

@@ -20,6 +20,12 @@ def daemon(args):
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     h = home(args)
+    from runner.config import home_problems
+
+    unknown = home_problems(h)  # a misspelled key would be ignored: say it before anything starts
+    if unknown:
+        more = f" (and {len(unknown) - 1} more: `runner doctor` lists each)" if len(unknown) > 1 else ""
+        raise RunnerError(unknown[0] + more)
     bind = args.http if args.http is not None else h.config.get("daemon", {}).get("http", defaults.HTTP_BIND)
     if not isinstance(bind, str):
         raise RunnerError(f"[daemon] http: given {bind!r}; expected \"HOST:PORT\" or \"none\"")
@@ -71,6 +77,10 @@ def doctor(args):
     pid = h.daemon_pid()
     report = {"python": sys.executable, "home": str(h.root), "daemon_pid": pid}
     problems: list[str] = []
+    from runner.config import home_problems
+
+    report["config_problems"] = home_problems(h)  # tables and keys runner does not read: misspellings
+    problems += [f"config: {p}" for p in report["config_problems"]]
     try:
         uv = envs.uv_binary()
         report["uv"] = {"path": uv, "version": subprocess.run([uv, "--version"], capture_output=True, text=True).stdout.strip()}
@@ -144,6 +154,8 @@ def doctor(args):
         return 1 if problems else 0
     ok = lambda b: "yes" if b else "NO"  # noqa: E731
     print(f"home            {report['home']} (daemon {'pid ' + str(pid) if pid else 'not running'})")
+    cfg = report["config_problems"]
+    print(f"config          {str(len(cfg)) + ' unknown table(s) or key(s), below' if cfg else 'ok: every table and key is one runner reads'}")
     print(f"python          {report['python']}" + (f" (the daemon's: {python})" if python and python != report["python"] else ""))
     print(f"http            {http or '(daemon not running)'}")
     print(f"uv              {report['uv'].get('version') or report['uv'].get('error')}")
