@@ -89,7 +89,12 @@ def uv_settings(env: dict) -> dict:
 
 def masked(settings: dict) -> dict:
     """`settings` with the credentials of every URL in them hidden (https://***@host), for files others read."""
-    return {k: re.sub(r"://[^/@\s]+@", "://***@", v) for k, v in settings.items()}
+    return {k: mask_urls(v) for k, v in settings.items()}
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the credentials of every URL in it hidden (https://***@host)."""
+    return re.sub(r"://[^/@\s]+@", "://***@", text)
 
 
 def platform_tag() -> str:
@@ -398,7 +403,7 @@ def compile_lock(requirements: str, python_version: str, config: dict | None = N
                 capture_output=True, text=True, env={**uv_environ(config), **build_env}, cwd="/",
             )
     if r.returncode != 0:
-        raise EnvBuildError("cannot resolve the requirements:\n" + relevant_lines(r.stderr))
+        raise EnvBuildError(f"cannot resolve the requirements: {uv_cause(r.stderr)}\n" + relevant_lines(r.stderr))
     return r.stdout.replace(str(src), "requirements.in")  # a recorded lock names no temporary folder
 
 
@@ -438,6 +443,32 @@ def lock_named(name: str, python: Optional[str] = None, config: dict | None = No
     tmp.write_text(header + text)
     os.replace(tmp, out)
     return out
+
+
+_UV_ERROR = ("error:", "×")  # how uv starts what went wrong,
+_UV_CAUSE = ("caused by:", "cause:", "╰─▶")  # and each cause under it (older uv: "Caused by:")
+
+
+def uv_cause(text: str, limit: int = 300) -> str:
+    """What uv says went wrong, in one line for a job's note, which everyone sees: its first error,
+    the first and the innermost of its causes ("Failed to fetch: URL: dns error ..."), else its last
+    line; URL credentials hidden, at most `limit` characters."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in text.splitlines()]
+    lines = [l for l in lines if l]
+    start = next((i for i, l in enumerate(lines) if l.lower().startswith(_UV_ERROR)), None)
+    if start is None:
+        said = lines[-1:] or ["no output"]
+    else:
+        causes = []
+        for l in lines[start + 1:]:
+            if not l.lower().startswith(_UV_CAUSE):
+                break
+            causes.append(l)
+        said = [lines[start]] + causes[:1] + causes[1:][-1:]
+    for prefix in _UV_ERROR + _UV_CAUSE:
+        said = [l[len(prefix):].strip() if l.lower().startswith(prefix) else l for l in said]
+    one = mask_urls(": ".join(said))
+    return one if len(one) <= limit else one[:limit - 3] + "..."
 
 
 def relevant_lines(text: str, limit: int = 30) -> str:
@@ -586,7 +617,7 @@ class EnvManager:
         for argv in steps:
             rc, out = self._run(argv, log, env)
             if rc != 0:
-                raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
+                raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}): {uv_cause(out)}\n" + relevant_lines(out))
         if nearest:
             t0 = time.time()
             linked = borrow_bytecode(nearest, tmp / "venv")
@@ -623,7 +654,7 @@ class EnvManager:
                           str(tmp / "requirements.lock")]):
                 rc, out = self._run(argv, log, env)
                 if rc != 0:
-                    raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}):\n" + relevant_lines(out))
+                    raise EnvBuildError(f"uv {argv[1]} failed (exit {rc}): {uv_cause(out)}\n" + relevant_lines(out))
             return tmp / "venv"
         if log:
             log(jail.note())
@@ -642,7 +673,7 @@ class EnvManager:
             rc, out = jail.stream(argv, work, env, log)
             if rc != 0:
                 what = f"uv {argv[1]}" if argv[0] == uv else "its interpreter"
-                raise EnvBuildError(f"{what} failed as {jail.who.name} (exit {rc}):\n" + relevant_lines(out))
+                raise EnvBuildError(f"{what} failed as {jail.who.name} (exit {rc}): {uv_cause(out)}\n" + relevant_lines(out))
         os.lchown(work, 0, 0)  # from here the build user can rename nothing in it
         os.chmod(work, 0o711)
         seal(work / "venv", jail.who.uid)

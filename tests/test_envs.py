@@ -57,8 +57,32 @@ def test_conflicting_requirements_fail_the_job(runner, daemon, tmp_path):
     job = runner.wait_state(runner.submit(spec), timeout=120)
     assert (job["state"], job["reason"]) == ("failed", "env_build_failed")
     assert "six" in job["log_tail"] and ("unsatisfiable" in job["log_tail"] or "conflict" in job["log_tail"].lower())
+    # the note everyone sees carries uv's cause in its one line, not a line cut at its colon
+    assert job["note"].startswith("cannot resolve the requirements: No solution found when resolving dependencies: ")
+    assert "six==1.15.0" in job["note"] and "\n" not in job["note"], job["note"]
     ok = runner.wait_state(runner.submit("--", "true"))
     assert ok["state"] == "succeeded"  # the daemon goes on
+
+
+def test_an_env_that_cannot_be_fetched_says_why_in_the_jobs_note_without_the_index_password(home, runner, tmp_path):
+    from conftest import DaemonProc, free_port
+    from runner.envs import uv_cause
+
+    port = free_port()  # nothing listens: uv cannot fetch the named env's packages from this "mirror"
+    (home / "config.toml").write_text(f'[envs]\nindex_url = "http://lab:s3cret@127.0.0.1:{port}/simple"\n')
+    d = DaemonProc(home, {**runner.env, "UV_HTTP_RETRIES": "0"}, http=False).start()
+    try:
+        job = runner.wait_state(runner.submit("--env", "base", "--", "true"), timeout=120)
+    finally:
+        d.stop()
+    assert (job["state"], job["reason"]) == ("failed", "env_build_failed"), job
+    note = job["note"]
+    assert note.startswith("env base: uv pip failed (exit 2): ") and f"127.0.0.1:{port}" in note, note
+    assert "\n" not in note and "s3cret" not in note and len(note) < 400, note
+    # the credentials of a URL uv quotes whole are hidden too, and a long cause is cut
+    said = "Resolved 3 packages\nerror: Failed to fetch\n  cause: https://lab:s3cret@mirror/simple/six/\n  cause: refused\n"
+    assert uv_cause(said) == "Failed to fetch: https://***@mirror/simple/six/: refused"
+    assert uv_cause("x" * 500).endswith("...") and len(uv_cause("x" * 500)) == 300
 
 
 def test_jobs_that_need_one_new_env_build_it_once(runner, daemon, tmp_path):
