@@ -435,6 +435,18 @@ def test_retention_keeps_best_and_last_never_follows_a_link_and_dry_run_changes_
     assert (victim / "thesis.tex").read_text() == "bob's thesis\n" and (victim / "epoch_9.pth").exists()
     assert (victim / "epoch_5.pth").read_text() == "bob's other weights\n"
     assert json.loads((home / "retention.json").read_text())["removed_bytes"] == applied["bytes"] > 100_000
+    # what was removed is said so: a log retention took is an error, not an empty log; a checkpoint it took is marked
+    r = runner.run("logs", "ancient", check=False)
+    assert (r.returncode, r.stdout) == (1, ""), (r.stdout, r.stderr)
+    assert r.stderr == ("runner: job ancient: its log is gone: removed by the [retention] policy (job_days = 90: a job's folder "
+                        "and log go 90 days after it ended); `runner show ancient` keeps its states and metrics\n"), r.stderr
+    assert runner.run("logs", "-f", "ancient", check=False).returncode == 1
+    shown = runner.run("show", "old").stdout
+    assert f"{old / 'checkpoints' / 'epoch_1.pth'} (4096 bytes) (removed)" in shown, shown
+    assert f"{old / 'checkpoints' / 'best.pth'} (4096 bytes)\n" in shown, shown
+    marks = {os.path.basename(a["path"]): a["removed"] for a in runner.json("show", "old")["artifacts"]}
+    assert marks["epoch_1.pth"] and marks["epoch_3.pth"] and not marks["best.pth"] and not marks["last.pth"], marks
+    assert runner.run("logs", "running").stdout == ""  # a job not ended whose log is not there yet: nothing to say
     # a second pass finds nothing more
     assert json.loads(runner.run("gc", "--json").stdout)["items"] == []
 

@@ -106,6 +106,8 @@ def show(args):
     s = store(h)
     job = find_job(h, s, args.id)
     view = job if job.get("spooled") else job_view(s, job, full=True, tail=log_tail_for(h, job, os.geteuid()))
+    for a in view.get("artifacts") or []:  # looked at as the user who asks (the daemon never reads her files)
+        a["removed"] = _checkpoint_gone(a["path"])
     if args.json:
         print_json(view)
         return 0
@@ -137,7 +139,7 @@ def show(args):
     if view.get("artifacts"):
         print("artifacts:")
         for a in view["artifacts"]:
-            print(f"  {a['path']} ({a['size']} bytes)")
+            print(f"  {a['path']} ({a['size']} bytes)" + (" (removed)" if a["removed"] else ""))
     if view.get("log_tail") and view.get("state") == "failed":
         print("last lines of the log:")
         for line in view["log_tail"].splitlines():
@@ -211,6 +213,11 @@ def logs(args):
         from runner.exceptions import PermissionDenied
 
         raise PermissionDenied(f"job {job['id']}: belongs to {job['user']}; its log is theirs (an admin may set [server] share_logs)")
+    gone = _log_gone(h, s, job, path)
+    if gone:
+        from runner.exceptions import RunnerError
+
+        raise RunnerError(gone)
     clean = (lambda b: b) if args.raw else strip_ansi
     if not args.follow:
         sys.stdout.write(clean(read_log(path.parent, args.tail).encode()).decode("utf-8", "replace"))
@@ -249,6 +256,45 @@ def logs(args):
             out.flush()
             return 0
         time.sleep(0.2)
+
+
+def _log_gone(h, s, job: dict, path: Path) -> str | None:
+    """Why an ended job that had a log has none now (the [retention] policy, or a hand), or None."""
+    if job.get("state") not in ("succeeded", "failed", "cancelled"):
+        return None
+    failed_preparing = job["state"] == "failed" and any(t["from_state"] == "preparing" for t in s.transitions(job["id"]))
+    if not job.get("started_at") and not failed_preparing:
+        return None  # it never had a log: ended before it ran (cancelled, its dependency failed)
+    try:
+        os.lstat(path)
+        return None
+    except PermissionError:
+        return None  # not hers to look at: said by the check above
+    except FileNotFoundError:
+        pass
+    from runner import retention
+    from runner.exceptions import RunnerError
+
+    try:
+        days = (retention.settings(h.config) or {}).get("job_days")
+    except RunnerError:
+        days = None
+    ended = job.get("finished_at")
+    why = (f"removed by the [retention] policy (job_days = {days:g}: a job's folder and log go {days:g} days after it ended)"
+           if days and ended and time.time() - ended >= days * 86400 else f"removed from {path.parent}")
+    return f"job {job['id']}: its log is gone: {why}; `runner show {job['id']}` keeps its states and metrics"
+
+
+def _checkpoint_gone(path: str) -> bool:
+    """Whether a recorded checkpoint is no longer there, as the viewer sees it (one she may not look
+    at is not said to be gone)."""
+    try:
+        os.lstat(path)
+        return False
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def tag(args):
