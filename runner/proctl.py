@@ -34,8 +34,12 @@ def alive(pid, started=None) -> bool:
         return False
 
 
-def kill_tree(run_dir: Path, sig: int) -> bool:
+def kill_tree(run_dir: Path, sig: int, gentle: bool = False) -> bool:
     """Send sig to the job's process group and to any descendant that left it. True if any was alive.
+
+    `gentle` (a preemption's SIGTERM): to the job's own processes only, not to bubblewrap around
+    them. bubblewrap does not pass a signal on: it dies, and the job dies with it (SIGKILL, as
+    --die-with-parent), before its handler could save anything.
 
     child.json is in the job's run folder, which only the daemon writes: no user can point a
     kill at a process of her choosing. (A double-forked orphan comes to the shim, which ends it
@@ -51,12 +55,15 @@ def kill_tree(run_dir: Path, sig: int) -> bool:
         root = psutil.Process(pid)
         if abs(root.create_time() - child["started_at"]) < 5:
             procs = root.children(recursive=True)
+            if gentle:
+                procs = [p for p in [root, *procs] if not _is_bwrap(p)]
     except psutil.Error:
         pass
     sent = False
     try:
-        os.killpg(child["pgid"], sig)
-        sent = True
+        if not gentle:
+            os.killpg(child["pgid"], sig)
+            sent = True
     except (ProcessLookupError, PermissionError):
         pass
     for p in procs:
@@ -66,3 +73,14 @@ def kill_tree(run_dir: Path, sig: int) -> bool:
         except psutil.Error:
             pass
     return sent
+
+
+def _is_bwrap(p) -> bool:
+    """Whether a process is bubblewrap (the sandbox around a job), by its name (a job's own process
+    that calls itself bwrap only keeps a SIGTERM from itself: the SIGKILL after the grace ends all)."""
+    import psutil
+
+    try:
+        return p.name() == "bwrap"
+    except psutil.Error:
+        return False

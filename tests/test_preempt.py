@@ -196,3 +196,40 @@ def test_a_preempted_command_job_resumes_from_its_own_progress_and_prints_every_
         share = {r["user"]: r for r in json.loads(bob.run("share", "--json").stdout)["users"]}
         assert share[ALICE]["use_gpu_hours"] > share[BOB]["use_gpu_hours"] > 0
         alice.run("cancel", hold)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_envs  # its home reuses the session's timm env (tests/envcache.py)
+def test_a_preempted_timm_job_resumes_from_its_checkpoint_with_each_epoch_once(world, users):
+    import shutil
+    import subprocess
+
+    from runner.synth import make_shapes
+
+    with team_home(world, users, CONFIG) as (d, alice, bob, home):
+        apw = alice.pw
+        data = make_shapes(os.path.join(apw.pw_dir, f"shapes-{os.getpid()}"), per_class=6, val_per_class=3)
+        subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(data)], check=True)
+        try:
+            hold = alice.job("sleep", "600", extra=("--gpus", "1"))
+            alice.wait(hold, "running", timeout=60)
+            spec = {"name": "shapes", "model": "timm/resnet18", "dataset": {"path": str(data), "format": "imagefolder"},
+                    "train": {"epochs": 8, "batch_size": 8, "lr": 0.01, "input_size": 64, "pretrained": False},
+                    "resources": {"gpus": 1}}
+            jid = alice.run("submit", _job_file(alice, "timm.json", spec)).stdout.strip().splitlines()[-1]
+            wait_for(lambda: "[metrics] epoch=1/8" in alice.logs(jid), 900, 0.5, "her first epoch")
+            his = bob.job("sleep", "2", extra=("--gpus", "1"))
+            assert bob.wait(his, timeout=120)["state"] == "succeeded"
+            end = alice.wait(jid, timeout=900)
+            assert end["state"] == "succeeded" and end["restarts"] == 1, end
+            log = alice.logs(jid)
+            assert "runner: stopped by SIGTERM" in log and "resumed from" in log and "last.pth at epoch" in log, log[-3000:]
+            printed = [int(line.split("epoch=")[1].split("/")[0]) for line in log.splitlines() if line.startswith("[metrics] epoch=")]
+            assert printed == list(range(1, 9)), printed  # no epoch trained (or printed) twice, none missing
+            series = json.loads(alice.run("metrics", jid, "--name", "val_accuracy", "--json").stdout)["series"]["val_accuracy"]
+            assert [p["epoch"] for p in series] == list(range(1, 9))
+            trail = [(t["from_state"], t["to_state"], t["reason"]) for t in end["transitions"]]
+            assert ("running", "queued", "preempted") in trail
+            alice.run("cancel", hold)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)

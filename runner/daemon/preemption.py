@@ -42,7 +42,7 @@ class Preemption:
         self._job_log(job)(f"runner: preempted for job {for_job['id']} of {for_job['user']}, who has used less recently "
                            f"(fair share): SIGTERM now, SIGKILL in {grace:g}s unless it exits; it goes back to the queue "
                            "and resumes from its last checkpoint")
-        kill_tree(self.home.run_dir(jid), signal.SIGTERM)
+        kill_tree(self.home.run_dir(jid), signal.SIGTERM, gentle=True)  # the job's handler, not bubblewrap, gets it
         self.killing[jid] = time.monotonic() + grace
         log.info("job %s: preempted for job %s of %s", jid, for_job["id"], for_job["user"])
 
