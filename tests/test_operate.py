@@ -292,6 +292,37 @@ def test_backup_under_load_is_whole_and_consistent(home, runner):
         d.stop()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runner backup is root's")
+def test_the_documented_nightly_backup_leaves_its_copies_to_root_alone(tmp_path):
+    """docs/server.md's cron line, run as cron runs it (sh, umask 022), in a scratch root: the store's
+    copy and the keys tarball (every job's secrets, everyone's tokens) are 0600."""
+    doc = (ROOT / "docs" / "server.md").read_text()
+    line = re.search(r"cat > /etc/cron.d/runner-backup <<'CRON'\n(?:#.*\n)*(.*)\nCRON", doc).group(1)
+    command = line.split(" root ", 1)[1].replace("\\%", "%")
+    scratch, backups = tmp_path / "root", tmp_path / "backups"
+    state = scratch / "var" / "lib" / "runner"
+    from runner.home import Home
+
+    Home(state).ensure().store()
+    for name, text in (("secrets/j1.json", '{"API_TOKEN": "x"}'), ("tokens/1000", "tok"), ("web.key", "key")):
+        (state / name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state / name).write_text(text)
+        os.chmod(state / name, 0o600)
+    (scratch / "etc" / "runner").mkdir(parents=True)
+    (scratch / "etc" / "runner" / "config.toml").write_text('home = "/var/lib/runner"\n')
+    backups.mkdir(mode=0o700)
+    command = (command.replace("/usr/local/bin/runner", f"{sys.executable} -m runner").replace("/var/backups/runner", str(backups))
+               .replace("-C / ", f"-C {scratch} "))
+    env = {**os.environ, "RUNNER_HOME": str(state), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(["sh", "-c", "umask 022; " + command], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    made = sorted(os.listdir(backups))
+    assert [n.split("-")[0] for n in made] == ["keys", "runner"], made
+    assert {n: stat.S_IMODE(os.stat(backups / n).st_mode) for n in made} == {n: 0o600 for n in made}
+    listed = subprocess.run(["tar", "-tzf", str(backups / made[0])], capture_output=True, text=True).stdout
+    assert "var/lib/runner/secrets/j1.json" in listed and "etc/runner/config.toml" in listed, listed
+
+
 def test_backup_and_gc_are_the_admins(world, users):  # noqa: F811
     import shutil
     import tempfile
