@@ -48,13 +48,13 @@ def settings(config: dict) -> dict | None:
         return None
     if kind != "slurm":
         raise RunnerError(f"[backend] kind: given {kind!r}; expected 'local' or 'slurm'")
-    out = {"partition": None, "account": None, "qos": None, "sbatch_args": [], "poll_seconds": 2.0, "requeue": 1,
-           "signal_seconds": 60, "cpus_per_task": 1}
+    out = {"partition": None, "account": None, "qos": None, "preemptible_qos": None, "sbatch_args": [], "poll_seconds": 2.0,
+           "requeue": 1, "signal_seconds": 60, "cpus_per_task": 1}
     py = sec.get("shim_python", sys.executable)
     if not isinstance(py, str) or not os.path.isabs(py):
         raise RunnerError(f"[backend] shim_python: given {py!r}; expected the absolute path of a Python >= 3.11 every user may run")
     out["shim_python"] = py
-    for key in ("partition", "account", "qos"):
+    for key in ("partition", "account", "qos", "preemptible_qos"):
         v = sec.get(key)
         if v is not None and (not isinstance(v, str) or not _FIELD.match(v)):
             raise RunnerError(f"[backend] {key}: given {v!r}; expected a Slurm name (letters, digits, _ . -)")
@@ -87,8 +87,12 @@ def job_options(spec: dict, conf: dict) -> list[str]:
     prio = int(spec.get("priority") or 0)
     if prio < 0:
         opts.append(f"--nice={-prio}")  # only an admin may raise a job above others in Slurm
+    from .preempt import preemptible
+
     for key in ("partition", "account", "qos"):
         v = own.get(key) or conf.get(key)
+        if key == "qos" and not own.get(key) and conf.get("preemptible_qos") and preemptible({"spec": spec}):
+            v = conf["preemptible_qos"]  # Slurm's own preemption: the site's QOS that others may preempt
         if v:
             opts.append(f"--{key}={v}")
     opts += conf["sbatch_args"] + list(own.get("sbatch_args") or [])

@@ -233,3 +233,17 @@ def test_a_preempted_timm_job_resumes_from_its_checkpoint_with_each_epoch_once(w
             alice.run("cancel", hold)
         finally:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def test_on_slurm_preemptible_jobs_go_to_the_sites_preemptible_qos():
+    from runner import slurm
+
+    conf = slurm.settings({"backend": {"kind": "slurm", "qos": "normal", "preemptible_qos": "scavenger"}})
+    qos = lambda spec: [o for o in slurm.job_options(spec, conf) if o.startswith("--qos=")]  # noqa: E731
+    assert qos({"model": "timm/resnet18"}) == ["--qos=scavenger"]
+    assert qos({"command": ["train"]}) == ["--qos=normal"]
+    assert qos({"command": ["train"], "preemptible": True}) == ["--qos=scavenger"]
+    assert qos({"model": "timm/resnet18", "preemptible": False}) == ["--qos=normal"]
+    assert qos({"model": "timm/resnet18", "slurm": {"qos": "high"}}) == ["--qos=high"]
+    with pytest.raises(RunnerError, match=r"^\[backend\] preemptible_qos: given"):
+        slurm.settings({"backend": {"kind": "slurm", "preemptible_qos": "a b"}})
