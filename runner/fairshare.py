@@ -149,21 +149,55 @@ def settings(config: dict) -> dict:
 
 
 class Ledger:
-    """Each user's decayed use, for the scheduler: the jobs that ended before the last full read are
-    weighed again at most every `refresh` seconds (their weights change slowly: a half-life is
-    days); those that ended since, and the running ones, on every call."""
+    """Each user's decayed use, for the scheduler and `runner share`.
+
+    A decay is a product: an ended job's weight 2^(-(now - end)/h) is 2^(-(now - t0)/h) times
+    2^((end - t0)/h), whose second factor never changes. So the ended jobs are summed once, in SQL,
+    against a reference time t0 (store.ended_use), and each job that ends later is added to its
+    user's sum as it ends (found by its transition's id); a call scales the sums to `now` and adds
+    the jobs that run now (and the earlier runs of preempted jobs back in the queue). No call reads
+    the history again, whatever its size."""
 
     def __init__(self, store, conf: dict, refresh: float = 60.0):
-        self.store, self.conf, self.refresh = store, conf, refresh
-        self._ended, self._at = {}, None
+        self.store, self.conf = store, conf
+        self._t0 = None  # the reference time of the sums
+        self._sums: dict = {}
+        self._mark = 0  # the id of the last transition whose ended job is in the sums
+
+    def _add(self, rows, hl: float):
+        for r in rows:
+            for w, end in _ended_parts(r):
+                self._sums[r["user"]] = self._sums.get(r["user"], 0.0) + w * math.pow(2.0, (end - self._t0) / hl)
 
     def use(self, now: float) -> dict:
         hl = self.conf["half_life_s"]
-        if self._at is None or now - self._at >= self.refresh or now < self._at:
-            # 20 half-lives back: what is older weighs less than a millionth of what it weighed
-            self._ended, self._at = decayed_use(self.store.usage_rows(now - 20 * hl), now, hl), now
-        out = dict(self._ended)
-        fresh = self.store.usage_rows(self._at) + self.store.usage_rows(0, running=True)  # ended since the read, and running
-        for u, v in decayed_use(fresh, now, hl).items():
+        # a new reference when there is none, when the clock went back before it, or before 2^x overflows
+        if self._t0 is None or now < self._t0 or (now - self._t0) / hl > 500:
+            self._t0 = now - 20 * hl  # 20 half-lives back: what is older weighs less than a millionth
+            self._mark = self.store.last_transition_id()
+            sums = self.store.ended_use(self._t0, hl)
+            if sums is None:  # an SQLite without pow(): the same sum, row by row
+                self._sums = {}
+                self._add(self.store.usage_rows(self._t0), hl)
+            else:
+                self._sums = sums
+        else:
+            upto = self.store.last_transition_id()
+            if upto > self._mark:
+                self._add(self.store.ended_usage_rows(self._mark, upto), hl)
+                self._mark = upto
+        scale = math.pow(2.0, -(now - self._t0) / hl)
+        out = {u: v * scale for u, v in self._sums.items() if v}
+        for u, v in decayed_use(self.store.usage_rows(0, running=True), now, hl).items():  # running, and preempted ones' earlier runs
             out[u] = out.get(u, 0.0) + v
         return out
+
+
+def _ended_parts(r) -> list:
+    """An ended job's (slot-seconds, when they ended): its last run, and its earlier runs (a preempted job's)."""
+    out = []
+    if r.get("started_at") is not None and r.get("finished_at") is not None:
+        out.append((units(r.get("gpus")) * max(0.0, r["finished_at"] - r["started_at"]), r["finished_at"]))
+    if r.get("prior_use"):
+        out.append((float(r["prior_use"]), r.get("prior_ended_at") or r.get("finished_at") or 0.0))
+    return out

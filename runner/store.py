@@ -445,11 +445,37 @@ class Store:
         cols = "user, gpus, started_at, finished_at, prior_use, prior_ended_at"
         if running:
             # and the jobs back in the queue after preemption, for what their earlier runs used
-            sql = (f"SELECT {cols} FROM jobs WHERE state IN ('running', 'preparing') AND started_at IS NOT NULL "
+            sql = (f"SELECT {cols} FROM jobs WHERE state IN ('running', 'preparing') AND (started_at IS NOT NULL OR restarts > 0) "
                    f"UNION ALL SELECT {cols} FROM jobs WHERE state='queued' AND restarts > 0")
             return self.conn.execute(sql).fetchall()
-        sql = f"SELECT {cols} FROM jobs WHERE finished_at >= ? AND started_at IS NOT NULL"  # (index _m7)
+        sql = (f"SELECT {cols} FROM jobs WHERE finished_at >= ? AND state IN ('succeeded','failed','cancelled') "
+               "AND (started_at IS NOT NULL OR prior_use > 0)")  # (index _m7)
         return self.conn.execute(sql, (since,)).fetchall()
+
+    _UNITS = "MAX(1, CASE WHEN json_valid(gpus) AND json_type(gpus)='array' THEN json_array_length(gpus) ELSE 0 END)"
+
+    def ended_use(self, t0: float, half_life_s: float) -> dict:
+        """{user: sum over ended jobs of slot-seconds x 2^((end - t0) / half_life)} for the jobs that
+        ended at or after t0, each earlier run (a preempted job's) weighed at its own end: fair
+        share's decayed use is this times 2^(-(now - t0) / half_life), summed in SQL (no row comes
+        to Python). None when this SQLite has no pow() (built without its math functions)."""
+        sql = (f"SELECT user, TOTAL(CASE WHEN started_at IS NOT NULL THEN {self._UNITS} * MAX(0, finished_at - started_at) "
+               "* pow(2.0, (finished_at - :t0) / :hl) END) + TOTAL(COALESCE(prior_use, 0) * pow(2.0, (COALESCE(prior_ended_at, "
+               "finished_at) - :t0) / :hl)) AS use FROM jobs WHERE finished_at >= :t0 AND state IN ('succeeded','failed','cancelled') "
+               "GROUP BY user")  # (index _m7 on finished_at)
+        try:
+            rows = self.conn.execute(sql, {"t0": t0, "hl": half_life_s}).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such function" in str(e):
+                return None
+            raise
+        return {r["user"]: r["use"] for r in rows if r["use"]}
+
+    def ended_usage_rows(self, after_id: int, upto_id: int) -> list[dict]:
+        """usage_rows of the jobs that ended by a transition with an id in (after_id, upto_id]."""
+        return self.conn.execute(
+            "SELECT user, gpus, started_at, finished_at, prior_use, prior_ended_at FROM jobs WHERE id IN (SELECT job_id FROM "
+            "transitions WHERE id > ? AND id <= ? AND to_state IN ('succeeded','failed','cancelled'))", (after_id, upto_id)).fetchall()
 
     def transitions(self, job_id: str) -> list[dict]:
         """The job's state history, oldest first."""

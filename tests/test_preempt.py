@@ -247,3 +247,49 @@ def test_on_slurm_preemptible_jobs_go_to_the_sites_preemptible_qos():
     assert qos({"model": "timm/resnet18", "slurm": {"qos": "high"}}) == ["--qos=high"]
     with pytest.raises(RunnerError, match=r"^\[backend\] preemptible_qos: given"):
         slurm.settings({"backend": {"kind": "slurm", "preemptible_qos": "a b"}})
+
+
+def test_the_ledger_sums_the_history_once_and_agrees_with_weighing_every_row(tmp_path, monkeypatch):
+    """fairshare.Ledger: the ended jobs summed once in SQL against a reference time, later ends
+    added as they happen, preempted runs counted; equal to decayed_use over every row, and the
+    same without SQLite's pow()."""
+    from runner import fairshare
+    from runner.states import JobState
+
+    day = 86400.0
+    conf = {"half_life_s": 7 * day}
+    s = Store(tmp_path / "runner.db")
+    s.migrate()
+    now = 100 * day
+
+    def add(jid, user, gpus, start, end, state="succeeded", **extra):
+        s.insert_job({"id": jid, "user": user, "uid": 0, "spec": "{}", "created_at": start - 10, "gpus": gpus, **extra})
+        s.transition(jid, JobState.PREPARING, now=start)
+        s.transition(jid, JobState.RUNNING, now=start, started_at=start)
+        if end is not None:
+            s.transition(jid, JobState(state), now=end)
+
+    add("a1", "alice", [0, 1], now - 30 * day, now - 29 * day)
+    add("a2", "alice", [0], now - 3 * day, now - 2 * day, state="failed")
+    add("b1", "bob", [], now - 1 * day, now - 0.5 * day)
+    add("b2", "bob", [1], now - 3600, None)  # running
+    add("c1", "carol", [0], now - 200 * day, now - 199 * day)  # 28 half-lives ago: below the reference
+    s.insert_job({"id": "a3", "user": "alice", "uid": 0, "spec": "{}", "created_at": now - 5 * day, "restarts": 1,
+                  "prior_use": 7200.0, "prior_ended_at": now - 4 * day})  # preempted, back in the queue
+
+    def every_row(at):
+        rows = s.conn.execute("SELECT user, gpus, started_at, finished_at, prior_use, prior_ended_at FROM jobs").fetchall()
+        return fairshare.decayed_use([r for r in rows if r["user"] != "carol"], at, conf["half_life_s"])
+
+    led = fairshare.Ledger(s, conf)
+    got, want = led.use(now), every_row(now)
+    assert set(got) == {"alice", "bob"} and all(abs(got[u] - want[u]) < 1e-6 * want[u] for u in want), (got, want)
+    # a job ends after the first read (its end dated before the read, as a reaped shim's can be): added once
+    s.transition("b2", JobState.SUCCEEDED, now=now + 10, finished_at=now - 60)
+    later = now + 2 * day
+    got, want = led.use(later), every_row(later)
+    assert all(abs(got[u] - want[u]) < 1e-6 * want[u] for u in want), (got, want)
+    assert abs(led.use(later)["bob"] - got["bob"]) < 1e-9  # asking again adds nothing
+    monkeypatch.setattr(Store, "ended_use", lambda self, t0, hl: None)  # an SQLite without pow()
+    fresh = fairshare.Ledger(s, conf).use(later)
+    assert all(abs(fresh[u] - want[u]) < 1e-6 * want[u] for u in want), (fresh, want)

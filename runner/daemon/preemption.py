@@ -67,7 +67,7 @@ class Preemption:
         used = fairshare.units(job.get("gpus")) * max(0.0, ended - (job["started_at"] or ended))
         self.store.transition(jid, JobState.QUEUED, Reason.PREEMPTED.value, now=now, expect=JobState.RUNNING, restarts=k,
                               preempt_requested=None, prior_use=(job.get("prior_use") or 0.0) + used, prior_ended_at=ended,
-                              queued_at=now, shim_pid=None, shim_started=None,
+                              queued_at=now, started_at=None, shim_pid=None, shim_started=None,
                               note=f"preempted {k} time{'s' if k > 1 else ''}; resumes from its last checkpoint when it starts again")
         self.killing.pop(jid, None)
         self._dirty = True
