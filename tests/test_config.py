@@ -94,12 +94,78 @@ def test_every_documented_key_is_known_and_every_known_key_is_read():
     from runner.envs import _CONFIG_TO_UV
 
     doc = (ROOT / "docs" / "server.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
     install = re.search(r"cat > /etc/runner/config.toml <<'TOML'\n(.*?)TOML\n", doc, re.S).group(1)
-    assert len(blocks) >= 3
-    for text in blocks + [install]:
-        assert problems("docs", tomllib.loads(text)) == [], text
+    blocks = [(p.name, b) for p in [*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+              for b in re.findall(r"```toml\n(.*?)```", p.read_text(), re.S)]
+    configs = [(name, tomllib.loads(b)) for name, b in blocks + [("install", install)]]
+    configs = [(name, c) for name, c in configs if set(c) <= set(KEYS) | {"home"}]  # not registry.toml tables
+    assert {"server.md", "slurm.md", "mlflow.md", "install"} <= {name for name, _ in configs}
+    for name, c in configs:
+        assert problems(name, c) == [], c
     assert set(_CONFIG_TO_UV) <= set(KEYS["envs"])
     source = "\n".join(p.read_text() for p in (ROOT / "runner").rglob("*.py") if p.name != "config.py")
     unread = [f"[{t}] {k}" for t, keys in KEYS.items() for k in keys if not re.search(rf"[\"']{k}[\"']", source)]
     assert unread == [], "listed as known but read nowhere: " + ", ".join(unread)
+
+
+def _keys_read(tree) -> set[tuple[str, str]]:
+    """(table, key) of each `config.get("T")...get("k")`, of each `v.get("k")` where `v = ...config.get("T")`,
+    and of each key a `for` loop over a literal tuple hands to `v.get(...)`, in one module."""
+    import ast
+
+    def table_of(node):  # "T" when node is config.get("T", ...) (also through `... or {}`)
+        if isinstance(node, ast.BoolOp):
+            node = node.values[0]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            owner = node.func.value
+            if (isinstance(owner, ast.Name) and owner.id == "config") or (isinstance(owner, ast.Attribute) and owner.attr == "config"):
+                return node.args[0].value
+        return None
+
+    bound = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            value = node.value.body if isinstance(node.value, ast.IfExp) else node.value
+            t = table_of(value)
+            if t:
+                bound[node.targets[0].id] = t
+    out = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args):
+            continue
+        arg, owner = node.args[0], node.func.value
+        table = table_of(owner) or (bound.get(owner.id) if isinstance(owner, ast.Name) else None)
+        if table and isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            out.add((table, arg.value))
+    for loop in ast.walk(tree):
+        if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Tuple)):
+            continue
+        names = [loop.target.id] if isinstance(loop.target, ast.Name) else [getattr(e, "id", None) for e in loop.target.elts]
+        for node in ast.walk(loop):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args
+                    and isinstance(node.args[0], ast.Name) and node.args[0].id in names
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in bound):
+                i = names.index(node.args[0].id)
+                for e in loop.iter.elts:
+                    key = e if len(names) == 1 else (e.elts[i] if isinstance(e, ast.Tuple) else None)
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                        out.add((bound[node.func.value.id], key.value))
+    return out
+
+
+def test_every_key_the_code_reads_is_a_known_key():
+    """A key added to the code but not to runner.config.KEYS would stop every daemon whose config sets it."""
+    import ast
+
+    from runner.config import KEYS
+    from runner.envs import _CONFIG_TO_UV
+
+    read = set()
+    for path in (ROOT / "runner").rglob("*.py"):
+        if path.name != "config.py":
+            read |= _keys_read(ast.parse(path.read_text()))
+    read |= {("envs", k) for k in _CONFIG_TO_UV}
+    assert {("backend", "partition"), ("jobs", "min_free_mb"), ("scheduler", "preempt_by"), ("server", "url")} <= read  # it finds them
+    unknown = sorted(f"[{t}] {k}" for t, k in read if k not in KEYS.get(t, ()))
+    assert unknown == [], "read by the code but not in runner.config.KEYS: " + ", ".join(unknown)
