@@ -63,7 +63,7 @@ def test_one_transaction_per_batch_with_its_offset(store, job_dir, monkeypatch):
     append(job_dir / "output.log", text)
     calls = []
     real = store.record_progress
-    monkeypatch.setattr(store, "record_progress", lambda jid, pts, off, st=None: (calls.append((len(pts), off)), real(jid, pts, off, st)))
+    monkeypatch.setattr(store, "record_progress", lambda jid, pts, off, st=None, **kw: (calls.append((len(pts), off)), real(jid, pts, off, st, **kw)))
     LogWatcher("job1", job_dir, None).poll(store, final=True)
     assert len(calls) >= len(text) // 4096  # one per 4 KiB batch, not one for the whole read
     offsets = [off for _, off in calls]
