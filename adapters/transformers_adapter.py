@@ -353,7 +353,7 @@ class TransformersAdapter(TrainingAdapter):
         self._epoch_t0 = time.time()
         trainer = self._trainer(self.epochs)
         resume = self.cfg.get("resume")
-        if resume and os.environ.get("RUNNER_RESUME_FROM") == resume:
+        if os.environ.get("RUNNER_RESTARTS", "0") != "0" and (not resume or os.environ.get("RUNNER_RESUME_FROM") == resume):
             # after a preemption: the Trainer's own last checkpoint (weights, optimizer, scheduler, epoch)
             from transformers.trainer_utils import get_last_checkpoint
 
