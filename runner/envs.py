@@ -294,7 +294,8 @@ def find_python(version: Optional[str], where: str = "python") -> tuple[str, str
         raise EnvBuildError(f"{where}: given {version!r}; expected a Python version such as \"3.8\"")
     env = uv_environ()
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if "pyenv" not in p or not p.rstrip("/").endswith("shims"))
-    r = subprocess.run([uv_binary(), "python", "find", "--no-python-downloads", version], capture_output=True, text=True, env=env)
+    r = subprocess.run([uv_binary(), "python", "find", "--no-python-downloads", version], capture_output=True, text=True, env=env,
+                       cwd="/")  # uv reads uv.toml / .python-version files in its folder and above it
     candidates = [r.stdout.strip()] if r.returncode == 0 and r.stdout.strip() else []
     candidates += [str(p) for p in _pyenv_pythons(version)]
     for path in candidates:

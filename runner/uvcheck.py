@@ -61,7 +61,9 @@ def resolve(settings: dict, uv: str | None) -> tuple[str, str | None]:
         argv = [uv, "pip", "compile", "--no-header", "--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}", "-"]
         t0 = time.monotonic()
         try:
-            r = subprocess.run(argv, input=PROBE + "\n", capture_output=True, text=True, env=env, cwd=home, timeout=PROBE_SECONDS)
+            # cwd "/": uv reads a uv.toml or pyproject.toml in its folder and every folder above it
+            # (a temporary folder's parent is /tmp, where anyone may plant one: an index of theirs)
+            r = subprocess.run(argv, input=PROBE + "\n", capture_output=True, text=True, env=env, cwd="/", timeout=PROBE_SECONDS)
         except subprocess.TimeoutExpired:
             return "no answer", (f"index: uv did not resolve {PROBE} with the daemon's settings within {PROBE_SECONDS} s "
                                  f"({_shown(settings)}): env builds will fail; check [envs] index_url / the proxy")

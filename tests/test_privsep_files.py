@@ -401,3 +401,42 @@ def test_nobody_loads_a_checkpoint_file_a_teammate_planted(team):  # noqa: F811
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     assert d.proc.poll() is None
+
+
+def test_root_starting_the_daemon_or_doctor_in_a_teammates_folder_imports_and_reads_nothing_of_his(world, users, tmp_path, monkeypatch):
+    """`python -m runner daemon` typed by root in a folder bob can write (his module there would be
+    imported by a later import, as root); and doctor's uv probe, which read a uv.toml in any folder
+    above its own (/tmp: his index)."""
+    import runner.uvcheck as uvcheck
+
+    bpw = users[BOB]
+    his = Path(tempfile.mkdtemp(prefix="his-", dir=world))
+    marker = his / "PWNED"
+    (his / "watchfiles.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")  # the daemon imports it in a thread
+    subprocess.run(["chown", "-R", f"{bpw.pw_uid}:{bpw.pw_gid}", str(his)], check=True)
+    os.chmod(his, 0o755)
+    home = tmp_path / "state"
+    env = {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "runner", "daemon", "--http", "none"], cwd=his, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (home / "daemon.json").exists(), 30, 0.1, "the daemon to start")
+        time.sleep(1.0)
+        p.terminate()
+        p.wait(timeout=30)
+        assert not marker.exists(), "his module ran as root"
+    finally:
+        shutil.rmtree(his, ignore_errors=True)
+    seen = {}
+    real = subprocess.run
+
+    def spy(argv, *a, **kw):
+        if argv and "compile" in argv:
+            seen["cwd"] = kw.get("cwd")
+        return real(argv, *a, **kw)
+
+    monkeypatch.setattr(uvcheck.subprocess, "run", spy)
+    from runner.envs import uv_binary
+
+    uvcheck.resolve({"UV_INDEX_URL": "file:///nonexistent"}, uv_binary())
+    assert seen.get("cwd") == "/", seen  # no folder a user may write, nor any above it
