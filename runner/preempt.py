@@ -21,18 +21,22 @@ RESUMING_FRAMEWORKS = ("timm", "ultralytics", "transformers")
 
 def settings(config: dict) -> dict:
     """The `[scheduler]` preemption settings, checked: {"after": seconds or None (off), "grace":
-    seconds, "exempt": set of users whose jobs are never stopped, "by": set of users who may
-    preempt, or None for everyone}."""
+    seconds, "min_run": seconds a job runs before it may be stopped (default: after), "exempt": set
+    of users whose jobs are never stopped, "by": set of users who may preempt, or None for everyone}."""
     from .exceptions import RunnerError
 
     sec = config.get("scheduler", {}) if isinstance(config.get("scheduler", {}), dict) else {}
     after = sec.get("preempt_after_seconds")
     if after is not None and (isinstance(after, bool) or not isinstance(after, (int, float)) or not 0 <= after <= 365 * 86400):
         raise RunnerError(f"[scheduler] preempt_after_seconds: given {after!r}; expected seconds (0 or more), or leave it out for no preemption")
+    min_run = sec.get("preempt_min_run_seconds")
+    if min_run is not None and (isinstance(min_run, bool) or not isinstance(min_run, (int, float)) or not 0 <= min_run <= 365 * 86400):
+        raise RunnerError(f"[scheduler] preempt_min_run_seconds: given {min_run!r}; expected seconds (0 or more)")
     grace = sec.get("preempt_grace_seconds", 60)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 < grace <= 86400:
         raise RunnerError(f"[scheduler] preempt_grace_seconds: given {grace!r}; expected seconds above 0 (what a stopped job has to save and exit)")
-    out = {"after": None if after is None else float(after), "grace": float(grace)}
+    out = {"after": None if after is None else float(after), "grace": float(grace),
+           "min_run": float(min_run) if min_run is not None else (None if after is None else float(after))}
     for key, name in (("exempt", "preempt_exempt"), ("by", "preempt_by")):
         users = sec.get(name)
         if users is not None and (not isinstance(users, list) or not all(isinstance(u, str) and u for u in users)):
@@ -61,21 +65,36 @@ def _gpus(job) -> int:
     return len(g) if isinstance(g, list) else 0
 
 
+def _started(job, now: float) -> float:
+    t = job.get("started_at")
+    return now if t is None else t
+
+
 def _want(job) -> int:
     return int(((job.get("spec") or {}).get("resources") or {}).get("gpus") or 0)
 
 
+MARGIN = 1.25
+"""A job is stopped only for a user whose recent use per share is below the stopped user's by this
+factor: users of nearly equal use (three or more of them) do not stop each other's jobs in a cycle."""
+
+
 def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict, shares: dict, now: float, conf: dict,
-           can_stop=preemptible) -> list:
+           can_stop=preemptible, fits=None) -> list:
     """[(job to stop, the waiting job it is stopped for)].
 
     `waiting`: queued GPU jobs that wait for GPUs, in the scheduler's order, each with user,
     spec, queued_at. `running`: running jobs with user, spec, gpu_uuids, started_at. `use`: each
     user's decayed use (fairshare.Ledger), `shares` their weights. At most one waiting job is
-    served per call, and none while a stop is under way (the daemon calls this only then)."""
+    served per call, and none while a stop is under way (the daemon calls this only then; it then
+    keeps the freed GPUs for that job). A job that has run less than `conf["min_run"]` seconds
+    (default: `after`) is not stopped: every job gets that long, at least, between stops.
+    `fits(job, uuids)`: whether the waiting job would start on the free GPUs and those (its
+    memory and gpu_ids too); without it, counts decide."""
     after = conf.get("after")
     if after is None or not waiting or not running:
         return []
+    min_run = conf.get("min_run", after) or 0.0
     weight = {u: max(float(shares.get(u, 1.0)), 1e-9) for u in {j["user"] for j in waiting + running}}
     standing = {u: use.get(u, 0.0) / w for u, w in weight.items()}
     held: dict = {}
@@ -84,28 +103,33 @@ def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict
     active = {j["user"] for j in waiting if _want(j)} | {u for u, n in held.items() if n}
     total_w = sum(weight[u] for u in active) or 1.0
     part = {u: total_gpus * weight[u] / total_w for u in active}
+    exempt = conf.get("exempt") or set()
+    # what may be stopped at all, newest first, read once: users over their part, jobs that ran long enough
+    candidates = sorted((r for r in running if held.get(r["user"], 0) > part.get(r["user"], 0.0) + 1e-9 and r["user"] not in exempt
+                         and _gpus(r) and now - _started(r, now) >= min_run and can_stop(r)),
+                        key=lambda r: (-(r.get("started_at") or 0), r["id"]))
+    if not candidates:
+        return []
+    top = max(standing[r["user"]] for r in candidates)
     by = conf.get("by")
     for job in waiting:
         want = _want(job)
-        if not want or now - (job.get("queued_at") or now) < after or (by is not None and job["user"] not in by):
+        me = job["user"]
+        if (not want or now - (job.get("queued_at") or now) < after or (by is not None and me not in by)
+                or standing.get(me, 0.0) * MARGIN >= top):
             continue
         need = want - n_free
         if need <= 0:
             continue  # it waits for something else than GPUs held by others (memory, ids): stopping frees nothing it lacks
-        me = job["user"]
-        candidates = sorted((r for r in running if r["user"] != me and r["user"] not in conf.get("exempt", set())
-                             and held.get(r["user"], 0) > part.get(r["user"], 0.0) and standing.get(r["user"], 0.0) > standing.get(me, 0.0)
-                             and _gpus(r) and can_stop(r)),
-                            key=lambda r: (-(r.get("started_at") or 0), r["id"]))  # newest first
         stops, freed, left = [], 0, dict(held)
         for r in candidates:
             if freed >= need:
                 break
-            if left[r["user"]] <= part[r["user"]] + 1e-9:
-                continue  # she is down to her part: nothing more of hers is stopped
+            if r["user"] == me or standing[r["user"]] <= standing.get(me, 0.0) * MARGIN or left[r["user"]] <= part[r["user"]] + 1e-9:
+                continue  # hers, or of a user not far enough above her, or down to her part already
             stops.append((r, job))
             freed += _gpus(r)
             left[r["user"]] -= _gpus(r)
-        if freed >= need:
+        if freed >= need and (fits is None or fits(job, [u for r, _ in stops for u in (r.get("gpu_uuids") or [])])):
             return stops
     return []

@@ -36,6 +36,27 @@ def _fits(job, free, gpu_count):
     return pool[:want]
 
 
+def never_fits(job, gpus: list) -> str | None:
+    """Why no GPU of `gpus` (the machine's, all of them) can ever serve the job, or None."""
+    res = job["spec"].get("resources") or {}
+    want = res.get("gpus") or 0
+    if not want or not gpus:
+        return None
+    ids, mem = res.get("gpu_ids"), res.get("gpu_memory_gb")
+    if want > len(gpus):
+        return f"resources.gpus: asks {want}; this machine has {len(gpus)}"
+    pool = gpus
+    if ids is not None:
+        pool = [g for g in gpus if g.index in ids]
+        if len(pool) < want:
+            return (f"resources.gpu_ids: {list(ids)} name {len(pool)} of this machine's GPUs "
+                    f"({', '.join(str(g.index) for g in gpus)}); the job asks {want}")
+    if mem is not None and len([g for g in pool if g.memory_total_mb >= mem * 1024]) < want:
+        return (f"resources.gpu_memory_gb: asks {mem:g} GB on {want} GPU(s); the largest here hold "
+                f"{max(g.memory_total_mb for g in pool) / 1024:g} GB")
+    return None
+
+
 def _shadow(want: int, n_free: int, ends: dict):
     """(time the reserved job can start, GPUs free then beyond its need) from held GPUs' expected ends."""
     times = sorted(float("inf") if e is None else e for e in ends.values())

@@ -93,6 +93,40 @@ def test_jobs_are_stopped_only_when_together_they_free_what_the_waiting_job_need
     assert ids(preempt.choose([queued("b1", "bob", gpus=2)], run, 1, 6, {"alice": 100.0}, {}, 1000.0, ON)) == [("a3", "b1")]
 
 
+def test_a_job_runs_min_run_seconds_before_it_may_be_stopped_and_near_equal_users_keep_theirs():
+    run = [running("a1", "alice", started=950, model=TIMM), running("a2", "alice", started=990, model=TIMM)]
+    # both of hers started less than a minute ago: neither is stopped yet
+    assert preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0}, {}, 1000.0, ON) == []
+    assert ids(preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0}, {}, 1000.0, {**ON, "min_run": 30})) == [("a1", "b1")]
+    # bob's use is not far enough below hers (MARGIN): they would take turns stopping each other
+    run = [running("a1", "alice", started=1, model=TIMM), running("a2", "alice", started=2, model=TIMM)]
+    assert preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0, "bob": 90.0}, {}, 1000.0, ON) == []
+    assert ids(preempt.choose([queued("b1", "bob")], run, 0, 2, {"alice": 100.0, "bob": 70.0}, {}, 1000.0, ON)) == [("a2", "b1")]
+
+
+def test_a_stop_must_let_the_waiting_job_start_on_what_it_frees():
+    run = [running("a1", "alice", started=1, model=TIMM), running("a2", "alice", started=2, model=TIMM)]
+    q = [queued("b1", "bob")]
+    # the waiting job wants GPU index 7 (or more memory than any holds): what a1/a2 free cannot serve it
+    assert preempt.choose(q, run, 0, 2, {"alice": 100.0}, {}, 1000.0, ON, fits=lambda job, uuids: False) == []
+    asked = []
+    assert ids(preempt.choose(q, run, 0, 2, {"alice": 100.0}, {}, 1000.0, ON,
+                              fits=lambda job, uuids: asked.append(uuids) or True)) == [("a2", "b1")]
+    assert asked == [["G-a2-0"]]
+
+
+def test_a_gpu_request_this_machine_can_never_serve_is_named():
+    from runner.gpus import GPU
+    from runner.scheduler import never_fits
+
+    gpus = [GPU(index=i, uuid=f"G{i}", name="A", memory_total_mb=16384) for i in range(2)]
+    job = lambda **r: {"spec": {"resources": r}}  # noqa: E731
+    assert never_fits(job(gpus=3), gpus) == "resources.gpus: asks 3; this machine has 2"
+    assert never_fits(job(gpus=1, gpu_ids=[7]), gpus).startswith("resources.gpu_ids: [7] name 0 of this machine's GPUs (0, 1)")
+    assert never_fits(job(gpus=1, gpu_memory_gb=100), gpus) == "resources.gpu_memory_gb: asks 100 GB on 1 GPU(s); the largest here hold 16 GB"
+    assert never_fits(job(gpus=2, gpu_memory_gb=16), gpus) is None and never_fits(job(gpus=0), gpus) is None
+
+
 def test_shares_weigh_the_part_and_the_standing():
     run = [running("a1", "alice", started=1, model=TIMM), running("a2", "alice", started=2, model=TIMM),
            running("a3", "alice", started=3, model=TIMM)]
@@ -109,7 +143,8 @@ def test_bad_preemption_settings_are_one_line_naming_the_key():
             preempt.settings({"scheduler": bad})
     assert preempt.settings({})["after"] is None
     assert preempt.settings({"scheduler": {"preempt_after_seconds": 300, "preempt_exempt": ["ci"]}}) == \
-        {"after": 300.0, "grace": 60.0, "exempt": {"ci"}, "by": None}
+        {"after": 300.0, "grace": 60.0, "min_run": 300.0, "exempt": {"ci"}, "by": None}
+    assert preempt.settings({"scheduler": {"preempt_after_seconds": 300, "preempt_min_run_seconds": 0}})["min_run"] == 0.0
 
 
 def test_a_resumed_run_replaces_the_points_of_what_it_did_again(tmp_path):
@@ -195,6 +230,17 @@ def test_a_preempted_command_job_resumes_from_its_own_progress_and_prints_every_
         # fair share counts both of her runs
         share = {r["user"]: r for r in json.loads(bob.run("share", "--json").stdout)["users"]}
         assert share[ALICE]["use_gpu_hours"] > share[BOB]["use_gpu_hours"] > 0
+        # a job no GPU here can serve fails at once, naming why: it neither waits for good, nor holds a
+        # backfill reservation that keeps every GPU job of hers waiting, nor has her jobs stopped for it
+        big = bob.job("sleep", "1", extra=("--gpus", "3"))
+        mem = bob.run("submit", _job_file(bob, "mem.json", {"command": ["sleep", "1"], "resources": {"gpus": 1, "gpu_memory_gb": 100}})
+                      ).stdout.strip().splitlines()[-1]
+        for jid, why in ((big, "resources.gpus: asks 3; this machine has 2"), (mem, "resources.gpu_memory_gb: asks 100 GB")):
+            j = bob.wait(jid, timeout=30)
+            assert (j["state"], j["reason"]) == ("failed", "never_fits") and j["note"].startswith(why), j
+        quick = [alice.job("exit", "0", extra=("--gpus", "1")) for _ in range(3)]
+        assert all(alice.wait(j, timeout=60)["state"] == "succeeded" for j in quick)
+        assert alice.show(hold)["restarts"] == 0 and alice.show(hold)["state"] == "running"
         alice.run("cancel", hold)
 
 

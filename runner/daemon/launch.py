@@ -83,6 +83,9 @@ class Launch:
             count = len(all_gpus)
             allocations = self.store.gpu_allocations()
             free = gpus_mod.free_gpus(all_gpus, allocations, job_pids=set())
+            queued = self._fail_never_fitting(queued, all_gpus, now)
+            queued, free, started = self.take_reserved(queued, free, count, running, now)
+            running += started
             for jid in set(allocations.values()):
                 try:
                     j = self.store.get_job(jid)
@@ -117,7 +120,27 @@ class Launch:
                 if j["reason"] != value:
                     self.store.update_job(j["id"], reason=value)
         if self.preempt["after"] is not None and count:
-            self.preempt_pass(queued, decision.waiting, len(free) - sum(len(c) for _, c in decision.start), count, now)
+            left = [g for g in free if all(g is not c for _, cs in decision.start for c in cs)]
+            self.preempt_pass(queued, decision.waiting, left, all_gpus, now)
+
+    def _fail_never_fitting(self, queued: list, all_gpus: list, now: float) -> list:
+        """Fail the queued GPU jobs that no GPU of this machine can ever serve (more GPUs than it
+        has, ids it lacks, more memory than its GPUs hold), each with a note saying which: such a
+        job would wait for good, and hold a backfill reservation (and preemptions) for nothing."""
+        from ..scheduler import never_fits
+
+        out = []
+        for j in queued:
+            why = never_fits(j, all_gpus)
+            if why is None:
+                out.append(j)
+                continue
+            try:
+                self.store.transition(j["id"], JobState.FAILED, Reason.NEVER_FITS.value, now=now, expect=JobState.QUEUED, note=why)
+                log.info("job %s: failed: %s", j["id"], why)
+            except InvalidTransition:
+                pass
+        return out
 
     def _job_log(self, job: dict):
         """A writer of `runner: ...` lines into the job's log while it is prepared (the log is its user's to read)."""

@@ -22,18 +22,61 @@ log = logging.getLogger("runner.daemon.preemption")
 class Preemption:
     """The daemon's preemption (a part of Daemon)."""
 
-    def preempt_pass(self, queued: list, waiting: dict, n_free: int, total_gpus: int, now: float):
-        """After a scheduling decision: stop what preempt.choose names for the jobs that wait for GPUs."""
+    def preempt_pass(self, queued: list, waiting: dict, free: list, all_gpus: list, now: float):
+        """After a scheduling decision: stop what preempt.choose names for the jobs that wait for
+        GPUs (`free`: the GPUs the decision left free), and keep the GPUs they free for that job."""
         running = self.store.list_jobs(states=["running"])
-        if any(r.get("preempt_requested") for r in running):
+        if getattr(self, "_reserved", None) or any(r.get("preempt_requested") for r in running):
             return  # one stop at a time: the GPUs it frees go to the job it was stopped for
+        from dataclasses import replace
+
+        from ..scheduler import _fits
         from ..states import Reason as R
 
+        def fits(job, uuids):  # on the free GPUs and those it would free, emptied
+            freed = [replace(g, memory_used_mb=0.0) for g in all_gpus if g.uuid in set(uuids)]
+            return _fits(job, free + freed, len(all_gpus)) is not None
+
         wanting = [j for j in queued if waiting.get(j["id"]) is R.WAITING_FOR_GPUS]
-        stops = preempt.choose(wanting, running, n_free, total_gpus, self.ledger.use(now), self.fairshare["shares"], now,
-                               self.preempt)
+        stops = preempt.choose(wanting, running, len(free), len(all_gpus), self.ledger.use(now), self.fairshare["shares"], now,
+                               self.preempt, fits=fits)
         for victim, for_job in stops:
             self._stop_for(victim, for_job, now)
+        if stops:
+            self._reserved = {"job": stops[0][1]["id"], "gpus": {u for v, _ in stops for u in (v.get("gpu_uuids") or [])},
+                              "until": time.monotonic() + self.preempt["grace"] + 120.0}
+
+    def take_reserved(self, queued: list, free: list, count: int, running: int, now: float):
+        """The GPUs freed by a preemption are its waiting job's: it starts on them as soon as they
+        are all free (before the plan, which might give them to another job, the stopped one
+        included), and until then no other job takes them. Returns (queued, free, jobs started)."""
+        from ..exceptions import InvalidTransition as Taken
+        from ..scheduler import _fits
+
+        held = getattr(self, "_reserved", None)
+        if not held:
+            return queued, free, 0
+        job = next((j for j in queued if j["id"] == held["job"]), None)
+        if job is None or time.monotonic() > held["until"]:
+            self._reserved = None  # it left the queue (cancelled, failed), or the stop took too long
+            return queued, free, 0
+        mine = [g for g in free if g.uuid in held["gpus"]]
+        rest = [g for g in free if g.uuid not in held["gpus"]]
+        if len(mine) < len(held["gpus"]) or running >= self.max_running:
+            return queued, rest, 0
+        chosen = _fits(job, mine + rest, count)
+        if not chosen:
+            self._reserved = None
+            return queued, free, 0
+        self._reserved = None
+        try:
+            self.store.claim(job["id"], [(g.index, g.uuid) for g in chosen], now=now)
+        except Taken as e:
+            log.info("%s", e)
+            return queued, free, 0
+        self.pool.submit(self._prepare_and_launch, self.store.get_job(job["id"]))
+        log.info("job %s: starts on the GPUs its preemption freed", job["id"])
+        return [j for j in queued if j is not job], [g for g in free if g not in chosen], 1
 
     def _stop_for(self, job: dict, for_job: dict, now: float):
         jid = job["id"]
