@@ -162,6 +162,7 @@ def simulate(jobs, policy, n_gpus, half_life, backfill_limit=8):
     events = [(j["created_at"], 0, j["id"], 0) for j in jobs]  # (t, kind, job, run): 0 arrive, 1 end, 2 stopped, 3 look
     heapq.heapify(events)
     use, skipped, stopping = Use(half_life), {}, set()  # stopping: jobs sent SIGTERM that have not exited yet
+    reserved = None  # (job, GPUs): what a preemption frees is kept for the job it was made for (the daemon's take_reserved)
     finish, decisions, n_stops, lost = {}, [], 0, 0.0
     stopped_for, served, stops_of, orders = {}, 0, {}, 0  # victim -> the job it was stopped for; orders whose job then started
     held, want = {}, {}  # per user: GPUs held; GPUs held or wanted (for the fairness windows)
@@ -227,6 +228,20 @@ def simulate(jobs, policy, n_gpus, half_life, backfill_limit=8):
             continue
         t_dec = time.perf_counter()
         order = use_now = None
+        pre, free_for_plan = [], free
+        if reserved is not None:
+            rid, rg = reserved
+            if rid in running or rid in finish:
+                reserved = None
+            elif all(g in free for g in rg):  # all freed: it starts on them, before the plan
+                pool = [g for g in free if g in rg] + [g for g in free if g not in rg]
+                need = by_id[rid]["spec"]["resources"]["gpus"]
+                if len(pool) >= need and len(running) < max_running:
+                    pre = [(by_id[rid], pool[:need])]
+                    free_for_plan = [g for g in free if g not in pool[:need]]
+                reserved = None
+            else:
+                free_for_plan = [g for g in free if g not in rg]
         if policy == "fifo":
             starts = fifo_plan([by_id[i] for _, i in queue], free)
         else:
@@ -241,14 +256,16 @@ def simulate(jobs, policy, n_gpus, half_life, backfill_limit=8):
                          for _, i in queue if by_id[i]["prior_use"]]
                 use_now = use.now(rows, now)
                 order = fairshare.order([by_id[i] for _, i in heads], use_now, {})
-            d = plan(order, len(running), max_running, free, n_gpus, True, skipped=skipped, backfill_limit=backfill_limit,
-                     now=now, ends=ends)
-            starts = d.start
+            if pre:
+                order = [j for j in order if j["id"] != pre[0][0]["id"]]
+            d = plan(order, len(running) + len(pre), max_running, free_for_plan, n_gpus, True, skipped=skipped,
+                     backfill_limit=backfill_limit, now=now, ends=ends)
+            starts = pre + d.start
         stops = []
-        if policy == "preempt" and not stopping:
+        if policy == "preempt" and not stopping and reserved is None:
             wanting = [j for j in order if d.waiting.get(j["id"]) is Reason.WAITING_FOR_GPUS]
             rows = [dict(by_id[i], gpu_uuids=[g.uuid for g in r["gpus"]], started_at=r["started_at"]) for i, r in running.items()]
-            stops = preempt.choose(wanting, rows, len(free) - sum(len(c) for _, c in starts), n_gpus, use_now, {}, now,
+            stops = preempt.choose(wanting, rows, len(free_for_plan) - sum(len(c) for _, c in d.start), n_gpus, use_now, {}, now,
                                    {"after": PREEMPT_AFTER, "grace": 60.0, "exempt": set(), "by": None}, can_stop=lambda r: True)
         decisions.append(time.perf_counter() - t_dec)
         for job, chosen in starts:
@@ -263,6 +280,8 @@ def simulate(jobs, policy, n_gpus, half_life, backfill_limit=8):
             heapq.heappush(events, (now + job["dur"] - job["done"], 1, job["id"], job["runs"]))
         served += sum(1 for i in check if i in running)
         orders += bool(stops)
+        if stops:
+            reserved = (stops[0][1]["id"], [g for v, _ in stops for g in running[v["id"]]["gpus"]])
         for victim, for_job in stops:
             stopping.add(victim["id"])
             stopped_for[victim["id"]] = for_job["id"]

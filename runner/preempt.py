@@ -95,12 +95,12 @@ def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict
     if after is None or not waiting or not running:
         return []
     min_run = conf.get("min_run", after) or 0.0
-    weight = {u: max(float(shares.get(u, 1.0)), 1e-9) for u in {j["user"] for j in waiting + running}}
-    standing = {u: use.get(u, 0.0) / w for u, w in weight.items()}
     held: dict = {}
     for r in running:
         held[r["user"]] = held.get(r["user"], 0) + _gpus(r)
-    active = {j["user"] for j in waiting if _want(j)} | {u for u, n in held.items() if n}
+    active = {j["user"] for j in waiting} | {u for u, n in held.items() if n}  # (waiting: jobs that wait for GPUs)
+    weight = {u: max(float(shares.get(u, 1.0)), 1e-9) for u in active | {r["user"] for r in running}}
+    standing = {u: use.get(u, 0.0) / w for u, w in weight.items()}
     total_w = sum(weight[u] for u in active) or 1.0
     part = {u: total_gpus * weight[u] / total_w for u in active}
     exempt = conf.get("exempt") or set()
