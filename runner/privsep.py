@@ -232,7 +232,7 @@ def _preload(modules: list[str]):
     import importlib
     import pkgutil
 
-    for name in modules:
+    for name in [*modules, "runner.config"]:  # every verb reads the config (home's), checked by runner.config
         mod = importlib.import_module(name)
         for info in pkgutil.walk_packages(getattr(mod, "__path__", []), name + "."):
             try:
@@ -241,6 +241,7 @@ def _preload(modules: list[str]):
                 pass  # an optional part (a framework's own adapter imports need the framework)
     # what the standard library loads lazily on some paths
     import ctypes  # noqa: F401
+    import difflib  # noqa: F401  (runner.config's "did you mean")
     import encodings.idna  # noqa: F401
     import glob  # noqa: F401
     import hashlib  # noqa: F401
