@@ -78,6 +78,7 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
         self._born = {}  # spool file name -> its ctime when taken (intake: no backdated job)
         self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs
+        self._gpus_seen = {}  # uuid -> GPU: every GPU the inventory showed since the start (never_fits)
         self._reserved = None  # {"job", "gpus", "until"}: GPUs a preemption frees, kept for the job it was made for
         self._last_gpu_sample = 0.0
         self._dirty = True  # something happened that may let a queued job start

@@ -83,7 +83,9 @@ class Launch:
             count = len(all_gpus)
             allocations = self.store.gpu_allocations()
             free = gpus_mod.free_gpus(all_gpus, allocations, job_pids=set())
-            queued = self._fail_never_fitting(queued, all_gpus, now)
+            for g in all_gpus:  # every GPU seen since the start: one that fell off the bus may come back
+                self._gpus_seen[g.uuid] = g
+            queued = self._fail_never_fitting(queued, list(self._gpus_seen.values()), now)
             queued, free, started = self.take_reserved(queued, free, count, running, now)
             running += started
             for jid in set(allocations.values()):
@@ -125,8 +127,9 @@ class Launch:
 
     def _fail_never_fitting(self, queued: list, all_gpus: list, now: float) -> list:
         """Fail the queued GPU jobs that no GPU of this machine can ever serve (more GPUs than it
-        has, ids it lacks, more memory than its GPUs hold), each with a note saying which: such a
-        job would wait for good, and hold a backfill reservation (and preemptions) for nothing."""
+        has, ids it lacks, more memory than its GPUs hold: `all_gpus`, every GPU seen since the
+        daemon started), each with a note saying which: such a job would wait for good, and hold
+        a backfill reservation (and preemptions) for nothing."""
         from ..scheduler import never_fits
 
         out = []
