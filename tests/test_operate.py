@@ -561,3 +561,16 @@ def test_doctor_says_when_a_missing_home_is_only_the_personal_default(tmp_path, 
     assert "RUNNER_HOME is not set" in line and "set RUNNER_HOME to the team daemon's state folder" in line
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "nowhere"))
     assert permissions.audit(Home(tmp_path / "nowhere")) == [f"{(tmp_path / 'nowhere').resolve()}: does not exist (start the daemon once: it makes the folders)"]
+
+
+def test_du_as_a_user_counts_her_own_logs_and_none_of_a_teammates(world, users):  # noqa: F811
+    from test_users import team_home
+
+    with team_home(world, users) as (d, alice, bob, home):
+        jid = alice.job("burst", "300")
+        assert alice.wait(jid)["state"] == "succeeded"
+        logged = os.path.getsize(home / "run" / jid / "output.log")
+        mine = {u["user"]: u for u in json.loads(alice.run("du", "--json").stdout)["users"]}
+        assert mine[ALICE]["logs"] == logged > 3000, mine  # her log, in the daemon's 0711 run folder
+        his = {u["user"]: u for u in json.loads(bob.run("du", "--json").stdout)["users"]}
+        assert his.get(ALICE, {}).get("logs", 0) == 0 and his.get(ALICE, {}).get("jobs", 0) == 0, his
