@@ -69,11 +69,15 @@ def _shadow(want: int, n_free: int, ends: dict):
 
 def plan(queued: list, running: int, max_running: int, free: list, gpu_count: int, gpus_available: bool,
          held_by_user: dict | None = None, user_gpu_limit: int | None = None, skipped: dict | None = None,
-         backfill_limit: int = 8, dep_states: dict | None = None, now: float = 0.0, ends: dict | None = None) -> Decision:
-    """Decide what starts now. `skipped` (job_id -> times passed over) is updated in place."""
+         backfill_limit: int = 8, dep_states: dict | None = None, now: float = 0.0, ends: dict | None = None,
+         running_by_user: dict | None = None, user_running_limit: int | None = None) -> Decision:
+    """Decide what starts now. `skipped` (job_id -> times passed over) is updated in place.
+    `running_by_user` / `user_running_limit`: jobs each user runs (or prepares) now, and the most
+    one user may run at once ([daemon] per_user_running; None: no cap)."""
     d = Decision()
     free = list(free)
     held = dict(held_by_user or {})
+    runs = dict(running_by_user or {})
     skipped = skipped if skipped is not None else {}
     slots = max_running - running
     reserved = False  # a job passed over `backfill_limit` times holds the GPUs that free up
@@ -86,6 +90,9 @@ def plan(queued: list, running: int, max_running: int, free: list, gpu_count: in
             continue
         if slots <= 0:
             d.waiting[job["id"]] = None
+            continue
+        if user_running_limit is not None and runs.get(job["user"], 0) >= user_running_limit:
+            d.waiting[job["id"]] = Reason.USER_RUNNING_LIMIT
             continue
         want = job["spec"].get("resources", {}).get("gpus") or 0
         if want and not gpus_available:
@@ -116,6 +123,7 @@ def plan(queued: list, running: int, max_running: int, free: list, gpu_count: in
                 skipped[b] = skipped.get(b, 0) + 1
             held[job["user"]] = held.get(job["user"], 0) + want
         d.start.append((job, chosen))
+        runs[job["user"]] = runs.get(job["user"], 0) + 1
         slots -= 1
         for g in chosen:
             free.remove(g)

@@ -36,6 +36,7 @@ class Reason(str, Enum):
     WAITING_FOR_GPUS = "waiting_for_gpus"
     WAITING_FOR_DEPENDENCY = "waiting_for_dependency"
     USER_GPU_LIMIT = "user_gpu_limit"
+    USER_RUNNING_LIMIT = "user_running_limit"  # the user has [daemon] per_user_running jobs running already
     NEVER_FITS = "never_fits"  # asks for GPUs (a count, ids, memory) this machine does not have; the note says which
     PREEMPTED = "preempted"  # stopped for a user with less recent use; back in the queue, it resumes from its last checkpoint
     FAIR_SHARE = "fair_share"  # waits for GPUs behind jobs of users with less recent use ([scheduler] fairshare; `runner share`)

@@ -64,3 +64,31 @@ def test_a_bad_scheduler_setting_stops_the_daemon_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "runner", "daemon", "--http", "none"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "RUNNER_HOME": str(tmp_path)})
     assert r.returncode != 0 and "[scheduler] fairshare_half_life: given -2; expected a number of days above 0" in r.stderr
+
+
+def test_per_user_running_keeps_run_slots_for_the_others(world, users):
+    """[daemon] per_user_running: one user's CPU jobs cannot hold every run slot (found by a hostile teammate:
+    four `sleep` jobs of his held all of max_running while her job waited with the GPUs idle)."""
+    with team_home(world, users, CONFIG + "\n[daemon]\nmax_running = 4\nper_user_running = 2\n") as (d, alice, bob, home):
+        his = [bob.job("sleep", "120") for _ in range(4)]
+        wait_for(lambda: len(_running(bob, his)) == 2, 60, 0.2, "two of his jobs to run")
+        wait_for(lambda: bob.show(his[3])["reason"] == "user_running_limit", 30, 0.2, "his others to say why they wait")
+        hers = alice.job("sleep", "1", extra=("--gpus", "1"))
+        assert alice.wait(hers, timeout=60)["state"] == "succeeded"
+        assert len(_running(bob, his)) == 2
+        for j in his:
+            bob.run("cancel", j, check=False)
+
+
+def test_a_bad_per_user_running_stops_the_daemon_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    (tmp_path / "config.toml").write_text("[daemon]\nper_user_running = 0\n")
+    r = subprocess.run([sys.executable, "-m", "runner", "daemon", "--http", "none"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RUNNER_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
+        "runner: [daemon] per_user_running: given 0; expected a whole number of jobs, 1 or more"), r.stderr

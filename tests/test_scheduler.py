@@ -140,3 +140,12 @@ def test_fair_share_settings_are_checked_in_one_line():
                        ({"shares": {"ann": -1}}, "shares.ann"), ({"shares": 3}, "shares")):
         with pytest.raises(Exception, match=rf"\[scheduler\] {field}: given"):
             fairshare.settings({"scheduler": bad})
+
+
+def test_a_user_runs_at_most_per_user_running_jobs_and_the_others_get_the_slots():
+    q = [job("b1", user="bob"), job("b2", user="bob"), job("b3", user="bob"), job("a1", user="alice")]
+    d = plan(q, running=1, max_running=4, free=[], gpu_count=0, gpus_available=False, running_by_user={"bob": 1}, user_running_limit=2)
+    assert started(d) == [("b1", []), ("a1", [])]
+    assert d.waiting == {"b2": Reason.USER_RUNNING_LIMIT, "b3": Reason.USER_RUNNING_LIMIT}
+    d = plan(q, running=1, max_running=4, free=[], gpu_count=0, gpus_available=False, running_by_user={"bob": 1})
+    assert [j for j, _ in started(d)] == ["b1", "b2", "b3"]  # no cap: the plain order

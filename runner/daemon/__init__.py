@@ -51,6 +51,10 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         self.home = home.ensure()
         cfg = home.config.get("daemon", {})
         self.max_running = max_running or cfg.get("max_running", defaults.MAX_RUNNING)
+        self.per_user_running = cfg.get("per_user_running")
+        if self.per_user_running is not None and (isinstance(self.per_user_running, bool) or not isinstance(self.per_user_running, int)
+                                                  or self.per_user_running < 1):
+            raise RunnerError(f"[daemon] per_user_running: given {self.per_user_running!r}; expected a whole number of jobs, 1 or more")
         self.http_bind = http
         self.store = home.store()
         self._registry, self._registry_stamp = None, None

@@ -103,8 +103,13 @@ class Launch:
         fifo = queued
         if self.fairshare["on"]:
             queued = fairshare.order(queued, self.ledger.use(now), self.fairshare["shares"])
+        runs = {}
+        if self.per_user_running is not None:
+            for j in self.store.list_jobs(states=["preparing", "running"], columns=["user"]):
+                runs[j["user"]] = runs.get(j["user"], 0) + 1
         decision = plan(queued, running, self.max_running, free, count, self.inventory.available and count > 0,
-                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states, now=now, ends=ends)
+                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states, now=now, ends=ends,
+                        running_by_user=runs, user_running_limit=self.per_user_running)
         for job, chosen in decision.start:
             try:
                 self.store.claim(job["id"], [(g.index, g.uuid) for g in chosen], now=now)
