@@ -14,7 +14,7 @@ GPU cluster trace (openb, `--trace` a CSV you extracted; nothing of it is kept h
 
     python bench/bench_sched.py [--jobs 300] [--days 5]
     git -C clusterdata show HEAD:cluster-trace-gpu-v2023/csv/openb_pod_list_default.csv > /tmp/openb.csv
-    python bench/bench_sched.py --trace /tmp/openb.csv [--jobs 600] [--cluster-jobs 3000] [--days 3]
+    python bench/bench_sched.py --trace openb.csv [--jobs 600] [--cluster-jobs 3000] [--days 3]
 """
 
 from __future__ import annotations
@@ -411,7 +411,8 @@ def main():
     ap.add_argument("--reps", type=int, default=30, help="repeats of the timed decision")
     a = ap.parse_args()
     print(f"# bench_sched on {machine()}; commit {commit()}")
-    print("# python bench/bench_sched.py " + " ".join(sys.argv[1:]))
+    # the trace by its file name: a report names no folder of the machine it was made on
+    print("# python bench/bench_sched.py " + " ".join(os.path.basename(x) if x == a.trace else x for x in sys.argv[1:]))
     print(f"# figures are median (min-max) over seeds 1..{a.days}; preemption: preempt_after {PREEMPT_AFTER:.0f} s, every job "
           f"preemptible, a checkpoint every {CHECKPOINT_EVERY:.0f} s of its run (a stop loses up to that), a stopped job exits "
           f"{STOP_TAKES:.0f} s after SIGTERM; fairness windows {WINDOW:.0f} s of simulated time; max_running = the GPUs")
@@ -424,7 +425,7 @@ def main():
         pods, c = read_trace(a.trace, a.max_hours * 3600)
         print(f"# workload: Alibaba GPU cluster trace 2023 (openb_pod_list_default.csv of github.com/alibaba/clusterdata, "
               "cluster-trace-gpu-v2023; Weng et al., \"Beware of Fragmentation: Scheduling GPU-Sharing Workloads with "
-              f"Fragmentation Gradient Descent\", USENIX ATC '23), read from {a.trace} (sha256 {digest(a.trace)[:16]}); "
+              f"Fragmentation Gradient Descent\", USENIX ATC '23), read from {os.path.basename(a.trace)} (sha256 {digest(a.trace)[:16]}); "
               "it has no license file: no part of it is kept here; extract it with `git -C clusterdata show "
               "HEAD:cluster-trace-gpu-v2023/csv/openb_pod_list_default.csv > openb.csv`")
         print(f"# {c['rows']} pods, {c['gpu']} with GPUs, {c['kept']} with deletion_time > scheduled_time; the {c['busy']} from day "
