@@ -27,6 +27,7 @@ import heapq
 import math
 import random
 import statistics
+import os
 import sys
 import time
 
