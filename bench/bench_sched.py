@@ -25,9 +25,9 @@ import csv
 import hashlib
 import heapq
 import math
+import os
 import random
 import statistics
-import os
 import sys
 import time
 

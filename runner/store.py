@@ -439,10 +439,12 @@ class Store:
         rows.sort(key=lambda r: (-(r["priority"] or 0), r["created_at"] or 0.0, r["seq"]))
         return rows
 
+    _USAGE_COLUMNS = "user, gpus, started_at, finished_at, prior_use, prior_ended_at"
+
     def usage_rows(self, since: float, running: bool = False) -> list[dict]:
         """What fair share weighs: (user, gpus, started_at, finished_at, prior_use, prior_ended_at)
         of the jobs that ended after `since` (running: of the jobs that run or prepare now)."""
-        cols = "user, gpus, started_at, finished_at, prior_use, prior_ended_at"
+        cols = self._USAGE_COLUMNS
         if running:
             # and the jobs back in the queue after preemption, for what their earlier runs used
             sql = (f"SELECT {cols} FROM jobs WHERE state IN ('running', 'preparing') AND (started_at IS NOT NULL OR restarts > 0) "
@@ -474,7 +476,7 @@ class Store:
     def ended_usage_rows(self, after_id: int, upto_id: int) -> list[dict]:
         """usage_rows of the jobs that ended by a transition with an id in (after_id, upto_id]."""
         return self.conn.execute(
-            "SELECT user, gpus, started_at, finished_at, prior_use, prior_ended_at FROM jobs WHERE id IN (SELECT job_id FROM "
+            f"SELECT {self._USAGE_COLUMNS} FROM jobs WHERE id IN (SELECT job_id FROM "
             "transitions WHERE id > ? AND id <= ? AND to_state IN ('succeeded','failed','cancelled'))", (after_id, upto_id)).fetchall()
 
     def transitions(self, job_id: str) -> list[dict]:

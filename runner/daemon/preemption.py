@@ -26,7 +26,7 @@ class Preemption:
         """After a scheduling decision: stop what preempt.choose names for the jobs that wait for
         GPUs (`free`: the GPUs the decision left free), and keep the GPUs they free for that job."""
         running = self.store.list_jobs(states=["running"])
-        if getattr(self, "_reserved", None) or any(r.get("preempt_requested") for r in running):
+        if self._reserved or any(r.get("preempt_requested") for r in running):
             return  # one stop at a time: the GPUs it frees go to the job it was stopped for
         from dataclasses import replace
 
@@ -53,7 +53,7 @@ class Preemption:
         from ..exceptions import InvalidTransition as Taken
         from ..scheduler import _fits
 
-        held = getattr(self, "_reserved", None)
+        held = self._reserved
         if not held:
             return queued, free, 0
         job = next((j for j in queued if j["id"] == held["job"]), None)
