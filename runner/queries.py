@@ -153,7 +153,23 @@ def find_job(home, store, ref: str) -> dict:
         for rec in pending_jobs(home):
             if rec["id"].startswith(ref):
                 return {**spooled_view(rec), "spooled": True, "spec": rec["spec"], "uid": None}
-        raise
+        # Being taken in: the daemon moves the file out of the spool into spool/.taking a moment
+        # before its row is committed (a job's page asked for right after its submit answered 404
+        # under load). Wait for the row while its file is there (root reads that folder; a user
+        # cannot, and reads the store once more after a moment).
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                names = os.listdir(home.taking)
+            except OSError:
+                time.sleep(0.1)
+                return store.get_job(ref)
+            try:
+                return store.get_job(ref)
+            except JobNotFound:
+                if time.monotonic() > deadline or not any(f"-{ref}" in n for n in names):
+                    raise
+            time.sleep(0.02)
 
 
 def status(home, store, daemon=None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 
 import pytest
 
@@ -190,3 +191,34 @@ def test_queued_heads_gives_each_users_first_jobs_in_queue_order(store):
     plan = " ".join(r["detail"] for r in store.conn.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state='queued' AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC LIMIT 3"))
     assert "TEMP B-TREE" not in plan, plan  # a page of a deep queue is read off an index, never sorted whole
+
+
+def test_a_job_being_taken_in_is_found_not_missing(tmp_path):
+    """Between the daemon moving a spool file into .taking and committing its row, the job is in
+    neither the spool nor the store: its page (asked for right after the submit) must wait for the
+    row, not answer 404. A job in neither place is still not found."""
+    import threading
+
+    from runner.exceptions import JobNotFound
+    from runner.home import Home
+    from runner.queries import find_job
+
+    h = Home(tmp_path / "home").ensure()
+    s = h.store()
+    h.taking.mkdir(parents=True, exist_ok=True)
+    (h.taking / "0001-takenin1.job.json").write_text("{}")
+
+    def commit():
+        time.sleep(0.4)
+        Store(h.db).insert_job({"id": "takenin1", "name": "t", "user": "u", "uid": 1000, "kind": "command",
+                                                "spec": {"command": "true"}, "created_at": 1.0, "gpus": [], "after": []})
+    t = threading.Thread(target=commit)
+    t.start()
+    try:
+        assert find_job(h, s, "takenin1")["id"] == "takenin1"
+    finally:
+        t.join()
+    started = time.monotonic()
+    with pytest.raises(JobNotFound):
+        find_job(h, s, "nosuchjob")
+    assert time.monotonic() - started < 0.5  # nothing of it in .taking: no wait
