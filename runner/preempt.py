@@ -15,6 +15,8 @@ and she holds no more than her part, the two cannot preempt each other back and 
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 RESUMING_FRAMEWORKS = ("timm", "ultralytics", "transformers")
 """Frameworks whose adapters resume from their last checkpoint (optimizer and epoch)."""
 
@@ -98,7 +100,7 @@ def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict
     held: dict = {}
     for r in running:
         held[r["user"]] = held.get(r["user"], 0) + _gpus(r)
-    active = {j["user"] for j in waiting} | {u for u, n in held.items() if n}  # (waiting: jobs that wait for GPUs)
+    active = set(map(itemgetter("user"), waiting)) | {u for u, n in held.items() if n}  # (waiting: jobs that wait for GPUs)
     weight = {u: max(float(shares.get(u, 1.0)), 1e-9) for u in active | {r["user"] for r in running}}
     standing = {u: use.get(u, 0.0) / w for u, w in weight.items()}
     total_w = sum(weight[u] for u in active) or 1.0

@@ -23,11 +23,13 @@ class Decision:
     waiting: dict = field(default_factory=dict)  # job_id -> Reason
 
 
-def _fits(job, free, gpu_count):
-    res = job["spec"].get("resources", {})
+def _fits(job, free, gpu_count, res=None):
+    res = job["spec"].get("resources", {}) if res is None else res
     want = res.get("gpus", 0) or 0
     if want == 0:
         return []
+    if len(free) < want:
+        return None
     ids = res.get("gpu_ids")
     mem = res.get("gpu_memory_gb")
     pool = [g for g in free if (ids is None or g.index in ids) and (mem is None or g.memory_free_mb >= mem * 1024)]
@@ -83,27 +85,30 @@ def plan(queued: list, running: int, max_running: int, free: list, gpu_count: in
     reserved = False  # a job passed over `backfill_limit` times holds the GPUs that free up
     shadow, extra = None, 0  # when the reserved job should start; GPUs it will not need then
     blocked = []  # GPU jobs waiting for GPUs, ahead of the current one
+    waiting = d.waiting  # (one lookup of each job's fields: this loop meets every queued job)
     for job in queued:
-        deps = job.get("after") or []
+        jid = job["id"]
+        deps = job.get("after")
         if deps and dep_states is not None and any(dep_states.get(x) != "succeeded" for x in deps):
-            d.waiting[job["id"]] = Reason.WAITING_FOR_DEPENDENCY
+            waiting[jid] = Reason.WAITING_FOR_DEPENDENCY
             continue
         if slots <= 0:
-            d.waiting[job["id"]] = None
+            waiting[jid] = None
             continue
         if user_running_limit is not None and runs.get(job["user"], 0) >= user_running_limit:
-            d.waiting[job["id"]] = Reason.USER_RUNNING_LIMIT
+            waiting[jid] = Reason.USER_RUNNING_LIMIT
             continue
-        want = job["spec"].get("resources", {}).get("gpus") or 0
+        res = job["spec"].get("resources") or {}
+        want = res.get("gpus") or 0
         if want and not gpus_available:
-            d.waiting[job["id"]] = Reason.NO_GPUS_ON_THIS_HOST
+            waiting[jid] = Reason.NO_GPUS_ON_THIS_HOST
             continue
         if want and user_gpu_limit is not None and held.get(job["user"], 0) + want > user_gpu_limit:
-            d.waiting[job["id"]] = Reason.USER_GPU_LIMIT
+            waiting[jid] = Reason.USER_GPU_LIMIT
             continue
-        chosen = _fits(job, free, gpu_count)
+        chosen = _fits(job, free, gpu_count, res)
         if want and reserved and chosen is not None:
-            limit = (job["spec"].get("resources") or {}).get("time_limit")
+            limit = res.get("time_limit")
             if limit is not None and shadow is not None and now + limit <= shadow:
                 pass  # ends before the reserved job can start
             elif want <= extra:
@@ -111,7 +116,7 @@ def plan(queued: list, running: int, max_running: int, free: list, gpu_count: in
             else:
                 chosen = None
         if chosen is None:
-            d.waiting[job["id"]] = Reason.WAITING_FOR_GPUS
+            waiting[jid] = Reason.WAITING_FOR_GPUS
             if want and not reserved and skipped.get(job["id"], 0) >= backfill_limit:
                 reserved = True
                 shadow, extra = _shadow(want, len(free), ends or {})

@@ -124,6 +124,57 @@ def test_priority_still_wins_and_shares_weigh_use():
     assert [j["id"] for j in fairshare.order(q, {"ann": 300.0, "bob": 200.0}, {"ann": 2})] == ["a0", "b0"]  # twice her share
 
 
+def _order_by_definition(queued, use, shares):
+    """fairshare.order as its docstring defines it, slowly: within each run of one priority, each
+    turn goes to the head job of the user with the least (use + her jobs given a turn) / share,
+    ties to the older head."""
+    tiers = []
+    for j in queued:
+        if tiers and (tiers[-1][0].get("priority") or 0) == (j.get("priority") or 0):
+            tiers[-1].append(j)
+        else:
+            tiers.append([j])
+    out = []
+    for tier in tiers:
+        share = {j["user"]: max(float(shares.get(j["user"], 1.0)), 1e-9) for j in tier}
+        standing = {u: use.get(u, 0.0) / share[u] for u in share}
+        left = list(tier)
+        while left:
+            heads = {}
+            for j in left:
+                heads.setdefault(j["user"], j)
+            pick = min(heads.values(), key=lambda j: (standing[j["user"]], tier.index(j)))
+            out.append(pick)
+            left.remove(pick)
+            res = pick["spec"].get("resources") or {}
+            standing[pick["user"]] += max(1, res.get("gpus") or 0) * float(res.get("time_limit") or fairshare.CHARGE_SECONDS) / share[pick["user"]]
+    return out
+
+
+def _passed_over_by_definition(fifo, fair):
+    """A job is passed over when a job of another user that came later in the plain order is ahead of it in the fair order."""
+    rank = {j["id"]: i for i, j in enumerate(fifo)}
+    return {w["id"] for k, w in enumerate(fair) if any(v["user"] != w["user"] and rank[v["id"]] > rank[w["id"]] for v in fair[:k])}
+
+
+def test_the_fast_fair_order_is_the_defined_one_on_random_queues():
+    import random
+
+    rng = random.Random(7)
+    for trial in range(400):
+        users = [f"u{i}" for i in range(rng.randint(1, 4))]
+        q = [fjob(f"j{i}", rng.choice(users), gpus=rng.choice([0, 1, 2, 4]), prio=rng.choice([0, 0, 5]),
+                  limit=rng.choice([None, 60, 3600])) for i in range(rng.randint(0, 25))]
+        q.sort(key=lambda j: -j["priority"])
+        use = {u: rng.choice([0.0, 600.0, 7200.0]) for u in users if rng.random() < 0.8}
+        shares = {u: rng.choice([0.5, 1, 2]) for u in users if rng.random() < 0.4}
+        fair = fairshare.order(q, use, shares)
+        assert [j["id"] for j in fair] == [j["id"] for j in _order_by_definition(q, use, shares)], trial
+        assert fairshare.passed_over(q, fair) == _passed_over_by_definition(q, fair), trial
+        shuffled = rng.sample(q, len(q))  # any order, not only fair share's
+        assert fairshare.passed_over(q, shuffled) == _passed_over_by_definition(q, shuffled), trial
+
+
 def test_use_is_gpu_seconds_halved_every_half_life():
     day = 86400.0
     now = 100 * day
