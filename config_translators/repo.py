@@ -179,7 +179,10 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
         argv += [hyp.get("flag", "--hyp"), str(Path(job_dir) / "hyp.yaml")]
     argv += list(args.get("extra", []))
     links = placements(repo, fields)
-    return {"argv": argv, "files": files, "links": links, "env": table_env(repo, fields), "fields": fields, **({"dataset_report": report} if report else {})}
+    out = {"argv": argv, "files": files, "links": links, "env": table_env(repo, fields), "fields": fields, **({"dataset_report": report} if report else {})}
+    if args.get("resume"):  # added after a preemption, {checkpoint} filled then with the run's last checkpoint
+        out["resume"] = [_fill(t, {**fields, "checkpoint": "{checkpoint}"}, "args.resume") for t in args["resume"]]
+    return out
 
 
 REPO_FORMATS = ("imagefolder", "yolo", "coco", "masks", "captions")
@@ -237,7 +240,7 @@ KEYS = {
          "pretrained_available", "recommended_batch_size", "recommended_lr", "tags", "requirements", "overrides", "build",
          "import_check", "env", "network", "exclude", "files", "patches", "checkpoints", "dataset", "defaults", "check",
          "args", "parser", "infer"},
-    "args": {"template", "optional", "hyp", "cpu", "gpu", "extra"},
+    "args": {"template", "optional", "hyp", "cpu", "gpu", "extra", "resume"},
     "args.hyp": {"base", "flag", "set"},
     "dataset": {"format", "writable", "min_classes", "place"},
     "build": {"constraints", "env", "no_isolation"},
@@ -247,7 +250,7 @@ KEYS = {
     "infer.output": {"stdout", "file", "format", "records", "columns", "regex", "fields", "box", "label_offset"},
     "check": {"input_size", "batch_size", "epochs", "images", "val_images", "classes", "images_per_class", "val_images_per_class", "learns", "lr", "validation_metrics"},
 }
-_LISTS = ("overrides", "import_check", "exclude", "checkpoints", "tags", "args.template", "args.cpu", "args.gpu", "args.extra",
+_LISTS = ("overrides", "import_check", "exclude", "checkpoints", "tags", "args.template", "args.cpu", "args.gpu", "args.extra", "args.resume",
           "infer.template", "infer.cpu", "infer.gpu")
 
 

@@ -92,7 +92,7 @@ def build_env(req, envmgr, job: dict, log) -> Path:
 
 
 def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_env: dict, network: bool,
-                 writable: list, log) -> dict:
+                 writable: list, log, resume_args: list | None = None) -> dict:
     """JOB_DIR/launch.json for the shim: the environment built from nothing (offline settings,
     the job's GPUs, the spec's variables), resource limits, and the sandbox around argv."""
     spec = job["spec"]
@@ -128,6 +128,8 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
               "log_max_bytes": diskspace.settings(home.config)["log_max_bytes"]}  # the shim keeps the log under it
     if drops_privileges(who.uid):
         launch["user"] = {"uid": who.uid, "gid": who.gid, "groups": list(who.groups)}
+    if resume_args:  # a repo's args.resume: what a run after a preemption adds, {checkpoint} filled then
+        launch["resume_args"] = list(resume_args)
     _write_json(home.run_dir(job["id"]) / "launch.json", launch, mode=0o600)  # it holds the env_vars values
     return launch
 
@@ -212,7 +214,7 @@ def translate_here(payload: dict) -> dict:
     (job_dir / "out").mkdir(exist_ok=True)  # {output_dir} exists before the script starts
     for link in t.get("links", []):
         place_dataset_part(job_dir, link)
-    return {"argv": t["argv"], "env": t["env"], "dataset_report": t.get("dataset_report")}
+    return {"argv": t["argv"], "env": t["env"], "dataset_report": t.get("dataset_report"), "resume": t.get("resume")}
 
 
 def place_dataset_part(job_dir: Path, link: dict):

@@ -232,7 +232,7 @@ def lock_path(repo: dict, name: str) -> Path:
     return Path(repo.get("_dir") or ".") / "repo-locks" / f"{name}.lock"
 
 
-def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, dict, str]:
+def _inputs(repo: dict, name: str, home, for_uid: int | None = None) -> tuple[str, str, str, dict, str]:
     """(requirements text, interpreter, its version, build settings, inputs hash) of a repo at its commit."""
     cache = ensure_clone(home, repo["url"], repo["commit"])
     base = ""
@@ -251,7 +251,16 @@ def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, dict, str]:
         if why:
             where = f"repos.{name}.overrides" if line in repo.get("overrides", []) else f"repos.{name}.requirements ({repo.get('requirements')})"
             raise RepoError(f"{where}: given {line[:120]!r}; {why}; replace it with a pinned package in the table's overrides")
-    py, ver = envs.find_python(repo.get("python"), f"repos.{name}.python")
+    # One every user can run: a root daemon's repo env is shared by all its users (the daemon's own
+    # Python may live in /root, where a user's job got "Permission denied" starting it). Only a job
+    # of root's may, where there is none, use one that only root runs (an env of its own: the key
+    # holds the interpreter's full version, and a user's job never gets that far).
+    try:
+        py, ver = envs.base_python(repo.get("python"), home.config.get("envs"), f"repos.{name}.python")
+    except envs.EnvBuildError:
+        if for_uid != 0 or os.geteuid() != 0:
+            raise
+        py, ver = envs.find_python(repo.get("python"), f"repos.{name}.python")
     build = envs.build_settings(repo.get("build"), f"repos.{name}.build")
     minor = ".".join(ver.split(".")[:2])
     inputs = hashlib.sha256(f"{repo['commit']}\n{minor}\n{text}\n{sorted(build.items())}".encode()).hexdigest()[:16]
@@ -260,7 +269,7 @@ def _inputs(repo: dict, name: str, home) -> tuple[str, str, str, dict, str]:
 
 def lock_repo(home, repo: dict, name: str, config: dict | None) -> Path:
     """Compile the repo's lock now and record it beside its table (`runner repo lock NAME`)."""
-    text, py, ver, build, inputs = _inputs(repo, name, home)
+    text, py, ver, build, inputs = _inputs(repo, name, home, os.geteuid())
     lock = envs.compile_lock(text, ver, config, python=py, build=build)
     path = lock_path(repo, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,11 +296,11 @@ def recorded_lock(repo: dict, name: str, inputs: str) -> tuple[str | None, str |
     return text, None
 
 
-def env_request(home, repo: dict, name: str, config: dict | None, log=None):
+def env_request(home, repo: dict, name: str, config: dict | None, log=None, for_uid: int | None = None):
     """The env of a repo at its commit: its own requirements plus overrides, locked, keyed. The
     lock recorded by `runner repo lock` is used when it matches; otherwise one is compiled once per
     host and kept in the repo cache."""
-    text, py, ver, build, inputs = _inputs(repo, name, home)
+    text, py, ver, build, inputs = _inputs(repo, name, home, for_uid)
     lock, why = recorded_lock(repo, name, inputs)
     if lock is not None:
         if log:
@@ -330,7 +339,7 @@ def prepare(job: dict, home, registry, envmgr, log):
     from .atomic import write_json
 
     write_json(home.run_dir(job["id"]) / CHECKOUT_RECORD, made_from(repo, name))  # what `runner infer` compares a later table with
-    req = env_request(home, repo, name, home.config.get("envs"), log)
+    req = env_request(home, repo, name, home.config.get("envs"), log, for_uid=job.get("uid"))
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
     from .identity import hand_over
@@ -351,8 +360,11 @@ def prepare(job: dict, home, registry, envmgr, log):
     if repo.get("dataset", {}).get("writable"):  # e.g. YOLOv7 writes labels/*.cache beside the data
         dataset_dir = Path(spec["dataset"]["path"])
         writable.append(dataset_dir if dataset_dir.is_dir() else dataset_dir.parent)
+    resume = t.get("resume")
+    if resume is not None and not (isinstance(resume, list) and all(isinstance(a, str) for a in resume)):
+        raise RepoError(f"repo {name}: the translation gave a resume that is not a list of strings")
     launch = write_launch(job, home, t["argv"], src, [str(env_dir / "bin")], {"VIRTUAL_ENV": str(env_dir), **t["env"]},
-                          spec.get("network", repo.get("network", False)), writable, log)
+                          spec.get("network", repo.get("network", False)), writable, log, resume_args=resume)
     checkpoints = [translator.job_path(c, f"repos.{name}.checkpoints") for c in repo.get("checkpoints", [])]
     parser = dict(repo.get("parser") or {}) or None
     results_file = parser.pop("results_file", None) if parser else None

@@ -244,6 +244,83 @@ def test_a_preempted_command_job_resumes_from_its_own_progress_and_prints_every_
         alice.run("cancel", hold)
 
 
+EPOCHS = textwrap.dedent("""\
+    import argparse, json, os, signal, sys, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume")
+    a = p.parse_args()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *x: stop.append(1))
+    start = 0
+    if a.resume:
+        start = json.load(open(a.resume))["epoch"] + 1
+        print(f"resumed from {a.resume} at epoch {start}", flush=True)
+    for e in range(start, a.epochs):
+        if stop:
+            sys.exit(143)
+        time.sleep(0.7)
+        with open(os.path.join(a.out, "last.json.tmp"), "w") as f:
+            json.dump({"epoch": e}, f)
+        os.replace(os.path.join(a.out, "last.json.tmp"), os.path.join(a.out, "last.json"))
+        print(f"EVAL epoch {e}: acc {e / a.epochs:.4f}", flush=True)
+    """)
+
+
+def test_a_repo_whose_table_maps_a_resume_argument_is_preempted_and_resumes_from_its_checkpoint(world, users, tmp_path):
+    """A repo job is preemptible when its table says how to resume (args.resume): the run after the
+    stop gets its first arguments and `--resume` with its newest checkpoint, and each epoch is run
+    and recorded once. The same repo without args.resume is never stopped."""
+    import subprocess
+    import sys
+
+    from runner import sitereg
+    from runner.synth import make_shapes
+
+    src = tmp_path / "epochrepo"
+    src.mkdir()
+    (src / "train.py").write_text(EPOCHS)
+
+    def git(*a):
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=src, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    git("init", "-q", "-b", "main")
+    git("add", ".")
+    git("commit", "-qm", "v1")
+    table = {"url": f"file://{src}", "commit": git("rev-parse", "HEAD"), "license": "MIT",
+             "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "entry": "train.py", "task_type": "image_classification",
+             "display_name": "Epochs", "description": "a repo made by the test", "dataset": {"format": "imagefolder"},
+             "args": {"template": ["--epochs", "{epochs}", "--out", "{output_dir}"], "resume": ["--resume", "{checkpoint}"]},
+             "defaults": {"epochs": 12}, "checkpoints": ["last.json"],
+             "parser": {"patterns": [{"regex": r"^EVAL epoch (?P<epoch>\d+): acc (?P<val_acc>[\d.]+)", "epoch_offset": 1}]}}
+    with team_home(world, users, CONFIG) as (d, alice, bob, home):
+        sitereg.put(home / "registry.toml", "repos.epochs", table)
+        sitereg.put(home / "registry.toml", "repos.noresume", {**table, "args": {"template": table["args"]["template"]}})
+        data = make_shapes(os.path.join(alice.pw.pw_dir, f"shapes-{os.getpid()}"), per_class=2, val_per_class=1)
+        subprocess.run(["chown", "-R", f"{alice.uid}:{alice.pw.pw_gid}", str(data)], check=True)
+        hold = alice.run("submit", _job_file(alice, "hold.json", {"model": "repo/noresume", "dataset": {"path": str(data)},
+                                                                  "train": {"epochs": 400}, "resources": {"gpus": 1}})
+                         ).stdout.strip().splitlines()[-1]
+        h = alice.wait(hold, ("running", "failed", "succeeded"), timeout=300)
+        assert h["state"] == "running", (h.get("note"), alice.logs(hold)[-2000:])
+        jid = alice.run("submit", _job_file(alice, "epochs.json", {"model": "repo/epochs", "dataset": {"path": str(data)},
+                                                                   "resources": {"gpus": 1}})).stdout.strip().splitlines()[-1]
+        wait_for(lambda: "EVAL epoch 2:" in alice.logs(jid), 300, 0.2, "her repo job's third epoch")
+        his = bob.job("sleep", "2", extra=("--gpus", "1"))
+        assert bob.wait(his, timeout=120)["state"] == "succeeded"
+        end = alice.wait(jid, timeout=120)
+        assert end["state"] == "succeeded" and end["restarts"] == 1, end
+        log = alice.logs(jid)
+        assert f"resumed from {end['job_dir']}" in log and "/last.json at epoch" in log, log[-2000:]
+        assert [int(line.split()[2][:-1]) for line in log.splitlines() if line.startswith("EVAL epoch")] == list(range(12))
+        series = json.loads(alice.run("metrics", jid, "--name", "val_acc", "--json").stdout)["series"]["val_acc"]
+        assert [p["epoch"] for p in series] == list(range(1, 13))
+        held = alice.show(hold)
+        assert held["state"] == "running" and held["restarts"] == 0  # its table maps no resume: never stopped
+        alice.run("cancel", hold)
+
+
 @pytest.mark.slow
 @pytest.mark.shared_envs  # its home reuses the session's timm env (tests/envcache.py)
 def test_a_preempted_timm_job_resumes_from_its_checkpoint_with_each_epoch_once(world, users):

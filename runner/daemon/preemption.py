@@ -38,8 +38,13 @@ class Preemption:
             return _fits(job, free + freed, len(all_gpus)) is not None
 
         wanting = [j for j in queued if waiting.get(j["id"]) is R.WAITING_FOR_GPUS]
+        repos = self.registry.repos
+
+        def can_stop(job):  # a repo job resumes when its table maps a resume argument (args.resume)
+            return preempt.preemptible(job, lambda name: bool(((repos.get(name) or {}).get("args") or {}).get("resume")))
+
         stops = preempt.choose(wanting, running, len(free), len(all_gpus), self.ledger.use(now), self.fairshare["shares"], now,
-                               self.preempt, fits=fits)
+                               self.preempt, can_stop=can_stop, fits=fits)
         for victim, for_job in stops:
             self._stop_for(victim, for_job, now)
         if stops:
@@ -142,6 +147,9 @@ class Preemption:
         env.pop("RUNNER_RESUME_FROM", None)
         if ckpt:
             env["RUNNER_RESUME_FROM"] = ckpt
+        if launch.get("resume_args"):  # a repo's args.resume: after its first run's argv, each time anew
+            first = launch.setdefault("first_argv", launch["argv"])
+            launch["argv"] = first + ([str(a).replace("{checkpoint}", ckpt) for a in launch["resume_args"]] if ckpt else [])
         write_json(run / "launch.json", launch, mode=0o600)  # it holds the env_vars values
         write(f"runner: run {(job.get('restarts') or 0) + 1} starts after a preemption, "
               f"{'from ' + ckpt if ckpt else 'from the start (no checkpoint was recorded)'}")
