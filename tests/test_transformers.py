@@ -18,6 +18,15 @@ pytestmark = [pytest.mark.slow,
 # Small configs keep a 2-core CPU run short; the registry's own configs are the real architectures
 # (`runner check --framework transformers` builds those).
 SMALL_VIT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+SMALL = {"google/vit-base-patch16-224": SMALL_VIT,
+         "facebook/detr-resnet-50": {"use_timm_backbone": True, "backbone": "resnet18", "use_pretrained_backbone": False,
+                                     "num_queries": 10, "d_model": 64, "encoder_layers": 1, "decoder_layers": 1,
+                                     "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                                     "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
+         "Salesforce/blip-image-captioning-base": {"text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                            "intermediate_size": 128},
+                                                   "vision": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                              "intermediate_size": 128}}}
 
 
 def _site(home, overrides: dict):
@@ -38,7 +47,7 @@ def datasets(tmp_path):
 
 
 def test_four_tasks_train_resume_and_infer(runner, daemon, home, tmp_path):
-    _site(home, {"google/vit-base-patch16-224": SMALL_VIT})
+    _site(home, SMALL)  # (SegFormer-B0 is small already)
     expected = {"google/vit-base-patch16-224": ("image_classification", {"val_accuracy", "val_top5"}, "top5_predictions"),
                 "facebook/detr-resnet-50": ("object_detection", set(), "boxes"),
                 "nvidia/segformer-b0-finetuned-ade-512-512": ("semantic_segmentation", {"val_mean_iou", "val_pixel_accuracy"}, "masks"),
