@@ -244,6 +244,17 @@ def test_a_preempted_command_job_resumes_from_its_own_progress_and_prints_every_
         alice.run("cancel", hold)
 
 
+def _stopped_for_his_job(alice, bob, jid, marker: str, timeout: float) -> dict:
+    """Her running job, once its log shows `marker`, is preempted for a one-GPU job of his, which
+    runs; her job, at its end: succeeded after one restart."""
+    wait_for(lambda: marker in alice.logs(jid), timeout, 0.5, f"{marker!r} in her job's log")
+    his = bob.job("sleep", "2", extra=("--gpus", "1"))
+    assert bob.wait(his, timeout=120)["state"] == "succeeded"
+    end = alice.wait(jid, timeout=timeout)
+    assert end["state"] == "succeeded" and end["restarts"] == 1, end
+    return end
+
+
 EPOCHS = textwrap.dedent("""\
     import argparse, json, os, signal, sys, time
     p = argparse.ArgumentParser()
@@ -306,11 +317,7 @@ def test_a_repo_whose_table_maps_a_resume_argument_is_preempted_and_resumes_from
         assert h["state"] == "running", (h.get("note"), alice.logs(hold)[-2000:])
         jid = alice.run("submit", _job_file(alice, "epochs.json", {"model": "repo/epochs", "dataset": {"path": str(data)},
                                                                    "resources": {"gpus": 1}})).stdout.strip().splitlines()[-1]
-        wait_for(lambda: "EVAL epoch 2:" in alice.logs(jid), 300, 0.2, "her repo job's third epoch")
-        his = bob.job("sleep", "2", extra=("--gpus", "1"))
-        assert bob.wait(his, timeout=120)["state"] == "succeeded"
-        end = alice.wait(jid, timeout=120)
-        assert end["state"] == "succeeded" and end["restarts"] == 1, end
+        end = _stopped_for_his_job(alice, bob, jid, "EVAL epoch 2:", 300)
         log = alice.logs(jid)
         assert f"resumed from {end['job_dir']}" in log and "/last.json at epoch" in log, log[-2000:]
         assert [int(line.split()[2][:-1]) for line in log.splitlines() if line.startswith("EVAL epoch")] == list(range(12))
@@ -340,11 +347,7 @@ def test_a_preempted_timm_job_resumes_from_its_checkpoint_with_each_epoch_once(w
                     "train": {"epochs": 8, "batch_size": 8, "lr": 0.01, "input_size": 64, "pretrained": False},
                     "resources": {"gpus": 1}}
             jid = alice.run("submit", _job_file(alice, "timm.json", spec)).stdout.strip().splitlines()[-1]
-            wait_for(lambda: "[metrics] epoch=1/8" in alice.logs(jid), 900, 0.5, "her first epoch")
-            his = bob.job("sleep", "2", extra=("--gpus", "1"))
-            assert bob.wait(his, timeout=120)["state"] == "succeeded"
-            end = alice.wait(jid, timeout=900)
-            assert end["state"] == "succeeded" and end["restarts"] == 1, end
+            end = _stopped_for_his_job(alice, bob, jid, "[metrics] epoch=1/8", 900)
             log = alice.logs(jid)
             assert "runner: stopped by SIGTERM" in log and "resumed from" in log and "last.pth at epoch" in log, log[-3000:]
             printed = [int(line.split("epoch=")[1].split("/")[0]) for line in log.splitlines() if line.startswith("[metrics] epoch=")]
