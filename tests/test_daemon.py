@@ -180,6 +180,37 @@ def test_job_that_vanished_while_daemon_away_is_lost(runner, home):
         d2.stop()
 
 
+def test_an_exit_status_written_just_after_the_processes_looked_gone_is_not_lost(runner, home):
+    """Under load, four check jobs in a row ended `lost` milliseconds before their shim's exit.json
+    (exit 0) appeared. A job whose processes look gone is lost only when exit.json stays missing
+    for LOST_AFTER_SECONDS; one that comes within them is the job's end."""
+    from runner.daemon.follow import LOST_AFTER_SECONDS
+    from runner.store import Store
+
+    d = DaemonProc(home, runner.env, http=False).start()
+    jid = runner.submit("--", *JOB, "sleep", "60")
+    runner.wait_state(jid, "running")
+    d.kill(signal.SIGKILL)
+    run_dir = home / "run" / runner.show(jid)["id"]
+    wait_for(lambda: (run_dir / "child.json").exists(), 10, what="the shim to start the job")
+    child = json.loads((run_dir / "child.json").read_text())
+    os.kill(Store(home / "runner.db").get_job(jid)["shim_pid"], signal.SIGKILL)  # gone, and no exit.json yet
+    os.killpg(child["pgid"], signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).status() == psutil.STATUS_ZOMBIE, 10)
+    d2 = DaemonProc(home, runner.env, http=False).start()
+    try:
+        time.sleep(3)
+        assert runner.show(jid)["state"] == "running"  # not lost at the first look
+        now = time.time()
+        (run_dir / "exit.json.tmp").write_text(json.dumps({"exit_code": 0, "signal": None, "raw_status": 0,
+                                                          "started_at": now - 5, "finished_at": now - 3}))
+        os.replace(run_dir / "exit.json.tmp", run_dir / "exit.json")
+        job = runner.wait_state(jid, timeout=LOST_AFTER_SECONDS)
+        assert (job["state"], job["exit_code"]) == ("succeeded", 0), job
+    finally:
+        d2.stop()
+
+
 def test_sigterm_leaves_running_jobs_running(runner, home):
     d = DaemonProc(home, runner.env, http=False).start()
     jid = runner.submit("--", *JOB, "sleep", "3")

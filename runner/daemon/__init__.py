@@ -79,6 +79,7 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         self.launcher = ShimLauncher()  # forks shims from a warm interpreter
         self.watchers: dict[str, LogWatcher] = {}
         self.killing = {}  # job_id -> when to escalate to SIGKILL
+        self._vanished = {}  # job_id -> when (monotonic) its processes were first seen gone without an exit.json
         self.skipped = {}  # job_id -> times a smaller job started ahead of it (backfill bound)
         self._born = {}  # spool file name -> its ctime when taken (intake: no backdated job)
         self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs

@@ -21,6 +21,10 @@ from .faults import own_trouble, rollback
 
 log = logging.getLogger("runner.daemon.follow")
 
+LOST_AFTER_SECONDS = 15.0
+"""How long a running job's processes must look gone, with no exit.json, before it is `lost` (the
+shim writes exit.json after the job's last process: orphans get up to 10 s, the log pipe 5 s)."""
+
 
 def _users_json(job_dir: Path, rel: str, uid: int) -> dict:
     """A small JSON file the job wrote (failure.json), opened the safe way (watch.open_job_file:
@@ -93,6 +97,8 @@ class Follow:
         exit_info = read_json(run_dir / "exit.json")
         w.poll(self.store, final=exit_info is not None)
         if exit_info is not None:
+            if self._vanished.pop(jid, None) is not None:
+                log.warning("job %s: its exit.json came after its processes looked gone", jid)
             if not self._gpus_released(job, now):
                 return
             self._reap(job, exit_info, now)
@@ -109,11 +115,20 @@ class Follow:
             self.killing[jid] = mono + 1.0
         if not self._running_somewhere(job, run_dir):
             exit_info = read_json(run_dir / "exit.json")  # the shim may have just finished
-            if exit_info is None:
-                w.poll(self.store, final=True)
-                self._end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
-            else:
+            if exit_info is not None:
+                self._vanished.pop(jid, None)
                 self._reap(job, exit_info, now)
+                return
+            # Lost only when exit.json stays missing a while: under load, four `runner check` jobs
+            # in a row ended "lost" milliseconds before their shim's exit.json (exit code 0) appeared.
+            first = self._vanished.setdefault(jid, mono)
+            if mono - first < LOST_AFTER_SECONDS:
+                return
+            self._vanished.pop(jid, None)
+            w.poll(self.store, final=True)
+            self._end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
+        elif jid in self._vanished:
+            log.warning("job %s: its processes looked gone for %.1fs, then were seen again", jid, mono - self._vanished.pop(jid))
 
     def _cannot_follow(self, job: dict, e: Exception, now: float):
         """Following a job raised. The daemon's own trouble (its disk, its store): the job runs on and
