@@ -115,6 +115,28 @@ def status_of(checks: list) -> str:
     return "success" if len(checks) == len(CHECKS) and n_ok == len(counted) and learned else ("failed" if n_ok == 0 else "partial")
 
 
+def reusable(report: dict, store) -> dict:
+    """{model ref: (job id, control job id or None)} of an earlier report whose jobs can stand in a
+    new one: each is in this store, a check job of that model, and succeeded (its control too, where
+    the report names one). A model whose job failed, was lost or is gone is run again."""
+    out = {}
+    for m in report.get("models") or []:
+        ref, jid = m.get("model"), m.get("job")
+        learns = next((c for c in m.get("checks") or [] if c.get("name") == "learns"), None) or {}
+        ctl = ((learns.get("detail") or {}).get("control") or {}).get("job")
+        ok = True
+        for j in filter(None, (jid, ctl)):
+            try:
+                row = store.get_job(j)
+            except Exception:  # noqa: BLE001 - gone (another state folder): run it again
+                ok = False
+                break
+            ok = ok and row["state"] == "succeeded" and row.get("model") == ref and bool((row.get("spec") or {}).get("check"))
+        if ok and ref and jid and (ctl or not m.get("control_seconds")):
+            out[ref] = (jid, ctl)
+    return out
+
+
 def control_spec(spec: dict, shuffled: Path) -> dict:
     """The shuffled-label control of a check job: the same model, sizes and epochs on the same
     images with the training labels shuffled (checkdata.shuffled_labels)."""

@@ -254,3 +254,20 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     assert control["job"] != m["job"] and control["value"] < 0.5833
     md = (out / "report.md").read_text()
     assert "does not learn" in md and "| shuffled-label control |" in md
+    # a report cut short is finished with --reuse: the jobs that succeeded stand, nothing runs again
+    store = Store(home / "runner.db")
+    before = len(store.list_jobs())
+    again = tmp_path / "again"
+    r = runner.run("check", "timm/resnet18", "--out", again, "--reuse", out / "report.json", check=False)
+    assert f"timm/resnet18: job {m['job']} reused, control job {control['job']}" in r.stderr, r.stderr
+    m2 = json.loads((again / "report.json").read_text())["models"][0]
+    assert m2["job"] == m["job"] and {c["name"]: c for c in m2["checks"]}["learns"]["detail"]["control"]["job"] == control["job"]
+    assert len(store.list_jobs()) == before
+    # what cannot stand is run again: a job of another model, one that failed, one this store lacks
+    report = json.loads((out / "report.json").read_text())
+    assert chk.reusable(report, store) == {"timm/resnet18": (m["job"], control["job"])}
+    assert chk.reusable({"models": [{**report["models"][0], "model": "timm/resnet50"}]}, store) == {}
+    assert chk.reusable({"models": [{**report["models"][0], "job": "nosuchjob"}]}, store) == {}
+    store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (control["job"],))
+    store.conn.commit()
+    assert chk.reusable(report, store) == {}

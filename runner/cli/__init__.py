@@ -144,6 +144,9 @@ def _check(p):
     p.add_argument("--out", default=None, help="folder for the report (default: ./check-<time>)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all checks")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the check jobs' checkpoints (GBs for large models)")
+    p.add_argument("--reuse", metavar="REPORT_JSON", default=None,
+                   help="take each model's jobs from this earlier report of the same state folder where they (and the "
+                        "control) succeeded; run the others again (a report cut short by a crash is finished, not redone)")
 
 
 def _repo(p):

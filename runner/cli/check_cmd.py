@@ -44,10 +44,22 @@ def check(args):
     out = Path(args.out or f"check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     jobs, controls = {}, {}
+    reuse = {}
+    if args.reuse:
+        try:
+            reuse = chk.reusable(json.loads(Path(args.reuse).read_text()), h.store())
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"--reuse: {args.reuse} is not a report.json of runner check ({e})") from None
     for ref in refs:
         model = reg.get_model(ref)
         if model is None:
             raise RunnerError(f"check: {ref} is not in the registry (see `runner models`)")
+        if ref in reuse:
+            jobs[ref], ctl = reuse[ref]
+            if ctl:
+                controls[ref] = ctl
+            print(f"{ref}: job {jobs[ref]} reused" + (f", control job {ctl}" if ctl else ""), file=sys.stderr)
+            continue
         from runner import checkdata
 
         fw_name = model["framework"]
