@@ -18,11 +18,11 @@ export RUNNER_HOME="${RUNNER_HOME:-$(pwd)/.runner-home/checks}" HF_HUB_OFFLINE=1
 for fw in "${@:-timm}"; do
   export RUNNER_CHECK_COMMAND="bash scripts/check-reports.sh $fw"
   if [ "$fw" = repos ]; then
-    "$PY" -m runner check $("$PY" -m runner models --framework repo --json | "$PY" -c 'import json,sys; print(" ".join(m["ref"] for m in json.load(sys.stdin)))') --out "docs/checks/repos" || true
+    "$PY" -m runner check $("$PY" -m runner models --framework repo --json | "$PY" -c 'import json,sys; print(" ".join(m["ref"] for m in json.load(sys.stdin)))') --out "docs/checks/repos" --timeout 21600 || true
   else
-    "$PY" -m runner check --framework "$fw" --out "docs/checks/$fw" || true
+    "$PY" -m runner check --framework "$fw" --out "docs/checks/$fw" --timeout 21600 || true
   fi
-  rm -rf "docs/checks/$fw/data"
+  rm -rf "docs/checks/$fw/data"  # (after its jobs: runner check waits up to 6 h; 1 h was too short for timm's 26 jobs under load)
   # a repo fetched from a local snapshot names its folder in error lines: keep this machine's folders out
   sed -i -E 's#file://(/[^ )"\\]*)?/([^/ )"\\]+/repo)#file:///.../\2#g' "docs/checks/$fw/report.md" "docs/checks/$fw/report.json" 2>/dev/null || true
 done
