@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import re
 
-_ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>@-Z\\-_]")
+_ANSI_TEXT = re.compile(_ANSI.pattern.decode())
+
+
+def strip_ansi(data):
+    """Terminal escape sequences (colours, cursor moves, titles, character sets) taken out of a log's
+    bytes or text: the one pattern the parser, `runner logs` and the dashboard share."""
+    return _ANSI.sub(b"", data) if isinstance(data, bytes) else _ANSI_TEXT.sub("", data)
 _EPOCH = re.compile(rb"(?i)epoch\W{0,3}(\d+)")
 
 MAX_LINE = 16 << 10

@@ -440,9 +440,9 @@ def lock_named(name: str, python: Optional[str] = None, config: dict | None = No
     header = (f"# Locked by `runner envs lock {name}` for Python {'.'.join(ver.split('.')[:2])}; "
               "edit requirements.in, then lock again. Never edit by hand.\n")
     out = folder / "requirements.lock"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(header + text)
-    os.replace(tmp, out)
+    from .atomic import write_bytes
+
+    write_bytes(out, (header + text).encode())
     return out
 
 
@@ -454,7 +454,9 @@ def uv_cause(text: str, limit: int = 300) -> str:
     """What uv says went wrong, in one line for a job's note, which everyone sees: its first error,
     the first and the innermost of its causes ("Failed to fetch: URL: dns error ..."), else its last
     line; URL credentials hidden, at most `limit` characters."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in text.splitlines()]
+    from log_parsers.stream import strip_ansi
+
+    lines = [strip_ansi(l).strip() for l in text.splitlines()]
     lines = [l for l in lines if l]
     start = next((i for i, l in enumerate(lines) if l.lower().startswith(_UV_ERROR)), None)
     if start is None:

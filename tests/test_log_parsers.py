@@ -114,3 +114,13 @@ def test_results_file_comparison_finds_disagreements():
     assert n == 4 and bad == ["epoch 2: acc=0.5 in the results file, val_acc=0.55 in the log"]
     n, bad = compare({**results, 3: {"acc": 0.6}}, parsed, {"acc": "val_acc"})
     assert bad == ["epoch 3: in the results file, not in the log"]
+
+
+def test_one_ansi_stripper_for_bytes_and_text():
+    """The parser, `runner logs` and the dashboard take escape sequences out with one pattern:
+    colours, cursor moves, a window title, character-set selections, keypad modes."""
+    from log_parsers.stream import strip_ansi
+
+    raw = "\x1b[32mepoch 1\x1b[0m \x1b[2K\x1b[1A\x1b]0;title\x07loss \x1b(Bok\x1b=\x1b>\x1bM done"
+    assert strip_ansi(raw) == "epoch 1 loss ok done"
+    assert strip_ansi(raw.encode()) == b"epoch 1 loss ok done"

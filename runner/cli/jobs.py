@@ -147,15 +147,10 @@ def show(args):
     return 0
 
 
-def strip_ansi(data: bytes) -> bytes:
-    """Terminal escape sequences (colours, cursor moves, titles) taken out of a log's bytes."""
-    from log_parsers.stream import _ANSI  # the parser's own pattern: what it reads is what you see
-
-    return _ANSI.sub(b"", data)
-
-
 def _complete(data: bytes) -> int:
     """How much of `data` to print now: all, unless it ends inside an escape sequence."""
+    from log_parsers.stream import strip_ansi  # the parser's own pattern: what it reads is what you see
+
     i = data.rfind(b"\x1b", max(0, len(data) - 64))
     if i < 0 or strip_ansi(data[i:]) != data[i:] or len(data) - i >= 64:
         return len(data)
@@ -218,6 +213,8 @@ def logs(args):
         from runner.exceptions import RunnerError
 
         raise RunnerError(gone)
+    from log_parsers.stream import strip_ansi
+
     clean = (lambda b: b) if args.raw else strip_ansi
     if not args.follow:
         sys.stdout.write(clean(read_log(path.parent, args.tail).encode()).decode("utf-8", "replace"))

@@ -34,7 +34,9 @@ CHUNK = 1 << 20
 def routes(app, ctx, ui):
     """Add the job page's routes. `ui` carries the page helpers of pages.routes (render, viewer,
     can_act, may_read_log)."""
-    from .pages import _dur, _shown, _size, _uid_of, _yaml, strip_ansi
+    from log_parsers.stream import strip_ansi
+
+    from .pages import _dur, _shown, _size, _uid_of, _yaml
 
     home, store = ctx.home, ctx.store
 

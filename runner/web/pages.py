@@ -240,13 +240,6 @@ def _shown(spec):
     return {**spec, "env_vars": {k: HIDDEN for k in spec["env_vars"]}}
 
 
-def strip_ansi(text: str) -> str:
-    """A log as plain text: ANSI colour and cursor sequences removed."""
-    import re
-
-    return re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]", "", text)
-
-
 def _yaml(data) -> str:
     import yaml
 
