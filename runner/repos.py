@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import envs
+from .atomic import write_bytes
 from .exceptions import RepoError
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -274,9 +275,7 @@ def lock_repo(home, repo: dict, name: str, config: dict | None) -> Path:
     path = lock_path(repo, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# runner repo lock {name}: commit={repo['commit']} python={'.'.join(ver.split('.')[:2])} inputs={inputs}\n"
-    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    tmp.write_text(header + lock)
-    os.replace(tmp, path)
+    write_bytes(path, (header + lock).encode())
     return path
 
 
@@ -314,9 +313,7 @@ def env_request(home, repo: dict, name: str, config: dict | None, log=None, for_
         else:
             lock = envs.compile_lock(text, ver, config, python=py, build=build)
             lock_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = lock_file.with_name(lock_file.name + f".tmp.{os.getpid()}")
-            tmp.write_text(lock)
-            os.replace(tmp, lock_file)
+            write_bytes(lock_file, lock.encode())
     return envs.EnvRequest(name=f"repo:{name}", lock=lock, python=py, python_version=ver,
                            check_imports=repo.get("import_check", []), build=build)
 

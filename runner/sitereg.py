@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from .atomic import write_bytes
 
 
 def _value(v) -> str:
@@ -52,9 +53,7 @@ def _remove(text: str, header: str) -> str:
 
 def _write(path: Path, text: str):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_bytes(path, text.encode())  # 0644: every user's CLI reads the site registry
 
 
 def put(path: Path, header: str, data: dict, comments: dict[str, list[str]] | None = None):

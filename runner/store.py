@@ -279,7 +279,7 @@ class Store:
     # -- jobs -----------------------------------------------------------------------------
     def insert_job(self, row: dict, now: Optional[float] = None) -> bool:
         """Record a new queued job. False if a job with that id is already there (idempotent ingest)."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         row = dict(row)
         for key in JSON_COLUMNS:
             if key in row and not isinstance(row[key], (str, type(None))):
@@ -317,7 +317,7 @@ class Store:
         fields are written in the same transaction.
         """
         to = JobState(to)
-        now = now or time.time()
+        now = time.time() if now is None else now
         with self.transaction() as c:
             cur = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if cur is None:
@@ -494,7 +494,7 @@ class Store:
         name, step and epoch recorded before then is the earlier run's, which this one did again
         from its checkpoint; it is replaced, so each epoch (or step) is kept once.
         """
-        now = now or time.time()
+        now = time.time() if now is None else now
         with self.transaction() as c:
             if points and redo_before is not None:
                 c.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND step IS ? AND epoch IS ? AND at < ? "
@@ -509,7 +509,7 @@ class Store:
 
     def add_metrics(self, job_id: str, points: list[tuple], now: Optional[float] = None):
         """Store metric points (name, value, step, epoch) not tied to the log (GPU samples, ...)."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         with self.transaction() as c:
             _insert_points(c, job_id, points, now)
 
@@ -561,7 +561,7 @@ class Store:
     # -- the MLflow mirror ------------------------------------------------------------------
     def mlflow_enroll(self, job_ids: Iterable[str], experiment: str, now: Optional[float] = None) -> int:
         """Mirror these jobs to `experiment` (a job already enrolled keeps its run); how many are new."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         with self.transaction() as c:
             before = c.total_changes
             c.executemany("INSERT OR IGNORE INTO mlflow_export (job_id, experiment, enrolled_at, updated_at) VALUES (?,?,?,?)",
@@ -604,7 +604,7 @@ class Store:
 
     def add_artifact(self, job_id: str, path: str, kind: str, size: int, now: Optional[float] = None) -> bool:
         """Record a checkpoint or other file; a path already known only has its size refreshed."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO artifacts (job_id, path, kind, size, at) VALUES (?,?,?,?,?) "
@@ -631,7 +631,7 @@ class Store:
     def touch_env(self, env_hash: str, now: Optional[float] = None):
         """Mark an env as just used."""
         with self.transaction() as c:
-            c.execute("UPDATE envs SET last_used=? WHERE hash=?", (now or time.time(), env_hash))
+            c.execute("UPDATE envs SET last_used=? WHERE hash=?", (time.time() if now is None else now, env_hash))
 
     def envs(self) -> list[dict]:
         """Every recorded env, with how many jobs used it."""
@@ -666,7 +666,7 @@ class Store:
 
         Raises InvalidTransition if the job is no longer queued or a GPU was taken meanwhile.
         """
-        now = now or time.time()
+        now = time.time() if now is None else now
         with self.transaction() as c:
             for index, uuid in gpus:
                 held = c.execute("SELECT job_id FROM gpu_allocations WHERE gpu_uuid=?", (uuid,)).fetchone()

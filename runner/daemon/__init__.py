@@ -11,7 +11,6 @@ The parts, by role: `intake` (the spool), `launch` (scheduling, preparing, start
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -150,10 +149,8 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
             write_json(self.home.root / "uv-settings.json", {"pid": os.getpid(), "uv_settings": settings}, mode=0o600)
         except OSError as e:
             log.error("cannot write uv-settings.json: %s", e.strerror)
-        tmp = self.home.root / f".daemon.json.{os.getpid()}"
         try:
-            tmp.write_text(json.dumps(info))
-            os.replace(tmp, self.home.root / "daemon.json")
+            write_json(self.home.root / "daemon.json", info)
         except OSError as e:  # a full disk: the daemon serves without it (the CLI falls back to the pidfile)
             log.error("cannot write daemon.json: %s", e.strerror)
         self._guarded("reconcile", self.reconcile, time.time())

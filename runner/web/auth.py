@@ -64,7 +64,7 @@ class Sessions:
         return hmac.new(self.key, f"session.{uid}.{expiry}.{th}".encode(), hashlib.sha256).hexdigest()
 
     def make(self, uid: int, now: float | None = None) -> str:
-        expiry = int((now or time.time()) + SESSION_SECONDS)
+        expiry = int((time.time() if now is None else now) + SESSION_SECONDS)
         return f"{uid}.{expiry}.{self._sig(uid, expiry)}"
 
     def uid(self, cookie: str | None, now: float | None = None) -> int | None:
@@ -72,7 +72,7 @@ class Sessions:
         if not cookie or cookie.count(".") != 2:
             return None
         uid_s, exp_s, sig = cookie.split(".")
-        if not (uid_s.isdigit() and exp_s.isdigit()) or int(exp_s) < (now or time.time()):
+        if not (uid_s.isdigit() and exp_s.isdigit()) or int(exp_s) < (time.time() if now is None else now):
             return None
         want = self._sig(int(uid_s), int(exp_s))
         return int(uid_s) if want and hmac.compare_digest(want, sig) else None
@@ -83,7 +83,7 @@ class Sessions:
 
     def check_link(self, uid: int, expiry: int, nonce: str, sig: str, now: float | None = None) -> str | None:
         """None when the one-time link is good (and marks it used), else why not, in one line."""
-        now = now or time.time()
+        now = time.time() if now is None else now
         if expiry < now:
             return "this sign-in link has expired: run `runner web-login` again"
         if expiry > now + LINK_SECONDS + 60:
@@ -103,7 +103,7 @@ class Sessions:
 
 def new_link(home, token: str, uid: int, base_url: str, now: float | None = None) -> str:
     """A one-time sign-in link for the holder of `token` (made by `runner web-login`, as her)."""
-    expiry = int((now or time.time()) + LINK_SECONDS)
+    expiry = int((time.time() if now is None else now) + LINK_SECONDS)
     nonce = secrets.token_urlsafe(12)
     sig = link_signature(token_hash(token), uid, expiry, nonce)
     return f"{base_url.rstrip('/')}/ui/login?u={uid}&e={expiry}&n={nonce}&s={sig}"
