@@ -302,17 +302,22 @@ def test_a_log_past_log_max_mb_is_cut_and_the_job_runs_on(small_disk_team):
 
 
 def _uids_of(marker: str, proc: subprocess.Popen) -> set[int]:
-    """The uids of the processes whose command line holds `marker`, seen while `proc` runs."""
+    """The uids of `proc`'s descendants whose command line holds `marker`, seen while it runs (not
+    the machine's: a root `runner check` job beside the test is an `adapters` process too)."""
+    import psutil
+
     seen = set()
     while proc.poll() is None:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            break
+        for p in kids:
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                with open(f"/proc/{p.pid}/cmdline", "rb") as f:
                     cmd = f.read()
                 if marker.encode() in cmd:
-                    seen.add(os.stat(f"/proc/{pid}").st_uid)
+                    seen.add(os.stat(f"/proc/{p.pid}").st_uid)
             except OSError:
                 continue
         time.sleep(0.01)
