@@ -157,21 +157,25 @@ def test_sigkill_daemon_mid_job_loses_nothing(runner, home):
         d2.stop()
 
 
-def test_job_that_vanished_while_daemon_away_is_lost(runner, home):
+def _vanish_while_the_daemon_is_away(runner, home):
+    """A running job whose daemon, shim and processes are all SIGKILLed: no exit.json. (job id, run folder)."""
+    from runner.store import Store
+
     d = DaemonProc(home, runner.env, http=False).start()
     jid = runner.submit("--", *JOB, "sleep", "60")
     runner.wait_state(jid, "running")
     d.kill(signal.SIGKILL)
-    job_dir = home / "run" / runner.show(jid)["id"]
-    wait_for(lambda: (job_dir / "child.json").exists(), 10, what="the shim to start the job")
-    child = json.loads((job_dir / "child.json").read_text())
-    shim = runner.show(jid)
-    from runner.store import Store
-
-    shim_pid = Store(home / "runner.db").get_job(jid)["shim_pid"]
-    os.kill(shim_pid, signal.SIGKILL)  # the shim dies without writing exit.json
+    run_dir = home / "run" / runner.show(jid)["id"]
+    wait_for(lambda: (run_dir / "child.json").exists(), 10, what="the shim to start the job")
+    child = json.loads((run_dir / "child.json").read_text())
+    os.kill(Store(home / "runner.db").get_job(jid)["shim_pid"], signal.SIGKILL)  # the shim dies without writing exit.json
     os.killpg(child["pgid"], signal.SIGKILL)
     wait_for(lambda: not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).status() == psutil.STATUS_ZOMBIE, 10)
+    return jid, run_dir
+
+
+def test_job_that_vanished_while_daemon_away_is_lost(runner, home):
+    jid, _ = _vanish_while_the_daemon_is_away(runner, home)
     d2 = DaemonProc(home, runner.env, http=False).start()
     try:
         job = runner.wait_state(jid)
@@ -185,18 +189,8 @@ def test_an_exit_status_written_just_after_the_processes_looked_gone_is_not_lost
     (exit 0) appeared. A job whose processes look gone is lost only when exit.json stays missing
     for LOST_AFTER_SECONDS; one that comes within them is the job's end."""
     from runner.daemon.follow import LOST_AFTER_SECONDS
-    from runner.store import Store
 
-    d = DaemonProc(home, runner.env, http=False).start()
-    jid = runner.submit("--", *JOB, "sleep", "60")
-    runner.wait_state(jid, "running")
-    d.kill(signal.SIGKILL)
-    run_dir = home / "run" / runner.show(jid)["id"]
-    wait_for(lambda: (run_dir / "child.json").exists(), 10, what="the shim to start the job")
-    child = json.loads((run_dir / "child.json").read_text())
-    os.kill(Store(home / "runner.db").get_job(jid)["shim_pid"], signal.SIGKILL)  # gone, and no exit.json yet
-    os.killpg(child["pgid"], signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(child["pid"]) or psutil.Process(child["pid"]).status() == psutil.STATUS_ZOMBIE, 10)
+    jid, run_dir = _vanish_while_the_daemon_is_away(runner, home)
     d2 = DaemonProc(home, runner.env, http=False).start()
     try:
         time.sleep(3)
