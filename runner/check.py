@@ -20,9 +20,14 @@ from typing import Optional
 CHECKS = ("load", "train", "validate", "checkpoint", "infer", "learns")
 
 
+def check_sizes(model: dict, framework: dict) -> dict:
+    """A model's check table: its framework's, then its own."""
+    return {**framework.get("check", {}), **model.get("check", {})}
+
+
 def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     """The job spec of one model's check (sizes from the framework's and model's check tables)."""
-    sizes = {**framework.get("check", {}), **model.get("check", {})}
+    sizes = check_sizes(model, framework)
     train = {"epochs": int(sizes.get("epochs", 1)) if model.get("framework") == "repo" else 1, "pretrained": False}
     for k in ("batch_size", "input_size", "lr", "optimizer"):
         if sizes.get(k) is not None:
@@ -115,10 +120,12 @@ def status_of(checks: list) -> str:
     return "success" if len(checks) == len(CHECKS) and n_ok == len(counted) and learned else ("failed" if n_ok == 0 else "partial")
 
 
-def reusable(report: dict, store) -> dict:
+def reusable(report: dict, store, sizes_of=None) -> dict:
     """{model ref: (job id, control job id or None)} of an earlier report whose jobs can stand in a
     new one: each is in this store, a check job of that model, and succeeded (its control too, where
-    the report names one). A model whose job failed, was lost or is gone is run again."""
+    the report names one), and ran with the check table the model has now (`sizes_of(ref)`: the
+    table's sizes, as check_spec merges them; None: not compared). A model whose job failed, was
+    lost or is gone, or whose check table changed since, is run again."""
     out = {}
     for m in report.get("models") or []:
         ref, jid = m.get("model"), m.get("job")
@@ -132,6 +139,8 @@ def reusable(report: dict, store) -> dict:
                 ok = False
                 break
             ok = ok and row["state"] == "succeeded" and row.get("model") == ref and bool((row.get("spec") or {}).get("check"))
+            if ok and sizes_of is not None:
+                ok = ((row.get("spec") or {}).get("check") or {}).get("sizes") == sizes_of(ref)
         if ok and ref and jid and (ctl or not m.get("control_seconds")):
             out[ref] = (jid, ctl)
     return out

@@ -268,6 +268,10 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     assert chk.reusable(report, store) == {"timm/resnet18": (m["job"], control["job"])}
     assert chk.reusable({"models": [{**report["models"][0], "model": "timm/resnet50"}]}, store) == {}
     assert chk.reusable({"models": [{**report["models"][0], "job": "nosuchjob"}]}, store) == {}
+    # ... and a model whose check table changed since its job ran (a longer or larger recipe)
+    sizes = store.get_job(m["job"])["spec"]["check"]["sizes"]
+    assert chk.reusable(report, store, lambda ref: dict(sizes)) == {"timm/resnet18": (m["job"], control["job"])}
+    assert chk.reusable(report, store, lambda ref: {**sizes, "learns_epochs": 3}) == {}
     store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (control["job"],))
     store.conn.commit()
     assert chk.reusable(report, store) == {}

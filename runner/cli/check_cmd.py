@@ -45,9 +45,20 @@ def check(args):
     out.mkdir(parents=True, exist_ok=True)
     jobs, controls = {}, {}
     reuse = {}
+
+    def framework_of(model):
+        from runner import checkdata
+
+        name = model["framework"]
+        return reg.get_framework(name) if name != "repo" else checkdata.repo_framework(reg.get_repo(model["model_name"]))
+
+    def sizes_of(ref):  # a job made under another check table is not reused
+        model = reg.get_model(ref)
+        return None if model is None else chk.check_sizes(model, framework_of(model))
+
     if args.reuse:
         try:
-            reuse = chk.reusable(json.loads(Path(args.reuse).read_text()), h.store())
+            reuse = chk.reusable(json.loads(Path(args.reuse).read_text()), h.store(), sizes_of)
         except (OSError, ValueError) as e:
             raise RunnerError(f"--reuse: {args.reuse} is not a report.json of runner check ({e})") from None
     for ref in refs:
@@ -63,7 +74,7 @@ def check(args):
         from runner import checkdata
 
         fw_name = model["framework"]
-        fw = reg.get_framework(fw_name) if fw_name != "repo" else checkdata.repo_framework(reg.get_repo(model["model_name"]))
+        fw = framework_of(model)
 
         data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")
         raw = chk.check_spec(model, fw, data_dir, fmt)
