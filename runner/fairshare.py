@@ -100,6 +100,69 @@ def order(queued: list, use: dict, shares: dict | None = None) -> list:
     return [queued[k] for _, _, k in keyed]
 
 
+class Fair:
+    """The queue in fair-share order, lazily: `order`'s order, made as it is read.
+
+    A job's place in `order` depends only on its own user's jobs (her standing before it, in its
+    run of one priority), so the order is a merge of each user's jobs: one pass files the jobs by
+    (tier, user), and a heap over the users' next jobs gives the order one job at a time. A
+    decision that starts a few jobs reads a few; `jobs(users)` is the order of some users' jobs
+    only (the same merge over their files), and `wants` counts the queue's jobs by GPUs asked
+    (the scheduler stops once none that is left could start)."""
+
+    def __init__(self, queued: list, use: dict, shares: dict | None = None):
+        self.queued, self.use, self.shares = queued, use, shares or {}
+        files: dict = {}  # (tier, user) -> places in `queued`
+        wants: dict = {}
+        tier, prio, mine = 0, None, {}
+        for k, job in enumerate(queued):  # (this loop meets every queued job: one lookup of each field)
+            p = job.get("priority") or 0
+            if p != prio:
+                tier, prio, mine = tier + 1, p, {}
+            user = job["user"]
+            f = mine.get(user)
+            if f is None:
+                f = mine[user] = files[(tier, user)] = []
+            f.append(k)
+            res = job["spec"].get("resources")
+            w = (res.get("gpus") or 0) if res else 0
+            wants[w] = wants.get(w, 0) + 1
+        self.files, self.wants = files, wants
+        self.users = {u for _, u in files}
+
+    def jobs(self, users=None):
+        """The queued jobs in fair-share order (of `users` only, when given)."""
+        import heapq
+
+        q, shares, use = self.queued, self.shares, self.use
+        heap = []
+        for (tier, user), f in self.files.items():
+            if users is None or user in users:
+                share = max(float(shares.get(user, 1.0)), 1e-9)
+                heap.append((tier, use.get(user, 0.0) / share, f[0], 0, f, share))
+        heapq.heapify(heap)
+        while heap:
+            tier, st, k, i, f, share = heap[0]
+            job = q[k]
+            yield job
+            i += 1
+            if i == len(f):
+                heapq.heappop(heap)
+                continue
+            res = job["spec"].get("resources") or {}  # _charge(job)
+            want = int(res.get("gpus") or 0)
+            st += (want if want > 1 else 1) * float(res.get("time_limit") or CHARGE_SECONDS) / share
+            heapq.heapreplace(heap, (tier, st, f[i], i, f, share))
+
+    def of(self, user: str):
+        """One user's queued jobs, in her order."""
+        q = self.queued
+        for (tier, u), f in sorted(self.files.items(), key=lambda kv: kv[0][0]):
+            if u == user:
+                for k in f:
+                    yield q[k]
+
+
 def passed_over(fifo: list, fair: list) -> set:
     """Ids of jobs that fair share put behind a job of another user that came later in the plain
     order (priority, then age): their wait is fair share's doing, and their reason says so."""

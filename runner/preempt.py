@@ -76,17 +76,42 @@ def _want(job) -> int:
     return int(((job.get("spec") or {}).get("resources") or {}).get("gpus") or 0)
 
 
+def wanting(queued, decision):
+    """(waiting, waiting_users) for `choose` after the scheduler's `decision`: the jobs that wait
+    for GPUs. `queued`: the queue in the decision's order, a list (then a list, and None), or a
+    fairshare.Fair whose order the decision read lazily (then a function of users, read lazily,
+    and the set of users with such jobs: each user's jobs read only until one waits for GPUs)."""
+    import itertools
+
+    from .fairshare import Fair
+    from .states import Reason
+
+    def waits(j):
+        return decision.why(j) is Reason.WAITING_FOR_GPUS
+
+    if not isinstance(queued, Fair):
+        return [j for j in queued if waits(j)], None
+    if decision.tail_may_want_gpus:
+        users = {u for u in queued.users if any(waits(j) for j in queued.of(u))}
+    else:  # only the jobs it looked at (the order's first ones) may wait for GPUs
+        looked = itertools.islice(queued.jobs(), len(decision.waiting) + len(decision.started))
+        users = {j["user"] for j in looked if waits(j)}
+    return (lambda some: (j for j in queued.jobs(some) if waits(j))), users
+
+
 MARGIN = 1.25
 """A job is stopped only for a user whose recent use per share is below the stopped user's by this
 factor: users of nearly equal use (three or more of them) do not stop each other's jobs in a cycle."""
 
 
-def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict, shares: dict, now: float, conf: dict,
-           can_stop=preemptible, fits=None) -> list:
+def choose(waiting, running: list, n_free: int, total_gpus: int, use: dict, shares: dict, now: float, conf: dict,
+           can_stop=preemptible, fits=None, waiting_users: set | None = None) -> list:
     """[(job to stop, the waiting job it is stopped for)].
 
     `waiting`: queued GPU jobs that wait for GPUs, in the scheduler's order, each with user,
-    spec, queued_at. `running`: running jobs with user, spec, gpu_uuids, started_at. `use`: each
+    spec, queued_at: a list, or a function of a set of users that gives those users' such jobs in
+    that order, lazily (then `waiting_users` names the users who have such jobs): only the users
+    who may be served are read, and only until one is. `running`: running jobs with user, spec, gpu_uuids, started_at. `use`: each
     user's decayed use (fairshare.Ledger), `shares` their weights. At most one waiting job is
     served per call, and none while a stop is under way (the daemon calls this only then; it then
     keeps the freed GPUs for that job). A job that has run less than `conf["min_run"]` seconds
@@ -94,13 +119,17 @@ def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict
     `fits(job, uuids)`: whether the waiting job would start on the free GPUs and those (its
     memory and gpu_ids too); without it, counts decide."""
     after = conf.get("after")
-    if after is None or not waiting or not running:
+    if not callable(waiting):
+        listed = list(waiting)
+        waiting_users = set(map(itemgetter("user"), listed))
+        waiting = lambda users: (j for j in listed if j["user"] in users)  # noqa: E731
+    if after is None or not waiting_users or not running:
         return []
     min_run = conf.get("min_run", after) or 0.0
     held: dict = {}
     for r in running:
         held[r["user"]] = held.get(r["user"], 0) + _gpus(r)
-    active = set(map(itemgetter("user"), waiting)) | {u for u, n in held.items() if n}  # (waiting: jobs that wait for GPUs)
+    active = set(waiting_users) | {u for u, n in held.items() if n}  # (waiting: jobs that wait for GPUs)
     weight = {u: max(float(shares.get(u, 1.0)), 1e-9) for u in active | {r["user"] for r in running}}
     standing = {u: use.get(u, 0.0) / w for u, w in weight.items()}
     total_w = sum(weight[u] for u in active) or 1.0
@@ -114,11 +143,13 @@ def choose(waiting: list, running: list, n_free: int, total_gpus: int, use: dict
         return []
     top = max(standing[r["user"]] for r in candidates)
     by = conf.get("by")
-    for job in waiting:
+    served = {u for u in waiting_users if (by is None or u in by) and standing.get(u, 0.0) * MARGIN < top}
+    if not served:
+        return []
+    for job in waiting(served):
         want = _want(job)
         me = job["user"]
-        if (not want or now - (job.get("queued_at") or now) < after or (by is not None and me not in by)
-                or standing.get(me, 0.0) * MARGIN >= top):
+        if not want or now - (job.get("queued_at") or now) < after:
             continue
         need = want - n_free
         if need <= 0:

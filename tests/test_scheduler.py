@@ -95,7 +95,7 @@ def test_a_job_that_starts_clears_its_skip_count():
 
 
 # Fair share: the order among equal priority, by each user's decayed use.
-from runner import fairshare  # noqa: E402
+from runner import fairshare, preempt  # noqa: E402
 
 
 def fjob(jid, user, gpus=1, prio=0, limit=None):
@@ -200,3 +200,65 @@ def test_a_user_runs_at_most_per_user_running_jobs_and_the_others_get_the_slots(
     assert d.waiting == {"b2": Reason.USER_RUNNING_LIMIT, "b3": Reason.USER_RUNNING_LIMIT}
     d = plan(q, running=1, max_running=4, free=[], gpu_count=0, gpus_available=False, running_by_user={"bob": 1})
     assert [j for j, _ in started(d)] == ["b1", "b2", "b3"]  # no cap: the plain order
+
+
+def test_the_lazy_fair_order_and_the_plan_that_stops_early_decide_as_the_long_way_on_random_queues():
+    # fairshare.Fair gives order()'s order one job at a time (of some users only, too); a plan that
+    # stops once nothing left can start, whether it walks the rest for reasons or leaves them to
+    # Decision.why, starts the same jobs and gives every job the reason the long walk gives it
+    import random
+
+    rng = random.Random(11)
+    stopped_early = chose = 0
+    for trial in range(400):
+        users = [f"u{i}" for i in range(rng.randint(1, 4))]
+        q = []
+        for i in range(rng.randint(0, 30)):
+            j = fjob(f"j{i}", rng.choice(users), gpus=rng.choice([0, 1, 1, 2, 4, 8]), prio=rng.choice([0, 0, 5]),
+                     limit=rng.choice([None, 60, 3600]))
+            if rng.random() < 0.15 and q:
+                j["after"] = [rng.choice(q)["id"]]
+            if rng.random() < 0.1:
+                j["spec"]["resources"]["gpu_ids"] = rng.sample(range(4), rng.randint(1, 3))
+            if rng.random() < 0.1:
+                j["spec"]["resources"]["gpu_memory_gb"] = rng.choice([10, 90])
+            q.append(j)
+        q.sort(key=lambda j: -j["priority"])
+        use = {u: rng.choice([0.0, 600.0, 7200.0]) for u in users if rng.random() < 0.8}
+        shares = {u: rng.choice([0.5, 1, 2]) for u in users if rng.random() < 0.4}
+        fair = fairshare.Fair(q, use, shares)
+        order = fairshare.order(q, use, shares)
+        assert [j["id"] for j in fair.jobs()] == [j["id"] for j in order], trial
+        some = set(rng.sample(users, rng.randint(0, len(users))))
+        assert [j["id"] for j in fair.jobs(some)] == [j["id"] for j in order if j["user"] in some], trial
+        assert fair.wants == {w: sum(1 for j in q if (j["spec"]["resources"]["gpus"] or 0) == w) for w in {j["spec"]["resources"]["gpus"] for j in q}}
+        free = [G(i, memory_free_mb=rng.choice([20_000, 80_000])) for i in rng.sample(range(4), rng.randint(0, 4))]
+        kw = dict(running=rng.randint(0, 3), max_running=rng.randint(1, 8), free=free, gpu_count=4, gpus_available=rng.random() < 0.9,
+                  held_by_user={u: rng.randint(0, 3) for u in users}, user_gpu_limit=rng.choice([None, 2, 4]),
+                  backfill_limit=rng.choice([0, 1, 8]), dep_states={j["id"]: rng.choice(["succeeded", "running"]) for j in q},
+                  now=0.0, ends={g.index: rng.choice([None, 100.0]) for g in free},
+                  running_by_user={u: rng.randint(0, 2) for u in users}, user_running_limit=rng.choice([None, 1, 2]))
+        skips = {j["id"]: rng.randint(0, 9) for j in q if rng.random() < 0.3}
+        ref_skips, early_skips, lazy_skips = dict(skips), dict(skips), dict(skips)
+        ref = plan(order, skipped=ref_skips, stop_early=False, **kw)
+        early = plan(order, skipped=early_skips, **kw)
+        lazy = plan(fair.jobs(), skipped=lazy_skips, wants=fair.wants, lazy=True, **kw)
+        for d, s in ((early, early_skips), (lazy, lazy_skips)):
+            assert started(d) == started(ref) and s == ref_skips, trial
+        assert early.waiting == ref.waiting, trial
+        assert {j["id"]: lazy.why(j) for j in q if j["id"] not in lazy.started} == ref.waiting, trial
+        stopped_early += len(lazy.waiting) < len(ref.waiting)
+        # preemption after the decision: the jobs it names are the same, the waiting ones read lazily or not
+        for j in q:
+            j["queued_at"] = rng.choice([1.0, 900.0])
+        run = [{"id": f"r{i}", "user": rng.choice(users + ["zed"] * 4), "started_at": rng.choice([0.0, 0.0, 800.0]),
+                "spec": {"model": rng.choice(["timm/resnet18", "timm/resnet18", "command"])},
+                "gpu_uuids": [f"g{i}a", f"g{i}b"][:rng.randint(1, 2)]} for i in range(rng.randint(0, 6))]
+        conf = {"after": 600.0, "min_run": 100.0, "exempt": set(), "by": rng.choice([None, {users[0]}])}
+        args = (run, rng.randint(0, 2), 8, {**use, "zed": rng.choice([0.0, 1e5, 1e5])}, shares, 1000.0, conf)
+        wanting, who = preempt.wanting(order, ref)
+        lazy_wanting, lazy_who = preempt.wanting(fair, lazy)
+        want = [(a["id"], b["id"]) for a, b in preempt.choose(wanting, *args)]
+        assert [(a["id"], b["id"]) for a, b in preempt.choose(lazy_wanting, *args, waiting_users=lazy_who)] == want, trial
+        chose += bool(want)
+    assert stopped_early > 100 and chose > 5, (stopped_early, chose)  # the early stop was met, often, and preemption chose

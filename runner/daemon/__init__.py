@@ -84,6 +84,7 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         self.releasing = {}  # job_id -> deadline for its processes to leave its GPUs
         self._gpus_seen = {}  # uuid -> GPU: every GPU the inventory showed since the start (never_fits)
         self._reserved = None  # {"job", "gpus", "until"}: GPUs a preemption frees, kept for the job it was made for
+        self._reasons_at = None  # when the last decision gave every queued job its reason (launch.REASONS_EVERY)
         self._last_gpu_sample = 0.0
         self._dirty = True  # something happened that may let a queued job start
         self._last_schedule = 0.0

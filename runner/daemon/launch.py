@@ -35,6 +35,12 @@ def public_note(message: str) -> str | None:
 
 
 
+REASONS_EVERY = 2.0
+"""Seconds between the decisions that give every queued job its reason to wait. The decisions
+between them start what can start and read the queue only as far as that needs (fair share's order
+is made as it is read): with thousands queued, a decision reads the few jobs at its head."""
+
+
 class Launch:
     """The daemon's scheduling and launching (a part of Daemon)."""
 
@@ -101,15 +107,19 @@ class Launch:
                 for u in j["gpu_uuids"] or []:
                     ends[u] = (j["started_at"] or now) + limit if limit else None
         fifo = queued
-        if self.fairshare["on"]:
-            queued = fairshare.order(queued, self.ledger.use(now), self.fairshare["shares"])
+        fair = fairshare.Fair(queued, self.ledger.use(now), self.fairshare["shares"]) if self.fairshare["on"] else None
+        reasons = self._reasons_at is None or not 0 <= now - self._reasons_at < REASONS_EVERY
+        if reasons:  # this decision gives every job its reason: the whole order, read now
+            self._reasons_at = now
+            queued = list(fair.jobs()) if fair is not None else queued
         runs = {}
         if self.per_user_running is not None:
             for j in self.store.list_jobs(states=["preparing", "running"], columns=["user"]):
                 runs[j["user"]] = runs.get(j["user"], 0) + 1
-        decision = plan(queued, running, self.max_running, free, count, self.inventory.available and count > 0,
-                        held, self.user_gpu_limit, self.skipped, self.backfill_limit, dep_states, now=now, ends=ends,
-                        running_by_user=runs, user_running_limit=self.per_user_running)
+        decision = plan(fair.jobs() if fair is not None and not reasons else queued, running, self.max_running, free, count,
+                        self.inventory.available and count > 0, held, self.user_gpu_limit, self.skipped, self.backfill_limit,
+                        dep_states, now=now, ends=ends, running_by_user=runs, user_running_limit=self.per_user_running,
+                        wants=fair.wants if fair is not None else None, lazy=not reasons)
         for job, chosen in decision.start:
             try:
                 self.store.claim(job["id"], [(g.index, g.uuid) for g in chosen], now=now)
@@ -117,18 +127,19 @@ class Launch:
                 log.info("%s", e)
                 continue
             self.pool.submit(self._prepare_and_launch, self.store.get_job(job["id"]))
-        behind = fairshare.passed_over(fifo, queued) if self.fairshare["on"] else set()
-        for j in queued:
-            if j["id"] in decision.waiting:
-                reason = decision.waiting[j["id"]]
-                if reason is Reason.WAITING_FOR_GPUS and j["id"] in behind:
-                    reason = Reason.FAIR_SHARE
-                value = reason.value if reason else None
-                if j["reason"] != value:
-                    self.store.update_job(j["id"], reason=value)
+        if reasons:
+            behind = fairshare.passed_over(fifo, queued) if fair is not None else set()
+            for j in queued:
+                if j["id"] in decision.waiting:
+                    reason = decision.waiting[j["id"]]
+                    if reason is Reason.WAITING_FOR_GPUS and j["id"] in behind:
+                        reason = Reason.FAIR_SHARE
+                    value = reason.value if reason else None
+                    if j["reason"] != value:
+                        self.store.update_job(j["id"], reason=value)
         if self.preempt["after"] is not None and count:
             left = [g for g in free if all(g is not c for _, cs in decision.start for c in cs)]
-            self.preempt_pass(queued, decision.waiting, left, all_gpus, now)
+            self.preempt_pass(fair if fair is not None and not reasons else queued, decision, left, all_gpus, now)
 
     def _fail_never_fitting(self, queued: list, all_gpus: list, now: float) -> list:
         """Fail the queued GPU jobs that no GPU of this machine can ever serve (more GPUs than it

@@ -22,29 +22,29 @@ log = logging.getLogger("runner.daemon.preemption")
 class Preemption:
     """The daemon's preemption (a part of Daemon)."""
 
-    def preempt_pass(self, queued: list, waiting: dict, free: list, all_gpus: list, now: float):
+    def preempt_pass(self, queued, decision, free: list, all_gpus: list, now: float):
         """After a scheduling decision: stop what preempt.choose names for the jobs that wait for
-        GPUs (`free`: the GPUs the decision left free), and keep the GPUs they free for that job."""
+        GPUs (`free`: the GPUs the decision left free), and keep the GPUs they free for that job.
+        `queued`: the queue in the decision's order, a list, or fairshare.Fair (read lazily)."""
         running = self.store.list_jobs(states=["running"])
         if self._reserved or any(r.get("preempt_requested") for r in running):
             return  # one stop at a time: the GPUs it frees go to the job it was stopped for
         from dataclasses import replace
 
         from ..scheduler import _fits
-        from ..states import Reason as R
 
         def fits(job, uuids):  # on the free GPUs and those it would free, emptied
             freed = [replace(g, memory_used_mb=0.0) for g in all_gpus if g.uuid in set(uuids)]
             return _fits(job, free + freed, len(all_gpus)) is not None
 
-        wanting = [j for j in queued if waiting.get(j["id"]) is R.WAITING_FOR_GPUS]
+        wanting, users = preempt.wanting(queued, decision)
         repos = self.registry.repos
 
         def can_stop(job):  # a repo job resumes when its table maps a resume argument (args.resume)
             return preempt.preemptible(job, lambda name: bool(((repos.get(name) or {}).get("args") or {}).get("resume")))
 
         stops = preempt.choose(wanting, running, len(free), len(all_gpus), self.ledger.use(now), self.fairshare["shares"], now,
-                               self.preempt, can_stop=can_stop, fits=fits)
+                               self.preempt, can_stop=can_stop, fits=fits, waiting_users=users)
         for victim, for_job in stops:
             self._stop_for(victim, for_job, now)
         if stops:
