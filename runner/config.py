@@ -18,7 +18,7 @@ KEYS = {  # table -> the keys runner reads of it (docs/server.md documents each)
     "gpus": ("source", "static", "static_file", "per_user_limit", "backfill_limit", "release_wait_seconds"),
     "jobs": ("log_max_mb", "min_free_mb"),
     "scheduler": ("fairshare", "fairshare_half_life", "shares", "preempt_after_seconds", "preempt_grace_seconds",
-                  "preempt_exempt", "preempt_by", "preempt_min_run_seconds"),
+                  "preempt_exempt", "preempt_by", "preempt_min_run_seconds", "max_priority"),
     "backend": ("kind", "shim_python", "partition", "account", "qos", "preemptible_qos", "sbatch_args", "poll_seconds",
                 "requeue", "signal_seconds", "cpus_per_task"),
     "mlflow": ("tracking_uri", "experiment", "artifacts", "artifact_max_mb", "interval_seconds", "timeout_seconds"),

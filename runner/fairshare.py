@@ -202,7 +202,31 @@ def settings(config: dict) -> dict:
     for user, w in shares.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1e6:
             raise RunnerError(f"[scheduler] shares.{user}: given {w!r}; expected a weight above 0 (1 is everyone's default)")
+    max_priority(config)  # checked with the rest: a bad one stops the daemon at its start, in one line
     return {"on": on, "half_life_s": float(days) * 86400.0, "shares": {str(u): float(w) for u, w in shares.items()}}
+
+
+def max_priority(config: dict) -> int:
+    """`[scheduler] max_priority`: the highest priority a user other than root may give a job
+    (priority wins over fair share, so a server that lets anyone set 1000 lets anyone jump it).
+    1000 (any) unless set."""
+    from .exceptions import RunnerError
+
+    sec = config.get("scheduler", {}) if isinstance(config.get("scheduler", {}), dict) else {}
+    v = sec.get("max_priority", 1000)
+    if isinstance(v, bool) or not isinstance(v, int) or not -1000 <= v <= 1000:
+        raise RunnerError(f"[scheduler] max_priority: given {v!r}; expected a whole number from -1000 to 1000 "
+                          "(the highest priority a user may give her jobs; root's are not capped)")
+    return v
+
+
+def priority_problem(priority: int, uid: int, config: dict) -> str | None:
+    """One line if `uid` may not give a job this priority on this server, else None."""
+    cap = max_priority(config)
+    if uid == 0 or priority <= cap:
+        return None
+    return (f"priority: given {priority}; expected at most {cap} on this server ([scheduler] max_priority; "
+            "only root queues above it)")
 
 
 class Ledger:

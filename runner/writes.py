@@ -48,6 +48,11 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     if who is not None:
         data = _their_home(data, who.home)
     spec = parse_spec(data, home.config)
+    from .fairshare import priority_problem
+
+    too_high = priority_problem(spec.priority, who.uid if who is not None else os.geteuid(), home.config)
+    if too_high:
+        raise SpecError([too_high])
     ds = dict(data.get("dataset") or {})
     probe = {"workdir": _abs(spec.workdir, base) if spec.workdir else (str(base) if spec.kind == "command" else None),
              "dataset": {k: _abs(ds[k], base) for k in ("path", "annotations") if isinstance(ds.get(k), str)},

@@ -92,3 +92,43 @@ def test_a_bad_per_user_running_stops_the_daemon_in_one_line(tmp_path):
                        env={**os.environ, "RUNNER_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
         "runner: [daemon] per_user_running: given 0; expected a whole number of jobs, 1 or more"), r.stderr
+
+
+def test_max_priority_keeps_users_from_queueing_past_fair_share_and_root_is_not_capped(world, users):
+    # priority wins over fair share: with [scheduler] max_priority a teammate cannot take the head
+    # of the queue by asking 1000, neither through `runner submit` nor by writing the spool by hand
+    import time
+    from pathlib import Path
+
+    with team_home(world, users, CONFIG + "[scheduler]\nmax_priority = 0\n") as (d, alice, bob, home):
+        r = bob.run("submit", "--priority", "1000", "--", "true", check=False)
+        assert r.returncode == 2 and r.stderr.strip() == (
+            "runner: priority: given 1000; expected at most 0 on this server ([scheduler] max_priority; only root queues above it)")
+        rec = {"id": "prio0001", "spec": {"command": ["true"], "priority": 1000}, "submitted_at": time.time()}
+        bob.python(f"import json\nopen({str(Path(home) / 'spool' / '0001-prio0001.job.json')!r}, 'w').write({json.dumps(json.dumps(rec))})")
+        reason = Path(home) / "spool" / "quarantine" / "0001-prio0001.job.json.reason"
+        wait_for(reason.exists, 10, what="his hand-written record to be set aside")
+        assert "priority: given 1000; expected at most 0" in reason.read_text()
+        assert "prio0001" not in bob.run("ls", "--all").stdout
+        low = bob.run("submit", "--priority", "-5", "--", "true").stdout.strip().splitlines()[-1]  # lower is anyone's
+        assert bob.wait(low)["state"] == "succeeded"
+        import os
+        import subprocess
+        import sys
+
+        root = subprocess.run([sys.executable, "-m", "runner", "submit", "--priority", "1000", "--", "true"], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "RUNNER_HOME": str(home)})
+        assert root.returncode == 0, root.stderr  # root's jobs are not capped
+        mine = root.stdout.strip().splitlines()[-1]
+        assert bob.wait(mine)["state"] == "succeeded" and bob.show(mine)["priority"] == 1000
+
+
+def test_a_bad_max_priority_stops_the_daemon_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "config.toml").write_text("[scheduler]\nmax_priority = 5000\n")
+    r = subprocess.run([sys.executable, "-m", "runner", "daemon", "--http", "none"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "RUNNER_HOME": str(tmp_path)})
+    assert r.returncode != 0 and "[scheduler] max_priority: given 5000; expected a whole number from -1000 to 1000" in r.stderr

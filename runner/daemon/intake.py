@@ -180,6 +180,11 @@ class Intake:
     def _ingest_job(self, rec: dict, uid: int, now: float, again: bool = False, born: float | None = None):
         spec = parse_spec(rec["spec"], self.home.config)
         job_id = rec["id"]
+        from ..fairshare import priority_problem
+
+        too_high = priority_problem(spec.priority, uid, self.home.config)
+        if too_high:  # (runner submit says so first; a file written into the spool by hand ends here)
+            raise SpecError([too_high])
         if spec.workdir is not None:
             from ..resolve import workdir_problems
 
