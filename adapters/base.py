@@ -422,12 +422,22 @@ class StopGate:
 
     @contextlib.contextmanager
     def held(self):
-        self._held = True
+        self.hold()
         try:
             yield
         finally:
             self._held = False
         if self._pending:
+            self._stop()
+
+    def hold(self):
+        """From here until release(), a SIGTERM waits (for a loop that is not ours: callbacks)."""
+        self._held = True
+
+    def release(self):
+        self._held = False
+        if self._pending:
+            self._pending = False
             self._stop()
 
 

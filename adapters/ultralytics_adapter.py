@@ -31,6 +31,13 @@ class UltralyticsAdapter(TrainingAdapter):
         super().__init__(cfg)
         self.args = dict(cfg.get("train_args") or {})
         self.batch_size = int(self.args.get("batch", 16))
+        if str(self.args.get("device", "cpu")) != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():  # as the timm adapter does: say so, and train on the CPU
+                print(f"runner: warning: GPU(s) {self.args['device']} granted, but torch sees no CUDA device "
+                      f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); training on the CPU", flush=True)
+                self.args["device"] = "cpu"
 
     def prepare_model(self):
         src = self.cfg["model_source"]
@@ -49,19 +56,33 @@ class UltralyticsAdapter(TrainingAdapter):
         if not data or not Path(data).exists():
             raise BadConfig(f"dataset.path: {data} does not exist")
 
-    def _train(self, **override):
+    def _train(self, gate=None, **override):
         args = {**self.args, **override}
         if self.cfg.get("resume"):
             self.model = YOLO(self.cfg["resume"])
             args = {"resume": True, **{k: args[k] for k in ("device", "workers", "batch") if k in args}}
+        if gate is not None:
+            # SIGTERM (a preemption) waits from an epoch's end to its last.pt saved: Ultralytics prints
+            # the epoch's validation before it saves, and a run resumed from the previous last.pt would
+            # train (and print) that epoch again
+            self.model.add_callback("on_train_epoch_start", lambda trainer: gate.release())
+            self.model.add_callback("on_train_epoch_end", lambda trainer: gate.hold())
+            self.model.add_callback("on_fit_epoch_end", lambda trainer: gate.release())
         inject_oom(int(args.get("batch") or 0))
-        results = self.model.train(**args)
+        try:
+            results = self.model.train(**args)
+        finally:
+            if gate is not None:
+                gate.release()
         self.trainer = self.model.trainer
         return results
 
     def fit(self):
-        """Ultralytics runs its own epochs; the OOM policy is the base class's run_train."""
-        self._train()
+        """Ultralytics runs its own epochs; the OOM policy is the base class's run_train. If it
+        stops for a SIGTERM, its last.pt holds every epoch it printed (RUNNER_RESUME_FROM resumes it)."""
+        from .base import StopGate
+
+        self._train(gate=StopGate())
 
     def with_batch_size(self, n: int) -> dict:
         return dict(self.cfg, train_args={**self.args, "batch": n})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -354,6 +355,53 @@ def test_a_preempted_timm_job_resumes_from_its_checkpoint_with_each_epoch_once(w
             assert printed == list(range(1, 9)), printed  # no epoch trained (or printed) twice, none missing
             series = json.loads(alice.run("metrics", jid, "--name", "val_accuracy", "--json").stdout)["series"]["val_accuracy"]
             assert [p["epoch"] for p in series] == list(range(1, 9))
+            trail = [(t["from_state"], t["to_state"], t["reason"]) for t in end["transitions"]]
+            assert ("running", "queued", "preempted") in trail
+            alice.run("cancel", hold)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_envs  # its home reuses the session's Ultralytics env (tests/envcache.py)
+def test_a_preempted_ultralytics_job_resumes_from_its_last_pt_with_each_epoch_once(world, users):
+    """Ultralytics runs its own epoch loop: a SIGTERM waits from an epoch's end to its last.pt, and
+    the run after the stop resumes that last.pt (Ultralytics' own resume: optimizer, epoch, its
+    results.csv), so each epoch is trained, printed and stored once. The static GPUs have no CUDA
+    behind them: the adapter says so and trains on the CPU, as the timm adapter does."""
+    import csv
+    import shutil
+    import subprocess
+
+    from runner.synth_tasks import make_yolo
+
+    with team_home(world, users, CONFIG) as (d, alice, bob, home):
+        apw = alice.pw
+        data = make_yolo(os.path.join(apw.pw_dir, f"yolo-{os.getpid()}"), "detect", train=8, val=4)
+        subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(data)], check=True)
+        try:
+            hold = alice.job("sleep", "600", extra=("--gpus", "1"))
+            alice.wait(hold, "running", timeout=60)
+            spec = {"name": "yolo", "model": "ultralytics/yolov8n", "dataset": {"path": str(data), "format": "yolo"},
+                    "train": {"epochs": 5, "batch_size": 4, "input_size": 64, "mosaic": 0.0, "pretrained": False},
+                    "resources": {"gpus": 1}}
+            jid = alice.run("submit", _job_file(alice, "yolo.json", spec)).stdout.strip().splitlines()[-1]
+
+            def epochs():
+                r = alice.run("metrics", jid, "--name", "val_box_map50", "--json", check=False)  # (none yet: exit 1)
+                return [p["epoch"] for p in json.loads(r.stdout)["series"].get("val_box_map50", [])] if r.returncode == 0 else []
+            wait_for(lambda: len(epochs()) >= 1 or alice.show(jid)["state"] not in ("queued", "preparing", "running"), 900, 1.0,
+                     "her YOLO job's first epoch")
+            his = bob.job("sleep", "2", extra=("--gpus", "1"))
+            assert bob.wait(his, timeout=120)["state"] == "succeeded"
+            end = alice.wait(jid, timeout=900)
+            log = alice.logs(jid)
+            assert end["state"] == "succeeded" and end["restarts"] == 1, (end, log[-3000:])
+            assert "torch sees no CUDA device" in log and "runner: stopped by SIGTERM" in log, log[-3000:]
+            assert "Resuming training" in log and "weights/last.pt" in log, log[-3000:]
+            assert epochs() == [1, 2, 3, 4, 5]
+            rows = list(csv.DictReader((Path(end["job_dir"]) / "runs" / "train" / "results.csv").read_text().splitlines()))
+            assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]  # no epoch trained twice, none missing
             trail = [(t["from_state"], t["to_state"], t["reason"]) for t in end["transitions"]]
             assert ("running", "queued", "preempted") in trail
             alice.run("cancel", hold)
