@@ -49,9 +49,25 @@ def bleu(refs: list[str], hyps: list[str], n: int = 4) -> float:
 class PlatformCallback(TrainerCallback):
     """Bridges the Trainer to the platform: one `[metrics]` line per epoch, last/best checkpoints."""
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, gate=None):
         self.adapter = adapter
         self.train_loss = None
+        self.gate = gate  # base.StopGate: a SIGTERM waits from an epoch's end to its Trainer checkpoint saved
+
+    # The Trainer ends an epoch with on_epoch_end, evaluates (our metrics line), saves its own
+    # checkpoint (what a run after a preemption resumes), then on_save: a stop in between would cut
+    # that checkpoint mid-write, or leave a printed epoch that the resumed run trains again.
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.gate is not None:
+            self.gate.release()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.gate is not None:
+            self.gate.hold()
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.gate is not None:
+            self.gate.release()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -343,15 +359,18 @@ class TransformersAdapter(TrainingAdapter):
             label_names=["labels"],
         )
 
-    def _trainer(self, epochs):
+    def _trainer(self, epochs, gate=None):
         return Trainer(model=self.model, args=self._args(epochs), train_dataset=self.train_ds, eval_dataset=self.val_ds,
                        data_collator=self._collate, compute_metrics=self._compute_metrics if self.task in ("image_classification", "semantic_segmentation") else None,
-                       callbacks=[PlatformCallback(self)])
+                       callbacks=[PlatformCallback(self, gate)])
 
     def fit(self):
+        from .base import StopGate
+
         inject_oom(self.batch_size)
         self._epoch_t0 = time.time()
-        trainer = self._trainer(self.epochs)
+        gate = StopGate()
+        trainer = self._trainer(self.epochs, gate)
         resume = self.cfg.get("resume")
         if os.environ.get("RUNNER_RESTARTS", "0") != "0" and (not resume or os.environ.get("RUNNER_RESUME_FROM") == resume):
             # after a preemption: the Trainer's own last checkpoint (weights, optimizer, scheduler, epoch)
@@ -363,8 +382,24 @@ class TransformersAdapter(TrainingAdapter):
                 print("runner: no Trainer checkpoint to resume from; training from the start", flush=True)
         if resume:
             print(f"runner: resumed from {resume}", flush=True)
-        trainer.train(resume_from_checkpoint=resume or None)
+            self._load_weights(resume)
+            trainer._load_from_checkpoint = lambda *a, **k: None  # (the weights are in: see _load_weights)
+        try:
+            trainer.train(resume_from_checkpoint=resume or None)
+        finally:
+            gate.release()
         return getattr(self, "last_result", None)
+
+    def _load_weights(self, checkpoint: str):
+        """The checkpoint's weights into the model, through from_pretrained. The Trainer's own
+        resume loads model.safetensors as it is, but save_pretrained writes some models' weights
+        under their older names (transformers 5: ViT's `encoder.layer.N.attention.attention.key` for
+        `layers.N.attention.k_proj`), so it loaded none of their layers, said so in a warning, and
+        trained on from random weights; from_pretrained maps the names. The optimizer, scheduler and
+        step still come from the Trainer's checkpoint."""
+        loaded = type(self.model).from_pretrained(checkpoint)
+        self.model.load_state_dict(loaded.state_dict())  # strict: a checkpoint of another shape fails here, loudly
+        del loaded
 
     def train_epoch(self, epoch: int) -> float:
         return self.train_more(epoch, epoch)[-1]

@@ -409,6 +409,43 @@ def test_a_preempted_ultralytics_job_resumes_from_its_last_pt_with_each_epoch_on
             shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.shared_envs  # its home reuses the session's Transformers env (tests/envcache.py)
+def test_a_preempted_transformers_job_resumes_from_its_trainer_checkpoint_with_each_epoch_once(world, users):
+    """A Transformers job resumes from the Trainer's own last checkpoint (weights, optimizer,
+    scheduler, epoch); a SIGTERM waits from an epoch's end to that checkpoint saved."""
+    import shutil
+    import subprocess
+
+    from runner import sitereg
+    from runner.synth import make_shapes
+
+    with team_home(world, users, CONFIG) as (d, alice, bob, home):
+        vit = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}  # a small ViT
+        sitereg.put(Path(home) / "registry.toml", 'models.transformers."google/vit-base-patch16-224"', {"config": vit})
+        apw = alice.pw
+        data = make_shapes(os.path.join(apw.pw_dir, f"shapes-{os.getpid()}"), per_class=6, val_per_class=3)
+        subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(data)], check=True)
+        try:
+            hold = alice.job("sleep", "600", extra=("--gpus", "1"))
+            alice.wait(hold, "running", timeout=60)
+            spec = {"name": "vit", "model": "transformers/google/vit-base-patch16-224", "dataset": {"path": str(data), "format": "imagefolder"},
+                    "train": {"epochs": 30, "batch_size": 4, "lr": 0.0001, "input_size": 64}, "resources": {"gpus": 1}}
+            jid = alice.run("submit", _job_file(alice, "vit.json", spec)).stdout.strip().splitlines()[-1]
+            end = _stopped_for_his_job(alice, bob, jid, "[metrics] epoch=1/30", 1200)
+            log = alice.logs(jid)
+            assert "runner: stopped by SIGTERM" in log and "runner: resumed from" in log and "/hf/checkpoint-" in log, log[-3000:]
+            # its weights came back (transformers' own resume loaded none of ViT's layers: their names changed)
+            assert "missing keys in the checkpoint" not in log, log[-3000:]
+            printed = [int(line.split("epoch=")[1].split("/")[0]) for line in log.splitlines() if line.startswith("[metrics] epoch=")]
+            assert printed == list(range(1, 31)), printed  # no epoch trained (or printed) twice, none missing
+            series = json.loads(alice.run("metrics", jid, "--name", "val_loss", "--json").stdout)["series"]["val_loss"]
+            assert [p["epoch"] for p in series] == list(range(1, 31))
+            alice.run("cancel", hold)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+
+
 def test_on_slurm_preemptible_jobs_go_to_the_sites_preemptible_qos():
     from runner import slurm
 
