@@ -9,6 +9,7 @@ of migrations: an old database is upgraded in place when opened by the daemon.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -192,18 +193,27 @@ class Store:
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=defaults.BUSY_TIMEOUT_MS / 1000)
-            conn.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError:
-                # A teammate's reader while the daemon is down: the database is in WAL mode already
-                # (the daemon set it) but its -wal/-shm files are gone and she may not make them.
-                # With no writer about, the file is read as it is.
-                from urllib.parse import quote
+            for attempt in range(21):
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=defaults.BUSY_TIMEOUT_MS / 1000)
+                conn.execute(f"PRAGMA busy_timeout={defaults.BUSY_TIMEOUT_MS}")
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError:
+                    conn.close()
+                    # A teammate's reader of a daemon's store (read-only -shm) can fail for a moment
+                    # while the daemon writes: with its -wal there, the live store is in it, and the
+                    # main file alone may not even hold the tables yet: try again (1 s at most)
+                    if attempt < 20 and os.path.exists(self.path + "-wal"):
+                        time.sleep(0.05)
+                        continue
+                    # the daemon is down: the database is in WAL mode already (the daemon set it) but
+                    # its -wal/-shm files are gone and she may not make them. With no writer about,
+                    # the file is read as it is.
+                    from urllib.parse import quote
 
-                conn.close()
-                conn = sqlite3.connect(f"file:{quote(self.path)}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+                    conn = sqlite3.connect(f"file:{quote(self.path)}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+                    break
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.row_factory = _row
             self._local.conn = conn
