@@ -368,7 +368,7 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
     learned = sum(any(c["name"] == "learns" and c["ok"] for c in m["checks"]) for m in models)
     mach = machine()
     report = {"commit": commit(), "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": mach, "command": command,
-              "criteria": criteria_text(), "models": models,
+              "criteria": criteria_text(models), "models": models,
               "summary": {"total": len(models), "success": ok, "partial": sum(m["status"] == "partial" for m in models),
                           "failed": sum(m["status"] == "failed" for m in models), "learns": learned,
                           "success_rate": ok / len(models) if models else 0.0}}
@@ -399,14 +399,27 @@ def drift(old: dict, new: dict) -> dict:
             "models": rows}
 
 
-def criteria_text() -> list[str]:
+def criteria_text(models: list | None = None) -> list[str]:
+    """The report's rules, in words; which tasks' rows had a control, from the rows (`models`)."""
     floors = ", ".join(f"{t} {f:g}" for t, f in LEARNS_FLOOR.items())
+    with_ctl, without = set(), set()
+    for m in models or []:
+        if m.get("task") in (None, "image_classification") or str(m.get("model", "")).startswith("repo/"):
+            continue
+        learns = next((c for c in m.get("checks") or [] if c.get("name") == "learns"), None) or {}
+        ((with_ctl if (learns.get("detail") or {}).get("control") else without)).add(m["task"])
+    if with_ctl:
+        ctl = ("with a control for " + ", ".join(sorted(with_ctl)) + " (YOLO sets: the same run with each training image given "
+               "another image's label file, a seeded shuffle that leaves none in place; it must stay below the floor)")
+        ctl += "; no control yet for " + ", ".join(sorted(without - with_ctl)) if without - with_ctl else ""
+    else:
+        ctl = "no control yet for these tasks"
     return [f"classification: validation accuracy >= 1/classes + {LEARNS_MARGIN:.2f} (chance plus {100 * LEARNS_MARGIN:.0f} points), "
             "and the shuffled-label control (the same run, the training labels shuffled so that they say nothing of the image) "
             "must stay below that threshold",
             f"detection, segmentation, pose, captioning: the task's main held-out metric at least a floor ({floors}; "
             "mAP50 for boxes, masks and keypoints, foreground mIoU, BLEU 0-100); the training loss's drop is shown, not judged; "
-            "no control yet for these tasks",
+            + ctl,
             "within the model's stated epochs (column `epochs`) on the check's easy synthetic set (each class in its own colour), "
             "from scratch (`pretrained: false`), at the stated input size; repos: the metric of their `check.learns` table, "
             "at its `at_least`, else at their task's floor above (a classification repo must state its own; a table "

@@ -58,3 +58,37 @@ def shuffled_labels(path: Path) -> Path:
     shutil.copytree(path / "val", tmp / "val")
     os.rename(tmp, out)  # whole or not at all: a second check of the same layout reuses it
     return out
+
+
+def shuffled_boxes(data: Path) -> Path:
+    """The control of a YOLO set (any task: boxes, masks, keypoints, rotated boxes), beside it and
+    made once: the same training images, each given the label file of another (a seeded shuffle
+    that leaves none in place, and not a rotation: the easy set's classes follow the images'
+    order, so a rotation would relabel each colour consistently): its classes, places and shapes
+    say nothing of the image it is given to; and the same, truly
+    labelled validation images. A run on it must stay below the task's floor on validation.
+    `data`: the set's data.yaml (or its folder); returns the control's data.yaml."""
+    data = Path(data)
+    root = data.parent if data.suffix in (".yaml", ".yml") else data
+    out = root.parent / f"{root.name}-shuffled"
+    if (out / "data.yaml").exists():
+        return out / "data.yaml"
+    tmp = root.parent / f".{out.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root, tmp, ignore=shutil.ignore_patterns("*.cache"))
+    import random
+
+    images = sorted((root / "images" / "train").iterdir())
+    perm, rng = list(range(len(images))), random.Random(0)
+    for i in range(len(perm) - 1, 0, -1):  # Sattolo's shuffle: one cycle, so no image keeps its own labels
+        j = rng.randrange(i)
+        perm[i], perm[j] = perm[j], perm[i]
+    for i, img in enumerate(images):
+        src = root / "labels" / "train" / (images[perm[i]].stem + ".txt")
+        dst = tmp / "labels" / "train" / (img.stem + ".txt")
+        dst.write_bytes(src.read_bytes() if src.exists() else b"")
+    lines = (root / "data.yaml").read_text().splitlines()
+    (tmp / "data.yaml").write_text("\n".join(f"path: {out}" if ln.startswith("path:") else ln for ln in lines) + "\n")
+    os.rename(tmp, out)  # whole or not at all
+    return out / "data.yaml"
+

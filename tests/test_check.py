@@ -111,6 +111,38 @@ def test_control_set_has_the_same_images_with_labels_that_say_nothing(tmp_path):
     assert checkdata.shuffled_labels(real) == ctl  # made once, reused
 
 
+def test_a_yolo_control_gives_each_training_image_another_images_labels(tmp_path):
+    from runner import check as chk
+    from runner import checkdata
+    from runner.synth_tasks import make_yolo
+
+    for task in ("detect", "segment", "pose"):
+        real = make_yolo(tmp_path / task, task, train=24, val=6, easy=True)
+        ctl = checkdata.shuffled_boxes(real)
+        assert ctl.name == "data.yaml" and ctl.read_text().splitlines()[0] == f"path: {ctl.parent}"
+        assert ctl.read_text().splitlines()[1:] == real.read_text().splitlines()[1:]  # same names (and kpt_shape)
+        labels = lambda root, split: {p.name: p.read_text() for p in (root / "labels" / split).iterdir()}  # noqa: E731
+        r, c = labels(real.parent, "train"), labels(ctl.parent, "train")
+        assert sorted(c.values()) == sorted(r.values()) and set(c) == set(r)  # the same label files, moved
+        assert not any(c[n] == r[n] for n in r)  # none left on its own image
+        # and not a rotation: the easy set's class follows the image's order, so the classes given
+        # to the images of one class must be mixed, not one class relabelled as another
+        given = {}
+        for n, text in c.items():
+            given.setdefault(r[n].split()[0], set()).add(text.split()[0])
+        assert all(len(v) >= 2 for v in given.values()), given
+        assert labels(ctl.parent, "val") == labels(real.parent, "val")
+        imgs = lambda root: sorted(p.read_bytes() for p in (root / "images").rglob("*.png"))  # noqa: E731
+        assert imgs(ctl.parent) == imgs(real.parent)
+        assert checkdata.shuffled_boxes(real) == ctl  # made once, reused
+    # the report says which tasks had a control
+    row = lambda task, ctl: {"model": "ultralytics/x", "task": task, "checks": [  # noqa: E731
+        {"name": "learns", "detail": {"control": {"job": "j"}} if ctl else {}}]}
+    text = chk.criteria_text([row("object_detection", True), row("image_captioning", False)])[1]
+    assert "with a control for object_detection (YOLO sets" in text and "no control yet for image_captioning" in text
+    assert chk.criteria_text([row("object_detection", False)])[1].endswith("no control yet for these tasks")
+
+
 def test_map50():
     truth = [[(0, [0, 0, 10, 10])], [(1, [5, 5, 20, 20])]]
     assert map50([[(0.9, 0, [0, 0, 10, 10])], [(0.8, 1, [5, 5, 20, 20])]], truth) == 1.0

@@ -148,6 +148,10 @@ def test_check_three_ultralytics_models(runner, tmp_path):
         # from scratch, 30 epochs of 64 easy images: boxes, masks and keypoints are found past the floor, the loss falls
         assert learns["metric"] in ("val_map50_box", "val_map50_mask", "val_map50_pose") and learns["value"] >= learns["criteria"]["at_least"]
         assert learns["loss_drop"] >= 0.2 and len(learns["train_loss"]) == 30
+        # its control (each training image given another image's label file) stays below the floor
+        ctl = learns["control"]
+        assert ctl["job"] and ctl["job"] != m["job"] and ctl["value"] is not None and ctl["reached"] is False, ctl
+    assert "with a control for instance_segmentation, object_detection, pose_estimation" in " ".join(report["criteria"])
 
 
 @pytest.mark.slow

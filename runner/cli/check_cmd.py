@@ -84,9 +84,10 @@ def check(args):
         rec = spool.submit(h, resolve(spec, out, reg, []))
         jobs[ref] = rec["id"]
         print(f"{ref}: job {rec['id']}", file=sys.stderr)
-        if fmt == "imagefolder":
+        if fmt == "imagefolder" or (fmt == "yolo" and not ref.startswith("repo/")):
             # the shuffled-label control: the same run on the same images, the training labels shuffled
-            ctl = chk.control_spec(raw, checkdata.shuffled_labels(data_dir))
+            # (a YOLO set: each training image given another image's label file)
+            ctl = chk.control_spec(raw, checkdata.shuffled_labels(data_dir) if fmt == "imagefolder" else checkdata.shuffled_boxes(data_dir))
             rec = spool.submit(h, resolve(parse_spec(ctl), out, reg, []))
             controls[ref] = rec["id"]
             print(f"{ref}: control job {rec['id']} (training labels shuffled)", file=sys.stderr)
