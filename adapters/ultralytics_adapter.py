@@ -60,7 +60,9 @@ class UltralyticsAdapter(TrainingAdapter):
         args = {**self.args, **override}
         if self.cfg.get("resume"):
             self.model = YOLO(self.cfg["resume"])
-            args = {"resume": True, **{k: args[k] for k in ("device", "workers", "batch") if k in args}}
+            # Ultralytics resumes with the checkpoint's own settings; `data` is what it falls back to
+            # when the checkpoint's data path is gone (without it: its default, coco8, a download)
+            args = {"resume": True, **{k: args[k] for k in ("device", "workers", "batch", "data") if k in args}}
         if gate is not None:
             # SIGTERM (a preemption) waits from an epoch's end to its last.pt saved: Ultralytics prints
             # the epoch's validation before it saves, and a run resumed from the previous last.pt would
