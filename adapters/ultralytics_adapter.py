@@ -21,6 +21,25 @@ from ultralytics import YOLO  # noqa: E402
 from .base import BadConfig, InferenceResult, MetricsResult, TrainingAdapter, inject_oom, write_json  # noqa: E402
 
 
+def finished(path) -> str:
+    """Why the Ultralytics checkpoint at path holds a finished training ("" when it does not).
+
+    Ultralytics saves last.pt after each epoch and, once the last epoch is trained, strips its
+    optimizer (epoch -1) before its final validation: a run stopped in between would be asked to
+    resume a training that has nothing left, which Ultralytics refuses ("nothing to resume") or,
+    for a stripped file, answers with a new training of its default 100 epochs."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the job's own file, in the job's process
+    epoch = ckpt.get("epoch", -1) if isinstance(ckpt, dict) else -1
+    total = ((ckpt.get("train_args") or {}).get("epochs") if isinstance(ckpt, dict) else None) or 0
+    if epoch is None or epoch < 0 or ckpt.get("optimizer") is None:
+        return "its optimizer stripped after the last epoch"
+    if total and epoch + 1 >= total:
+        return f"epoch {epoch + 1} of {total}"
+    return ""
+
+
 class UltralyticsAdapter(TrainingAdapter):
     """Any Ultralytics model: detect, segment, pose, obb, classify."""
 
@@ -59,6 +78,11 @@ class UltralyticsAdapter(TrainingAdapter):
     def _train(self, gate=None, **override):
         args = {**self.args, **override}
         if self.cfg.get("resume"):
+            done = finished(self.cfg["resume"])
+            if done:  # stopped after its last epoch (its final validation, its own wrap-up): nothing to train
+                print(f"runner: {self.cfg['resume']} holds a finished training ({done}); nothing left to train", flush=True)
+                self.model = YOLO(self.cfg["resume"])
+                return None
             self.model = YOLO(self.cfg["resume"])
             # Ultralytics resumes with the checkpoint's own settings; `data` is what it falls back to
             # when the checkpoint's data path is gone (without it: its default, coco8, a download)

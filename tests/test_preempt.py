@@ -383,15 +383,16 @@ def test_a_preempted_ultralytics_job_resumes_from_its_last_pt_with_each_epoch_on
 
     from runner.synth_tasks import make_yolo
 
+    N = 30  # epochs: enough that his job stops hers in the middle (it asks for its GPU after her first)
     with team_home(world, users, CONFIG) as (d, alice, bob, home):
         apw = alice.pw
-        data = make_yolo(os.path.join(apw.pw_dir, f"yolo-{os.getpid()}"), "detect", train=8, val=4)
+        data = make_yolo(os.path.join(apw.pw_dir, f"yolo-{os.getpid()}"), "detect", train=16, val=4)
         subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(data)], check=True)
         try:
             hold = alice.job("sleep", "600", extra=("--gpus", "1"))
             alice.wait(hold, "running", timeout=60)
             spec = {"name": "yolo", "model": "ultralytics/yolov8n", "dataset": {"path": str(data), "format": "yolo"},
-                    "train": {"epochs": 5, "batch_size": 4, "input_size": 64, "mosaic": 0.0, "pretrained": False},
+                    "train": {"epochs": N, "batch_size": 4, "input_size": 64, "mosaic": 0.0, "pretrained": False},
                     "resources": {"gpus": 1}}
             jid = alice.run("submit", _job_file(alice, "yolo.json", spec)).stdout.strip().splitlines()[-1]
 
@@ -408,12 +409,38 @@ def test_a_preempted_ultralytics_job_resumes_from_its_last_pt_with_each_epoch_on
             assert end["state"] == "succeeded" and end["restarts"] == 1, (end, log[-3000:])
             assert "torch sees no CUDA device" in log and "runner: stopped by SIGTERM" in log, log[-3000:]
             assert "Resuming training" in log and "weights/last.pt" in log, log[-3000:]
-            rows = list(csv.DictReader((Path(end["job_dir"]) / "runs" / "train" / "results.csv").read_text().splitlines()))
-            assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]  # no epoch trained twice, none missing
-            _each_epoch_once(alice, jid, end, "val_box_map50", 5, printed=False)  # (Ultralytics prints its own tables)
+            results = Path(end["job_dir"]) / "runs" / "train" / "results.csv"
+            rows = list(csv.DictReader(results.read_text().splitlines()))
+            assert [int(r["epoch"]) for r in rows] == list(range(1, N + 1))  # no epoch trained twice, none missing
+            _each_epoch_once(alice, jid, end, "val_box_map50", N, printed=False)  # (Ultralytics prints its own tables)
             alice.run("cancel", hold)
+            _stopped_after_its_last_epoch_trains_nothing(home, jid, end, apw, results, N)
         finally:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def _stopped_after_its_last_epoch_trains_nothing(home, jid, end, pw, results, n):
+    """A stop can land after the last epoch: between its last.pt and Ultralytics stripping it (a
+    last.pt at epoch n of n, which Ultralytics refuses to resume: "nothing to resume"), or after
+    the strip (which Ultralytics answers with a new training of its default 100 epochs). Her run
+    after such a stop says the training is finished and trains nothing."""
+    import subprocess
+
+    launch = json.loads((Path(home) / "run" / jid / "launch.json").read_text())
+    python = str(Path(launch["env"]["VIRTUAL_ENV"]) / "bin" / "python")
+    job_dir = Path(end["job_dir"])
+    last = job_dir / "runs" / "train" / "weights" / "last.pt"
+    final = job_dir / "final-unstripped.pt"  # (as at epoch n's save, before the strip: an optimizer, epoch n-1)
+    subprocess.run([python, "-c", "import sys, torch; c = torch.load(sys.argv[1], weights_only=False); "
+                    "c.update(epoch=int(sys.argv[3]) - 1, optimizer={'state': {}, 'param_groups': []}); torch.save(c, sys.argv[2])",
+                    str(last), str(final), str(n)], check=True, cwd=job_dir, env=launch["env"], user=pw.pw_uid, group=pw.pw_gid)
+    before = results.read_bytes()
+    for ckpt, why in ((last, "its optimizer stripped after the last epoch"), (final, f"epoch {n} of {n}")):
+        r = subprocess.run([python, "-m", "adapters", "train", str(job_dir / "job.json")], cwd=job_dir, user=pw.pw_uid,
+                           group=pw.pw_gid, env={**launch["env"], "RUNNER_RESUME_FROM": str(ckpt)},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and f"holds a finished training ({why}); nothing left to train" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        assert results.read_bytes() == before  # no epoch trained again
 
 
 @pytest.mark.slow
