@@ -22,7 +22,7 @@ KEYS = {  # table -> the keys runner reads of it (docs/server.md documents each)
     "backend": ("kind", "shim_python", "partition", "account", "qos", "preemptible_qos", "sbatch_args", "poll_seconds",
                 "requeue", "signal_seconds", "cpus_per_task"),
     "mlflow": ("tracking_uri", "experiment", "artifacts", "artifact_max_mb", "interval_seconds", "timeout_seconds"),
-    "retention": ("checkpoint_days", "job_days"),
+    "retention": ("checkpoint_days", "job_days", "metrics_days", "metrics_bucket"),
     "web": ("license_warn",),
 }
 

@@ -321,7 +321,7 @@ def create_app(home, daemon=None) -> FastAPI:
         points = store.metrics(j["id"], name, limit, offset)
         nxt = offset + len(points) if offset + len(points) < total else None
         return FastJSON({"job": j["id"], "metrics": points, "total": total, "limit": limit, "offset": offset,
-                         "next_offset": nxt, "latest": store.latest_metrics(j["id"])})
+                         "next_offset": nxt, "latest": store.latest_metrics(j["id"]), "compacted": queries.compacted_view(store, j)})
 
     async def token_then_spec(request: Request):
         """(who, spec) of a POST /jobs: her token is checked before a byte of the body is read; the

@@ -26,7 +26,24 @@ def job_view(store, job: dict, full: bool = False, latest: dict | None = None, t
         out["transitions"] = [{k: t[k] for k in ("from_state", "to_state", "at", "reason")} for t in store.transitions(job["id"])]
         out["artifacts"] = store.artifacts(job["id"])[-MAX_ARTIFACTS:]
         out["mlflow"] = export_view(store, job["id"])
+        out["metrics_compacted"] = compacted_view(store, job)
     return out
+
+
+def compacted_view(store, job: dict) -> dict | None:
+    """When and how the job's metric points were compacted ([retention] metrics_days: each metric
+    keeps its first, last, lowest and highest point per bucket of steps), or None when they were not."""
+    if not job.get("metrics_compacted_at"):
+        return None
+    return {"at": job["metrics_compacted_at"], "bucket_steps": job.get("metrics_bucket"),
+            "points_before": job.get("metrics_points_before"), "points": store.count_metrics(job["id"])}
+
+
+def compacted_line(c: dict) -> str:
+    """compacted_view in one line, for the CLI and the job page."""
+    when = time.strftime("%Y-%m-%d", time.localtime(c["at"]))
+    return (f"compacted on {when}: {c['points']} of {c['points_before']} points kept (first, last, min and max of each "
+            f"metric per {c['bucket_steps']} steps; [retention] metrics_days)")
 
 
 def may_read_log(home, job: dict, viewer: int | None) -> bool:

@@ -3,9 +3,12 @@
     [retention]
     checkpoint_days = 14   # an ended job's checkpoints this many days after it ended, except its best and last
     job_days = 90          # an ended job's whole folder (jobs/ID) and run folder (run/ID: its log) after this many days
+    metrics_days = 180     # an ended job's metric points compacted this many days after it ended (off unless set)
+    metrics_bucket = 100   # steps per bucket of that compaction (runner/compaction.py)
 
-A job's row, its transitions and its metrics stay in the store whatever the policy: `runner show`,
-the dashboard's charts and MLflow keep the history; only files go. Nothing of a job that has not
+A job's row and its transitions stay in the store whatever the policy, and its metric points too
+unless metrics_days is set (then each metric keeps its first, last, lowest and highest point of
+each bucket: runner/compaction.py): `runner show`, the dashboard's charts and MLflow keep the history. Nothing of a job that has not
 ended is touched, nor the folder of an ended job that a waiting or running job still names
 (retry_of, train.resume). `runner gc --dry-run` lists what a pass would remove and its bytes;
 `runner gc` applies it now. The per-job log cap is [jobs] log_max_mb (runner/diskspace.py).
@@ -35,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .compaction import DEFAULT_BUCKET, check_bucket
 from .exceptions import RunnerError
 
 log = logging.getLogger("runner.retention")
@@ -49,29 +53,32 @@ MAX_DEPTH = 200
 """Deepest folder a removal descends into; anything deeper is left (and said)."""
 
 STATE_FILE = "retention.json"
+DAYS = ("checkpoint_days", "job_days", "metrics_days")  # the policy's keys in days
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def settings(config: dict) -> dict | None:
-    """The `[retention]` table, checked: {"checkpoint_days": float | None, "job_days": float | None};
-    None when there is no policy. A bad value raises RunnerError in one line."""
+    """The `[retention]` table, checked: {"checkpoint_days", "job_days", "metrics_days": float | None,
+    "metrics_bucket": int}; None when there is no policy. A bad value raises RunnerError in one line."""
     sec = config.get("retention")
     if sec is None:
         return None
     if not isinstance(sec, dict):
         raise RunnerError("[retention]: expected a table (checkpoint_days = 14, job_days = 90)")
-    unknown = sorted(set(sec) - {"checkpoint_days", "job_days"})
+    unknown = sorted(set(sec) - {*DAYS, "metrics_bucket"})
     if unknown:
-        raise RunnerError(f"[retention] {unknown[0]}: not a key of [retention]; expected checkpoint_days or job_days "
-                          "(the log cap is [jobs] log_max_mb)")
-    out = {}
-    for key in ("checkpoint_days", "job_days"):
+        raise RunnerError(f"[retention] {unknown[0]}: not a key of [retention]; expected checkpoint_days, job_days, "
+                          "metrics_days or metrics_bucket (the log cap is [jobs] log_max_mb)")
+    out: dict = {}
+    for key in DAYS:
         v = sec.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 100_000):
             raise RunnerError(f"[retention] {key}: given {v!r}; expected a number of days above 0")
         out[key] = None if v is None else float(v)
-    return out if any(v is not None for v in out.values()) else None
+    b = sec.get("metrics_bucket")
+    bucket = DEFAULT_BUCKET if b is None else check_bucket(b, "[retention] metrics_bucket")
+    return {**out, "metrics_bucket": bucket} if any(v is not None for v in out.values()) else None
 
 
 @dataclass
@@ -80,10 +87,12 @@ class Item:
 
     job_id: str
     user: str
-    what: str  # "checkpoint", "job folder", "run folder"
+    what: str  # "checkpoint", "job folder", "run folder", "metric points" (compacted in the store)
     path: str
-    bytes: int = 0
+    bytes: int = 0  # metric points: an estimate of what they held in the store
     ended_at: float | None = None
+    points: int | None = None  # metric points: how many go
+    kept: int | None = None  # metric points: how many stay
 
 
 # -- walking without following links ----------------------------------------------------------
@@ -246,6 +255,32 @@ def plan(home, store, policy: dict, now: float | None = None) -> list[Item]:
 
 
 def _pass(home, store, policy: dict, now: float, remove: bool) -> tuple[list[Item], list[str]]:
+    items, problems = _files(home, store, policy, now, remove)
+    if policy.get("metrics_days") is not None:
+        got, more = _metrics(home, store, policy, now, remove)
+        items, problems = items + got, problems + more
+    return items, problems
+
+
+def _metrics(home, store, policy: dict, now: float, remove: bool) -> tuple[list[Item], list[str]]:
+    """Compaction of the metric points of jobs that ended metrics_days ago or more: one item per job
+    whose points go (a job with nothing to drop is marked compacted too, so no pass reads it again).
+    Reads and writes only the store, never a file of a user."""
+    from .store import SCHEMA_VERSION
+
+    if store.schema_version() < SCHEMA_VERSION:
+        return [], [f"{home.db}: metric compaction needs the store's newest schema: start the daemon once (it migrates)"]
+    items = []
+    bucket = policy.get("metrics_bucket") or DEFAULT_BUCKET
+    for job in store.compactable_jobs(before=now - policy["metrics_days"] * 86400):
+        done = store.compact_metrics(job["id"], bucket, now, apply=remove)
+        if done and done["points"]:
+            items.append(Item(job["id"], job["user"], "metric points", str(home.db), done["bytes"], job["finished_at"],
+                              done["points"], done["kept"]))
+    return items, []
+
+
+def _files(home, store, policy: dict, now: float, remove: bool) -> tuple[list[Item], list[str]]:
     items, problems = [], []
     ckpt_days, job_days = policy.get("checkpoint_days"), policy.get("job_days")
     in_use = store.referenced_by_active()
@@ -337,14 +372,18 @@ def apply(home, store, policy: dict, now: float | None = None) -> dict:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         items, problems = _pass(home, store, policy, now, remove=True)
-        freed = sum(i.bytes for i in items)
+        files = [i for i in items if i.points is None]
+        freed = sum(i.bytes for i in files)
+        points = sum(i.points or 0 for i in items)
         before = last_pass(home) or {}
-        record = {"at": now, "removed": len(items), "removed_bytes": freed,
-                  "removed_bytes_total": int(before.get("removed_bytes_total", 0)) + freed, "problems": problems[:20]}
+        record = {"at": now, "removed": len(files), "removed_bytes": freed,
+                  "removed_bytes_total": int(before.get("removed_bytes_total", 0)) + freed,
+                  "compacted_jobs": len(items) - len(files), "compacted_points": points,
+                  "compacted_points_total": int(before.get("compacted_points_total", 0)) + points, "problems": problems[:20]}
         write_json(home.root / STATE_FILE, record, mode=0o644)
     finally:
         os.close(fd)
-    return {"items": [asdict(i) for i in items], "removed_bytes": freed, "problems": problems}
+    return {"items": [asdict(i) for i in items], "removed_bytes": freed, "compacted_points": points, "problems": problems}
 
 
 class Retention:
@@ -369,8 +408,12 @@ class Retention:
         if not self.due(now):
             return None
         done = apply(self.home, self.store, self.policy, now)
-        if done["items"]:
-            log.info("retention: removed %d item(s), %.1f MB", len(done["items"]), done["removed_bytes"] / 2**20)
+        files = [i for i in done["items"] if i["points"] is None]
+        if files:
+            log.info("retention: removed %d item(s), %.1f MB", len(files), done["removed_bytes"] / 2**20)
+        if done["compacted_points"]:
+            log.info("retention: compacted the metrics of %d job(s): %d points went", len(done["items"]) - len(files),
+                     done["compacted_points"])
         for p in done["problems"][:5]:
             log.warning("retention: %s", p)
         return done

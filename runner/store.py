@@ -141,7 +141,15 @@ def _m9(db):
     db["jobs"].add_column("prior_ended_at", float)
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9]
+def _m10(db):
+    """Compaction of an old job's metric points ([retention] metrics_days, runner/compaction.py):
+    when it was compacted, the bucket (steps) and how many points it had before."""
+    db["jobs"].add_column("metrics_compacted_at", float)
+    db["jobs"].add_column("metrics_bucket", int)
+    db["jobs"].add_column("metrics_points_before", int)
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -762,6 +770,40 @@ class Store:
             sql += " AND j.finished_at >= ?"
             args.append(after)
         return self.conn.execute(sql + " ORDER BY a.job_id, a.id", args).fetchall()
+
+    def compactable_jobs(self, before: float) -> list[dict]:
+        """Jobs that ended before `before`, have metric points and were not compacted yet, oldest
+        first: id, user, finished_at."""
+        return self.conn.execute(
+            "SELECT id, user, finished_at FROM jobs WHERE state IN ('succeeded','failed','cancelled') AND finished_at IS NOT NULL "
+            "AND finished_at < ? AND metrics_compacted_at IS NULL AND EXISTS (SELECT 1 FROM metrics m WHERE m.job_id=jobs.id) "
+            "ORDER BY finished_at", (before,)).fetchall()
+
+    def compact_metrics(self, job_id: str, bucket: int, now: float, apply: bool) -> Optional[dict]:
+        """Compact one ended job's points (runner/compaction.py) in one transaction, and mark the job
+        so; with apply False only count. Returns {"points", "kept", "bytes"} (bytes: an estimate of
+        what the removed points held), or None when the job is no longer one to compact."""
+        from .compaction import ROW_OVERHEAD_BYTES, gaps
+
+        with (self.transaction() if apply else self.snapshot()) as c:
+            row = c.execute("SELECT state, metrics_compacted_at FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] not in ENDED or row["metrics_compacted_at"] is not None:
+                return None
+            cur = c.cursor()
+            cur.row_factory = None
+            # the (job_id, name, id) index gives them in this order, without a sort
+            rows = cur.execute("SELECT id, name, value, step, epoch FROM metrics WHERE job_id=? ORDER BY name, id", (job_id,)).fetchall()
+            kept, ranges = gaps(rows, bucket)
+            gone = len(rows) - kept
+            # each point holds its job id and name twice (row and index) and ROW_OVERHEAD_BYTES more
+            held = sum(2 * len(r[1]) for r in rows) + len(rows) * (2 * len(job_id) + ROW_OVERHEAD_BYTES)
+            est = held * gone // max(1, len(rows))
+            if apply:
+                cur.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND id>? AND id<?",
+                                [(job_id, name, a, b) for name, a, b in ranges])
+                cur.execute("UPDATE jobs SET metrics_compacted_at=?, metrics_bucket=?, metrics_points_before=? WHERE id=?",
+                            (now, bucket, kept + gone, job_id))
+        return {"points": gone, "kept": kept, "bytes": est}
 
     def referenced_by_active(self) -> set:
         """Ids of jobs that a queued, preparing or running job still names (retry_of, train.resume):

@@ -208,6 +208,8 @@ def _gc(p):
     p.add_argument("--dry-run", action="store_true", help="list what would be removed and its size; change nothing")
     p.add_argument("--checkpoint-days", type=float, default=None, help="instead of [retention] checkpoint_days")
     p.add_argument("--job-days", type=float, default=None, help="instead of [retention] job_days")
+    p.add_argument("--metrics-days", type=float, default=None, help="instead of [retention] metrics_days (compact ended jobs' metric points)")
+    p.add_argument("--metrics-bucket", type=int, default=None, help="instead of [retention] metrics_bucket (steps; default 100)")
 
 
 ADD_ARGS = {"backup": _backup, "gc": _gc, "synth": _synth, "export": _export, "web-login": _web_login, "dataset": _dataset, "token": _token, "daemon": _daemon, "submit": _submit, "ls": _ls, "show": _id, "tag": _tag, "logs": _logs, "metrics": _metrics, "cancel": _id,

@@ -131,6 +131,10 @@ def show(args):
         print("metrics:")
         for k, v in sorted(view["metrics"].items()):
             print(f"  {k:<30}{'nan' if v is None else format(v, '.6g')}")  # SQLite keeps a NaN as NULL
+    if view.get("metrics_compacted"):
+        from runner.queries import compacted_line
+
+        print(f"{'points:':<16}{compacted_line(view['metrics_compacted'])}")
     if view.get("mlflow"):
         m = view["mlflow"]
         state = "complete" if m["done"] else ("behind: " + m["error"] if m["error"] else "following")
@@ -173,8 +177,11 @@ def metrics(args):
     series: dict = {}
     for p in points:
         series.setdefault(p["name"], []).append({"epoch": p["epoch"], "step": p["step"], "value": p["value"], "at": p["at"]})
+    from runner.queries import compacted_line, compacted_view
+
+    compacted = compacted_view(s, job)
     if args.json:
-        print_json({"job": job["id"], "series": series})
+        print_json({"job": job["id"], "series": series, "compacted": compacted})
         return 0
     if not series:
         ended = job["state"] in ("succeeded", "failed", "cancelled")
@@ -193,6 +200,8 @@ def metrics(args):
     def fmt(v):
         return "" if v is ... else "nan" if v is None else f"{v:.6g}"  # SQLite keeps a NaN as NULL
     table([[k, *[fmt(rows[k].get(n, ...)) for n in names]] for k in sorted(rows, key=lambda x: (x is None, x))], [key.upper(), *names])
+    if compacted:
+        print(f"({compacted_line(compacted)})")
     return 0
 
 

@@ -69,25 +69,31 @@ SUGGESTED = {"checkpoint_days": 14.0, "job_days": 90.0}
 def gc(args):
     """The retention policy: previewed (--dry-run) or applied now."""
     from runner import retention
+    from runner.compaction import DEFAULT_BUCKET, check_bucket
     from runner.exceptions import RunnerError
 
     h = home(args)
-    policy = retention.settings(h.config) or {"checkpoint_days": None, "job_days": None}
-    for key in ("checkpoint_days", "job_days"):
+    policy = retention.settings(h.config) or {"checkpoint_days": None, "job_days": None, "metrics_days": None,
+                                               "metrics_bucket": DEFAULT_BUCKET}
+    for key in retention.DAYS:
         v = getattr(args, key)
         if v is not None:
             if not 0 < v <= 100_000:
                 raise RunnerError(f"--{key.replace('_', '-')}: given {v:g}; expected a number of days above 0")
             policy[key] = float(v)
-    if policy["checkpoint_days"] is None and policy["job_days"] is None and args.dry_run:
-        policy = {"checkpoint_days": SUGGESTED["checkpoint_days"], "job_days": SUGGESTED["job_days"]}
+    if args.metrics_bucket is not None:
+        policy["metrics_bucket"] = check_bucket(args.metrics_bucket, "--metrics-bucket")
+    if all(policy[k] is None for k in retention.DAYS) and args.dry_run:
+        policy.update(checkpoint_days=SUGGESTED["checkpoint_days"], job_days=SUGGESTED["job_days"])
         print(f"(no [retention] in the config: previewing checkpoint_days = {SUGGESTED['checkpoint_days']:g}, "
               f"job_days = {SUGGESTED['job_days']:g}; docs/server.md)", file=sys.stderr)
-    if policy["checkpoint_days"] is None and policy["job_days"] is None:
+    if all(policy[k] is None for k in retention.DAYS):
         raise RunnerError("gc: no [retention] in the config (checkpoint_days = 14, job_days = 90; docs/server.md), "
-                          "and no --checkpoint-days or --job-days given")
+                          "and no --checkpoint-days, --job-days or --metrics-days given")
     if not h.db.exists():
         raise RunnerError(f"gc: there is no store at {h.db} (RUNNER_HOME: the daemon's state folder)")
+    if policy["metrics_days"] is None:
+        policy.pop("metrics_bucket", None)  # said only where it applies
     store = h.store(migrate=False)
     if args.dry_run:
         items = [vars(i) for i in retention.plan(h, store, policy)]
@@ -96,15 +102,25 @@ def gc(args):
         _admin(h, "gc")
         done = retention.apply(h, store, policy)
         items, problems = done["items"], done["problems"]
-    total = sum(i["bytes"] for i in items)
+    files = [i for i in items if i["points"] is None]
+    compacted = [i for i in items if i["points"] is not None]
+    total = sum(i["bytes"] for i in files)
+    points = sum(i["points"] for i in compacted)
     if args.json:
-        print_json({"dry_run": args.dry_run, "policy": policy, "items": items, "bytes": total, "problems": problems})
+        print_json({"dry_run": args.dry_run, "policy": policy, "items": items, "bytes": total, "metric_points": points,
+                    "metric_bytes": sum(i["bytes"] for i in compacted), "problems": problems})
         return 0
     if items:
-        table([[i["job_id"], i["user"], i["what"], fmt_size(i["bytes"]), i["path"]] for i in items], ["JOB", "USER", "WHAT", "SIZE", "PATH"])
+        table([[i["job_id"], i["user"], i["what"], fmt_size(i["bytes"]) if i["points"] is None else "~" + fmt_size(i["bytes"]),
+                i["path"] if i["points"] is None else f"{i['points']} of {i['points'] + i['kept']} points"] for i in items],
+              ["JOB", "USER", "WHAT", "SIZE", "PATH"])
     said = ", ".join(f"{k} = {v:g}" for k, v in policy.items() if v is not None)
     verb = "would free" if args.dry_run else "freed"
-    print(f"{verb} {fmt_size(total)} in {len(items)} item(s) ({said}){'; nothing was changed' if args.dry_run else ''}")
+    print(f"{verb} {fmt_size(total)} in {len(files)} item(s) ({said}){'; nothing was changed' if args.dry_run else ''}")
+    if policy.get("metrics_days") is not None:
+        print(f"{'would compact' if args.dry_run else 'compacted'} the metrics of {len(compacted)} job(s): {points} points "
+              f"{'would go' if args.dry_run else 'went'} (~{fmt_size(sum(i['bytes'] for i in compacted))} of the store, "
+              "reused by new points; the file shrinks only with VACUUM)")
     if args.dry_run and os.geteuid() != 0:
         print("(as you: only what you may read is counted; run it as root for everyone's)")
     for p in problems:

@@ -131,6 +131,7 @@ def routes(app, ctx, ui):
         tracking = (home.config.get("mlflow") or {}).get("tracking_uri", "").rstrip("/")
         return ui.render(request, "job.html", job=job, view=view, head=header(job), table=latest_table(view["metrics"]), env_lock=env_lock,
                          arts=checkpoints(job) if log_ok else [], mlflow=view.get("mlflow"),
+                         compacted_line=queries.compacted_line(view["metrics_compacted"]) if view.get("metrics_compacted") else None,
                          mlflow_ui=tracking if tracking.startswith(("http://", "https://")) else None,
                          spec_yaml=_yaml(_shown(job["spec"])), can_act=ui.can_act(who, job), log_ok=log_ok,
                          log=log_text(job, LOG_LINES) if log_ok else "", active=job["state"] in ACTIVE,
@@ -141,7 +142,7 @@ def routes(app, ctx, ui):
         """Every metric of the job, downsampled, grouped for small multiples (metrics are public,
         as on GET /jobs/{id}/metrics)."""
         j = store.get_job(job_id)
-        return JSONResponse(metricsview.charts(store, j["id"], points))
+        return JSONResponse({**metricsview.charts(store, j["id"], points), "compacted": queries.compacted_view(store, j)})
 
     @app.get("/ui/jobs/{job_id}/live", include_in_schema=False)
     async def job_live(request: Request, job_id: str, after: int = Query(..., ge=0, le=2**62)):

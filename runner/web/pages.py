@@ -111,7 +111,7 @@ def routes(app, ctx):
         """One metric for a chart: x (step, epoch or index), y, downsampled to at most `points`
         (the min and max of each bucket), with the stored count."""
         j = store.get_job(job_id)
-        return JSONResponse(series.series(store, j["id"], name, points))
+        return JSONResponse({**series.series(store, j["id"], name, points), "compacted": queries.compacted_view(store, j)})
 
     @app.post("/ui/jobs/{job_id}/cancel", include_in_schema=False)
     async def ui_cancel(request: Request, job_id: str):
