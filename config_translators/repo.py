@@ -172,7 +172,8 @@ def translate(job: dict, job_dir: str, src: str, python: str) -> dict:
             if any(fields.get(f) is None for f in _FIELD.findall(value)):
                 continue  # unset field: the repo's own value stays
             v = _fill(value, fields, f"args.hyp.set.{key}")
-            text, n = re.subn(rf"(?m)^{re.escape(key)}:\s*[^#\n]*", f"{key}: {v}", text)
+            # the value only: the whitespace before a comment stays (YAML reads "0# x" as one string)
+            text, n = re.subn(rf"(?m)^{re.escape(key)}:[ \t]*[^#\n]*?(?=[ \t]+#|[ \t]*$)", f"{key}: {v}", text)
             if n == 0:
                 text += f"{key}: {v}\n"
         files["hyp.yaml"] = text
@@ -248,7 +249,7 @@ KEYS = {
     "parser.results_file": {"path", "format", "columns", "epoch_column", "epoch_offset", "compare", "on_mismatch"},
     "infer": {"checkpoint", "template", "output", "cpu", "gpu"},
     "infer.output": {"stdout", "file", "format", "records", "columns", "regex", "fields", "box", "label_offset"},
-    "check": {"input_size", "batch_size", "epochs", "images", "val_images", "classes", "images_per_class", "val_images_per_class", "learns", "lr", "validation_metrics"},
+    "check": {"input_size", "batch_size", "epochs", "images", "val_images", "classes", "images_per_class", "val_images_per_class", "learns", "lr", "train", "validation_metrics"},
 }
 _LISTS = ("overrides", "import_check", "exclude", "checkpoints", "tags", "args.template", "args.cpu", "args.gpu", "args.extra", "args.resume",
           "infer.template", "infer.cpu", "infer.gpu")

@@ -24,10 +24,11 @@ TRAIN = textwrap.dedent('''
     a = p.parse_args()
     import six  # from the repo's own requirements
     assert a.img_size[0] == a.img_size[1]
-    hyp = dict(l.split(": ", 1) for l in open(a.hyp).read().splitlines() if ": " in l)
+    # as YAML reads it: a comment starts at a "#" after whitespace ("0.05# x" is one string)
+    hyp = {k: v.split(" #")[0].strip() for k, v in (l.split(": ", 1) for l in open(a.hyp).read().splitlines() if ": " in l)}
     os.makedirs(a.out, exist_ok=True)
     classes = sorted(os.listdir(a.train_dir))
-    print(f"classes={len(classes)} momentum={hyp['momentum']} lr0={hyp['lr0']}", flush=True)
+    print(f"classes={len(classes)} momentum={hyp['momentum']} lr0={hyp['lr0']!r}", flush=True)
     rows = []
     for e in range(a.epochs):
         for s in range(1, 5):
@@ -46,7 +47,7 @@ TRAIN = textwrap.dedent('''
         w = csv.DictWriter(f, ["epoch", "acc", "val_loss"]); w.writeheader(); w.writerows(rows)
 ''')
 
-HYP = "lr0: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n"
+HYP = "lr0: 0.01  # initial learning rate\nmomentum: 0.9  # SGD momentum\nweight_decay: 0.0005\n"  # (comments as YOLO's)
 
 
 def git(*args, cwd):
@@ -149,7 +150,7 @@ def test_repo_job_end_to_end(runner, daemon, home, trainrepo, shapes, tmp_path):
     j = runner.wait_state(jid, timeout=300)
     log = runner.run("logs", jid).stdout
     assert j["state"] == "succeeded", log
-    assert "classes=3 momentum=0.9 lr0=0.05" in log  # hyp yaml written from the repo's own base, lr set
+    assert "classes=3 momentum=0.9 lr0='0.05'" in log  # hyp yaml written from the repo's own base, lr set
     job_dir = Path(j["job_dir"])
     assert not (job_dir / "src" / "docs").exists() and (job_dir / "src" / "train.py").exists()  # sparse checkout
     assert git("rev-parse", "HEAD", cwd=job_dir / "src") == first
