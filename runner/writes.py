@@ -39,7 +39,8 @@ def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tu
     """Validate a job (a mapping, as a job file holds) and spool it; returns (record, warnings).
 
     `who` is the person behind an HTTP token when the daemon acts for her: the paths the job
-    names are then checked as her before anything reads them.
+    names are then checked as her before anything reads them. `store` is read only to find the
+    jobs of `after` (None does for a job without it: `runner submit` then opens no store).
     """
     from .identity import check_paths_as
     from .resolve import resolve

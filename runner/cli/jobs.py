@@ -53,7 +53,8 @@ def submit(args):
     from runner import writes
 
     h = home(args).ensure()
-    rec, warnings = writes.submit(h, store(h), data, base)
+    # the store is read only to find the jobs of `after`: a plain submit is the spool write alone
+    rec, warnings = writes.submit(h, store(h) if data.get("after") else None, data, base)
     for w in warnings:
         print(f"runner: warning: {w}", file=sys.stderr)
     if args.json:
