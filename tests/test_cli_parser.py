@@ -75,11 +75,25 @@ def test_a_verb_builds_only_its_own_parser():
 
 
 def test_ls_and_submit_do_not_import_what_they_do_not_use(tmp_path):
-    """runner.synth (the synth verb's arguments) is imported only by the synth verb or full help."""
-    code = ("import sys, runpy; sys.argv=['runner', *sys.argv[1:]]\n"
+    """runner.synth (the synth verb's arguments) is imported only by the synth verb or full help;
+    shutil (argparse's way to the terminal's width) not by `runner ls`."""
+    code = ("import sys, runpy; mods = sys.argv[1].split(','); sys.argv=['runner', *sys.argv[2:]]\n"
             "try:\n    runpy.run_module('runner', run_name='__main__')\nexcept SystemExit: pass\n"
-            "print('LOADED', [m for m in ('runner.synth',) if m in sys.modules])")
-    for verb in (["ls"], ["submit", "--help"]):
-        r = subprocess.run([sys.executable, "-c", code, *verb], capture_output=True, text=True, cwd=ROOT,
+            "print('LOADED', [m for m in mods if m in sys.modules])")
+    for modules, verb in (("runner.synth,shutil", ["ls"]), ("runner.synth", ["submit", "--help"])):
+        r = subprocess.run([sys.executable, "-c", code, modules, *verb], capture_output=True, text=True, cwd=ROOT,
                            env={"RUNNER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
         assert "LOADED []" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "", "abc", "0", "-5", "37", "120"])
+def test_the_help_width_is_the_one_argparse_would_find(columns, monkeypatch):
+    """argparse reads it with shutil.get_terminal_size; runner, to spare the import, as that does."""
+    import shutil
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert cli._columns() == shutil.get_terminal_size().columns
+
