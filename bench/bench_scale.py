@@ -27,8 +27,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
-from common import Daemon, cli, commit, free_port, machine, median, spread, table, tmp_home
+from common import ROOT, Daemon, commit, free_port, machine, median, spread, table, tmp_home
 
 METRICS = ("loss", "acc", "lr", "val_loss")
 
@@ -160,7 +161,25 @@ class Tsp:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def one_size(n_jobs, reps, points_per_job, big_points, use_tsp):
+def cli_times(home, reps, baseline=None):
+    """Wall times of `runner ls` and `runner submit` (a GPU job: it waits in the queue with the
+    others) of 5 runs each, from this checkout and, interleaved with them, from `baseline` (another
+    checkout of runner: the same store, the same moments of the host's load)."""
+    roots = {"": ROOT, **({"base_": baseline} if baseline else {})}
+    out = {f"{p}{k}": [] for p in roots for k in ("ls", "submit")}
+    for _ in range(min(reps, 5)):
+        for prefix, root in roots.items():
+            for key, args in (("ls", ("ls",)), ("submit", ("submit", "--gpus", "1", "--name", "bench-submit", "--workdir",
+                                                           home.parent, "--", "/bin/true"))):
+                e = {**os.environ, "RUNNER_HOME": str(home), "PYTHONPATH": str(root)}
+                t = time.perf_counter()  # run in the checkout: `python -m` looks in its folder first
+                r = subprocess.run([sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True, env=e, cwd=root)
+                out[f"{prefix}{key}"].append(time.perf_counter() - t)
+                assert r.returncode == 0, r.stderr
+    return out
+
+
+def one_size(n_jobs, reps, points_per_job, big_points, use_tsp, baseline=None):
     """Build a store of n_jobs jobs (a tenth of them queued, at most 10,000) and measure it."""
     import psutil
 
@@ -193,13 +212,7 @@ def one_size(n_jobs, reps, points_per_job, big_points, use_tsp):
         for key, path in paths.items():
             timed_get(url + path, 1)
             out[key] = timed_get(url + path, reps, between=write)
-        ls = []
-        for _ in range(min(reps, 5)):
-            t = time.perf_counter()
-            r = cli(home, "ls")
-            ls.append(time.perf_counter() - t)
-            assert r.returncode == 0, r.stderr
-        out["ls"] = ls
+        out.update(cli_times(home, reps, baseline))
         bare = []
         for _ in range(min(reps, 5)):  # what any Python command costs to start on this host now
             t = time.perf_counter()
@@ -257,6 +270,9 @@ def main():
     ap.add_argument("--points-per-job", type=int, default=100, help="metric points of each ended job")
     ap.add_argument("--big-points", type=int, default=100_000, help="points of the one job whose page is timed")
     ap.add_argument("--no-tsp", action="store_true", help="skip task-spooler's queue (it takes a process per job to fill)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout of runner (e.g. `git archive COMMIT runner log_parsers | tar -x -C DIR`) whose "
+                         "`runner ls` and `runner submit` are timed beside this one's, interleaved")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     print(f"# bench_scale on {machine()}; commit {commit()}; SQLite {sqlite3.sqlite_version}")
@@ -264,9 +280,12 @@ def main():
     print(f"# the rest ended, {a.points_per_job} points each (the store's own insert_job and record_progress: the watcher's write,")
     print(f"# not a parsed log per job), and one job of {a.big_points:,} points parsed from its log by the daemon's LogWatcher")
     print(f"# figures: median (min-max) of {a.reps} requests over HTTP to a real daemon, a store write from another")
-    print("# connection before each (no answer comes from a cache); runner ls: of 5 runs of the CLI")
+    print("# connection before each (no answer comes from a cache); runner ls and runner submit: of 5 runs of the CLI")
     use_tsp = shutil.which("tsp") is not None and not a.no_tsp
-    res = {n: one_size(n, a.reps, a.points_per_job, a.big_points, use_tsp) for n in sizes}
+    if a.baseline:
+        a.baseline = a.baseline.resolve()
+        print(f"# baseline: the CLI of {a.baseline} ({(a.baseline / 'COMMIT').read_text().strip() if (a.baseline / 'COMMIT').exists() else 'commit not given'})")
+    res = {n: one_size(n, a.reps, a.points_per_job, a.big_points, use_tsp, a.baseline) for n in sizes}
     limit_dir = tmp_home()
     limit = sqlite_limit(limit_dir / "limit.db")
     shutil.rmtree(limit_dir.parent, ignore_errors=True)
@@ -286,6 +305,9 @@ def main():
         row("runner ls (the CLI, wall)", "ls", 0.10,
             ("tsp -l: " + " / ".join(f"{ms(res[n]['tsp_l'])} ({res[n]['tsp_n']:,} queued)" for n in sizes if "tsp_l" in res[n]))
             if use_tsp else None),
+        *([row("  runner ls of the baseline", "base_ls", 0.10)] if a.baseline else []),
+        row("runner submit (the CLI, wall)", "submit", 0.08),
+        *([row("  runner submit of the baseline", "base_submit", 0.08)] if a.baseline else []),
         ("  a bare `python -c pass` then", *(ms(res[n]["bare"]) for n in sizes), "", "(reference)", ""),
         row("GET /jobs?limit=50, uncached", "api", 0.02),
         row("runs table /ui/, uncached", "runs", 0.10),
