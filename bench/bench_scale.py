@@ -1,7 +1,8 @@
 """A year of a busy lab in one store (#30): stores of 1,000, 10,000 and 100,000 jobs with their
 metric points, and at each size what a user waits for: `runner ls`, GET /jobs?limit=50 and the
 runs table /ui/ (both uncached: the store changes between requests), the last page of the runs
-table, a job's page and its charts with 100,000 points, one scheduling pass with the queue, the
+table, a job's page and its charts with 100,000 points, a compare of 10 such jobs (the page and
+what it fetches on its first load), one scheduling pass with the queue, the
 daemon's RSS and the store's bytes per million points; beside them task-spooler's `tsp -l` over
 the same queue and SQLite's own insert rate on this disk.
 
@@ -11,7 +12,8 @@ How each store is built (the write paths are the daemon's own):
 - the history: ended jobs and their points written with the store's own functions (insert_job,
   then record_progress, the watcher's write: a job's points and its log offset in one
   transaction), because parsing a log per job for 100,000 jobs would take hours here;
-- one job with 100,000 points read from a real log by the daemon's LogWatcher.
+- ten jobs with 100,000 points each read from real logs by the daemon's LogWatcher (one job's page,
+  the ten on the compare page).
 
     python bench/bench_scale.py [--sizes 1000,10000,100000] [--reps 10] [--points-per-job 100]
 """
@@ -58,11 +60,10 @@ def history(store, n, points_per_job, now):
     return ids, time.perf_counter() - t0, len(ids) * steps * len(METRICS)
 
 
-def big_job(home, store, n_points, now):
+def big_job(home, store, n_points, now, jid="big0000"):
     """A job of n_points points (4 a line) read from its log by the daemon's LogWatcher."""
     from runner.watch import LogWatcher
 
-    jid = "big0000"
     store.insert_job({"id": jid, "name": "big", "user": "user0", "uid": os.getuid(), "kind": "command", "spec": {}, "gpus": [],
                       "after": [], "state": "succeeded", "reason": "exit_code", "created_at": now - 100, "started_at": now - 99,
                       "finished_at": now - 1, "exit_code": 0}, now=now - 100)
@@ -124,16 +125,31 @@ def enqueue(home, n):
 
 
 def timed_get(url, reps, between=None):
-    """Round-trip times of GET url; `between` runs before each request, outside the timing."""
+    """Round-trip times of GET url (or of each of a list of urls, one after the other: a page and
+    what it fetches); `between` runs before each request, outside the timing."""
     out = []
     for _ in range(reps):
         if between:
             between()
         t0 = time.perf_counter()
-        with urllib.request.urlopen(url) as r:
-            r.read()
+        for u in [url] if isinstance(url, str) else url:
+            with urllib.request.urlopen(u) as r:
+                r.read()
         out.append(time.perf_counter() - t0)
     return out
+
+
+COMPARED = 10
+"""Jobs of --big-points points each on the compare page (its most, runner.web.runs.COMPARE_MAX)."""
+
+
+def compare_urls(url, ids):
+    """What the compare page of these jobs asks the server for on its first load (charts.js): the
+    page, its small multiples of every shared metric, and each job's series of the page's metric
+    (val_loss: these jobs print no main metric)."""
+    q = ",".join(ids)
+    return [f"{url}/ui/compare?ids={q}", f"{url}/ui/compare/charts?ids={q}",
+            *(f"{url}/jobs/{i}/series?name=val_loss&points=2000" for i in ids)]
 
 
 TSP_MAX = 500
@@ -186,14 +202,17 @@ def one_size(n_jobs, reps, points_per_job, big_points, use_tsp, baseline=None):
     from runner.home import Home
 
     queued = min(10_000, n_jobs // 10)
+    n_jobs = max(n_jobs, queued + COMPARED + 1)
     home = tmp_home()
     h = Home(home).ensure()
     store = h.store()
     now = time.time()
     t0 = time.perf_counter()
-    ids, hist_s, hist_points = history(store, n_jobs - queued - 1, points_per_job, now)
+    ids, hist_s, hist_points = history(store, n_jobs - queued - COMPARED, points_per_job, now)
     big, big_got, big_s = big_job(home, store, big_points, now)
-    build = {"history_jobs": len(ids), "history_points": hist_points, "history_s": hist_s, "big_points": big_got, "big_s": big_s}
+    more = [big_job(home, store, big_points, now, f"big{k:04d}") for k in range(1, COMPARED)]  # for compare
+    build = {"history_jobs": len(ids), "history_points": hist_points, "history_s": hist_s, "big_points": big_got, "big_s": big_s,
+             "more_points": sum(m[1] for m in more)}
     port = free_port()
     out = {"queued": queued, "jobs": n_jobs}
     with Daemon(home, "--http", f"127.0.0.1:{port}", "--max-running", "4") as d:
@@ -212,6 +231,9 @@ def one_size(n_jobs, reps, points_per_job, big_points, use_tsp, baseline=None):
         for key, path in paths.items():
             timed_get(url + path, 1)
             out[key] = timed_get(url + path, reps, between=write)
+        cmp = compare_urls(url, [big, *(m[0] for m in more)])
+        timed_get(cmp, 1)
+        out["compare"] = timed_get(cmp, reps, between=write)
         out.update(cli_times(home, reps, baseline))
         bare = []
         for _ in range(min(reps, 5)):  # what any Python command costs to start on this host now
@@ -221,7 +243,7 @@ def one_size(n_jobs, reps, points_per_job, big_points, use_tsp, baseline=None):
         out["bare"] = bare
         out["rss_mb"] = psutil.Process(d.proc.pid).memory_info().rss / 2**20
         out["load"] = os.getloadavg()[0]  # this host is shared: how busy it was while measured
-    points = build["history_points"] + build["big_points"]
+    points = build["history_points"] + build["big_points"] + build["more_points"]
     size = sum(os.path.getsize(h.db.parent / (h.db.name + s)) for s in ("", "-wal") if (h.db.parent / (h.db.name + s)).exists())
     out["db_mb"] = size / 1e6
     out["points"] = points
@@ -278,7 +300,7 @@ def main():
     print(f"# bench_scale on {machine()}; commit {commit()}; SQLite {sqlite3.sqlite_version}")
     print("# each store: a tenth of its jobs queued (at most 10,000; GPU jobs on a host without GPUs, through the spool and the daemon),")
     print(f"# the rest ended, {a.points_per_job} points each (the store's own insert_job and record_progress: the watcher's write,")
-    print(f"# not a parsed log per job), and one job of {a.big_points:,} points parsed from its log by the daemon's LogWatcher")
+    print(f"# not a parsed log per job), and {COMPARED} jobs of {a.big_points:,} points parsed from their logs by the daemon's LogWatcher")
     print(f"# figures: median (min-max) of {a.reps} requests over HTTP to a real daemon, a store write from another")
     print("# connection before each (no answer comes from a cache); runner ls and runner submit: of 5 runs of the CLI")
     use_tsp = shutil.which("tsp") is not None and not a.no_tsp
@@ -314,6 +336,7 @@ def main():
         row("runs table, its last page, uncached", "runs_last", 0.10),
         row(f"job page, {a.big_points:,} points", "job", 0.15),
         row("its charts (every metric, the page's first load)", "charts", 0.15),
+        row(f"compare of {COMPARED} such jobs (the page, its charts, each job's series: the first load)", "compare", 0.50),
         ("one scheduling pass (first / median of the next)",
          *(f"{1000 * res[n]['sched'][0]:.0f} / {1000 * median(res[n]['sched'][1:]):.0f} ms" for n in sizes), "", "<= 50 ms",
          all(median(res[n]["sched"][1:]) <= 0.05 for n in sizes)),
