@@ -295,6 +295,19 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     m2 = json.loads((again / "report.json").read_text())["models"][0]
     assert m2["job"] == m["job"] and {c["name"]: c for c in m2["checks"]}["learns"]["detail"]["control"]["job"] == control["job"]
     assert len(store.list_jobs()) == before
+    # a report made before controls existed: its job stands, and only its control runs now
+    old = json.loads((out / "report.json").read_text())
+    old["models"][0].pop("control_seconds", None)
+    for c in old["models"][0]["checks"]:
+        c.get("detail", {}).pop("control", None) if isinstance(c.get("detail"), dict) else None
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    third = tmp_path / "third"
+    r = runner.run("check", "timm/resnet18", "--out", third, "--reuse", tmp_path / "old.json", check=False)
+    assert f"timm/resnet18: job {m['job']} reused\n" in r.stderr and "control job" in r.stderr, r.stderr
+    m3 = json.loads((third / "report.json").read_text())["models"][0]
+    ctl3 = {c["name"]: c for c in m3["checks"]}["learns"]["detail"]["control"]
+    assert m3["job"] == m["job"] and ctl3["job"] not in (m["job"], control["job"]) and ctl3["value"] < 0.5833
+    assert len(store.list_jobs()) == before + 1
     # what cannot stand is run again: a job of another model, one that failed, one this store lacks
     report = json.loads((out / "report.json").read_text())
     assert chk.reusable(report, store) == {"timm/resnet18": (m["job"], control["job"])}

@@ -512,6 +512,7 @@ POSE_CORE = textwrap.dedent('''
         return [[tuple(raw[y * (3 * w + 1) + 1 + 3 * x:y * (3 * w + 1) + 4 + 3 * x]) for x in range(w)] for y in range(h)]
 
     def found(img, t):  # the pixels brighter than the threshold t (their brightest channel)
+        img_of[:] = [img]
         return [(x, y) for y, row in enumerate(img) for x, v in enumerate(row) if max(v) > t]
 
     def corners(pts, n):  # normalised corners of the points' box, clockwise from top left (the centre if none)
@@ -520,13 +521,25 @@ POSE_CORE = textwrap.dedent('''
         x0, x1 = min(p[0] for p in pts) / n, max(p[0] for p in pts) / n
         y0, y1 = min(p[1] for p in pts) / n, max(p[1] for p in pts) / n
         return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+    def colour(img, pts):  # the dominant channel of the points
+        c = [sum(img[y][x][k] for x, y in pts) for k in range(3)]
+        return c.index(max(c))
+
+    def place(pts, n, memory):  # the keypoints at the places learnt for the points' colour (the corners if none)
+        (x0, y0), _, (x1, y1), _ = corners(pts, n)
+        offsets = memory.get(str(colour(img_of[0], pts))) if pts and img_of else None
+        offsets = offsets or [(0, 0), (1, 0), (1, 1), (0, 1)]
+        return [(x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)) for fx, fy in offsets]
+
+    img_of = []  # the image place() looks at (set by found)
 ''')
 
 POSE_TRAIN = textwrap.dedent('''
     # a pose repo: the four corner keypoints of the one bright shape in an image, found by a brightness
     # threshold that it fits over the epochs; it reads a YOLO pose data.yaml and its label files
     import json, os, sys
-    from posecore import corners, found, read_rgb
+    from posecore import colour, corners, found, place, read_rgb
     a = dict(zip(sys.argv[1::2], sys.argv[2::2]))
     cfg = dict(l.split(": ", 1) for l in open(a["--data"]).read().splitlines() if ": " in l and not l.startswith(" "))
     assert cfg["kpt_shape"] == "[4, 3]", cfg
@@ -548,21 +561,31 @@ POSE_TRAIN = textwrap.dedent('''
                     parts[x0 <= x / n <= x1 and y0 <= y / n <= y1].append(max(v))
             targets.append(sum(sum(p) / len(p) for p in parts) / 2)
         t += 0.7 * (sum(targets) / len(targets) - t)
-        near = [abs(px - x) <= 0.1 and abs(py - y) <= 0.1 for img, kps in val for (px, py), (x, y) in zip(corners(found(img, t), len(img)), kps)]
+        # and, per colour, where its training image's labelled keypoints lie in the found shape's box (a
+        # memory of its labels: shuffled labels teach it places that are wrong for every other image)
+        memory = {}
+        for img, kps in train:
+            pts = found(img, t)
+            (x0, y0), _, (x1, y1), _ = corners(pts, len(img))
+            if x1 > x0 and y1 > y0:
+                memory.setdefault(str(colour(img, pts)), [[(x - x0) / (x1 - x0), (y - y0) / (y1 - y0)] for x, y in kps[:4]])
+        near = [abs(px - x) <= 0.1 and abs(py - y) <= 0.1 for img, kps in val
+                for (px, py), (x, y) in zip(place(found(img, t), len(img), memory), kps)]
         print(f"epoch {e + 1} threshold {t:.2f} val_pck {sum(near) / len(near):.4f}", flush=True)
-        json.dump({"threshold": t}, open(os.path.join(a["--out"], f"pose-{e}.json"), "w"))
+        json.dump({"threshold": t, "memory": memory}, open(os.path.join(a["--out"], f"pose-{e}.json"), "w"))
 ''')
 
 POSE_PREDICT = textwrap.dedent('''
     # one JSON line an image: the shape's class (its dominant colour), its box and its four keypoints, in pixels
     import json, sys
-    from posecore import corners, found, read_rgb
-    t = json.load(open(sys.argv[1]))["threshold"]
+    from posecore import corners, found, place, read_rgb
+    ckpt = json.load(open(sys.argv[1]))
+    t = ckpt["threshold"]
     for image in sys.argv[2:]:
         img = read_rgb(image)
         n, pts = len(img), found(img, t)
         colour = [sum(img[y][x][c] for x, y in pts) for c in range(3)]
-        kps = [[round(x * n, 2), round(y * n, 2), 1.0] for x, y in corners(pts, n)]
+        kps = [[round(x * n, 2), round(y * n, 2), 1.0] for x, y in place(pts, n, ckpt["memory"])]
         print(json.dumps({"image": image, "label_id": colour.index(max(colour)), "confidence": round(len(pts) / n / n, 4),
                           "box": kps[0][:2] + kps[2][:2], "keypoints": kps}))
 ''')
@@ -582,7 +605,7 @@ def poserepo(home, tmp_path):
         "url": f"file://{src}", "commit": git("rev-parse", "HEAD", cwd=src), "license": "MIT", "entry": "train.py",
         "task_type": "pose_estimation", "dataset": {"format": "yolo"},
         "args": {"template": ["--data", "{data}", "--epochs", "{epochs}", "--out", "{output_dir}"]}, "defaults": {"epochs": 2},
-        "checkpoints": ["pose-*.json"], "check": {"epochs": 2, "learns": {"metric": "val_pck"}},
+        "checkpoints": ["pose-*.json"], "check": {"epochs": 2, "val_images": 12, "learns": {"metric": "val_pck"}},
         "parser": {"patterns": [{"regex": r"^epoch (?P<epoch>\d+) threshold (?P<threshold>[\d.]+) val_pck (?P<val_pck>[\d.]+)"}]},
         "infer": {"template": ["predict.py", "{checkpoint}", "{images}"], "output": {"stdout": True, "format": "jsonl"}}})
     return src
@@ -631,6 +654,10 @@ def test_runner_check_fills_every_column_for_a_pose_repo(runner, home, tmp_path,
     assert by["checkpoint"]["ok"] and by["checkpoint"]["detail"][0]["path"].startswith("out/pose-")
     assert by["infer"]["ok"] and (by["infer"]["detail"]["people"], by["infer"]["detail"]["keypoints"]) == (1, 4)
     assert by["learns"]["ok"] and by["learns"]["detail"]["criteria"]["at_least"] == 0.3 and by["learns"]["detail"]["epochs"] == 2
+    # a repo's YOLO set has its shuffled-label control too: the same script, each training image given
+    # another's labels, stays under the floor (its keypoint places are learnt from the labels)
+    control = by["learns"]["detail"]["control"]
+    assert control["value"] < 0.3 and not control["reached"] and runner.json("show", control["job"])["state"] == "succeeded"
 
 
 def test_runner_check_makes_the_data_a_repo_table_declares(tmp_path):

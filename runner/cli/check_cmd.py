@@ -65,26 +65,27 @@ def check(args):
         model = reg.get_model(ref)
         if model is None:
             raise RunnerError(f"check: {ref} is not in the registry (see `runner models`)")
+        from runner import checkdata
+
+        fw_name = model["framework"]
+        fw = framework_of(model)
+        data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")  # (seeded: the same set each time)
+        raw = chk.check_spec(model, fw, data_dir, fmt)
+        if args.keep_checkpoints:
+            raw["check"]["keep"] = True
         if ref in reuse:
             jobs[ref], ctl = reuse[ref]
             if ctl:
                 controls[ref] = ctl
             print(f"{ref}: job {jobs[ref]} reused" + (f", control job {ctl}" if ctl else ""), file=sys.stderr)
-            continue
-        from runner import checkdata
-
-        fw_name = model["framework"]
-        fw = framework_of(model)
-
-        data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")
-        raw = chk.check_spec(model, fw, data_dir, fmt)
-        if args.keep_checkpoints:
-            raw["check"]["keep"] = True
-        spec = parse_spec(raw)
-        rec = spool.submit(h, resolve(spec, out, reg, []))
-        jobs[ref] = rec["id"]
-        print(f"{ref}: job {rec['id']}", file=sys.stderr)
-        if fmt == "imagefolder" or (fmt == "yolo" and not ref.startswith("repo/")):
+            if ctl or fmt not in ("imagefolder", "yolo"):
+                continue
+        else:
+            spec = parse_spec(raw)
+            rec = spool.submit(h, resolve(spec, out, reg, []))
+            jobs[ref] = rec["id"]
+            print(f"{ref}: job {rec['id']}", file=sys.stderr)
+        if fmt in ("imagefolder", "yolo"):  # (a reused job made before controls existed gets its control now)
             # the shuffled-label control: the same run on the same images, the training labels shuffled
             # (a YOLO set: each training image given another image's label file)
             ctl = chk.control_spec(raw, checkdata.shuffled_labels(data_dir) if fmt == "imagefolder" else checkdata.shuffled_boxes(data_dir))
