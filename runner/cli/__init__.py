@@ -177,7 +177,10 @@ def _check(p):
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the check jobs' checkpoints (GBs for large models)")
     p.add_argument("--reuse", metavar="REPORT_JSON", default=None,
                    help="take each model's jobs from this earlier report of the same state folder where they (and the "
-                        "control) succeeded; run the others again (a report cut short by a crash is finished, not redone)")
+                        "control) succeeded; run the others again (a report cut short by a crash is finished, not redone); "
+                        "a reused job that has no control gets one now")
+    p.add_argument("--no-new-controls", action="store_true", help="with --reuse: a reused job without a control keeps none "
+                   "(its row says so) instead of getting one now")
 
 
 def _repo(p):

@@ -78,7 +78,7 @@ def check(args):
             if ctl:
                 controls[ref] = ctl
             print(f"{ref}: job {jobs[ref]} reused" + (f", control job {ctl}" if ctl else ""), file=sys.stderr)
-            if ctl or fmt not in ("imagefolder", "yolo"):
+            if ctl or fmt not in ("imagefolder", "yolo") or args.no_new_controls:
                 continue
         else:
             spec = parse_spec(raw)
