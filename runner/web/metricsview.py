@@ -105,9 +105,13 @@ def main_metrics(store, jobs: list[dict], best: Best | None = None) -> dict:
     best = best or Best()
     cur = store.conn.cursor()
     cur.row_factory = None
-    marks = ",".join("?" * len(ids))
-    # SQLite returns the other columns of the row that holds MAX(id): each name's latest value
-    rows = cur.execute(f"SELECT job_id, name, value, MAX(id) FROM metrics WHERE job_id IN ({marks}) GROUP BY job_id, name", ids).fetchall()
+    # each job's names off the index, a seek each (a GROUP BY read every point of a job: 100,000
+    # rows for one long run on the page), then each name's newest point, a seek each
+    rows = cur.execute(f"""WITH RECURSIVE j(job_id) AS (VALUES {",".join(["(?)"] * len(ids))}),
+        n(job_id, name) AS (SELECT job_id, (SELECT MIN(name) FROM metrics WHERE job_id=j.job_id) FROM j
+          UNION ALL SELECT job_id, (SELECT MIN(name) FROM metrics WHERE job_id=n.job_id AND name>n.name) FROM n WHERE name IS NOT NULL)
+        SELECT n.job_id, n.name, m.value, m.id FROM n JOIN metrics m ON m.id=(SELECT MAX(id) FROM metrics WHERE job_id=n.job_id AND name=n.name)
+        WHERE n.name IS NOT NULL""", ids).fetchall()
     latest: dict = {}
     for jid, name, value, mid in rows:
         latest.setdefault(jid, []).append((mid, name, value))
@@ -130,6 +134,18 @@ def _finite(v):
     return v if v is not None and v == v and -INF < v < INF else None
 
 
+NAMES_SQL = """WITH RECURSIVE n(name) AS (SELECT MIN(name) FROM metrics WHERE job_id=?1
+    UNION ALL SELECT (SELECT MIN(name) FROM metrics WHERE job_id=?1 AND name>n.name) FROM n WHERE name IS NOT NULL)
+    SELECT name FROM n WHERE name IS NOT NULL"""
+"""A job's metric names in order, a seek of the (job_id, name, id) index each: SELECT DISTINCT
+reads every point (a 100,000-point job: 7 ms, then 10 of them on compare)."""
+
+
+def names_of(cur, job_id: str) -> list[str]:
+    """The names of a job's metrics, sorted."""
+    return [r[0] for r in cur.execute(NAMES_SQL, (job_id,)).fetchall()]
+
+
 def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | None = None) -> dict:
     """Every metric of a job for its page (or `only` these): groups of names (one chart each), each
     series downsampled, and `last_id`, the point a live refresh continues after."""
@@ -140,7 +156,7 @@ def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | Non
     last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
     # the names off the index alone, then each name's points in its own index range: no Python
     # pass to split one long result by name (a 100,000-point job's page costs what SQLite costs)
-    names = [r[0] for r in cur.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (job_id,)).fetchall()]
+    names = names_of(cur, job_id)
     if only is not None:
         names = [n for n in names if n in set(only)]
     out: dict = {}

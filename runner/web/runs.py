@@ -22,6 +22,13 @@ SORTS = {"seq": "seq", "name": "name", "user": "user", "model": "model", "state"
          "time": "(COALESCE(finished_at, started_at) - started_at)"}
 """Columns the table sorts by in SQL (the name in a link -> the expression)."""
 COMPARE_MAX = 10
+USERS_SQL = """WITH RECURSIVE s(state) AS (SELECT MIN(state) FROM jobs
+      UNION ALL SELECT (SELECT MIN(state) FROM jobs WHERE state>s.state) FROM s WHERE state IS NOT NULL),
+    u(state, user) AS (SELECT state, (SELECT MIN(user) FROM jobs WHERE state=s.state) FROM s WHERE state IS NOT NULL
+      UNION ALL SELECT state, (SELECT MIN(user) FROM jobs WHERE state=u.state AND user>u.user) FROM u WHERE user IS NOT NULL)
+    SELECT DISTINCT user FROM u WHERE user IS NOT NULL ORDER BY user"""
+"""Every user with a job, for the filter's list: each state's users off the (state, user) index, a
+seek each (SELECT DISTINCT user read all 100,000 jobs' index entries: ~50 ms a page)."""
 
 
 def routes(app, ctx, ui):
@@ -49,6 +56,13 @@ def routes(app, ctx, ui):
         return " WHERE " + " AND ".join(sql), args
 
     def select(states, user, model, name, tag, order="seq DESC", limit=None, offset=0) -> list[dict]:
+        if order == "seq DESC" and limit is not None and not (user or model or name or tag):
+            # a page of every job of these states, newest first: its seqs merged off the (state, seq)
+            # index, one ordered run per state (the index alone: the last of 1,800 pages counts off
+            # 90,000 index entries, not 90,000 rows read for their state), then its rows by seq
+            runs = " UNION ALL ".join(["SELECT seq FROM jobs WHERE state=?"] * len(states))
+            return store.conn.execute(f"SELECT {', '.join(fields)} FROM jobs WHERE seq IN ({runs} ORDER BY 1 DESC LIMIT ? OFFSET ?) "
+                                      "ORDER BY seq DESC", [*states, limit, offset]).fetchall()
         w, args = where(states, user, model, name, tag)
         if order == "seq DESC" and limit is not None:
             # newest first: walk the seq index from the end and stop at the page (`+state` keeps SQLite
@@ -100,9 +114,13 @@ def routes(app, ctx, ui):
             submitted = [dict(s, uid=_uid_of(s["user"])) for s in (spooled_view(r) for r in _spooled(home))
                          if (not u or s["user"] == u) and (not m or s.get("model") == m) and (not n or n.lower() in (s["name"] or "").lower())]
         ended_states = [state] if state in ENDED else ([] if state else list(ENDED))
+        counts = store.count_by_state()
         if ended_states:
             w, args = where(ended_states, u, m, n, t)
-            total_ended = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{w}", args).fetchone()["n"]
+            if u or m or n or t:
+                total_ended = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{w}", args).fetchone()["n"]
+            else:  # the counts the page shows anyway: 90,000 ended jobs counted once, not twice
+                total_ended = sum(counts.get(s, 0) for s in ended_states)
             col = SORTS.get(f["sort"])
             order = f"{col} {'DESC' if f['desc'] else 'ASC'}, seq DESC" if col else "seq DESC"
             ended = select(ended_states, u, m, n, t, order, PAGE, f["page"] * PAGE)
@@ -115,7 +133,7 @@ def routes(app, ctx, ui):
                 rows[:] = have + rest
         return {"active": active, "queued": queued, "submitted": submitted, "ended": ended, "total_ended": total_ended, "metrics": metrics,
                 "queued_more": queued_more,
-                "page": f["page"], "pages": max(1, -(-total_ended // PAGE)), "counts": store.count_by_state()}
+                "page": f["page"], "pages": max(1, -(-total_ended // PAGE)), "counts": counts}
 
     def filters(user, state, model, name, sort, desc, page, tag="") -> dict:
         f = {"user": user or "", "state": state or "", "model": model or "", "name": name or "", "tag": tag or "",
@@ -134,7 +152,7 @@ def routes(app, ctx, ui):
 
     @app.get("/ui/", response_class=HTMLResponse, include_in_schema=False)
     def runs(request: Request, f: dict = Depends(query)):
-        users = [r["user"] for r in store.conn.execute("SELECT DISTINCT user FROM jobs ORDER BY user").fetchall()]
+        users = [r["user"] for r in store.conn.execute(USERS_SQL).fetchall()]
         return ui.render(request, "queue.html", f=f, users=users, states=["running", "preparing", "queued", "submitted", *ENDED], **data(f))
 
     @app.get("/ui/queue/rows", response_class=HTMLResponse, include_in_schema=False)
@@ -180,7 +198,7 @@ def routes(app, ctx, ui):
         return jobs, names
 
     def metric_names(jid: str) -> list[str]:
-        return [r["name"] for r in store.conn.execute("SELECT DISTINCT name FROM metrics WHERE job_id=? ORDER BY name", (jid,)).fetchall()]
+        return [r["name"] for r in store.conn.execute(metricsview.NAMES_SQL, (jid,)).fetchall()]
 
 
 def legend_names(jobs: list[dict]) -> list[str]:
