@@ -146,6 +146,10 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
     return out
 
 
+CONTROL_FORMATS = ("imagefolder", "yolo")
+"""The check sets that have a shuffled-label control (checkdata.shuffled_labels, shuffled_boxes)."""
+
+
 def control_spec(spec: dict, shuffled: Path) -> dict:
     """The shuffled-label control of a check job: the same model, sizes and epochs on the same
     images with the training labels shuffled (checkdata.shuffled_labels)."""
@@ -351,6 +355,7 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
                  "seconds": run, "input_size": (job["spec"].get("train") or {}).get("input_size"),
                  "epochs": sizes.get("learns_epochs") or sizes.get("epochs"),
+                 "format": (job["spec"].get("dataset") or {}).get("format"),
                  "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
         if ref.startswith("repo/"):  # which code was checked: the commit its job ran (recorded at prepare)
             try:
@@ -495,13 +500,16 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
     if learns:
         lines += ["", "## learns, the numbers", "",
                   "| model | rule | value | shuffled-label control | training loss, first -> last | verdict |", "|---|---|---|---|---|---|"]
+        fmt = {m["model"]: m.get("format") for m in report["models"]}
         for model, c in learns:
             d = c["detail"]
             tl = d.get("train_loss") or []
             loss = f"{tl[0]:.4g} -> {tl[-1]:.4g} ({-100 * d['loss_drop']:+.0f} %)" if len(tl) >= 2 and d.get("loss_drop") is not None else "—"
             val = "—" if d.get("value") is None else f"{d['value']:.4g}"
             ctl = d.get("control")
-            ctl = "none for this task" if ctl is None else ("no value" if ctl.get("value") is None else
+            none = ("not run: its job (reused) was made before the control existed" if fmt.get(model) in CONTROL_FORMATS
+                    else "none for this task")
+            ctl = none if ctl is None else ("no value" if ctl.get("value") is None else
                                                             f"{ctl['value']:.4g}" + {True: " (reached)", False: " (below)"}.get(ctl.get("reached"), ""))
             rule = (d.get("criteria") or {}).get("rule", "")
             lines.append(f"| {model} | {rule} | {val} | {ctl} | {loss} | {'learns' if c['ok'] else 'does not learn: ' + (c.get('error') or '')} |")

@@ -308,6 +308,10 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     ctl3 = {c["name"]: c for c in m3["checks"]}["learns"]["detail"]["control"]
     assert m3["job"] == m["job"] and ctl3["job"] not in (m["job"], control["job"]) and ctl3["value"] < 0.5833
     assert len(store.list_jobs()) == before + 1
+    # ... or, with --no-new-controls, none runs and its row says why it has none
+    r = runner.run("check", "timm/resnet18", "--out", tmp_path / "fourth", "--reuse", tmp_path / "old.json", "--no-new-controls", check=False)
+    assert "control job" not in r.stderr and len(store.list_jobs()) == before + 1, r.stderr
+    assert "| not run: its job (reused) was made before the control existed |" in (tmp_path / "fourth" / "report.md").read_text()
     # what cannot stand is run again: a job of another model, one that failed, one this store lacks
     report = json.loads((out / "report.json").read_text())
     assert chk.reusable(report, store) == {"timm/resnet18": (m["job"], control["job"])}
