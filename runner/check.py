@@ -195,7 +195,10 @@ def repo_learns(store, job: dict, sizes: dict) -> dict:
     if "chance" in spec:
         crit.update(chance=float(spec["chance"]), rule=f"{spec['metric']} >= {floor:g} (chance {spec['chance']})")
     else:
-        crit["rule"] = f"{spec['metric']} >= {floor:g} on the held-out set" + ("" if "at_least" in spec else f" ({task}'s floor)")
+        # a repo's COCO set is one annotations file, which its table maps to training and validation alike
+        where = ("on its training images (a repo's COCO set is one annotations file for training and validation: "
+                 "it fits them, which is not held out)") if ((job.get("spec") or {}).get("dataset") or {}).get("format") == "coco" else "on the held-out set"
+        crit["rule"] = f"{spec['metric']} >= {floor:g} {where}" + ("" if "at_least" in spec else f" ({task}'s floor)")
     values = _series(store, job["id"], spec["metric"])
     losses = _series(store, job["id"], spec["loss"]) if spec.get("loss") else []
     verdict = judge(crit, values[-1] if values else None, losses)

@@ -453,6 +453,10 @@ def test_a_segmentation_repos_learns_takes_its_tasks_floor_unless_the_table_stat
     assert not learns["ok"] and learns["error"] == "val_miou 0.33 < 0.5"
     learns = chk.repo_learns(s, {**job, "spec": {**job["spec"], "task": "image_classification"}}, {"learns": {"metric": "val_miou"}})
     assert not learns["ok"] and "no `check.learns.at_least`" in learns["error"]  # classification's floor depends on its classes
+    # a COCO set is one annotations file that a table maps to training and validation alike: the rule says so
+    coco = {**job, "spec": {**job["spec"], "dataset": {"path": "/x/images", "format": "coco", "annotations": "/x/a.json"}}}
+    rule = chk.repo_learns(s, coco, {"learns": {"metric": "val_miou"}})["detail"]["criteria"]["rule"]
+    assert rule.startswith("val_miou >= 0.3 on its training images (") and "held-out set" not in rule
 
 
 @pytest.mark.parametrize("answer, ok, says", [
