@@ -118,6 +118,14 @@ def test_the_guides_example_works_as_written(runner, daemon, home, tmp_path):
     assert by["infer"]["ok"] and by["checkpoint"]["ok"] and by["learns"]["ok"]
     assert rep["repo_commit"] == commit  # which code was checked (found missing by a newcomer)
     assert f"- repo/tinycls: file://{src} `{commit}`" in (tmp_path / "check" / "report.md").read_text()
+    # reused after its checkpoints are gone (as a check of large models removes them, or retention):
+    # the inference its report measured stands (it was "has no checkpoint left to infer with")
+    for c in by["checkpoint"]["detail"]:
+        (Path(runner.json("show", rep["job"])["job_dir"]) / c["path"]).unlink()
+    r = runner.run("check", "repo/tinycls", "--out", str(tmp_path / "again"), "--reuse", str(tmp_path / "check" / "report.json"), check=False)
+    again = json.loads((tmp_path / "again" / "report.json").read_text())["models"][0]
+    assert f"repo/tinycls: job {rep['job']} reused" in r.stderr and again["status"] == "success", r.stderr
+    assert {c["name"]: c for c in again["checks"]}["infer"] == by["infer"]
 
 
 def tinyseg(tmp_path, home) -> tuple[Path, str]:

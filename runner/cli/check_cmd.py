@@ -56,11 +56,15 @@ def check(args):
         model = reg.get_model(ref)
         return None if model is None else chk.check_sizes(model, framework_of(model))
 
+    kept_infer = {}
     if args.reuse:
         try:
-            reuse = chk.reusable(json.loads(Path(args.reuse).read_text()), h.store(), sizes_of)
+            earlier = json.loads(Path(args.reuse).read_text())
+            reuse = chk.reusable(earlier, h.store(), sizes_of)
         except (OSError, ValueError) as e:
             raise RunnerError(f"--reuse: {args.reuse} is not a report.json of runner check ({e})") from None
+        kept_infer = {m["model"]: c for m in earlier.get("models") or [] if m.get("model") in reuse
+                      for c in m.get("checks") or [] if c.get("name") == "infer" and c.get("ok")}
     for ref in refs:
         model = reg.get_model(ref)
         if model is None:
@@ -116,7 +120,9 @@ def check(args):
 
     # the command as typed (paths under the current folder relative: a committed report names no machine's folders)
     argv = [os.path.relpath(a) if os.path.isabs(a) and a.startswith(os.getcwd() + os.sep) else a for a in sys.argv[1:]]
-    inferred = {ref: chk.repo_infer_check(h, store, reg, jid) for ref, jid in jobs.items() if ref.startswith("repo/")}
+    # a repo's inference runs here, with the job's checkpoint; a reused job's checkpoints were removed
+    # after the report that measured it: that report's inference stands
+    inferred = {ref: kept_infer.get(ref) or chk.repo_infer_check(h, store, reg, jid) for ref, jid in jobs.items() if ref.startswith("repo/")}
     try:  # the report this one replaces: its drift goes in the new one
         previous = json.loads((out / "report.json").read_text())
     except (OSError, ValueError):
