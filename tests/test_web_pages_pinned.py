@@ -108,24 +108,31 @@ FILTERS = [{}, {"state": "failed"}, {"user": "user2"}, {"model": "timm/resnet18"
                                             for d in (0, 1)), {"sort": "name", "desc": 1, "user": "user3"}]
 
 
+def _check_page(c, want, f, page):
+    """The page of the runs table (whole and its 3 s refresh): these ended rows, the count, the page
+    links."""
+    pages = max(1, -(-len(want) // PAGE))
+    for path in ("/ui/queue/rows", "/ui/"):
+        r = c.get(path, params={**f, "page": page})
+        assert r.status_code == 200
+        shown = [i for i in _ids(r.text) if i.startswith(("e", "h"))]
+        assert shown == want[page * PAGE:(page + 1) * PAGE], (path, page)
+        assert f"ended jobs: {len(want)} · page {page + 1} of {pages}" in r.text
+        query = html.escape(urlencode({k: f.get(k, "") for k in ("user", "state", "model", "name", "tag")}))
+        sorted_ = "&" + html.escape(urlencode({"sort": f["sort"], "desc": f["desc"]})) if f.get("sort") else ""
+        newer = f'<a href="/ui/?{query}{sorted_}&page={page - 1}">newer</a>'
+        older = f'<a href="/ui/?{query}{sorted_}&page={page + 1}" rel="next">older</a>'
+        assert (newer in r.text) == (page > 0), (newer, r.text[-600:])
+        assert (older in r.text) == (page + 1 < pages), (older, r.text[-600:])
+
+
 @pytest.mark.parametrize("f", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "plain")
 def test_every_page_of_the_runs_table_shows_the_rows_a_plain_sort_gives(site, f):
     c, store, rows, _ = site
     want = _expected_ended(rows, store, f)
     pages = max(1, -(-len(want) // PAGE))
     for page in [*range(pages), pages + 3]:  # every page, and one past the last (empty)
-        for path in ("/ui/queue/rows", "/ui/"):
-            r = c.get(path, params={**f, "page": page})
-            assert r.status_code == 200
-            shown = [i for i in _ids(r.text) if i.startswith("e")]
-            assert shown == want[page * PAGE:(page + 1) * PAGE], (path, page)
-            assert f"ended jobs: {len(want)} · page {page + 1} of {pages}" in r.text
-            query = html.escape(urlencode({k: f.get(k, "") for k in ("user", "state", "model", "name", "tag")}))
-            sorted_ = "&" + html.escape(urlencode({"sort": f["sort"], "desc": f["desc"]})) if f.get("sort") else ""
-            newer = f'<a href="/ui/?{query}{sorted_}&page={page - 1}">newer</a>'
-            older = f'<a href="/ui/?{query}{sorted_}&page={page + 1}" rel="next">older</a>'
-            assert (newer in r.text) == (page > 0), (newer, r.text[-600:])
-            assert (older in r.text) == (page + 1 < pages), (older, r.text[-600:])
+        _check_page(c, want, f, page)
 
 
 def test_the_runs_table_shows_running_then_the_queue_head_in_order_then_ended(site):
@@ -202,3 +209,50 @@ def test_compare_shows_the_jobs_series_downsampled(site):
         assert s["x"] == ref["x"] and s["y"] == ref["y"] and s["total"] == BIG
     mixed = c.get("/ui/compare/charts", params={"ids": f"{big[0]},e0001"}).json()  # a shared metric only
     assert set(mixed["series"]) == set(_reference_charts(store, big[0], 400)) & set(_reference_charts(store, "e0001", 400))
+
+
+def test_a_100000_job_store_passes_the_same_queries_as_a_small_one(tmp_path):
+    """100,000 jobs (90,000 ended, 10,000 queued), written as rows in one transaction (insert_job's
+    columns; a commit a job would take minutes): the first, second, a middle, the last and a past
+    page of the runs table under several sorts and filters list what a plain sort of all the rows
+    gives, as on the small store; the queue's head is in order with its places."""
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    cols = ("id", "seq", "name", "user", "uid", "kind", "model", "spec", "gpus", "after", "state", "reason", "created_at", "queued_at",
+            "started_at", "finished_at", "exit_code", "tags", "priority")
+    rows = []
+    for i in range(100_000):
+        t = 1_000_000.0 + (i * 7919 % 100_000) * 60
+        if i % 10 == 9:  # a tenth queued, spread through the seqs as a busy queue is
+            rows.append((f"q{i:06d}", i + 1, f"wait-{i % 7}", f"user{i % 12}", 0, "command", None, "{}", "[]", "[]", "queued", None, t, t,
+                         None, None, None, None, i % 3))
+        else:
+            rows.append((f"h{i:06d}", i + 1, f"sweep-{i % 97}" + ("_x" if i % 101 == 0 else ""), f"user{i % 12}", 0, "model",
+                         ("timm/resnet18", "ultralytics/yolov8n", None)[i % 3], "{}", "[]", "[]", ENDED[i % 3], "exit_code", t, t, t + 1,
+                         t + 1 + (i % 13) * 10, 0, json.dumps(["a"] if i % 50 == 0 else []), 0))
+    with store.transaction() as cur:
+        cur.executemany(f"INSERT INTO jobs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", rows)
+    model = {r[0]: dict(zip(cols, r)) for r in rows}
+    for m in model.values():
+        m["tags"] = json.loads(m["tags"]) if m["tags"] else None
+    ended = _expected_ended(model, store, {})
+    for k, jid in enumerate(ended[:PAGE] + ended[-PAGE:]):  # main metrics on the first and last pages
+        if k % 7:
+            store.add_metrics(jid, [("val_accuracy", ((k * 37 + s) % 101) / 100, s, s) for s in range(3)])
+    c = TestClient(create_app(h), base_url="http://127.0.0.1:8765")
+    for f in ({}, {"sort": "name", "desc": 1}, {"state": "failed"}, {"user": "user5"}, {"tag": "a"}):
+        want = _expected_ended(model, store, f)
+        last = -(-len(want) // PAGE) - 1
+        # a sort or a tag reads every ended row for a page (no index by name or tag): its first and last
+        for page in sorted({0, last} if f.get("sort") or f.get("tag") else {0, 1, last // 2, last, last + 1}):
+            _check_page(c, want, f, page)
+    r = c.get("/ui/")
+    queue = sorted((m for m in model.values() if m["state"] == "queued"), key=lambda m: (-m["priority"], m["created_at"], m["seq"]))
+    assert [i for i in _ids(r.text) if i.startswith("q")] == [m["id"] for m in queue[:PAGE]]
+    assert "and 9950 more queued" in r.text
+    assert "queue 1</td>" in r.text and f"queue {PAGE}</td>" in r.text
+    for k, jid in enumerate(ended[:PAGE]):
+        m = _metric(store, jid)
+        assert (m is None) == (k % 7 == 0)
+    cells = re.search(rf'data-job="{ended[1]}">.*?<td class="metric">(.*?)</td>', r.text, re.S).group(1)
+    assert cells == "val_accuracy"

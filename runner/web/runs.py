@@ -68,11 +68,12 @@ def routes(app, ctx, ui):
             # newest first: walk the seq index from the end and stop at the page (`+state` keeps SQLite
             # from taking the state index, which would sort all 10,000 ended jobs to give 50)
             w = w.replace(" WHERE state IN", " WHERE +state IN", 1)
-        sql = f"SELECT {', '.join(fields)} FROM jobs{w} ORDER BY {order}"
-        if limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            args += [limit, offset]
-        return store.conn.execute(sql, args).fetchall()
+        if limit is None:
+            return store.conn.execute(f"SELECT {', '.join(fields)} FROM jobs{w} ORDER BY {order}", args).fetchall()
+        # the page's seqs first, then its rows: the sort (by name, by time...) holds each job's key
+        # and seq, not its whole row with its spec (sorted by name, 90,000 ended jobs took 2 s a page)
+        return store.conn.execute(f"SELECT {', '.join(fields)} FROM jobs WHERE seq IN (SELECT seq FROM jobs{w} ORDER BY {order} LIMIT ? OFFSET ?) "
+                                  f"ORDER BY {order}", [*args, limit, offset]).fetchall()
 
     def queue_page(u, m, n, t, limit) -> tuple[list[dict], int]:
         """The queued jobs that match, in the order they will start (the scheduler's plain order:
