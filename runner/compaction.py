@@ -17,9 +17,11 @@ every point.
 Per bucket the first and last points, the lowest and highest value and the first NaN (stored as
 NULL: a diverged loss stays visible) are kept, each once; min and max decimation as the charts'
 own (runner/web/series.py), so a compacted chart keeps its spikes, dips, start and end. A job is
-compacted in one transaction (a crash leaves it whole or compacted) and marked so (when, the
+compacted as if in one transaction (a crash leaves it whole or compacted, see below) and marked so (when, the
 bucket, its count before): a later pass skips it, `runner show`, `runner metrics`, the API and the
-job page say so. Deleted points free pages that SQLite reuses for new points; the file itself
+job page say so. (The deletes of a metric bucketed by steps go a chunk of DELETE_CHUNK ranges a
+transaction, so that the daemon's writes never wait seconds; a crash between chunks leaves a job
+unmarked whose next pass finds the same ranges in what is left.) Deleted points free pages that SQLite reuses for new points; the file itself
 shrinks only with VACUUM.
 """
 
@@ -29,6 +31,10 @@ from itertools import groupby
 
 DEFAULT_BUCKET = 100
 """Steps per bucket when [retention] metrics_days is set without metrics_bucket."""
+
+DELETE_CHUNK = 500
+"""Ranges deleted a transaction (each at most a bucket's points: ~50,000 points, a fraction of a
+second of the store's write lock)."""
 
 ROW_OVERHEAD_BYTES = 52
 """A stored point's bytes besides its job id and name (held twice: the row and the (job, name, id)

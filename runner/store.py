@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from itertools import chain
+from itertools import chain, groupby
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -783,26 +783,48 @@ class Store:
         """Compact one ended job's points (runner/compaction.py) in one transaction, and mark the job
         so; with apply False only count. Returns {"points", "kept", "bytes"} (bytes: an estimate of
         what the removed points held), or None when the job is no longer one to compact."""
-        from .compaction import ROW_OVERHEAD_BYTES, gaps
+        from .compaction import DELETE_CHUNK, ROW_OVERHEAD_BYTES, gaps
 
-        with (self.transaction() if apply else self.snapshot()) as c:
+        def unmarked(c) -> bool:
             row = c.execute("SELECT state, metrics_compacted_at FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None or row["state"] not in ENDED or row["metrics_compacted_at"] is not None:
+            return row is not None and row["state"] in ENDED and row["metrics_compacted_at"] is None
+
+        # read and decided under a read snapshot: the write lock is held only to delete (an ended
+        # job's points no longer change)
+        with self.snapshot() as c:
+            if not unmarked(c):
                 return None
             cur = c.cursor()
             cur.row_factory = None
             # the (job_id, name, id) index gives them in this order, without a sort
             rows = cur.execute("SELECT id, name, value, step, epoch FROM metrics WHERE job_id=? ORDER BY name, id", (job_id,)).fetchall()
-            kept, ranges = gaps(rows, bucket)
-            gone = len(rows) - kept
-            # each point holds its job id and name twice (row and index) and ROW_OVERHEAD_BYTES more
-            held = sum(2 * len(r[1]) for r in rows) + len(rows) * (2 * len(job_id) + ROW_OVERHEAD_BYTES)
-            est = held * gone // max(1, len(rows))
-            if apply:
-                cur.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND id>? AND id<?",
-                                [(job_id, name, a, b) for name, a, b in ranges])
-                cur.execute("UPDATE jobs SET metrics_compacted_at=?, metrics_bucket=?, metrics_points_before=? WHERE id=?",
-                            (now, bucket, kept + gone, job_id))
+        kept, ranges = gaps(rows, bucket)
+        gone = len(rows) - kept
+        # each point holds its job id and name twice (row and index) and ROW_OVERHEAD_BYTES more
+        held = sum(2 * len(r[1]) for r in rows) + len(rows) * (2 * len(job_id) + ROW_OVERHEAD_BYTES)
+        est = held * gone // max(1, len(rows))
+        if apply:
+            # A metric bucketed by steps loses its ranges a chunk a transaction (the daemon's own writes
+            # wait a fraction of a second, not the seconds a million-point job takes): what a crash
+            # between chunks leaves gives the same ranges again (each bucket keeps its extremes, which
+            # are what is left of it). A metric bucketed by its points' order (no steps) would not, so
+            # its ranges go in the last transaction, with the job's mark.
+            stepped = {name for name, grp in groupby(rows, key=lambda r: r[1]) if all(r[3] is not None for r in grp)}
+            del rows
+            early = [(job_id, name, a, b) for name, a, b in ranges if name in stepped]
+            last = [(job_id, name, a, b) for name, a, b in ranges if name not in stepped]
+            while len(early) > DELETE_CHUNK:
+                chunk, early = early[:DELETE_CHUNK], early[DELETE_CHUNK:]
+                with self.transaction() as c:
+                    if not unmarked(c):  # compacted meanwhile by another pass (runner gc beside the daemon's)
+                        return None
+                    c.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND id>? AND id<?", chunk)
+            with self.transaction() as c:
+                if not unmarked(c):
+                    return None
+                c.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND id>? AND id<?", early + last)
+                c.execute("UPDATE jobs SET metrics_compacted_at=?, metrics_bucket=?, metrics_points_before=? WHERE id=?",
+                          (now, bucket, kept + gone, job_id))
         return {"points": gone, "kept": kept, "bytes": est}
 
     def referenced_by_active(self) -> set:

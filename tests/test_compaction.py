@@ -241,3 +241,37 @@ def test_each_bucket_keeps_its_first_last_min_max_and_a_second_pass_keeps_all(se
             assert len(ids & kept_ids) <= 5
         if by_step:  # by steps, a second pass keeps every point
             assert gaps([r for r in kept if r[1] == name], bucket)[1] == []
+
+
+def test_a_job_compacted_a_chunk_at_a_time_and_interrupted_ends_as_one_compacted_at_once(tmp_path, monkeypatch):
+    """The deletes go a chunk of ranges a transaction (the daemon's writes never wait seconds): the
+    points left equal those of a job compacted in one go, and a pass stopped between two chunks (a
+    crash) leaves the job unmarked; the next pass ends with exactly the same points."""
+    from runner import compaction
+    from runner.store import Store
+
+    now = time.time()
+    kept = {}
+    for name, chunk, crash in (("whole", 10**9, False), ("chunked", 3, False), ("crashed", 3, True)):
+        s = Store(tmp_path / f"{name}.db")
+        _job(s, "j1", os.getuid(), "u", 400, now)
+        monkeypatch.setattr(compaction, "DELETE_CHUNK", chunk)
+        if crash:
+            real, calls = s.transaction, []
+
+            def dying():  # the third write transaction never happens: the process died before it
+                calls.append(1)
+                if len(calls) == 3:
+                    raise KeyboardInterrupt
+                return real()
+            monkeypatch.setattr(s, "transaction", dying)
+            with pytest.raises(KeyboardInterrupt):
+                s.compact_metrics("j1", 100, now, apply=True)
+            monkeypatch.setattr(s, "transaction", real)
+            left = s.conn.execute("SELECT COUNT(*) AS n FROM metrics").fetchone()["n"]
+            assert 10_000 > left and s.get_job("j1")["metrics_compacted_at"] is None  # some gone, not marked
+        done = s.compact_metrics("j1", 100, now, apply=True)
+        assert done is not None and s.get_job("j1")["metrics_compacted_at"] is not None
+        kept[name] = [tuple(r.values()) for r in s.conn.execute("SELECT id, name, value, step, epoch FROM metrics ORDER BY id")]
+        assert s.compact_metrics("j1", 100, now, apply=True) is None  # marked: a later pass leaves it
+    assert kept["chunked"] == kept["whole"] == kept["crashed"] and 0 < len(kept["whole"]) < 10_000
