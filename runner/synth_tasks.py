@@ -10,7 +10,7 @@ import os
 import random
 from pathlib import Path
 
-from .synth import SHAPES, make_shapes, shape_image, tint, write_png
+from .synth_draw import SHAPES, _inside, make_shapes, shape_image, tint, write_png
 
 NAMES = list(SHAPES)
 
@@ -123,7 +123,6 @@ def make_keypoints(root: str | Path, train: int = 8, val: int = 4, size: int = 6
 def make_masks(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> Path:
     """Semantic segmentation: root/{train,val}/images/*.png and .../masks/*.png (pixel = class id,
     0 background, 1+ the shape's class), and root/classes.txt."""
-    from .synth import _inside
 
     root = Path(root)
     rng = random.Random(seed)

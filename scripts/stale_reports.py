@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["adapters/base.py", "adapters/__main__.py", "log_parsers", "runner/check.py", "runner/checkdata.py", "runner/synth.py",
-          "runner/synth_tasks.py", "runner/cli/check_cmd.py", "config_translators/datasets.py", "envs/base"]
+          "runner/synth_draw.py", "runner/synth_tasks.py", "runner/cli/check_cmd.py", "config_translators/datasets.py", "envs/base"]
 
 
 def covers(fw: str) -> list[str]:
