@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 
 from .datasets import imagefolder_layout
+from .repo_fields import _FIELD, _fill  # repo_infer.py fills its tokens with it too, from there (no cycle)
 from .ultralytics import _simple_yaml, check_yolo
 
-_FIELD = re.compile(r"\{([a-z_]+)\}")
 _ROOTS = (("{src}", "src"), ("{job_dir}", ""), ("{output_dir}", "out"))
 
 
@@ -136,15 +136,6 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
         f["data"] = str(root)
         f["num_classes"] = len(layout.get("train") or [])
     return f, files
-
-
-def _fill(token: str, fields: dict, where: str, hint: str = " (set it in train:, variant:, or the repo's defaults)") -> str:
-    def sub(m):
-        v = fields.get(m.group(1))
-        if v is None:
-            raise ValueError(f"{where}: {{{m.group(1)}}} has no value{hint}")
-        return str(v)
-    return _FIELD.sub(sub, token)
 
 
 def table_env(repo: dict, fields: dict) -> dict:
