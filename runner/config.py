@@ -76,12 +76,3 @@ def problems(path: str | Path, data: dict, top_keys=TOP_KEYS) -> list[str]:
                         + (f"only {', '.join(top_keys)} there)" if top_keys else "none there)"))
             out.append(f"{path}: {name}: not a top-level key; {said}")
     return out
-
-
-def home_problems(home) -> list[str]:
-    """The unknown tables and keys of the two files a home's settings come from: the system config
-    and the state folder's own (where `home` means nothing)."""
-    from . import defaults
-
-    return (problems(defaults.system_config_path(), defaults.system_config())
-            + problems(home.config_file, read(home.config_file), top_keys=()))

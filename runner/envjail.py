@@ -49,6 +49,16 @@ _NOT_PASSED = ("UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR", "UV_TOOL_DIR", "UV_CONFI
 """UV_* variables of the daemon that name its own folders: never a build's."""
 
 
+def drain(proc, log: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """A build step's output lines, each to `log` as it comes; (exit status, the whole output)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if log:
+            log(lines[-1])
+    return proc.wait(), "\n".join(lines)
+
+
 def drops_for_builds() -> bool:
     """Whether user-supplied builds run as another user (the daemon is root)."""
     return os.geteuid() == 0
@@ -234,8 +244,6 @@ class Jail:
     def stream(self, argv: list[str], folder: Path, uv_env: dict | None = None,
                log: Callable[[str], None] | None = None) -> tuple[int, str]:
         """Run one step in `folder`, its output lines to `log`; returns (exit status, output)."""
-        from .envs import drain
-
         return drain(self._popen(argv, folder, uv_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), log)
 
     def capture(self, argv: list[str], folder: Path, uv_env: dict | None = None) -> subprocess.CompletedProcess:

@@ -507,16 +507,6 @@ def disk_usage(path: Path, seen: set | None = None) -> int:
     return total
 
 
-def drain(proc, log: Callable[[str], None] | None = None) -> tuple[int, str]:
-    """A build step's output lines, each to `log` as it comes; (exit status, the whole output)."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
-        if log:
-            log(lines[-1])
-    return proc.wait(), "\n".join(lines)
-
-
 class EnvManager:
     """Builds and finds envs under $RUNNER_HOME/envs/<key>."""
 
@@ -557,6 +547,8 @@ class EnvManager:
     def _run(self, argv, log, env):
         # cwd "/": `python -m compileall` (and any Python it starts) imports from its folder first, and
         # root's `runner envs build` may be typed in /tmp or a teammate's folder
+        from .envjail import drain
+
         return drain(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/"), log)
 
     def _build(self, req: EnvRequest, key: str, job_id, log) -> Path:

@@ -110,3 +110,12 @@ class Home:
             return None
         finally:
             os.close(fd)
+
+
+def home_problems(home) -> list[str]:
+    """The unknown tables and keys of the two files a home's settings come from: the system config
+    and the state folder's own (where `home` means nothing)."""
+    from .config import problems, read
+
+    return (problems(defaults.system_config_path(), defaults.system_config())
+            + problems(home.config_file, read(home.config_file), top_keys=()))

@@ -20,7 +20,7 @@ def daemon(args):
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     h = home(args)
-    from runner.config import home_problems
+    from runner.home import home_problems
 
     unknown = home_problems(h)  # a misspelled key would be ignored: say it before anything starts
     if unknown:
@@ -77,7 +77,7 @@ def doctor(args):
     pid = h.daemon_pid()
     report = {"python": sys.executable, "home": str(h.root), "daemon_pid": pid}
     problems: list[str] = []
-    from runner.config import home_problems
+    from runner.home import home_problems
 
     report["config_problems"] = home_problems(h)  # tables and keys runner does not read: misspellings
     problems += [f"config: {p}" for p in report["config_problems"]]
