@@ -7,6 +7,7 @@ calls are all the mirror uses: experiments, runs, log-batch, metric history, art
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import urllib.error
@@ -130,8 +131,18 @@ class Client:
                               "artifacts (mlflow-artifacts:) or to a folder this machine mounts")
         dest = Path(local) / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        with open(tmp, "wb") as out:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, dest)
+        # a new file of a name nobody could have planted (O_EXCL, never through a link), readable by
+        # the tracking server's own user as the file of a plain open was; then put in place
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

@@ -292,3 +292,24 @@ def test_names_steps_and_timestamps_as_mlflow_takes_them():
                     {"url": "https://github.com/lab/tiny", "commit": "0" * 40})
     assert tags["runner.repo"] == "https://github.com/lab/tiny" and tags["runner.commit"] == "0" * 40
     assert tags["runner.framework"] == "repo" and "runner.reason" not in tags
+
+
+def test_an_upload_into_a_mounted_artifact_folder_never_writes_through_a_planted_link(tmp_path):
+    """The root daemon uploads a checkpoint into a folder this machine mounts: its temporary file is
+    a new one of an unguessable name (it was `NAME.tmp`: a link planted there made root write the
+    checkpoint into the file it points to, then put the link in place), readable by the tracking
+    server's user, and nothing of it is left behind."""
+    import io
+
+    from runner.mlflow_rest import Client
+
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    art = tmp_path / "artifacts" / "1" / "run" / "artifacts"
+    (art / "checkpoints").mkdir(parents=True)
+    (art / "checkpoints" / "last.pth.tmp").symlink_to(victim)
+    Client("http://127.0.0.1:9").upload(f"file://{art}", "checkpoints/last.pth", io.BytesIO(b"weights" * 1000))
+    assert victim.read_text() == "root's file\n"
+    dest = art / "checkpoints" / "last.pth"
+    assert dest.read_bytes() == b"weights" * 1000 and not dest.is_symlink() and (dest.stat().st_mode & 0o777) == 0o644
+    assert sorted(p.name for p in (art / "checkpoints").iterdir()) == ["last.pth", "last.pth.tmp"]  # (the planted link, untouched)
