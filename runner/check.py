@@ -146,15 +146,21 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
     return out
 
 
-CONTROL_FORMATS = ("imagefolder", "yolo")
-"""The check sets that have a shuffled-label control (checkdata.shuffled_labels, shuffled_boxes)."""
+CONTROL_FORMATS = ("imagefolder", "yolo", "coco", "masks", "captions")
+"""The check sets that have a shuffled-label control (checkdata.control_dataset); a repo's COCO set
+has none (it validates on its training images)."""
 
 
-def control_spec(spec: dict, shuffled: Path) -> dict:
+def has_control(model: str, fmt: str | None) -> bool:
+    """Whether a model's check set has a shuffled-label control (checkdata.control_dataset)."""
+    return fmt in CONTROL_FORMATS and not (fmt == "coco" and str(model).startswith("repo/"))
+
+
+def control_spec(spec: dict, dataset: dict) -> dict:
     """The shuffled-label control of a check job: the same model, sizes and epochs on the same
-    images with the training labels shuffled (checkdata.shuffled_labels)."""
+    images with the training labels shuffled (`dataset`: checkdata.control_dataset's)."""
     return {**spec, "name": ("check-control-" + spec["name"][len("check-"):])[:100],
-            "dataset": {**spec["dataset"], "path": str(shuffled)}, "check": {**spec["check"], "control": True}}
+            "dataset": dataset, "check": {**spec["check"], "control": True}}
 
 
 def _span(store, job_id: str, start: str, end_states=("succeeded", "failed", "cancelled")):
@@ -417,8 +423,9 @@ def criteria_text(models: list | None = None) -> list[str]:
         learns = next((c for c in m.get("checks") or [] if c.get("name") == "learns"), None) or {}
         ((with_ctl if (learns.get("detail") or {}).get("control") else without)).add(m["task"])
     if with_ctl:
-        ctl = ("with a control for " + ", ".join(sorted(with_ctl)) + " (YOLO sets: the same run with each training image given "
-               "another image's label file, a seeded shuffle that leaves none in place; it must stay below the floor)")
+        ctl = ("with a control for " + ", ".join(sorted(with_ctl)) + " (the same run with each training image given "
+               "another training image's labels: its label file (YOLO), annotations (COCO), mask or caption, a seeded "
+               "shuffle that leaves none in place; it must stay below the floor)")
         ctl += "; no control yet for " + ", ".join(sorted(without - with_ctl)) if without - with_ctl else ""
     else:
         ctl = "no control yet for these tasks"
@@ -510,7 +517,8 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
             loss = f"{tl[0]:.4g} -> {tl[-1]:.4g} ({-100 * d['loss_drop']:+.0f} %)" if len(tl) >= 2 and d.get("loss_drop") is not None else "—"
             val = "—" if d.get("value") is None else f"{d['value']:.4g}"
             ctl = d.get("control")
-            none = ("not run: its job (reused) was made before the control existed" if fmt.get(model) in CONTROL_FORMATS
+            none = ("not run: its job (reused) was made before the control existed" if has_control(model, fmt.get(model))
+                    else "none: a repo's COCO set validates on its training images" if fmt.get(model) == "coco"
                     else "none for this task")
             ctl = none if ctl is None else ("no value" if ctl.get("value") is None else
                                                             f"{ctl['value']:.4g}" + {True: " (reached)", False: " (below)"}.get(ctl.get("reached"), ""))

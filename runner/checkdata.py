@@ -1,6 +1,7 @@
 """The tiny datasets `runner check` generates, per framework (stdlib only): easy ones, each class in
 its own colour, so that a model that learns at all beats chance within the check's few epochs; and
-the shuffled-label control of a classification set: the same images, the training labels shuffled."""
+the shuffled-label control of each set: the same images, the training labels shuffled so that they
+say nothing of the image, the validation set as it was."""
 
 from __future__ import annotations
 
@@ -73,22 +74,128 @@ def shuffled_boxes(data: Path) -> Path:
     out = root.parent / f"{root.name}-shuffled"
     if (out / "data.yaml").exists():
         return out / "data.yaml"
-    tmp = root.parent / f".{out.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root, tmp, ignore=shutil.ignore_patterns("*.cache"))
+    images = sorted((root / "images" / "train").iterdir())
+    perm = _derangement(len(images))
+
+    def shuffle(tmp: Path):
+        for i, img in enumerate(images):
+            src = root / "labels" / "train" / (images[perm[i]].stem + ".txt")
+            (tmp / "labels" / "train" / (img.stem + ".txt")).write_bytes(src.read_bytes() if src.exists() else b"")
+        lines = (root / "data.yaml").read_text().splitlines()
+        (tmp / "data.yaml").write_text("\n".join(f"path: {out}" if ln.startswith("path:") else ln for ln in lines) + "\n")
+
+    _copy_made_once(root, out, shuffle, ignore=shutil.ignore_patterns("*.cache"))
+    return out / "data.yaml"
+
+
+def _derangement(n: int, seed: int = 0) -> list:
+    """A seeded shuffle of range(n) that leaves none in place and is not a rotation (Sattolo's: one
+    cycle): item i is given item perm[i]'s labels."""
     import random
 
-    images = sorted((root / "images" / "train").iterdir())
-    perm, rng = list(range(len(images))), random.Random(0)
-    for i in range(len(perm) - 1, 0, -1):  # Sattolo's shuffle: one cycle, so no image keeps its own labels
+    perm, rng = list(range(n)), random.Random(seed)
+    for i in range(n - 1, 0, -1):
         j = rng.randrange(i)
         perm[i], perm[j] = perm[j], perm[i]
-    for i, img in enumerate(images):
-        src = root / "labels" / "train" / (images[perm[i]].stem + ".txt")
-        dst = tmp / "labels" / "train" / (img.stem + ".txt")
-        dst.write_bytes(src.read_bytes() if src.exists() else b"")
-    lines = (root / "data.yaml").read_text().splitlines()
-    (tmp / "data.yaml").write_text("\n".join(f"path: {out}" if ln.startswith("path:") else ln for ln in lines) + "\n")
-    os.rename(tmp, out)  # whole or not at all
-    return out / "data.yaml"
+    return perm
+
+
+def _copy_made_once(root: Path, out: Path, shuffle, ignore=None) -> Path:
+    """Copy `root` to `out` through a temporary folder that `shuffle(tmp)` rewrites, then rename it
+    into place: whole or not at all, and a second check of the same set reuses it."""
+    tmp = out.parent / f".{out.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root, tmp, ignore=ignore)
+    shuffle(tmp)
+    os.rename(tmp, out)
+    return out
+
+
+def shuffled_coco(annotations: Path, split: float = 0.25) -> Path:
+    """The control of a COCO detection set (one annotations file; a Transformers job takes its last
+    round(n * split) images, by id, as the validation set): beside the set's folder and made once,
+    the same images with each training image given another training image's annotations (a seeded
+    shuffle that leaves none in place); the validation images keep theirs. Returns the control's
+    annotations file (its images are in `images/` beside it, as in the real set)."""
+    import json
+
+    annotations = Path(annotations)
+    root = annotations.parent
+    out = root.parent / f"{root.name}-shuffled"
+    if (out / annotations.name).exists():
+        return out / annotations.name
+
+    def shuffle(tmp: Path):
+        coco = json.loads(annotations.read_text())
+        images = sorted(coco["images"], key=lambda im: im["id"])
+        n_val = max(1, int(round(len(images) * float(split))))
+        train = [im["id"] for im in images[:-n_val]]
+        by_image = {}
+        for a in coco["annotations"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+        perm = _derangement(len(train))
+        anns = [a for a in coco["annotations"] if a["image_id"] not in set(train)]
+        for i, image_id in enumerate(train):
+            anns += [{**a, "image_id": image_id} for a in by_image.get(train[perm[i]], [])]
+        anns = [{**a, "id": k + 1} for k, a in enumerate(sorted(anns, key=lambda a: (a["image_id"], a["id"])))]
+        (tmp / annotations.name).write_text(json.dumps({**coco, "annotations": anns}))
+
+    return _copy_made_once(root, out, shuffle) / annotations.name
+
+
+def shuffled_masks(root: Path) -> Path:
+    """The control of a semantic segmentation set (`train/` and `val/`, each `images/` and `masks/`):
+    beside it and made once, each training image given another training image's mask (a seeded
+    shuffle that leaves none in place); the validation masks as they were."""
+    root = Path(root)
+    out = root.parent / f"{root.name}-shuffled"
+    if (out / "classes.txt").exists():
+        return out
+
+    def shuffle(tmp: Path):
+        masks = sorted((root / "train" / "masks").iterdir())
+        perm = _derangement(len(masks))
+        for i, m in enumerate(masks):
+            (tmp / "train" / "masks" / m.name).write_bytes(masks[perm[i]].read_bytes())
+
+    return _copy_made_once(root, out, shuffle)
+
+
+def shuffled_captions(root: Path) -> Path:
+    """The control of a captioning set (`train/` and `val/`, each with its captions.jsonl): beside it
+    and made once, each training image given another training image's caption (a seeded shuffle
+    that leaves none in place); the validation captions as they were."""
+    import json
+
+    root = Path(root)
+    out = root.parent / f"{root.name}-shuffled"
+    if (out / "val" / "captions.jsonl").exists():
+        return out
+
+    def shuffle(tmp: Path):
+        rows = [json.loads(ln) for ln in (root / "train" / "captions.jsonl").read_text().splitlines() if ln.strip()]
+        perm = _derangement(len(rows))
+        lines = [json.dumps({**r, "caption": rows[perm[i]]["caption"]}) for i, r in enumerate(rows)]
+        (tmp / "train" / "captions.jsonl").write_text("\n".join(lines) + "\n")
+
+    return _copy_made_once(root, out, shuffle)
+
+
+def control_dataset(dataset: dict, fmt: str, repo: bool = False) -> dict | None:
+    """The `dataset` table of a check job's shuffled-label control, or None where its set has none:
+    a repo's COCO set (it validates on its training images, so a control that memorised its
+    shuffled labels would score as well as a run that learned)."""
+    path = Path(dataset["path"])
+    if fmt == "imagefolder":
+        return {**dataset, "path": str(shuffled_labels(path))}
+    if fmt == "yolo":
+        return {**dataset, "path": str(shuffled_boxes(path))}
+    if fmt == "masks":
+        return {**dataset, "path": str(shuffled_masks(path))}
+    if fmt == "captions":
+        return {**dataset, "path": str(shuffled_captions(path))}
+    if fmt == "coco" and not repo and dataset.get("annotations"):
+        ann = shuffled_coco(Path(dataset["annotations"]), float(dataset.get("split") or 0.25))
+        return {**dataset, "path": str(ann.parent / path.name), "annotations": str(ann)}
+    return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -139,8 +140,54 @@ def test_a_yolo_control_gives_each_training_image_another_images_labels(tmp_path
     row = lambda task, ctl: {"model": "ultralytics/x", "task": task, "checks": [  # noqa: E731
         {"name": "learns", "detail": {"control": {"job": "j"}} if ctl else {}}]}
     text = chk.criteria_text([row("object_detection", True), row("image_captioning", False)])[1]
-    assert "with a control for object_detection (YOLO sets" in text and "no control yet for image_captioning" in text
+    assert "with a control for object_detection (the same run" in text and "no control yet for image_captioning" in text
     assert chk.criteria_text([row("object_detection", False)])[1].endswith("no control yet for these tasks")
+
+
+def test_coco_mask_and_caption_controls_give_each_training_image_anothers_labels_and_keep_validation(tmp_path):
+    import json as _json
+
+    from runner import check as chk
+    from runner import checkdata
+    from runner.synth_tasks import make_captions, make_coco, make_masks
+
+    # COCO (Transformers: the last round(n * split) images by id validate)
+    images, ann = make_coco(tmp_path / "coco", train=12, val=4, easy=True)
+    ds = {"path": str(images), "format": "coco", "annotations": str(ann)}
+    ctl = checkdata.control_dataset(ds, "coco")
+    assert ctl["path"] == str(tmp_path / "coco-shuffled" / "images") and ctl["annotations"] == str(tmp_path / "coco-shuffled" / "annotations.json")
+    real, shuf = _json.loads(ann.read_text()), _json.loads(Path(ctl["annotations"]).read_text())
+    assert shuf["images"] == real["images"] and shuf["categories"] == real["categories"]
+    key = lambda a: (a["category_id"], tuple(a["bbox"]))  # noqa: E731
+    of = lambda coco: {a["image_id"]: key(a) for a in coco["annotations"]}  # noqa: E731
+    r, c = of(real), of(shuf)
+    val = [im["id"] for im in sorted(real["images"], key=lambda i: i["id"])][-4:]  # round(16 * 0.25)
+    assert {i: c[i] for i in val} == {i: r[i] for i in val}  # validation as it was
+    train = [i for i in r if i not in val]
+    assert sorted(c[i] for i in train) == sorted(r[i] for i in train) and not any(c[i] == r[i] for i in train)
+    assert len({a["id"] for a in shuf["annotations"]}) == len(shuf["annotations"])
+    assert sorted(p.read_bytes() for p in Path(ctl["path"]).iterdir()) == sorted(p.read_bytes() for p in images.iterdir())
+    assert checkdata.control_dataset(ds, "coco") == ctl  # made once, reused
+    assert checkdata.control_dataset(ds, "coco", repo=True) is None  # a repo's COCO set validates on its training images
+    assert not chk.has_control("repo/vitpose", "coco") and chk.has_control("transformers/facebook/detr-resnet-50", "coco")
+    # masks
+    root = make_masks(tmp_path / "masks", train=9, val=3, easy=True)
+    ctl = checkdata.control_dataset({"path": str(root), "format": "masks"}, "masks")
+    masks = lambda r, s: {p.name: p.read_bytes() for p in (Path(r) / s / "masks").iterdir()}  # noqa: E731
+    r, c = masks(root, "train"), masks(ctl["path"], "train")
+    assert sorted(c.values()) == sorted(r.values()) and not any(c[n] == r[n] for n in r)
+    assert masks(ctl["path"], "val") == masks(root, "val")
+    assert {p.name: p.read_bytes() for p in (Path(ctl["path"]) / "train" / "images").iterdir()} == \
+        {p.name: p.read_bytes() for p in (root / "train" / "images").iterdir()}
+    # captions
+    root = make_captions(tmp_path / "cap", train=9, val=3, easy=True)
+    ctl = checkdata.control_dataset({"path": str(root), "format": "captions"}, "captions")
+    rows = lambda r, s: [_json.loads(x) for x in (Path(r) / s / "captions.jsonl").read_text().splitlines()]  # noqa: E731
+    r, c = rows(root, "train"), rows(ctl["path"], "train")
+    assert [x["image"] for x in c] == [x["image"] for x in r]
+    assert sorted(x["caption"] for x in c) == sorted(x["caption"] for x in r)
+    assert not any(a["caption"] == b["caption"] for a, b in zip(r, c))  # (the set's captions are distinct)
+    assert rows(ctl["path"], "val") == rows(root, "val")
 
 
 def test_map50():

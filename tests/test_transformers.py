@@ -117,6 +117,9 @@ def test_check_two_transformers_models_learn(runner, tmp_path):
     assert vit["learns"]["detail"]["value"] >= 0.58
     seg = by["transformers/nvidia/segformer-b0-finetuned-ade-512-512"]["learns"]["detail"]
     assert seg["metric"] == "val_mean_iou_fg" and seg["value"] > 0 and seg["loss_drop"] >= 0.2
+    # its shuffled-label control (each training image given another's mask) ran and stayed below the floor
+    assert seg["control"]["job"] and seg["control"]["value"] is not None and seg["control"]["reached"] is False, seg
+    assert "with a control for semantic_segmentation" in report["criteria"][1]
 
 
 @pytest.mark.skipif("not config.getoption('--full-checks')", reason="every Transformers model: run with --full-checks (about an hour with the rest)")

@@ -82,17 +82,17 @@ def check(args):
             if ctl:
                 controls[ref] = ctl
             print(f"{ref}: job {jobs[ref]} reused" + (f", control job {ctl}" if ctl else ""), file=sys.stderr)
-            if ctl or fmt not in chk.CONTROL_FORMATS or args.no_new_controls:
+            if ctl or not chk.has_control(ref, fmt) or args.no_new_controls:
                 continue
         else:
             spec = parse_spec(raw)
             rec = spool.submit(h, resolve(spec, out, reg, []))
             jobs[ref] = rec["id"]
             print(f"{ref}: job {rec['id']}", file=sys.stderr)
-        if fmt in chk.CONTROL_FORMATS:  # (a reused job made before controls existed gets its control now)
+        if chk.has_control(ref, fmt):  # (a reused job made before controls existed gets its control now)
             # the shuffled-label control: the same run on the same images, the training labels shuffled
-            # (a YOLO set: each training image given another image's label file)
-            ctl = chk.control_spec(raw, checkdata.shuffled_labels(data_dir) if fmt == "imagefolder" else checkdata.shuffled_boxes(data_dir))
+            # (each training image given another's label file, annotations, mask or caption)
+            ctl = chk.control_spec(raw, checkdata.control_dataset(raw["dataset"], fmt, repo=ref.startswith("repo/")))
             rec = spool.submit(h, resolve(parse_spec(ctl), out, reg, []))
             controls[ref] = rec["id"]
             print(f"{ref}: control job {rec['id']} (training labels shuffled)", file=sys.stderr)
