@@ -266,3 +266,29 @@ def log_chunks(job_dir, offset: int = 0, length: int | None = None, chunk: int =
             if left is not None:
                 left -= len(data)
             yield data
+
+
+# -- a chart's reads (runner/web/series.py reduces what they give) -----------------------------
+def series_extent(cur, job_id: str, name: str) -> tuple[int, int | None]:
+    """(how many points, the newest one's id) of one metric of a job: the (job_id, name, id) index alone."""
+    return tuple(cur.execute("SELECT COUNT(*), MAX(id) FROM metrics WHERE job_id=? AND name=?", (job_id, name)).fetchone())
+
+
+def series_points(cur, job_id: str, name: str, lo_id: int = 0, hi_id: int = 2**63 - 1) -> list[tuple]:
+    """(id, value, step, epoch) of one metric of a job, ids lo_id..hi_id, in the order recorded
+    (an infinity given as None: JSON has none; SQLite keeps a NaN as NULL already)."""
+    return cur.execute("SELECT id, CASE WHEN abs(value) < 9e999 THEN value END, step, epoch FROM metrics "
+                       "WHERE job_id=? AND name=? AND id BETWEEN ? AND ? ORDER BY id", (job_id, name, lo_id, hi_id)).fetchall()
+
+
+def series_chunks(cur, job_id: str, name: str) -> list[tuple] | None:
+    """The chunk rows of one metric of a job (runner/metric_chunks.py: COLUMNS), in order; None
+    where the store has no chunks table (written before it; the chart reads the points)."""
+    import sqlite3
+
+    try:
+        return cur.execute("SELECT k, n, first_id, last_id, step_first, step_last, steps_ok, epoch_first, epoch_last, epoch_min, "
+                           "epoch_max, epochs_ok, first_v, last_v, min_v, min_i, min_step, min_epoch, max_v, max_i, max_step, max_epoch "
+                           "FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k", (job_id, name)).fetchall()
+    except sqlite3.OperationalError:
+        return None

@@ -177,6 +177,60 @@ def _insert_points(c, job_id: str, points: list, now: float):
         c.execute(_INSERT_POINTS, [job_id, now, *chain.from_iterable(points[i:i + per])])
     if full < len(points):
         c.executemany(_INSERT_POINT, [(job_id, n, v, s, e, now) for (n, v, s, e) in points[full:]])
+    _roll_up(c, job_id, points)
+
+
+_CHUNKS_DDL = """CREATE TABLE IF NOT EXISTS metric_chunks (job_id TEXT NOT NULL, name TEXT NOT NULL, k INTEGER NOT NULL,
+    n INTEGER NOT NULL, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL, step_first INTEGER, step_last INTEGER,
+    steps_ok INTEGER NOT NULL, epoch_first INTEGER, epoch_last INTEGER, epoch_min INTEGER, epoch_max INTEGER,
+    epochs_ok INTEGER NOT NULL, first_v REAL, last_v REAL, min_v REAL, min_i INTEGER, min_step INTEGER, min_epoch INTEGER,
+    max_v REAL, max_i INTEGER, max_step INTEGER, max_epoch INTEGER, PRIMARY KEY (job_id, name, k)) WITHOUT ROWID"""
+"""Each metric's points summed up a chunk of metric_chunks.CHUNK (runner/metric_chunks.py), for charts.
+Derived from the points and written with them; made where missing by the first write (a reader
+of a store without it reads the points, as before)."""
+
+_PUT_CHUNK = f"INSERT OR REPLACE INTO metric_chunks VALUES (?,?,{','.join('?' * 22)})"
+
+
+def _roll_up(c, job_id: str, points: list):
+    """The chunks of the series that points (name, value, step, epoch), just inserted in that order
+    as the newest rows of the table, extend; in the inserting transaction. A reader checks a
+    series' chunks against its points' count and newest id, and reads the points where they differ."""
+    from .metric_chunks import extend
+
+    cur = c.cursor()
+    cur.row_factory = None
+    last_id = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if not points or cur.execute("SELECT MAX(id) FROM metrics").fetchone()[0] != last_id:
+        return  # (not the newest rows: their ids are not known here; the reader sees it)
+    by: dict = {}
+    for i, (n, v, s, e) in enumerate(points, last_id - len(points) + 1):  # one statement's rows get consecutive ids
+        by.setdefault(n, []).append((i, v, s, e))
+    for attempt in (0, 1):
+        try:
+            rows = []
+            for name, pts in by.items():
+                last = cur.execute("SELECT * FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k DESC LIMIT 1", (job_id, name)).fetchone()
+                rows += [(job_id, name, *r) for r in extend(None if last is None else last[2:], pts)]
+            cur.executemany(_PUT_CHUNK, rows)
+            return
+        except sqlite3.OperationalError as e:
+            if attempt or "no such table" not in str(e):
+                raise
+            cur.execute(_CHUNKS_DDL)
+
+
+def _rebuild_chunks(c, job_id: str):
+    """A job's chunks made again from its points (after some of them were deleted: compaction)."""
+    from .metric_chunks import build
+
+    cur = c.cursor()
+    cur.row_factory = None
+    cur.execute(_CHUNKS_DDL)
+    cur.execute("DELETE FROM metric_chunks WHERE job_id=?", (job_id,))
+    rows = cur.execute("SELECT name, id, value, step, epoch FROM metrics WHERE job_id=? ORDER BY name, id", (job_id,)).fetchall()
+    for name, grp in groupby(rows, key=lambda r: r[0]):
+        cur.executemany(_PUT_CHUNK, [(job_id, name, *r) for r in build([p[1:] for p in grp])])
 
 
 def _row(cursor, row):
@@ -825,6 +879,7 @@ class Store:
                 c.executemany("DELETE FROM metrics WHERE job_id=? AND name=? AND id>? AND id<?", early + last)
                 c.execute("UPDATE jobs SET metrics_compacted_at=?, metrics_bucket=?, metrics_points_before=? WHERE id=?",
                           (now, bucket, kept + gone, job_id))
+                _rebuild_chunks(c, job_id)
         return {"points": gone, "kept": kept, "bytes": est}
 
     def referenced_by_active(self) -> set:

@@ -148,28 +148,22 @@ def names_of(cur, job_id: str) -> list[str]:
 
 def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | None = None) -> dict:
     """Every metric of a job for its page (or `only` these): groups of names (one chart each), each
-    series downsampled, and `last_id`, the point a live refresh continues after."""
-    cur = store.conn.cursor()
-    cur.row_factory = None
-    # the newest point of any job first: the rows read below are those up to it, and a live
-    # refresh asks for what came after it (never a point twice, never one missed)
-    last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
-    # the names off the index alone, then each name's points in its own index range: no Python
-    # pass to split one long result by name (a 100,000-point job's page costs what SQLite costs)
-    names = names_of(cur, job_id)
-    if only is not None:
-        names = [n for n in names if n in set(only)]
-    out: dict = {}
-    for name in names:
-        # infinities -> null in SQL (JSON has none; SQLite keeps a NaN as NULL already)
-        rows = cur.execute("SELECT step, epoch, CASE WHEN abs(value) < 9e999 THEN value END FROM metrics "
-                           "WHERE job_id=? AND name=? AND id<=? ORDER BY id", (job_id, name, last_id)).fetchall()
-        if not rows:
-            continue
-        steps, epochs, values = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-        axis, xs = series.x_axis(steps, epochs)
-        x, y = series.downsample(xs, values, points)
-        out[name] = {"axis": axis, "x": x, "y": y, "total": len(values), "lower": lower_is_better(name)}
+    series downsampled (series.reduced: a long one from its chunks), and `last_id`, the point a
+    live refresh continues after."""
+    # one read snapshot: the newest point of any job first, and the rows read below are those up to
+    # it; a live refresh asks for what came after it (never a point twice, never one missed)
+    with store.snapshot() as c:
+        cur = c.cursor()
+        cur.row_factory = None
+        last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
+        names = names_of(cur, job_id)
+        if only is not None:
+            names = [n for n in names if n in set(only)]
+        out: dict = {}
+        for name in names:
+            got = series.reduced(cur, job_id, name, points)
+            if got is not None:
+                out[name] = {**got, "lower": lower_is_better(name)}
     return {"job": job_id, "last_id": last_id, "points": points, "series": out, "groups": groups(list(out))}
 
 

@@ -1,0 +1,156 @@
+"""A long job's charts are reduced from its metric chunks (runner/metric_chunks.py, #30): every
+spike and dip stays, a zoomed range gives every point it holds when few enough, the chunks stay
+right as points arrive a few at a time, and a compacted job's charts keep their extremes."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from fastapi.testclient import TestClient
+
+from runner import metric_chunks, queries
+from runner.home import Home
+from runner.http import create_app
+from runner.web import metricsview, series
+
+N = 100_000  # points of the long job's loss
+
+
+def _job(store, jid: str, finished_at: float = 1_000.0):
+    store.insert_job({"id": jid, "name": jid, "user": "alice", "uid": 0, "kind": "command", "spec": {}, "gpus": [], "after": [],
+                      "state": "succeeded", "reason": "exit_code", "created_at": finished_at - 10, "started_at": finished_at - 9,
+                      "finished_at": finished_at, "exit_code": 0}, now=finished_at - 10)
+
+
+def _loss(n: int, spikes: dict) -> list[tuple]:
+    """n points (name, value, step, epoch) of a noisy falling loss, spikes {step: value} in it."""
+    rnd = random.Random(7)
+    return [("loss", spikes.get(s, 2.0 / (s + 1) + rnd.random() / 50), s, s // 1000) for s in range(n)]
+
+
+def _write(store, jid: str, pts: list, batches=(1, 3000)):
+    """As the watcher writes them: batches of random sizes, each with its log offset."""
+    rnd, i = random.Random(11), 0
+    while i < len(pts):
+        b = rnd.randint(*batches)
+        store.record_progress(jid, pts[i:i + b], i + b)
+        i += b
+
+
+SPIKES = {61_803: 40.0, 70_001: -3.0, 5: 9.0, 99_998: 7.5, 31_999: 12.0, 32_000: -1.5}
+"""Single points far off the curve (a spike, dips; two at a chunk's edge) that a chart must show."""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    h = Home(tmp_path_factory.mktemp("chunks")).ensure()
+    store = h.store()
+    _job(store, "long")
+    pts = _loss(N, SPIKES)
+    pts[4_242] = ("loss", float("nan"), 4_242, 4)  # a NaN (NULL) and an infinity: gaps, never an extreme
+    pts[88_888] = ("loss", float("inf"), 88_888, 88)
+    _write(store, "long", pts)
+    store.add_metrics("long", [("lr", 0.1, None, e) for e in range(50)])  # a short metric beside it
+    return TestClient(create_app(h), base_url="http://127.0.0.1:8765"), store, pts
+
+
+def _stored(pts) -> dict:
+    return {s: (None if v != v or abs(v) == float("inf") else v) for _, v, s, _ in pts}
+
+
+def test_a_100000_point_chart_keeps_every_spike_and_shows_only_stored_points(site):
+    c, store, pts = site
+    stored = _stored(pts)
+    for got, points in ((c.get("/ui/jobs/long/charts").json()["series"]["loss"], metricsview.CHART_POINTS),
+                        (c.get("/jobs/long/series", params={"name": "loss", "points": 2000}).json(), 2000),
+                        (c.get("/ui/jobs/long/charts", params={"points": 400}).json()["series"]["loss"], 400)):
+        assert got["total"] == N and got["axis"] == "step" and 100 < len(got["x"]) <= points
+        shown = dict(zip(got["x"], got["y"]))
+        for step, value in SPIKES.items():
+            assert shown.get(step) == value, (points, step)
+        assert all(stored[x] == y for x, y in shown.items())  # each one a point the job printed, where it printed it
+        assert got["x"] == sorted(set(got["x"])) and got["x"][0] == 0 and got["x"][-1] == N - 1
+        assert 4_242 not in shown and 88_888 not in shown  # (no NaN nor infinity drawn as an extreme)
+    got = c.get("/jobs/long/series", params={"name": "loss", "points": 2000}).json()
+    assert max(y for y in got["y"] if y is not None) == 40.0 and min(y for y in got["y"] if y is not None) == -3.0
+    json.dumps(got, allow_nan=False)
+
+
+def test_a_zoomed_range_gives_every_point_when_few_and_keeps_its_spikes_when_many(site):
+    c, store, pts = site
+    stored = _stored(pts)
+    # 1,500 points, from the middle of one chunk to the middle of another: each one
+    z = c.get("/jobs/long/series", params={"name": "loss", "points": 2000, "lo": 61_007, "hi": 62_506}).json()
+    assert z["x"] == list(range(61_007, 62_507)) and z["y"] == [stored[s] for s in z["x"]] and z["total"] == N
+    assert z["range"] == [61_007, 62_506] and (61_803, 40.0) in zip(z["x"], z["y"])
+    # 40,000 points: reduced again, within the range, its spikes kept
+    w = c.get("/jobs/long/series", params={"name": "loss", "points": 2000, "lo": 40_003, "hi": 80_002.5}).json()
+    assert len(w["x"]) <= 2000 and w["x"][0] == 40_003 and w["x"][-1] == 80_002 and all(40_003 <= x <= 80_002 for x in w["x"])
+    assert {(61_803, 40.0), (70_001, -3.0)} <= set(zip(w["x"], w["y"])) and all(stored[x] == y for x, y in zip(w["x"], w["y"]))
+    # a short metric's range (read whole), a range with nothing in it, and the whole series as before
+    lr = c.get("/jobs/long/series", params={"name": "lr", "lo": 10, "hi": 12}).json()
+    assert lr["axis"] == "epoch" and lr["x"] == [10, 11, 12] and lr["total"] == 50
+    assert c.get("/jobs/long/series", params={"name": "loss", "lo": 2e6}).json()["x"] == []
+    assert c.get("/jobs/long/series", params={"name": "loss", "lo": "inf"}).status_code == 422
+
+
+def test_chunks_written_a_few_points_at_a_time_are_those_of_the_whole_series(tmp_path):
+    """Live: points arrive a few a batch (several metrics interleaved); the chunks are always
+    those of every point so far, and the chart shows the newest point."""
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    _job(store, "live")
+    rnd = random.Random(3)
+    pts = [(n, rnd.random() if n != "acc" or s % 97 else float("nan"), s if n != "gpu0_mem" else None, s // 100)
+           for s in range(12_000) for n in ("loss", "acc", "gpu0_mem")]
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    i, seen = 0, 0
+    while i < len(pts):
+        b = rnd.choice((1, 2, 5, 31, 33, 64, 200))
+        store.record_progress("live", pts[i:i + b], i + b)
+        i += b
+        if i >= seen + 6_000 or i >= len(pts):
+            seen = i
+            rows = store.conn.execute("SELECT id, name, value, step, epoch FROM metrics WHERE job_id='live' ORDER BY id").fetchall()
+            for name in ("loss", "acc", "gpu0_mem"):
+                mine = [(r["id"], r["value"], r["step"], r["epoch"]) for r in rows if r["name"] == name]
+                assert queries.series_chunks(cur, "live", name) == metric_chunks.build(mine), (name, i)
+                got = series.reduced(cur, "live", name, 1000)
+                assert got["total"] == len(mine) and got["y"][-1] == mine[-1][1]
+                assert got["x"][-1] == (mine[-1][2] if name != "gpu0_mem" else mine[-1][3])
+
+
+def test_a_compacted_jobs_charts_keep_their_extremes_read_from_chunks_made_again(tmp_path):
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    _job(store, "old")
+    spikes = {12_345: 50.0, 23_456: -4.0, 40_000: 9.0}
+    pts = _loss(N // 2, spikes)
+    _write(store, "old", pts, (500, 5000))
+    done = store.compact_metrics("old", 10, now=2_000.0, apply=True)
+    assert done["kept"] < N // 2 and store.count_metrics("old") == done["kept"] > series.RAW_MAX
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    assert series._whole(queries.series_chunks(cur, "old", "loss"), *queries.series_extent(cur, "old", "loss"))  # not stale
+    c = TestClient(create_app(h), base_url="http://127.0.0.1:8765")
+    for got in (c.get("/ui/jobs/old/charts").json()["series"]["loss"], c.get("/jobs/old/series", params={"name": "loss"}).json()):
+        shown = dict(zip(got["x"], got["y"]))
+        assert got["total"] == done["kept"] and all(shown.get(s) == v for s, v in spikes.items())
+        assert shown[0] == pts[0][1] and shown[N // 2 - 1] == pts[-1][1]
+
+
+def test_a_store_without_chunks_reads_every_point_as_before(tmp_path):
+    """A store written before the chunks (or a series whose chunks do not sum up its points): the
+    chart is every point read and downsampled, as it was."""
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    _job(store, "j")
+    pts = _loss(20_000, {7_777: 30.0})
+    _write(store, "j", pts)
+    store.conn.execute("DROP TABLE metric_chunks")
+    got = TestClient(create_app(h), base_url="http://127.0.0.1:8765").get("/ui/jobs/j/charts").json()["series"]["loss"]
+    x, y = series.downsample([p[2] for p in pts], [p[1] for p in pts], metricsview.CHART_POINTS)
+    assert (got["x"], got["y"], got["total"]) == (x, y, 20_000) and (7_777, 30.0) in zip(x, y)
