@@ -196,22 +196,20 @@ def _roll_up(c, job_id: str, points: list):
     """The chunks of the series that points (name, value, step, epoch), just inserted in that order
     as the newest rows of the table, extend; in the inserting transaction. A reader checks a
     series' chunks against its points' count and newest id, and reads the points where they differ."""
-    from .metric_chunks import extend
+    from .metric_chunks import by_name, extend
 
     cur = c.cursor()
     cur.row_factory = None
     last_id = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
     if not points or cur.execute("SELECT MAX(id) FROM metrics").fetchone()[0] != last_id:
         return  # (not the newest rows: their ids are not known here; the reader sees it)
-    by: dict = {}
-    for i, (n, v, s, e) in enumerate(points, last_id - len(points) + 1):  # one statement's rows get consecutive ids
-        by.setdefault(n, []).append((i, v, s, e))
+    by = by_name(points, last_id - len(points) + 1)  # one statement's rows get consecutive ids
     for attempt in (0, 1):
         try:
             rows = []
             for name, pts in by.items():
                 last = cur.execute("SELECT * FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k DESC LIMIT 1", (job_id, name)).fetchone()
-                rows += [(job_id, name, *r) for r in extend(None if last is None else last[2:], pts)]
+                rows += [(job_id, name, *r) for r in extend(None if last is None else last[2:], *pts)]
             cur.executemany(_PUT_CHUNK, rows)
             return
         except sqlite3.OperationalError as e:

@@ -75,6 +75,8 @@ def test_a_100000_point_chart_keeps_every_spike_and_shows_only_stored_points(sit
         assert 4_242 not in shown and 88_888 not in shown  # (no NaN nor infinity drawn as an extreme)
     got = c.get("/jobs/long/series", params={"name": "loss", "points": 2000}).json()
     assert max(y for y in got["y"] if y is not None) == 40.0 and min(y for y in got["y"] if y is not None) == -3.0
+    full = c.get("/jobs/long/metrics", params={"name": "loss", "limit": 1000, "offset": N - 1000}).json()  # every point stays
+    assert full["total"] == N and [m["step"] for m in full["metrics"]] == list(range(N - 1000, N))
     json.dumps(got, allow_nan=False)
 
 

@@ -6,7 +6,7 @@ which an average would hide). The first and last points are always kept.
 
 A series longer than RAW_MAX is reduced from its chunks (runner/metric_chunks.py: each CHUNK
 points' min and max, kept with the points), buckets of whole chunks: the same min and max a read
-of every point would give, from ~30x fewer rows. A range (lo..hi on the series' x axis: a zoomed
+of every point would give, from CHUNK times fewer rows. A range (lo..hi on the series' x axis: a zoomed
 chart) gives that range's points, every one where they are few enough, else reduced again; the
 store keeps every point (GET /jobs/{id}/metrics and its CSV give them all).
 """
@@ -17,18 +17,6 @@ from .. import queries
 from ..metric_chunks import CHUNK
 
 MAX_POINTS = 4000
-
-
-def read(store, job_id: str, name: str) -> tuple[list, list, list]:
-    """(steps, epochs, values) of one metric, in the order they were recorded (plain tuples: a
-    100,000-point series costs what SQLite costs, not a dict per row)."""
-    cur = store.conn.cursor()
-    cur.row_factory = None
-    rows = cur.execute("SELECT step, epoch, value FROM metrics WHERE job_id=? AND name=? ORDER BY id", (job_id, name)).fetchall()
-    if not rows:
-        return [], [], []
-    steps, epochs, values = zip(*rows)
-    return list(steps), list(epochs), list(values)
 
 
 def x_axis(steps: list, epochs: list) -> tuple[str, list]:
