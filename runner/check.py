@@ -61,7 +61,9 @@ def learns_criteria(metric: str, classes: Optional[int], sizes: dict, task: Opti
         return {"metric": metric, "at_least": round(at_least, 4), "chance": round(1.0 / classes, 4),
                 "rule": f"{metric} >= {at_least:.2f} (chance 1/{classes} + {float(sizes.get('learns_margin', LEARNS_MARGIN)):.2f})"}
     floor = float(sizes.get("learns_floor", LEARNS_FLOOR.get(task or "", DEFAULT_FLOOR)))
-    return {"metric": metric, "at_least": floor, "rule": f"{metric} >= {floor:g} on the held-out set"}
+    where = (f"on its training images (the check fits a fixed small set: {sizes['overfit']})" if sizes.get("overfit")
+             else "on the held-out set")
+    return {"metric": metric, "at_least": floor, "rule": f"{metric} >= {floor:g} {where}"}
 
 
 def judge(crit: dict, value, losses: list) -> dict:
@@ -151,9 +153,11 @@ CONTROL_FORMATS = ("imagefolder", "yolo", "coco", "masks", "captions")
 has none (it validates on its training images)."""
 
 
-def has_control(model: str, fmt: str | None) -> bool:
-    """Whether a model's check set has a shuffled-label control (checkdata.control_dataset)."""
-    return fmt in CONTROL_FORMATS and not (fmt == "coco" and str(model).startswith("repo/"))
+def has_control(model: str, fmt: str | None, sizes: dict | None = None) -> bool:
+    """Whether a model's check set has a shuffled-label control (checkdata.control_dataset): not a
+    repo's COCO set, nor a check that fits its training images (`check.overfit`), where a control
+    that memorised its shuffled labels would score as well as a run that learned."""
+    return fmt in CONTROL_FORMATS and not (fmt == "coco" and str(model).startswith("repo/")) and not (sizes or {}).get("overfit")
 
 
 def control_spec(spec: dict, dataset: dict) -> dict:
@@ -517,8 +521,8 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
             loss = f"{tl[0]:.4g} -> {tl[-1]:.4g} ({-100 * d['loss_drop']:+.0f} %)" if len(tl) >= 2 and d.get("loss_drop") is not None else "—"
             val = "—" if d.get("value") is None else f"{d['value']:.4g}"
             ctl = d.get("control")
-            none = ("not run: its job (reused) was made before the control existed" if has_control(model, fmt.get(model))
-                    else "none: a repo's COCO set validates on its training images" if fmt.get(model) == "coco"
+            none = ("none: judged on its training images" if "training images" in (d.get("criteria") or {}).get("rule", "")
+                    else "not run: its job (reused) was made before the control existed" if has_control(model, fmt.get(model))
                     else "none for this task")
             ctl = none if ctl is None else ("no value" if ctl.get("value") is None else
                                                             f"{ctl['value']:.4g}" + {True: " (reached)", False: " (below)"}.get(ctl.get("reached"), ""))

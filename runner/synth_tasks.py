@@ -63,15 +63,25 @@ def make_yolo(root: str | Path, task: str = "detect", train: int = 8, val: int =
     return root / "data.yaml"
 
 
-def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False) -> tuple[Path, Path]:
-    """root/images/*.png and root/annotations.json (COCO detection, boxes and polygons)."""
+def make_coco(root: str | Path, train: int = 8, val: int = 4, size: int = 64, seed: int = 0, easy: bool = False,
+              overfit: bool = False) -> tuple[Path, Path]:
+    """root/images/*.png and root/annotations.json (COCO detection, boxes and polygons); the last
+    `val` images (by id) are the ones a job validates on. overfit: they are the first `val`
+    training images again (the same pixels and boxes under new ids), for a check that fits a
+    fixed small set because the model cannot learn the held-out task within its CPU minutes."""
     root = Path(root)
     rng = random.Random(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(NAMES)]}
+    drawn = []
     for i in range(train + val):
         cls = i % len(NAMES)
-        rows, box = shape_image(NAMES[cls], size, rng, tint(cls, easy))
+        if overfit and i >= train:
+            j = (i - train) % train  # (the training image it repeats)
+            cls, (rows, box) = j % len(NAMES), drawn[j]
+        else:
+            rows, box = shape_image(NAMES[cls], size, rng, tint(cls, easy))
+            drawn.append((rows, box))
         name = f"img_{i:03d}.png"
         write_png(root / "images" / name, rows, size, size)
         coco["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
@@ -200,9 +210,10 @@ def make(fmt: str, model: dict, sizes: dict, root: Path) -> tuple[Path, str]:
             make_keypoints(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
         return path / "images", "coco"
     if fmt == "coco":
-        path = root / "coco"
+        train, val = int(sizes.get("images", 8)), int(sizes.get("val_images", 4))
+        path = root / (f"coco-overfit-{train}x{val}" if sizes.get("overfit") else "coco")
         if not (path / "annotations.json").exists():
-            make_coco(path, train=int(sizes.get("images", 8)), val=int(sizes.get("val_images", 4)), easy=True)
+            make_coco(path, train=train, val=val, easy=True, overfit=bool(sizes.get("overfit")))
         return path / "images", "coco"
     raise ValueError(f"no synthetic dataset for format {fmt!r} and task {task!r}")
 

@@ -190,6 +190,45 @@ def test_coco_mask_and_caption_controls_give_each_training_image_anothers_labels
     assert rows(ctl["path"], "val") == rows(root, "val")
 
 
+def test_an_overfit_check_validates_on_copies_of_its_training_images_says_so_and_has_no_control(tmp_path):
+    import json as _json
+
+    from runner import check as chk
+    from runner.synth_tasks import make
+
+    sizes = {"images": 12, "val_images": 4, "overfit": "cannot learn held-out boxes in CPU minutes"}
+    images, fmt = make("coco", {"task_type": "object_detection"}, sizes, tmp_path)
+    assert fmt == "coco" and images.parent.name == "coco-overfit-12x4"
+    coco = _json.loads((images.parent / "annotations.json").read_text())
+    ims = sorted(coco["images"], key=lambda i: i["id"])
+    ann = {a["image_id"]: (a["category_id"], a["bbox"]) for a in coco["annotations"]}
+    # the last 4 (what a Transformers job validates on: round(16 * 0.25)) are the first 4 again
+    for k in range(4):
+        t, v = ims[k], ims[12 + k]
+        assert (images / t["file_name"]).read_bytes() == (images / v["file_name"]).read_bytes() and ann[t["id"]] == ann[v["id"]]
+    assert len({(images / i["file_name"]).read_bytes() for i in ims[:12]}) == 12  # the training images all differ
+    # without overfit: the same held-out set as before (the last 4 differ from every training image)
+    held, _ = make("coco", {"task_type": "object_detection"}, {"images": 12, "val_images": 4}, tmp_path)
+    train_px = {(held / f"img_{i:03d}.png").read_bytes() for i in range(12)}
+    assert not any((held / f"img_{i:03d}.png").read_bytes() in train_px for i in range(12, 16))
+    crit = chk.learns_criteria("val_map50", None, {**sizes, "learns_floor": 0.8}, "object_detection")
+    assert crit["at_least"] == 0.8 and crit["rule"].startswith("val_map50 >= 0.8 on its training images (the check fits a fixed small set: cannot")
+    assert chk.learns_criteria("val_map50", None, {}, "object_detection")["rule"] == "val_map50 >= 0.3 on the held-out set"
+    assert not chk.has_control("transformers/facebook/detr-resnet-50", "coco", sizes)
+    assert chk.has_control("transformers/facebook/detr-resnet-50", "coco", {"images": 12})
+    # the report's numbers say why there is no control
+    row = {"model": "transformers/facebook/detr-resnet-50", "status": "success", "seconds": 1.0, "framework": "transformers",
+           "task": "object_detection", "input_size": 64, "epochs": 60, "format": "coco",
+           "checks": [{"name": "learns", "ok": True, "detail": {"metric": "val_map50", "value": 0.9, "criteria": crit}}]}
+    md = chk.markdown({"commit": "b" * 40, "generated_at": "now", "machine": {}, "criteria": [], "models": [row],
+                       "summary": {"success": 1, "total": 1, "partial": 0, "failed": 0, "learns": 1, "success_rate": 1.0}}, "t")
+    assert "| 0.9 | none: judged on its training images |" in md
+    row["checks"][0]["detail"]["criteria"] = chk.learns_criteria("val_map50", None, {}, "object_detection")
+    assert "| 0.9 | not run: its job (reused) was made before the control existed |" in chk.markdown(
+        {"commit": "b" * 40, "generated_at": "now", "machine": {}, "criteria": [], "models": [row],
+         "summary": {"success": 1, "total": 1, "partial": 0, "failed": 0, "learns": 1, "success_rate": 1.0}}, "t")
+
+
 def test_map50():
     truth = [[(0, [0, 0, 10, 10])], [(1, [5, 5, 20, 20])]]
     assert map50([[(0.9, 0, [0, 0, 10, 10])], [(0.8, 1, [5, 5, 20, 20])]], truth) == 1.0

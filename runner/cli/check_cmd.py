@@ -82,14 +82,14 @@ def check(args):
             if ctl:
                 controls[ref] = ctl
             print(f"{ref}: job {jobs[ref]} reused" + (f", control job {ctl}" if ctl else ""), file=sys.stderr)
-            if ctl or not chk.has_control(ref, fmt) or args.no_new_controls:
+            if ctl or not chk.has_control(ref, fmt, raw["check"]["sizes"]) or args.no_new_controls:
                 continue
         else:
             spec = parse_spec(raw)
             rec = spool.submit(h, resolve(spec, out, reg, []))
             jobs[ref] = rec["id"]
             print(f"{ref}: job {rec['id']}", file=sys.stderr)
-        if chk.has_control(ref, fmt):  # (a reused job made before controls existed gets its control now)
+        if chk.has_control(ref, fmt, raw["check"]["sizes"]):  # (a reused job made before controls existed gets its control now)
             # the shuffled-label control: the same run on the same images, the training labels shuffled
             # (each training image given another's label file, annotations, mask or caption)
             ctl = chk.control_spec(raw, checkdata.control_dataset(raw["dataset"], fmt, repo=ref.startswith("repo/")))
