@@ -94,10 +94,10 @@ def end_to_end(server: Server, points: int, rep: int) -> tuple[float, float, str
 
 
 def mirror_alone(server: Server, points: int, rep: int) -> float:
-    """runner's exporter sending a stored job's points (no daemon: the Mirror over a filled store)."""
+    """runner's exporter sending a stored job's points (no daemon: the MLflow exporter over a filled store)."""
     sys.path.insert(0, str(ROOT))
     from runner.home import Home
-    from runner.mirror import Mirror, settings
+    from runner.exporters import configured, load
     from runner.store import Store
 
     home = tmp_home()
@@ -114,8 +114,8 @@ def mirror_alone(server: Server, points: int, rep: int) -> float:
     for i in range(0, len(rows), 5000):
         store.add_metrics(f"bench{rep:03d}", rows[i:i + 5000], now=now + i / 1000)
     store.transition(f"bench{rep:03d}", "succeeded")
-    store.mlflow_enroll([f"bench{rep:03d}"], f"bench-mirror-{rep}")
-    m = Mirror(h, store, settings(h.config))
+    m = load("mlflow")("mlflow", h, store, configured(h.config)["mlflow"])
+    m.enrol([f"bench{rep:03d}"], f"bench-mirror-{rep}")
     t0 = time.perf_counter()
     while not m.sync(f"bench{rep:03d}"):
         pass

@@ -48,25 +48,33 @@ def _hint(word: str, known, shown: str = "{}") -> str:
     return f"did you mean {shown.format(near[0])}? " if near else ""
 
 
+def known_tables() -> dict:
+    """KEYS, and the table of each exporter it does not list (runner/exporters/: the class says its keys)."""
+    from .exporters import EXPORTERS, load
+
+    return {**KEYS, **{name: tuple(load(name).keys) for name in EXPORTERS if name not in KEYS}}
+
+
 def problems(path: str | Path, data: dict, top_keys=TOP_KEYS) -> list[str]:
     """One line per table or key of one config file that runner does not read, with the nearest
     known name; [] when every one is known. Values are checked where they are read."""
+    known = known_tables()
     out = []
     for name, value in data.items():
-        if name in KEYS:
+        if name in known:
             if not isinstance(value, dict):
-                out.append(f"{path}: {name}: expected a table, [{name}], with keys such as {', '.join(KEYS[name][:3])}")
+                out.append(f"{path}: {name}: expected a table, [{name}], with keys such as {', '.join(known[name][:3])}")
                 continue
             for key in value:
-                if key not in KEYS[name]:
-                    out.append(f"{path}: [{name}] {key}: not a key of [{name}]; {_hint(key, KEYS[name])}"
-                               f"(known: {', '.join(KEYS[name])})")
+                if key not in known[name]:
+                    out.append(f"{path}: [{name}] {key}: not a key of [{name}]; {_hint(key, known[name])}"
+                               f"(known: {', '.join(known[name])})")
         elif name in top_keys and not isinstance(value, dict):
             continue
         elif isinstance(value, dict):
-            out.append(f"{path}: [{name}]: not a table runner reads; {_hint(name, KEYS, '[{}]')}(known: {', '.join(f'[{t}]' for t in KEYS)})")
+            out.append(f"{path}: [{name}]: not a table runner reads; {_hint(name, known, '[{}]')}(known: {', '.join(f'[{t}]' for t in known)})")
         else:
-            where = next((t for t, keys in KEYS.items() if name in keys), None)
+            where = next((t for t, keys in known.items() if name in keys), None)
             if where:
                 said = f"it belongs inside [{where}] (a key above the first [table] is top-level)"
             elif name in TOP_KEYS:

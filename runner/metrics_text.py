@@ -3,7 +3,7 @@
 What is there: jobs by state and ended jobs by reason, the queue's wait (a histogram of seconds
 from queued to started) and its oldest waiter, per user the running and queued jobs, GPUs held and
 GPU-seconds used, each GPU's memory and utilisation (from the daemon's inventory), env builds and
-their failures, the spool's backlog, the MLflow mirror's lag (when [mlflow] is set), the last
+their failures, the spool's backlog, each exporter's lag (runner/exporters/: when its table is set), the last
 retention pass, and the HTTP requests by route template (never the raw path) with their latency.
 
 What is not: anything private. No log text, no env_vars, no paths, no job names or commands; user
@@ -283,11 +283,14 @@ def render(home, store, daemon=None, http: HttpStats | None = None, gpus: GpuLoo
     out.family("runner_spool_oldest_seconds", "gauge", "Age of the oldest file in the spool (0: none).",
                [({}, backlog["oldest_spool_seconds"] or 0)])
 
-    if getattr(daemon, "mirror_conf", None):
-        lag = store.mlflow_lag()
-        out.family("runner_mlflow_jobs_behind", "gauge", "Jobs whose mirror to MLflow is not complete.", [({}, lag["behind"])])
-        out.family("runner_mlflow_jobs_failing", "gauge", "Jobs behind whose last export try failed.", [({}, lag["failing"] or 0)])
-        out.family("runner_mlflow_lag_seconds", "gauge", "Seconds since the longest-waiting job behind was enrolled (0: none).",
+    from .exporters import load, serving
+
+    for name in serving(daemon):  # each exporter that is on: its backlog
+        lag = store.export_lag(name)
+        out.family(f"runner_{name}_jobs_behind", "gauge", f"Jobs whose mirror to {load(name).title or name} is not complete.",
+                   [({}, lag["behind"])])
+        out.family(f"runner_{name}_jobs_failing", "gauge", "Jobs behind whose last export try failed.", [({}, lag["failing"] or 0)])
+        out.family(f"runner_{name}_lag_seconds", "gauge", "Seconds since the longest-waiting job behind was enrolled (0: none).",
                    [({}, max(0.0, now - lag["oldest"]) if lag["oldest"] else 0)])
 
     from .retention import last_pass

@@ -25,7 +25,9 @@ def job_view(store, job: dict, full: bool = False, latest: dict | None = None, t
         out["log_tail"] = "\n".join(tail) if tail else None
         out["transitions"] = [{k: t[k] for k in ("from_state", "to_state", "at", "reason")} for t in store.transitions(job["id"])]
         out["artifacts"] = store.artifacts(job["id"])[-MAX_ARTIFACTS:]
-        out["mlflow"] = export_view(store, job["id"])
+        from .exporters import views
+
+        out.update(views(store, job["id"]))  # {exporter: how far its export is, or None}
         out["metrics_compacted"] = compacted_view(store, job)
     return out
 
@@ -64,23 +66,6 @@ def log_tail_for(home, job: dict, viewer: int | None) -> list[str] | None:
         return tail_lines(home.run_dir(job["id"]) / "output.log")
     except OSError:  # a CLI user whose log it is not (the file says so)
         return None
-
-
-def export_view(store, job_id: str) -> dict | None:
-    """How far a job's export is, for `runner show` and the API; None when it is not mirrored."""
-    import sqlite3
-
-    try:
-        row = store.mlflow_row(job_id)
-    except sqlite3.OperationalError:  # an older store without the table, until the daemon migrates it
-        return None
-    if row is None:
-        return None
-    total = store.count_metrics(job_id)
-    sent = store.metric_count_upto(job_id, row["exported_id"]) if row["exported_id"] else 0
-    return {"experiment": row["experiment"], "experiment_id": row["experiment_id"], "run_id": row["run_id"], "points_exported": sent, "points": total,
-            "status": row["status_sent"], "done": bool(row["done"]), "error": row["error"],
-            "next_try": row["next_try"] if row["error"] else None}
 
 
 MAX_ARTIFACTS = 1000  # newest files of a job shown in its view

@@ -102,9 +102,13 @@ def request_token(home: Home, rotate: bool = False):
     _drop(home, f"{time.time_ns()}-{new_id()}.token.json", {"rotate": bool(rotate)})
 
 
-def request_export(home: Home, ids: list[str], experiment: str | None = None):
-    """Ask the daemon to mirror these jobs to MLflow (it checks that the file's owner may)."""
-    _drop(home, f"{time.time_ns()}-{new_id()}.export.json", {"ids": list(ids), "experiment": experiment})
+def request_export(home: Home, ids: list[str], experiment: str | None = None, exporter: str | None = None):
+    """Ask the daemon to export these jobs with `exporter` (runner/exporters/) to `experiment` (its
+    target; None: the config's); it checks that the file's owner may."""
+    rec = {"ids": list(ids), "experiment": experiment}
+    if exporter is not None:
+        rec["exporter"] = exporter
+    _drop(home, f"{time.time_ns()}-{new_id()}.export.json", rec)
 
 
 def pending(home: Home) -> list[Path]:

@@ -149,7 +149,34 @@ def _m10(db):
     db["jobs"].add_column("metrics_points_before", int)
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10]
+def _m11(db):
+    """One outbox for every exporter (runner/exporters/), keyed by exporter and job: where each job's
+    export stands (the target it was enrolled for, its run on the other side, the last metric row
+    acknowledged, the batch in flight, the job state last sent, done, the error and retry schedule)
+    and, in `extra` (a JSON object), the exporter's own fields. MLflow's table (_m4) moves into it."""
+    db.execute(_OUTBOX_TABLE)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_export_outbox_due ON export_outbox (exporter, done, next_try)")
+    if "mlflow_export" in db.table_names():
+        db.execute(
+            "INSERT INTO export_outbox (exporter, job_id, target, run_id, exported_id, inflight_id, status_sent, done, "
+            "error, attempts, next_try, enrolled_at, updated_at, extra) "
+            "SELECT 'mlflow', job_id, experiment, run_id, COALESCE(exported_id, 0), inflight_id, status_sent, COALESCE(done, 0), "
+            "error, COALESCE(attempts, 0), COALESCE(next_try, 0.0), enrolled_at, updated_at, "
+            "json_object('experiment_id', experiment_id, 'ts_state', json(COALESCE(ts_state, 'null')), "
+            "'params_done', COALESCE(params_done, 0), 'artifacts_done', COALESCE(artifacts_done, 0)) FROM mlflow_export")
+        db.execute("DROP TABLE mlflow_export")
+
+
+_OUTBOX_TABLE = """CREATE TABLE IF NOT EXISTS export_outbox (
+    exporter TEXT NOT NULL, job_id TEXT NOT NULL, target TEXT, run_id TEXT,
+    exported_id INTEGER NOT NULL DEFAULT 0, inflight_id INTEGER, status_sent TEXT, done INTEGER NOT NULL DEFAULT 0,
+    error TEXT, attempts INTEGER NOT NULL DEFAULT 0, next_try FLOAT NOT NULL DEFAULT 0.0, enrolled_at FLOAT, updated_at FLOAT,
+    extra TEXT, PRIMARY KEY (exporter, job_id))"""
+_OUTBOX_COLUMNS = frozenset(("target", "run_id", "exported_id", "inflight_id", "status_sent", "done", "error", "attempts",
+                             "next_try", "enrolled_at", "updated_at"))
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -628,34 +655,52 @@ class Store:
         ).fetchall()
         return {r["name"]: r["value"] for r in rows}
 
-    # -- the MLflow mirror ------------------------------------------------------------------
-    def mlflow_enroll(self, job_ids: Iterable[str], experiment: str, now: Optional[float] = None) -> int:
-        """Mirror these jobs to `experiment` (a job already enrolled keeps its run); how many are new."""
+    # -- the exporters' outbox (runner/exporters/) ------------------------------------------
+    def export_enrol(self, exporter: str, job_ids: Iterable[str], target: str, now: Optional[float] = None) -> int:
+        """Export these jobs with `exporter` to `target` (a job already enrolled keeps its place); how many are new."""
         now = time.time() if now is None else now
         with self.transaction() as c:
             before = c.total_changes
-            c.executemany("INSERT OR IGNORE INTO mlflow_export (job_id, experiment, enrolled_at, updated_at) VALUES (?,?,?,?)",
-                          [(j, experiment, now, now) for j in job_ids])
+            c.executemany("INSERT OR IGNORE INTO export_outbox (exporter, job_id, target, enrolled_at, updated_at) VALUES (?,?,?,?,?)",
+                          [(exporter, j, target, now, now) for j in job_ids])
             return c.total_changes - before
 
+    def export_row(self, exporter: str, job_id: str) -> Optional[dict]:
+        """A job's export position with `exporter` (its own fields of `extra` beside the columns), or None."""
+        row = self.conn.execute("SELECT * FROM export_outbox WHERE exporter=? AND job_id=?", (exporter, job_id)).fetchone()
+        if row is None:
+            return None
+        extra = json.loads(row.pop("extra") or "{}")
+        return {**extra, **row}
+
     def mlflow_row(self, job_id: str) -> Optional[dict]:
-        """A job's export position, or None when it is not mirrored."""
-        return self.conn.execute("SELECT * FROM mlflow_export WHERE job_id=?", (job_id,)).fetchone()
+        """export_row of the MLflow exporter (the name its tests and bench read it by)."""
+        return self.export_row("mlflow", job_id)
 
-    def mlflow_due(self, now: float, limit: int = 100) -> list[dict]:
-        """Mirrored jobs with work left whose retry time has come, the longest waiting first."""
+    def export_due(self, exporter: str, now: float, limit: int = 100) -> list[dict]:
+        """An exporter's jobs with work left whose retry time has come, the longest waiting first."""
         return self.conn.execute(
-            "SELECT * FROM mlflow_export WHERE done=0 AND next_try<=? ORDER BY next_try, enrolled_at LIMIT ?",
-            (now, limit)).fetchall()
+            "SELECT job_id FROM export_outbox WHERE exporter=? AND done=0 AND next_try<=? ORDER BY next_try, enrolled_at LIMIT ?",
+            (exporter, now, limit)).fetchall()
 
-    def mlflow_set(self, job_id: str, **fields):
-        """Record progress of a job's export (run id, what was sent, the error and next try)."""
+    def export_set(self, exporter: str, job_id: str, **fields):
+        """Record progress of a job's export, all `fields` in one statement: an outbox column by its
+        name, any other name as the exporter's own field (in `extra`; None is kept as null)."""
         fields.setdefault("updated_at", time.time())
-        if "ts_state" in fields and not isinstance(fields["ts_state"], (str, type(None))):
-            fields["ts_state"] = json.dumps(fields["ts_state"])
-        sets = ",".join(f"{k}=?" for k in fields)
+        sets, args = [], []
+        for k, v in fields.items():
+            if k in _OUTBOX_COLUMNS:
+                sets.append(f"{k}=?")
+                args.append(v)
+        own = {k: v for k, v in fields.items() if k not in _OUTBOX_COLUMNS}
+        if own:
+            if not all(k.isidentifier() for k in own):
+                raise ValueError(f"an exporter's field is a name: given {sorted(own)}")
+            sets.append("extra=json_set(COALESCE(extra, '{}')" + ", ?, json(?)" * len(own) + ")")
+            for k, v in own.items():
+                args += [f"$.{k}", json.dumps(v)]
         with self.transaction() as c:
-            c.execute(f"UPDATE mlflow_export SET {sets} WHERE job_id=?", [*fields.values(), job_id])
+            c.execute(f"UPDATE export_outbox SET {','.join(sets)} WHERE exporter=? AND job_id=?", [*args, exporter, job_id])
 
     def metric_rows_after(self, job_id: str, after_id: int, upto_id: Optional[int] = None, limit: int = 1000) -> list[dict]:
         """A job's metric rows with ids above `after_id` (and at most `upto_id`), in id order.
@@ -796,12 +841,12 @@ class Store:
         """How many envs are recorded and their bytes as measured when built."""
         return self.conn.execute("SELECT COUNT(*) AS n, TOTAL(size) AS bytes FROM envs").fetchone()
 
-    def mlflow_lag(self) -> dict:
-        """The MLflow mirror's backlog: jobs not yet fully exported, those whose last try failed, and
+    def export_lag(self, exporter: str) -> dict:
+        """An exporter's backlog: jobs not yet fully exported, those whose last try failed, and
         when the longest waiting was enrolled."""
         return self.conn.execute(
             "SELECT COUNT(*) AS behind, SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS failing, "
-            "MIN(enrolled_at) AS oldest FROM mlflow_export WHERE done=0").fetchone()
+            "MIN(enrolled_at) AS oldest FROM export_outbox WHERE exporter=? AND done=0", (exporter,)).fetchone()
 
     def ended_jobs(self, before: float, after: Optional[float] = None) -> list[dict]:
         """Jobs that ended before `before` (and after `after`): id, user, uid, state, finished_at."""

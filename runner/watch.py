@@ -250,7 +250,7 @@ class LogWatcher:
         """Record checkpoint files matching the globs (relative to the job dir) that are new or changed.
 
         Each is opened the safe way (open_job_file) and taken only when it is a regular file of the
-        job's user; its identity is kept so that whoever reads it later (the MLflow mirror) opens
+        job's user; its identity is kept so that whoever reads it later (an exporter) opens
         the same file or none."""
         self._scanned = time.monotonic()
         new = []

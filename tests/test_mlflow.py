@@ -274,7 +274,7 @@ def test_bad_mlflow_settings_are_one_line_errors(tmp_path):
 
 
 def test_names_steps_and_timestamps_as_mlflow_takes_them():
-    from runner.mirror import job_tags, metric_key, points
+    from runner.exporters.mlflow import job_tags, metric_key, points
 
     assert metric_key("gpu0_memory_mb") == "system/gpu_0_memory_usage_megabytes"
     assert metric_key("gpu3_utilization") == "system/gpu_3_utilization_percentage"
@@ -301,7 +301,7 @@ def test_an_upload_into_a_mounted_artifact_folder_never_writes_through_a_planted
     server's user, and nothing of it is left behind."""
     import io
 
-    from runner.mlflow_rest import Client
+    from runner.exporters.mlflow_rest import Client
 
     victim = tmp_path / "victim"
     victim.write_text("root's file\n")

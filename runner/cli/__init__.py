@@ -220,7 +220,9 @@ def _token(p):
 
 
 def _export(p):
-    p.add_argument("target", choices=["mlflow"], help="where to: mlflow (the config's [mlflow] tracking_uri)")
+    from runner.exporters import EXPORTERS
+
+    p.add_argument("target", choices=list(EXPORTERS), help="where to: mlflow (the config's [mlflow] tracking_uri)")
     p.add_argument("ids", nargs="*", help="job ids (unique prefixes will do)")
     p.add_argument("--all", action="store_true", help="every job of yours (root: everyone's) that ran")
     p.add_argument("--since", help="with --all: only jobs submitted since this date (YYYY-MM-DD[THH:MM])")

@@ -1,4 +1,4 @@
-"""runner export mlflow: mirror past jobs to the MLflow server of the site config."""
+"""runner export NAME: export past jobs with an exporter of the site config (runner/exporters/)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ def _since(text: str) -> float:
 
 
 def export(args):
-    """runner export mlflow ID... | --all [--since DATE] [--experiment NAME] [--no-wait]"""
+    """runner export NAME ID... | --all [--since DATE] [--experiment NAME] [--no-wait]"""
     from runner.exceptions import RunnerError
-    from runner.mirror import settings
-    from runner.queries import export_view, find_job
+    from runner.exporters import configured, unset_message, view
+    from runner.queries import find_job
     from runner.spool import request_export, user_name
 
     h = home(args)
-    conf = settings(h.config)
-    if conf is None:
-        raise RunnerError("[mlflow] tracking_uri is not set in the config (docs/mlflow.md): nothing to export to")
+    name = args.target
+    if name not in configured(h.config):
+        raise RunnerError(f"{unset_message(name)} is not set in the config (docs/{name}.md): nothing to export to")
     if bool(args.ids) == bool(args.all):
         raise RunnerError("give job ids, or --all (with --since DATE for the jobs submitted since)")
     s = store(h)
@@ -48,13 +48,13 @@ def export(args):
         return 0
     if h.daemon_pid() is None:
         raise RunnerError("the daemon is not running: it does the export (start it with `runner daemon`)")
-    request_export(h, ids, args.experiment)
+    request_export(h, ids, args.experiment, exporter=name)
     if args.no_wait:
         print(f"export of {len(ids)} job(s) requested")
         return 0
     deadline = time.time() + args.timeout
     while True:
-        views = {i: export_view(s, i) for i in ids}
+        views = {i: view(s, name, i) for i in ids}
         if all(v and v["done"] for v in views.values()) or time.time() > deadline:
             break
         time.sleep(0.5)

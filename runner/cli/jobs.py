@@ -136,11 +136,10 @@ def show(args):
         from runner.queries import compacted_line
 
         print(f"{'points:':<16}{compacted_line(view['metrics_compacted'])}")
-    if view.get("mlflow"):
-        m = view["mlflow"]
-        state = "complete" if m["done"] else ("behind: " + m["error"] if m["error"] else "following")
-        print(f"{'mlflow:':<16}run {m['run_id'] or '(not made yet)'} in {m['experiment']}; "
-              f"{m['points_exported']}/{m['points']} points exported; {state}")
+    from runner.exporters import show_lines
+
+    for name, line in show_lines(view):  # each exporter's place, for a job it exports
+        print(f"{name + ':':<16}{line}")
     if view.get("artifacts"):
         print("artifacts:")
         for a in view["artifacts"]:

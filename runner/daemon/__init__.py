@@ -24,7 +24,7 @@ from ..atomic import write_json
 from ..envs import EnvManager, masked, uv_environ, uv_settings
 from ..exceptions import InvalidTransition, RunnerError
 from ..home import Home
-from ..mirror import Mirror, settings as mirror_settings
+from ..exporters import Exporters
 from ..prepare import ShimLauncher
 from ..registry import load as load_registry
 from ..retention import Retention
@@ -65,7 +65,7 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         self.fairshare = fairshare.settings(home.config)  # a bad [scheduler] stops the daemon here, in one line
         self.ledger = fairshare.Ledger(self.store, self.fairshare)
         self.preempt = preempt.settings(home.config)  # a bad preempt_* key stops the daemon here, in one line
-        self.mirror_conf = mirror_settings(home.config)  # None: no [mlflow] in the config
+        self.exporters = Exporters(self.home, self.store, home.config)  # those whose table the config has; a bad one stops the daemon here
         diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
         self.retention = Retention(self.home, self.store)  # a bad [retention] stops the daemon here, in one line
         self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
@@ -159,10 +159,7 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         threading.Thread(target=self._watch_files, name="watch", daemon=True).start()
         if sock is not None:
             self._start_http(sock)
-        if self.mirror_conf:
-            mirror = Mirror(self.home, self.store, self.mirror_conf)
-            threading.Thread(target=mirror.run, args=(self._stop_watch,), name="mirror", daemon=True).start()
-            log.info("mirroring jobs to MLflow at %s", self.mirror_conf["tracking_uri"])
+        self.exporters.start(self._stop_watch)  # a thread each; none without their config tables
         self.retention.start(self._stop_watch)  # its own thread, at most one pass an hour; none without [retention]
         try:
             while not self.stopping:

@@ -231,17 +231,13 @@ class Intake:
             from ..secrets import HIDDEN
 
             stored = {**stored, "env_vars": {k: HIDDEN for k in env_vars}}
-        experiment = None
-        if self.mirror_conf:
-            from ..mirror import job_experiment
-
-            experiment = job_experiment(stored, self.mirror_conf)
+        targets = self.exporters.targets(stored)  # {exporter: where this job goes}; {} when none is on
         # The id is the record's word; whether it names a new job is the store's. The row is made
         # first, and only under an id that row has just claimed is anything written (the secrets),
         # so no record can write into a job that exists, whoever's it is.
         wrote_secrets = False
         try:
-            with self.store.transaction():  # a job, its secrets and its place in the MLflow mirror, together
+            with self.store.transaction():  # a job, its secrets and its place in each exporter's outbox, together
                 made = self.store.insert_job({
                     "id": job_id, "name": name, "user": user_name(uid), "uid": uid, "kind": spec.kind, "model": spec.model,
                     "priority": spec.priority, "spec": stored, "env": env,
@@ -262,8 +258,7 @@ class Intake:
                         retry_uid = self.store.get_job(retry_of)["uid"]
                     wrote_secrets = True
                     keep(self.home, job_id, env_vars, uid, retry_of, retry_uid)
-                if experiment:
-                    self.store.mlflow_enroll([job_id], experiment, now=now)
+                self.exporters.enrol(job_id, targets, now=now)
         except BaseException:
             if wrote_secrets:  # the row is gone with the transaction: so are its values
                 from ..secrets import forget
@@ -273,9 +268,15 @@ class Intake:
         self._dirty = True
 
     def _export(self, rec: dict, uid: int, now: float):
-        """`runner export mlflow`: mirror these past jobs (the requester's own; root's: anyone's)."""
-        if not self.mirror_conf:
-            raise SpoolFileError("this daemon's config has no [mlflow] tracking_uri: nothing to export to")
+        """`runner export NAME`: export these past jobs (the requester's own; root's: anyone's)."""
+        from ..exporters import EXPORTERS, unset_message
+
+        name = rec.get("exporter", next(iter(EXPORTERS)))  # a request of a CLI from before there was a choice: the first
+        if not isinstance(name, str) or name not in EXPORTERS:
+            raise SpoolFileError(f"exporter: given {str(name)[:80]!r}; expected one of {', '.join(EXPORTERS)}")
+        exporter = self.exporters.get(name)
+        if exporter is None:
+            raise SpoolFileError(f"this daemon's config has no {unset_message(name)}: nothing to export to")
         ids, experiment = rec.get("ids"), rec.get("experiment")
         if not isinstance(ids, list) or not ids or len(ids) > 50_000 or not all(isinstance(i, str) for i in ids):
             raise SpoolFileError("an export request is {\"ids\": [job ids], \"experiment\": name or null}")
@@ -289,7 +290,7 @@ class Intake:
                 continue
             if uid in (0, job["uid"]):
                 mine.append(job["id"])
-        self.store.mlflow_enroll(mine, experiment or self.mirror_conf["experiment"], now=now)
+        exporter.enrol(mine, experiment or exporter.default_target(), now=now)
 
     def _token(self, rec: dict, uid: int):
         from .. import tokens

@@ -209,7 +209,7 @@ class Launch:
             return
         (run_dir / "watch.json").write_text(json.dumps({"parser": prepared.parser, "checkpoints": prepared.checkpoints,
                                                          "results_file": prepared.results_file}))
-        if (job["spec"].get("model") or "").startswith("repo/"):  # what ran, for the MLflow mirror's tags
+        if (job["spec"].get("model") or "").startswith("repo/"):  # what ran, for the exporters (a run's tags)
             repo = self.registry.get_repo(job["spec"]["model"][5:]) or {}
             (run_dir / "repo.json").write_text(json.dumps({"url": repo.get("url"), "commit": repo.get("commit")}))
         if self.store.get_job(jid)["cancel_requested"]:

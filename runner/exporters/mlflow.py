@@ -1,13 +1,13 @@
 """Every job mirrored to an MLflow tracking server, whatever ran it, with no code in the adapters.
 
-The site config's `[mlflow]` table turns it on (docs/mlflow.md). Each job becomes one MLflow run:
+The site config's `[mlflow]` table turns it on (docs/mlflow.md): EXPORTERS["mlflow"]. Each job becomes one MLflow run:
 tags say whose job it is and what it ran, params are its resolved settings, metrics are the
 points the daemon parsed into the store, GPU samples are `system/` metrics, and the run's status
-follows the job. The daemon's `mirror` thread does the work while the job runs, so a job never
+follows the job. The daemon's `export-mlflow` thread does the work while the job runs, so a job never
 waits on MLflow: when the server is down the export falls behind and catches up later, each job
 with its own backoff.
 
-Exactly once: the store keeps, per job, the run id and the id of the last metric row MLflow
+Exactly once: the store's outbox keeps, per job, the run id and the id of the last metric row MLflow
 acknowledged. A batch is marked in flight before it is sent and acknowledged after, in one
 transaction with the new position; a batch found in flight after a crash (the daemon's or the
 server's) is settled against the run's metric history, so only what MLflow lacks is sent again. A
@@ -26,17 +26,17 @@ import logging
 import math
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
-from .atomic import write_json
-from .exceptions import RunnerError
-from .mlflow_rest import Client, MlflowError
-from .states import ENDED, JobState
-from .watch import Identity, Refused, open_job_file, read_identities
+from ..exceptions import RunnerError
+from ..states import ENDED, JobState
+from .base import Exporter
 
-log = logging.getLogger("runner.mirror")
+# mlflow_rest (urllib) and watch are imported where they are used: `runner show` reads a view
+# through this module and stays fast.
+
+log = logging.getLogger("runner.exporters.mlflow")
 
 MAX_METRICS = 1000  # per runs/log-batch call (MLflow's limit)
 MAX_PARAMS = 100  # per runs/log-batch call (MLflow's limit)
@@ -44,7 +44,6 @@ MAX_TAGS = 100  # per runs/log-batch call (MLflow's limit)
 PARAM_VALUE_MAX = 6000  # characters MLflow keeps of a param's value
 KEY_MAX = 250  # characters of a metric, param or tag name
 BATCHES_PER_TURN = 20  # batches one job sends before the next job's turn
-BACKOFF_FIRST, BACKOFF_MAX = 1.0, 300.0  # seconds before a retry after an error, doubling
 ARTIFACT_KINDS = ("spec", "log", "best_checkpoint", "last_checkpoint")
 DEFAULT_EXPERIMENT = "runner"
 STATUS = {JobState.QUEUED: "SCHEDULED", JobState.PREPARING: "SCHEDULED", JobState.RUNNING: "RUNNING",
@@ -143,6 +142,8 @@ def flatten(d, prefix: str = "") -> dict:
 def job_params(job: dict, job_dir: Path) -> dict:
     """A job's params: its spec (without env_vars' values, which may be secrets) and, for a model
     job, the settings its translator resolved (job.json: what the adapter trained with)."""
+    from ..watch import Refused, open_job_file
+
     spec = {k: v for k, v in job["spec"].items() if k not in ("mlflow",)}
     if spec.get("env_vars"):
         spec["env_vars"] = sorted(spec["env_vars"])  # the names only
@@ -185,11 +186,17 @@ def _ms(t: float | None) -> int | None:
     return int(t * 1000) if t else None
 
 
-class Mirror:
-    """The export of every enrolled job; `run` is the daemon's thread, `sync` one job's turn."""
+class MlflowExporter(Exporter):
+    """The export of every enrolled job to MLflow; `run` is the daemon's thread, `sync` one job's turn."""
 
-    def __init__(self, home, store, conf: dict):
-        self.home, self.store, self.conf = home, store, conf
+    title = "MLflow"
+    unset = "[mlflow] tracking_uri"
+    row_defaults = {"experiment_id": None, "ts_state": None, "params_done": 0, "artifacts_done": 0}
+
+    def __init__(self, name, home, store, conf: dict):
+        from .mlflow_rest import Client
+
+        super().__init__(name, home, store, conf)
         self.client = Client(conf["tracking_uri"], conf["timeout_seconds"])
         self._experiments: dict[str, str] = {}
         # A fault for the tests: the daemon dies by SIGKILL after sending its N-th metric batch,
@@ -197,42 +204,34 @@ class Mirror:
         self._kill_after = int(os.environ.get("RUNNER_FAULT_KILL_AFTER_MLFLOW_BATCH") or 0)
         self._sent = 0
 
-    def run(self, stop: threading.Event):
-        """Export what is due every interval until `stop` is set."""
-        while not stop.is_set():
-            try:
-                self.pass_once(stop)
-            except Exception:  # a bug here must not take the daemon's thread down for good
-                log.exception("mlflow mirror pass failed")
-            stop.wait(self.conf["interval_seconds"])
+    @property
+    def quiet_errors(self):
+        from .mlflow_rest import MlflowError
 
-    def pass_once(self, stop: threading.Event | None = None):
-        now = time.time()
-        for row in self.store.mlflow_due(now):
-            if stop is not None and stop.is_set():
-                return
-            self.sync(row["job_id"])
+        return (MlflowError,)
 
-    def sync(self, job_id: str) -> bool:
-        """One turn of one job's export; True when it is complete. An error is recorded with the
-        next try (backoff), never raised: the next turn goes on from the stored position."""
-        row = self.store.mlflow_row(job_id)
-        if row is None or row["done"]:
-            return bool(row)
-        try:
-            done = self._sync(job_id, row)
-        except Exception as e:  # MLflow down or refusing, or a bug: this job waits, the others go on
-            if not isinstance(e, MlflowError):
-                log.exception("job %s: mlflow export failed", job_id)
-            attempts = row["attempts"] + 1
-            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempts - 1))
-            self.store.mlflow_set(job_id, error=str(e)[:1000], attempts=attempts, next_try=time.time() + delay)
-            if attempts == 1 or attempts % 10 == 0:
-                log.warning("job %s: mlflow export: %s (try %d; next in %.0fs)", job_id, e, attempts, delay)
-            return False
-        if row["error"] or row["attempts"]:
-            self.store.mlflow_set(job_id, error=None, attempts=0, next_try=0.0)
-        return done
+    @classmethod
+    def settings(cls, table) -> dict:
+        """The `[mlflow]` table checked (docs/mlflow.md)."""
+        return settings({"mlflow": table})
+
+    @classmethod
+    def target(cls, name: str, spec: dict, conf: dict) -> str | None:
+        """The job's experiment (its own `mlflow: {experiment: ...}` or the site's), None for `mlflow: false`."""
+        return job_experiment(spec, conf)
+
+    def describe(self) -> str:
+        return f"mirroring jobs to MLflow at {self.conf['tracking_uri']}"
+
+    @classmethod
+    def view(cls, store, row: dict) -> dict:
+        return {"experiment": row["target"], "experiment_id": row.get("experiment_id"), **super().view(store, row)}
+
+    @classmethod
+    def show_line(cls, view: dict) -> str:
+        state = "complete" if view["done"] else ("behind: " + view["error"] if view["error"] else "following")
+        return (f"run {view['run_id'] or '(not made yet)'} in {view['experiment']}; "
+                f"{view['points_exported']}/{view['points']} points exported; {state}")
 
     def _repo(self, job_id: str) -> dict | None:
         """The repo a repo job ran (written at prepare), or None."""
@@ -246,41 +245,43 @@ class Mirror:
             self._experiments[name] = self.client.experiment_id(name)
         return self._experiments[name]
 
-    def _sync(self, job_id: str, row: dict) -> bool:
+    def export(self, job_id: str, row: dict) -> bool:
+        """One turn of one job: its run made (or found again), params and tags once it runs, the
+        metric rows after the acknowledged position, and at its end the artifacts and the status."""
         job = self.store.get_job(job_id)
         state = JobState(job["state"])
         ended = state in ENDED  # read first: once ended, every metric of the job is in the store
         run_id = row["run_id"]
         if not run_id:
-            exp = self._experiment(row["experiment"])
+            exp = self._experiment(row["target"])
             info = self.client.find_run(exp, job_id) or self.client.create_run(
                 exp, job["name"] or job_id, _ms(job["created_at"]) or _ms(time.time()), job_tags(job))
             run_id = info["run_id"]
-            self.store.mlflow_set(job_id, run_id=run_id, experiment_id=exp, status_sent="SCHEDULED")
-            row = self.store.mlflow_row(job_id)
+            self.set(job_id, run_id=run_id, experiment_id=exp, status_sent="SCHEDULED")
+            row = self.row(job_id)
         if not row["params_done"] and (state == JobState.RUNNING or ended):
             params = sorted(job_params(job, self.home.job_dir(job_id)).items())
             tags = sorted(job_tags(job, self._repo(job_id)).items())
             for i in range(0, max(len(params), len(tags)), MAX_PARAMS):
                 self.client.log_batch(run_id, params=[{"key": k, "value": v} for k, v in params[i:i + MAX_PARAMS]],
                                       tags=[{"key": k, "value": v} for k, v in tags[i:i + MAX_TAGS]])
-            self.store.mlflow_set(job_id, params_done=1)
+            self.set(job_id, params_done=1)
         if row["inflight_id"]:
             self._settle(job_id, row, run_id)
-            row = self.store.mlflow_row(job_id)
+            row = self.row(job_id)
         caught_up = self._send_metrics(job_id, row, run_id)
         status = STATUS[state]
         if ended and caught_up:
             if not row["artifacts_done"]:
                 self._artifacts(job, run_id)
-                self.store.mlflow_set(job_id, artifacts_done=1)
+                self.set(job_id, artifacts_done=1)
             self.client.log_batch(run_id, tags=[{"key": k, "value": v} for k, v in sorted(job_tags(job, self._repo(job_id)).items())])
             self.client.update_run(run_id, status, _ms(job["finished_at"]))
-            self.store.mlflow_set(job_id, status_sent=status, done=1)
+            self.set(job_id, status_sent=status, done=1)
             return True
         if not ended and row["status_sent"] != status:
             self.client.update_run(run_id, status)
-            self.store.mlflow_set(job_id, status_sent=status)
+            self.set(job_id, status_sent=status)
         return False
 
     def _send_metrics(self, job_id: str, row: dict, run_id: str) -> bool:
@@ -292,12 +293,12 @@ class Mirror:
                 return True
             batch, after = points(rows, ts_state)
             upto = rows[-1]["id"]
-            self.store.mlflow_set(job_id, inflight_id=upto)
+            self.set(job_id, inflight_id=upto)
             self.client.log_batch(run_id, metrics=batch)
             self._sent += 1
             if self._kill_after and self._sent >= self._kill_after:
                 os.kill(os.getpid(), 9)
-            self.store.mlflow_set(job_id, exported_id=upto, inflight_id=None, ts_state=after)  # one transaction
+            self.set(job_id, exported_id=upto, inflight_id=None, ts_state=after)  # one transaction
             exported, ts_state = upto, after
         return False
 
@@ -312,7 +313,7 @@ class Mirror:
         for i in range(0, len(missing), MAX_METRICS):
             self.client.log_batch(run_id, metrics=missing[i:i + MAX_METRICS])
         log.info("job %s: settled a batch in flight: %d of %d points were missing", job_id, len(missing), len(batch))
-        self.store.mlflow_set(job_id, exported_id=row["inflight_id"], inflight_id=None, ts_state=after)
+        self.set(job_id, exported_id=row["inflight_id"], inflight_id=None, ts_state=after)
 
     def _artifacts(self, job: dict, run_id: str):
         """The files the config asks for, each within the size limit; what was left out is tagged.
@@ -320,6 +321,9 @@ class Mirror:
         A checkpoint is a file the job wrote: it is opened without following links (open_job_file),
         must be a regular file of the job's user, and must be the very file the watcher recorded
         (same device, inode, size and time); anything else is skipped with the reason."""
+        from ..atomic import write_json
+        from ..watch import Refused, read_identities
+
         wanted = self.conf["artifacts"]
         if not wanted:
             return
@@ -366,6 +370,8 @@ class Mirror:
 
     def _open_checkpoint(self, job: dict, path: Path, identities: dict):
         """The recorded checkpoint, opened the safe way and checked against its recorded identity."""
+        from ..watch import Identity, Refused, open_job_file
+
         job_dir = self.home.job_dir(job["id"])
         try:
             rel = path.relative_to(job_dir)
