@@ -79,7 +79,7 @@ def main():
             ids.append(subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap=true"], env=env, check=True,
                                       capture_output=True, text=True).stdout.strip())
         sys.path.insert(0, str(ROOT))
-        from runner import slurm
+        from runner.backends import slurm_cli as slurm
 
         polls = []
         for _ in range(10):

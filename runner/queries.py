@@ -9,8 +9,8 @@ from .spool import pending_jobs
 
 JOB_FIELDS = ("id", "seq", "name", "user", "kind", "model", "state", "reason", "exit_code", "signal", "priority",
               "created_at", "queued_at", "started_at", "finished_at", "gpus", "gpu_uuids", "env", "env_hash", "after",
-              "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir", "slurm_job_id", "node", "requeues",
-              "tags", "notes", "restarts")
+              "retry_of", "note", "peak_gpu_mem_mb", "max_rss_kb", "cpu_seconds", "job_dir", "backend", "backend_ref", "node",
+              "requeues", "tags", "notes", "restarts")
 
 
 def job_view(store, job: dict, full: bool = False, latest: dict | None = None, tail: list[str] | None = None) -> dict:
@@ -18,6 +18,7 @@ def job_view(store, job: dict, full: bool = False, latest: dict | None = None, t
     the last lines of its log, given only by a caller who checked that the viewer may read them
     (log_tail_for)."""
     out = {k: job.get(k) for k in JOB_FIELDS}
+    out["slurm_job_id"] = job.get("backend_ref") if job.get("backend") == "slurm" else None  # the API's field since Slurm came
     out["duration"] = ((job["finished_at"] or time.time()) - job["started_at"]) if job.get("started_at") else None
     out["metrics"] = store.latest_metrics(job["id"]) if latest is None else latest
     if full:

@@ -176,7 +176,18 @@ _OUTBOX_COLUMNS = frozenset(("target", "run_id", "exported_id", "inflight_id", "
                              "next_try", "enrolled_at", "updated_at"))
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11]
+def _m_backend(db):
+    """Where a job ran, any backend: `backend` (local, slurm...) and `backend_ref` (its id there) replace slurm_job_id,
+    kept as a read-only column derived from them for SQL of the old schema (written as backend and ref by insert_job)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN backend TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN backend_ref TEXT")
+    db.execute("UPDATE jobs SET backend = CASE WHEN slurm_job_id IS NOT NULL OR requeues > 0 THEN 'slurm' ELSE 'local' END, "
+               "backend_ref = slurm_job_id")
+    db.execute("ALTER TABLE jobs DROP COLUMN slurm_job_id")
+    db.execute("ALTER TABLE jobs ADD COLUMN slurm_job_id TEXT GENERATED ALWAYS AS (CASE WHEN backend = 'slurm' THEN backend_ref END)")
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11, _m_backend]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -378,6 +389,9 @@ class Store:
         """Record a new queued job. False if a job with that id is already there (idempotent ingest)."""
         now = time.time() if now is None else now
         row = dict(row)
+        sid = row.pop("slurm_job_id", None)  # an older caller's row (the column is derived now): Slurm's job id
+        if sid is not None:
+            row["backend"], row["backend_ref"] = "slurm", sid
         for key in JSON_COLUMNS:
             if key in row and not isinstance(row[key], (str, type(None))):
                 row[key] = json.dumps(row[key])
@@ -516,9 +530,9 @@ class Store:
 
     def queued_jobs(self, limit: int | None = None) -> list[dict]:
         """Queued jobs in scheduling order: highest priority, then oldest (the first `limit`); not
-        those already handed to Slurm, which wait in its queue."""
+        those already handed to a backend that keeps its own queue (Slurm's), which wait there."""
         sql = ("SELECT id, user, priority, created_at, queued_at, after, spec, reason FROM jobs WHERE state='queued' "
-               "AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC")
+               "AND backend_ref IS NULL ORDER BY priority DESC, created_at ASC, seq ASC")
         return self.conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
 
     def queued_heads(self, per_user: int) -> list[dict]:
@@ -532,7 +546,7 @@ class Store:
         for user in users:
             rows += self.conn.execute(
                 "SELECT id, user, priority, created_at, queued_at, after, spec, reason, seq FROM jobs WHERE state='queued' AND user=? "
-                "AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?", (user, per_user)).fetchall()
+                "AND backend_ref IS NULL ORDER BY priority DESC, created_at ASC, seq ASC LIMIT ?", (user, per_user)).fetchall()
         rows.sort(key=lambda r: (-(r["priority"] or 0), r["created_at"] or 0.0, r["seq"]))
         return rows
 

@@ -478,7 +478,7 @@ def test_a_preempted_transformers_job_resumes_from_its_trainer_checkpoint_with_e
 
 
 def test_on_slurm_preemptible_jobs_go_to_the_sites_preemptible_qos():
-    from runner import slurm
+    from runner.backends import slurm_cli as slurm
 
     conf = slurm.settings({"backend": {"kind": "slurm", "qos": "normal", "preemptible_qos": "scavenger"}})
     qos = lambda spec: [o for o in slurm.job_options(spec, conf) if o.startswith("--qos=")]  # noqa: E731

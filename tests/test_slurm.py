@@ -78,7 +78,7 @@ def test_a_command_job_with_metrics_runs_through_slurm(tmp_path, cluster):
 
 
 def test_poll_asks_once_and_a_job_slurm_forgot_is_left_out(cluster, monkeypatch):
-    from runner import slurm
+    from runner.backends import slurm_cli as slurm
 
     monkeypatch.setenv("SLURM_CONF", cluster[1]["SLURM_CONF"])
     held = subprocess.run(["sbatch", "--parsable", "--hold", "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()

@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import defaults, diskspace, fairshare, gpus as gpus_mod, preempt
+from .. import backends, defaults, diskspace, fairshare, gpus as gpus_mod, preempt
 from ..atomic import write_json
 from ..envs import EnvManager, masked, uv_environ, uv_settings
 from ..exceptions import InvalidTransition, RunnerError
@@ -28,22 +28,19 @@ from ..exporters import Exporters
 from ..prepare import ShimLauncher
 from ..registry import load as load_registry
 from ..retention import Retention
-from ..slurm import settings as slurm_settings
 from ..spool import user_name
 from ..states import JobState
 from ..watch import LogWatcher
-from .backends import Local, Slurm
 from .faults import Backoff, own_trouble, rollback
 from .follow import Follow
 from .intake import Intake
 from .launch import Launch
 from .preemption import Preemption
-from .slurm_backend import SlurmJobs
 
 log = logging.getLogger("runner.daemon")
 
 
-class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
+class Daemon(Intake, Launch, Follow, Preemption):
     """One daemon per $RUNNER_HOME."""
 
     def __init__(self, home: Home, http: str | None = defaults.HTTP_BIND, max_running: int | None = None):
@@ -68,14 +65,16 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         self.exporters = Exporters(self.home, self.store, home.config)  # those whose table the config has; a bad one stops the daemon here
         diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
         self.retention = Retention(self.home, self.store)  # a bad [retention] stops the daemon here, in one line
-        self.slurm = slurm_settings(home.config)  # None: jobs run here (the local backend)
-        self._slurm_next, self._slurm_errors = 0.0, 0
-        self.backend = Slurm(self) if self.slurm else Local(self)
+        self.launcher = ShimLauncher()  # forks shims from a warm interpreter (the local backend's)
+        # Where jobs run ([backend] kind; a bad key stops the daemon here, in one line), handed what it needs
+        self.backend = backends.make(home.config, backends.Host(
+            store=self.store, home=self.home, launcher=self.launcher, schedule_here=self.schedule_here,
+            prepare=self._prepare_in_worker, fail_preparing=self._fail_preparing, follow_log=self._follow_log,
+            close_log=self._close_log, reap=self._reap, end=self._end, cancel=self.request_cancel, changed=self._changed))
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.stopping = False
         self.started_at = time.time()
-        self.launcher = ShimLauncher()  # forks shims from a warm interpreter
         self.watchers: dict[str, LogWatcher] = {}
         self.killing = {}  # job_id -> when to escalate to SIGKILL
         self._vanished = {}  # job_id -> when (monotonic) its processes were first seen gone without an exit.json
@@ -107,6 +106,15 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
             self._registry, self._registry_stamp = load_registry(self.home), stamp
         return self._registry
 
+    def _prepare_in_worker(self, job: dict):
+        """A claimed job is prepared in a worker thread, then handed to the backend's start()."""
+        self.pool.submit(self._prepare_and_launch, job)
+
+    def _changed(self):
+        """Something happened that may let a queued job start: schedule on the next pass, and soon."""
+        self._dirty = True
+        self.wake.set()
+
     def _take_pidfile(self):
         fd = os.open(self.home.pidfile, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -131,11 +139,8 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack into the log
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        if self.slurm:
-            log.info("runner daemon %s: home %s, jobs go to Slurm (%s)", os.getpid(), self.home.root,
-                     self.slurm.get("partition") or "its default partition")
-        else:
-            log.info("runner daemon %s: home %s, %d slots, gpus: %s", os.getpid(), self.home.root, self.max_running, self.inventory.reason)
+        log.info("runner daemon %s: home %s, %s (%s backend; %d slots, gpus: %s)", os.getpid(), self.home.root,
+                 self.backend.describe(), self.backend.kind, self.max_running, self.inventory.reason)
         self._own_taking()
         from .. import tokens
 
@@ -171,6 +176,7 @@ class Daemon(Intake, Launch, Follow, Preemption, SlurmJobs):
             if self.http_server:
                 self.http_server.should_exit = True
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self.backend.close()
             self.launcher.close()
             log.info("runner daemon stopped; %d job(s) left running", len(self.store.list_jobs(states=["running"])))
             os.close(self._lock_fd)

@@ -92,7 +92,7 @@ class Follow:
         run_dir = self.home.run_dir(jid)
         w = self._watcher(job)
         if self.backend.owns_end(job):
-            w.poll(self.store)  # its end comes from the backend's view (Slurm's)
+            w.poll(self.store)  # its end comes from the backend's view (Slurm's squeue)
             return
         exit_info = read_json(run_dir / "exit.json")
         w.poll(self.store, final=exit_info is not None)
@@ -162,6 +162,17 @@ class Follow:
                                                       max_offset=self._log_read_limit(),
                                                       redo_before=job["started_at"] if job.get("restarts") else None)
         return w
+
+    def _follow_log(self, job: dict, final: bool = False):
+        """Read the job's new log lines into metrics (final: all of them, its end is known)."""
+        self._watcher(job).poll(self.store, final=final)
+
+    def _close_log(self, jid: str):
+        """Stop following a job's log without ending it (its last lines read first): it runs again elsewhere."""
+        w = self.watchers.pop(jid, None)
+        if w:
+            w.poll(self.store, final=True)
+            w.close()
 
     def _log_read_limit(self) -> int | None:
         """The most bytes of a log worth reading: the shim writes at most the cap, its cut notes and a tail."""

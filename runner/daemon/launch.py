@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import time
 
 from .. import diskspace, fairshare
 from .. import gpus as gpus_mod
 from ..exceptions import EnvBuildError, InvalidTransition, JobNotFound, RepoError, RunnerError
-from ..proctl import kill_tree
 from ..scheduler import plan
 from ..states import JobState, Reason
 
@@ -49,7 +46,7 @@ class Launch:
         self.backend.schedule(now)
 
     def schedule_here(self, now: float):
-        """The local backend: start the queued jobs that fit now; record why the others wait."""
+        """runner's own scheduler (the local backend's): start the queued jobs that fit now; record why the others wait."""
         active = self.store.count_by_state()
         if not active.get("queued") or active.get("running", 0) + active.get("preparing", 0) >= self.max_running:
             return
@@ -217,31 +214,6 @@ class Launch:
             return
         offset = (run_dir / "output.log").stat().st_size if (run_dir / "output.log").exists() else 0
         self.backend.start(job, prepared, offset, write)
-
-    def start_here(self, job: dict, prepared, offset: int, write):
-        """The local backend: the job's shim, forked by the warm launcher; the job is running."""
-        jid = job["id"]
-        run_dir = self.home.run_dir(jid)
-        try:
-            pid = self.launcher.spawn(run_dir)
-        except OSError as e:
-            self._fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
-            return
-        import psutil
-
-        try:
-            started = psutil.Process(pid).create_time()
-        except psutil.Error:
-            started = None
-        try:
-            self.store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=pid, shim_started=started,
-                                  env_hash=prepared.env_hash, log_offset=offset)
-        except InvalidTransition:
-            kill_tree(run_dir, signal.SIGKILL)
-            return
-        if self.store.get_job(jid)["cancel_requested"]:
-            self.request_cancel(self.store.get_job(jid), time.time())
-        self.wake.set()
 
     def _fail_preparing(self, jid, reason: Reason, message: str, write):
         self._dirty = True

@@ -78,18 +78,18 @@ def routes(app, ctx, ui):
     def queue_page(u, m, n, t, limit) -> tuple[list[dict], int]:
         """The queued jobs that match, in the order they will start (the scheduler's plain order:
         priority, then age), `limit` of them (None: all) with their place in the whole queue, then
-        those Slurm holds; and how many more match. Read off the queue-order index: a page of a
-        100,000-job queue costs that page, not a sort of the queue."""
+        those a backend holds in its own queue (Slurm's); and how many more match. Read off the
+        queue-order index: a page of a 100,000-job queue costs that page, not a sort of the queue."""
         w, args = where(["queued"], u, m, n, t)
         total = store.conn.execute(f"SELECT COUNT(*) AS n FROM jobs{w}", args).fetchone()["n"]
-        sql = (f"SELECT {', '.join(fields)} FROM jobs{w} AND slurm_job_id IS NULL ORDER BY priority DESC, created_at ASC, seq ASC"
+        sql = (f"SELECT {', '.join(fields)} FROM jobs{w} AND backend_ref IS NULL ORDER BY priority DESC, created_at ASC, seq ASC"
                + (" LIMIT ?" if limit is not None else ""))
         rows = store.conn.execute(sql, args + ([limit] if limit is not None else [])).fetchall()
         if not (u or m or n or t):
             rows = [dict(r, position=i + 1) for i, r in enumerate(rows)]
         elif rows:  # a filtered row's place among every queued job: the ones ahead of it, counted off the index
-            held_any = store.conn.execute("SELECT 1 FROM jobs WHERE state='queued' AND slurm_job_id IS NOT NULL LIMIT 1").fetchone()
-            held = " AND slurm_job_id IS NULL" if held_any else ""  # (Slurm's own queue has no place in runner's)
+            held_any = store.conn.execute("SELECT 1 FROM jobs WHERE state='queued' AND backend_ref IS NOT NULL LIMIT 1").fetchone()
+            held = " AND backend_ref IS NULL" if held_any else ""  # (a backend's own queue, Slurm's, has no place in runner's)
             ahead = [f"SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND priority > ?{held}",
                      f"SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND priority = ? AND created_at < ?{held}",
                      f"SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND priority = ? AND created_at = ? AND seq < ?{held}"]
@@ -99,7 +99,7 @@ def routes(app, ctx, ui):
                 return 1 + sum(store.conn.execute(q, k).fetchone()["n"] for q, k in zip(ahead, keys))
             rows = [dict(r, position=place(r)) for r in rows]
         if limit is None or len(rows) < limit:
-            held = store.conn.execute(f"SELECT {', '.join(fields)} FROM jobs{w} AND slurm_job_id IS NOT NULL ORDER BY seq"
+            held = store.conn.execute(f"SELECT {', '.join(fields)} FROM jobs{w} AND backend_ref IS NOT NULL ORDER BY seq"
                                       + (" LIMIT ?" if limit is not None else ""), args + ([limit - len(rows)] if limit is not None else []))
             rows += [dict(r, position=None) for r in held.fetchall()]
         return rows, total - len(rows)

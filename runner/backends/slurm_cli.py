@@ -1,4 +1,5 @@
-"""Slurm as the backend: each runner job becomes one Slurm batch job that runs the same shim.
+"""Slurm's commands, as the Slurm backend (runner/backends/slurm.py) uses them: each runner job
+becomes one Slurm batch job that runs the same shim.
 
 The site config's `[backend] kind = "slurm"` turns it on (docs/slurm.md). The daemon still takes
 the spool, prepares envs and checkouts on the shared state folder, writes launch.json, follows the
@@ -20,11 +21,11 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .exceptions import RunnerError
-from .states import JobState, Reason
+from ..exceptions import RunnerError
+from ..states import JobState, Reason
 
 _FIELD = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-SHIM = Path(__file__).with_name("shim.py")
+SHIM = Path(__file__).parent.parent / "shim.py"
 
 # Slurm's end states, and what they are to runner (None: the shim's exit.json decides).
 ENDS = {
@@ -87,7 +88,7 @@ def job_options(spec: dict, conf: dict) -> list[str]:
     prio = int(spec.get("priority") or 0)
     if prio < 0:
         opts.append(f"--nice={-prio}")  # only an admin may raise a job above others in Slurm
-    from .preempt import preemptible
+    from ..preempt import preemptible
 
     for key in ("partition", "account", "qos"):
         v = own.get(key) or conf.get(key)
