@@ -10,9 +10,12 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .exceptions import SpecError
-from .spec import EnvSpec as EnvSpecType, JobSpec
+
+if TYPE_CHECKING:  # a spec of spec.JobSpec (pydantic) or of specfast (runner submit's quick check): read alike
+    from .spec import EnvSpec as EnvSpecType, JobSpec
 
 _ROOT = Path(__file__).resolve().parent.parent
 _SCHEMAS = _ROOT / "adapters" / "schemas"
@@ -68,7 +71,7 @@ def known_to_framework(framework: dict, name: str) -> bool:
 
 def workdir_problems(workdir: str, state_root: Path | None) -> list[str]:
     """A resolved workdir: a folder, not a system folder, not runner's own state, writable by the caller."""
-    from .spec import workdir_problem
+    from .specrules import workdir_problem
 
     real = os.path.realpath(workdir)
     if not os.path.isdir(real):
@@ -90,7 +93,7 @@ def requirements_file(env: EnvSpecType, base: Path) -> tuple[dict | None, str | 
     own requirements are; or (None, the one-line problem). Read by whoever submits (the CLI, or the
     HTTP submit's helper that has dropped to her): a file she may not read is refused as such."""
     from .envs import requirement_problem
-    from .spec import _ENV_NAME, _describe_input
+    from .specrules import _ENV_NAME, describe_input as _describe_input
 
     p = Path(_abs(env.requirements_file, base))
     try:
@@ -183,7 +186,7 @@ def resolve(spec: JobSpec, base: Path, registry, warnings: list, state_root: Pat
         if workdir_problems(str(base), state_root):
             problems.append(f"workdir: not given, so it would be {base}: {workdir_problems(str(base), state_root)[0].split(': ', 1)[1]} "
                             "(submit from a folder of yours, or give --workdir DIR)")
-    if isinstance(spec.env, EnvSpecType) and spec.env.requirements_file:
+    if getattr(spec.env, "requirements_file", None):  # an inline env (an env name is a str)
         env, problem = requirements_file(spec.env, base)
         if problem:
             problems.append(problem)

@@ -35,16 +35,23 @@ def _their_home(data: dict, home: str) -> dict:
     return data
 
 
-def submit(home, store, data: dict, base: Path, who: Person | None = None) -> tuple[dict, list[str]]:
+def submit(home, store, data: dict, base: Path, who: Person | None = None, quick: bool = False) -> tuple[dict, list[str]]:
     """Validate a job (a mapping, as a job file holds) and spool it; returns (record, warnings).
 
     `who` is the person behind an HTTP token when the daemon acts for her: the paths the job
     names are then checked as her before anything reads them. `store` is read only to find the
     jobs of `after` (None does for a job without it: `runner submit` then opens no store).
+    `quick`: `runner submit`'s own check of the spec (specfast: the same verdicts and values
+    without importing pydantic; anything it cannot vouch for goes to the model); the HTTP submit's
+    helper and the daemon keep the pydantic model's.
     """
     from .identity import check_paths_as
     from .resolve import resolve
-    from .spec import parse_spec
+
+    if quick:
+        from .specfast import parse_spec
+    else:
+        from .spec import parse_spec
 
     if who is not None:
         data = _their_home(data, who.home)

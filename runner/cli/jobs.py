@@ -54,7 +54,7 @@ def submit(args):
 
     h = home(args).ensure()
     # the store is read only to find the jobs of `after`: a plain submit is the spool write alone
-    rec, warnings = writes.submit(h, store(h) if data.get("after") else None, data, base)
+    rec, warnings = writes.submit(h, store(h) if data.get("after") else None, data, base, quick=True)
     for w in warnings:
         print(f"runner: warning: {w}", file=sys.stderr)
     if args.json:
