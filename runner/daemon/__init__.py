@@ -5,7 +5,8 @@ sessions of their own and report through files, so the daemon can be killed and 
 moment: on start it reconciles every row against reality and keeps running jobs running.
 
 The parts, by role: `intake` (the spool), `launch` (scheduling, preparing, starting), `follow`
-(logs, limits, GPUs, the end of each job); this module holds the lifecycle and the loop.
+(logs, limits, GPUs, the end of each job); this module holds the lifecycle and the loop. Where a
+prepared job runs is the configured backend's (runner/backends/), handed what it needs as a Host.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ class Daemon(Intake, Launch, Follow, Preemption):
     def reconcile(self, now: float | None = None):
         """After a (re)start: put every row that was mid-way right against what is on disk."""
         now = time.time() if now is None else now
-        self.backend.reconcile(now)  # Slurm: jobs sbatch'ed before the restart, not yet recorded
+        self.backend.reconcile(now)  # jobs it took before the restart but the store did not record
         for job in self.store.list_jobs(states=["preparing"]):
             d = self.home.run_dir(job["id"])
             if (d / "child.json").exists() or (d / "exit.json").exists():

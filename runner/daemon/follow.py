@@ -92,7 +92,7 @@ class Follow:
         run_dir = self.home.run_dir(jid)
         w = self._watcher(job)
         if self.backend.owns_end(job):
-            w.poll(self.store)  # its end comes from the backend's view (Slurm's squeue)
+            w.poll(self.store)  # its end comes from the backend's own view (its poll)
             return
         exit_info = read_json(run_dir / "exit.json")
         w.poll(self.store, final=exit_info is not None)
