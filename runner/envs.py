@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .exceptions import EnvBuildError, RunnerError
+from .requirement import SPECIFIER_EXPECTED, SPECIFIER_OR_URL_EXPECTED, requirement_problem  # noqa: F401 (named here too)
+from .specrules import ENVS_SRC, named_env_names  # the packaged envs, listed there for runner submit (without this module)
 
 if TYPE_CHECKING:  # the jail is loaded only when a user's build needs it
     from .envjail import Jail
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ENVS_SRC = PROJECT_ROOT / "envs"
 COMPLETE = ".runner-env.json"
 
 # [envs] config key -> the variable uv reads. Nothing else reaches uv's index and TLS settings.
@@ -181,57 +182,6 @@ def normalise_lock(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-_REQ_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_REQ_VERSION = r"(?:===|==|!=|~=|<=|>=|<|>)\s*[A-Za-z0-9*+!][A-Za-z0-9.*+!_-]*"
-_REQ_SPECS = rf"{_REQ_VERSION}(?:\s*,\s*{_REQ_VERSION})*"
-_REQUIREMENT = re.compile(
-    rf"\s*(?P<name>{_REQ_NAME})\s*(?:\[\s*(?:{_REQ_NAME}(?:\s*,\s*{_REQ_NAME})*)?\s*\])?\s*"
-    rf"(?:{_REQ_SPECS}|\(\s*{_REQ_SPECS}\s*\)|@\s*(?P<url>\S+))?\s*(?:;(?P<marker>.*))?")
-# A direct reference a site may allow ([envs] allow_requirement_urls): fetched over the network, never a path.
-_REQ_URL = re.compile(r"(?:git\+)?https?://[^\s;]+")
-_MARKER_TOKEN = re.compile(r"\s*(?:'[\w .*+!,-]*'|\"[\w .*+!,-]*\"|===|==|!=|~=|<=|>=|<|>|\(|\)|(?P<word>[A-Za-z_]+))")
-_MARKER_WORDS = {"python_version", "python_full_version", "os_name", "sys_platform", "platform_release", "platform_system",
-                 "platform_version", "platform_machine", "platform_python_implementation", "implementation_name",
-                 "implementation_version", "extra", "and", "or", "in", "not"}
-
-SPECIFIER_EXPECTED = 'a package specifier such as "numpy>=1.26" (no URLs, paths or pip options)'
-"""What an inline requirement must be (the message of a refused one)."""
-
-SPECIFIER_OR_URL_EXPECTED = ('a package specifier such as "numpy>=1.26", or "name @ https://..." where the site allows it '
-                             '(no paths or pip options)')
-"""The same where the site's [envs] allow_requirement_urls is true."""
-
-
-def _marker_ok(text: str) -> bool:
-    pos = 0
-    while text[pos:].strip():
-        m = _MARKER_TOKEN.match(text, pos)
-        if not m or (m.group("word") and m.group("word") not in _MARKER_WORDS):
-            return False
-        pos = m.end()
-    return True
-
-
-def requirement_problem(text, allow_urls: bool = False) -> Optional[str]:
-    """What an inline requirement should have been, or None when it is a plain package specifier:
-    a PEP 508 name with optional extras, version specifiers and an environment marker. URLs
-    (`name @ url`) only where the site allows them; never a path, a file, an option (-r, -e, -c,
-    --index-url, --find-links, ...) or a second line."""
-    expected = SPECIFIER_OR_URL_EXPECTED if allow_urls else SPECIFIER_EXPECTED
-    if not isinstance(text, str) or not text.strip() or len(text) > 500:
-        return expected
-    if re.search(r"[\x00-\x1f\x7f\\]", text) or re.search(r"(?:^|\s)-", text):
-        return expected  # a second line, a continuation, an option
-    m = _REQUIREMENT.fullmatch(text)
-    if not m or (m.group("marker") is not None and not _marker_ok(m.group("marker"))):
-        return expected
-    if m.group("url") is not None and not (allow_urls and _REQ_URL.fullmatch(m.group("url"))):
-        return expected
-    if "#" in text and m.group("url") is None:
-        return expected
-    return None
-
-
 def inline_inputs(requirements: list[str], python: Optional[str], owner: Optional[int]) -> str:
     """What an inline env was asked for (owner, Python, requirements), hashed: it names the env's
     request before its lock exists, so that `runner envs gc` keeps an env a queued job will use."""
@@ -342,11 +292,6 @@ def _build_args(build: dict | None, folder: str) -> tuple[list[str], dict]:
     for name in build.get("no_isolation", []):
         args += ["--no-build-isolation-package", name]
     return args, dict(build.get("env") or {})
-
-
-def named_env_names() -> list[str]:
-    """Env names defined under envs/ (the packaged envs a job may name, with 'system')."""
-    return sorted(p.name for p in ENVS_SRC.iterdir() if (p / "requirements.in").exists()) if ENVS_SRC.exists() else []
 
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")

@@ -92,7 +92,7 @@ def requirements_file(env: EnvSpecType, base: Path) -> tuple[dict | None, str | 
     """(the inline env that env.requirements_file stands for, None), its lines checked as the spec's
     own requirements are; or (None, the one-line problem). Read by whoever submits (the CLI, or the
     HTTP submit's helper that has dropped to her): a file she may not read is refused as such."""
-    from .envs import requirement_problem
+    from .requirement import requirement_problem
     from .specrules import _ENV_NAME, describe_input as _describe_input
 
     p = Path(_abs(env.requirements_file, base))

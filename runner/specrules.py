@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 from . import defaults
 
@@ -58,11 +59,29 @@ def key(part) -> str:
     return text if re.fullmatch(r"[\w.\-]{1,64}", text) else json.dumps(text[:40])
 
 
+ENVS_SRC = Path(__file__).resolve().parent.parent / "envs"
+"""The packaged envs: a folder each, with its requirements.in and lock (runner.envs builds them)."""
+
+
+def named_env_names() -> list[str]:
+    """Env names defined under envs/ (the packaged envs a job may name, with 'system')."""
+    return sorted(p.name for p in ENVS_SRC.iterdir() if (p / "requirements.in").exists()) if ENVS_SRC.exists() else []
+
+
 def known_envs() -> list[str]:
     """The packaged envs a job may name (envs/'s folders)."""
-    from .envs import named_env_names  # a folder listing; env building itself is not loaded
-
     return named_env_names()
+
+
+def checkpoint_pattern_problem(pattern) -> str | None:
+    """Why a checkpoint glob may not be used (it must stay inside the job folder), or None."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        return "an empty pattern; expected a glob relative to the job folder, e.g. checkpoints/*.pt"
+    if pattern.startswith(("/", "~")) or "\\" in pattern or "\x00" in pattern:
+        return f"{pattern!r} is not relative to the job folder; expected a glob inside it, e.g. checkpoints/*.pt"
+    if ".." in pattern.split("/"):
+        return f"{pattern!r} leaves the job folder (..); expected a glob inside it, e.g. checkpoints/*.pt"
+    return None
 
 
 def unknown_env() -> str:
@@ -83,7 +102,7 @@ def requirements_problem(v, allow: bool):
     URL, a path or an option there would fetch or run what the user points at."""
     if v is None:
         return None
-    from .envs import requirement_problem
+    from .requirement import requirement_problem
 
     problems = [f"env.requirements.{i}: given {describe_input(r)}; expected {p}"
                 for i, r in enumerate(v) if (p := requirement_problem(r, allow))]
@@ -226,10 +245,6 @@ def after_problem(v):
 def checkpoints_problem(v):
     """checkpoints: globs the daemon follows in the job folder, never out of it (the files it
     records are uploaded to MLflow and offered to `runner infer`)."""
-    if not v:
-        return None
-    from .watch import checkpoint_pattern_problem
-
     problems = []
     for i, pattern in enumerate(v):
         problem = "at most 4096 characters" if len(pattern) > 4096 else checkpoint_pattern_problem(pattern)

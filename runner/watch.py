@@ -13,6 +13,7 @@ from typing import NamedTuple
 from log_parsers import LineAssembler, build_parser
 
 from . import defaults
+from .specrules import checkpoint_pattern_problem  # one rule for runner submit's check and the daemon's watch
 
 READ_CHUNK = 4 << 20
 POLL_BYTES = 64 << 20  # most log bytes one look at a running job reads
@@ -39,17 +40,6 @@ class Identity(NamedTuple):
     @classmethod
     def of(cls, st: os.stat_result) -> "Identity":
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def checkpoint_pattern_problem(pattern) -> str | None:
-    """Why a checkpoint glob may not be used (it must stay inside the job folder), or None."""
-    if not isinstance(pattern, str) or not pattern.strip():
-        return "an empty pattern; expected a glob relative to the job folder, e.g. checkpoints/*.pt"
-    if pattern.startswith(("/", "~")) or "\\" in pattern or "\x00" in pattern:
-        return f"{pattern!r} is not relative to the job folder; expected a glob inside it, e.g. checkpoints/*.pt"
-    if ".." in pattern.split("/"):
-        return f"{pattern!r} leaves the job folder (..); expected a glob inside it, e.g. checkpoints/*.pt"
-    return None
 
 
 def open_job_file(job_dir: Path, rel: str | os.PathLike, uid: int, max_bytes: int = CHECKPOINT_MAX_BYTES):
