@@ -367,15 +367,16 @@ def _submit_in_a_process(tmp_path, text: str) -> subprocess.CompletedProcess:
     (tmp_path / "job.yaml").write_text(text)
     code = ("import sys, runpy; sys.argv = ['runner', 'submit', sys.argv[1]]\n"
             "try:\n    runpy.run_module('runner', run_name='__main__')\nexcept SystemExit as e: code = e.code\n"
-            "print('PYDANTIC', 'pydantic' in sys.modules, 'EXIT', code)")
+            "print('PYDANTIC', 'pydantic' in sys.modules, 'EXIT', code, 'ALSO', [m for m in ('runner.envs', 'runner.watch') if m in sys.modules])")
     return subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.yaml")], capture_output=True, text=True, cwd=tmp_path,
                           env={"RUNNER_HOME": str(tmp_path / "home"), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                "PYTHONPATH": str(ROOT)})
 
 
 def test_runner_submit_of_a_good_file_imports_no_pydantic_and_a_bad_one_is_refused_as_before(tmp_path):
-    r = _submit_in_a_process(tmp_path, "name: hello\ncommand: [python3, train.py]\nresources: {gpus: 0, time_limit: 60}\n")
-    assert "PYDANTIC False EXIT 0" in r.stdout, r.stdout + r.stderr
+    r = _submit_in_a_process(tmp_path, "name: hello\ncommand: [python3, train.py]\nresources: {gpus: 0, time_limit: 60}\n"
+                                       "checkpoints: [ckpt/*.pt]\nenv: {requirements: [numpy]}\n")
+    assert "PYDANTIC False EXIT 0 ALSO []" in r.stdout, r.stdout + r.stderr  # nor the env builder, nor the daemon's watch
     assert len(list((tmp_path / "home" / "spool").glob("*.job.json"))) == 1
     r = _submit_in_a_process(tmp_path, "name: hello\ncommand: [python3, train.py]\npriority: high\n")
     assert "PYDANTIC True EXIT 2" in r.stdout, r.stdout + r.stderr
