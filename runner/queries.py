@@ -278,3 +278,31 @@ def series_chunks(cur, job_id: str, name: str) -> list[tuple] | None:
                            "FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k", (job_id, name)).fetchall()
     except sqlite3.OperationalError:
         return None
+
+
+def series_chunk_stats(cur, job_id: str, name: str, chunk: int) -> tuple | None:
+    """What a chart checks of one metric's chunks before it reads them, summed up by SQLite: (chunks,
+    points, highest k, newest id, chunks not full, the highest k of those, every steps_ok, every
+    epochs_ok); None where the store has no chunks table."""
+    import sqlite3
+
+    try:
+        return cur.execute("SELECT COUNT(*), SUM(n), MAX(k), MAX(last_id), SUM(n < ?3), MAX(CASE WHEN n < ?3 THEN k END), "
+                           "MIN(steps_ok), MIN(epochs_ok) FROM metric_chunks WHERE job_id=?1 AND name=?2", (job_id, name, chunk)).fetchone()
+    except sqlite3.OperationalError:
+        return None
+
+
+def series_buckets(cur, job_id: str, name: str, buckets: int, chunks: int, chunk: int) -> tuple[list, list, tuple, tuple]:
+    """One metric's chunks grouped by SQLite into `buckets` runs of whole chunks (chunk k in bucket
+    k * buckets // chunks; `chunk`: points a chunk): each bucket's lowest and its highest point, (bucket, value, position,
+    step, epoch) (the min()/max() row's own columns: SQLite's bare columns), and the series' first
+    and last point, (value, step, epoch, position)."""
+    out = []
+    for agg, col in (("MIN", "min"), ("MAX", "max")):
+        out.append(cur.execute(f"SELECT (k * ?3) / ?4, {agg}({col}_v), {col}_i, {col}_step, {col}_epoch FROM metric_chunks "
+                               f"WHERE job_id=?1 AND name=?2 AND {col}_v IS NOT NULL GROUP BY 1", (job_id, name, buckets, chunks)).fetchall())
+    first = cur.execute("SELECT first_v, step_first, epoch_first, 0 FROM metric_chunks WHERE job_id=? AND name=? AND k=0", (job_id, name)).fetchone()
+    last = cur.execute("SELECT last_v, step_last, epoch_last, k * ? + n - 1 FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k DESC LIMIT 1",
+                       (chunk, job_id, name)).fetchone()
+    return out[0], out[1], first, last

@@ -105,8 +105,10 @@ def test_chunks_written_a_few_points_at_a_time_are_those_of_the_whole_series(tmp
     store = h.store()
     _job(store, "live")
     rnd = random.Random(3)
-    pts = [(n, rnd.random() if n != "acc" or s % 97 else float("nan"), s if n != "gpu0_mem" else None, s // 100)
-           for s in range(12_000) for n in ("loss", "acc", "gpu0_mem")]
+    names = ("loss", "acc", "gpu0_mem", "inner")  # inner: steps counted within an epoch of 96 (6 chunks): by epoch
+    steps = {"loss": lambda s: s, "acc": lambda s: s, "gpu0_mem": lambda s: None, "inner": lambda s: s % 96}
+    pts = [(n, rnd.random() if n != "acc" or s % 97 else float("nan"), steps[n](s), s // 96 if n == "inner" else s // 100)
+           for s in range(12_000) for n in names]
     cur = store.conn.cursor()
     cur.row_factory = None
     i, seen = 0, 0
@@ -117,12 +119,14 @@ def test_chunks_written_a_few_points_at_a_time_are_those_of_the_whole_series(tmp
         if i >= seen + 6_000 or i >= len(pts):
             seen = i
             rows = store.conn.execute("SELECT id, name, value, step, epoch FROM metrics WHERE job_id='live' ORDER BY id").fetchall()
-            for name in ("loss", "acc", "gpu0_mem"):
+            for name in names:
                 mine = [(r["id"], r["value"], r["step"], r["epoch"]) for r in rows if r["name"] == name]
                 assert queries.series_chunks(cur, "live", name) == metric_chunks.build(mine), (name, i)
                 got = series.reduced(cur, "live", name, 1000)
                 assert got["total"] == len(mine) and got["y"][-1] == mine[-1][1]
-                assert got["x"][-1] == (mine[-1][2] if name != "gpu0_mem" else mine[-1][3])
+                axis = series.x_axis([m[2] for m in mine], [m[3] for m in mine])[0]
+                assert got["axis"] == axis == ("step" if name in ("loss", "acc") else "epoch"), (name, i)
+                assert got["x"][-1] == (mine[-1][2] if axis == "step" else mine[-1][3])
 
 
 def test_a_compacted_jobs_charts_keep_their_extremes_read_from_chunks_made_again(tmp_path):

@@ -89,8 +89,12 @@ def reduced(cur, job_id: str, name: str, points: int, lo: float | None = None, h
     if not total:
         return None
     ranged = lo is not None or hi is not None
+    if total > RAW_MAX and not ranged:
+        got = _whole_series(cur, job_id, name, points, total, newest)
+        if got is not None:
+            return got
     lo_x, hi_x = (-_INF if lo is None else lo), (_INF if hi is None else hi)
-    chunks = queries.series_chunks(cur, job_id, name) if total > RAW_MAX or ranged else None
+    chunks = queries.series_chunks(cur, job_id, name) if ranged else None
     if not chunks or not _whole(chunks, total, newest):
         rows = queries.series_points(cur, job_id, name)
         axis, xs = x_axis([r[2] for r in rows], [r[3] for r in rows])
@@ -123,6 +127,35 @@ def reduced(cur, job_id: str, name: str, points: int, lo: float | None = None, h
         x, y = downsample([p[1] for p in pts], [p[2] for p in pts], points)
         return {"axis": axis, "x": x, "y": y, "total": total}
     pts = _decimate(units, n, points)
+    return {"axis": axis, "x": [p[1] for p in pts], "y": [None if p[2] is None or not -_INF < p[2] < _INF else p[2] for p in pts],
+            "total": total}
+
+
+def _whole_series(cur, job_id: str, name: str, points: int, total: int, newest: int) -> dict | None:
+    """A long series' chart from its chunks, grouped into (points - 2) // 2 buckets of whole chunks
+    by SQLite (a few hundred rows come back, not a row a chunk): the first and last point, and each
+    bucket's lowest and highest point in order. None when its chunks do not sum up its points."""
+    stats = queries.series_chunk_stats(cur, job_id, name, CHUNK)
+    if stats is None:
+        return None
+    m, n, max_k, last_id, short, short_k, steps_ok, epochs_ok = stats
+    if not m or n != total or last_id != newest or max_k != m - 1 or short > 1 or (short == 1 and short_k != max_k):
+        return None
+    axis = "step" if steps_ok else "epoch" if epochs_ok else "index"
+
+    def x_of(step, epoch, i):
+        return step if axis == "step" else epoch if axis == "epoch" else i
+
+    lows, highs, first, last = queries.series_buckets(cur, job_id, name, max(1, (points - 2) // 2), m, CHUNK)
+    by: dict = {}
+    for b, v, i, step, epoch in lows + highs:
+        by.setdefault(b, {})[i] = (i, x_of(step, epoch, i), v)
+    ends = {0, last[3]}
+    pts = [(0, x_of(first[1], first[2], 0), first[0])]
+    for b in sorted(by):
+        pts += [p for i, p in sorted(by[b].items()) if i not in ends]
+    if last[3] != 0:
+        pts.append((last[3], x_of(last[1], last[2], last[3]), last[0]))
     return {"axis": axis, "x": [p[1] for p in pts], "y": [None if p[2] is None or not -_INF < p[2] < _INF else p[2] for p in pts],
             "total": total}
 
