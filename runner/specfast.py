@@ -105,7 +105,11 @@ def _plain(v, depth: int = 0):
     """v itself when it is plain JSON-like data (str, int, float, bool, None, lists, str-keyed
     dicts) that the model dumps as it is given; otherwise Unsure."""
     t = type(v)
-    if t is str or t is int or t is bool or v is None:
+    if t is str:
+        if not v.isascii():
+            v.encode()  # a lone surrogate (JSON's "\ud800") is no text to the model: UnicodeEncodeError
+        return v
+    if t is int or t is bool or v is None:
         return v
     if t is float:
         if not math.isfinite(v):
@@ -118,7 +122,7 @@ def _plain(v, depth: int = 0):
     if t is dict:
         if any(type(k) is not str for k in v):
             raise Unsure
-        return {k: _plain(x, depth + 1) for k, x in v.items()}
+        return {_plain(k): _plain(x, depth + 1) for k, x in v.items()}
     raise Unsure
 
 
@@ -300,7 +304,7 @@ def quick_spec(data: object, site: dict | None = None) -> JobSpec | None:
             return None
         _plain(data)
         return _model("JobSpec", data, site or {})
-    except (Unsure, RecursionError):
+    except Exception:  # Unsure, or anything it did not foresee (a lone surrogate): the model judges
         return None
 
 
