@@ -360,13 +360,21 @@ def test_the_spool_file_is_byte_for_byte_the_models(tmp_path, monkeypatch):
     monkeypatch.setattr(spool.time, "time", lambda: 1700000000.5)
     monkeypatch.setattr(spool.time, "time_ns", lambda: 1700000000500000000)
     jobs = [g for g in GOOD if "model" not in g and "framework" not in g and "@" not in json.dumps(g)]
+    from runner.synth import make_shapes
+
+    data = make_shapes(tmp_path / "shapes", per_class=2, val_per_class=1)
     jobs += [{"command": ["x"], "env": {"requirements_file": "r.txt"}, "workdir": "w"},
-             {"command": ["x"], "workdir": str(tmp_path / "w"), "train": {"epochs": 2, "zz": None}}]
+             {"command": ["x"], "workdir": str(tmp_path / "w"), "train": {"epochs": 2, "zz": None}},
+             {"model": "timm/resnet18", "dataset": {"path": "shapes"}, "train": {"epochs": 3, "lr": 1, "workers": 2},
+              "resources": {"gpu_ids": [1, 0], "time_limit": 60}, "priority": 3},
+             {"framework": "timm", "model_name": "resnet18", "dataset": {"path": str(data), "split": 0.5}, "network": False,
+              "env_vars": {"OMP_NUM_THREADS": "2"}, "checkpoints": ["*.pt"], "mlflow": {"experiment": "x"}}]
     for i, job in enumerate(jobs):
         files = []
         for quick in (False, True):
             home = Home(tmp_path / f"h{i}{quick}").ensure()
-            job = {**job, "workdir": job["workdir"] if job.get("workdir", "").startswith(str(tmp_path)) else "w"}
+            if "command" in job:
+                job = {**job, "workdir": job["workdir"] if job.get("workdir", "").startswith(str(tmp_path)) else "w"}
             job.pop("after", None)
             writes.submit(home, None, job, tmp_path, quick=quick)
             (f,) = (home.spool).glob("*.job.json")
