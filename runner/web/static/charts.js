@@ -4,7 +4,9 @@
 // (train_loss and val_loss on one chart), read in one request (/ui/jobs/ID/charts, downsampled on
 // the server) and extended by live.js with the points recorded since. Each series keeps at most
 // 2 x MAX points in the page: past that it is downsampled again (min and max per bucket, as the
-// server does), so a page left open for hours holds no more than at its start.
+// server does), so a page left open for hours holds no more than at its start. A drag over a chart
+// zooms it; where its series are reduced, the range's own points come from the server (every one
+// where they are few: GET /jobs/ID/series?lo=&hi=); a double click shows the whole again.
 // Compare page: one metric of up to ten jobs on a large chart (the metric box picks it), then every
 // metric they share as small multiples; legends by job name; log scale for all.
 // Each drawn chart carries data-points (points drawn) and data-total (points stored), which the
@@ -67,13 +69,20 @@
     });
   }
 
-  function plot(el, title, axis, labels, data, opts, height) {
+  // onZoom(lo, hi): called when the reader drags a range of the x axis (uPlot zooms what it holds
+  // at once; the caller may then read that range's points from the server)
+  function plot(el, title, axis, labels, data, opts, height, onZoom) {
     var series = [{ label: axis }].concat(labels.map(function (l, i) {
       return { label: l, stroke: COLOURS[i % COLOURS.length], width: 1.5, spanGaps: true };
     }));
     var o = { width: Math.max(280, el.clientWidth || 420), height: height || 220, title: title, series: series,
               scales: { x: { time: false }, y: { distr: opts.log ? 3 : 1 } },
               axes: [{ label: axis, incrs: INTS, values: function (u, v) { return v.map(String); } }, {}] };
+    if (onZoom) o.hooks = { setScale: [function (u, key) {
+      var xs = u.data[0], min = u.scales.x.min, max = u.scales.x.max;
+      // a zoom narrows the axis inside the data; setData and a double click set it to the data's ends
+      if (key === "x" && xs.length && min !== null && (min > xs[0] || max < xs[xs.length - 1])) onZoom(min, max);
+    }] };
     return new uPlot(o, transform(data, opts), el);
   }
 
@@ -87,6 +96,7 @@
   }
   Multiples.prototype.load = function (data) {
     var self = this;
+    this.job = data.job;
     this.series = {};
     Object.keys(data.series).forEach(function (n) { var s = data.series[n]; self.series[n] = { axis: s.axis, x: s.x, y: s.y, total: s.total, lower: s.lower }; });
     this.groups = data.groups;
@@ -107,7 +117,8 @@
         el.dataset.names = byAxis[a].join(",");
         self.root.appendChild(el);
         var c = { el: el, names: byAxis[a], axis: a, title: axes.length > 1 ? g.title + " (by " + a + ")" : g.title };
-        c.u = plot(el, c.title, a, c.names, self.data(c), self.opts);
+        c.u = plot(el, c.title, a, c.names, self.data(c), self.opts, null, function (lo, hi) { self.zoom(c, lo, hi); });
+        el.addEventListener("dblclick", function () { if (c.zoom) self.unzoom(c); });
         self.mark(c);
         self.charts.push(c);
       });
@@ -115,8 +126,33 @@
     this.root.dataset.charts = this.charts.length;
   };
   Multiples.prototype.data = function (c) {
+    var src = c.zoom ? c.zoom.series : this.series;
+    return align(c.names.map(function (n) { return src[n]; }));
+  };
+  // A zoomed chart of reduced series: the range's points from the server (every one where they are
+  // few, reduced again where many: GET /jobs/ID/series?lo=&hi=); a double click shows the whole again.
+  // A zoomed chart keeps its range while live points arrive (they show when it is unzoomed).
+  Multiples.prototype.zoom = function (c, lo, hi) {
     var self = this;
-    return align(c.names.map(function (n) { return self.series[n]; }));
+    if (c.names.every(function (n) { return self.series[n].x.length >= self.series[n].total; })) return;  // it holds every point
+    var want = c.zoomWant = lo + "," + hi;
+    Promise.all(c.names.map(function (n) {
+      return fetch("/jobs/" + encodeURIComponent(self.job) + "/series?name=" + encodeURIComponent(n) + "&points=" + MAX + "&lo=" + lo + "&hi=" + hi)
+        .then(function (r) { return r.json(); });
+    })).then(function (got) {
+      if (c.zoomWant !== want || self.charts.indexOf(c) < 0) return;  // zoomed again, or redrawn, meanwhile
+      c.zoom = { series: {} };
+      got.forEach(function (s, i) { c.zoom.series[c.names[i]] = { x: s.x, y: s.y }; });
+      c.u.setData(transform(self.data(c), self.opts));
+      c.el.dataset.zoom = want;
+      c.el.dataset.zoomPoints = got.map(function (s) { return s.x.length; }).join(",");
+    });
+  };
+  Multiples.prototype.unzoom = function (c) {
+    c.zoom = null; c.zoomWant = null;
+    delete c.el.dataset.zoom; delete c.el.dataset.zoomPoints;
+    c.u.setData(transform(this.data(c), this.opts));
+    this.mark(c);
   };
   Multiples.prototype.mark = function (c) {
     var self = this;
@@ -147,7 +183,7 @@
       touched.add(n);
     });
     this.charts.forEach(function (c) {
-      if (c.names.some(function (n) { return touched.has(n); })) { c.u.setData(transform(self.data(c), self.opts)); self.mark(c); }
+      if (c.names.some(function (n) { return touched.has(n); })) { if (!c.zoom) c.u.setData(transform(self.data(c), self.opts)); self.mark(c); }
     });
     this.updates += 1;
     this.root.dataset.updates = this.updates;
