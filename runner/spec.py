@@ -4,6 +4,9 @@ A bad spec is refused at submit with one line per problem (field path, what was 
 expected) and nothing is queued. Only the shape is checked here; `resolve.py` checks the spec
 against the world (files, registry, framework schemas). The daemon validates every spool record
 with the same `parse_spec`, so a file dropped in the spool by hand meets the same rules.
+`runner submit` checks first with `specfast` (the same verdicts and values without importing
+pydantic; what it cannot vouch for comes here): a field changed here is changed in its FIELDS too,
+or tests/test_specfast.py says so. The validators' rules live in `specrules`, shared by both.
 
 Values are not coerced: `network: 'no'` or `priority: "5"` are refused. The documented exceptions
 are made by the YAML loader: items of `command` and values of `env_vars` are taken as the text
