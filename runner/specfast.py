@@ -97,6 +97,20 @@ FIELDS: dict[str, tuple[str, dict[str, tuple]]] = {
 }
 
 
+VALIDATORS: dict[str, dict[str, tuple]] = {
+    "EnvSpec": {"_specifiers": ("requirements",), "_python": ("python",), "_one_source": ()},
+    "Dataset": {"_tiles": ()},
+    "Train": {},
+    "Resources": {"_ids_match": ()},
+    "SlurmOptions": {"_options": ("sbatch_args",)},
+    "JobSpec": {"_mlflow": ("mlflow",), "_name": ("name",), "_command": ("command",), "_env": ("env",),
+                "_env_vars": ("env_vars",), "_workdir": ("workdir",), "_short_strings": ("after",),
+                "_checkpoints": ("checkpoints",), "_what_to_run": ()},
+}
+"""Each model's validators (field validators with their fields; () for a model validator), all of
+them run by _validators below; a validator added to spec.py and not here fails tests/test_specfast.py."""
+
+
 class Unsure(Exception):
     """The quick check cannot vouch for this spec: the pydantic model decides (and words any problem)."""
 

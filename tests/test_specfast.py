@@ -66,6 +66,16 @@ def _table(model) -> tuple[str, dict]:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_the_quick_check_runs_the_models_validators(name):
+    """A validator added to (or moved in) spec.py and not mirrored in specfast fails here."""
+    d = MODELS[name].__pydantic_decorators__
+    found = {k: tuple(v.info.fields) for k, v in d.field_validators.items()} | {k: () for k in d.model_validators}
+    assert all(v.info.mode == "after" for v in [*d.field_validators.values(), *d.model_validators.values()])
+    assert not d.field_serializers and not d.model_serializers and not d.computed_fields
+    assert specfast.VALIDATORS[name] == found
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_the_quick_checks_table_is_the_models_fields(name):
     """A field, a bound, a default or a type changed in spec.py and not in specfast.FIELDS fails here."""
     assert MODELS[name].model_config.get("strict") is True
