@@ -73,6 +73,7 @@ class Side:
         r = subprocess.run([sys.executable, __file__, "--build", str(self.home), "--root", str(root), "--points", str(n_points)],
                            env=self.env, capture_output=True, text=True, check=True)
         self.parse_s = [float(v) for v in r.stdout.split()]
+        self.db_bytes = sum(os.path.getsize(p) for p in (self.home / "runner.db", self.home / "runner.db-wal") if p.exists())
 
     def __enter__(self):
         import socket
@@ -172,6 +173,8 @@ def main():
     print(f"| a {a.points:,}-point log into the store (LogWatcher.poll), median of {JOBS} | "
           + " | ".join(f"{statistics.median(s.parse_s):.2f} s ({a.points / statistics.median(s.parse_s) / 1e6:.3f} M points/s)" for s in sides)
           + " | |")
+    print(f"| the store's file (db + wal) after the build | "
+          + " | ".join(f"{s.db_bytes / 1e6:.0f} MB ({s.db_bytes / (JOBS * a.points):.0f} bytes a point)" for s in sides) + " | |")
     print(f"| load average (1, 5, 15 min) at the end | {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} |" + " |" * len(sides))
 
 
