@@ -160,3 +160,22 @@ def test_a_store_without_chunks_reads_every_point_as_before(tmp_path):
     got = TestClient(create_app(h), base_url="http://127.0.0.1:8765").get("/ui/jobs/j/charts").json()["series"]["loss"]
     x, y = series.downsample([p[2] for p in pts], [p[1] for p in pts], metricsview.CHART_POINTS)
     assert (got["x"], got["y"], got["total"]) == (x, y, 20_000) and (7_777, 30.0) in zip(x, y)
+
+
+def test_a_resumed_jobs_redone_points_replace_the_earlier_runs_in_its_chart(tmp_path):
+    """Preempted and resumed: the steps it does again replace the earlier run's (store.record_progress's
+    redo_before); the chunks no longer sum up the points, so the chart reads the points: the
+    earlier run's spike, gone from the store, is gone from the chart."""
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    _job(store, "resumed")
+    first = _loss(20_000, {15_000: 99.0})
+    for i in range(0, len(first), 1000):
+        store.record_progress("resumed", first[i:i + 1000], i, now=100.0)
+    again = [("loss", 0.5, s, s // 1000) for s in range(14_000, 20_000)]
+    store.record_progress("resumed", again, 1, now=300.0, redo_before=200.0)
+    c = TestClient(create_app(h), base_url="http://127.0.0.1:8765")
+    for got in (c.get("/ui/jobs/resumed/charts").json()["series"]["loss"], c.get("/jobs/resumed/series", params={"name": "loss"}).json()):
+        shown = dict(zip(got["x"], got["y"]))
+        assert got["total"] == 20_000 and 99.0 not in got["y"] and shown[19_999] == 0.5
+        assert max(got["y"]) == max(v for _, v, s, _ in first if s < 14_000)
