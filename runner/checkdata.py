@@ -5,10 +5,10 @@ say nothing of the image, the validation set as it was."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from .atomic import make_dir
 from .synth import SHAPES, make_shapes
 
 
@@ -48,16 +48,17 @@ def shuffled_labels(path: Path) -> Path:
     out = path.parent / f"{path.name}-shuffled"
     if (out / "val").exists():
         return out
-    tmp = path.parent / f".{out.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     classes = sorted(d.name for d in (path / "train").iterdir() if d.is_dir())
-    for c in classes:
-        (tmp / "train" / c).mkdir(parents=True)
-    for k, c in enumerate(classes):
-        for i, img in enumerate(sorted((path / "train" / c).iterdir())):
-            shutil.copyfile(img, tmp / "train" / classes[(k + i) % len(classes)] / f"{c}-{img.name}")
-    shutil.copytree(path / "val", tmp / "val")
-    os.rename(tmp, out)  # whole or not at all: a second check of the same layout reuses it
+
+    def fill(tmp: Path):
+        for c in classes:
+            (tmp / "train" / c).mkdir(parents=True)
+        for k, c in enumerate(classes):
+            for i, img in enumerate(sorted((path / "train" / c).iterdir())):
+                shutil.copyfile(img, tmp / "train" / classes[(k + i) % len(classes)] / f"{c}-{img.name}")
+        shutil.copytree(path / "val", tmp / "val")
+
+    make_dir(out, fill)  # whole or not at all: a second check of the same layout reuses it
     return out
 
 
@@ -103,12 +104,11 @@ def _derangement(n: int, seed: int = 0) -> list:
 def _copy_made_once(root: Path, out: Path, shuffle, ignore=None) -> Path:
     """Copy `root` to `out` through a temporary folder that `shuffle(tmp)` rewrites, then rename it
     into place: whole or not at all, and a second check of the same set reuses it."""
-    tmp = out.parent / f".{out.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root, tmp, ignore=ignore)
-    shuffle(tmp)
-    os.rename(tmp, out)
-    return out
+    def fill(tmp: Path):
+        shutil.copytree(root, tmp, ignore=ignore, dirs_exist_ok=True)  # root's mode too, as copytree gives
+        shuffle(tmp)
+
+    return make_dir(out, fill, mode=None)
 
 
 def shuffled_coco(annotations: Path, split: float = 0.25) -> Path:

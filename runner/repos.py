@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import envs
-from .atomic import write_bytes
+from .atomic import make_dir, write_bytes
 from .exceptions import RepoError
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -48,17 +48,18 @@ def ensure_clone(home, url: str, commit: str | None = None) -> Path:
     home.repos.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache) + ".lock"):
         if not (cache / "HEAD").exists():
-            tmp = cache.with_name(cache.name + ".tmp")
-            subprocess.run(["rm", "-rf", str(tmp)])
             # A partial clone (no blobs until a checkout needs them): large repos carry hundreds of
             # MB of docs and notebooks that a job never reads, and a mirror may lack a few of them.
             extra = []
             if url.startswith("file://") or os.path.isdir(url):
                 extra = ["--upload-pack", UPLOAD_PACK]  # a local "server" must be told to allow filters
-            _git("clone", "--quiet", "--bare", "--filter=blob:none", *extra, url, str(tmp))
-            if extra:
-                _git("--git-dir", str(tmp), "config", "remote.origin.uploadpack", UPLOAD_PACK)
-            os.rename(tmp, cache)
+
+            def clone(tmp: Path):
+                _git("clone", "--quiet", "--bare", "--filter=blob:none", *extra, url, str(tmp))
+                if extra:
+                    _git("--git-dir", str(tmp), "config", "remote.origin.uploadpack", UPLOAD_PACK)
+
+            make_dir(cache, clone)  # whole or not at all, with a plain mkdir's mode, as git clone gives
         elif commit and not has_commit(cache, commit):
             _git("--git-dir", str(cache), "fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/heads/*")
     return cache

@@ -49,24 +49,25 @@ def _bwrap_failure(rc, first):
     return why
 
 
+def _load_atomic():
+    """runner/atomic.py, the one atomic writer, loaded by its path: the shim runs as `python -I -S
+    shim.py`, outside the package (atomic.py is standard library only, and so stays the shim)."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("runner_atomic", os.path.join(os.path.dirname(os.path.abspath(__file__)), "atomic.py"))
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_atomic = _load_atomic()
+
+
 def _write_json(path, data, reserved=None):
-    """Write JSON atomically (a temporary file, fsync, rename); into `reserved` (a temporary file
-    made with its space at the start) when given, so that it can be written on a full disk."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    body = json.dumps(data).encode()
-    fd = reserved
-    if fd is None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view):]
-        os.ftruncate(fd, len(body))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write JSON atomically (a temporary file, fsync, rename; its mode the umask's of 0644); into
+    `reserved` (a temporary file made with its space at the start) when given, so that it can be
+    written on a full disk."""
+    _atomic.write_bytes(path, json.dumps(data).encode(), None, reserved=reserved)
 
 
 def _say(log_fd, line):
@@ -79,16 +80,7 @@ def _say(log_fd, line):
 
 def _reserve(path):
     """exit.json's temporary file, made now with its disk space allocated (None when it cannot be)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    except OSError:
-        return None
-    try:
-        os.posix_fallocate(fd, 0, EXIT_RESERVE)
-    except (OSError, AttributeError):
-        pass  # a filesystem without fallocate: written the ordinary way at the end
-    return fd
+    return _atomic.reserve(path, EXIT_RESERVE)
 
 
 def _free(path):

@@ -52,28 +52,13 @@ def _drop(home: Home, name: str, record: dict, owner: tuple[int, int] | None = N
     # 0600: a spec may hold secrets (env_vars); the daemon reads it as root, teammates may not.
     # `owner` (uid, gid): the daemon drops a file for a user it knows by her token (HTTP writes),
     # or root retries her job; the file is hers, so intake treats it exactly as if she had run the CLI.
-    tmp = home.spool / ".tmp" / f"{name}.{os.getpid()}.{os.urandom(4).hex()}"
-    made = False
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        made = True
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-            if owner is not None and owner[0] != os.geteuid():
-                os.fchown(f.fileno(), owner[0], owner[1])
-        os.rename(tmp, home.spool / name)
-    except BaseException as e:
-        if made:  # a full disk leaves no half-written file behind
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(e, OSError):
-            why = (e.strerror or str(e)).lower()
-            raise RunnerError(f"cannot write the spool: {why} ({home.spool})") from None
-        raise
+    from .atomic import write_json
+
+    try:  # made in spool/.tmp (sticky, open to all): the daemon watches spool/ and sees only whole files
+        write_json(home.spool / name, record, 0o600, owner, tmp_dir=home.spool / ".tmp")
+    except OSError as e:  # a full disk leaves no half-written file behind
+        why = (e.strerror or str(e)).lower()
+        raise RunnerError(f"cannot write the spool: {why} ({home.spool})") from None
 
 
 def submit(home: Home, spec: dict, now: float | None = None, retry_of: str | None = None,
@@ -161,34 +146,22 @@ def quarantine(home: Home, path: Path, reason: str) -> bool:
 
         logging.getLogger("runner.daemon.intake").warning("cannot set %s aside: %s", path.name, e.strerror)
         return False
-    # The reason appears whole or not at all (a reader never sees it half-written): written under a
-    # hidden name in the daemon's own folder, then renamed beside the file.
-    final = home.quarantine / (dest.name + ".reason")
-    tmp = home.quarantine / f".reason.{os.getpid()}.{time.time_ns()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError:
-        return True  # a full disk: the file is aside, its reason is in the daemon's log
-    try:
-        # The reason may quote what the file said: it is its owner's to read, like the file.
+    # The reason appears whole or not at all (a reader never sees it half-written), written with
+    # O_NOFOLLOW under a new hidden name in the daemon's own folder, then renamed beside the file.
+    # It may quote what the file said: it is its owner's to read, like the file.
+    from .atomic import write_bytes
+
+    owner = None
+    if os.geteuid() == 0:
         try:
-            owner = os.lstat(dest).st_uid
-            if owner != os.geteuid() and os.geteuid() == 0:
-                os.fchown(fd, owner, -1)
+            owner = (os.lstat(dest).st_uid, -1)
         except OSError:
             pass
-        os.write(fd, (_CONTROL.sub(" ", reason)[:2000] + "\n").encode())
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, final)
+    try:
+        write_bytes(home.quarantine / (dest.name + ".reason"), (_CONTROL.sub(" ", reason)[:2000] + "\n").encode(),
+                    0o600, owner, fsync=False)
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        pass  # a full disk: the file is aside, its reason is in the daemon's log
     return True
 
 

@@ -115,31 +115,23 @@ def _convert_into(ds, out, args) -> dict:
     """Write the conversion into a fresh folder of our own beside `out` (made with O_EXCL, 0700:
     nobody can plant a link in it) and rename it into place; a link or a folder put at `out`
     meanwhile makes the rename fail, it is never followed."""
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from config_translators import dataset_formats as df
+    from runner.atomic import NotPlaced, make_dir
     from runner.exceptions import RunnerError, SpecError
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    report = {}
+
+    def fill(tmp):
         try:
-            report = df.write_yolo(ds, tmp, args.to, args.keep_difficult, args.tile, args.overlap, final=out)
+            report.update(df.write_yolo(ds, tmp, args.to, args.keep_difficult, args.tile, args.overlap, final=out))
         except (df.DatasetError, ValueError) as e:
             raise SpecError(getattr(e, "problems", None) or [str(e)]) from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        try:
-            os.rename(tmp, out)
-        except OSError as e:
-            raise RunnerError(f"--out: {out} could not be put in place ({e.strerror}: something was put there "
-                              "meanwhile); give a new folder") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    try:
+        make_dir(out, fill)  # then given what a plain mkdir would (the umask's)
+    except NotPlaced as e:
+        raise RunnerError(f"--out: {out} could not be put in place ({e.strerror}: something was put there "
+                          "meanwhile); give a new folder") from None
     return report
 
 

@@ -7,7 +7,6 @@ calls are all the mirror uses: experiments, runs, log-batch, metric history, art
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import urllib.error
@@ -133,16 +132,6 @@ class Client:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # a new file of a name nobody could have planted (O_EXCL, never through a link), readable by
         # the tracking server's own user as the file of a plain open was; then put in place
-        import tempfile
+        from ..atomic import write_bytes
 
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_bytes(dest, src, 0o644, fsync=False)
