@@ -326,6 +326,13 @@ def repo_checks(store, job: dict, sizes: dict, infer: dict | None = None) -> dic
     return {"checks": checks, "status": status_of(checks), "task": job["spec"].get("task")}
 
 
+def _seconds(job: dict, now: float | None = None) -> float:
+    """How long a job ran: from its start (its creation if it never started) to its end, or to now
+    while it runs. 0.0 is a time, not a missing one."""
+    end = job["finished_at"] if job["finished_at"] is not None else (time.time() if now is None else now)
+    return end - (job["started_at"] if job["started_at"] is not None else job["created_at"])
+
+
 def _job_report(store, home, ref: str, jid: str, infer: dict | None = None) -> tuple[dict, dict]:
     """(the job, its checks judged): from the adapter's check.json, or read off a repo's job."""
     from .queries import log_tail_for
@@ -363,7 +370,7 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
                     c["detail"]["control"] = {"job": controls[ref], "value": ctl_learns["detail"].get("value"), "reached": None}
         if rep.get("checks"):
             rep["status"] = status_of(rep["checks"])
-        run = (job["finished_at"] or time.time()) - (job["started_at"] or job["created_at"])
+        run = _seconds(job)
         entry = {"model": ref, "framework": ref.split("/", 1)[0], "task": rep.get("task") or (job["spec"].get("task")),
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
                  "seconds": run, "input_size": (job["spec"].get("train") or {}).get("input_size"),
@@ -378,7 +385,7 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
                 pass
         if ref in (controls or {}):
             cj = store.get_job(controls[ref])
-            entry["control_seconds"] = (cj["finished_at"] or time.time()) - (cj["started_at"] or cj["created_at"])
+            entry["control_seconds"] = _seconds(cj)
         if not rep.get("checks"):
             entry["error"] = f"job {job['state']} ({job['reason']}): " + (job.get("log_tail") or job.get("note") or "")[-1500:]
         models.append(entry)

@@ -41,12 +41,12 @@ def decayed_use(rows, now: float, half_life_s: float) -> dict:
     for r in rows:
         prior = r.get("prior_use")
         if prior and half_life_s > 0:
-            age = max(0.0, now - (r.get("prior_ended_at") or now))
+            age = max(0.0, now - (now if r.get("prior_ended_at") is None else r["prior_ended_at"]))
             use[r["user"]] = use.get(r["user"], 0.0) + float(prior) * math.pow(2.0, -age / half_life_s)
         start = r.get("started_at")
         if start is None:
             continue
-        end = r.get("finished_at") or now
+        end = now if r.get("finished_at") is None else r["finished_at"]  # 0.0 is a time
         seconds = max(0.0, min(end, now) - start)
         age = max(0.0, now - end)
         w = units(r.get("gpus")) * seconds * math.pow(2.0, -age / half_life_s) if half_life_s > 0 else 0.0
@@ -280,5 +280,6 @@ def _ended_parts(r) -> list:
     if r.get("started_at") is not None and r.get("finished_at") is not None:
         out.append((units(r.get("gpus")) * max(0.0, r["finished_at"] - r["started_at"]), r["finished_at"]))
     if r.get("prior_use"):
-        out.append((float(r["prior_use"]), r.get("prior_ended_at") or r.get("finished_at") or 0.0))
+        ended = next((t for t in (r.get("prior_ended_at"), r.get("finished_at")) if t is not None), 0.0)
+        out.append((float(r["prior_use"]), ended))
     return out

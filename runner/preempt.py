@@ -149,7 +149,7 @@ def choose(waiting, running: list, n_free: int, total_gpus: int, use: dict, shar
     for job in waiting(served):
         want = _want(job)
         me = job["user"]
-        if not want or now - (job.get("queued_at") or now) < after:
+        if not want or now - (now if job.get("queued_at") is None else job["queued_at"]) < after:
             continue
         need = want - n_free
         if need <= 0:

@@ -65,9 +65,9 @@ def submit(args):
 
 
 def _when(j):
-    if j.get("started_at"):
-        return span((j.get("finished_at") or time.time()) - j["started_at"])
-    return ago(j.get("created_at")) + " ago" if j.get("created_at") else ""
+    if j.get("started_at") is not None:  # 0.0 is a time
+        return span((time.time() if j.get("finished_at") is None else j["finished_at"]) - j["started_at"])
+    return ago(j["created_at"]) + " ago" if j.get("created_at") is not None else ""
 
 
 def ls(args):

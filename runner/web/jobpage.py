@@ -45,7 +45,8 @@ def routes(app, ctx, ui):
 
     def header(job: dict) -> dict:
         """The header fields a live page refreshes, as text."""
-        dur = ((job["finished_at"] or time.time()) - job["started_at"]) if job.get("started_at") else None
+        started, finished = job.get("started_at"), job.get("finished_at")  # 0.0 is a time
+        dur = ((time.time() if finished is None else finished) - started) if started is not None else None
         usage = []
         if job.get("max_rss_kb"):
             usage.append(f"peak {_size(job['max_rss_kb'] * 1024)}")

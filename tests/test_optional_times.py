@@ -1,0 +1,24 @@
+"""An optional time is missing only when it is None (#32): 0.0 is a time (a test clock, an epoch), never
+taken for "not yet" and replaced by now."""
+
+from __future__ import annotations
+
+from runner import check, fairshare
+from runner.cli import jobs
+
+
+def test_a_job_that_ended_at_time_zero_is_ended_for_fair_share():
+    rows = [{"user": "alice", "gpus": [0], "started_at": 0.0, "finished_at": 0.0}]
+    assert fairshare.decayed_use(rows, now=1000.0, half_life_s=100.0) == {"alice": 0.0}  # not 1000 s of use
+    ended = {"user": "bob", "gpus": [0], "started_at": 0.0, "finished_at": 50.0, "prior_use": 10.0, "prior_ended_at": 0.0}
+    assert fairshare._ended_parts(ended) == [(50.0, 50.0), (10.0, 0.0)]  # the earlier run ended at 0, not at 50
+
+
+def test_a_check_job_started_at_time_zero_ran_from_then():
+    job = {"created_at": -5.0, "started_at": 0.0, "finished_at": 10.0}
+    assert check._seconds(job) == 10.0
+    assert check._seconds({"created_at": 0.0, "started_at": None, "finished_at": 0.0}, now=99.0) == 0.0
+
+
+def test_runner_ls_shows_a_run_from_time_zero_as_its_duration():
+    assert jobs._when({"started_at": 0.0, "finished_at": 60.0, "created_at": 0.0}) == "1m00s"
