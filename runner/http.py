@@ -108,9 +108,7 @@ class _Writable:
                 finally:
                     os.close(fd)
                     os.unlink(path)
-                conn = self.store.conn
-                current = conn.execute("PRAGMA application_id").fetchone()["application_id"]
-                conn.execute(f"PRAGMA application_id={int(current)}")  # a real write of page 1, nothing changed
+                self.store.write_probe()
                 self.problem = None
             except sqlite3.OperationalError as e:
                 if "locked" in str(e) or "busy" in str(e):

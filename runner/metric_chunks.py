@@ -10,7 +10,7 @@ of whole chunks are the min and max of its points: a chart reduced from chunks k
 dip exactly where it was, and never drops a point the store holds (the points stay; the chunks are
 derived from them, written in the same transaction as the points by store._insert_points).
 
-Pure functions over tuples here; the SQL is in runner/store.py (writes) and runner/queries.py (reads).
+Pure functions over tuples here; the SQL is in runner/store/metrics.py (writes) and runner/store/charts.py (reads).
 """
 
 from __future__ import annotations

@@ -73,11 +73,9 @@ def audit(home) -> list[str]:
         check(p)
     jobs = {}
     try:
-        import sqlite3
+        from .store.operate import job_uids
 
-        con = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True)
-        jobs = {r[0]: r[1] for r in con.execute("SELECT id, uid FROM jobs WHERE uid IS NOT NULL")}
-        con.close()
+        jobs = job_uids(home.db)
     except Exception:  # no store yet, or not readable: the checks above say so
         pass
     share = bool(home.config.get("server", {}).get("share_logs"))

@@ -59,7 +59,7 @@ def waiting_envs(store, config: dict) -> tuple[set, set, set]:
     import json
 
     keys, names, inputs, seen = set(), set(), set(), set()
-    rows = store.conn.execute("SELECT spec, uid FROM jobs WHERE state IN ('queued', 'preparing')").fetchall()
+    rows = store.waiting_specs()
     for row in rows:
         spec = row["spec"] if isinstance(row["spec"], dict) else json.loads(row["spec"] or "{}")
         if str(spec.get("model", "")).startswith("repo/"):

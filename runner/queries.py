@@ -6,6 +6,7 @@ import os
 import time
 
 from .spool import pending_jobs
+from .store.charts import series_buckets, series_chunk_stats, series_chunks, series_extent, series_points  # noqa: F401 (a chart's reads, by their names here)
 
 JOB_FIELDS = ("id", "seq", "name", "user", "kind", "model", "state", "reason", "exit_code", "signal", "priority",
               "created_at", "queued_at", "started_at", "finished_at", "gpus", "gpu_uuids", "env", "env_hash", "after",
@@ -253,56 +254,3 @@ def log_chunks(job_dir, offset: int = 0, length: int | None = None, chunk: int =
                 left -= len(data)
             yield data
 
-
-# -- a chart's reads (runner/web/series.py reduces what they give) -----------------------------
-def series_extent(cur, job_id: str, name: str) -> tuple[int, int | None]:
-    """(how many points, the newest one's id) of one metric of a job: the (job_id, name, id) index alone."""
-    return tuple(cur.execute("SELECT COUNT(*), MAX(id) FROM metrics WHERE job_id=? AND name=?", (job_id, name)).fetchone())
-
-
-def series_points(cur, job_id: str, name: str, lo_id: int = 0, hi_id: int = 2**63 - 1) -> list[tuple]:
-    """(id, value, step, epoch) of one metric of a job, ids lo_id..hi_id, in the order recorded
-    (an infinity given as None: JSON has none; SQLite keeps a NaN as NULL already)."""
-    return cur.execute("SELECT id, CASE WHEN abs(value) < 9e999 THEN value END, step, epoch FROM metrics "
-                       "WHERE job_id=? AND name=? AND id BETWEEN ? AND ? ORDER BY id", (job_id, name, lo_id, hi_id)).fetchall()
-
-
-def series_chunks(cur, job_id: str, name: str) -> list[tuple] | None:
-    """The chunk rows of one metric of a job (runner/metric_chunks.py: COLUMNS), in order; None
-    where the store has no chunks table (written before it; the chart reads the points)."""
-    import sqlite3
-
-    try:
-        return cur.execute("SELECT k, n, first_id, last_id, step_first, step_last, steps_ok, epoch_first, epoch_last, epoch_min, "
-                           "epoch_max, epochs_ok, first_v, last_v, min_v, min_i, min_step, min_epoch, max_v, max_i, max_step, max_epoch "
-                           "FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k", (job_id, name)).fetchall()
-    except sqlite3.OperationalError:
-        return None
-
-
-def series_chunk_stats(cur, job_id: str, name: str, chunk: int) -> tuple | None:
-    """What a chart checks of one metric's chunks before it reads them, summed up by SQLite: (chunks,
-    points, highest k, newest id, chunks not full, the highest k of those, every steps_ok, every
-    epochs_ok); None where the store has no chunks table."""
-    import sqlite3
-
-    try:
-        return cur.execute("SELECT COUNT(*), SUM(n), MAX(k), MAX(last_id), SUM(n < ?3), MAX(CASE WHEN n < ?3 THEN k END), "
-                           "MIN(steps_ok), MIN(epochs_ok) FROM metric_chunks WHERE job_id=?1 AND name=?2", (job_id, name, chunk)).fetchone()
-    except sqlite3.OperationalError:
-        return None
-
-
-def series_buckets(cur, job_id: str, name: str, buckets: int, chunks: int, chunk: int) -> tuple[list, list, tuple, tuple]:
-    """One metric's chunks grouped by SQLite into `buckets` runs of whole chunks (chunk k in bucket
-    k * buckets // chunks; `chunk`: points a chunk): each bucket's lowest and its highest point, (bucket, value, position,
-    step, epoch) (the min()/max() row's own columns: SQLite's bare columns), and the series' first
-    and last point, (value, step, epoch, position)."""
-    out = []
-    for agg, col in (("MIN", "min"), ("MAX", "max")):
-        out.append(cur.execute(f"SELECT (k * ?3) / ?4, {agg}({col}_v), {col}_i, {col}_step, {col}_epoch FROM metric_chunks "
-                               f"WHERE job_id=?1 AND name=?2 AND {col}_v IS NOT NULL GROUP BY 1", (job_id, name, buckets, chunks)).fetchall())
-    first = cur.execute("SELECT first_v, step_first, epoch_first, 0 FROM metric_chunks WHERE job_id=? AND name=? AND k=0", (job_id, name)).fetchone()
-    last = cur.execute("SELECT last_v, step_last, epoch_last, k * ? + n - 1 FROM metric_chunks WHERE job_id=? AND name=? ORDER BY k DESC LIMIT 1",
-                       (chunk, job_id, name)).fetchone()
-    return out[0], out[1], first, last

@@ -112,6 +112,13 @@ class Store:
         """The version of the open database (PRAGMA user_version)."""
         return self.conn.execute("PRAGMA user_version").fetchone()["user_version"]
 
+    def write_probe(self):
+        """A real write of the store's first page that changes nothing (PRAGMA application_id set to what it
+        is): raises sqlite3.OperationalError where the store cannot be written now (runner/http.py's check)."""
+        conn = self.conn
+        current = conn.execute("PRAGMA application_id").fetchone()["application_id"]
+        conn.execute(f"PRAGMA application_id={int(current)}")  # a real write of page 1, nothing changed
+
     migrate = _schema.migrate
 
     # -- jobs (store/jobs.py) ---------------------------------------------------------------
@@ -133,6 +140,7 @@ class Store:
     claim = _jobs.claim
     referenced_by_active = _jobs.referenced_by_active
     job_owners = _jobs.job_owners
+    waiting_specs = _jobs.waiting_specs
 
     # -- metrics (store/metrics.py) ---------------------------------------------------------
     record_progress = _metrics.record_progress

@@ -271,6 +271,11 @@ def referenced_by_active(store) -> set:
     return {r["ref"] for r in rows if r["ref"]}
 
 
+def waiting_specs(store) -> list[dict]:
+    """spec and uid of the queued and preparing jobs (the envs they will use: runner/prepare.py's waiting_envs)."""
+    return store.conn.execute("SELECT spec, uid FROM jobs WHERE state IN ('queued', 'preparing')").fetchall()
+
+
 def job_owners(store) -> dict:
     """{job id: user} of every job."""
     return {r["id"]: r["user"] for r in store.conn.execute("SELECT id, user FROM jobs").fetchall()}

@@ -130,3 +130,12 @@ def backup(store, dest) -> dict:
             pass
         raise
     return {"path": str(dest), "bytes": dest.stat().st_size, "jobs": jobs, "seconds": round(time.time() - t0, 3)}
+
+
+def job_uids(db) -> dict:
+    """{job id: uid} of every job with a uid, read from the store's file `db` opened read-only with no
+    Store (runner/permissions.py's check reads it as it is, and says so where it cannot be opened)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    jobs = {r[0]: r[1] for r in con.execute("SELECT id, uid FROM jobs WHERE uid IS NOT NULL")}
+    con.close()
+    return jobs

@@ -2,14 +2,17 @@
 for small multiples (train and val of one quantity on one chart), every chart's downsampled series
 read in one pass, and the points recorded since a live page last asked.
 
-Reads go straight to the store's `metrics` table (index job_id, name, id): a page of 50 jobs costs
-one query for their latest values and one indexed range per job for its main metric's best.
+Reads go straight to the store's `metrics` table (index job_id, name, id; their SQL in runner/store/pages.py
+and charts.py): a page of 50 jobs costs one query for their latest values and one indexed range per job for
+its main metric's best.
 """
 
 from __future__ import annotations
 
 import re
 
+from ..store import charts as store_charts
+from ..store import pages as store_pages
 from . import series
 
 MAIN_METRICS = ("val_accuracy", "val_accuracy_top1", "val_top1", "val_map50_mask", "val_map50_pose", "val_map50_box", "val_map50",
@@ -85,9 +88,7 @@ class Best:
         key = (job_id, name)
         after, best = self.seen.pop(key, (0, None))
         if after < last_id:
-            agg = "MIN" if lower else "MAX"
-            new = cur.execute(f"SELECT {agg}(value) FROM metrics WHERE job_id=? AND name=? AND id>? AND id<=?",
-                              (job_id, name, after, last_id)).fetchone()[0]
+            new = store_pages.best_between(cur, job_id, name, lower, after, last_id)
             if new is not None and (best is None or (new < best if lower else new > best)):
                 best = new
             after = last_id
@@ -105,13 +106,7 @@ def main_metrics(store, jobs: list[dict], best: Best | None = None) -> dict:
     best = best or Best()
     cur = store.conn.cursor()
     cur.row_factory = None
-    # each job's names off the index, a seek each (a GROUP BY read every point of a job: 100,000
-    # rows for one long run on the page), then each name's newest point, a seek each
-    rows = cur.execute(f"""WITH RECURSIVE j(job_id) AS (VALUES {",".join(["(?)"] * len(ids))}),
-        n(job_id, name) AS (SELECT job_id, (SELECT MIN(name) FROM metrics WHERE job_id=j.job_id) FROM j
-          UNION ALL SELECT job_id, (SELECT MIN(name) FROM metrics WHERE job_id=n.job_id AND name>n.name) FROM n WHERE name IS NOT NULL)
-        SELECT n.job_id, n.name, m.value, m.id FROM n JOIN metrics m ON m.id=(SELECT MAX(id) FROM metrics WHERE job_id=n.job_id AND name=n.name)
-        WHERE n.name IS NOT NULL""", ids).fetchall()
+    rows = store_pages.latest_points(cur, ids)
     latest: dict = {}
     for jid, name, value, mid in rows:
         latest.setdefault(jid, []).append((mid, name, value))
@@ -134,16 +129,9 @@ def _finite(v):
     return v if v is not None and v == v and -INF < v < INF else None
 
 
-NAMES_SQL = """WITH RECURSIVE n(name) AS (SELECT MIN(name) FROM metrics WHERE job_id=?1
-    UNION ALL SELECT (SELECT MIN(name) FROM metrics WHERE job_id=?1 AND name>n.name) FROM n WHERE name IS NOT NULL)
-    SELECT name FROM n WHERE name IS NOT NULL"""
-"""A job's metric names in order, a seek of the (job_id, name, id) index each: SELECT DISTINCT
-reads every point (a 100,000-point job: 7 ms, then 10 of them on compare)."""
-
-
 def names_of(cur, job_id: str) -> list[str]:
     """The names of a job's metrics, sorted."""
-    return [r[0] for r in cur.execute(NAMES_SQL, (job_id,)).fetchall()]
+    return store_charts.metric_names(cur, job_id)
 
 
 def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | None = None) -> dict:
@@ -155,7 +143,7 @@ def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | Non
     with store.snapshot() as c:
         cur = c.cursor()
         cur.row_factory = None
-        last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
+        last_id = store_charts.last_metric_id(cur)
         names = names_of(cur, job_id)
         if only is not None:
             names = [n for n in names if n in set(only)]
@@ -181,11 +169,8 @@ def since(store, job_id: str, after: int) -> dict:
     LIVE_MAX_POINTS; `reload` when there were more (the page then reads its charts whole)."""
     cur = store.conn.cursor()
     cur.row_factory = None
-    last_id = cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
-    # `+job_id`: walk the rowid range after `after` (only the points of the last seconds, of every
-    # job), not the job's whole index (100,000 points of a long run)
-    rows = cur.execute("SELECT name, step, epoch, value FROM metrics WHERE id>? AND id<=? AND +job_id=? ORDER BY id LIMIT ?",
-                       (after, last_id, job_id, LIVE_MAX_POINTS + 1)).fetchall()
+    last_id = store_charts.last_metric_id(cur)
+    rows = store_charts.points_since(cur, job_id, after, last_id, LIVE_MAX_POINTS + 1)
     if len(rows) > LIVE_MAX_POINTS:
         return {"last_id": after, "reload": True, "points": {}}
     pts: dict = {}
