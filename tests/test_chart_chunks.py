@@ -179,3 +179,43 @@ def test_a_resumed_jobs_redone_points_replace_the_earlier_runs_in_its_chart(tmp_
         shown = dict(zip(got["x"], got["y"]))
         assert got["total"] == 20_000 and 99.0 not in got["y"] and shown[19_999] == 0.5
         assert max(got["y"]) == max(v for _, v, s, _ in first if s < 14_000)
+
+
+@pytest.mark.parametrize("made_by_a_write", [False, True])
+def test_a_store_from_before_the_chunks_migration_upgrades_in_place(tmp_path, made_by_a_write):
+    """metric_chunks is a numbered migration (_m_chunks, #32): a store from before it, whether the first write of
+    points had made the table (as runner did then, with its rows) or not, is upgraded in place when opened; no chunk
+    is made up for its old points, so its chart reads them, spike and all; points written since extend the chunks."""
+    import sqlite3
+
+    import sqlite_utils
+
+    from runner.store import MIGRATIONS, SCHEMA_VERSION, Store, _m_chunks
+    from runner.store.schema import CHUNKS_TABLE
+
+    path, k = tmp_path / "runner.db", MIGRATIONS.index(_m_chunks)
+    raw = sqlite3.connect(path, isolation_level=None)
+    for m in MIGRATIONS[:k]:  # a store as the runner before it left it
+        m(sqlite_utils.Database(raw))
+    raw.execute(f"PRAGMA user_version={k}")
+    old = _loss(10_000, {1_234: 50.0})
+    _job(Store(path, migrate=False), "old")
+    if made_by_a_write:
+        raw.execute(CHUNKS_TABLE)
+        Store(path, migrate=False).record_progress("old", old, 1)
+    else:
+        raw.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES ('old',?,?,?,?,1.0)", old)
+    raw.close()
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    stats = queries.series_chunk_stats(cur, "old", "loss", metric_chunks.CHUNK)
+    assert stats[1] == (10_000 if made_by_a_write else None)  # the rows the write made are kept; none made up
+    new = [("loss", 0.1, s, s // 1000) for s in range(10_000, 10_100)]
+    store.record_progress("old", new, 2)
+    got = metricsview.charts(store, "old")["series"]["loss"]
+    assert got["total"] == 10_100 and dict(zip(got["x"], got["y"]))[1_234] == 50.0 and got["x"][-1] == 10_099
+    stats = queries.series_chunk_stats(cur, "old", "loss", metric_chunks.CHUNK)
+    assert stats[1] == (10_100 if made_by_a_write else 100)
+    assert series._whole(queries.series_chunks(cur, "old", "loss"), *queries.series_extent(cur, "old", "loss")) == made_by_a_write
