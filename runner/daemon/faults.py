@@ -57,3 +57,37 @@ class Backoff:
     def clear(self):
         """Forget every wait (everything is due now)."""
         self._due.clear()
+
+
+class Guard:
+    """Runs the parts of the loop so that an error costs the part's file or job, never the daemon,
+    and says each trouble once while it repeats (keyed by part, or by "job ID" for one job's)."""
+
+    def __init__(self, store, log):
+        self.store = store
+        self.log = log
+        self._trouble: dict[str, str] = {}  # part of the loop (or "job ID") -> the error it last met
+
+    def run(self, part: str, fn, now: float):
+        """fn(now); an Exception it raises is logged (once while it repeats) and returned, never raised."""
+        try:
+            fn(now)
+        except Exception as e:  # signals and SystemExit are not Exceptions: they still stop the daemon
+            rollback(self.store)
+            said = f"{type(e).__name__}: {e}"
+            if self.first(part, said):
+                why = own_trouble(e)
+                if why:
+                    self.log.error("%s: the daemon's own trouble (%s); it goes on and tries again", part, why)
+                else:
+                    self.log.exception("%s failed; the daemon goes on", part)
+            return e
+        self._trouble.pop(part, None)
+        return None
+
+    def first(self, key: str, said: str) -> bool:
+        """Record that `key` met `said`; True when that is news (not what it last met)."""
+        if self._trouble.get(key) == said:
+            return False
+        self._trouble[key] = said
+        return True
