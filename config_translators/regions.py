@@ -1,6 +1,6 @@
 """Masks and rotated boxes from the forms a repo's own inference prints them in (pure, stdlib):
 COCO run-length encodings (a list of counts, or pycocotools' compressed string), polygons, and
-the four corners of an oriented box. runner.repo_infer maps them onto the InferenceResult fields
+the four corners of an oriented box. runner.repos.infer maps them onto the InferenceResult fields
 the frameworks' plugins fill (`masks`, `rotated_boxes`)."""
 
 from __future__ import annotations

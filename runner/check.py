@@ -245,7 +245,7 @@ def _val_image(spec: dict) -> str | None:
 def repo_infer_check(home, store, registry, jid: str) -> dict:
     """The infer check of a repo job: its table's inference on one image with the checkpoint the
     run wrote (so the checkpoint is reloaded by the repo's own code); n/a when it maps none."""
-    from . import repo_infer
+    from .repos import infer as repo_infer
     from .envs import EnvManager
 
     job = store.get_job(jid)

@@ -46,7 +46,7 @@ def _verbs() -> dict:
         "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
                     "runner.store", "runner.spool", "runner.sitereg", "runner.envs", "config_translators"], _submit),
         "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
-        "infer": (["runner.cli.models_cmd", "runner.cli.common", "runner.repo_infer", "runner.repos", "runner.envs", "runner.prepare",
+        "infer": (["runner.cli.models_cmd", "runner.cli.common", "runner.repos", "runner.repos.infer", "runner.envs", "runner.prepare",
                    "runner.registry", "runner.queries", "runner.store", "runner.home", "config_translators"], _infer),
     }
 

@@ -22,8 +22,9 @@ COMMON = ["adapters/base.py", "adapters/__main__.py", "log_parsers", "runner/che
 
 def covers(fw: str) -> list[str]:
     if fw == "repos":
-        return COMMON + ["config_translators/repo.py", "config_translators/repo_fields.py", "config_translators/repo_infer.py",
-                         "config_translators/dataset_formats.py", "runner/repos.py", "runner/repo_infer.py", "repo-files", "repo-locks"]
+        return COMMON + ["config_translators/repo", "config_translators/repo.py", "config_translators/repo_fields.py",
+                         "config_translators/repo_infer.py", "config_translators/dataset_formats.py", "runner/repos",
+                         "runner/repos.py", "runner/repo_infer.py", "repo-files", "repo-locks"]
     return COMMON + [f"adapters/{fw}_adapter.py", f"adapters/schemas/{fw}.json", f"config_translators/{fw}.py", f"envs/{fw}"]
 
 

@@ -98,7 +98,7 @@ def test_network_and_epochs_come_from_the_table(runner, home, trainrepo, shapes,
 
 
 def test_infer_output_mapping():
-    from config_translators.repo_infer import records, result, runs
+    from config_translators.repo.infer import records, result, runs
 
     names = {0: "circle", 1: "square", 2: "triangle"}
     # YOLO text labels: class cx cy w h conf, normalised
@@ -136,7 +136,7 @@ def test_infer_output_mapping():
 
 
 def test_image_size_reads_png_jpeg_and_bmp_headers(tmp_path, shapes):
-    from config_translators.repo_infer import image_size
+    from config_translators.repo.infer import image_size
     from runner.synth_tasks import write_bmp
 
     png = next(Path(shapes).rglob("*.png"))
@@ -335,7 +335,7 @@ def test_infer_maps_masks_rotated_boxes_and_captions_for_every_task():
     import math
 
     from config_translators import regions
-    from config_translators.repo_infer import records, result
+    from config_translators.repo.infer import records, result
 
     assert coco_rle_string([0, 4]) == "04" and regions.rle_counts({"counts": "04"}) == [0, 4]
     for counts in ([5, 3, 120, 1, 0, 2], [0, 4096], [7, 40, 1, 33, 2, 900, 31, 1]):

@@ -257,7 +257,7 @@ def test_a_mask_png_is_read_whatever_its_filters_and_palette():
 
     from PIL import Image
 
-    from config_translators.repo_infer import mask_records
+    from config_translators.repo.infer import mask_records
 
     rng = random.Random(3)
     img = Image.new("L", (37, 23))
@@ -477,7 +477,8 @@ def test_a_repos_infer_check_needs_what_its_task_predicts(seg_job, monkeypatch, 
     OBB one, a caption a captioning one; an answer without them, or with records that mapped to
     nothing, fails (it passed as any non-empty answer)."""
     from runner import check as chk
-    from runner import envs, repo_infer
+    from runner import envs
+    from runner.repos import infer as repo_infer
 
     s, job = seg_job
     ckpt = str(Path(job["job_dir"]) / "src" / "runs" / "last.json")

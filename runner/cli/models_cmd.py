@@ -152,7 +152,7 @@ def _sidecar(ckpt: Path, name: str) -> dict:
 def run_inference(h, source: str, images: list[str], model: str | None = None, table: str = "job") -> list[dict]:
     """InferenceResult dicts, one per image, from a job (id) or a checkpoint file, in its env: run
     by whoever calls it (the job's owner: see infer). `table`: for a repo job, whose table makes
-    the checkout (runner.repo_infer.TABLES)."""
+    the checkout (runner.repos.infer.TABLES)."""
     from runner.envs import EnvManager, named_request
     from runner.exceptions import RunnerError
     from runner.queries import find_job
@@ -168,7 +168,7 @@ def run_inference(h, source: str, images: list[str], model: str | None = None, t
     else:
         job = find_job(h, s, source)
         if (job.get("model") or "").startswith("repo/"):  # the repo's own predict script, as its table maps it
-            from runner import repo_infer
+            from runner.repos import infer as repo_infer
             from runner.registry import load
 
             mgr = EnvManager(h.envs, s, h.config.get("envs"))

@@ -43,9 +43,9 @@ import json
 import re
 from pathlib import Path
 
-from . import regions
-from .dataset_formats import image_size  # noqa: F401 (the size of a box format's image: runner.repo_infer)
-from .repo_fields import _fill
+from .. import regions
+from ..dataset_formats import image_size  # noqa: F401 (the size of a box format's image: runner.repos.infer)
+from . import _fill
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh", "cxcywhn")
 FORMATS = ("json", "jsonl", "csv", "text", "png")

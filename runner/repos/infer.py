@@ -12,7 +12,7 @@ import time
 import zlib
 from pathlib import Path
 
-from .exceptions import RunnerError
+from ..exceptions import RunnerError
 
 
 def class_names(spec: dict, repo: dict, job_dir: Path) -> dict:
@@ -67,7 +67,7 @@ a fresh one made by the registry's current table (`runner infer --table current`
 def table_change(home, job: dict, repo: dict, name: str) -> list[str]:
     """The files a checkout made by the registry's current table has otherwise than the job's
     (recorded at its prepare); [] when none, or for a job prepared before runner recorded it."""
-    from . import repos
+    from .. import repos
 
     try:
         old = json.loads((home.run_dir(job["id"]) / repos.CHECKOUT_RECORD).read_text())
@@ -82,9 +82,9 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
     checkout (or, with table_of="current", one made by the registry's table now). Where the two
     differ, each result's `note` names the files and the other choice."""
     from config_translators import repo as translator
-    from config_translators import repo_infer as mapping
+    from config_translators.repo import infer as mapping
 
-    from . import repos
+    from .. import repos
 
     spec = job["spec"]
     name = spec["model"].split("/", 1)[1]
@@ -100,7 +100,7 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
     python = str(envmgr.python(job["env_hash"]))
     job_dir = Path(job["job_dir"])
     if not os.access(job_dir, os.R_OK | os.X_OK):
-        from .exceptions import PermissionDenied
+        from ..exceptions import PermissionDenied
 
         raise PermissionDenied(f"job {job['id']}: belongs to {job.get('user')}; its checkout and checkpoints are theirs")
     if table_of not in TABLES:
@@ -125,7 +125,7 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
             repos.apply_patches(src, repo.get("patches", []))
         fields, _ = translator._fields({**spec, "resources": {"gpus": 0}}, repo, str(job_dir), str(src), python)
         if table_of == "current":  # the dataset's parts where the table places them in the checkout, as for a job
-            from .prepare import place_dataset_part
+            from ..prepare import place_dataset_part
 
             for link in translator.placements(repo, fields):
                 if link["path"].startswith("src/"):

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import envs
-from .atomic import make_dir, write_bytes
-from .exceptions import RepoError
+from .. import envs
+from ..atomic import make_dir, write_bytes
+from ..exceptions import RepoError
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -323,7 +323,7 @@ def prepare(job: dict, home, registry, envmgr, log):
     """Prepare a repo job: clone/worktree, shipped files, patches, env, translated argv, launch.json."""
     from config_translators import repo as translator
 
-    from .prepare import Prepared, build_env, write_launch
+    from ..prepare import Prepared, build_env, write_launch
 
     spec = job["spec"]
     name = spec["model"].split("/", 1)[1]
@@ -334,14 +334,14 @@ def prepare(job: dict, home, registry, envmgr, log):
     checkout(home, repo, src)
     copy_files(src, repo, name)
     apply_patches(src, repo.get("patches", []))
-    from .atomic import write_json
+    from ..atomic import write_json
 
     write_json(home.run_dir(job["id"]) / CHECKOUT_RECORD, made_from(repo, name))  # what `runner infer` compares a later table with
     req = env_request(home, repo, name, home.config.get("envs"), log, for_uid=job.get("uid"))
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
-    from .identity import hand_over
-    from .prepare import checked_report, datasets_cache, job_dir_mode, job_person, log_dataset_report, translate_as
+    from ..identity import hand_over
+    from ..prepare import checked_report, datasets_cache, job_dir_mode, job_person, log_dataset_report, translate_as
 
     who = job_person(job)
     cache = str(datasets_cache(home, who))

@@ -13,9 +13,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .datasets import imagefolder_layout
-from .repo_fields import _FIELD, _fill  # repo_infer.py fills its tokens with it too, from there (no cycle)
-from .ultralytics import _simple_yaml, check_yolo
+from ..datasets import imagefolder_layout
+from ..ultralytics import _simple_yaml, check_yolo
+
+# A table's {field} tokens and how they are filled, in train: (here) and infer: (infer.py) alike.
+_FIELD = re.compile(r"\{([a-z_]+)\}")
+
+
+def _fill(token: str, fields: dict, where: str, hint: str = " (set it in train:, variant:, or the repo's defaults)") -> str:
+    def sub(m):
+        v = fields.get(m.group(1))
+        if v is None:
+            raise ValueError(f"{where}: {{{m.group(1)}}} has no value{hint}")
+        return str(v)
+    return _FIELD.sub(sub, token)
+
 
 _ROOTS = (("{src}", "src"), ("{job_dir}", ""), ("{output_dir}", "out"))
 
@@ -41,7 +53,7 @@ def job_path(pattern: str, where: str = "checkpoints") -> str:
 def check_dataset(dataset: dict, repo: dict) -> list[str]:
     """Problems with the dataset for this repo's expected format."""
     want = repo.get("dataset", {}).get("format", "imagefolder")
-    from . import dataset_formats as published
+    from .. import dataset_formats as published
 
     if want == "yolo" and dataset.get("format") in published.FORMATS:
         return published.check(dataset["path"], dataset["format"], dataset.get("split") or 0.2)  # converted at prepare
@@ -64,7 +76,7 @@ def check_dataset(dataset: dict, repo: dict) -> list[str]:
             problems.append(f"dataset.annotations: {dataset.get('annotations')} does not exist (the COCO JSON)")
         return problems
     if want in ("masks", "captions"):
-        from .transformers import check_dataset as check_task_set
+        from ..transformers import check_dataset as check_task_set
 
         return check_task_set(dataset, {"task_type": {"masks": "semantic_segmentation", "captions": "image_captioning"}[want]})
     return [f"dataset.format: {want!r} is not a format a repo table may declare; expected one of {', '.join(REPO_FORMATS)}"]
@@ -90,12 +102,12 @@ def _fields(spec: dict, repo: dict, job_dir: str, src: str, python: str, cache: 
     ds = spec["dataset"]
     fmt = repo.get("dataset", {}).get("format", "imagefolder")
     if fmt == "yolo":
-        from . import dataset_formats as published
+        from .. import dataset_formats as published
 
         p = Path(ds["path"])
         data_yaml = p if p.suffix in (".yaml", ".yml") else p / "data.yaml"
         if ds.get("format") in published.FORMATS:  # DOTA/HRSC2016/VOC as YOLO(-OBB) labels, converted once per version
-            from .ultralytics import convert_published
+            from ..ultralytics import convert_published
 
             layout = "obb" if repo.get("task_type") == "obb_detection" else "detect"  # an OBB repo keeps the angles
             data_yaml, files["_dataset_report"] = convert_published(ds, layout, Path(cache or Path(job_dir) / "datasets"))
@@ -294,7 +306,7 @@ def check_table(name: str, table: dict) -> list[str]:
         except ValueError as e:
             problems.append(str(e))
     if isinstance(table.get("infer"), dict):
-        from .repo_infer import check_table as check_infer
+        from .infer import check_table as check_infer
 
         problems += check_infer(table["infer"], f"{where}.infer")
     return problems
