@@ -32,71 +32,16 @@ from typing import TYPE_CHECKING, Callable, Optional
 from .exceptions import EnvBuildError, RunnerError
 from .requirement import SPECIFIER_EXPECTED, SPECIFIER_OR_URL_EXPECTED, requirement_problem  # noqa: F401 (named here too)
 from .specrules import ENVS_SRC, named_env_names  # the packaged envs, listed there for runner submit (without this module)
+from .pythons import base_python, find_python  # noqa: F401 (named here too)
+from .uvenv import (  # noqa: F401 (uv's settings and messages, named here too)
+    _CONFIG_TO_UV, _build_args, build_settings, mask_urls, masked, relevant_lines, uv_binary, uv_cause, uv_environ, uv_settings,
+)
 
 if TYPE_CHECKING:  # the jail is loaded only when a user's build needs it
     from .envjail import Jail
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COMPLETE = ".runner-env.json"
-
-# [envs] config key -> the variable uv reads. Nothing else reaches uv's index and TLS settings.
-_CONFIG_TO_UV = {
-    "index_url": "UV_INDEX_URL",
-    "extra_index_urls": "UV_EXTRA_INDEX_URL",
-    "find_links": "UV_FIND_LINKS",
-    "index_strategy": "UV_INDEX_STRATEGY",
-    "torch_backend": "UV_TORCH_BACKEND",
-    "ca_bundle": "SSL_CERT_FILE",  # a lab's CA bundle (a TLS-inspecting proxy, a private index): the CAs uv trusts
-}
-_LIST_SEP = {"UV_FIND_LINKS": ","}  # uv splits UV_FIND_LINKS at commas, UV_EXTRA_INDEX_URL at spaces
-
-# What decides where uv finds packages and whether it trusts the answer: recorded by the daemon
-# (daemon.json) and shown and tried by `runner doctor`.
-_SETTING_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "http_proxy", "https_proxy", "all_proxy", "no_proxy",
-                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-_NOT_SETTINGS = ("UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR", "UV_TOOL_DIR", "UV_CONFIG_FILE", "UV_INTERNAL__PARENT_INTERPRETER")
-
-
-def uv_binary() -> str:
-    """The uv binary shipped by the `uv` package (falls back to one on PATH)."""
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if not found:
-            raise RunnerError("uv: not found (pip install uv)")
-        return found
-
-
-def uv_environ(config: dict | None = None) -> dict:
-    """The environment for a uv call: ours, plus index and CA settings from the [envs] config table."""
-    env = dict(os.environ)
-    for key, var in _CONFIG_TO_UV.items():
-        value = (config or {}).get(key)
-        if value:
-            env[var] = _LIST_SEP.get(var, " ").join(value) if isinstance(value, list) else str(value)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
-def uv_settings(env: dict) -> dict:
-    """Of a uv call's environment, what decides where uv finds packages and whether it trusts
-    them: its UV_* settings (not its own folders), the CA bundle and the proxies."""
-    return {k: v for k, v in sorted(env.items())
-            if (k.startswith("UV_") and k not in _NOT_SETTINGS) or k in _SETTING_VARS}
-
-
-def masked(settings: dict) -> dict:
-    """`settings` with the credentials of every URL in them hidden (https://***@host), for files others read."""
-    return {k: mask_urls(v) for k, v in settings.items()}
-
-
-def mask_urls(text: str) -> str:
-    """`text` with the credentials of every URL in it hidden (https://***@host)."""
-    return re.sub(r"://[^/@\s]+@", "://***@", text)
-
 
 def platform_tag() -> str:
     """The platform part of an env's key."""
@@ -186,112 +131,6 @@ def inline_inputs(requirements: list[str], python: Optional[str], owner: Optiona
     """What an inline env was asked for (owner, Python, requirements), hashed: it names the env's
     request before its lock exists, so that `runner envs gc` keeps an env a queued job will use."""
     return hashlib.sha256(json.dumps([owner, python or "", list(requirements)]).encode()).hexdigest()[:16]
-
-
-def base_python(version: Optional[str] = None, config: dict | None = None, where: str = "env.python") -> tuple[str, str]:
-    """(interpreter, full version) an env is made from. A root daemon's envs are run by every user
-    and users' envs are built by the build user, so there it is the first that the build user can
-    run of: [envs] python, the interpreter find_python picks (ours for our version), then
-    /usr/bin, /usr/local/bin and PATH's pythonX.Y. The daemon's own interpreter may live where
-    users cannot go (/root/.pyenv)."""
-    if os.geteuid() != 0:
-        return find_python(version, where)
-    from .envjail import build_person, runs_as
-
-    who = build_person(config)
-    want = version or ".".join(platform.python_version_tuple()[:2])
-    minor = ".".join(want.split(".")[:2])
-    if not re.fullmatch(r"3\.\d+(\.\d+)?", str(want)):
-        raise EnvBuildError(f"{where}: given {version!r}; expected a Python version such as \"3.11\"")
-    configured = (config or {}).get("python")
-    candidates = list(configured) if isinstance(configured, list) else [configured] if configured else []
-    try:
-        candidates.append(find_python(version, where)[0])
-    except EnvBuildError:
-        pass
-    candidates += [f"/usr/bin/python{minor}", f"/usr/local/bin/python{minor}", shutil.which(f"python{minor}")]
-    tried = []
-    for path in dict.fromkeys(p for p in candidates if p):
-        v = runs_as(str(path), who)
-        if v and (v == want or v.startswith(want + ".")):
-            return str(path), v
-        if os.path.exists(path):
-            tried.append(str(path))
-    raise EnvBuildError(f"{where}: no Python {want} that the build user {who.name} can run (tried {', '.join(tried) or 'nothing found'}); "
-                        f"set [envs] python to one every user may run, e.g. /usr/bin/python{minor}")
-
-
-def _pyenv_pythons(version: str) -> list[Path]:
-    """pyenv's interpreters of that version, newest first (its shims are not interpreters: uv cannot query them)."""
-    roots = [os.environ.get("PYENV_ROOT"), str(Path.home() / ".pyenv")]
-    found = []
-    for root in filter(None, roots):
-        for d in sorted(Path(root, "versions").glob(f"{version}*"), key=lambda p: [int(x) if x.isdigit() else 0 for x in p.name.split(".")], reverse=True):
-            exe = d / "bin" / f"python{'.'.join(version.split('.')[:2])}"
-            if exe.is_file() and os.access(exe, os.X_OK) and (d.name == version or d.name.startswith(version + ".")):
-                found.append(exe)
-    return found
-
-
-def find_python(version: Optional[str], where: str = "python") -> tuple[str, str]:
-    """(interpreter path, full version) for a requested Python version (default: ours): uv's
-    interpreter discovery (uv-managed Pythons, then PATH without pyenv's shims), then pyenv's
-    versions. Never downloads one."""
-    ours = platform.python_version()
-    if not version or ours == version or ours.startswith(version + "."):
-        return sys.executable, ours
-    if not re.fullmatch(r"3\.\d+(\.\d+)?", str(version)):
-        raise EnvBuildError(f"{where}: given {version!r}; expected a Python version such as \"3.8\"")
-    env = uv_environ()
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if "pyenv" not in p or not p.rstrip("/").endswith("shims"))
-    r = subprocess.run([uv_binary(), "python", "find", "--no-python-downloads", version], capture_output=True, text=True, env=env,
-                       cwd="/")  # uv reads uv.toml / .python-version files in its folder and above it
-    candidates = [r.stdout.strip()] if r.returncode == 0 and r.stdout.strip() else []
-    candidates += [str(p) for p in _pyenv_pythons(version)]
-    for path in candidates:
-        v = subprocess.run([path, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True,
-                           cwd="/").stdout.strip()  # never the caller's folder: `-c` imports from it first
-        if v == version or v.startswith(version + "."):
-            return path, v
-    raise EnvBuildError(f"{where}: Python {version} is not on this machine (looked for uv-managed Pythons, on PATH and in pyenv); "
-                        f"install it with `uv python install {version}` or `pyenv install {version}`, or your distribution's python{version} package")
-
-
-def build_settings(build, where: str = "build") -> dict:
-    """A table's `build`: {constraints: [..], env: {..}, no_isolation: [..]} checked, empty parts dropped."""
-    if build is None:
-        return {}
-    if not isinstance(build, dict):
-        raise EnvBuildError(f"{where}: expected a table with constraints, env and no_isolation")
-    unknown = set(build) - {"constraints", "env", "no_isolation"}
-    if unknown:
-        raise EnvBuildError(f"{where}.{sorted(unknown)[0]}: unknown key; expected constraints, env or no_isolation")
-    out = {}
-    for key in ("constraints", "no_isolation"):
-        v = build.get(key) or []
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-            raise EnvBuildError(f"{where}.{key}: expected a list of strings")
-        if v:
-            out[key] = list(v)
-    env = build.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in env.items()):
-        raise EnvBuildError(f"{where}.env: expected a table of strings (NAME = \"value\")")
-    if env:
-        out["env"] = dict(env)
-    return out
-
-
-def _build_args(build: dict | None, folder: str) -> tuple[list[str], dict]:
-    """uv's arguments and environment for a request's build settings (constraints go to a file in `folder`)."""
-    build = build or {}
-    args = []
-    if build.get("constraints"):
-        p = Path(folder) / "build-constraints.txt"
-        p.write_text("\n".join(build["constraints"]) + "\n")
-        args += ["--build-constraints", str(p)]
-    for name in build.get("no_isolation", []):
-        args += ["--no-build-isolation-package", name]
-    return args, dict(build.get("env") or {})
 
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -389,50 +228,6 @@ def lock_named(name: str, python: Optional[str] = None, config: dict | None = No
 
     write_bytes(out, (header + text).encode())
     return out
-
-
-_UV_ERROR = ("error:", "×")  # how uv starts what went wrong,
-_UV_CAUSE = ("caused by:", "cause:", "╰─▶")  # and each cause under it (older uv: "Caused by:")
-
-
-def uv_cause(text: str, limit: int = 300) -> str:
-    """What uv says went wrong, in one line for a job's note, which everyone sees: its first error,
-    the first and the innermost of its causes ("Failed to fetch: URL: dns error ..."), else its last
-    line; URL credentials hidden, at most `limit` characters."""
-    from log_parsers.stream import strip_ansi
-
-    lines = [strip_ansi(l).strip() for l in text.splitlines()]
-    lines = [l for l in lines if l]
-    start = next((i for i, l in enumerate(lines) if l.lower().startswith(_UV_ERROR)), None)
-    if start is None:
-        said = lines[-1:] or ["no output"]
-    else:
-        causes = []
-        for l in lines[start + 1:]:
-            if not l.lower().startswith(_UV_CAUSE):
-                break
-            causes.append(l)
-        said = [lines[start]] + causes[:1] + causes[1:][-1:]
-    for prefix in _UV_ERROR + _UV_CAUSE:
-        said = [l[len(prefix):].strip() if l.lower().startswith(prefix) else l for l in said]
-    one = mask_urls(": ".join(said))
-    return one if len(one) <= limit else one[:limit - 3] + "..."
-
-
-def relevant_lines(text: str, limit: int = 30) -> str:
-    """The lines of uv's output that say what went wrong (its causes and warnings too: an
-    untrusted certificate or a CA bundle uv could not use is said there), with the fix of a TLS wall."""
-    lines = [l for l in text.splitlines() if l.strip()]
-    keep = [l for l in lines if re.search(r"(?i)error|no solution|unsatisfiable|conflict|not found|because|hint|×|╰|failed|no space"
-                                          r"|cause:|warning:|certificate", l)]
-    out = (keep or lines)[-limit:]
-    if "SSL_CERT_FILE" in text:
-        out.append("uv could not use its CA bundle (SSL_CERT_FILE: [envs] ca_bundle or the daemon's unit): give a PEM file "
-                   "that the build user can read, outside /home, /root and /tmp, and restart the daemon")
-    elif re.search(r"(?i)invalid peer certificate|certificate verify failed", text):
-        out.append("uv does not trust the index's certificate: give uv the CA bundle pip trusts ([envs] ca_bundle, "
-                   "or SSL_CERT_FILE in the daemon's unit; `bash scripts/uv-from-pip.sh` prints pip's) and restart the daemon")
-    return "\n".join(out)
 
 
 def disk_usage(path: Path, seen: set | None = None) -> int:

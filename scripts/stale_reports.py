@@ -16,14 +16,14 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMON = ["adapters/base.py", "adapters/__main__.py", "log_parsers", "runner/check.py", "runner/checkdata.py", "runner/synth.py",
+COMMON = ["adapters/base.py", "adapters/__main__.py", "log_parsers", "runner/check", "runner/check.py", "runner/checkdata.py", "runner/synth.py",
           "runner/synth_draw.py", "runner/synth_tasks.py", "runner/cli/check_cmd.py", "config_translators/datasets.py", "envs/base"]
 
 
 def covers(fw: str) -> list[str]:
     if fw == "repos":
         return COMMON + ["config_translators/repo", "config_translators/repo.py", "config_translators/repo_fields.py",
-                         "config_translators/repo_infer.py", "config_translators/dataset_formats.py", "runner/repos",
+                         "config_translators/repo_infer.py", "config_translators/dataset_formats", "config_translators/dataset_formats.py", "runner/repos",
                          "runner/repos.py", "runner/repo_infer.py", "repo-files", "repo-locks"]
     return COMMON + [f"adapters/{fw}_adapter.py", f"adapters/schemas/{fw}.json", f"config_translators/{fw}.py", f"envs/{fw}"]
 

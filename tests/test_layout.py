@@ -1,5 +1,5 @@
 """The layout does not grow tangled (#32): no import cycle among the modules of runner/, config_translators/ and
-log_parsers/, no module of runner/ over MAX_LINES (of runner/store/ over STORE_MAX_LINES), and no SQL outside runner/store/.
+log_parsers/, no module of them over MAX_LINES (of runner/store/ over STORE_MAX_LINES), and no SQL outside runner/store/.
 
 An import counts wherever it is written: at the top of a module or inside a function (a deferred import, made so
 that a command loads less, is still a dependency: the two modules cannot be read or moved apart). A module's
@@ -13,9 +13,9 @@ imports the functions it runs as a user (writes, prepare's translate_here, model
 or their callers import privsep.run_as back, and runner/prepare.py hands repo jobs to runner/repos/, which builds
 them with prepare's helpers (layout-sketch.md's runner/launchspec.py is the move that starts to untie it).
 
-MAX_LINES: the issue's goal is 500; the largest module of runner/ was runner/store.py (1,000 lines), now the package
-runner/store/ whose modules keep to STORE_MAX_LINES (the issue's 500); the largest others are runner/envs.py and
-runner/check.py (500-700), so the limit is where main passes now and guards against growth.
+MAX_LINES: the issue's goal, 500, for every module of runner/, config_translators/ and log_parsers/; runner/envs.py,
+runner/check.py and config_translators/dataset_formats.py were the last over it (550-660 lines). The store, once
+runner/store.py (1,000 lines), is the package runner/store/ whose modules keep to STORE_MAX_LINES (500 too).
 
 SQL: a string literal (an f-string with its {...} parts left out) of a module of PACKAGES outside runner/store/ that reads
 as a statement (SELECT ... FROM, INSERT INTO, UPDATE x SET, DELETE FROM, CREATE TABLE/INDEX, PRAGMA) fails: the
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runner", "config_translators", "log_parsers")
-MAX_LINES = 1000
+MAX_LINES = 500
 STORE_MAX_LINES = 500
 STORE = "runner/store"
 SQL = re.compile(r"\bSELECT\b.*?\bFROM\b|\bINSERT\s+(?:OR\s+[A-Z]+\s+)?INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b"
@@ -165,8 +165,8 @@ def test_the_cycle_finder_finds_them(tmp_path):
     assert top == [["config_translators.p", "config_translators.q"], ["runner.d", "runner.e"]]
 
 
-def test_no_module_of_runner_over_the_limit():
-    sizes = {str(f.relative_to(ROOT)): len(f.read_text().splitlines()) for f in (ROOT / "runner").rglob("*.py")}
+def test_no_module_over_the_limit():
+    sizes = {str(f.relative_to(ROOT)): len(f.read_text().splitlines()) for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py")}
     assert sizes and not {f: n for f, n in sizes.items() if n > MAX_LINES}
 
 

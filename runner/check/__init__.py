@@ -1,0 +1,176 @@
+"""`runner check`: the plugin check matrix, run through the daemon like any job.
+
+For each model: a tiny generated (easy) dataset, then one job that loads the model, trains one
+epoch, validates, saves and reloads a checkpoint, runs inference, and trains on to the check's
+`learns_epochs` to show that the model learns (beats chance by the thresholds the report states).
+The adapter writes check.json; a repo's script is judged from its job (times, parsed metrics,
+checkpoints). This module gathers them into the report (Markdown and JSON) with the commit, date,
+machine and command that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from .criteria import (  # noqa: F401 (the check's names, here as before)
+    CHECKS, CONTROL_FORMATS, DEFAULT_FLOOR, LEARNS_FLOOR, LEARNS_MARGIN, has_control, judge, judge_learns, learns_criteria,
+    status_of, with_control,
+)
+from .repo import (  # noqa: F401
+    VALIDATION_PREFIXES, _reloaded, _series, _span, _val_image, repo_checks, repo_infer_check, repo_learns, validation_metrics,
+)
+from .report import _cell, _drift_lines, _learns_value, _num, criteria_text, drift, markdown  # noqa: F401
+
+def check_sizes(model: dict, framework: dict) -> dict:
+    """A model's check table: its framework's, then its own."""
+    return {**framework.get("check", {}), **model.get("check", {})}
+
+
+def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
+    """The job spec of one model's check (sizes from the framework's and model's check tables)."""
+    sizes = check_sizes(model, framework)
+    train = {"epochs": int(sizes.get("epochs", 1)) if model.get("framework") == "repo" else 1, "pretrained": False}
+    for k in ("batch_size", "input_size", "lr", "optimizer"):
+        if sizes.get(k) is not None:
+            train[k] = sizes[k]
+    # check.train: further settings of the model's recipe (any of its framework's `train:` settings,
+    # checked like a job's), e.g. { precise_bn = true, warmup_epochs = 1 }
+    train.update({k: v for k, v in (sizes.get("train") or {}).items() if k not in ("epochs", "pretrained")})
+    dataset = {"path": str(data_dir), "format": fmt}
+    if fmt == "coco":
+        dataset["annotations"] = str(Path(data_dir).parent / "annotations.json")
+    return {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"], "task": model.get("task_type"),
+            "dataset": dataset, "train": train, "check": {"sizes": sizes}}
+
+
+def reusable(report: dict, store, sizes_of=None) -> dict:
+    """{model ref: (job id, control job id or None)} of an earlier report whose jobs can stand in a
+    new one: each is in this store, a check job of that model, and succeeded (its control too, where
+    the report names one), and ran with the check table the model has now (`sizes_of(ref)`: the
+    table's sizes, as check_spec merges them; None: not compared). A model whose job failed, was
+    lost or is gone, or whose check table changed since, is run again."""
+    out = {}
+    for m in report.get("models") or []:
+        ref, jid = m.get("model"), m.get("job")
+        learns = next((c for c in m.get("checks") or [] if c.get("name") == "learns"), None) or {}
+        ctl = ((learns.get("detail") or {}).get("control") or {}).get("job")
+        ok = True
+        for j in filter(None, (jid, ctl)):
+            try:
+                row = store.get_job(j)
+            except Exception:  # noqa: BLE001 - gone (another state folder): run it again
+                ok = False
+                break
+            ok = ok and row["state"] == "succeeded" and row.get("model") == ref and bool((row.get("spec") or {}).get("check"))
+            if ok and sizes_of is not None:
+                ok = ((row.get("spec") or {}).get("check") or {}).get("sizes") == sizes_of(ref)
+        if ok and ref and jid and (ctl or not m.get("control_seconds")):
+            out[ref] = (jid, ctl)
+    return out
+
+
+def control_spec(spec: dict, dataset: dict) -> dict:
+    """The shuffled-label control of a check job: the same model, sizes and epochs on the same
+    images with the training labels shuffled (`dataset`: checkdata.control_dataset's)."""
+    return {**spec, "name": ("check-control-" + spec["name"][len("check-"):])[:100],
+            "dataset": dataset, "check": {**spec["check"], "control": True}}
+
+
+def _seconds(job: dict, now: float | None = None) -> float:
+    """How long a job ran: from its start (its creation if it never started) to its end, or to now
+    while it runs. 0.0 is a time, not a missing one."""
+    end = job["finished_at"] if job["finished_at"] is not None else (time.time() if now is None else now)
+    return end - (job["started_at"] if job["started_at"] is not None else job["created_at"])
+
+
+def _job_report(store, home, ref: str, jid: str, infer: dict | None = None) -> tuple[dict, dict]:
+    """(the job, its checks judged): from the adapter's check.json, or read off a repo's job."""
+    from ..queries import log_tail_for
+
+    job = store.get_job(jid)
+    job["log_tail"] = "\n".join(log_tail_for(home, job, os.geteuid()) or [])  # the checker's own jobs
+    sizes = (job["spec"].get("check") or {}).get("sizes") or {}
+    task = job["spec"].get("task")
+    try:
+        rep = json.loads((Path(job["job_dir"]) / "check.json").read_text())
+        rep["checks"] = [judge_learns(c, sizes, rep.get("task") or task) if c["name"] == "learns" else c for c in rep.get("checks", [])]
+    except (OSError, ValueError):
+        rep = repo_checks(store, job, sizes, infer) if ref.startswith("repo/") else {"checks": [], "status": "failed"}
+    return job, rep
+
+
+def gather(store, home, jobs: dict, command: str | None = None, inferred: dict | None = None, controls: dict | None = None,
+           previous: dict | None = None) -> dict:
+    """The report from each job's check.json (or its failure, where it wrote none). controls: the
+    shuffled-label control job of a model (ref -> job id), whose learns value goes beside the real
+    run's and must stay below the threshold; previous: the report this one replaces (its drift)."""
+    from ..provenance import commit, machine
+
+    models = []
+    for ref, jid in jobs.items():
+        job, rep = _job_report(store, home, ref, jid, (inferred or {}).get(ref))
+        sizes = (job["spec"].get("check") or {}).get("sizes") or {}
+        if ref in (controls or {}):
+            _, ctl = _job_report(store, home, ref, controls[ref])
+            ctl_learns = next((c for c in ctl.get("checks", []) if c["name"] == "learns"), None)
+            rep["checks"] = [with_control(c, ctl_learns, controls[ref]) if c["name"] == "learns" and c.get("ok") else c
+                             for c in rep.get("checks", [])]
+            for c in rep["checks"]:  # a failed real run shows its control's value too, for the record
+                if c["name"] == "learns" and c.get("detail") and "control" not in c["detail"] and ctl_learns and ctl_learns.get("detail"):
+                    c["detail"]["control"] = {"job": controls[ref], "value": ctl_learns["detail"].get("value"), "reached": None}
+        if rep.get("checks"):
+            rep["status"] = status_of(rep["checks"])
+        run = _seconds(job)
+        entry = {"model": ref, "framework": ref.split("/", 1)[0], "task": rep.get("task") or (job["spec"].get("task")),
+                 "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
+                 "seconds": run, "input_size": (job["spec"].get("train") or {}).get("input_size"),
+                 "epochs": sizes.get("learns_epochs") or sizes.get("epochs"),
+                 "format": (job["spec"].get("dataset") or {}).get("format"),
+                 "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
+        if ref.startswith("repo/"):  # which code was checked: the commit its job ran (recorded at prepare)
+            try:
+                ran = json.loads((home.run_dir(jid) / "repo.json").read_text())
+                entry.update(repo_url=ran.get("url"), repo_commit=ran.get("commit"))
+            except (OSError, ValueError):
+                pass
+        if ref in (controls or {}):
+            cj = store.get_job(controls[ref])
+            entry["control_seconds"] = _seconds(cj)
+        if not rep.get("checks"):
+            entry["error"] = f"job {job['state']} ({job['reason']}): " + (job.get("log_tail") or job.get("note") or "")[-1500:]
+        models.append(entry)
+    ok = sum(m["status"] == "success" for m in models)
+    learned = sum(any(c["name"] == "learns" and c["ok"] for c in m["checks"]) for m in models)
+    mach = machine()
+    report = {"commit": commit(), "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": mach, "command": command,
+              "criteria": criteria_text(models), "models": models,
+              "summary": {"total": len(models), "success": ok, "partial": sum(m["status"] == "partial" for m in models),
+                          "failed": sum(m["status"] == "failed" for m in models), "learns": learned,
+                          "success_rate": ok / len(models) if models else 0.0}}
+    if previous:
+        report["drift"] = drift(previous, report)
+    return report
+
+
+def drop_checkpoints(store, jobs: dict) -> int:
+    """Delete the checkpoints of finished check jobs (a ViT-L one with its optimizer state is
+    ~3.6 GB); the report keeps their sizes. Returns the bytes freed."""
+    import shutil
+
+    freed = 0
+    for jid in jobs.values():
+        job_dir = Path(store.get_job(jid)["job_dir"])
+        for sub in ("checkpoints", "runs", "out", "hf"):
+            d = job_dir / sub
+            if d.is_dir():
+                for root, _, files in os.walk(d):
+                    freed += sum(os.path.getsize(os.path.join(root, f)) for f in files if os.path.isfile(os.path.join(root, f)))
+                shutil.rmtree(d, ignore_errors=True)
+    return freed
+
+
