@@ -58,14 +58,6 @@ def apply(old: list | None, add=(), remove=()) -> list[str]:
     return out
 
 
-def sql_filter(tag: str) -> tuple[str, str]:
-    """(SQL condition, its argument) for jobs carrying `tag`: tags are a JSON list of words without
-    quotes, so the quoted word is the tag (never a part of another)."""
-    import json
-
-    return "instr(tags, ?) > 0", json.dumps(tag)
-
-
 def split(text: str) -> list[str]:
     """Tags as a person types them in one box: separated by commas or spaces."""
     return [t for t in re.split(r"[,\s]+", text or "") if t]

@@ -110,12 +110,16 @@ def get_job(store, ref: str) -> dict:
     raise JobNotFound(f"job {ref}: no such job (see `runner ls --all`)")
 
 
+def tag_filter(tag: str) -> tuple[str, str]:
+    """(SQL condition, its argument) for jobs carrying `tag` (runner/tags.py): tags are a JSON list of words
+    without quotes, so the quoted word is the tag (never a part of another)."""
+    return "instr(tags, ?) > 0", json.dumps(tag)
+
+
 def _job_filter(states: Iterable[str], user: Optional[str], model: Optional[str], tag: Optional[str] = None) -> tuple[str, list]:
     where, args = [], []
     if tag:
-        from ..tags import sql_filter
-
-        cond, arg = sql_filter(tag)
+        cond, arg = tag_filter(tag)
         where.append(cond)
         args.append(arg)
     states = list(states)

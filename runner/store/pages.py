@@ -4,7 +4,7 @@ index, not sorted or scanned (tests/test_web_pages_pinned.py holds what they giv
 
 from __future__ import annotations
 
-from ..tags import sql_filter
+from .jobs import tag_filter
 
 SORTS = {"seq": "seq", "name": "name", "user": "user", "model": "model", "state": "state", "created": "created_at",
          "time": "(COALESCE(finished_at, started_at) - started_at)"}
@@ -36,7 +36,7 @@ def where(states, user, model, name, tag="") -> tuple[str, list]:
     model and a part of the name, each when given)."""
     sql, args = [f"state IN ({','.join('?' * len(states))})"], list(states)
     if tag:
-        cond, arg = sql_filter(tag)
+        cond, arg = tag_filter(tag)
         sql.append(cond)
         args.append(arg)
     for column, value in (("user", user), ("model", model)):
