@@ -22,3 +22,17 @@ def test_a_check_job_started_at_time_zero_ran_from_then():
 
 def test_runner_ls_shows_a_run_from_time_zero_as_its_duration():
     assert jobs._when({"started_at": 0.0, "finished_at": 60.0, "created_at": 0.0}) == "1m00s"
+
+
+def test_a_time_limit_runs_from_a_start_at_time_zero():
+    from runner.daemon.schedule import limit_ends
+    jobs = [{"spec": {"resources": {"time_limit": 60}}, "gpu_uuids": ["GPU-a"], "started_at": 0.0},
+            {"spec": {"resources": {"time_limit": 60}}, "gpu_uuids": ["GPU-b"], "started_at": None},
+            {"spec": {}, "gpu_uuids": ["GPU-c"], "started_at": 0.0}]
+    assert limit_ends(jobs, now=1000.0) == {"GPU-a": 60.0, "GPU-b": 1060.0, "GPU-c": None}  # not 1060 for GPU-a
+
+
+def test_a_preempted_run_started_at_time_zero_used_its_gpus_since_then():
+    from runner.daemon.preemption import run_use
+    assert run_use({"gpus": [0], "started_at": 0.0}, ended=50.0) == 50.0  # not 0: 0.0 is a start
+    assert run_use({"gpus": [0], "started_at": None}, ended=50.0) == 0.0

@@ -128,7 +128,7 @@ class Preemption:
         ended = exit_info.get("finished_at")
         if not isinstance(ended, (int, float)) or isinstance(ended, bool) or not (job["started_at"] or 0) <= ended <= now:
             ended = now
-        used = fairshare.units(job.get("gpus")) * max(0.0, ended - (job["started_at"] or ended))
+        used = run_use(job, ended)
         self.store.transition(jid, JobState.QUEUED, Reason.PREEMPTED.value, now=now, expect=JobState.RUNNING, restarts=k,
                               preempt_requested=None, prior_use=(job.get("prior_use") or 0.0) + used, prior_ended_at=ended,
                               queued_at=now, started_at=None, shim_pid=None, shim_started=None,
@@ -137,6 +137,12 @@ class Preemption:
         self.mark()
         job_log(self.home, job)(f"runner: run {k} ended for the preemption; the job is queued again")
         log.info("job %s: preempted, queued again (restart %d)", jid, k)
+
+
+def run_use(job: dict, ended: float) -> float:
+    """GPU-seconds of fair-share use of a run that ended at ended: none if it never started (None; 0.0 is a time)."""
+    started = ended if job["started_at"] is None else job["started_at"]
+    return fairshare.units(job.get("gpus")) * max(0.0, ended - started)
 
 
 def resume_point(store, job: dict) -> str | None:

@@ -92,12 +92,7 @@ class Scheduler:
                     held[j["user"]] = held.get(j["user"], 0) + len(j["gpu_uuids"] or [])
                 except JobNotFound:
                     pass
-        ends = {}
-        if allocations:
-            for j in self.store.list_jobs(states=["preparing", "running"]):
-                limit = (j["spec"].get("resources") or {}).get("time_limit")
-                for u in j["gpu_uuids"] or []:
-                    ends[u] = (j["started_at"] or now) + limit if limit else None
+        ends = limit_ends(self.store.list_jobs(states=["preparing", "running"]), now) if allocations else {}
         fifo = queued
         fair = fairshare.Fair(queued, self.ledger.use(now), self.fairshare["shares"]) if self.fairshare["on"] else None
         reasons = self._reasons_at is None or not 0 <= now - self._reasons_at < REASONS_EVERY
@@ -132,3 +127,14 @@ class Scheduler:
         if self.preemption.on and count:
             left = [g for g in free if all(g is not c for _, cs in decision.start for c in cs)]
             self.preemption.preempt_pass(fair if fair is not None and not reasons else queued, decision, left, all_gpus, now)
+
+
+def limit_ends(jobs, now: float) -> dict:
+    """{GPU uuid: when its job's time limit ends, None without one}; a job not started yet (started_at None,
+    never 0.0, which is a time) counts from now."""
+    ends = {}
+    for j in jobs:
+        limit = (j["spec"].get("resources") or {}).get("time_limit")
+        for u in j["gpu_uuids"] or []:
+            ends[u] = (now if j["started_at"] is None else j["started_at"]) + limit if limit else None
+    return ends
