@@ -19,8 +19,10 @@ runner/store.py (1,000 lines), is the package runner/store/ whose modules keep t
 
 SQL: a string literal (an f-string with its {...} parts left out) of a module of PACKAGES outside runner/store/ that reads
 as a statement (SELECT ... FROM, INSERT INTO, UPDATE x SET, DELETE FROM, CREATE TABLE/INDEX, PRAGMA) fails: the
-store is the one place a query is written and read. (runner/daemon/faults.py's bare ROLLBACK of a failed transaction,
-in the daemon being rewritten, is not caught by these words.)
+store is the one place a query is written and read. So does a literal given to an execute() that is only a
+transaction's control (BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE], COMMIT, ROLLBACK, SAVEPOINT x, RELEASE x; elsewhere
+"COMMIT" is a table's header): runner/daemon/faults.py's bare ROLLBACK of a failed transaction is now the store's
+rollback_open().
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ STORE_MAX_LINES = 500
 STORE = "runner/store"
 SQL = re.compile(r"\bSELECT\b.*?\bFROM\b|\bINSERT\s+(?:OR\s+[A-Z]+\s+)?INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b"
                  r"|\bCREATE\s+(?:UNIQUE\s+)?(?:TABLE|INDEX|VIEW|TRIGGER)\b|\bPRAGMA\s+\w+", re.S)
+TXN = re.compile(r"\s*(?:(?:BEGIN(?:\s+(?:DEFERRED|IMMEDIATE|EXCLUSIVE))?|COMMIT|ROLLBACK)(?:\s+TRANSACTION)?"
+                 r"(?:\s+TO\s+(?:SAVEPOINT\s+)?\w+)?|(?:SAVEPOINT|RELEASE(?:\s+SAVEPOINT)?)\s+\w+)\s*;?\s*")
+"""A whole literal that is a transaction's control (one bare word such as "ROLLBACK", not prose that uses it)."""
+EXECUTE = {"execute", "executemany", "executescript"}
 
 KNOWN_CYCLES = [
     {"runner.prepare", "runner.repos", "runner.repos.infer", "runner.privsep", "runner.writes", "runner.cli.models_cmd"},
@@ -183,13 +189,17 @@ def sql_outside_the_store(root: Path = ROOT) -> dict[str, list[str]]:
             rel = f.relative_to(root).as_posix()
             if rel.startswith(STORE + "/"):
                 continue
-            texts = []
+            texts, txn = [], []
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.JoinedStr):  # f"SELECT {cols} FROM jobs": its parts as one text
                     texts.append(" ".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)))
                 elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                     texts.append(node.value)
-            hits = [s for s in texts if SQL.search(s)]
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in EXECUTE
+                        and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                        and TXN.fullmatch(node.args[0].value)):  # conn.execute("ROLLBACK")
+                    txn.append(node.args[0].value)
+            hits = [s for s in texts if SQL.search(s)] + txn
             if hits:
                 out[rel] = hits
     return out
@@ -210,5 +220,8 @@ def test_the_sql_finder_finds_it(tmp_path):
     (tmp_path / "runner" / "b.py").write_text('"""Reads with\nDELETE FROM metrics WHERE id<?."""\nX = "PRAGMA user_version"\n')
     (tmp_path / "runner" / "c.py").write_text('"""SELECT DISTINCT read every point; DELETE_CHUNK ranges; update the set."""\n')
     (tmp_path / "log_parsers" / "d.py").write_text("Y = ('INSERT OR REPLACE INTO t '\n     'VALUES (?)')\n")
+    (tmp_path / "runner" / "e.py").write_text('def f(c):\n    c.execute("ROLLBACK")\n    c.execute("BEGIN IMMEDIATE")\n'
+                                               '    c.execute("COMMIT")\n    return ["NAME", "COMMIT"], "ROLLBACK of a failed write, then BEGIN again"\n')
     found = sql_outside_the_store(tmp_path)
-    assert sorted(found) == ["log_parsers/d.py", "runner/a.py", "runner/b.py"] and len(found["runner/b.py"]) == 2
+    assert sorted(found) == ["log_parsers/d.py", "runner/a.py", "runner/b.py", "runner/e.py"] and len(found["runner/b.py"]) == 2
+    assert sorted(found["runner/e.py"]) == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]  # not the prose, not the header

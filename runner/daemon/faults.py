@@ -21,12 +21,7 @@ def own_trouble(e: BaseException) -> str | None:
 
 def rollback(store):
     """End a transaction the error left open on this thread's connection (a COMMIT that failed)."""
-    try:
-        conn = store.conn
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
+    store.rollback_open()
 
 
 class Backoff:

@@ -96,6 +96,16 @@ class Store:
         finally:
             conn.execute("COMMIT")
 
+    def rollback_open(self):
+        """End a transaction an error left open on this thread's connection (a COMMIT that failed); a store
+        that cannot even do that is left as it is (sqlite3.Error ignored): the caller reports its error."""
+        try:
+            conn = self.conn
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
     def close(self):
         """Close this thread's connection."""
         conn = getattr(self._local, "conn", None)
