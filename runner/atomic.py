@@ -103,6 +103,36 @@ def write_bytes(path, data, mode: int | None = 0o644, owner: tuple[int, int] | N
         raise
 
 
+def fill_file(path, fill, mode: int = 0o644, *, fsync: bool = True, fsync_dir: bool = False, tmp_dir=None):
+    """Replace `path` atomically with a file that `fill(tmp)` writes by its name (for a writer that opens the
+    file itself, such as SQLite's backup into a new database): the temporary file is made new and empty first
+    (O_EXCL, never through a link, `mode`), filled, flushed to disk (`fsync`), given `mode`, renamed into place,
+    and with `fsync_dir` the folder is flushed too, so that the rename outlives a crash. A failure leaves no
+    temporary file behind and `path` as it was. Returns what `fill` returned."""
+    tmp = _tmp_name(path, tmp_dir)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
+    try:
+        out = fill(tmp)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if fsync:
+                os.fsync(fd)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if fsync_dir:
+            dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return out
+
+
 def write_json(path, data, mode: int | None = 0o644, owner: tuple[int, int] | None = None, indent: int | None = None,
                **how):
     """write_bytes of data as JSON (`how`: write_bytes' keywords)."""

@@ -72,3 +72,28 @@ def test_a_folder_is_made_whole_or_not_at_all_and_the_first_maker_keeps_it(tmp_p
     with pytest.raises(atomic.NotPlaced):
         atomic.make_dir(out, lambda tmp: (tmp / "b").write_text("2"))
     assert os.listdir(out) == ["a"] and os.listdir(tmp_path) == ["set"]
+
+
+def test_a_file_filled_by_its_name_is_put_in_place_with_its_mode_or_not_at_all(tmp_path):
+    """fill_file (runner backup's writer): the filler writes the temporary file by name, never `path` itself."""
+    dest = tmp_path / "copy.db"
+    dest.write_bytes(b"old")
+
+    def fill(tmp):
+        assert os.path.dirname(tmp) == str(tmp_path) and not os.path.samefile(tmp, dest)
+        with open(tmp, "wb") as f:
+            f.write(b"new")
+        return 7
+
+    assert atomic.fill_file(dest, fill, 0o600, fsync_dir=True) == 7
+    assert dest.read_bytes() == b"new" and stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["copy.db"]
+
+    def half(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"part")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic.fill_file(dest, half, 0o600)
+    assert dest.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["copy.db"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .. import defaults
+from ..atomic import fill_file
 
 
 def _job_aggregates(wait_buckets: Iterable[float]) -> str:
@@ -87,16 +88,12 @@ def compactable_jobs(store, before: float) -> list[dict]:
 def backup(store, dest) -> dict:
     """A consistent copy of the store in `dest`, made while the daemon writes (SQLite's online
     backup API, in one step: the copy is the store as of one moment), checked
-    (PRAGMA integrity_check) and put in place atomically (a temp file beside `dest`, fsynced, then
-    renamed), mode 0600. Returns {"path", "bytes", "jobs", "seconds"}."""
-    import os
-
+    (PRAGMA integrity_check) and put in place atomically (runner/atomic.fill_file: a temp file beside
+    `dest`, fsynced, then renamed, the folder fsynced), mode 0600. Returns {"path", "bytes", "jobs", "seconds"}."""
     dest = Path(dest).absolute()
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     t0 = time.time()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
-    try:
+
+    def copy(tmp) -> int:
         src = sqlite3.connect(store.path, isolation_level=None, timeout=defaults.BUSY_TIMEOUT_MS / 1000)
         dst = sqlite3.connect(tmp, isolation_level=None)
         try:
@@ -107,28 +104,12 @@ def backup(store, dest) -> dict:
             check = dst.execute("PRAGMA integrity_check").fetchall()
             if [tuple(r) for r in check] != [("ok",)]:
                 raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check[:3]}")
-            jobs = dst.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            return dst.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
         finally:
             dst.close()
             src.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, dest)
-        dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    jobs = fill_file(dest, copy, 0o600, fsync_dir=True)
     return {"path": str(dest), "bytes": dest.stat().st_size, "jobs": jobs, "seconds": round(time.time() - t0, 3)}
 
 
