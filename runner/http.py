@@ -239,7 +239,7 @@ def create_app(home, daemon=None) -> FastAPI:
     async def _spec(_req: Request, exc: SpecError):
         return FastJSON(status_code=422, content={"error": "; ".join(exc.problems), "problems": exc.problems})
 
-    from .privsep import Busy
+    from .privdrop import Busy
 
     @app.exception_handler(Busy)
     async def _busy(_req: Request, exc: Busy):

@@ -176,13 +176,13 @@ USER_SIDE_PREFIX = "preparing the job's data"
 
 
 def translate_as(who: Person, kind: str, job: dict, job_dir: Path, **extra) -> dict:
-    """Run a translator as the job's user (runner.privsep): it reads her dataset and writes what
+    """Run a translator as the job's user (runner.privsep's translate verb): it reads her dataset and writes what
     the job needs into her job folder; nothing of hers is read by the daemon. Returns what the
     translator says (argv, env, the dataset report)."""
-    from .privsep import run_as
+    from .privdrop import run_as
 
     try:
-        answer = run_as(who, "translate", {"kind": kind, "job": job, "job_dir": str(job_dir), **extra})
+        answer = run_as(who, "translate", {"kind": kind, "job": job, "job_dir": str(job_dir), **extra}, here=translate_here)
     except RunnerError as e:  # her data's problems: the whole message goes to her log, a short note to the views
         raise RunnerError(f"{USER_SIDE_PREFIX}: {e}") from None
     if not isinstance(answer, dict):

@@ -101,13 +101,24 @@ def submit_as(home, store, data: dict, base: Path, who: Person) -> dict:
     if not drops_privileges(who.uid):
         rec, warnings = submit(home, store, data, base, who)
         return {"id": rec["id"], "warnings": warnings}
-    from .privsep import run_as
+    from .privdrop import run_as
 
-    answer = run_as(who, "submit", {"home": str(home.root), "data": _their_home(data, who.home), "base": str(base)}, timeout=120)
+    answer = run_as(who, "submit", {"home": str(home.root), "data": _their_home(data, who.home), "base": str(base)}, timeout=120,
+                    here=submit_here)
     if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
         raise RunnerError("submit: the helper gave no job id")
     warnings = answer.get("warnings")
     return {"id": answer["id"], "warnings": [str(w) for w in warnings] if isinstance(warnings, list) else []}
+
+
+def submit_here(payload: dict) -> dict:
+    """The submit verb's work in the helper (runner.privsep), as the person who posted the job: as if
+    she had run `runner submit`."""
+    from .home import Home
+
+    home = Home(payload["home"])
+    rec, warnings = submit(home, home.store(migrate=False), payload["data"], Path(payload["base"]))
+    return {"id": rec["id"], "warnings": warnings}
 
 
 def _unreadable_by_caller(probe: dict) -> list[str]:

@@ -93,14 +93,14 @@ def infer(args):
             raise PermissionDenied(f"job {job['id']}: belongs to {job.get('user')}; only they (or root, as them) may run "
                                    "inference with its checkpoints")
     if drops_privileges(uid):
-        from runner.privsep import run_as
+        from runner.privdrop import run_as
 
         try:
             who = person(uid)
         except KeyError:
             raise RunnerError(f"{args.source}: its owner (uid {uid}) is not a user of this machine; nobody to run it as") from None
         results = run_as(who, "infer", {"home": str(h.root), "source": source, "images": images, "model": args.model,
-                                        "table": args.table})
+                                        "table": args.table}, here=infer_here)
     else:
         results = run_inference(h, source, images, args.model, args.table)
     import sys
@@ -109,6 +109,34 @@ def infer(args):
         print(f"runner: {note}", file=sys.stderr)
     print_json(results if len(results) != 1 else results[0])
     return 0
+
+
+UPLOAD_SUFFIXES = (".png", ".jpg", ".bmp", ".tif")
+"""The file names an uploaded image may get (by its kind, told from its first bytes by the dashboard)."""
+
+
+def infer_here(payload: dict):
+    """The infer verb's work in the helper (runner.privsep), as the owner of the job or checkpoint:
+    what her checkpoint (a pickle, for some frameworks) or her checkout makes the framework run, runs
+    as her, never as root."""
+    import base64  # (loaded before the helper drops: the verb's modules in runner.privsep name it)
+    import shutil
+    import tempfile
+
+    from runner.home import Home
+
+    upload = payload.get("upload")
+    if not upload:
+        return run_inference(Home(payload["home"]), payload["source"], payload["images"], payload.get("model"), payload.get("table") or "job")
+    # an image sent to the dashboard: written by her, in a folder of hers, for the length of the inference
+    folder = tempfile.mkdtemp(prefix="runner-infer-")
+    try:
+        image = os.path.join(folder, "upload" + (upload["suffix"] if upload.get("suffix") in UPLOAD_SUFFIXES else ".png"))
+        with open(image, "xb") as f:
+            f.write(base64.b64decode(upload["data"], validate=True))
+        return run_inference(Home(payload["home"]), payload["source"], [image], payload.get("model"), payload.get("table") or "job")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _others_may_swap(path: str) -> bool:
