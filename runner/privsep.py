@@ -16,7 +16,7 @@ verb runs in the daemon's process.
 Two modules: runner/privdrop.py is the mechanism (run_as, the helper's slots, the drop, the wire) and
 knows no verb; this one is the helper's entry point and its fixed table of verbs, decided here in
 code: the helper runs the function this table names for the verb in its argv, and nothing else.
-The verbs' own code lives with its callers (writes.submit_here, prepare.translate_here,
+The verbs' own code lives with its callers (writes.submit_here, launchspec.translate_here,
 cli.models_cmd.infer_here), which call privdrop.run_as with it as `here`, the function run in the
 daemon's process where there is no boundary. This module imports them for its table and none of them
 imports it (only the dashboard's inference does, to name its verb through run_as below), so no import
@@ -39,7 +39,7 @@ def _verbs() -> dict:
     return {
         "submit": (["runner.writes", "runner.resolve", "runner.spec", "runner.registry", "runner.queries",
                     "runner.store", "runner.spool", "runner.sitereg", "runner.envs", "config_translators"], _submit),
-        "translate": (["runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
+        "translate": (["runner.launchspec", "runner.prepare", "runner.atomic", "config_translators", "log_parsers"], _translate),
         "infer": (["base64", "runner.cli.models_cmd", "runner.cli.common", "runner.repos", "runner.repos.infer", "runner.envs",
                    "runner.prepare", "runner.registry", "runner.queries", "runner.store", "runner.home", "config_translators"], _infer),
     }
@@ -53,8 +53,8 @@ def _submit(payload: dict):
 
 
 def _translate(payload: dict):
-    """A job's translation (runner.prepare.translate_here): reads and converts her dataset, writes into her job folder."""
-    from .prepare import translate_here
+    """A job's translation (runner.launchspec.translate_here): reads and converts her dataset, writes into her job folder."""
+    from .launchspec import translate_here
 
     return translate_here(payload)
 

@@ -323,7 +323,7 @@ def prepare(job: dict, home, registry, envmgr, log):
     """Prepare a repo job: clone/worktree, shipped files, patches, env, translated argv, launch.json."""
     from config_translators import repo as translator
 
-    from ..prepare import Prepared, build_env, write_launch
+    from ..launchspec import Prepared, build_env, write_launch
 
     spec = job["spec"]
     name = spec["model"].split("/", 1)[1]
@@ -341,7 +341,7 @@ def prepare(job: dict, home, registry, envmgr, log):
     env_dir = build_env(req, envmgr, job, log)
     python = str(env_dir / "bin" / "python")
     from ..identity import hand_over
-    from ..prepare import checked_report, datasets_cache, job_dir_mode, job_person, log_dataset_report, translate_as
+    from ..launchspec import checked_report, datasets_cache, job_dir_mode, job_person, log_dataset_report, translate_as
 
     who = job_person(job)
     cache = str(datasets_cache(home, who))

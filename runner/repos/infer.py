@@ -125,7 +125,7 @@ def infer(home, store, registry, envmgr, job: dict, images: list[str], checkpoin
             repos.apply_patches(src, repo.get("patches", []))
         fields, _ = translator._fields({**spec, "resources": {"gpus": 0}}, repo, str(job_dir), str(src), python)
         if table_of == "current":  # the dataset's parts where the table places them in the checkout, as for a job
-            from ..prepare import place_dataset_part
+            from ..launchspec import place_dataset_part
 
             for link in translator.placements(repo, fields):
                 if link["path"].startswith("src/"):
