@@ -24,6 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .local_gpus import GpuWatch
+from .local_kills import Kills
+
 
 @dataclass(frozen=True)
 class Host:
@@ -41,6 +44,8 @@ class Host:
     end: Callable[..., None]  # (job, JobState, reason, now, **fields): end a running job so
     cancel: Callable[[dict, float], None]  # the daemon's cancel of a job (its own kill path on this machine)
     changed: Callable[[], None]  # something happened that may let a queued job start: schedule again soon
+    inventory: Any = None  # runner.gpus inventory: this machine's GPUs (for the backend's GpuWatch)
+    release_wait: float = 0.0  # [gpus] release_wait_seconds: how long an ended job's processes may stay on its GPUs
 
 
 class Backend:
@@ -58,6 +63,10 @@ class Backend:
     def __init__(self, host: Host, conf: dict | None = None):
         self.host = host
         self.conf = conf
+        # The bookkeeping of jobs whose processes run here under a shim: every backend's, since a daemon
+        # with another backend still follows, kills and frees the GPUs of shim-run jobs it does not own.
+        self.kills = Kills()  # local_kills.py: SIGTERM -> SIGKILL deadlines (cancels, time limits, preemptions)
+        self.gpus = GpuWatch(host.store, host.inventory, host.release_wait)  # local_gpus.py: samples, stragglers
 
     def describe(self) -> str:
         """Where jobs go, in a few words, for the daemon's start line."""

@@ -30,9 +30,8 @@ from ..retention import Retention
 from . import lifecycle, serve
 from .faults import Guard, own_trouble
 from .follow import Follow
-from .gpuwatch import GpuWatch
 from .intake import Intake
-from .kills import Cancel, Kills
+from .kills import Cancel
 from .launch import Launch
 from .logs import Logs
 from .preemption import Preemption
@@ -73,23 +72,23 @@ class Daemon:
         self.wake = threading.Event()
         self.dirty = lifecycle.Dirty(self.wake)
         mark = self.dirty.mark
-        self.kills, self.logs, self.guard = Kills(), Logs(store, self.home), Guard(store, log)
+        self.logs, self.guard = Logs(store, self.home), Guard(store, log)
         self.launch = Launch(store, self.home, self._registry, envs, self.pool, mark)
         self.preemption = Preemption(store, self.home, self._registry, ledger, share, self.preempt, self.max_running,
-                                     self.kills, self.logs, mark, self.launch.submit)
+                                     self.logs, mark, self.launch.submit)
         self.scheduler = Scheduler(store, self.home, self.inventory, self._limits, share, ledger, self.preemption, self.launch.submit)
-        self.reaper = Reaper(store, self.home, self.logs, self.kills, mark, self.preemption.requeue_preempted)
-        self.cancel = Cancel(store, self.home, self.kills, mark)
+        self.reaper = Reaper(store, self.home, self.logs, mark, self.preemption.requeue_preempted)
+        self.cancel = Cancel(store, self.home, mark)
         # Where jobs run ([backend] kind; a bad key stops the daemon here, in one line), handed what it needs
         self.backend = backends.make(home.config, backends.Host(
             store=store, home=self.home, launcher=self.launcher, schedule_here=self.scheduler.schedule_here,
             prepare=self.launch.submit, fail_preparing=self.launch.fail_preparing, follow_log=self.logs.follow_log,
             close_log=self.logs.close_log, reap=self.reaper.reap, end=self.reaper.end, cancel=self.cancel.request,
-            changed=self.dirty.changed))
-        self.launch.use(self.backend)  # (the backend and these two call each other: they are made first)
-        self.cancel.use(self.backend)
-        self.follower = Follow(store, self.home, self.backend, self.logs, self.kills,
-                               GpuWatch(store, self.inventory, gpu_cfg.get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)),
+            changed=self.dirty.changed, inventory=self.inventory,
+            release_wait=gpu_cfg.get("release_wait_seconds", defaults.GPU_RELEASE_WAIT_SECONDS)))
+        for part in (self.launch, self.cancel, self.preemption, self.reaper):  # made first: they and the backend call
+            part.use(self.backend)  # each other; the last three use its kill bookkeeping (backend.kills)
+        self.follower = Follow(store, self.home, self.backend, self.logs, self.backend.kills, self.backend.gpus,
                                self.reaper, self.guard)
         self.intake = Intake(store, self.home, Requests(store, self.home, self.exporters, self.cancel.request, mark).table())
         self.stopping = False
@@ -100,7 +99,7 @@ class Daemon:
 
     # What the HTTP face and the tests read of a daemon, by its names from before it had parts:
     registry = property(lambda self: self._registry(), doc="The merged registry as its files stand.")
-    killing = property(lambda self: self.kills.deadlines, doc="job id -> when its SIGTERM escalates to SIGKILL.")
+    killing = property(lambda self: self.backend.kills.deadlines, doc="job id -> when its SIGTERM escalates to SIGKILL.")
     _later = property(lambda self: self.intake.later, doc="The spool names waiting out the daemon's own trouble.")
     schedule_here = property(lambda self: self.scheduler.schedule_here, doc="The local backend's scheduling pass (bench_scale).")
 
@@ -121,7 +120,7 @@ class Daemon:
     def reconcile(self, now: float | None = None):
         """After a (re)start: put every row that was mid-way right against what is on disk."""
         now = time.time() if now is None else now
-        lifecycle.reconcile(self.store, self.home, self.backend, self.kills, self.preempt["grace"], now)
+        lifecycle.reconcile(self.store, self.home, self.backend, self.backend.kills, self.preempt["grace"], now)
 
     def run(self):
         """Run in the foreground until SIGTERM/SIGINT; running jobs are left running."""

@@ -1,6 +1,7 @@
 """Following running jobs, each pass: their new log lines into metrics, their time limits, their
 processes (seen gone: lost), and their ends handed to the reaper (daemon/reap.py) once their GPUs are
-free (daemon/gpuwatch.py). A backend that knows its jobs' ends itself (owns_end) is asked first."""
+free (the backend's GpuWatch, runner/backends/local_gpus.py). A backend that knows its jobs' ends
+itself (owns_end) is asked first."""
 
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ class Follow:
         self.home = home
         self.backend = backend  # poll(now) each pass; owns_end(job): the backend says when it ended
         self.logs = logs  # daemon.logs.Logs
-        self.kills = kills  # daemon.kills.Kills: time limits and escalations
-        self.gpus = gpus  # daemon.gpuwatch.GpuWatch: samples, and GPUs freed before an end
+        self.kills = kills  # the backend's Kills (runner/backends/local_kills.py): time limits and escalations
+        self.gpus = gpus  # the backend's GpuWatch (runner/backends/local_gpus.py): samples, GPUs freed before an end
         self.reaper = reaper  # daemon.reap.Reaper: reap(job, exit record, now), end(job, state, reason, now, **fields)
         self.guard = guard  # daemon.faults.Guard: the daemon's own trouble with a job, said once
         self._vanished = {}  # job_id -> when (monotonic) its processes were first seen gone without an exit.json

@@ -23,8 +23,8 @@ class Preemption:
     """Stops jobs for those that wait (preempt.choose decides which), keeps the GPUs they free for the
     job they were stopped for, and queues each stopped job again when its run has ended."""
 
-    def __init__(self, store, home, registry, ledger, fairshare_conf: dict, conf: dict, max_running: int, kills, logs,
-                 mark, prepare):
+    def __init__(self, store, home, registry, ledger, fairshare_conf: dict, conf: dict, max_running: int, logs, mark,
+                 prepare):
         self.store = store
         self.home = home
         self.registry = registry  # () -> the merged registry (a repo job is stopped only if it can resume)
@@ -32,11 +32,15 @@ class Preemption:
         self.fairshare = fairshare_conf  # fairshare.settings: the users' shares
         self.conf = conf  # preempt.settings: after, grace, ...
         self.max_running = max_running
-        self.kills = kills  # daemon.kills.Kills
+        self.kills = None  # the backend's Kills (runner/backends/local_kills.py), given by use(backend)
         self.logs = logs  # daemon.logs.Logs: a stopped run's watcher is finished
         self.mark = mark  # something may start now: schedule on the next pass
         self.prepare = prepare  # (job): a claimed job, prepared in a worker, then started
         self.reserved = None  # {"job", "gpus", "until"}: GPUs a preemption frees, kept for the job it was made for
+
+    def use(self, backend):
+        """The backend, once made: its kill bookkeeping stops the jobs chosen."""
+        self.kills = backend.kills
 
     @property
     def on(self) -> bool:

@@ -35,13 +35,17 @@ def _users_json(job_dir: Path, rel: str, uid: int) -> dict:
 class Reaper:
     """Records the ends of running jobs (the backend's Host holds `reap` and `end`)."""
 
-    def __init__(self, store, home, logs, kills, mark, requeue):
+    def __init__(self, store, home, logs, mark, requeue):
         self.store = store
         self.home = home
         self.logs = logs  # daemon.logs.Logs: a job's watcher is finished with its end
-        self.kills = kills  # daemon.kills.Kills: nothing more to kill once it ended
+        self.kills = None  # the backend's Kills (runner/backends/local_kills.py): nothing more to kill once it ended
         self.mark = mark  # something may start now: schedule on the next pass
         self.requeue = requeue  # (job, exit record, now): a preempted job's run ended; back to the queue
+
+    def use(self, backend):
+        """The backend, once made (its Host holds reap and end): its kill bookkeeping."""
+        self.kills = backend.kills
 
     def reap(self, job: dict, exit_info: dict, now: float):
         """End a running job by its exit record (the shim's exit.json), as runner.outcome decides."""

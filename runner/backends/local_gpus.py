@@ -1,5 +1,6 @@
 """The GPUs of running jobs: their memory and use sampled into metrics, and an ended job's GPUs
-freed of its processes (stragglers killed after a bounded wait) before its end is recorded."""
+freed of its processes (stragglers killed after a bounded wait) before its end is recorded. Made by every
+backend (base.Backend.gpus), for the GPUs of this machine (none under Slurm, where it has nothing to do)."""
 
 from __future__ import annotations
 
