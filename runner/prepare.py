@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import envs
+from .backends.local_launcher import ShimLauncher, spawn_shim  # noqa: F401  (re-exported: the local backend's, its old place)
 from .exceptions import RunnerError
 from .identity import check_paths_as, drops_privileges, hand_over
 # what prepare and runner/repos/ share lives in launchspec (repos imports it, not prepare: no cycle);
@@ -155,70 +156,3 @@ def prepare(job: dict, home, registry, envmgr, log) -> Prepared:
         checkpoints = checkpoints or fw.get("checkpoints", [])
     launch = write_launch(job, home, argv, cwd, path_dirs, extra_env, spec.get("network", True), [cwd, home.cache], log)
     return Prepared(launch, parser, checkpoints, env_hash)
-
-
-class ShimLauncher:
-    """Starts shims through the warm launcher (`shim.py --serve`), started on first use and again
-    whenever it is gone; falls back to one interpreter per shim if it cannot be had."""
-
-    def __init__(self):
-        import threading
-
-        self.proc = None
-        self.lock = threading.RLock()
-
-    def spawn(self, run_dir: Path) -> int:
-        """The pid of a new shim running the job of run_dir."""
-        import subprocess
-
-        with self.lock:
-            for _ in range(2):
-                if self.proc is None or self.proc.poll() is not None:
-                    self.proc = subprocess.Popen(
-                        [sys.executable, "-I", "-S", str(Path(__file__).with_name("shim.py")), "--serve"],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                        start_new_session=True, close_fds=True)
-                try:
-                    self.proc.stdin.write(f"{run_dir}\n".encode())
-                    self.proc.stdin.flush()
-                    line = self.proc.stdout.readline()
-                    if line.strip().isdigit():
-                        return int(line)
-                except OSError:
-                    pass
-                self._close()
-        return spawn_shim(run_dir).pid
-
-    def close(self):
-        """Let the launcher go (its running shims go on). Never waits long: a spawn stuck on the
-        lock (a launcher that does not answer) does not keep the daemon from stopping."""
-        if self.lock.acquire(timeout=2):
-            try:
-                self._close()
-            finally:
-                self.lock.release()
-        elif self.proc is not None:
-            self.proc.kill()
-
-    def _close(self):
-        if self.proc is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except Exception:
-                self.proc.kill()
-            self.proc = None
-
-
-def spawn_shim(job_dir: Path):
-    """Start the shim for a prepared job in a session of its own; returns the Popen."""
-    import subprocess
-
-    return subprocess.Popen(
-        [sys.executable, "-I", "-S", str(Path(__file__).with_name("shim.py")), str(job_dir)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )

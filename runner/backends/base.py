@@ -34,7 +34,6 @@ class Host:
 
     store: Any  # runner.store.Store: rows, transitions (the one path of every state change)
     home: Any  # runner.home.Home: run_dir(job id) is the job's folder (launch.json, output.log, exit.json)
-    launcher: Any  # runner.prepare.ShimLauncher: starts a shim here, from a warm interpreter
     schedule_here: Callable[[float], None]  # runner's own scheduler: start the queued jobs that fit this machine now
     prepare: Callable[[dict], None]  # prepare a claimed (`preparing`) job in a worker; it then calls start()
     fail_preparing: Callable[..., None]  # (job id, Reason, message, write): a job that could not start fails, its log says why

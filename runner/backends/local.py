@@ -15,12 +15,21 @@ from ..exceptions import InvalidTransition
 from ..proctl import kill_tree
 from ..states import JobState, Reason
 from .base import Backend
+from .local_launcher import ShimLauncher
 
 
 class Local(Backend):
     """Jobs run here, under a shim each."""
 
     kind = "local"
+
+    def __init__(self, host, conf=None):
+        super().__init__(host, conf)
+        self.launcher = ShimLauncher()  # forks the shims from a warm interpreter, started on first use
+
+    def close(self):
+        """The daemon stops: the warm launcher goes (the shims it started run on)."""
+        self.launcher.close()
 
     def describe(self) -> str:
         return "jobs run here"
@@ -34,7 +43,7 @@ class Local(Backend):
         jid = job["id"]
         run_dir = self.host.home.run_dir(jid)
         try:
-            pid = self.host.launcher.spawn(run_dir)
+            pid = self.launcher.spawn(run_dir)
         except OSError as e:
             self.host.fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
             return

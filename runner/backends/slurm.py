@@ -84,7 +84,7 @@ class Slurm(Backend):
     def start(self, job: dict, prepared, offset: int, write):
         """sbatch a prepared job as its submitter; it waits in Slurm's queue as `queued`."""
         from ..identity import drops_privileges
-        from ..prepare import _write_json, job_person
+        from ..launchspec import _write_json, job_person
 
         jid = job["id"]
         run_dir = self.host.home.run_dir(jid)

@@ -21,11 +21,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import backends, defaults, diskspace, fairshare, gpus as gpus_mod, preempt
+from ..backends.local_launcher import ShimLauncher
 from ..envs import EnvManager
 from ..exceptions import RunnerError
 from ..exporters import Exporters
 from ..home import Home
-from ..prepare import ShimLauncher
 from ..retention import Retention
 from . import lifecycle, serve
 from .faults import Guard, own_trouble
@@ -67,7 +67,6 @@ class Daemon:
         self.exporters = Exporters(self.home, store, home.config)  # those whose table the config has; a bad one stops the daemon here
         diskspace.settings(home.config)  # a bad [jobs] log_max_mb or min_free_mb stops the daemon here, in one line
         self.retention = Retention(self.home, store)  # a bad [retention] stops the daemon here, in one line
-        self.launcher = ShimLauncher()  # forks shims from a warm interpreter (the local backend's)
         self.pool = ThreadPoolExecutor(max_workers=cfg.get("prepare_workers", defaults.PREPARE_WORKERS), thread_name_prefix="prepare")
         self.wake = threading.Event()
         self.dirty = lifecycle.Dirty(self.wake)
@@ -81,7 +80,7 @@ class Daemon:
         self.cancel = Cancel(store, self.home, mark)
         # Where jobs run ([backend] kind; a bad key stops the daemon here, in one line), handed what it needs
         self.backend = backends.make(home.config, backends.Host(
-            store=store, home=self.home, launcher=self.launcher, schedule_here=self.scheduler.schedule_here,
+            store=store, home=self.home, schedule_here=self.scheduler.schedule_here,
             prepare=self.launch.submit, fail_preparing=self.launch.fail_preparing, follow_log=self.logs.follow_log,
             close_log=self.logs.close_log, reap=self.reaper.reap, end=self.reaper.end, cancel=self.cancel.request,
             changed=self.dirty.changed, inventory=self.inventory,
@@ -101,6 +100,8 @@ class Daemon:
     registry = property(lambda self: self._registry(), doc="The merged registry as its files stand.")
     killing = property(lambda self: self.backend.kills.deadlines, doc="job id -> when its SIGTERM escalates to SIGKILL.")
     _later = property(lambda self: self.intake.later, doc="The spool names waiting out the daemon's own trouble.")
+    launcher = property(lambda self: getattr(self.backend, "launcher", None) or ShimLauncher(),
+                        doc="The local backend's warm launcher (an idle one for a backend that forks no shims).")
     schedule_here = property(lambda self: self.scheduler.schedule_here, doc="The local backend's scheduling pass (bench_scale).")
 
     def _own_taking(self):
@@ -158,7 +159,6 @@ class Daemon:
                 self.http_server.should_exit = True
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.backend.close()
-            self.launcher.close()
             log.info("runner daemon stopped; %d job(s) left running", len(self.store.list_jobs(states=["running"])))
             os.close(lock_fd)
 
