@@ -20,7 +20,8 @@ def job_view(store, job: dict, full: bool = False, latest: dict | None = None, t
     (log_tail_for)."""
     out = {k: job.get(k) for k in JOB_FIELDS}
     out["slurm_job_id"] = job.get("backend_ref") if job.get("backend") == "slurm" else None  # the API's field since Slurm came
-    out["duration"] = ((job["finished_at"] or time.time()) - job["started_at"]) if job.get("started_at") else None
+    start, end = job.get("started_at"), job.get("finished_at")
+    out["duration"] = None if start is None else (time.time() if end is None else end) - start
     out["metrics"] = store.latest_metrics(job["id"]) if latest is None else latest
     if full:
         out["spec"] = job["spec"]

@@ -36,3 +36,15 @@ def test_a_preempted_run_started_at_time_zero_used_its_gpus_since_then():
     from runner.daemon.preemption import run_use
     assert run_use({"gpus": [0], "started_at": 0.0}, ended=50.0) == 50.0  # not 0: 0.0 is a start
     assert run_use({"gpus": [0], "started_at": None}, ended=50.0) == 0.0
+
+
+def test_the_api_gives_a_run_from_time_zero_its_duration():
+    from types import SimpleNamespace
+
+    from runner.queries import job_view
+
+    store = SimpleNamespace(latest_metrics=lambda jid: {})
+    job = {"id": "j", "started_at": 0.0, "finished_at": 60.0, "spec": {}}
+    assert job_view(store, job)["duration"] == 60.0  # not None: 0.0 is a start
+    assert job_view(store, {**job, "finished_at": 0.0})["duration"] == 0.0  # not now - 0: 0.0 is an end
+    assert job_view(store, {**job, "started_at": None})["duration"] is None
