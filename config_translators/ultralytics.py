@@ -139,7 +139,7 @@ def check_dataset(dataset: dict, model: dict | None = None) -> list[str]:
 def convert_published(ds: dict, task: str, cache: Path) -> tuple[Path, dict]:
     """A DOTA/HRSC2016/VOC dataset as YOLO(-OBB) in `cache`, converted once per version of its files
     (and per options); returns (data.yaml, report with `reused`)."""
-    import shutil
+    from runner.atomic import NotPlaced, make_dir  # the one atomic writer (stdlib only: tests/test_boundaries.py)
 
     target = "yolo-obb" if task == "obb" else "yolo"
     options = {"target": target, "keep_difficult": bool(ds.get("keep_difficult")), "tile": ds.get("tile"),
@@ -149,19 +149,24 @@ def convert_published(ds: dict, task: str, cache: Path) -> tuple[Path, dict]:
     report_file = dest / "report.json"
     if report_file.exists():
         return dest / "data.yaml", {**json.loads(report_file.read_text()), "reused": True, "key": key}
-    tmp = Path(cache) / f".{key}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     dataset = published.read(ds["path"], ds["format"], options["split"])
-    report = published.write_yolo(dataset, tmp, target, options["keep_difficult"], options["tile"], options["overlap"])
-    (tmp / "data.yaml").write_text((tmp / "data.yaml").read_text().replace(f"path: {tmp}", f"path: {dest}"))
-    if report.get("crops"):
-        (tmp / "crops.json").write_text((tmp / "crops.json").read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(dest))[1:-1]))
-        report["crops"] = str(dest / "crops.json")
-    (tmp / "report.json").write_text(json.dumps(report))
+    made = {}
+
+    def fill(tmp: Path):
+        report = published.write_yolo(dataset, tmp, target, options["keep_difficult"], options["tile"], options["overlap"])
+        (tmp / "data.yaml").write_text((tmp / "data.yaml").read_text().replace(f"path: {tmp}", f"path: {dest}"))
+        if report.get("crops"):
+            (tmp / "crops.json").write_text((tmp / "crops.json").read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(dest))[1:-1]))
+            report["crops"] = str(dest / "crops.json")
+        (tmp / "report.json").write_text(json.dumps(report))
+        made["report"] = report
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.rename(tmp, dest)
-    except OSError:  # another job converted the same version meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
+        make_dir(dest, fill)
+    except NotPlaced:  # another job converted the same version meanwhile: its folder stays
+        pass
+    report = made["report"]
     return dest / "data.yaml", {**report, "reused": False, "key": key}
 
 
