@@ -140,8 +140,15 @@ def write_json(path, data, mode: int | None = 0o644, owner: tuple[int, int] | No
 
 
 def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
+    """What a plain mkdir gives under this process's umask, read without changing it: the daemon is
+    threaded, and a umask set to 0 for a moment would be every other thread's too (Linux's
+    /proc/self/status says it; elsewhere it is set and put back)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o777 & ~umask
 
 
