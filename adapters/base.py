@@ -233,6 +233,8 @@ class TrainingAdapter:
             if not (is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1):
                 raise
             half = max(1, self.batch_size // 2)
+            said = (str(e).strip().splitlines() or [""])[0][:300]  # what ran out, as torch says it ("Tried to allocate ...")
+            print(f"runner: {type(e).__name__}: {said}", flush=True)
             print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
             retry = dict(self.with_batch_size(half), _oom_retried=True)
         # `e` and its traceback are gone here; release() drops this attempt's model and data too
