@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -362,6 +364,25 @@ def _iou(a, b) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def bleu(refs: list[str], hyps: list[str], n: int = 4) -> float:
+    """Corpus BLEU-n with add-one smoothing (enough to see captions improve on a tiny set), 0-100."""
+    log_p, hyp_len, ref_len = 0.0, 0, 0
+    for k in range(1, n + 1):
+        match = total = 0
+        for r, h in zip(refs, hyps):
+            rt, ht = r.split(), h.split()
+            rc = Counter(tuple(rt[i:i + k]) for i in range(len(rt) - k + 1))
+            hc = Counter(tuple(ht[i:i + k]) for i in range(len(ht) - k + 1))
+            match += sum(min(c, rc[g]) for g, c in hc.items())
+            total += max(len(ht) - k + 1, 0)
+        log_p += math.log((match + 1) / (total + 1)) / n
+    for r, h in zip(refs, hyps):
+        hyp_len += len(h.split())
+        ref_len += len(r.split())
+    bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / max(hyp_len, 1))
+    return 100.0 * bp * math.exp(log_p)
 
 
 def map50(preds: list, truth: list) -> float:
