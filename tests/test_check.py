@@ -410,3 +410,44 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (control["job"],))
     store.conn.commit()
     assert chk.reusable(report, store) == {}
+
+
+def test_a_gpu_check_asks_for_its_gpus_and_trains_at_the_models_usual_size(tmp_path):
+    fw = {"check": {"input_size": 64, "batch_size": 4, "learns_epochs": 8}}
+    model = {"ref": "timm/m", "model_name": "m", "framework": "timm", "task_type": "image_classification", "input_size": 224}
+    spec = chk.check_spec(model, fw, tmp_path, "imagefolder", gpus=1, input_size="usual")
+    assert spec["resources"] == {"gpus": 1} and spec["train"]["input_size"] == 224
+    # the size is the check table's as the job ran it: the report and --reuse see it
+    assert spec["check"]["sizes"]["input_size"] == 224
+    assert chk.check_spec(model, fw, tmp_path, "imagefolder", input_size=96)["train"]["input_size"] == 96
+    plain = chk.check_spec(model, fw, tmp_path, "imagefolder")
+    assert "resources" not in plain and plain["train"]["input_size"] == 64
+    from runner.exceptions import RunnerError
+
+    with pytest.raises(RunnerError, match="--input-size usual: timm/m states no input_size"):
+        chk.check_spec({**model, "input_size": None}, fw, tmp_path, "imagefolder", input_size="usual")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--gpus", "two"], "--gpus: given 'two'; expected a number of GPUs from 0 to 64"),
+    (["--input-size", "huge"], "--input-size: given 'huge'; expected 'usual' or a size in pixels from 16 to 4096"),
+    (["--input-size", "8"], "--input-size: given '8'; expected 'usual'"),
+])
+def test_check_options_are_refused_naming_what_is_expected(runner, home, args, expected):
+    r = runner.run("check", "timm/resnet18", *args, check=False)
+    assert r.returncode == 2 and expected in r.stderr, r.stderr
+    assert not (home / "spool").exists() or not list((home / "spool").glob("*.job.json"))
+
+
+def test_a_check_past_its_timeout_cancels_what_is_left_and_still_reports(runner, home, tmp_path):
+    # the only GPU is busy (another program holds its memory): the check's GPU jobs wait, and at the
+    # timeout they are cancelled and the report says so (nothing is left queued behind it)
+    (home / "config.toml").write_text('[gpus]\nsource = "static"\n'
+                                      'static = [{name = "Busy", memory_mb = 16000, used_mb = 15900}]\n')
+    out = tmp_path / "check"
+    r = runner.run("check", "timm/resnet18", "--gpus", "1", "--timeout", "3", "--out", out, check=False)
+    assert r.returncode == 1 and "check: not finished after 3s: cancelled" in r.stderr, r.stderr
+    m = json.loads((out / "report.json").read_text())["models"][0]
+    assert m["status"] == "failed" and m["job_state"] == "cancelled" and m["error"].startswith("job cancelled"), m
+    store = Store(home / "runner.db")
+    assert {j["state"] for j in store.list_jobs()} == {"cancelled"} and len(store.list_jobs()) == 2

@@ -31,9 +31,17 @@ def check_sizes(model: dict, framework: dict) -> dict:
     return {**framework.get("check", {}), **model.get("check", {})}
 
 
-def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
-    """The job spec of one model's check (sizes from the framework's and model's check tables)."""
+def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str, gpus: int = 0, input_size=None) -> dict:
+    """The job spec of one model's check (sizes from the framework's and model's check tables).
+    gpus: GPUs each check job asks for (0: the CPU); input_size: the size it trains at instead of
+    the check table's ("usual": the model's own, as the registry states it)."""
     sizes = check_sizes(model, framework)
+    if input_size is not None:  # (in the sizes too: the report and --reuse see what the job ran at)
+        usual = model.get("input_size")
+        if input_size == "usual" and not usual:
+            from ..exceptions import RunnerError
+            raise RunnerError(f"--input-size usual: {model['ref']} states no input_size in the registry")
+        sizes = {**sizes, "input_size": int(usual if input_size == "usual" else input_size)}
     train = {"epochs": int(sizes.get("epochs", 1)) if model.get("framework") == "repo" else 1, "pretrained": False}
     for k in ("batch_size", "input_size", "lr", "optimizer"):
         if sizes.get(k) is not None:
@@ -44,8 +52,11 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str) -> dict:
     dataset = {"path": str(data_dir), "format": fmt}
     if fmt == "coco":
         dataset["annotations"] = str(Path(data_dir).parent / "annotations.json")
-    return {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"], "task": model.get("task_type"),
+    spec = {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"], "task": model.get("task_type"),
             "dataset": dataset, "train": train, "check": {"sizes": sizes}}
+    if gpus:
+        spec["resources"] = {"gpus": int(gpus)}
+    return spec
 
 
 def reusable(report: dict, store, sizes_of=None) -> dict:

@@ -169,11 +169,28 @@ def _infer(p):
                    help="a repo job: infer in its own checkout (job), or in one the registry's table makes now (current)")
 
 
+def _gpu_count(v):
+    if not v.isdigit() or not 0 <= int(v) <= 64:
+        raise argparse.ArgumentTypeError(f"given {v!r}; expected a number of GPUs from 0 to 64")
+    return int(v)
+
+
+def _input_size(v):
+    if v != "usual" and not (v.isdigit() and 16 <= int(v) <= 4096):
+        raise argparse.ArgumentTypeError(f"given {v!r}; expected 'usual' or a size in pixels from 16 to 4096")
+    return v if v == "usual" else int(v)
+
+
 def _check(p):
     p.add_argument("models", nargs="*", help="models, e.g. timm/resnet18 repo/yolov7")
     p.add_argument("--framework")
     p.add_argument("--out", default=None, help="folder for the report (default: ./check-<time>)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all checks")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all checks; then the jobs left are "
+                   "cancelled and the report says so")
+    p.add_argument("--gpus", type=_gpu_count, default=0, help="GPUs each check job (and its control) asks for; "
+                   "default 0: the CPU")
+    p.add_argument("--input-size", type=_input_size, default=None, metavar="usual|PIXELS",
+                   help="train at this size instead of the check table's; 'usual': each model's own (224, 640, ...)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the check jobs' checkpoints (GBs for large models)")
     p.add_argument("--reuse", metavar="REPORT_JSON", default=None,
                    help="take each model's jobs from this earlier report of the same state folder where they (and the "

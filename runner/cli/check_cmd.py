@@ -25,6 +25,33 @@ def _ensure_daemon(h):
     return proc
 
 
+def _state(store, jid: str) -> str:
+    try:
+        return store.get_job(jid)["state"]
+    except Exception:  # noqa: BLE001 - still in the spool
+        return "submitted"
+
+
+def _wait(h, store, ids: list, timeout: float) -> list:
+    """Wait for the check jobs to end. At the timeout, those still queued or running are cancelled
+    (and waited for, up to a minute, so that their rows say so): returns their ids."""
+    from runner import spool
+
+    ended = ("succeeded", "failed", "cancelled")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(_state(store, j) in ended for j in ids):
+            return []
+        time.sleep(1.0)
+    late = [j for j in ids if _state(store, j) not in ended]
+    for j in late:
+        spool.request_cancel(h, j)
+    until = time.time() + 60
+    while time.time() < until and not all(_state(store, j) in ended for j in late):
+        time.sleep(0.5)
+    return late
+
+
 def check(args):
     """Submit one check job per model, wait for them, write report.md and report.json."""
     from runner import check as chk
@@ -74,7 +101,7 @@ def check(args):
         fw_name = model["framework"]
         fw = framework_of(model)
         data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")  # (seeded: the same set each time)
-        raw = chk.check_spec(model, fw, data_dir, fmt)
+        raw = chk.check_spec(model, fw, data_dir, fmt, gpus=args.gpus, input_size=args.input_size)
         if args.keep_checkpoints:
             raw["check"]["keep"] = True
         if ref in reuse:
@@ -98,24 +125,14 @@ def check(args):
             print(f"{ref}: control job {rec['id']} (training labels shuffled)", file=sys.stderr)
     proc = _ensure_daemon(h)
     store = h.store()
-    deadline = time.time() + args.timeout
     try:
-        while time.time() < deadline:
-            states = {}
-            for ref, jid in [*jobs.items(), *((f"{r} (control)", j) for r, j in controls.items())]:
-                try:
-                    states[ref] = store.get_job(jid)["state"]
-                except Exception:
-                    states[ref] = "submitted"
-            if all(s in ("succeeded", "failed", "cancelled") for s in states.values()):
-                break
-            time.sleep(1.0)
-        else:
-            raise RunnerError(f"check: not finished after {args.timeout:.0f}s; jobs: {', '.join([*jobs.values(), *controls.values()])}")
+        late = _wait(h, store, [*jobs.values(), *controls.values()], args.timeout)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+    if late:
+        print(f"check: not finished after {args.timeout:.0f}s: cancelled {', '.join(late)}; the report says so", file=sys.stderr)
     import shlex
 
     # the command as typed (paths under the current folder relative: a committed report names no machine's folders)
