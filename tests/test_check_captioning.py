@@ -1,4 +1,4 @@
-"""The captioning check's floor means learning: a caption that ignores the image stays below it on
+"""BLIP's captioning floor means learning: a caption that ignores the image stays below it on
 the check's own validation captions, which share a template ("a <shape> in the <top|bottom>
 <left|right>"), so BLEU rewards the template alone. Pure: the check's data and adapters.base's BLEU."""
 
@@ -17,18 +17,19 @@ BLIP = "Salesforce/blip-image-captioning-base"
 POSITIONS = [f"{v} {h}" for v in ("top", "bottom") for h in ("left", "right")]
 
 
-def _val_captions(tmp_path) -> list:
+def _val_captions(tmp_path) -> tuple:
+    """BLIP's check: its validation captions and the floor it is judged by."""
     reg = tomllib.loads((ROOT / "registry.toml").read_text())
     model = {**reg["models"]["transformers"][BLIP], "task_type": "image_captioning"}
     sizes = chk.check_sizes(model, reg["frameworks"]["transformers"])
     path, fmt = synth_tasks.make("captions", model, sizes, tmp_path)
     assert fmt == "captions"
-    return [json.loads(ln)["caption"] for ln in (path / "val" / "captions.jsonl").read_text().splitlines() if ln.strip()]
+    refs = [json.loads(ln)["caption"] for ln in (path / "val" / "captions.jsonl").read_text().splitlines() if ln.strip()]
+    return refs, chk.learns_criteria("val_bleu", None, sizes, "image_captioning")["at_least"]
 
 
 def test_a_caption_that_ignores_the_image_stays_below_the_floor(tmp_path):
-    refs = _val_captions(tmp_path)
-    floor = chk.learns_criteria("val_bleu", None, {}, "image_captioning")["at_least"]
+    refs, floor = _val_captions(tmp_path)
     # the best one caption for every image: what a run that learnt the captions but not the images reaches at most
     blind = max(bleu(refs, [f"a {s} in the {p}"] * len(refs)) for s in synth_tasks.NAMES for p in POSITIONS)
     # the template right, the shape and the place wrong
