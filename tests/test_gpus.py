@@ -136,7 +136,9 @@ def test_no_double_allocation_under_concurrent_submits(runner, home, gdaemon):
 def test_restart_keeps_allocations_of_running_jobs(runner, home):
     gpus_file(home, four()[:2])
     d = DaemonProc(home, runner.env, http=False).start()
-    a = runner.submit("--gpus", "1", "--", *JOB, "sleep", "4")
+    # (long enough to outlast the restart and two submits on a loaded host: on a 2-core host at load 7
+    # a 4 s job had ended before b was placed, and b rightly got GPU-0)
+    a = runner.submit("--gpus", "1", "--", *JOB, "sleep", "12")
     runner.wait_state(a, "running")
     d.kill(signal.SIGKILL)
     d2 = DaemonProc(home, runner.env, http=False).start()
