@@ -50,6 +50,8 @@ check() {  # check NAME SECONDS MODELS...: runner check on the GPU, its report i
 }
 check timm $(( $(left) - 70 )) --framework timm
 [ "$(left)" -gt 150 ] && check transformers $(( $(left) - 70 )) \
-  nvidia/segformer-b0-finetuned-ade-512-512 google/vit-base-patch16-224 facebook/deit-base-distilled-patch16-224
+  transformers/nvidia/segformer-b0-finetuned-ade-512-512 transformers/google/vit-base-patch16-224 \
+  transformers/facebook/deit-base-distilled-patch16-224 transformers/facebook/detr-resnet-50 \
+  transformers/Salesforce/blip-image-captioning-base
 { for f in "$home"/*.out; do echo "== $f"; tail -40 "$f"; done; echo "== daemon"; tail -60 "$home/check-daemon.log"; } > "$out/daemon.log" 2>&1
 echo "done after $(( $(date +%s) - t0 ))s"
