@@ -55,7 +55,7 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str, gpus: int
     spec = {"name": f"check-{model['model_name']}".replace("/", "_")[:100], "model": model["ref"], "task": model.get("task_type"),
             "dataset": dataset, "train": train, "check": {"sizes": sizes}}
     if gpus:
-        spec["resources"] = {"gpus": int(gpus)}
+        spec["resources"] = {"gpus": gpus}
     return spec
 
 

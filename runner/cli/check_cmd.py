@@ -36,8 +36,8 @@ def _wait(h, store, ids: list, timeout: float) -> list:
     """Wait for the check jobs to end. At the timeout, those still queued or running are cancelled
     (and waited for, up to a minute, so that their rows say so): returns their ids."""
     from runner import spool
+    from runner.states import ENDED as ended
 
-    ended = ("succeeded", "failed", "cancelled")
     deadline = time.time() + timeout
     while time.time() < deadline:
         if all(_state(store, j) in ended for j in ids):
