@@ -48,11 +48,19 @@ def main() -> int:
             print(f"stale: docs/checks/{fw} names no commit of this repository ({made or 'none'}); regenerate: bash scripts/check-reports.sh {fw}")
             stale += 1
             continue
-        # What it covers as it is now against what it was then (a change made and undone is no change).
-        same = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", made, "--", *covers(fw)], capture_output=True).returncode == 0
-        why = [] if same else git("log", "--format=%h %s", f"{made}..HEAD", "--", *covers(fw)).splitlines()[:5]
-        if registry_tables(git("show", f"{made}:registry.toml"), fw) != registry_tables((ROOT / "registry.toml").read_text(), fw):
-            why.append(f"registry.toml: the {fw} tables changed")
+        # What it covers as it is now against what it was then (a change made and undone is no change);
+        # rows kept from an earlier report (runner check --keep-measured) against that report's commit
+        kept = {(m.get("kept_from") or {}).get("commit") for m in json.loads(rep.read_text()).get("models") or []} - {None, made}
+        why = []
+        for when in [made, *sorted(c.split("+")[0] for c in kept)]:
+            if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{when}^{{commit}}"], capture_output=True).returncode:
+                why.append(f"rows kept from {when[:12]}, not a commit of this repository")
+                continue
+            rows = "" if when == made else f"(rows kept from {when[:12]}) "
+            same = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", when, "--", *covers(fw)], capture_output=True).returncode == 0
+            why += [] if same else [rows + w for w in git("log", "--format=%h %s", f"{when}..HEAD", "--", *covers(fw)).splitlines()[:5]]
+            if registry_tables(git("show", f"{when}:registry.toml"), fw) != registry_tables((ROOT / "registry.toml").read_text(), fw):
+                why.append(f"{rows}registry.toml: the {fw} tables changed")
         if why:
             print(f"stale: docs/checks/{fw} was made on {made[:12]}; since then these changed what it covers:")
             print("\n".join(f"  {w}" for w in why))

@@ -407,9 +407,66 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     sizes = store.get_job(m["job"])["spec"]["check"]["sizes"]
     assert chk.reusable(report, store, lambda ref: dict(sizes)) == {"timm/resnet18": (m["job"], control["job"])}
     assert chk.reusable(report, store, lambda ref: {**sizes, "learns_epochs": 3}) == {}
+    # a report whose job is not in this state folder (made on another machine, or cleaned since):
+    # with --keep-measured its row stands as that report measured it, judged again by today's
+    # criteria (that report called it a success: today's floor says it does not learn), and only
+    # its missing control trains now
+    gone = json.loads((tmp_path / "old.json").read_text())
+    gone["commit"], gone["models"][0]["job"], gone["models"][0]["status"] = "abc123def456", "gonejob1", "success"
+    for c in gone["models"][0]["checks"]:
+        if c["name"] == "learns":
+            c.update(ok=True, error=None)
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    n = len(store.list_jobs())
+    r = runner.run("check", "timm/resnet18", "--out", tmp_path / "fifth", "--reuse", tmp_path / "gone.json", "--keep-measured", check=False)
+    assert "timm/resnet18: kept as the report of abc123def456 measured it (job gonejob1, not in this state folder)\n" in r.stderr, r.stderr
+    assert "control job" in r.stderr and len(store.list_jobs()) == n + 1, r.stderr
+    m5 = json.loads((tmp_path / "fifth" / "report.json").read_text())["models"][0]
+    learns5 = {c["name"]: c for c in m5["checks"]}["learns"]
+    assert m5["job"] == "gonejob1" and m5["kept_from"]["commit"] == "abc123def456" and m5["status"] == "partial", m5
+    assert learns5["ok"] is False and "< 0.5833" in learns5["error"]
+    assert learns5["detail"]["control"]["job"] not in (m["job"], control["job"], ctl3["job"]) and learns5["detail"]["control"]["value"] < 0.5833
+    assert "from the report of `abc123def456`" in (tmp_path / "fifth" / "report.md").read_text()
+    # without --keep-measured, or with another check table since, it is not kept (it trains again)
+    assert chk.kept_rows(gone, store, lambda ref: dict(sizes)) == {"timm/resnet18": {**gone["models"][0], "kept_from": {
+        "commit": "abc123def456", "generated_at": gone["generated_at"]}}}
+    assert chk.kept_rows(gone, store, lambda ref: {**sizes, "learns_epochs": 3}) == {}
+    assert chk.kept_rows(report, store, lambda ref: dict(sizes)) == {}  # its job is here: --reuse's
+    r = runner.run("check", "timm/resnet18", "--keep-measured", check=False)
+    assert r.returncode != 0 and "--keep-measured: give the earlier report with --reuse REPORT_JSON" in r.stderr, r.stderr
     store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (control["job"],))
     store.conn.commit()
     assert chk.reusable(report, store) == {}
+
+
+def test_a_kept_row_is_judged_again_by_todays_criteria_beside_its_control():
+    # rows of an older report without sizes (before rows named them): kept when their input size
+    # and epochs are the table's; judged again from their numbers, beside the control they had
+    row = {"model": "timm/x", "framework": "timm", "task": "image_classification", "job": "j1", "status": "success", "seconds": 10.0,
+           "input_size": 32, "epochs": 4, "checks": [{"name": n, "ok": True, "seconds": 1.0} for n in chk.CHECKS[:-1]] + [
+               {"name": "learns", "ok": True, "seconds": 5.0, "detail": {
+                   "epochs": 4, "metric": "val_accuracy", "value": 0.7, "classes": 3, "train_loss": [1.1, 0.4],
+                   "criteria": {"metric": "val_accuracy", "at_least": 0.5, "rule": "old"},
+                   "control": {"job": "c1", "value": 0.55, "reached": False, "train_loss": [1.1, 1.0]}}}]}
+
+    class NoStore:
+        def get_job(self, jid):
+            raise KeyError(jid)
+
+    old = {"commit": "0123456789ab", "generated_at": "then", "models": [row]}
+    table = {"input_size": 32, "learns_epochs": 4}
+    kept = chk.kept_rows(old, NoStore(), lambda ref: table)
+    assert list(kept) == ["timm/x"] and kept["timm/x"]["kept_from"] == {"commit": "0123456789ab", "generated_at": "then"}
+    assert chk.kept_rows(old, NoStore(), lambda ref: {**table, "input_size": 64}) == {}
+    assert chk.kept_rows({**old, "models": [{**row, "status": "partial"}]}, NoStore(), lambda ref: table) == {}
+    rep = chk.gather(NoStore(), None, {}, kept=kept, sizes_of=lambda ref: table)
+    learns = {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]
+    assert learns["ok"] and learns["detail"]["criteria"]["at_least"] == 0.5833 and learns["detail"]["control"]["job"] == "c1"
+    assert rep["summary"]["success"] == 1 and "from the report of `0123456789ab` (then): timm/x" in chk.markdown(rep)
+    # today's margin is larger than what its control reached then: the control now reaches it
+    rep = chk.gather(NoStore(), None, {}, kept=kept, sizes_of=lambda ref: {**table, "learns_margin": 0.2})
+    learns = {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]
+    assert not learns["ok"] and "control also reached" in learns["error"] and rep["models"][0]["status"] == "partial"
 
 
 def test_a_gpu_check_asks_for_its_gpus_and_trains_at_the_models_usual_size(tmp_path):

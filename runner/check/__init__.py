@@ -11,7 +11,6 @@ machine and command that made it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -85,6 +84,53 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
     return out
 
 
+def kept_rows(report: dict, store, sizes_of) -> dict:
+    """{model ref: row} of an earlier report whose job is not in this store (made in another state
+    folder, or its folder cleaned since) and that passed every check with the check table the model
+    has now (`sizes_of(ref)`): with --keep-measured its row stands as that report measured it, and
+    the new report says so. The table: the row's `sizes` (rows name them since 2026-12-04); an
+    older row's input size and epochs, the two a check table sets that a row shows."""
+    out = {}
+    for m in report.get("models") or []:
+        ref, jid = m.get("model"), m.get("job")
+        if not ref or not jid or m.get("status") != "success":
+            continue
+        try:
+            store.get_job(jid)
+            continue  # in this store: --reuse's to take, or to run again
+        except Exception:  # noqa: BLE001 - not here
+            pass
+        sizes = sizes_of(ref)
+        if sizes is None:
+            continue
+        if "sizes" in m:
+            same = m["sizes"] == sizes
+        else:
+            same = (m.get("input_size") == sizes.get("input_size")
+                    and m.get("epochs") == (sizes.get("learns_epochs") or sizes.get("epochs")))
+        if same:
+            out[ref] = {**m, "kept_from": m.get("kept_from") or {"commit": report.get("commit"), "generated_at": report.get("generated_at")}}
+    return out
+
+
+def _rejudged(row: dict, sizes: dict, control: Optional[dict], control_job: Optional[str]) -> list:
+    """A kept row's checks with its learns judged again by today's criteria from the numbers it
+    measured, beside its control: the one run now (`control`, a judged learns check), else the one
+    it had."""
+    checks = []
+    for c in row.get("checks") or []:
+        if c.get("name") == "learns" and c.get("detail") and c["detail"].get("metric"):
+            d = {k: v for k, v in c["detail"].items() if k not in ("criteria", "loss_drop", "control")}
+            old_ctl = c["detail"].get("control")
+            c = judge_learns({"name": "learns", "seconds": c.get("seconds"), "verdict": "pending", "detail": d}, sizes, row.get("task"))
+            if control is not None or control_job is not None:
+                c = with_control(c, control, control_job)
+            elif old_ctl:
+                c = with_control(c, {"detail": {"value": old_ctl.get("value"), "train_loss": old_ctl.get("train_loss")}}, old_ctl.get("job"))
+        checks.append(c)
+    return checks
+
+
 def control_spec(spec: dict, dataset: dict) -> dict:
     """The shuffled-label control of a check job: the same model, sizes and epochs on the same
     images with the training labels shuffled (`dataset`: checkdata.control_dataset's)."""
@@ -116,13 +162,27 @@ def _job_report(store, home, ref: str, jid: str, infer: dict | None = None) -> t
 
 
 def gather(store, home, jobs: dict, command: str | None = None, inferred: dict | None = None, controls: dict | None = None,
-           previous: dict | None = None) -> dict:
+           previous: dict | None = None, kept: dict | None = None, sizes_of=None, order: list | None = None) -> dict:
     """The report from each job's check.json (or its failure, where it wrote none). controls: the
     shuffled-label control job of a model (ref -> job id), whose learns value goes beside the real
-    run's and must stay below the threshold; previous: the report this one replaces (its drift)."""
+    run's and must stay below the threshold; previous: the report this one replaces (its drift);
+    kept: rows of an earlier report that stand as measured (kept_rows), judged again by today's
+    criteria (`sizes_of(ref)`: the model's check table) beside their control; order: the models'
+    order in the report (default: the kept rows', then the jobs')."""
     from ..provenance import commit, machine
 
     models = []
+    for ref, row in (kept or {}).items():
+        ctl_learns = None
+        if ref in (controls or {}):
+            _, ctl = _job_report(store, home, ref, controls[ref])
+            ctl_learns = next((c for c in ctl.get("checks", []) if c["name"] == "learns"), None) or {}
+        entry = {**row, "checks": _rejudged(row, sizes_of(ref) if sizes_of else row.get("sizes") or {}, ctl_learns,
+                                            controls.get(ref) if controls else None)}
+        entry["status"] = status_of(entry["checks"])
+        if ref in (controls or {}):
+            entry["control_seconds"] = _seconds(store.get_job(controls[ref]))
+        models.append(entry)
     for ref, jid in jobs.items():
         job, rep = _job_report(store, home, ref, jid, (inferred or {}).get(ref))
         sizes = (job["spec"].get("check") or {}).get("sizes") or {}
@@ -141,7 +201,7 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
                  "job": jid, "job_state": job["state"], "status": rep.get("status", "failed"), "checks": rep.get("checks", []),
                  "seconds": run, "input_size": (job["spec"].get("train") or {}).get("input_size"),
                  "epochs": sizes.get("learns_epochs") or sizes.get("epochs"),
-                 "format": (job["spec"].get("dataset") or {}).get("format"),
+                 "format": (job["spec"].get("dataset") or {}).get("format"), "sizes": sizes,
                  "note": "; ".join(filter(None, [job.get("note"), rep.get("note")])) or None}
         if ref.startswith("repo/"):  # which code was checked: the commit its job ran (recorded at prepare)
             try:
@@ -155,6 +215,8 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
         if not rep.get("checks"):
             entry["error"] = f"job {job['state']} ({job['reason']}): " + (job.get("log_tail") or job.get("note") or "")[-1500:]
         models.append(entry)
+    if order:
+        models.sort(key=lambda m: order.index(m["model"]) if m["model"] in order else len(order))
     ok = sum(m["status"] == "success" for m in models)
     learned = sum(any(c["name"] == "learns" and c["ok"] for c in m["checks"]) for m in models)
     mach = machine()

@@ -86,6 +86,20 @@ def _drift_lines(d: dict | None) -> list[str]:
     return lines
 
 
+def _kept_lines(report: dict) -> list[str]:
+    """Which rows stand as an earlier report measured them (runner check --keep-measured), and when."""
+    by = {}
+    for m in report["models"]:
+        if m.get("kept_from"):
+            k = m["kept_from"]
+            by.setdefault((str(k.get("commit"))[:12], k.get("generated_at")), []).append(m["model"])
+    if not by:
+        return []
+    return ["", "**Kept as measured earlier** (`--keep-measured`: their jobs are not in the state folder that made this report; "
+            "their numbers are that report's, judged again by the criteria above, beside a control run now where they had none):", ""] + [
+        f"- from the report of `{c}` ({when}): {', '.join(models)}" for (c, when), models in by.items()]
+
+
 def markdown(report: dict, title: str = "Plugin validation report") -> str:
     """The report as Markdown: provenance, criteria, a summary table, then each failed check's error."""
     s = report["summary"]
@@ -94,7 +108,7 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
              f"by `{report.get('command') or 'runner check'}`.", "",
              f"{s['success']}/{s['total']} models passed every check (success rate {100 * s['success_rate']:.0f} %; partial {s['partial']}, "
              f"failed {s['failed']}); {s.get('learns', 0)}/{s['total']} learn by the criteria below.", "",
-             "**learns** means:", ""] + [f"- {c}" for c in report.get("criteria", [])] + [
+             "**learns** means:", ""] + [f"- {c}" for c in report.get("criteria", [])] + _kept_lines(report) + [
              "", "Times are seconds measured in the job; `n/a` is a check that does not apply, with its reason below.", "",
              "| model | framework | task | input | epochs | status | " + " | ".join(CHECKS) + " | job time |",
              "|---|---|---|---|---|---|" + "---|" * len(CHECKS) + "---|"]

@@ -196,6 +196,9 @@ def _check(p):
                    help="take each model's jobs from this earlier report of the same state folder where they (and the "
                         "control) succeeded; run the others again (a report cut short by a crash is finished, not redone); "
                         "a reused job that has no control gets one now")
+    p.add_argument("--keep-measured", action="store_true", help="with --reuse: a model whose job is no longer in this state "
+                   "folder but passed every check there, with the check table it has now, keeps its row as that report measured it "
+                   "(the report names the commit) instead of training again; its control runs now if it has none")
     p.add_argument("--no-new-controls", action="store_true", help="with --reuse: a reused job without a control keeps none "
                    "(its row says so) instead of getting one now")
 

@@ -83,12 +83,16 @@ def check(args):
         model = reg.get_model(ref)
         return None if model is None else chk.check_sizes(model, framework_of(model))
 
-    kept_infer = {}
+    kept_infer, kept = {}, {}
+    if args.keep_measured and not args.reuse:
+        raise RunnerError("--keep-measured: give the earlier report with --reuse REPORT_JSON")
     if args.reuse:
         try:
             earlier = json.loads(Path(args.reuse).read_text())
             reuse = chk.reusable(earlier, h.store(), sizes_of)
-        except (OSError, ValueError) as e:
+            if args.keep_measured:
+                kept = {r: row for r, row in chk.kept_rows(earlier, h.store(), sizes_of).items() if r in refs and r not in reuse}
+        except (OSError, ValueError, AttributeError) as e:
             raise RunnerError(f"--reuse: {args.reuse} is not a report.json of runner check ({e})") from None
         kept_infer = {m["model"]: c for m in earlier.get("models") or [] if m.get("model") in reuse
                       for c in m.get("checks") or [] if c.get("name") == "infer" and c.get("ok")}
@@ -104,7 +108,13 @@ def check(args):
         raw = chk.check_spec(model, fw, data_dir, fmt, gpus=args.gpus, input_size=args.input_size)
         if args.keep_checkpoints:
             raw["check"]["keep"] = True
-        if ref in reuse:
+        if ref in kept:
+            ctl = ((next((c for c in kept[ref].get("checks") or [] if c.get("name") == "learns"), None) or {}).get("detail") or {}).get("control")
+            print(f"{ref}: kept as the report of {str(kept[ref]['kept_from'].get('commit'))[:12]} measured it (job {kept[ref]['job']}, "
+                  f"not in this state folder)" + (f", control job {ctl['job']}" if ctl else ""), file=sys.stderr)
+            if ctl or not chk.has_control(ref, fmt, raw["check"]["sizes"]) or args.no_new_controls:
+                continue
+        elif ref in reuse:
             jobs[ref], ctl = reuse[ref]
             if ctl:
                 controls[ref] = ctl
@@ -144,7 +154,7 @@ def check(args):
         previous = json.loads((out / "report.json").read_text())
     except (OSError, ValueError):
         previous = None
-    report = chk.gather(store, h, jobs, inferred=inferred, controls=controls, previous=previous,
+    report = chk.gather(store, h, jobs, inferred=inferred, controls=controls, previous=previous, kept=kept, sizes_of=sizes_of, order=refs,
                         command=os.environ.get("RUNNER_CHECK_COMMAND") or shlex.join(["runner", *argv]))
     if not args.keep_checkpoints:
         freed = chk.drop_checkpoints(store, {**jobs, **{f"{r} (control)": j for r, j in controls.items()}})
