@@ -30,7 +30,8 @@ def test_classification_learns_means_chance_plus_a_margin(value, ok):
     ("object_detection", 0.0, False),
     ("pose_estimation", 0.29, False),
     ("instance_segmentation", 0.12, True),
-    ("image_captioning", 52.9, True),        # BLEU is 0-100
+    ("image_captioning", 70.6, True),        # BLEU is 0-100: BLIP's check
+    ("image_captioning", 52.9, False),       # a caption that ignores the image scores ~51 on the check's template captions
     ("image_captioning", 19.0, False),
     ("object_detection", None, False),
 ])
