@@ -73,7 +73,7 @@ def submit_to_start(n: int):
     return lat, tlat, typed
 
 
-def drain(n: int, slots: int = 4, via: str = "cli"):
+def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True):
     """Jobs per second through `slots` slots for a sweep of n trivial jobs, from the sweep's first
     submit to its last job's end, with a warm (idle) queue; runner's daemon with the sandbox on
     where bubblewrap is. Like is compared with like:
@@ -82,6 +82,7 @@ def drain(n: int, slots: int = 4, via: str = "cli"):
     (`runner submit -- /bin/true` n times; `tsp /bin/true` n times, then `tsp -w`): (runner, tsp).
     via="library": runner's spool.submit from the sweep's own process, as a Python script would
     (tsp has no library to compare): (runner, None).
+    sandbox=False: the daemon runs without bubblewrap (RUNNER_NO_BWRAP), as on a host without it.
     """
     from runner import spool
     from runner.home import Home
@@ -89,7 +90,7 @@ def drain(n: int, slots: int = 4, via: str = "cli"):
 
     home = tmp_home()
     h = Home(home).ensure()
-    with Daemon(home, "--http", "none", "--max-running", str(slots)):
+    with Daemon(home, "--http", "none", "--max-running", str(slots), env={"RUNNER_NO_BWRAP": None if sandbox else "1"}):
         s = Store(home / "runner.db")
         t0 = time.time()
         for _ in range(n):
@@ -338,8 +339,23 @@ def _tsp_version() -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
-    ap.add_argument("--only", choices=["parse"], help="only these figures (parse: the metrics log into SQLite, and its stages)")
+    ap.add_argument("--only", choices=["parse", "drain"], help="only these figures (parse: the metrics log into SQLite, and its "
+                    "stages; drain: a sweep of trivial jobs through the library, sandbox on and off)")
     a = ap.parse_args()
+    if a.only == "drain":
+        from runner.sandbox import bwrap_path
+
+        sweep = 100 if a.quick else 1000
+        print(f"# bench_core (drain only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
+        on = [drain(sweep, via="library")[0] for _ in range(3)] if bwrap_path() else []
+        off = [drain(sweep, via="library", sandbox=False)[0] for _ in range(3)]
+        rows = [(f"jobs drained per second, a sweep of {sweep:,} `/bin/true` jobs submitted through runner's library, 4 slots, "
+                 "sandbox on (3 rounds)", (spread(on, fmt="{:.0f}") + "/s") if on else "— (no bubblewrap here)", "", ">= 250/s",
+                 bool(on) and median(on) >= 250),
+                (f"  the same, sandbox off (3 rounds)", spread(off, fmt="{:.0f}") + "/s", "", ">= 500/s", median(off) >= 500)]
+        table("drain", rows, headers=("figure", "runner", "alternative", "target", "ok"))
+        print(f"# load average after: {os.getloadavg()[0]:.1f}")
+        return
     if a.only == "parse":
         print(f"# bench_core (parse only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
         n = 100_000 if a.quick else 1_000_000

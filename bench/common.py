@@ -55,12 +55,15 @@ def cli(home: Path, *args, env=None) -> subprocess.CompletedProcess:
 class Daemon:
     """`runner daemon` as a subprocess for the benches."""
 
-    def __init__(self, home: Path, *extra):
+    def __init__(self, home: Path, *extra, env: dict | None = None):
         self.home = home
         self.extra = extra
+        self.env = env or {}  # its environment's changes (None: unset)
 
     def __enter__(self):
         e = {**os.environ, "RUNNER_HOME": str(self.home), "PYTHONPATH": str(ROOT)}
+        for k, v in self.env.items():
+            e.pop(k, None) if v is None else e.__setitem__(k, v)
         self.proc = subprocess.Popen([sys.executable, "-m", "runner", "daemon", *self.extra], env=e,
                                      stdout=subprocess.DEVNULL, stderr=open(self.home / "bench-daemon.log", "ab"))
         t0 = time.time()
