@@ -509,3 +509,23 @@ def test_a_check_past_its_timeout_cancels_what_is_left_and_still_reports(runner,
     assert m["status"] == "failed" and m["job_state"] == "cancelled" and m["error"].startswith("job cancelled"), m
     store = Store(home / "runner.db")
     assert {j["state"] for j in store.list_jobs()} == {"cancelled"} and len(store.list_jobs()) == 2
+
+
+def test_a_kept_repo_row_is_judged_by_its_own_table():
+    # a repo's learns thresholds are its table's check.learns, not the frameworks' floors
+    row = {"model": "repo/r", "framework": "repo", "task": "image_classification", "job": "j1", "status": "success", "seconds": 10.0,
+           "input_size": 64, "epochs": 12, "format": "imagefolder",
+           "checks": [{"name": n, "ok": True, "seconds": 1.0} for n in chk.CHECKS[:-1]] + [
+               {"name": "learns", "ok": True, "seconds": None, "detail": {
+                   "epochs": 12, "metric": "test_acc1", "value": 47.5, "train_loss": [],
+                   "criteria": {"metric": "test_acc1", "at_least": 45.0, "chance": 20.0, "rule": "old"},
+                   "control": {"job": "c1", "value": 25.0, "reached": False}}}]}
+    table = {"epochs": 12, "input_size": 64, "learns": {"metric": "test_acc1", "at_least": 45, "chance": 20}}
+    rep = chk.gather(None, None, {}, kept={"repo/r": {**row, "kept_from": {"commit": "c", "generated_at": "t"}}}, sizes_of=lambda ref: table)
+    learns = {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]
+    assert learns["ok"] and learns["detail"]["criteria"]["at_least"] == 45.0 and rep["models"][0]["status"] == "success", learns
+    rep = chk.gather(None, None, {}, kept={"repo/r": row}, sizes_of=lambda ref: {**table, "learns": {**table["learns"], "at_least": 50}})
+    learns = {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]
+    assert not learns["ok"] and "47.5 < 50" in learns["error"]
+    rep = chk.gather(None, None, {}, kept={"repo/r": row}, sizes_of=lambda ref: {"epochs": 12})
+    assert "has no `check.learns`" in {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]["error"]

@@ -21,7 +21,8 @@ from .criteria import (  # noqa: F401 (the check's names, here as before)
     status_of, with_control,
 )
 from .repo import (  # noqa: F401
-    VALIDATION_PREFIXES, _reloaded, _series, _span, _val_image, repo_checks, repo_infer_check, repo_learns, validation_metrics,
+    VALIDATION_PREFIXES, _reloaded, _series, _span, _val_image, repo_checks, repo_criteria, repo_infer_check, repo_learns,
+    validation_metrics,
 )
 from .report import _cell, _drift_lines, _learns_value, _num, criteria_text, drift, markdown  # noqa: F401
 
@@ -122,7 +123,16 @@ def _rejudged(row: dict, sizes: dict, control: Optional[dict], control_job: Opti
         if c.get("name") == "learns" and c.get("detail") and c["detail"].get("metric"):
             d = {k: v for k, v in c["detail"].items() if k not in ("criteria", "loss_drop", "control")}
             old_ctl = c["detail"].get("control")
-            c = judge_learns({"name": "learns", "seconds": c.get("seconds"), "verdict": "pending", "detail": d}, sizes, row.get("task"))
+            if str(row.get("model")).startswith("repo/"):  # a repo's table states its own (runner/check/repo.py)
+                crit = repo_criteria(sizes.get("learns"), row.get("task"), row.get("format"))
+                if "error" in crit:
+                    c = {"name": "learns", "ok": False, "seconds": c.get("seconds"), "error": crit["error"]}
+                else:
+                    v = judge(crit, d.get("value"), d.get("train_loss") or [])
+                    c = {**{k: val for k, val in c.items() if k not in ("error", "detail")}, "ok": v["ok"],
+                         "detail": {**d, "criteria": crit, "loss_drop": v["loss_drop"]}, **({} if v["ok"] else {"error": v["why"]})}
+            else:
+                c = judge_learns({"name": "learns", "seconds": c.get("seconds"), "verdict": "pending", "detail": d}, sizes, row.get("task"))
             if control is not None or control_job is not None:
                 c = with_control(c, control, control_job)
             elif old_ctl:

@@ -37,12 +37,25 @@ def repo_learns(store, job: dict, sizes: dict) -> dict:
     takes its task's floor (LEARNS_FLOOR: a segmentation repo's foreground mIoU 0.3, as for the
     frameworks). A table without what it needs fails the check, saying which key."""
     spec = sizes.get("learns")
-    task = (job.get("spec") or {}).get("task")
+    crit = repo_criteria(spec, (job.get("spec") or {}).get("task"), ((job.get("spec") or {}).get("dataset") or {}).get("format"))
+    if "error" in crit:
+        return {"name": "learns", "ok": False, "seconds": None, "error": crit["error"]}
+    values = _series(store, job["id"], spec["metric"])
+    losses = _series(store, job["id"], spec["loss"]) if spec.get("loss") else []
+    verdict = judge(crit, values[-1] if values else None, losses)
+    detail = {"epochs": len(values) or len(losses), "metric": spec["metric"], "value": values[-1] if values else None,
+              "train_loss": losses, "loss_drop": verdict["loss_drop"], "criteria": crit}
+    return {"name": "learns", "ok": verdict["ok"], "seconds": None, "reason": "measured over the repo's whole run (train)",
+            "detail": detail, **({} if verdict["ok"] else {"error": verdict["why"]})}
+
+
+def repo_criteria(spec, task, fmt) -> dict:
+    """A repo's learns thresholds from its `check.learns` table (task: its task_type; fmt: its check
+    set's format), or {"error": why} where the table lacks what they need."""
     needs = ("metric",) if task in LEARNS_FLOOR else ("metric", "at_least")
     missing = "check.learns" if not isinstance(spec, dict) else next((f"check.learns.{k}" for k in needs if k not in spec), None)
     if missing:
-        return {"name": "learns", "ok": False, "seconds": None,
-                "error": f"the repo's table has no `{missing}`: learning cannot be judged "
+        return {"error": f"the repo's table has no `{missing}`: learning cannot be judged "
                          '(set check.learns = { metric = "<held-out metric>", at_least = <floor> })'}
     floor = float(spec["at_least"]) if "at_least" in spec else LEARNS_FLOOR[task]
     crit = {"metric": spec["metric"], "at_least": floor}
@@ -51,15 +64,9 @@ def repo_learns(store, job: dict, sizes: dict) -> dict:
     else:
         # a repo's COCO set is one annotations file, which its table maps to training and validation alike
         where = ("on its training images (a repo's COCO set is one annotations file for training and validation: "
-                 "it fits them, which is not held out)") if ((job.get("spec") or {}).get("dataset") or {}).get("format") == "coco" else "on the held-out set"
+                 "it fits them, which is not held out)") if fmt == "coco" else "on the held-out set"
         crit["rule"] = f"{spec['metric']} >= {floor:g} {where}" + ("" if "at_least" in spec else f" ({task}'s floor)")
-    values = _series(store, job["id"], spec["metric"])
-    losses = _series(store, job["id"], spec["loss"]) if spec.get("loss") else []
-    verdict = judge(crit, values[-1] if values else None, losses)
-    detail = {"epochs": len(values) or len(losses), "metric": spec["metric"], "value": values[-1] if values else None,
-              "train_loss": losses, "loss_drop": verdict["loss_drop"], "criteria": crit}
-    return {"name": "learns", "ok": verdict["ok"], "seconds": None, "reason": "measured over the repo's whole run (train)",
-            "detail": detail, **({} if verdict["ok"] else {"error": verdict["why"]})}
+    return crit
 
 
 VALIDATION_PREFIXES = ("val_", "test_")
