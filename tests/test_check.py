@@ -373,6 +373,12 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     assert control["job"] != m["job"] and control["value"] < 0.5833
     md = (out / "report.md").read_text()
     assert "does not learn" in md and "| shuffled-label control |" in md
+    # the plan's template times, read off what the daemon recorded of this job
+    t = m["template"]
+    assert t["setup"]["how"] in ("reused", "built") or t["setup"]["how"].startswith("waited for its build by job "), t
+    assert t["setup"]["seconds"] >= 0 and t["configuration"] >= 0 and t["data_made"] >= 0 and t["problems"] == [], t
+    assert 0 < t["first_training"] < m["seconds"], (t, m["seconds"])
+    assert f"| timm/resnet18 | {t['setup']['seconds']:.1f}s ({t['setup']['how']}) | {t['configuration']:.1f}s (+ " in md, md
     # a report cut short is finished with --reuse: the jobs that succeeded stand, nothing runs again
     store = Store(home / "runner.db")
     before = len(store.list_jobs())
@@ -529,3 +535,23 @@ def test_a_kept_repo_row_is_judged_by_its_own_table():
     assert not learns["ok"] and "47.5 < 50" in learns["error"]
     rep = chk.gather(None, None, {}, kept={"repo/r": row}, sizes_of=lambda ref: {"epochs": 12})
     assert "has no `check.learns`" in {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]["error"]
+
+
+def test_the_template_names_the_problems_runner_met_and_what_it_did(tmp_path):
+    from runner.check.template import problems_in_log, template_lines
+
+    log = tmp_path / "output.log"
+    log.write_bytes(b"epoch 1 loss=2\nrunner: out of memory at batch_size=64; retrying once with batch_size=32 (auto_batch_size)\n"
+                    b"runner: out of memory at batch_size=64 said the job itself\n"  # not runner's whole line: not counted
+                    b"runner: run 2 starts after a preemption, from /j/last.pt\n")
+    assert problems_in_log(log) == [
+        {"problem": "out of memory at batch size 64", "solution": "retried once at batch size 32 (auto_batch_size)"},
+        {"problem": "preempted", "solution": "run 2 resumed from /j/last.pt"}]
+    assert problems_in_log(tmp_path / "none.log") == []
+    rows = [{"model": "timm/a", "template": {"setup": {"seconds": 31.1, "how": "built"}, "configuration": 0.25, "first_training": 9.0,
+                                              "problems": problems_in_log(log), "data_made": 0.5}},
+            {"model": "timm/b", "kept_from": {"commit": "0123456789abcdef"}}]
+    text = "\n".join(template_lines({"models": rows}))
+    assert ("| timm/a | 31.1s (built) | 0.2s (+ 0.5s making its check set) | 9.0s | out of memory at batch size 64: retried once at "
+            "batch size 32 (auto_batch_size); preempted: run 2 resumed from /j/last.pt |") in text, text
+    assert "| timm/b | not recorded (kept from the report of `0123456789ab`) |" in text

@@ -24,6 +24,7 @@ from .repo import (  # noqa: F401
     VALIDATION_PREFIXES, _reloaded, _series, _span, _val_image, repo_checks, repo_criteria, repo_infer_check, repo_learns,
     validation_metrics,
 )
+from .template import template
 from .report import _cell, _drift_lines, _learns_value, _num, criteria_text, drift, markdown  # noqa: F401
 
 def check_sizes(model: dict, framework: dict) -> dict:
@@ -172,13 +173,14 @@ def _job_report(store, home, ref: str, jid: str, infer: dict | None = None) -> t
 
 
 def gather(store, home, jobs: dict, command: str | None = None, inferred: dict | None = None, controls: dict | None = None,
-           previous: dict | None = None, kept: dict | None = None, sizes_of=None, order: list | None = None) -> dict:
+           previous: dict | None = None, kept: dict | None = None, sizes_of=None, order: list | None = None, made: dict | None = None) -> dict:
     """The report from each job's check.json (or its failure, where it wrote none). controls: the
     shuffled-label control job of a model (ref -> job id), whose learns value goes beside the real
     run's and must stay below the threshold; previous: the report this one replaces (its drift);
     kept: rows of an earlier report that stand as measured (kept_rows), judged again by today's
     criteria (`sizes_of(ref)`: the model's check table) beside their control; order: the models'
-    order in the report (default: the kept rows', then the jobs')."""
+    order in the report (default: the kept rows', then the jobs'); made: seconds the checker took to
+    make each model's check set (part of its configuration time)."""
     from ..provenance import commit, machine
 
     models = []
@@ -222,6 +224,13 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
         if ref in (controls or {}):
             cj = store.get_job(controls[ref])
             entry["control_seconds"] = _seconds(cj)
+        try:  # the plan's template times (a report is still written without them)
+            entry["template"] = template(store, home, job)
+            if (made or {}).get(ref) is not None:
+                entry["template"]["data_made"] = round(made[ref], 3)
+        except Exception as e:  # noqa: BLE001
+            entry["template"] = {"setup": None, "configuration": None, "first_training": None,
+                                 "problems": [{"problem": f"its times could not be read ({type(e).__name__}: {e})", "solution": "none"}]}
         if not rep.get("checks"):
             entry["error"] = f"job {job['state']} ({job['reason']}): " + (job.get("log_tail") or job.get("note") or "")[-1500:]
         models.append(entry)

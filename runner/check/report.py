@@ -3,6 +3,7 @@ the report it replaces."""
 
 from __future__ import annotations
 
+from .template import template_lines
 from .criteria import CHECKS, LEARNS_FLOOR, LEARNS_MARGIN, has_control
 
 def _learns_value(m: dict):
@@ -135,6 +136,7 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
                                                             f"{ctl['value']:.4g}" + {True: " (reached)", False: " (below)"}.get(ctl.get("reached"), ""))
             rule = (d.get("criteria") or {}).get("rule", "")
             lines.append(f"| {model} | {rule} | {val} | {ctl} | {loss} | {'learns' if c['ok'] else 'does not learn: ' + (c.get('error') or '')} |")
+    lines += template_lines(report)
     repos = [m for m in report["models"] if m.get("repo_commit")]
     if repos:
         lines += ["", "Repos checked, at the commit each job ran:", ""] + [f"- {m['model']}: {m.get('repo_url') or ''} `{m['repo_commit']}`"

@@ -70,7 +70,7 @@ def check(args):
         raise RunnerError("check: name models (e.g. timm/resnet18) or --framework NAME")
     out = Path(args.out or f"check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    jobs, controls = {}, {}
+    jobs, controls, made = {}, {}, {}
     reuse = {}
 
     def framework_of(model):
@@ -104,10 +104,14 @@ def check(args):
 
         fw_name = model["framework"]
         fw = framework_of(model)
+        t0 = time.monotonic()
         data_dir, fmt = checkdata.make(fw_name, model, fw, out / "data")  # (seeded: the same set each time)
+        made[ref] = time.monotonic() - t0
         raw = chk.check_spec(model, fw, data_dir, fmt, gpus=args.gpus, input_size=args.input_size)
         if args.keep_checkpoints:
             raw["check"]["keep"] = True
+        if ref in kept or ref in reuse:  # (its set was made for a job made before: not this job's time)
+            made.pop(ref, None)
         if ref in kept:
             ctl = ((next((c for c in kept[ref].get("checks") or [] if c.get("name") == "learns"), None) or {}).get("detail") or {}).get("control")
             print(f"{ref}: kept as the report of {str(kept[ref]['kept_from'].get('commit'))[:12]} measured it (job {kept[ref]['job']}, "
@@ -154,7 +158,7 @@ def check(args):
         previous = json.loads((out / "report.json").read_text())
     except (OSError, ValueError):
         previous = None
-    report = chk.gather(store, h, jobs, inferred=inferred, controls=controls, previous=previous, kept=kept, sizes_of=sizes_of, order=refs,
+    report = chk.gather(store, h, jobs, inferred=inferred, controls=controls, previous=previous, kept=kept, sizes_of=sizes_of, order=refs, made=made,
                         command=os.environ.get("RUNNER_CHECK_COMMAND") or shlex.join(["runner", *argv]))
     if not args.keep_checkpoints:
         freed = chk.drop_checkpoints(store, {**jobs, **{f"{r} (control)": j for r, j in controls.items()}})
