@@ -5,6 +5,7 @@
 #   bash scripts/check-reports.sh --keep-measured FW...   keep each row the committed report measured
 #       (passed, same check table) and run only what it lacks (controls, failed or changed models):
 #       runner check --reuse docs/checks/FW/report.json --keep-measured; the report names what it kept
+#   bash scripts/check-reports.sh --keep-measured --rerun MODEL [--rerun MODEL...] FW   the same, these trained again
 # A report is stale when a commit after the one it names changed what it covers: the framework's
 # adapter, translator, env, the parsers, its tables in the registry, or the check itself
 # (scripts/stale_reports.py). --stale warns (exit 0): regenerating takes many minutes and needs the
@@ -17,9 +18,13 @@ if [ "${1:-}" = "--stale" ]; then
 fi
 
 keep=()
-if [ "${1:-}" = "--keep-measured" ]; then
-  keep=(--keep-measured); shift
-fi
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep-measured) keep+=(--keep-measured); shift ;;
+    --rerun) keep+=(--rerun "$2"); shift 2 ;;   # with --keep-measured: this model trains again
+    *) break ;;
+  esac
+done
 
 . scripts/setup.sh
 export RUNNER_HOME="${RUNNER_HOME:-$(pwd)/.runner-home/checks}" HF_HUB_OFFLINE=1

@@ -441,6 +441,13 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     assert chk.kept_rows(report, store, lambda ref: dict(sizes)) == {}  # its job is here: --reuse's
     r = runner.run("check", "timm/resnet18", "--keep-measured", check=False)
     assert r.returncode != 0 and "--keep-measured: give the earlier report with --reuse REPORT_JSON" in r.stderr, r.stderr
+    # --rerun: a model named trains again (with its control) though its job could be reused
+    n = len(store.list_jobs())
+    r = runner.run("check", "timm/resnet18", "--out", tmp_path / "sixth", "--reuse", out / "report.json", "--rerun", "timm/resnet18", check=False)
+    m6 = json.loads((tmp_path / "sixth" / "report.json").read_text())["models"][0]
+    assert "reused" not in r.stderr and m6["job"] != m["job"] and len(store.list_jobs()) == n + 2, r.stderr
+    r = runner.run("check", "timm/resnet18", "--reuse", out / "report.json", "--rerun", "timm/resnet50", check=False)
+    assert r.returncode != 0 and "--rerun: timm/resnet50 is not one of the models this check runs" in r.stderr, r.stderr
     store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (control["job"],))
     store.conn.commit()
     assert chk.reusable(report, store) == {}

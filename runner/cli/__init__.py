@@ -199,6 +199,8 @@ def _check(p):
     p.add_argument("--keep-measured", action="store_true", help="with --reuse: a model whose job is no longer in this state "
                    "folder but passed every check there, with the check table it has now, keeps its row as that report measured it "
                    "(the report names the commit) instead of training again; its control runs now if it has none")
+    p.add_argument("--rerun", action="append", default=[], metavar="MODEL", help="with --reuse: train this model (and its "
+                   "control) again even where the earlier report's job could be reused or kept (repeatable)")
     p.add_argument("--no-new-controls", action="store_true", help="with --reuse: a reused job without a control keeps none "
                    "(its row says so) instead of getting one now")
 

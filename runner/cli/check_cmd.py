@@ -86,12 +86,15 @@ def check(args):
     kept_infer, kept = {}, {}
     if args.keep_measured and not args.reuse:
         raise RunnerError("--keep-measured: give the earlier report with --reuse REPORT_JSON")
+    again = set(getattr(args, "rerun", None) or [])
+    if again - set(refs):
+        raise RunnerError(f"--rerun: {sorted(again - set(refs))[0]} is not one of the models this check runs")
     if args.reuse:
         try:
             earlier = json.loads(Path(args.reuse).read_text())
-            reuse = chk.reusable(earlier, h.store(), sizes_of)
+            reuse = {r: v for r, v in chk.reusable(earlier, h.store(), sizes_of).items() if r not in again}
             if args.keep_measured:
-                kept = {r: row for r, row in chk.kept_rows(earlier, h.store(), sizes_of).items() if r in refs and r not in reuse}
+                kept = {r: row for r, row in chk.kept_rows(earlier, h.store(), sizes_of).items() if r in refs and r not in reuse and r not in again}
         except (OSError, ValueError, AttributeError) as e:
             raise RunnerError(f"--reuse: {args.reuse} is not a report.json of runner check ({e})") from None
         kept_infer = {m["model"]: c for m in earlier.get("models") or [] if m.get("model") in reuse
