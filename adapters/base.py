@@ -310,6 +310,16 @@ class TrainingAdapter:
             step("checkpoint", _ckpt)
             step("infer", lambda: self.infer_single(self.sample_image()).as_dict())
             report["checks"].append(self._learns(learn_epochs, sizes, state))
+            ck = next(c for c in report["checks"] if c["name"] == "checkpoint")
+            if ck["ok"] and state.get("final") is not None:
+                # the real reload: the model at the end of training, saved, loaded in a fresh process
+                t0 = time.perf_counter()
+                try:
+                    ck["detail"]["reload"] = self._reload_check(*state["final"])
+                except Exception as e:  # noqa: BLE001 - its failure is the check's verdict
+                    traceback.print_exc()
+                    ck.update(ok=False, error=f"reload: {type(e).__name__}: {e}"[:2000])
+                ck["seconds"] += time.perf_counter() - t0
         counted = [c for c in report["checks"] if c["ok"] is not None]  # ok None: n/a, with its reason
         n_ok = sum(bool(c["ok"]) for c in counted)
         report["status"] = "success" if len(report["checks"]) == 6 and n_ok == len(counted) else ("failed" if n_ok == 0 else "partial")
@@ -338,6 +348,7 @@ class TrainingAdapter:
             losses = [state["train_loss"]] + list(self.train_more(2, epochs))
             r = self.validate(epochs)
             print(self.metrics_line(epochs, epochs, dataclass_replace(r, train_loss=losses[-1]), {}), flush=True)
+            state["final"] = (epochs, r)
         except Exception as e:
             traceback.print_exc()
             return {"name": "learns", "ok": False, "seconds": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"[:2000]}
@@ -345,11 +356,86 @@ class TrainingAdapter:
         return {"name": "learns", "ok": None, "verdict": "pending", "seconds": time.perf_counter() - t0,
                 "detail": {"epochs": epochs, "metric": key, "value": r.metrics.get(key), "classes": classes, "train_loss": losses}}
 
+    RELOAD_TOLERANCE = 1e-3
+    """How far a prediction of the checkpoint loaded in a fresh process may be from the trained
+    model's: each confidence and coordinate within 1e-3 (absolute, or relative to its size); labels,
+    counts and captions equal."""
+
+    def reload_images(self, k: int = 4) -> list:
+        """k fixed validation images (sorted by path), the check's sample image first."""
+        first = Path(self.sample_image())
+        root, images = first.parent, []
+        for _ in range(3):
+            images = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if len(images) >= k or root.parent == root:
+                break
+            root = root.parent
+        return ([str(first)] + [i for i in images if i != str(first)])[:k]
+
+    def _reload_check(self, epoch: int, result) -> dict:
+        """The model at the end of training saved, loaded in a fresh process (`python -m adapters
+        infer`, as `runner infer` loads a checkpoint) and asked for its predictions on fixed images:
+        they must be this model's, within RELOAD_TOLERANCE. Raises where they are not."""
+        import subprocess
+
+        path = self.ckpt_dir / f"final{self.checkpoint_suffix}"
+        self.save_checkpoint(path, epoch, result)
+        images = self.reload_images()
+        here = [self.infer_single(i).as_dict() for i in images]
+        root = str(Path(__file__).resolve().parent.parent)  # where the adapters package is
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-m", "adapters", "infer", "--framework", self.framework, str(path), *images],
+                               capture_output=True, text=True, env=env, timeout=3600)
+        finally:
+            seconds = time.perf_counter() - t0
+            if not os.environ.get("RUNNER_CHECK_KEEP"):
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"the checkpoint did not load in a fresh process (exit {p.returncode}): {tail}")
+        there = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+        worst = prediction_difference(here, there, self.RELOAD_TOLERANCE)
+        return {"epoch": epoch, "images": len(images), "tolerance": self.RELOAD_TOLERANCE, "max_difference": worst,
+                "fresh_process_seconds": round(seconds, 3)}
+
     def param_count(self) -> int:
         return 0
 
     def sample_image(self) -> str:
         raise NotImplementedError
+
+
+_TIMING = ("preprocess_ms", "inference_ms", "postprocess_ms", "image")
+
+
+def prediction_difference(a, b, tol: float, where: str = "") -> float:
+    """The largest difference between two predictions (InferenceResult dicts, or lists of them),
+    each number's relative to its size where that is above 1; raises ValueError naming the first
+    place where they differ by more than tol, or in a label, a count or a caption."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - set(_TIMING)
+        worst = 0.0
+        for k in sorted(keys):
+            if k not in a or k not in b:
+                raise ValueError(f"{where}{k}: present in one prediction only")
+            worst = max(worst, prediction_difference(a[k], b[k], tol, f"{where}{k}."))
+        return worst
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            raise ValueError(f"{where.rstrip('.')}: {len(a)} after training, {len(b)} reloaded")
+        return max([prediction_difference(x, y, tol, f"{where}{i}.") for i, (x, y) in enumerate(zip(a, b))], default=0.0)
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        if a != b:
+            raise ValueError(f"{where.rstrip('.')}: {a!r} after training, {b!r} reloaded")
+        return 0.0
+    d = abs(float(a) - float(b)) / max(1.0, abs(float(a)))
+    if not d <= tol:  # (a NaN differs too)
+        raise ValueError(f"{where.rstrip('.')}: {a!r} after training, {b!r} reloaded (difference {d:.3g} > {tol:g})")
+    return d
 
 
 def dataclass_replace(obj, **changes):

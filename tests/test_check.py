@@ -4,6 +4,7 @@ repo's checks read off its job, mAP@0.5, and the report's provenance and wording
 from __future__ import annotations
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -379,6 +380,10 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     assert t["setup"]["seconds"] >= 0 and t["configuration"] >= 0 and t["data_made"] >= 0 and t["problems"] == [], t
     assert 0 < t["first_training"] < m["seconds"], (t, m["seconds"])
     assert f"| timm/resnet18 | {t['setup']['seconds']:.1f}s ({t['setup']['how']}) | {t['configuration']:.1f}s (+ " in md, md
+    # its checkpoint, loaded in a fresh process, predicts as the model did at the end of training
+    rl = by["checkpoint"]["detail"]["reload"]
+    assert rl["epoch"] == 2 and rl["images"] == 4 and rl["max_difference"] <= rl["tolerance"], rl
+    assert re.search(r"\| timm/resnet18 \| 4 \| [^|]+ \| 0.001 \| [\d.]+s \| same predictions \|", md), md
     # a report cut short is finished with --reuse: the jobs that succeeded stand, nothing runs again
     store = Store(home / "runner.db")
     before = len(store.list_jobs())
@@ -477,6 +482,7 @@ def test_a_kept_row_is_judged_again_by_todays_criteria_beside_its_control():
     learns = {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]
     assert learns["ok"] and learns["detail"]["criteria"]["at_least"] == 0.5833 and learns["detail"]["control"]["job"] == "c1"
     assert rep["summary"]["success"] == 1 and "from the report of `0123456789ab` (then): timm/x" in chk.markdown(rep)
+    assert "| timm/x | | | | | not run: kept from the report of `0123456789ab`, made before this check |" in chk.markdown(rep)
     # today's margin is larger than what its control reached then: the control now reaches it
     rep = chk.gather(NoStore(), None, {}, kept=kept, sizes_of=lambda ref: {**table, "learns_margin": 0.2})
     learns = {c["name"]: c for c in rep["models"][0]["checks"]}["learns"]
@@ -562,3 +568,19 @@ def test_the_template_names_the_problems_runner_met_and_what_it_did(tmp_path):
     assert ("| timm/a | 31.1s (built) | 0.2s (+ 0.5s making its check set) | 9.0s | out of memory at batch size 64: retried once at "
             "batch size 32 (auto_batch_size); preempted: run 2 resumed from /j/last.pt |") in text, text
     assert "| timm/b | not recorded (kept from the report of `0123456789ab`) |" in text
+
+
+def test_a_reloaded_models_predictions_must_match_within_the_tolerance():
+    from adapters.base import prediction_difference
+
+    trained = [{"task": "object_detection", "inference_ms": 5.0, "boxes": [{"x1": 10.0, "y1": 4.0, "confidence": 0.9, "label_id": 1}]}]
+    same = [{"task": "object_detection", "inference_ms": 9.0, "image": "a.png",  # timings and the image name are not predictions
+             "boxes": [{"x1": 10.0004, "y1": 4.0, "confidence": 0.9000004, "label_id": 1}]}]
+    assert prediction_difference(trained, same, 1e-3) == pytest.approx(4e-5)
+    for other, why in [([{**trained[0], "boxes": []}], "boxes: 1 after training, 0 reloaded"),
+                       ([{**trained[0], "boxes": [{**trained[0]["boxes"][0], "confidence": 0.5}]}], "0.boxes.0.confidence: 0.9 after training, 0.5"),
+                       ([{**trained[0], "boxes": [{**trained[0]["boxes"][0], "label_id": 2}]}], "label_id: 1 after training, 2 reloaded"),
+                       ([{**trained[0], "boxes": [{**trained[0]["boxes"][0], "x1": float("nan")}]}], "x1: 10.0 after training, nan"),
+                       ([{**trained[0], "caption": "a"}], "caption: present in one prediction only")]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            prediction_difference(trained, other, 1e-3)

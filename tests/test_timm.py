@@ -13,6 +13,14 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.shared_envs]  # its homes reuse the session's framework envs (tests/envcache.py)
 
 
+def _reloaded_in_a_fresh_process(m):
+    """The checkpoint check's real reload: the model at the end of training, loaded in another
+    process, predicts the same on its fixed images (adapters.base.prediction_difference)."""
+    rl = {c["name"]: c for c in m["checks"]}["checkpoint"]["detail"]["reload"]
+    assert rl["images"] >= 1 and rl["max_difference"] <= rl["tolerance"] == 1e-3 and rl["fresh_process_seconds"] > 0, (m["model"], rl)
+    assert rl["epoch"] == {c["name"]: c for c in m["checks"]}["learns"]["detail"]["epochs"]
+
+
 def _job(tmp_path, shapes, **train):
     spec = {"name": "shapes-resnet18", "model": "timm/resnet18", "dataset": {"path": str(shapes), "format": "imagefolder"},
             "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "input_size": 64, "pretrained": False, **train},
@@ -105,6 +113,7 @@ def test_check_two_models_learn_and_their_shuffled_label_controls_do_not(runner,
         assert learns["value"] >= learns["criteria"]["at_least"] and len(learns["train_loss"]) == learns["epochs"]
         # the same run with the training labels shuffled stays below the threshold
         assert learns["control"]["value"] < learns["criteria"]["at_least"] and learns["control"]["reached"] is False
+        _reloaded_in_a_fresh_process(m)
     assert len(report["commit"].split("+")[0]) == 40 and report["machine"]["cores"] >= 1
     assert report["command"].startswith("runner check timm/resnet18")
     md = (out / "report.md").read_text()

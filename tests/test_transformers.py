@@ -29,6 +29,14 @@ SMALL = {"google/vit-base-patch16-224": SMALL_VIT,
                                                               "intermediate_size": 128}}}
 
 
+def _reloaded_in_a_fresh_process(m):
+    """The checkpoint check's real reload: the model at the end of training, loaded in another
+    process, predicts the same on its fixed images (adapters.base.prediction_difference)."""
+    rl = {c["name"]: c for c in m["checks"]}["checkpoint"]["detail"]["reload"]
+    assert rl["images"] >= 1 and rl["max_difference"] <= rl["tolerance"] == 1e-3 and rl["fresh_process_seconds"] > 0, (m["model"], rl)
+    assert rl["epoch"] == {c["name"]: c for c in m["checks"]}["learns"]["detail"]["epochs"]
+
+
 def _site(home, overrides: dict):
     from runner import sitereg
 
@@ -120,6 +128,8 @@ def test_check_two_transformers_models_learn(runner, tmp_path):
     # its shuffled-label control (each training image given another's mask) ran and stayed below the floor
     assert seg["control"]["job"] and seg["control"]["value"] is not None and seg["control"]["reached"] is False, seg
     assert "with a control for semantic_segmentation" in report["criteria"][1]
+    for m in report["models"]:
+        _reloaded_in_a_fresh_process(m)
 
 
 @pytest.mark.skipif("not config.getoption('--full-checks')", reason="every Transformers model: run with --full-checks (about an hour with the rest)")

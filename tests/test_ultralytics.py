@@ -22,6 +22,14 @@ PARSER = load().frameworks["ultralytics"]["parser"]
 TASKS = {"detect": "yolov8n", "segment": "yolov8n-seg", "pose": "yolov8n-pose", "obb": "yolov8n-obb", "classify": "yolov8n-cls"}
 
 
+def _reloaded_in_a_fresh_process(m):
+    """The checkpoint check's real reload: the model at the end of training, loaded in another
+    process, predicts the same on its fixed images (adapters.base.prediction_difference)."""
+    rl = {c["name"]: c for c in m["checks"]}["checkpoint"]["detail"]["reload"]
+    assert rl["images"] >= 1 and rl["max_difference"] <= rl["tolerance"] == 1e-3 and rl["fresh_process_seconds"] > 0, (m["model"], rl)
+    assert rl["epoch"] == {c["name"]: c for c in m["checks"]}["learns"]["detail"]["epochs"]
+
+
 def csv_name(col: str) -> str | None:
     """results.csv column -> the metric name the log parser gives."""
     if col.startswith("train/"):
@@ -151,6 +159,7 @@ def test_check_three_ultralytics_models(runner, tmp_path):
         # its control (each training image given another image's label file) stays below the floor
         ctl = learns["control"]
         assert ctl["job"] and ctl["job"] != m["job"] and ctl["value"] is not None and ctl["reached"] is False, ctl
+        _reloaded_in_a_fresh_process(m)
     assert "with a control for instance_segmentation, object_detection, pose_estimation" in " ".join(report["criteria"])
 
 

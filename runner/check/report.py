@@ -87,6 +87,33 @@ def _drift_lines(d: dict | None) -> list[str]:
     return lines
 
 
+def reload_lines(report: dict) -> list[str]:
+    """The checkpoint column's real reload, a row per model: the model at the end of training saved,
+    loaded in a fresh process, its predictions on fixed images against the trained model's."""
+    lines = ["", "## checkpoint, the real reload", "",
+             "**checkpoint** means: saved after the first epoch and loaded back; then, at the end of training, the model saved "
+             "and loaded in a fresh process (`python -m adapters infer`, as `runner infer` loads a checkpoint), whose "
+             "predictions on up to 4 fixed validation images (labels, confidences, boxes, masks, keypoints, captions) must "
+             "be the trained model's within the tolerance (each number within it, absolute or relative to its size; labels, "
+             "counts and captions equal). A repo's is its own predict script run on a checkpoint its run wrote.", "",
+             "| model | images | largest difference | tolerance | fresh process | verdict |", "|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        ck = next((c for c in m.get("checks") or [] if c.get("name") == "checkpoint"), None) or {}
+        rl = (ck.get("detail") or {}).get("reload") if isinstance(ck.get("detail"), dict) else None
+        if rl:
+            lines.append(f"| {m['model']} | {rl['images']} | {rl['max_difference']:.2g} | {rl['tolerance']:g} | "
+                         f"{rl['fresh_process_seconds']:.1f}s | {'same predictions' if ck.get('ok') else 'differ'} |")
+        elif ck.get("ok") is False and "reload" in str(ck.get("error", "")):
+            lines.append(f"| {m['model']} | | | | | {str(ck['error']).replace('|', '/')[:300]} |")
+        elif str(m.get("model", "")).startswith("repo/"):
+            lines.append(f"| {m['model']} | | | | | its predict script on its checkpoint: {'ok' if ck.get('ok') else 'failed'} |")
+        else:
+            kept = m.get("kept_from")
+            lines.append(f"| {m['model']} | | | | | not run: " + (f"kept from the report of `{str(kept.get('commit'))[:12]}`, made before this check"
+                                                                if kept else "its job was made before this check") + " |")
+    return lines
+
+
 def _kept_lines(report: dict) -> list[str]:
     """Which rows stand as an earlier report measured them (runner check --keep-measured), and when."""
     by = {}
@@ -136,6 +163,7 @@ def markdown(report: dict, title: str = "Plugin validation report") -> str:
                                                             f"{ctl['value']:.4g}" + {True: " (reached)", False: " (below)"}.get(ctl.get("reached"), ""))
             rule = (d.get("criteria") or {}).get("rule", "")
             lines.append(f"| {model} | {rule} | {val} | {ctl} | {loss} | {'learns' if c['ok'] else 'does not learn: ' + (c.get('error') or '')} |")
+    lines += reload_lines(report)
     lines += template_lines(report)
     repos = [m for m in report["models"] if m.get("repo_commit")]
     if repos:
