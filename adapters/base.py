@@ -399,8 +399,8 @@ class TrainingAdapter:
             raise RuntimeError(f"the checkpoint did not load in a fresh process (exit {p.returncode}): {tail}")
         there = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
         worst = prediction_difference(here, there, self.RELOAD_TOLERANCE)
-        return {"epoch": epoch, "images": len(images), "tolerance": self.RELOAD_TOLERANCE, "max_difference": worst,
-                "fresh_process_seconds": round(seconds, 3)}
+        return {"epoch": epoch, "images": len(images), "numbers": prediction_numbers(here), "tolerance": self.RELOAD_TOLERANCE,
+                "max_difference": worst, "fresh_process_seconds": round(seconds, 3)}
 
     def param_count(self) -> int:
         return 0
@@ -436,6 +436,16 @@ def prediction_difference(a, b, tol: float, where: str = "") -> float:
     if not d <= tol:  # (a NaN differs too)
         raise ValueError(f"{where.rstrip('.')}: {a!r} after training, {b!r} reloaded (difference {d:.3g} > {tol:g})")
     return d
+
+
+def prediction_numbers(p) -> int:
+    """How many numbers a prediction holds (confidences, coordinates, label ids; not its timings):
+    what a reload comparison compared (0: no box, mask or label was predicted)."""
+    if isinstance(p, dict):
+        return sum(prediction_numbers(v) for k, v in p.items() if k not in _TIMING)
+    if isinstance(p, list):
+        return sum(prediction_numbers(v) for v in p)
+    return int(isinstance(p, (int, float)) and not isinstance(p, bool))
 
 
 def dataclass_replace(obj, **changes):

@@ -26,7 +26,7 @@ def _reloaded_in_a_fresh_process(m):
     """The checkpoint check's real reload: the model at the end of training, loaded in another
     process, predicts the same on its fixed images (adapters.base.prediction_difference)."""
     rl = {c["name"]: c for c in m["checks"]}["checkpoint"]["detail"]["reload"]
-    assert rl["images"] >= 1 and rl["max_difference"] <= rl["tolerance"] == 1e-3 and rl["fresh_process_seconds"] > 0, (m["model"], rl)
+    assert rl["images"] >= 1 and rl["numbers"] > 0 and rl["max_difference"] <= rl["tolerance"] == 1e-3 and rl["fresh_process_seconds"] > 0, (m["model"], rl)
     assert rl["epoch"] == {c["name"]: c for c in m["checks"]}["learns"]["detail"]["epochs"]
 
 

@@ -96,12 +96,13 @@ def reload_lines(report: dict) -> list[str]:
              "predictions on up to 4 fixed validation images (labels, confidences, boxes, masks, keypoints, captions) must "
              "be the trained model's within the tolerance (each number within it, absolute or relative to its size; labels, "
              "counts and captions equal). A repo's is its own predict script run on a checkpoint its run wrote.", "",
-             "| model | images | largest difference | tolerance | fresh process | verdict |", "|---|---|---|---|---|---|"]
+             "| model | images (numbers compared) | largest difference | tolerance | fresh process | verdict |", "|---|---|---|---|---|---|"]
     for m in report["models"]:
         ck = next((c for c in m.get("checks") or [] if c.get("name") == "checkpoint"), None) or {}
         rl = (ck.get("detail") or {}).get("reload") if isinstance(ck.get("detail"), dict) else None
         if rl:
-            lines.append(f"| {m['model']} | {rl['images']} | {rl['max_difference']:.2g} | {rl['tolerance']:g} | "
+            lines.append(f"| {m['model']} | {rl['images']}" + (f" ({rl['numbers']})" if rl.get("numbers") is not None else "")
+                         + f" | {rl['max_difference']:.2g} | {rl['tolerance']:g} | "
                          f"{rl['fresh_process_seconds']:.1f}s | {'same predictions' if ck.get('ok') else 'differ'} |")
         elif ck.get("ok") is False and "reload" in str(ck.get("error", "")):
             lines.append(f"| {m['model']} | | | | | {str(ck['error']).replace('|', '/')[:300]} |")
