@@ -13,10 +13,6 @@ _RESUMED = re.compile(rb"^runner: run (\d+) starts after a preemption, (.*)$")
 _MAX_LOG = 64 << 20  # bytes of a log read for runner's own lines (a check job's is a few MB)
 
 
-def _rows(store, sql: str, args: tuple) -> list:
-    return [tuple(r) if not isinstance(r, dict) else tuple(r.values()) for r in store.conn.execute(sql, args).fetchall()]
-
-
 def problems_in_log(path) -> list[dict]:
     """What runner's own lines in a job's log say it met and did: [{problem, solution}]."""
     out = []
@@ -43,22 +39,21 @@ def template(store, home, job: dict) -> dict:
     """{setup: {seconds, how}, configuration: seconds, first_training: seconds or None, problems: [...]}
     of a check job (None where it was not reached)."""
     jid = job["id"]
-    steps = _rows(store, "SELECT from_state, to_state, at, reason FROM transitions WHERE job_id = ? ORDER BY id", (jid,))
+    steps = [(t["from_state"], t["to_state"], t["at"], t["reason"]) for t in store.transitions(jid)]
     prep = next((at for _, to, at, _ in steps if to == "preparing"), None)
     ran = next((at for frm, to, at, _ in steps if frm == "preparing" and to == "running"), None)
     out = {"setup": None, "configuration": None, "first_training": None, "problems": []}
     if prep is not None and ran is not None:
         # its env's build that ran while it was being prepared (by it, or by another job it waited for)
-        builds = _rows(store, "SELECT job_id, started_at, finished_at FROM env_builds WHERE hash = ? AND ok = 1 "
-                              "AND finished_at >= ? AND started_at <= ?", (job.get("env_hash"), prep, ran))
+        builds = [(b["job_id"], b["started_at"], b["finished_at"]) for b in store.env_builds_during(job.get("env_hash"), prep, ran)]
         waited = sum(min(fin, ran) - max(start, prep) for _, start, fin in builds)
         how = "reused" if not builds else ("built" if any(b[0] == jid for b in builds) else f"waited for its build by job {builds[0][0]}")
         out["setup"] = {"seconds": round(waited, 3), "how": how}
         out["configuration"] = round(ran - prep - waited, 3)
     if job.get("started_at") is not None:
-        first = _rows(store, "SELECT MIN(at) FROM metrics WHERE job_id = ? AND epoch IS NOT NULL", (jid,))
-        if first and first[0][0] is not None:
-            out["first_training"] = round(first[0][0] - job["started_at"], 3)
+        first = store.first_epoch_point_at(jid)
+        if first is not None:
+            out["first_training"] = round(first - job["started_at"], 3)
     for frm, to, _, reason in steps:
         if frm in ("preparing", "running") and to == "queued":
             out["problems"].append({"problem": f"requeued from {frm} ({reason or 'no reason given'})",

@@ -163,6 +163,7 @@ class Store:
     metric_rows_after = _metrics.metric_rows_after
     metric_count_upto = _metrics.metric_count_upto
     compact_metrics = _metrics.compact_metrics
+    first_epoch_point_at = _metrics.first_epoch_point_at
 
     # -- the exporters' outbox (store/outbox.py) --------------------------------------------
     export_enrol = _outbox.export_enrol
@@ -181,6 +182,7 @@ class Store:
     delete_env = _envs.delete_env
     add_env_build = _envs.add_env_build
     env_builds = _envs.env_builds
+    env_builds_during = _envs.env_builds_during
     env_build_stats = _envs.env_build_stats
     env_totals = _envs.env_totals
 

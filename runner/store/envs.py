@@ -68,6 +68,12 @@ def env_builds(store, limit: int = 100) -> list[dict]:
     return store.conn.execute("SELECT * FROM env_builds ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
 
 
+def env_builds_during(store, env_hash: str, start: float, end: float) -> list[dict]:
+    """The successful builds of an env that overlapped [start, end] (a job's preparation), by any job."""
+    return store.conn.execute("SELECT job_id, started_at, finished_at FROM env_builds WHERE hash = ? AND ok = 1 "
+                              "AND finished_at >= ? AND started_at <= ? ORDER BY id", (env_hash, start, end)).fetchall()
+
+
 def env_build_stats(store) -> list[dict]:
     """Env builds counted by outcome (ok 1 or 0), with their seconds summed."""
     return store.conn.execute("SELECT COALESCE(ok, 0) AS ok, COUNT(*) AS n, TOTAL(seconds) AS seconds "

@@ -217,3 +217,9 @@ def compact_metrics(store, job_id: str, bucket: int, now: float, apply: bool) ->
                       (now, bucket, kept + gone, job_id))
             _rebuild_chunks(c, job_id)
     return {"points": gone, "kept": kept, "bytes": est}
+
+
+def first_epoch_point_at(store, job_id: str):
+    """When the job's first point that names an epoch was stored (its first epoch's metrics), or None."""
+    row = store.conn.execute("SELECT MIN(at) AS at FROM metrics WHERE job_id = ? AND epoch IS NOT NULL", (job_id,)).fetchone()
+    return row["at"] if row else None
