@@ -516,6 +516,14 @@ def test_check_options_are_refused_naming_what_is_expected(runner, home, args, e
     assert not (home / "spool").exists() or not list((home / "spool").glob("*.job.json"))
 
 
+def test_a_report_folder_that_cannot_be_made_is_one_line_and_nothing_is_queued(runner, home, tmp_path):
+    (tmp_path / "file").write_text("x")  # a folder under a file cannot be made, whoever asks (root too)
+    r = runner.run("check", "timm/resnet18", "--out", tmp_path / "file" / "report", check=False)
+    assert r.returncode != 0 and f"--out: cannot make {tmp_path / 'file' / 'report'} (Not a directory): give a folder you can write" \
+        in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (home / "spool").exists() or not list((home / "spool").glob("*.job.json"))
+
+
 def test_a_check_past_its_timeout_cancels_what_is_left_and_still_reports(runner, home, tmp_path):
     # the only GPU is busy (another program holds its memory): the check's GPU jobs wait, and at the
     # timeout they are cancelled and the report says so (nothing is left queued behind it)

@@ -68,8 +68,16 @@ def check(args):
         refs += [m["ref"] for m in reg.list_models(framework=args.framework)]
     if not refs:
         raise RunnerError("check: name models (e.g. timm/resnet18) or --framework NAME")
+    if args.keep_measured and not args.reuse:
+        raise RunnerError("--keep-measured: give the earlier report with --reuse REPORT_JSON")
+    again = set(getattr(args, "rerun", None) or [])
+    if again - set(refs):
+        raise RunnerError(f"--rerun: {sorted(again - set(refs))[0]} is not one of the models this check runs")
     out = Path(args.out or f"check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunnerError(f"--out: cannot make {out} ({e.strerror}): give a folder you can write with --out") from None
     jobs, controls, made = {}, {}, {}
     reuse = {}
 
@@ -84,11 +92,6 @@ def check(args):
         return None if model is None else chk.check_sizes(model, framework_of(model))
 
     kept_infer, kept = {}, {}
-    if args.keep_measured and not args.reuse:
-        raise RunnerError("--keep-measured: give the earlier report with --reuse REPORT_JSON")
-    again = set(getattr(args, "rerun", None) or [])
-    if again - set(refs):
-        raise RunnerError(f"--rerun: {sorted(again - set(refs))[0]} is not one of the models this check runs")
     if args.reuse:
         try:
             earlier = json.loads(Path(args.reuse).read_text())
