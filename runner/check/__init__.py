@@ -22,7 +22,7 @@ from .criteria import (  # noqa: F401 (the check's names, here as before)
 )
 from .repo import (  # noqa: F401
     VALIDATION_PREFIXES, _reloaded, _series, _span, _val_image, repo_checks, repo_criteria, repo_infer_check, repo_learns,
-    validation_metrics,
+    repo_verdict, validation_metrics,
 )
 from .template import template
 from .report import _cell, _drift_lines, _learns_value, _num, criteria_text, drift, markdown  # noqa: F401
@@ -69,8 +69,7 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
     out = {}
     for m in report.get("models") or []:
         ref, jid = m.get("model"), m.get("job")
-        learns = next((c for c in m.get("checks") or [] if c.get("name") == "learns"), None) or {}
-        ctl = ((learns.get("detail") or {}).get("control") or {}).get("job")
+        ctl = ((learns_of(m.get("checks")).get("detail") or {}).get("control") or {}).get("job")
         ok = True
         for j in filter(None, (jid, ctl)):
             try:
@@ -84,6 +83,11 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
         if ok and ref and jid and (ctl or not m.get("control_seconds")):
             out[ref] = (jid, ctl)
     return out
+
+
+def learns_of(checks: list) -> dict:
+    """The learns check among a row's (or a check.json's) checks; {} where there is none."""
+    return next((c for c in checks or [] if c.get("name") == "learns"), None) or {}
 
 
 def kept_rows(report: dict, store, sizes_of) -> dict:
@@ -126,12 +130,8 @@ def _rejudged(row: dict, sizes: dict, control: Optional[dict], control_job: Opti
             old_ctl = c["detail"].get("control")
             if str(row.get("model")).startswith("repo/"):  # a repo's table states its own (runner/check/repo.py)
                 crit = repo_criteria(sizes.get("learns"), row.get("task"), row.get("format"))
-                if "error" in crit:
-                    c = {"name": "learns", "ok": False, "seconds": c.get("seconds"), "error": crit["error"]}
-                else:
-                    v = judge(crit, d.get("value"), d.get("train_loss") or [])
-                    c = {**{k: val for k, val in c.items() if k not in ("error", "detail")}, "ok": v["ok"],
-                         "detail": {**d, "criteria": crit, "loss_drop": v["loss_drop"]}, **({} if v["ok"] else {"error": v["why"]})}
+                c = ({"name": "learns", "ok": False, "seconds": None, "error": crit["error"]} if "error" in crit
+                     else repo_verdict(crit, d))
             else:
                 c = judge_learns({"name": "learns", "seconds": c.get("seconds"), "verdict": "pending", "detail": d}, sizes, row.get("task"))
             if control is not None or control_job is not None:
@@ -184,23 +184,23 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
     from ..provenance import commit, machine
 
     models = []
+    controls = controls or {}
+
+    def control_learns(ref):  # the control job's judged learns check ({} where it wrote none)
+        return learns_of(_job_report(store, home, ref, controls[ref])[1].get("checks"))
+
     for ref, row in (kept or {}).items():
-        ctl_learns = None
-        if ref in (controls or {}):
-            _, ctl = _job_report(store, home, ref, controls[ref])
-            ctl_learns = next((c for c in ctl.get("checks", []) if c["name"] == "learns"), None) or {}
-        entry = {**row, "checks": _rejudged(row, sizes_of(ref) if sizes_of else row.get("sizes") or {}, ctl_learns,
-                                            controls.get(ref) if controls else None)}
+        entry = {**row, "checks": _rejudged(row, sizes_of(ref) if sizes_of else row.get("sizes") or {},
+                                            control_learns(ref) if ref in controls else None, controls.get(ref))}
         entry["status"] = status_of(entry["checks"])
-        if ref in (controls or {}):
+        if ref in controls:
             entry["control_seconds"] = _seconds(store.get_job(controls[ref]))
         models.append(entry)
     for ref, jid in jobs.items():
         job, rep = _job_report(store, home, ref, jid, (inferred or {}).get(ref))
         sizes = (job["spec"].get("check") or {}).get("sizes") or {}
-        if ref in (controls or {}):
-            _, ctl = _job_report(store, home, ref, controls[ref])
-            ctl_learns = next((c for c in ctl.get("checks", []) if c["name"] == "learns"), None)
+        if ref in controls:
+            ctl_learns = control_learns(ref)
             rep["checks"] = [with_control(c, ctl_learns, controls[ref]) if c["name"] == "learns" and c.get("ok") else c
                              for c in rep.get("checks", [])]
             for c in rep["checks"]:  # a failed real run shows its control's value too, for the record
@@ -221,7 +221,7 @@ def gather(store, home, jobs: dict, command: str | None = None, inferred: dict |
                 entry.update(repo_url=ran.get("url"), repo_commit=ran.get("commit"))
             except (OSError, ValueError):
                 pass
-        if ref in (controls or {}):
+        if ref in controls:
             cj = store.get_job(controls[ref])
             entry["control_seconds"] = _seconds(cj)
         try:  # the plan's template times (a report is still written without them)

@@ -42,11 +42,16 @@ def repo_learns(store, job: dict, sizes: dict) -> dict:
         return {"name": "learns", "ok": False, "seconds": None, "error": crit["error"]}
     values = _series(store, job["id"], spec["metric"])
     losses = _series(store, job["id"], spec["loss"]) if spec.get("loss") else []
-    verdict = judge(crit, values[-1] if values else None, losses)
-    detail = {"epochs": len(values) or len(losses), "metric": spec["metric"], "value": values[-1] if values else None,
-              "train_loss": losses, "loss_drop": verdict["loss_drop"], "criteria": crit}
+    detail = {"epochs": len(values) or len(losses), "metric": spec["metric"], "value": values[-1] if values else None, "train_loss": losses}
+    return repo_verdict(crit, detail)
+
+
+def repo_verdict(crit: dict, detail: dict) -> dict:
+    """A repo's learns check: its numbers (`detail`: metric, value, train_loss, epochs) judged by
+    its criteria (repo_criteria's)."""
+    verdict = judge(crit, detail.get("value"), detail.get("train_loss") or [])
     return {"name": "learns", "ok": verdict["ok"], "seconds": None, "reason": "measured over the repo's whole run (train)",
-            "detail": detail, **({} if verdict["ok"] else {"error": verdict["why"]})}
+            "detail": {**detail, "loss_drop": verdict["loss_drop"], "criteria": crit}, **({} if verdict["ok"] else {"error": verdict["why"]})}
 
 
 def repo_criteria(spec, task, fmt) -> dict:

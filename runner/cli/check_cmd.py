@@ -119,7 +119,7 @@ def check(args):
         if ref in kept or ref in reuse:  # (its set was made for a job made before: not this job's time)
             made.pop(ref, None)
         if ref in kept:
-            ctl = ((next((c for c in kept[ref].get("checks") or [] if c.get("name") == "learns"), None) or {}).get("detail") or {}).get("control")
+            ctl = (chk.learns_of(kept[ref].get("checks")).get("detail") or {}).get("control")
             print(f"{ref}: kept as the report of {str(kept[ref]['kept_from'].get('commit'))[:12]} measured it (job {kept[ref]['job']}, "
                   f"not in this state folder)" + (f", control job {ctl['job']}" if ctl else ""), file=sys.stderr)
             if ctl or not chk.has_control(ref, fmt, raw["check"]["sizes"]) or args.no_new_controls:
