@@ -320,6 +320,120 @@ def overhead(seconds: float, reps: int):
     return n, hand, ran
 
 
+FLOOD = """import sys, time
+n, w = int(sys.argv[1]), sys.stdout.write
+t0 = time.time()
+for s in range(0, n, 1000):
+    w("".join(f"step={i} loss={1.0 / (i + 1):.5f} lr=0.001 acc={i % 100 / 100:.2f}\\n" for i in range(s, min(s + 1000, n))))
+    sys.stdout.flush()
+print(f"printed_seconds={time.time() - t0:.4f}", flush=True)
+"""
+
+PROBE = """import sys, time
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    print(f"probe_t={time.time():.6f}", flush=True)
+    time.sleep(0.1)
+"""
+
+
+def live(jobs: int = 8, lines: int = 100_000):
+    """Metrics from `jobs` jobs printing at once, through the real daemon (sandbox as configured):
+    each prints `lines` metric lines (3 points a line, as parse_throughput's log) as fast as it can;
+    meanwhile a probe job prints its own clock (`probe_t=<time>`) every 0.1 s and the bench asks the
+    HTTP API (GET /jobs/ID/metrics, the reads of `runner metrics` and the dashboard's charts) every
+    25 ms for new probe points: a point's delay is when the bench first saw it minus when it was
+    printed. Returns the points stored per second over the flood (its first job's start to its last
+    point stored), the points, the jobs' own printing seconds, and the probe's delays."""
+    import json
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from runner import spool
+    from runner.home import Home
+    from runner.store import Store
+
+    home = tmp_home()
+    h = Home(home).ensure()
+    (home.parent / "flood.py").write_text(FLOOD)
+    (home.parent / "probe.py").write_text(PROBE)
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    py = os.path.realpath(sys.executable)
+    spec = {"env": "system", "workdir": str(home.parent), "network": True, "parser": "generic"}
+    with Daemon(home, "--http", f"127.0.0.1:{port}", "--max-running", str(jobs + 1)):
+        s = Store(home / "runner.db")
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        probe = spool.submit(h, {**spec, "command": [py, str(home.parent / "probe.py"), "600"]})["id"]
+        delays, seen, stop = [], [0], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                try:
+                    with urllib.request.urlopen(f"{base}/jobs/{probe}/metrics?name=probe_t&offset={seen[0]}", timeout=10) as r:
+                        got = json.load(r)["metrics"]
+                except OSError:
+                    got = []
+                now = time.time()
+                delays.extend(now - p["value"] for p in got)
+                seen[0] += len(got)
+                time.sleep(0.025)
+
+        deadline = time.time() + 600
+        while seen[0] == 0:  # the probe runs and its points come through
+            if time.time() > deadline:
+                raise RuntimeError(f"the probe's points never came through (its log: {home / 'jobs' / probe})")
+            try:
+                with urllib.request.urlopen(f"{base}/jobs/{probe}/metrics?name=probe_t", timeout=10) as r:
+                    seen[0] = json.load(r)["total"]
+            except urllib.error.HTTPError:  # (not taken in yet)
+                pass
+            time.sleep(0.05)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        time.sleep(1.0)
+        idle = len(delays)
+        ids = [spool.submit(h, {**spec, "command": [py, str(home.parent / "flood.py"), str(lines)]})["id"] for _ in range(jobs)]
+        want = jobs * lines * 3
+        while sum(s.count_metrics(j) for j in ids) < want + jobs:  # (+ each job's printed_seconds)
+            if time.time() > deadline:
+                raise RuntimeError("the flood's points were not all stored within 10 minutes")
+            time.sleep(0.05)
+        stored_at = time.time()
+        stop.set()
+        poller.join()
+        starts = [s.get_job(j)["started_at"] for j in ids]
+        printed = [p["value"] for j in ids for p in s.metrics(j, "printed_seconds")]
+        subprocess.run([sys.executable, "-m", "runner", "cancel", probe], env={**os.environ, "RUNNER_HOME": str(home)},
+                       capture_output=True)
+        s.close()
+    shutil.rmtree(home.parent, ignore_errors=True)
+    flood = stored_at - min(starts)
+    return {"rate": want / flood, "points": want, "seconds": flood, "printed": printed,
+            "idle_delays": delays[:idle], "delays": delays[idle:]}
+
+
+def live_rows(r, jobs, lines) -> list[tuple]:
+    d, i = r["delays"], r["idle_delays"]
+    return [(f"points stored per second, {jobs} jobs each printing {lines:,} metric lines at once ({r['points']:,} points)",
+             f"{r['rate'] / 1e3:.0f} k points/s ({r['seconds']:.1f} s from the first start to the last point stored)",
+             f"the jobs print them in {min(r['printed']):.2f}-{max(r['printed']):.2f} s", ">= 500 k points/s", r["rate"] >= 5e5),
+            (f"a printed line visible through the API, during that flood ({len(d)} probe points)",
+             f"p50 {1000 * pct(d, 50):.0f} ms, p95 {1000 * pct(d, 95):.0f} ms, max {1000 * max(d):.0f} ms" if d else "—", "",
+             "<= 1 s p95", bool(d) and pct(d, 95) <= 1.0),
+            (f"  the same, the daemon otherwise idle ({len(i)} probe points)",
+             f"p50 {1000 * pct(i, 50):.0f} ms, p95 {1000 * pct(i, 95):.0f} ms" if i else "—", "", "", "")]
+
+
 def idle_memory():
     import psutil
 
@@ -339,8 +453,9 @@ def _tsp_version() -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
-    ap.add_argument("--only", choices=["parse", "drain"], help="only these figures (parse: the metrics log into SQLite, and its "
-                    "stages; drain: a sweep of trivial jobs through the library, sandbox on and off)")
+    ap.add_argument("--only", choices=["parse", "drain", "live"], help="only these figures (parse: the metrics log into SQLite, and its "
+                    "stages; drain: a sweep of trivial jobs through the library, sandbox on and off; live: 8 jobs printing "
+                    "metrics at once, their points stored per second and a printed line's delay to the API)")
     a = ap.parse_args()
     if a.only == "drain":
         from runner.sandbox import bwrap_path
@@ -352,8 +467,15 @@ def main():
         rows = [(f"jobs drained per second, a sweep of {sweep:,} `/bin/true` jobs submitted through runner's library, 4 slots, "
                  "sandbox on (3 rounds)", (spread(on, fmt="{:.0f}") + "/s") if on else "— (no bubblewrap here)", "", ">= 250/s",
                  bool(on) and median(on) >= 250),
-                (f"  the same, sandbox off (3 rounds)", spread(off, fmt="{:.0f}") + "/s", "", ">= 500/s", median(off) >= 500)]
+                ("  the same, sandbox off (3 rounds)", spread(off, fmt="{:.0f}") + "/s", "", ">= 500/s", median(off) >= 500)]
         table("drain", rows, headers=("figure", "runner", "alternative", "target", "ok"))
+        print(f"# load average after: {os.getloadavg()[0]:.1f}")
+        return
+    if a.only == "live":
+        jobs, lines = (8, 20_000) if a.quick else (8, 100_000)
+        print(f"# bench_core (live only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
+        table("metrics from many jobs at once", live_rows(live(jobs, lines), jobs, lines),
+              headers=("figure", "runner", "alternative", "target", "ok"))
         print(f"# load average after: {os.getloadavg()[0]:.1f}")
         return
     if a.only == "parse":
