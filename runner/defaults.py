@@ -42,6 +42,10 @@ HTTP_MAX_LOG_BYTES = 16 * 1024 * 1024
 METRICS_BATCH_BYTES = 256 * 1024
 """Log bytes whose parsed points are written to SQLite in one transaction, with the offset past them."""
 
+FOLLOW_PASS_SECONDS = 0.3
+"""About how long one pass of the daemon's loop spends reading running jobs' logs, shared among
+them (at least one batch each): the delay of a printed line to the store while others flood."""
+
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite connection waits on a lock before giving up."""
 

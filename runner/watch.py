@@ -188,38 +188,61 @@ class LogWatcher:
         self.checkpoints = checkpoints or []
         self.offset = offset
         self._fh = None
+        self._final_read = 0  # log bytes read since the job's end was known (at most FINAL_BYTES)
+        self.behind = False  # the last poll stopped before the end of the log (its budget spent)
+        self.done = False  # a final poll has read to the end (or to FINAL_BYTES): the job's points are all in
         self._known = read_identities(self.run_dir)
         self._scanned = float("-inf")  # monotonic time of the last checkpoint scan
 
-    def poll(self, store, final: bool = False) -> int:
-        """Read what is new (up to FINAL_BYTES of it when `final`), store the points; returns how many.
+    def poll(self, store, final: bool = False, seconds: float | None = None) -> int:
+        """Read what is new (up to FINAL_BYTES of it after the job's end, `final`), store the
+        points; returns how many.
 
         Every transaction holds the points of whole lines and the offset just past those lines
         (and the parser's state there), so a daemon killed between two transactions reads on from
-        the last one and stores each point exactly once. Without `final`, one call reads at most
-        POLL_BYTES, so a job that floods its log cannot hold up the daemon's loop.
+        the last one and stores each point exactly once. One call reads at most POLL_BYTES, and
+        with `seconds` it stops after the batch (METRICS_BATCH_BYTES) that spends them: a job
+        that floods its log waits for the next call while the daemon reads the other jobs' lines.
+        `behind` says that a call stopped before the end of what was there; `done`, that a final
+        read reached it (or FINAL_BYTES, counted over the final calls: the rest is not parsed).
         """
+        self.behind = False
         if self._fh is None:
             try:
                 self._fh = open(self.path, "rb")
             except FileNotFoundError:
                 if self.checkpoints:
                     self.scan_artifacts(store)  # checkpoints count even before a first line of log
+                self.done = final
                 return 0
             self._fh.seek(self.offset)
         total = read = 0
-        budget = FINAL_BYTES if final else POLL_BYTES
-        while read < budget:
-            want = READ_CHUNK
+        budget = FINAL_BYTES - self._final_read if final else POLL_BYTES
+        until = None if seconds is None else time.monotonic() + seconds
+        batch = defaults.METRICS_BATCH_BYTES
+        while True:
+            if read >= budget:
+                if final:  # the cap after the job's end: what is left is not read
+                    total += self._store(store, self.assembler.finish())
+                    self.done = True
+                else:
+                    self.behind = True
+                break
+            want = min(READ_CHUNK, batch, budget - read)
             if self.max_offset is not None:
                 want = max(0, min(want, self.max_offset - self._fh.tell()))
             data = self._fh.read(want) if want else b""
             read += len(data)
-            for i in range(0, len(data), defaults.METRICS_BATCH_BYTES):
-                total += self._store(store, self.assembler.feed(data[i:i + defaults.METRICS_BATCH_BYTES]))
+            if final:
+                self._final_read += len(data)
             if not data:
                 if final:
                     total += self._store(store, self.assembler.finish())
+                    self.done = True
+                break
+            total += self._store(store, self.assembler.feed(data))
+            if until is not None and time.monotonic() >= until:
+                self.behind = True
                 break
         if self.checkpoints and (final or time.monotonic() - self._scanned >= SCAN_SECONDS):
             self.scan_artifacts(store)

@@ -315,3 +315,44 @@ def test_only_the_owner_or_root_may_cancel(runner, daemon, home):
     assert runner.show(jid)["state"] == "running"
     runner.run("cancel", jid)
     assert runner.wait_state(jid)["state"] == "cancelled"
+
+
+FLOOD = """import pathlib, sys
+n = int(sys.argv[1])
+for s in range(0, n, 1000):
+    sys.stdout.write("".join(f"step={i} loss={i} acc=0.5\\n" for i in range(s, s + 1000)))
+sys.stdout.flush()
+pathlib.Path(sys.argv[2]).write_text("printed")
+"""
+
+PROBE = """import pathlib, sys, time
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.02)
+print("probe=1", flush=True)
+"""
+
+
+def test_a_job_flooding_its_log_does_not_hold_up_another_jobs_lines(runner, daemon, tmp_path):
+    """One pass of the daemon's loop shares its reading time among the running jobs: a line that a
+    job prints while another has just printed 300,000 is in the store while the flood is still
+    being read, not after all of it; and every point of both is stored once."""
+    from runner.store import Store
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "flood.py").write_text(FLOOD)
+    (work / "probe.py").write_text(PROBE)
+    lines = 300_000
+    common = ("--parser", "generic", "--workdir", work, "--")
+    probe = runner.submit(*common, sys.executable, work / "probe.py", work / "printed")
+    runner.wait_state(probe, "running")
+    flood = runner.submit(*common, sys.executable, work / "flood.py", lines, work / "printed")
+    store = Store(daemon.home / "runner.db")
+    wait_for(lambda: store.count_metrics(probe, "probe") == 1, 120, 0.01, "the probe's line in the store")
+    stored = store.count_metrics(flood)
+    assert stored < 2 * lines, "the probe's line waited for the whole flood"
+    for jid in (probe, flood):
+        assert runner.wait_state(jid, timeout=300)["state"] == "succeeded"
+    assert store.count_metrics(flood, "loss") == lines and store.count_metrics(flood, "acc") == lines  # once each
+    steps = [m["step"] for m in store.metrics(flood, "loss")]
+    assert steps == list(range(lines))

@@ -219,3 +219,47 @@ def test_only_the_jobs_own_regular_files_are_checkpoints(store, job_dir, tmp_pat
     # a watcher made again (the daemon restarted) knows what it recorded
     again = LogWatcher("job1", job_dir, None, checkpoints=["ckpt/*.pt"], owner=4242, log_path=run_dir / "output.log")
     assert again._known == {str(mine): watch.Identity(*ident[str(mine)])}
+
+
+def test_a_time_budget_stops_after_one_batch_and_the_next_look_reads_on(store, job_dir, monkeypatch):
+    # the daemon's pass shares its time among the running jobs: a look with `seconds` spent stops
+    # after the batch that spent them and says it is behind; every point is stored once in the end
+    monkeypatch.setattr(defaults, "METRICS_BATCH_BYTES", 4096)
+    text = "".join(f"step={i} loss={i}\n" for i in range(20000))  # ~370 KB
+    append(job_dir / "output.log", text)
+    w = LogWatcher("job1", job_dir, None)
+    w.poll(store, seconds=0)
+    assert w.behind and 0 < store.get_job("job1")["log_offset"] <= 4096
+    looks = 1
+    while w.behind:
+        w.poll(store, seconds=0)
+        looks += 1
+    assert looks >= len(text) // 4096
+    assert w.poll(store) == 0 and not w.behind and not w.done  # (running: not done until a final look)
+    assert [s for s, _ in losses(store)] == list(range(20000))
+
+
+def test_the_last_look_at_an_ended_job_can_take_several_passes(store, job_dir, monkeypatch):
+    # a final look with a time budget reads on over several calls, `done` only once it reached the
+    # end, where a last line without its newline counts too
+    monkeypatch.setattr(defaults, "METRICS_BATCH_BYTES", 4096)
+    append(job_dir / "output.log", "".join(f"step={i} loss={i}\n" for i in range(5000)) + "step=5000 loss=5000")
+    w = LogWatcher("job1", job_dir, None)
+    w.poll(store, final=True, seconds=0)
+    assert not w.done and w.behind
+    while not w.done:
+        w.poll(store, final=True, seconds=0)
+    assert [s for s, _ in losses(store)] == list(range(5001))
+
+
+def test_what_is_read_after_the_end_is_capped_over_all_the_final_looks(store, job_dir, monkeypatch):
+    monkeypatch.setattr(defaults, "METRICS_BATCH_BYTES", 4096)
+    monkeypatch.setattr(watch, "FINAL_BYTES", 20000)
+    append(job_dir / "output.log", "".join(f"step={i} loss={i}\n" for i in range(20000)))
+    w = LogWatcher("job1", job_dir, None)
+    looks = 0
+    while not w.done:
+        w.poll(store, final=True, seconds=0)
+        looks += 1
+        assert looks < 100
+    assert 20000 - 4096 < store.get_job("job1")["log_offset"] <= 20000 + 64  # (+ the cut line, kept whole)

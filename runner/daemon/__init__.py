@@ -151,7 +151,8 @@ class Daemon:
         try:
             while not self.stopping:
                 self.tick()
-                self.wake.wait(defaults.POLL_SECONDS)
+                if not self.follower.behind:  # (log lines left to read: the next pass reads on at once)
+                    self.wake.wait(defaults.POLL_SECONDS)
                 self.wake.clear()
         finally:
             self._stop_watch.set()

@@ -68,27 +68,41 @@ class Follow:
         self.reaper = reaper  # daemon.reap.Reaper: reap(job, exit record, now), end(job, state, reason, now, **fields)
         self.guard = guard  # daemon.faults.Guard: the daemon's own trouble with a job, said once
         self._vanished = {}  # job_id -> when (monotonic) its processes were first seen gone without an exit.json
+        self.behind = False  # the last pass left log lines unread: the next one should not wait
 
     def follow(self, now: float):
-        """Read new log output of running jobs; reap the ones that ended."""
+        """Read new log output of running jobs; reap the ones that ended.
+
+        One pass spends about FOLLOW_PASS_SECONDS reading logs, shared among the running jobs: a
+        job printing faster than its lines are stored is read on in the next pass (which comes at
+        once: `behind`), and every other job's new lines are read in each pass, so a line printed
+        is in the store within about a pass however many jobs flood their logs."""
         self.backend.poll(now)
-        for job in self.store.list_jobs(states=["running"]):
+        jobs = self.store.list_jobs(states=["running"])
+        share = max(defaults.FOLLOW_PASS_SECONDS / max(len(jobs), 1), 0.005)
+        self.behind = False
+        for job in jobs:
             try:
-                self._follow_one(job, now)
+                self._follow_one(job, now, share)
             except Exception as e:  # one job's bad value costs that job, never the loop
                 self._cannot_follow(job, e, now)
         self.gpus.sample(now)
 
-    def _follow_one(self, job: dict, now: float):
+    def _follow_one(self, job: dict, now: float, seconds: float | None = None):
         jid = job["id"]
         run_dir = self.home.run_dir(jid)
         w = self.logs.watcher(job)
         if self.backend.owns_end(job):
-            w.poll(self.store)  # its end comes from the backend's own view (its poll)
+            w.poll(self.store, seconds=seconds)  # its end comes from the backend's own view (its poll)
+            self.behind |= w.behind
             return
         exit_info = read_json(run_dir / "exit.json")
-        w.poll(self.store, final=exit_info is not None)
+        w.poll(self.store, final=exit_info is not None, seconds=seconds)
+        self.behind |= w.behind
         if exit_info is not None:
+            if not w.done:
+                self.behind = True
+                return  # its last lines are read on in the next pass; it is reaped after them
             if self._vanished.pop(jid, None) is not None:
                 log.warning("job %s: its exit.json came after its processes looked gone", jid)
             if not self.gpus.released(job, now):
@@ -106,6 +120,10 @@ class Follow:
             exit_info = read_json(run_dir / "exit.json")  # the shim may have just finished
             if exit_info is not None:
                 self._vanished.pop(jid, None)
+                w.poll(self.store, final=True, seconds=seconds)  # its last lines (this pass read it as running)
+                if not w.done:
+                    self.behind = True
+                    return  # read on in the next pass, which reaps it after them
                 self.reaper.reap(job, exit_info, now)
                 return
             # Lost only when exit.json stays missing a while: under load, four `runner check` jobs
