@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Daemon, cli, commit, machine, median, pct, spread, table, tmp_home
+from common import Daemon, cli, commit, free_port, machine, median, pct, spread, table, tmp_home, wait_healthy
 
 
 class Tsp:
@@ -346,7 +346,6 @@ def live(jobs: int = 8, lines: int = 100_000):
     printed. Returns the points stored per second over the flood (its first job's start to its last
     point stored), the points, the jobs' own printing seconds, and the probe's delays."""
     import json
-    import socket
     import threading
     import urllib.error
     import urllib.request
@@ -359,20 +358,13 @@ def live(jobs: int = 8, lines: int = 100_000):
     h = Home(home).ensure()
     (home.parent / "flood.py").write_text(FLOOD)
     (home.parent / "probe.py").write_text(PROBE)
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     py = os.path.realpath(sys.executable)
     spec = {"env": "system", "workdir": str(home.parent), "network": True, "parser": "generic"}
     with Daemon(home, "--http", f"127.0.0.1:{port}", "--max-running", str(jobs + 1)):
         s = Store(home / "runner.db")
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_healthy(base)
         probe = spool.submit(h, {**spec, "command": [py, str(home.parent / "probe.py"), "600"]})["id"]
         delays, seen, stop = [], [0], threading.Event()
 

@@ -10,7 +10,7 @@ import json
 import time
 import urllib.request
 
-from common import Daemon, commit, machine, pct, table, tmp_home
+from common import Daemon, commit, free_port, machine, pct, table, tmp_home, wait_healthy
 from runner.store import Store
 
 
@@ -38,20 +38,11 @@ def main():
     print(f"# p50, p99 and max over {a.requests} requests each")
     home = tmp_home()
     fill(home, a.jobs)
-    import socket
-
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = free_port()
     rows = []
     with Daemon(home, "--http", f"127.0.0.1:{port}"):
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_healthy(base)
         mid = f"b{a.jobs // 2:07d}"
         for path in ("/healthz", "/status", "/jobs?limit=50", f"/jobs?limit=50&offset={a.jobs - 100}", f"/jobs/{mid}",
                      f"/jobs/{mid}/metrics", "/jobs?state=failed&limit=100"):

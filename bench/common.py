@@ -101,3 +101,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_healthy(base: str, tries: int = 100):
+    """Wait (up to tries x 0.1 s) for a daemon's HTTP API at `base` to answer /healthz."""
+    import urllib.request
+
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
