@@ -30,7 +30,8 @@ def test_classification_learns_means_chance_plus_a_margin(value, ok):
     ("object_detection", 0.0143, False),    # YOLOv8l's old "learns": above 0, far from the floor
     ("object_detection", 0.0, False),
     ("pose_estimation", 0.29, False),
-    ("instance_segmentation", 0.12, True),
+    ("instance_segmentation", 0.2968, True),  # YOLOv8m-seg, the lowest mask model of the committed report
+    ("instance_segmentation", 0.1014, False),  # YOLOv8n-seg's shuffled-label control on an Intel host (CI, 2026-12-05)
     ("image_captioning", 70.6, True),        # BLEU is 0-100: BLIP's check
     ("image_captioning", 52.9, False),       # a caption that ignores the image scores ~51 on the check's template captions
     ("image_captioning", 19.0, False),

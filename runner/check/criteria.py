@@ -11,16 +11,19 @@ CHECKS = ("load", "train", "validate", "checkpoint", "infer", "learns")
 
 LEARNS_MARGIN = 0.25
 """Classification learns when validation accuracy >= 1/classes + this (chance plus 25 points)."""
-LEARNS_FLOOR = {"object_detection": 0.3, "obb_detection": 0.3, "instance_segmentation": 0.1, "pose_estimation": 0.3,
+LEARNS_FLOOR = {"object_detection": 0.3, "obb_detection": 0.3, "instance_segmentation": 0.2, "pose_estimation": 0.3,
                 "semantic_segmentation": 0.3, "image_captioning": 65.0}
 """Other tasks learn when the task's main held-out metric reaches this floor: mAP50 (boxes, masks,
-keypoints), foreground mIoU, BLEU (0-100). Set from what the smallest model of each task reaches
-from scratch on the easy set within the check (YOLOv8n: box 0.48, mask 0.12, pose 0.80, OBB 0.91;
-SegFormer-B0 mIoU 0.58), far above what boxes or masks placed by chance score (~0). Captioning's is
-set above what a caption that ignores the image scores on the check's own captions, which share a
-template ("a <shape> in the <top|bottom> <left|right>"): one caption for every image already scores
-BLEU ~51, the template with shape and place wrong ~17 (tests/test_check_captioning.py; BLIP
-reaches 70.6). A check table's `learns_floor` overrides it."""
+keypoints), foreground mIoU, BLEU (0-100). Set below what every model of the task reaches from
+scratch on the easy set within its check (the committed reports, AMD EPYC host: mAP50 boxes
+0.36-0.73, masks 0.30-0.73, keypoints 0.34-0.85, OBB 0.995; SegFormer-B0 mIoU 0.58) and above what
+its shuffled-label control reaches: boxes, keypoints and OBB below 0.08, mIoU 0.01; masks up to 0.10 (YOLOv8n-seg's control on an Intel Xeon host, 0.0016 for the
+same seeded run on an AMD EPYC one: a mask model that learns where objects are but not which class
+they are still scores a third of them right by chance), hence 0.2 and not the 0.1 it was.
+Captioning's is set above what a caption that ignores the image scores on the check's own captions,
+which share a template ("a <shape> in the <top|bottom> <left|right>"): one caption for every image
+already scores BLEU ~51, the template with shape and place wrong ~17 (tests/test_check_captioning.py;
+BLIP reaches 70.6). A check table's `learns_floor` overrides it."""
 DEFAULT_FLOOR = 0.3
 
 
