@@ -164,8 +164,10 @@ class Daemon:
             os.close(lock_fd)
 
     def _on_signal(self, signum, _frame):
+        # No wake.set() here: the handler runs in the main thread between two bytecodes, possibly
+        # inside wake.wait() while it holds the Event's lock, and set() would wait for that lock
+        # forever (CI saw a daemon that never stopped on SIGTERM). The wait ends within POLL_SECONDS.
         self.stopping = True
-        self.wake.set()
 
     def tick(self, now: float | None = None):
         """One pass: take the spool, follow and reap running jobs, start what fits.
