@@ -360,6 +360,9 @@ class TrainingAdapter:
     """How far a prediction of the checkpoint loaded in a fresh process may be from the trained
     model's: each confidence and coordinate within 1e-3 (absolute, or relative to its size); labels,
     counts and captions equal."""
+    RELOAD_CONF = 0.01
+    """The lowest confidence of a prediction that the reload compares, for adapters with a threshold
+    (ADAPTERS_PREDICT_CONF; Ultralytics' own default is 0.25)."""
 
     def reload_images(self, k: int = 4) -> list:
         """k fixed validation images (sorted by path), the check's sample image first."""
@@ -381,9 +384,17 @@ class TrainingAdapter:
         path = self.ckpt_dir / f"final{self.checkpoint_suffix}"
         self.save_checkpoint(path, epoch, result)
         images = self.reload_images()
-        here = [self.infer_single(i).as_dict() for i in images]
+        # Predictions down to a low confidence (adapters that have one read ADAPTERS_PREDICT_CONF): a
+        # detector whose boxes on these images all score under its default 0.25 still has numbers to compare
+        old = os.environ.get("ADAPTERS_PREDICT_CONF")
+        os.environ["ADAPTERS_PREDICT_CONF"] = str(self.RELOAD_CONF)
+        try:
+            here = [self.infer_single(i).as_dict() for i in images]
+        finally:
+            os.environ.pop("ADAPTERS_PREDICT_CONF") if old is None else os.environ.__setitem__("ADAPTERS_PREDICT_CONF", old)
         root = str(Path(__file__).resolve().parent.parent)  # where the adapters package is
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               "ADAPTERS_PREDICT_CONF": str(self.RELOAD_CONF)}
         t0 = time.perf_counter()
         try:
             p = subprocess.run([sys.executable, "-m", "adapters", "infer", "--framework", self.framework, str(path), *images],

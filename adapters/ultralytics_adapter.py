@@ -178,7 +178,9 @@ class UltralyticsAdapter(TrainingAdapter):
 
     def infer_single(self, image_path: str) -> InferenceResult:
         t0 = time.perf_counter()
-        r = self.model.predict(self.preprocess_image(image_path), verbose=False, device="cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else None)[0]
+        conf = {"conf": float(os.environ["ADAPTERS_PREDICT_CONF"])} if os.environ.get("ADAPTERS_PREDICT_CONF") else {}  # (the reload check's)
+        r = self.model.predict(self.preprocess_image(image_path), verbose=False, device="cpu" if not os.environ.get("CUDA_VISIBLE_DEVICES") else None,
+                               **conf)[0]
         wall = (time.perf_counter() - t0) * 1e3
         names = r.names
         sp = r.speed or {}
