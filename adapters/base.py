@@ -386,12 +386,10 @@ class TrainingAdapter:
         images = self.reload_images()
         # Predictions down to a low confidence (adapters that have one read ADAPTERS_PREDICT_CONF): a
         # detector whose boxes on these images all score under its default 0.25 still has numbers to compare
-        old = os.environ.get("ADAPTERS_PREDICT_CONF")
-        os.environ["ADAPTERS_PREDICT_CONF"] = str(self.RELOAD_CONF)
-        try:
+        from unittest import mock
+
+        with mock.patch.dict(os.environ, ADAPTERS_PREDICT_CONF=str(self.RELOAD_CONF)):
             here = [self.infer_single(i).as_dict() for i in images]
-        finally:
-            os.environ.pop("ADAPTERS_PREDICT_CONF") if old is None else os.environ.__setitem__("ADAPTERS_PREDICT_CONF", old)
         root = str(Path(__file__).resolve().parent.parent)  # where the adapters package is
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "ADAPTERS_PREDICT_CONF": str(self.RELOAD_CONF)}

@@ -97,18 +97,17 @@ class Follow:
             self.behind |= w.behind
             return
         exit_info = read_json(run_dir / "exit.json")
-        w.poll(self.store, final=exit_info is not None, seconds=seconds)
-        self.behind |= w.behind
         if exit_info is not None:
-            if not w.done:
-                self.behind = True
-                return  # its last lines are read on in the next pass; it is reaped after them
+            if not self._read_to_end(w, seconds):
+                return
             if self._vanished.pop(jid, None) is not None:
                 log.warning("job %s: its exit.json came after its processes looked gone", jid)
             if not self.gpus.released(job, now):
                 return
             self.reaper.reap(job, exit_info, now)
             return
+        w.poll(self.store, seconds=seconds)
+        self.behind |= w.behind
         limit = (job["spec"].get("resources") or {}).get("time_limit")
         mono = time.monotonic()  # kill deadlines too are on a clock nobody sets
         if limit and jid not in self.kills and time_limit_reached(
@@ -120,11 +119,8 @@ class Follow:
             exit_info = read_json(run_dir / "exit.json")  # the shim may have just finished
             if exit_info is not None:
                 self._vanished.pop(jid, None)
-                w.poll(self.store, final=True, seconds=seconds)  # its last lines (this pass read it as running)
-                if not w.done:
-                    self.behind = True
-                    return  # read on in the next pass, which reaps it after them
-                self.reaper.reap(job, exit_info, now)
+                if self._read_to_end(w, seconds):  # its last lines (this pass read it as running)
+                    self.reaper.reap(job, exit_info, now)
                 return
             # Lost only when exit.json stays missing a while: under load, four `runner check` jobs
             # in a row ended "lost" milliseconds before their shim's exit.json (exit code 0) appeared.
@@ -136,6 +132,13 @@ class Follow:
             self.reaper.end(job, JobState.FAILED, Reason.LOST.value, now, note="the job's processes vanished without an exit status")
         elif jid in self._vanished:
             log.warning("job %s: its processes looked gone for %.1fs, then were seen again", jid, mono - self._vanished.pop(jid))
+
+    def _read_to_end(self, w, seconds) -> bool:
+        """An ended job's last lines, within this pass's share: whether all are read (else the next
+        pass reads on, and reaps the job after them)."""
+        w.poll(self.store, final=True, seconds=seconds)
+        self.behind |= not w.done
+        return w.done
 
     def _cannot_follow(self, job: dict, e: Exception, now: float):
         """Following a job raised. The daemon's own trouble (its disk, its store): the job runs on and
