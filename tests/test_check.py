@@ -454,7 +454,14 @@ def test_a_learning_rate_too_small_fails_learns_and_its_control_stays_below(runn
     assert "reused" not in r.stderr and m6["job"] != m["job"] and len(store.list_jobs()) == n + 2, r.stderr
     r = runner.run("check", "timm/resnet18", "--reuse", out / "report.json", "--rerun", "timm/resnet50", check=False)
     assert r.returncode != 0 and "--rerun: timm/resnet50 is not one of the models this check runs" in r.stderr, r.stderr
-    store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (control["job"],))
+    # a control that failed (the OOM killer took it) while its job succeeded: the job stands, and only
+    # the control runs again (None: the check makes one, as for the report made before controls)
+    store.conn.execute("UPDATE jobs SET state='failed', reason='killed_by_signal' WHERE id=?", (control["job"],))
+    store.conn.commit()
+    assert chk.reusable(report, store) == {"timm/resnet18": (m["job"], None)}
+    assert chk.reusable({"models": [{**report["models"][0], "model": "timm/resnet50"}]}, store) == {}
+    # ... but a job that failed runs again, with its control
+    store.conn.execute("UPDATE jobs SET state='failed', reason='lost' WHERE id=?", (m["job"],))
     store.conn.commit()
     assert chk.reusable(report, store) == {}
 

@@ -62,26 +62,27 @@ def check_spec(model: dict, framework: dict, data_dir: Path, fmt: str, gpus: int
 
 def reusable(report: dict, store, sizes_of=None) -> dict:
     """{model ref: (job id, control job id or None)} of an earlier report whose jobs can stand in a
-    new one: each is in this store, a check job of that model, and succeeded (its control too, where
-    the report names one), and ran with the check table the model has now (`sizes_of(ref)`: the
-    table's sizes, as check_spec merges them; None: not compared). A model whose job failed, was
-    lost or is gone, or whose check table changed since, is run again."""
+    new one: each is in this store, a check job of that model, and succeeded, and ran with the check
+    table the model has now (`sizes_of(ref)`: the table's sizes, as check_spec merges them; None: not
+    compared). A model whose job failed, was lost or is gone, or whose check table changed since, is
+    run again with its control. A control that cannot stand while its job can (it failed: the kernel's
+    OOM killer took it while the real run saved its checkpoint beside it) is None: only the control
+    runs again, not hours of the model's training."""
+
+    def stands(j):
+        try:
+            row = store.get_job(j)
+        except Exception:  # noqa: BLE001 - gone (another state folder): run it again
+            return False
+        ok = row["state"] == "succeeded" and row.get("model") == ref and bool((row.get("spec") or {}).get("check"))
+        return ok and (sizes_of is None or ((row.get("spec") or {}).get("check") or {}).get("sizes") == sizes_of(ref))
+
     out = {}
     for m in report.get("models") or []:
         ref, jid = m.get("model"), m.get("job")
         ctl = ((learns_of(m.get("checks")).get("detail") or {}).get("control") or {}).get("job")
-        ok = True
-        for j in filter(None, (jid, ctl)):
-            try:
-                row = store.get_job(j)
-            except Exception:  # noqa: BLE001 - gone (another state folder): run it again
-                ok = False
-                break
-            ok = ok and row["state"] == "succeeded" and row.get("model") == ref and bool((row.get("spec") or {}).get("check"))
-            if ok and sizes_of is not None:
-                ok = ((row.get("spec") or {}).get("check") or {}).get("sizes") == sizes_of(ref)
-        if ok and ref and jid and (ctl or not m.get("control_seconds")):
-            out[ref] = (jid, ctl)
+        if ref and jid and stands(jid):
+            out[ref] = (jid, ctl if ctl and stands(ctl) else None)
     return out
 
 
