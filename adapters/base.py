@@ -104,11 +104,17 @@ class BadConfig(Exception):
 
 
 def is_oom(exc: BaseException) -> bool:
-    """Whether an exception is an out-of-memory error (CUDA or host)."""
+    """Whether an exception is an out-of-memory error (CUDA or host).
+
+    Host memory: Python's MemoryError, and torch's CPU allocator, which raises a plain RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
+    (Cannot allocate memory)") when malloc fails, as it does under the job's address-space limit
+    (resources.memory_gb)."""
     if isinstance(exc, MemoryError):
         return True
     name = type(exc).__name__
-    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return name == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 def inject_oom(batch_size: int):
