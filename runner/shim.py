@@ -278,6 +278,18 @@ def _prctl():
     return _PRCTL
 
 
+def _host_oom_kills():
+    """The kernel's count of processes its out-of-memory killer has killed since boot (/proc/vmstat's
+    oom_kill, Linux 4.13+; readable by anyone), or None where there is none."""
+    try:
+        with open("/proc/vmstat", "rb") as f:
+            data = f.read()
+        at = data.index(b"\noom_kill ") + 10
+        return int(data[at:data.index(b"\n", at)])
+    except (OSError, ValueError):
+        return None
+
+
 def _subreaper():
     """Become the reaper of the job's orphans. A process the job double-forks into a session of
     its own comes here instead of to init, so it ends with the job (see _end_leftovers), with or
@@ -359,6 +371,7 @@ def main(job_dir):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     started = time.time()
+    oom_before = _host_oom_kills()
     _subreaper()
     reserved = _reserve(exit_path)
     out_r, out_w = os.pipe()
@@ -425,6 +438,9 @@ def main(job_dir):
         full = None
     if full and (rc != 0 or sig):
         end["disk_full"] = full
+    oom_after = _host_oom_kills()
+    if rc != 0 and oom_before is not None and oom_after is not None and oom_after > oom_before:
+        end["host_oom_kills"] = oom_after - oom_before  # the host ran out of memory meanwhile (runner.outcome)
     _write_json(exit_path, end, reserved)
     os.close(log_fd)
     return 0

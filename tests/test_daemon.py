@@ -355,3 +355,58 @@ def test_a_job_flooding_its_log_does_not_hold_up_another_jobs_lines(runner, daem
     assert store.count_metrics(flood, "loss") == lines and store.count_metrics(flood, "acc") == lines  # once each
     steps = [m["step"] for m in store.metrics(flood, "loss")]
     assert steps == list(range(lines))
+
+
+def _memory_cgroup(name: str, limit: int):
+    """A memory cgroup of `limit` bytes that root makes here (v1 or v2): its folder; skips where
+    the kernel offers none to this process (not root, no memory controller, a read-only cgroupfs)."""
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        pytest.skip("making a memory cgroup needs root")
+    v1, v2 = Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")
+    try:
+        if (v1 / "memory.limit_in_bytes").exists():
+            cg = v1 / name
+            cg.mkdir(exist_ok=True)
+            (cg / "memory.limit_in_bytes").write_text(str(limit))
+            if (cg / "memory.memsw.limit_in_bytes").exists():  # no swapping out of it
+                (cg / "memory.memsw.limit_in_bytes").write_text(str(limit))
+            return cg
+        if (v2 / "cgroup.controllers").exists() and "memory" in (v2 / "cgroup.subtree_control").read_text().split():
+            cg = v2 / name
+            cg.mkdir(exist_ok=True)
+            (cg / "memory.max").write_text(str(limit))
+            if (cg / "memory.swap.max").exists():
+                (cg / "memory.swap.max").write_text("0")
+            return cg
+    except OSError as e:
+        pytest.skip(f"no memory cgroup can be made here: {e}")
+    pytest.skip("no memory cgroup controller here")
+
+
+def test_a_job_the_kernels_oom_killer_ends_is_failed_oom_and_says_why(runner, daemon, home, tmp_path):
+    """A real kill by the kernel's out-of-memory killer, not a signal sent by hand: once the job
+    runs, the test (root) puts its processes in a 64 MB memory cgroup and lets it allocate 1 GB; the
+    kernel kills it with SIGKILL, as it does a job on a host out of memory. runner says so
+    (failed/oom, and a note), not `killed_by_signal 9`."""
+    cg = _memory_cgroup(f"runner-test-oom-{os.getpid()}", 64 << 20)
+    try:
+        code = "import os, time\nwhile not os.path.exists('go'): time.sleep(0.02)\nx = b'x' * (1 << 30)\nprint('allocated', flush=True)\n"
+        spec = tmp_path / "oom.json"
+        spec.write_text(json.dumps({"command": [sys.executable, "-c", code], "workdir": str(tmp_path)}))
+        jid = runner.submit(spec)
+        runner.wait_state(jid, "running")
+        child_json = home / "run" / jid / "child.json"
+        wait_for(child_json.exists, 10, what="the shim's child.json")
+        top = psutil.Process(json.loads(child_json.read_text())["pid"])
+        for p in [top, *top.children(recursive=True)]:  # (bubblewrap and the job under it)
+            (cg / "cgroup.procs").write_text(str(p.pid))
+        (tmp_path / "go").touch()
+        job = runner.wait_state(jid, timeout=60)
+        assert (job["state"], job["reason"], job["signal"]) == ("failed", "oom", 9), job
+        assert "killed by the kernel's out-of-memory killer" in job["note"], job["note"]
+        assert "allocated" not in runner.run("logs", jid).stdout
+    finally:
+        wait_for(lambda: not (cg / "cgroup.procs").read_text().strip(), 10, what="the cgroup to empty")
+        cg.rmdir()

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from runner.outcome import decide, oom_in
+from runner.outcome import decide, host_oom_note, oom_in
 from runner.states import JobState
 
 S, F, C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
@@ -34,6 +34,17 @@ S, F, C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
     ({"exit_code": 0}, None, {"timed_out": True}, (F, "timeout")),
     ({"exit_code": None, "signal": 9}, None, {"timed_out": True, "cancel_requested": True}, (C, "cancelled_by_user")),
     ({"exit_code": 0, "signal": 9}, None, {}, (F, "killed_by_signal")),
+    # SIGKILL while the kernel's out-of-memory killer killed processes on the host (the shim's two
+    # looks at /proc/vmstat): the host ran out of memory. Another signal, an exit status, or a
+    # count that is not a positive int (exit.json is written where the job's user could) is not it
+    ({"exit_code": None, "signal": 9, "host_oom_kills": 2}, None, {}, (F, "oom")),
+    ({"exit_code": None, "signal": 15, "host_oom_kills": 2}, None, {}, (F, "killed_by_signal")),
+    ({"exit_code": 1, "host_oom_kills": 2}, None, {}, (F, "exit_code")),
+    ({"exit_code": None, "signal": 9, "host_oom_kills": True}, None, {}, (F, "killed_by_signal")),
+    ({"exit_code": None, "signal": 9, "host_oom_kills": "3"}, None, {}, (F, "killed_by_signal")),
+    ({"exit_code": None, "signal": 9, "host_oom_kills": 0}, None, {}, (F, "killed_by_signal")),
+    ({"exit_code": None, "signal": 9, "host_oom_kills": 2}, None, {"timed_out": True}, (F, "timeout")),
+    ({"exit_code": None, "signal": 9, "host_oom_kills": 2}, None, {"cancel_requested": True}, (C, "cancelled_by_user")),
     # a full disk the shim saw: before the adapter's reason, never over a success or a cancel
     ({"exit_code": 1, "disk_full": {"folder": "/x"}}, {"reason": "bad_config"}, {}, (F, "disk_full")),
     ({"exit_code": None, "signal": 9, "disk_full": {"folder": "/x"}}, None, {"oom_in_log": True}, (F, "disk_full")),
@@ -46,7 +57,7 @@ def test_table(exit_info, failure, flags, expected):
 
 def test_every_combination_follows_the_precedence():
     exits = [{"exit_code": 0}, {"exit_code": 2}, {"exit_code": None, "signal": 9},
-             {"exit_code": None, "spawn_error": "x"}]
+             {"exit_code": None, "spawn_error": "x"}, {"exit_code": None, "signal": 9, "host_oom_kills": 1}]
     failures = [None, {"reason": "oom"}, {"reason": "bad_config"}]
     for ex, fa, cancel, timeout, oom in itertools.product(exits, failures, *[(False, True)] * 3):
         got = decide(ex, fa, cancel_requested=cancel, timed_out=timeout, oom_in_log=oom)
@@ -60,7 +71,7 @@ def test_every_combination_follows_the_precedence():
             want = (S, None)
         elif fa:
             want = (F, fa["reason"])
-        elif oom:
+        elif oom or ex.get("host_oom_kills"):
             want = (F, "oom")
         elif ex.get("signal"):
             want = (F, "killed_by_signal")
@@ -72,3 +83,9 @@ def test_every_combination_follows_the_precedence():
 def test_oom_in_log():
     assert oom_in(["x", "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"])
     assert oom_in(["MemoryError"]) and not oom_in(["loss=0.3", "memory_mb=100"])
+
+
+def test_host_oom_note():
+    assert "killed by the kernel's out-of-memory killer" in host_oom_note({"signal": 9, "host_oom_kills": 1})
+    assert "killed 3 process(es) on the host while this job ran" in host_oom_note({"exit_code": 1, "host_oom_kills": 3})
+    assert host_oom_note({"signal": 9}) is None and host_oom_note({"signal": 9, "host_oom_kills": -1}) is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..diskspace import full_note
 from ..exceptions import InvalidTransition
-from ..outcome import decide, oom_in
+from ..outcome import decide, host_oom_note, oom_in
 from ..proctl import read_json
 from ..states import JobState, Reason
 from ..watch import tail_lines
@@ -63,6 +63,8 @@ class Reaper:
         note, mismatch = self._check_results_file(job, job_dir)
         if reason == Reason.DISK_FULL.value:  # which folder was full
             note = "; ".join(filter(None, [full_note(exit_info), note]))
+        elif state == JobState.FAILED and reason not in (Reason.TIMEOUT.value, Reason.SPAWN_FAILED.value):
+            note = "; ".join(filter(None, [host_oom_note(exit_info), note]))  # the OOM killer was at work meanwhile
         if mismatch and state == JobState.SUCCEEDED:  # the table asked for a disagreement to fail the job
             state, reason = JobState.FAILED, Reason.RESULTS_MISMATCH.value
         # The end time is the shim's, not this pass's: a job that ended while the daemon was down
