@@ -273,6 +273,104 @@ def stage_rows(st) -> list[tuple]:
     return rows
 
 
+def store_forms(points: int = 300_000, reps: int = 3) -> dict:
+    """Points a second that SQLite takes in each storage form a store could give metric points, from
+    the same points (3 metrics a line, as `step=N loss=X lr=Y acc=Z`), in the same transactions as
+    the watcher's (a 256 KiB batch of log, ~6,000 points, a transaction), on a file with WAL as the
+    store has it. The first is today's store (runner.store.metrics: a row a point, the (job_id,
+    name, id) index and the chart chunks' roll-up); the others are bare SQL, to say what a schema
+    change could buy: without the roll-up, without the index, a table clustered on the index's key
+    (WITHOUT ROWID), and points packed a row per (job, metric, batch) as arrays. Wall seconds over
+    `reps` rounds (median and range); the file's size a point (the smallest of the rounds)."""
+    import array
+    import sqlite3
+    from itertools import chain
+
+    from runner.store import Store
+
+    names = ("loss", "lr", "acc")
+    pts = [(names[i % 3], 1.0 / (i + 1), i // 3, 1) for i in range(points)]
+    batch = 6000
+    per = 100
+    one = "(?1,?{},?{},?{},?{},?2)"
+    rows_sql = "INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES " + ",".join(
+        one.format(3 + 4 * k, 4 + 4 * k, 5 + 4 * k, 6 + 4 * k) for k in range(per))
+
+    def by_rows(c, b):
+        for i in range(0, len(b), per):
+            c.execute(rows_sql, ["bench", 0.0, *chain.from_iterable(b[i:i + per])])
+
+    ids = [0]
+    wr_sql = "INSERT INTO metrics (job_id, name, id, value, step, epoch, at) VALUES " + ",".join(
+        f"(?1,?{3 + 5 * k},?{4 + 5 * k},?{5 + 5 * k},?{6 + 5 * k},?{7 + 5 * k},?2)" for k in range(per))
+
+    def clustered(c, b):
+        for i in range(0, len(b), per):
+            args = []
+            for n, v, st, e in b[i:i + per]:
+                ids[0] += 1
+                args += (n, ids[0], v, st, e)
+            c.execute(wr_sql, ["bench", 0.0, *args])
+
+    def packed(c, b):
+        by: dict = {}
+        for n, v, st, e in b:
+            by.setdefault(n, []).append((v, st, e))
+        c.executemany("INSERT INTO packed (job_id, name, n, v, s, e, at) VALUES (?,?,?,?,?,?,?)",
+                      [("bench", n, len(l), array.array("d", [x[0] for x in l]).tobytes(), array.array("q", [x[1] for x in l]).tobytes(),
+                        array.array("q", [x[2] for x in l]).tobytes(), 0.0) for n, l in by.items()])
+
+    table_sql = "CREATE TABLE metrics (id INTEGER PRIMARY KEY, job_id TEXT, name TEXT, value REAL, step INTEGER, epoch INTEGER, at REAL)"
+    forms = {
+        "row a point, no index": ([table_sql], by_rows),
+        "row a point, the (job_id, name, id) index": ([table_sql, "CREATE INDEX ix ON metrics (job_id, name, id)"], by_rows),
+        "row a point, clustered on (job_id, name, id) (WITHOUT ROWID)": (
+            ["CREATE TABLE metrics (job_id TEXT, name TEXT, id INTEGER, value REAL, step INTEGER, epoch INTEGER, at REAL, "
+             "PRIMARY KEY (job_id, name, id)) WITHOUT ROWID"], clustered),
+        "packed: a row per (job, metric, batch), arrays of values, steps, epochs; indexed": (
+            ["CREATE TABLE packed (id INTEGER PRIMARY KEY, job_id TEXT, name TEXT, n INTEGER, v BLOB, s BLOB, e BLOB, at REAL)",
+             "CREATE INDEX ix ON packed (job_id, name, id)"], packed),
+    }
+    out: dict = {}
+    for _ in range(reps):
+        home = tmp_home()
+        st = Store(home / "runner.db")
+        st.insert_job({"id": "bench", "name": "b", "user": "u", "uid": 0, "kind": "command", "spec": {}, "created_at": 0, "gpus": [], "after": []})
+        t = time.perf_counter()
+        for i in range(0, len(pts), batch):
+            st.record_progress("bench", pts[i:i + batch], i, None)
+        dt = time.perf_counter() - t
+        st.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        st.close()
+        out.setdefault("today's store: a row a point, the index, the chart chunks (record_progress)", []).append(
+            (dt, os.path.getsize(home / "runner.db")))
+        for k, (name, (ddl, insert)) in enumerate(forms.items()):
+            path = home / f"form{k}.db"
+            c = sqlite3.connect(path, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            for d in ddl:
+                c.execute(d)
+            t = time.perf_counter()
+            for i in range(0, len(pts), batch):
+                c.execute("BEGIN")
+                insert(c, pts[i:i + batch])
+                c.execute("COMMIT")
+            dt = time.perf_counter() - t
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            c.close()
+            out.setdefault(name, []).append((dt, os.path.getsize(path)))
+        shutil.rmtree(home.parent, ignore_errors=True)
+    return {"points": points, "forms": out}
+
+
+def forms_rows(r) -> list[tuple]:
+    """Table rows of store_forms."""
+    n = r["points"]
+    return [(name, spread([n / t for t, _ in v], 1e-6, "{:.2f}") + " M points/s", f"{min(b for _, b in v) / n:.0f} B a point")
+            for name, v in r["forms"].items()]
+
+
 WORK = """import sys, time
 t0 = time.perf_counter()
 n, x = int(sys.argv[1]), 0
@@ -445,9 +543,10 @@ def _tsp_version() -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
-    ap.add_argument("--only", choices=["parse", "drain", "live"], help="only these figures (parse: the metrics log into SQLite, and its "
+    ap.add_argument("--only", choices=["parse", "drain", "live", "forms"], help="only these figures (parse: the metrics log into SQLite, and its "
                     "stages; drain: a sweep of trivial jobs through the library, sandbox on and off; live: 8 jobs printing "
-                    "metrics at once, their points stored per second and a printed line's delay to the API)")
+                    "metrics at once, their points stored per second and a printed line's delay to the API; forms: points a "
+                    "second SQLite takes in each storage form a store could give them)")
     a = ap.parse_args()
     if a.only == "drain":
         from runner.sandbox import bwrap_path
@@ -469,6 +568,11 @@ def main():
         table("metrics from many jobs at once", live_rows(live(jobs, lines), jobs, lines),
               headers=("figure", "runner", "alternative", "target", "ok"))
         print(f"# load average after: {os.getloadavg()[0]:.1f}")
+        return
+    if a.only == "forms":
+        print(f"# bench_core (store forms only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
+        table("metric points into SQLite, by storage form (wall: median (min-max) of 3; the same points and transactions)",
+              forms_rows(store_forms(30_000 if a.quick else 300_000)), headers=("form", "rate", "file size"))
         return
     if a.only == "parse":
         print(f"# bench_core (parse only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
