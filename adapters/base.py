@@ -110,11 +110,15 @@ def is_oom(exc: BaseException) -> bool:
     ("DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12
     (Cannot allocate memory)") when malloc fails, as it does under the job's address-space limit
     (resources.memory_gb)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower() or is_host_oom(exc)
+
+
+def is_host_oom(exc: BaseException) -> bool:
+    """Whether an exception says the host's memory ran out (not a GPU's)."""
     if isinstance(exc, MemoryError):
         return True
-    name = type(exc).__name__
     text = str(exc).lower()
-    return name == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+    return "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 def inject_oom(batch_size: int):
@@ -231,7 +235,10 @@ class TrainingAdapter:
 
         The handler only records that a retry is due. The retry starts after it has ended: while
         the exception is handled, its traceback keeps every frame of the failed step alive, and
-        with them the step's activations and batch, the very memory the retry needs."""
+        with them the step's activations and batch, the very memory the retry needs. A GPU's
+        memory is then given back to the device (release()); the host's is not given back to the
+        system reliably (see _retry_in_a_fresh_process), so after a host OOM the retry runs in a
+        fresh process."""
         try:
             self.prepare_dataset()
             self.prepare_model()
@@ -241,13 +248,31 @@ class TrainingAdapter:
             if not (is_oom(e) and self.cfg.get("auto_batch_size") and not self.cfg.get("_oom_retried") and self.batch_size > 1):
                 raise
             half = max(1, self.batch_size // 2)
+            fresh = is_host_oom(e)
             said = (str(e).strip().splitlines() or [""])[0][:300]  # what ran out, as torch says it ("Tried to allocate ...")
             print(f"runner: {type(e).__name__}: {said}", flush=True)
-            print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size)", flush=True)
+            print(f"runner: out of memory at batch_size={self.batch_size}; retrying once with batch_size={half} (auto_batch_size"
+                  + ("; the host's memory: in a fresh process)" if fresh else ")"), flush=True)
             retry = dict(self.with_batch_size(half), _oom_retried=True)
         # `e` and its traceback are gone here; release() drops this attempt's model and data too
         self.release()
+        if fresh:
+            return self._retry_in_a_fresh_process(retry)
         return type(self)(retry).run_train()
+
+    @staticmethod
+    def _retry_in_a_fresh_process(cfg: dict) -> int:
+        """The retry after the host's memory ran out, as a fresh interpreter in this process (exec:
+        the same pid, the same log, the job's limits): the C allocator keeps much of what the failed
+        attempt freed mapped in this one (glibc gives back only what lies at the top of a heap), and
+        an address-space limit (resources.memory_gb) counts it, so a retry here could run out again
+        though half the batch fits (CI saw it: the retry's first convolution could not get its 200 MB)."""
+        path = Path(cfg.get("output_dir") or ".") / "oom-retry.json"
+        write_json(path, cfg)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "adapters", "train", str(path)])
+        return 1  # (not reached)
 
     def with_batch_size(self, n: int) -> dict:
         """This job's settings with another batch size (for the out-of-memory retry)."""
