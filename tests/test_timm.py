@@ -105,42 +105,42 @@ HOST_PROBE = r"""
 import json, sys, torch, timm
 def peak():  # the address space the process has reached (what RLIMIT_AS, resources.memory_gb, bounds)
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmPeak:"))
-size, half = int(sys.argv[1]), int(sys.argv[2])
+size, batch = int(sys.argv[1]), int(sys.argv[2])
 m = timm.create_model("resnet18", pretrained=False, num_classes=2).train()
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-peaks = []
-for b in (half // 2, half):
+peaks = {}
+for b in (batch // 2, batch):
     for _ in range(2):
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(m(torch.randn(b, 3, size, size)), torch.zeros(b, dtype=torch.long)).backward()
         opt.step()
-    peaks.append(peak())
-print("PROBE " + json.dumps({"at_half": peaks[1], "per_image": (peaks[1] - peaks[0]) / (half - half // 2)}))
+    peaks[b] = peak()
+print("PROBE " + json.dumps({"half": peaks[batch // 2], "full": peaks[batch]}))
 """
 
 
 def test_a_real_host_oom_under_memory_gb_is_retried_with_half_the_batch_and_trains(runner, daemon, tmp_path):
     """The out-of-memory retry against a real allocation failure, on the CPU: nothing is injected.
     A probe job in the same env measures the address space resnet18's training steps reach at
-    320 px with 16 and with 32 images (VmPeak: what RLIMIT_AS bounds). The job asks for a batch of
-    64 under a resources.memory_gb limit halfway between what 32 and 64 images need (a margin of 16
-    images' activations, ~0.7 GB, either way), so its first step's allocation fails in torch's CPU
-    allocator (a RuntimeError, "can't allocate memory", not a MemoryError: is_oom did not know it
-    before). The retry with 32 runs in a fresh process (the same pid, exec): retried in the same one,
-    the memory glibc kept mapped after the failed attempt made the retry's first convolution fail
-    in CI's run."""
+    320 px with 48 and then 96 images (VmPeak: what RLIMIT_AS bounds). The job asks for 96 under a
+    resources.memory_gb limit halfway between the two (a margin of 24 images' activations, ~1.2 GB,
+    either way; extrapolating from smaller batches missed by ~1 GB in CI), so its first step's
+    allocation fails in torch's CPU allocator (a RuntimeError, "can't allocate memory", not a
+    MemoryError: is_oom did not know it before). The retry with 48 runs in a fresh process (the
+    same pid, exec): retried in the same one, the memory glibc kept mapped after the failed attempt
+    made the retry's first convolution fail in CI's run."""
     from runner.synth import make_shapes
 
-    size, batch = 320, 64
+    size, batch = 320, 96
     f = tmp_path / "probe.yaml"
-    f.write_text(json.dumps({"name": "host-oom-probe", "command": ["python", "-c", HOST_PROBE, str(size), str(batch // 2)], "env": "timm",
+    f.write_text(json.dumps({"name": "host-oom-probe", "command": ["python", "-c", HOST_PROBE, str(size), str(batch)], "env": "timm",
                              "workdir": str(tmp_path)}))
     probe = runner.wait_state(runner.submit(f), timeout=600)
     out = runner.run("logs", probe["id"]).stdout
     assert probe["state"] == "succeeded", out[-3000:]
     p = json.loads(next(l for l in out.splitlines() if l.startswith("PROBE "))[6:])
-    assert p["per_image"] > 20 << 20, p  # the activations of one 320 px image: tens of MB
-    limit_gb = round((p["at_half"] + batch / 4 * p["per_image"]) / 2**30, 2)
+    assert p["full"] - p["half"] > 1 << 30, p  # 48 more 320 px images' activations: GBs, the margins' source
+    limit_gb = round((p["half"] + p["full"]) / 2 / 2**30, 2)
     data = make_shapes(tmp_path / "data", per_class=batch // 2 + 1, val_per_class=2, size=32, classes=("circle", "square"))
     spec = {"name": "host-oom", "model": "timm/resnet18", "dataset": {"path": str(data), "format": "imagefolder"},
             "train": {"epochs": 1, "batch_size": batch, "input_size": size, "lr": 0.001, "pretrained": False, "auto_batch_size": True},
