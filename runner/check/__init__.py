@@ -69,7 +69,7 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
     OOM killer took it while the real run saved its checkpoint beside it) is None: only the control
     runs again, not hours of the model's training."""
 
-    def stands(j):
+    def stands(j, ref):
         try:
             row = store.get_job(j)
         except Exception:  # noqa: BLE001 - gone (another state folder): run it again
@@ -81,8 +81,8 @@ def reusable(report: dict, store, sizes_of=None) -> dict:
     for m in report.get("models") or []:
         ref, jid = m.get("model"), m.get("job")
         ctl = ((learns_of(m.get("checks")).get("detail") or {}).get("control") or {}).get("job")
-        if ref and jid and stands(jid):
-            out[ref] = (jid, ctl if ctl and stands(ctl) else None)
+        if ref and jid and stands(jid, ref):
+            out[ref] = (jid, ctl if ctl and stands(ctl, ref) else None)
     return out
 
 
