@@ -277,8 +277,8 @@ def store_forms(points: int = 300_000, reps: int = 3) -> dict:
     """Points a second that SQLite takes in each storage form a store could give metric points, from
     the same points (3 metrics a line, as `step=N loss=X lr=Y acc=Z`), in the same transactions as
     the watcher's (a 256 KiB batch of log, ~6,000 points, a transaction), on a file with WAL as the
-    store has it. The first is today's store (runner.store.metrics: a row a point, the (job_id,
-    name, id) index and the chart chunks' roll-up); the others are bare SQL, to say what a schema
+    store has it. The first is the store (runner.store.metrics: packs of points, their
+    indexes and the chart chunks' roll-up); the others are bare SQL, to say what a schema
     change could buy: without the roll-up, without the index, a table clustered on the index's key
     (WITHOUT ROWID), and points packed a row per (job, metric, batch) as arrays. Wall seconds over
     `reps` rounds (median and range); the file's size a point (the smallest of the rounds)."""
@@ -342,7 +342,7 @@ def store_forms(points: int = 300_000, reps: int = 3) -> dict:
         dt = time.perf_counter() - t
         st.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         st.close()
-        out.setdefault("today's store: a row a point, the index, the chart chunks (record_progress)", []).append(
+        out.setdefault("the store: packs of points, their indexes, the chart chunks (record_progress)", []).append(
             (dt, os.path.getsize(home / "runner.db")))
         for k, (name, (ddl, insert)) in enumerate(forms.items()):
             path = home / f"form{k}.db"

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 from common import Daemon, commit, free_port, machine, pct, table, tmp_home, wait_healthy
-from runner.store import Store
+from runner.store import Store, _insert_points
 
 
 def fill(home, n, metrics_per_job=10):
@@ -24,8 +24,7 @@ def fill(home, n, metrics_per_job=10):
                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,0)",
                       (jid, i + 1, f"job{i}", f"user{i % 7}", 1000, "command", states[i % 10], json.dumps({"command": "true"}),
                        i, i + 1, i + 2, "[]", "[]", str(home / "jobs" / jid)))
-            c.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)",
-                          [(jid, f"m{k % 5}", k * 0.1, k, k // 5, i) for k in range(metrics_per_job)])
+            _insert_points(c, jid, [(f"m{k % 5}", k * 0.1, k, k // 5) for k in range(metrics_per_job)], i)
     return s
 
 

@@ -113,7 +113,7 @@ def _rss_sampler(pid: int, out: list, stop: threading.Event):
 
 def big_job(home: Path, gb: float) -> str:
     """A job row whose output.log is `gb` GiB of metric lines."""
-    from runner.store import Store
+    from runner.store import Store, _insert_points
 
     jid = "biglog00"
     d = home / "run" / jid  # the daemon's folder of the job, where its log is
@@ -131,8 +131,7 @@ def big_job(home: Path, gb: float) -> str:
         c.execute("INSERT INTO jobs (id, seq, name, user, uid, kind, state, spec, created_at, gpus, after, job_dir, priority, log_offset, cancel_requested) "
                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,0,0,0)", (jid, 10**8, "biglog", "bench", 1000, "command", "succeeded",
                                                              json.dumps({"command": "true"}), 0, "[]", "[]", str(d)))
-        c.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)",
-                      [(jid, "loss", 1.0 / (k + 1), k, k // 1000, k) for k in range(100_000)])
+        _insert_points(c, jid, [("loss", 1.0 / (k + 1), k, k // 1000) for k in range(100_000)], 0.0)
     return jid
 
 

@@ -19,10 +19,10 @@ NULL: a diverged loss stays visible) are kept, each once; min and max decimation
 own (runner/web/series.py), so a compacted chart keeps its spikes, dips, start and end. A job is
 compacted as if in one transaction (a crash leaves it whole or compacted, see below) and marked so (when, the
 bucket, its count before): a later pass skips it, `runner show`, `runner metrics`, the API and the
-job page say so. (The deletes of a metric bucketed by steps go a chunk of DELETE_CHUNK ranges a
-transaction, so that the daemon's writes never wait seconds; a crash between chunks leaves a job
-unmarked whose next pass finds the same ranges in what is left.) Deleted points free pages that SQLite reuses for new points; the file itself
-shrinks only with VACUUM.
+job page say so. (A metric bucketed by steps loses its ranges a chunk of DELETE_CHUNK ranges a
+transaction, the packs they touch written again (store/metrics.py), so that the daemon's writes never wait seconds; a crash between chunks leaves a job
+unmarked whose next pass finds the same ranges in what is left.) Packs written smaller free pages that SQLite reuses for new points; the file
+itself shrinks only with VACUUM.
 """
 
 from __future__ import annotations
@@ -35,11 +35,6 @@ DEFAULT_BUCKET = 100
 DELETE_CHUNK = 500
 """Ranges deleted a transaction (each at most a bucket's points: ~50,000 points, a fraction of a
 second of the store's write lock)."""
-
-ROW_OVERHEAD_BYTES = 52
-"""A stored point's bytes besides its job id and name (held twice: the row and the (job, name, id)
-index): its numbers, record headers, cell pointers and page slack; measured on a 1,000,000-point
-store (90.7 bytes a point with a 12-character job id and names of 7)."""
 
 
 def check_bucket(value, field: str) -> int:

@@ -118,7 +118,7 @@ def test_chunks_written_a_few_points_at_a_time_are_those_of_the_whole_series(tmp
         i += b
         if i >= seen + 6_000 or i >= len(pts):
             seen = i
-            rows = store.conn.execute("SELECT id, name, value, step, epoch FROM metrics WHERE job_id='live' ORDER BY id").fetchall()
+            rows = store.metric_points("live")
             for name in names:
                 mine = [(r["id"], r["value"], r["step"], r["epoch"]) for r in rows if r["name"] == name]
                 assert queries.series_chunks(cur, "live", name) == metric_chunks.build(mine), (name, i)
@@ -200,11 +200,12 @@ def test_a_store_from_before_the_chunks_migration_upgrades_in_place(tmp_path, ma
     raw.execute(f"PRAGMA user_version={k}")
     old = _loss(10_000, {1_234: 50.0})
     _job(Store(path, migrate=False), "old")
-    if made_by_a_write:
+    raw.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES ('old',?,?,?,?,1.0)", old)
+    if made_by_a_write:  # runner then made the table with the first write of points, and their chunks
         raw.execute(CHUNKS_TABLE)
-        Store(path, migrate=False).record_progress("old", old, 1)
-    else:
-        raw.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES ('old',?,?,?,?,1.0)", old)
+        ids = [r[0] for r in raw.execute("SELECT id FROM metrics ORDER BY id")]
+        raw.executemany(f"INSERT INTO metric_chunks VALUES ('old','loss',{','.join('?' * 22)})",
+                        metric_chunks.build([(i, v, st, e) for i, (_, v, st, e) in zip(ids, old)]))
     raw.close()
     store = Store(path)
     assert store.schema_version() == SCHEMA_VERSION

@@ -271,7 +271,7 @@ def test_backup_under_load_is_whole_and_consistent(home, runner):
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one self-contained file
             copied = {r[0] for r in conn.execute("SELECT id FROM jobs")}
             assert before <= copied, f"{len(before - copied)} jobs of the store missing in the copy"
-            points = conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+            points = conn.execute("SELECT SUM(n) FROM metric_packs").fetchone()[0]
             conn.close()
             assert points == 300 * 300
         assert not list(home.parent.glob(".backup-*"))  # no temp file left beside it

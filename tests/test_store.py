@@ -93,10 +93,10 @@ def test_progress_is_stored_with_its_offset(store):
 def test_a_batch_of_points_is_stored_whole_and_in_order(store):
     import math
 
-    from runner.store import POINTS_PER_INSERT
+    from runner.store.metrics import PACK_POINTS
 
     _job(store)
-    n = 2 * POINTS_PER_INSERT + 37  # statements of many points, and the rest
+    n = 6 * PACK_POINTS + 37  # (3 metrics) more than two full packs of each, and the rest
     pts = [(f"m{i % 3}", [0.25 * i, float("nan"), float("inf"), -1e-300][i % 4], None if i % 5 == 0 else i, i // 7) for i in range(n)]
     store.record_progress("job1", pts, 999, {"epoch": 5})
     got = [(r["name"], r["value"], r["step"], r["epoch"]) for r in store.metrics("job1")]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import defaults
 from . import envs as _envs, jobs as _jobs, metrics as _metrics, operate as _operate, outbox as _outbox, schema as _schema
-from .metrics import POINTS_PER_INSERT, _insert_points, _rebuild_chunks, _roll_up  # noqa: F401 (their names as before)
+from .metrics import _insert_points, _rebuild_chunks, _roll_up  # noqa: F401 (their names as before)
 from .schema import JSON_COLUMNS, MIGRATIONS, SCHEMA_VERSION, _m_backend, _m_chunks, _row  # noqa: F401
 
 
@@ -164,6 +164,7 @@ class Store:
     metric_count_upto = _metrics.metric_count_upto
     compact_metrics = _metrics.compact_metrics
     first_epoch_point_at = _metrics.first_epoch_point_at
+    metric_points = _metrics.metric_points
 
     # -- the exporters' outbox (store/outbox.py) --------------------------------------------
     export_enrol = _outbox.export_enrol

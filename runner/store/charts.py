@@ -4,16 +4,25 @@ buckets summed up by SQLite. Each takes a cursor, so that a chart's reads share 
 
 from __future__ import annotations
 
+INF = float("inf")
+
 def series_extent(cur, job_id: str, name: str) -> tuple[int, int | None]:
-    """(how many points, the newest one's id) of one metric of a job: the (job_id, name, id) index alone."""
-    return tuple(cur.execute("SELECT COUNT(*), MAX(id) FROM metrics WHERE job_id=? AND name=?", (job_id, name)).fetchone())
+    """(how many points, the newest one's id) of one metric of a job: its packs' heads alone."""
+    return tuple(cur.execute("SELECT COALESCE(SUM(n), 0), MAX(last_id) FROM metric_packs WHERE job_id=? AND name=?", (job_id, name)).fetchone())
 
 
 def series_points(cur, job_id: str, name: str, lo_id: int = 0, hi_id: int = 2**63 - 1) -> list[tuple]:
     """(id, value, step, epoch) of one metric of a job, ids lo_id..hi_id, in the order recorded
-    (an infinity given as None: JSON has none; SQLite keeps a NaN as NULL already)."""
-    return cur.execute("SELECT id, CASE WHEN abs(value) < 9e999 THEN value END, step, epoch FROM metrics "
-                       "WHERE job_id=? AND name=? AND id BETWEEN ? AND ? ORDER BY id", (job_id, name, lo_id, hi_id)).fetchall()
+    (an infinity given as None: JSON has none; a NaN is stored as None already)."""
+    from .metrics import _COLS, _decode
+
+    out: list = []
+    for r in cur.execute(f"SELECT {_COLS} FROM metric_packs WHERE job_id=? AND name=? AND last_id>=? AND first_id<=? ORDER BY last_id",
+                         (job_id, name, lo_id, hi_id)):
+        ids, vals, steps, epochs, _ = _decode(r)
+        vals = [v if v is None or abs(v) < 9e999 else None for v in vals] if (INF in vals or -INF in vals) else vals
+        out += [p for p in zip(ids, vals, steps, epochs) if lo_id <= p[0] <= hi_id]
+    return out
 
 
 def series_chunks(cur, job_id: str, name: str) -> list[tuple] | None:
@@ -57,11 +66,9 @@ def series_buckets(cur, job_id: str, name: str, buckets: int, chunks: int, chunk
     return out[0], out[1], first, last
 
 
-NAMES_SQL = """WITH RECURSIVE n(name) AS (SELECT MIN(name) FROM metrics WHERE job_id=?1
-    UNION ALL SELECT (SELECT MIN(name) FROM metrics WHERE job_id=?1 AND name>n.name) FROM n WHERE name IS NOT NULL)
-    SELECT name FROM n WHERE name IS NOT NULL"""
-"""A job's metric names in order, a seek of the (job_id, name, id) index each: SELECT DISTINCT
-reads every point (a 100,000-point job: 7 ms, then 10 of them on compare)."""
+NAMES_SQL = "SELECT DISTINCT name FROM metric_packs WHERE job_id=?1 ORDER BY name"
+"""A job's metric names in order, off the (job_id, name, last_id) index: a pack a row, so a
+100,000-point job's names are a few hundred index entries."""
 
 
 def metric_names(cur, job_id: str) -> list[str]:
@@ -71,12 +78,17 @@ def metric_names(cur, job_id: str) -> list[str]:
 
 def last_metric_id(cur) -> int:
     """The newest point's id, of any job (0: none yet): where a live refresh continues after."""
-    return cur.execute("SELECT COALESCE(MAX(id), 0) FROM metrics").fetchone()[0]
+    return cur.execute("SELECT COALESCE(MAX(last_id), 0) FROM metric_packs").fetchone()[0]
 
 
 def points_since(cur, job_id: str, after: int, last_id: int, limit: int) -> list[tuple]:
     """(name, step, epoch, value) of a job's points with ids in (after, last_id], `limit` at most, in id order."""
-    # `+job_id`: walk the rowid range after `after` (only the points of the last seconds, of every
-    # job), not the job's whole index (100,000 points of a long run)
-    return cur.execute("SELECT name, step, epoch, value FROM metrics WHERE id>? AND id<=? AND +job_id=? ORDER BY id LIMIT ?",
-                       (after, last_id, job_id, limit)).fetchall()
+    from .metrics import _COLS, _decode
+
+    out: list = []
+    for r in cur.execute(f"SELECT {_COLS} FROM metric_packs WHERE job_id=? AND last_id>? AND first_id<=? ORDER BY first_id",
+                         (job_id, after, last_id)):
+        ids, vals, steps, epochs, _ = _decode(r)
+        out += [(i, r[2], s, e, v) for i, v, s, e in zip(ids, vals, steps, epochs) if after < i <= last_id]
+    out.sort()
+    return [p[1:] for p in out[:limit]]

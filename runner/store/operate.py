@@ -81,7 +81,7 @@ def compactable_jobs(store, before: float) -> list[dict]:
     first: id, user, finished_at."""
     return store.conn.execute(
         "SELECT id, user, finished_at FROM jobs WHERE state IN ('succeeded','failed','cancelled') AND finished_at IS NOT NULL "
-        "AND finished_at < ? AND metrics_compacted_at IS NULL AND EXISTS (SELECT 1 FROM metrics m WHERE m.job_id=jobs.id) "
+        "AND finished_at < ? AND metrics_compacted_at IS NULL AND EXISTS (SELECT 1 FROM metric_packs m WHERE m.job_id=jobs.id) "
         "ORDER BY finished_at", (before,)).fetchall()
 
 

@@ -108,20 +108,24 @@ def queue_page(store, fields, u, m, n, t, limit) -> tuple[list[dict], int]:
     return rows, total - len(rows)
 
 
+
+
 def latest_points(cur, ids: list[str]) -> list[tuple]:
     """(job_id, name, value, id) of the newest point of each metric of each of these jobs (`cur`: a
     cursor whose rows are tuples)."""
-    # each job's names off the index, a seek each (a GROUP BY read every point of a job: 100,000
-    # rows for one long run on the page), then each name's newest point, a seek each
-    return cur.execute(f"""WITH RECURSIVE j(job_id) AS (VALUES {",".join(["(?)"] * len(ids))}),
-        n(job_id, name) AS (SELECT job_id, (SELECT MIN(name) FROM metrics WHERE job_id=j.job_id) FROM j
-          UNION ALL SELECT job_id, (SELECT MIN(name) FROM metrics WHERE job_id=n.job_id AND name>n.name) FROM n WHERE name IS NOT NULL)
-        SELECT n.job_id, n.name, m.value, m.id FROM n JOIN metrics m ON m.id=(SELECT MAX(id) FROM metrics WHERE job_id=n.job_id AND name=n.name)
-        WHERE n.name IS NOT NULL""", ids).fetchall()
+    # a pack a row, its last point's value kept in it: the newest pack of each series, off the
+    # (job_id, name, last_id) index (SQLite's bare columns: last_value is the MAX(last_id) row's)
+    return cur.execute(f"SELECT job_id, name, last_value, MAX(last_id) FROM metric_packs WHERE job_id IN ({','.join('?' * len(ids))}) "
+                       "GROUP BY job_id, name", ids).fetchall()
 
 
 def best_between(cur, job_id: str, name: str, lower: bool, after: int, last_id: int):
     """The lowest (`lower`) or highest value of one metric of a job among its points with ids in (after, last_id]."""
-    agg = "MIN" if lower else "MAX"
-    return cur.execute(f"SELECT {agg}(value) FROM metrics WHERE job_id=? AND name=? AND id>? AND id<=?",
-                       (job_id, name, after, last_id)).fetchone()[0]
+    from .metrics import _COLS, _decode
+
+    vals: list = []
+    for r in cur.execute(f"SELECT {_COLS} FROM metric_packs WHERE job_id=? AND name=? AND last_id>? AND first_id<=?",
+                         (job_id, name, after, last_id)):
+        ids, vs, *_ = _decode(r)
+        vals += [v for i, v in zip(ids, vs) if after < i <= last_id and v is not None]
+    return (min if lower else max)(vals) if vals else None

@@ -189,7 +189,37 @@ def _m_chunks(db):
     db.execute(CHUNKS_TABLE)
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11, _m_backend, _m_chunks]
+def _m_packs(db):
+    """Metric points packed (store/metrics.py): a row of metric_packs holds up to PACK_POINTS of one
+    series' points. The points of the table `metrics` (a row a point) move into packs with their
+    ids, values, steps, epochs and times, a series at a time in id order; then the table goes. In
+    this migration's transaction: an upgrade killed half-way leaves the store as it was. The chart
+    chunks stay as they are (the points' ids do not change)."""
+    from itertools import groupby
+
+    from .metrics import PACKS_INDEXES, PACKS_TABLE, _PUT_PACK, _pack_rows
+
+    db.execute(PACKS_TABLE)
+    if "metrics" in db.table_names():
+        raw = db.conn
+        cur = raw.cursor()
+        cur.row_factory = None
+        rows = cur.execute("SELECT job_id, name, id, value, step, epoch, at FROM metrics ORDER BY job_id, name, id")
+        w = raw.cursor()
+        while True:
+            block = rows.fetchmany(50_000)
+            if not block:
+                break
+            for (job_id, name), grp in groupby(block, key=lambda r: (r[0], r[1])):
+                _, _, ids, vals, steps, epochs, ats = zip(*grp)
+                # a series cut by the block's end becomes two packs: what it holds is the same
+                w.executemany(_PUT_PACK, _pack_rows(job_id, name, ids, vals, steps, epochs, ats))
+        db.execute("DROP TABLE metrics")
+    for sql in PACKS_INDEXES:
+        db.execute(sql)
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11, _m_backend, _m_chunks, _m_packs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

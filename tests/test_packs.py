@@ -1,0 +1,187 @@
+"""Metric points packed a row per series and batch (runner/store/metrics.py, #30): every read gives
+what the row-a-point table gave (ids, order, values as a REAL column, steps and epochs as INTEGER
+ones, times), a page of points reads only its packs, and a store of that table upgrades in place."""
+
+import math
+import random
+import sqlite3
+
+import pytest
+import sqlite_utils
+
+from runner import metric_chunks
+from runner.store import MIGRATIONS, SCHEMA_VERSION, Store
+from runner.store import metrics as store_metrics
+from runner.store.schema import _m_packs
+
+
+def _job(store, jid: str):
+    store.insert_job({"id": jid, "name": jid, "user": "alice", "uid": 0, "kind": "command", "spec": {}, "gpus": [], "after": [],
+                      "state": "running", "created_at": 1.0}, now=1.0)
+
+
+def _as_rows(path, jobs) -> list[dict]:
+    """The same points through a real row-a-point table (the store's schema before packs): what SQLite makes of them."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.row_factory = sqlite3.Row
+    raw.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY, job_id TEXT, name TEXT, value REAL, step INTEGER, epoch INTEGER, at REAL)")
+    for jid, pts, at in jobs:
+        raw.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)", [(jid, *p, at) for p in pts])
+    out = [dict(r) for r in raw.execute("SELECT id, job_id, name, value, step, epoch, at FROM metrics ORDER BY id")]
+    raw.close()
+    return out
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+ODD = [("loss", float("nan"), 1, 0), ("loss", float("inf"), 2.0, 0.0), ("acc", -float("inf"), 3.5, 1.5), ("acc", 1, True, None),
+       ("lr", None, None, None), ("lr", 0.25, float("nan"), 2), ("loss", 7, 2**40, 3)]
+
+
+def test_points_read_back_as_a_row_a_point_table_kept_them(tmp_path):
+    """Odd values (NaN, infinities, None, ints, bools, whole and fractional floats as steps and epochs),
+    two jobs interleaved, batches of many sizes: store.metric_points equals what the same inserts
+    into SQLite's own table give, id for id, and every reader agrees with it."""
+    s = Store(tmp_path / "runner.db")
+    _job(s, "a")
+    _job(s, "b")
+    rnd = random.Random(5)
+    names = ("loss", "acc", "lr")
+    batches = []
+    for k in range(60):
+        jid = rnd.choice("ab")
+        pts = [(rnd.choice(names), rnd.choice([rnd.random(), 3, 2.0]), rnd.choice([k * 100 + i, None]), k // 7) for i in range(rnd.choice([1, 2, 40, 700]))]
+        if k == 30:
+            pts = ODD
+        batches.append((jid, pts, float(k)))
+        s.record_progress(jid, pts, k, now=float(k))
+    want = _as_rows(tmp_path / "rows.db", batches)
+    got = s.metric_points()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys() and all(_same(g[c], w[c]) for c in w), (g, w)
+        assert type(g["step"]) is type(w["step"]) and type(g["epoch"]) is type(w["epoch"]), (g, w)
+    for jid in "ab":
+        mine = [w for w in want if w["job_id"] == jid]
+        plain = [{k: w[k] for k in ("name", "value", "step", "epoch", "at")} for w in mine]
+        assert _eq(s.metrics(jid), plain)
+        for name in names:
+            series = [p for p in plain if p["name"] == name]
+            assert _eq(s.metrics(jid, name), series) and s.count_metrics(jid, name) == len(series)
+            for off, lim in ((0, 1), (3, 5), (len(series) - 2, 10), (len(series) + 5, 3), (1, 10**6)):
+                assert _eq(s.metrics(jid, name, lim, off), series[off:off + lim]), (name, off, lim)
+        assert s.count_metrics(jid) == len(mine) and s.has_metrics(jid)
+        assert s.latest_metrics(jid) == {n: [p for p in plain if p["name"] == n][-1]["value"] for n in {p["name"] for p in plain}}
+        ids = [w["id"] for w in mine]
+        for after, upto, lim in ((0, None, 10), (ids[len(ids) // 2], None, 10**6), (ids[3], ids[40], 7), (ids[-1], None, 5)):
+            expect = [w for w in mine if w["id"] > after and (upto is None or w["id"] <= upto)][:lim]
+            expect = [{k: w[k] for k in ("id", "name", "value", "step", "epoch", "at")} for w in expect]
+            assert _eq(s.metric_rows_after(jid, after, upto, lim), expect), (after, upto, lim)
+        for upto in (0, ids[0], ids[len(ids) // 3], ids[-1], 10**9):
+            assert s.metric_count_upto(jid, upto) == sum(1 for i in ids if i <= upto)
+        epochs = [w["at"] for w in mine if w["epoch"] is not None]
+        assert s.first_epoch_point_at(jid) == (min(epochs) if epochs else None)
+
+
+def _eq(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+
+def test_a_line_a_batch_fills_packs_and_a_flood_cuts_them(tmp_path, monkeypatch):
+    """A job printing a point a look leaves a pack per MERGE_BELOW points, not a pack a point; a
+    batch larger than PACK_POINTS is cut into packs; a page of one series reads only its packs."""
+    monkeypatch.setattr(store_metrics, "PACK_POINTS", 100)
+    monkeypatch.setattr(store_metrics, "MERGE_BELOW", 30)
+    s = Store(tmp_path / "runner.db")
+    _job(s, "j")
+    for i in range(95):
+        s.record_progress("j", [("loss", 1.0 / (i + 1), i, 0)], i)
+    packs = [r["n"] for r in s.conn.execute("SELECT n FROM metric_packs ORDER BY last_id").fetchall()]
+    assert sum(packs) == 95 and len(packs) == 4 and max(packs) == 30, packs  # 30, 30, 30, 5
+    s.record_progress("j", [("loss", 0.5, 95 + i, 1) for i in range(250)], 96)
+    packs = [r["n"] for r in s.conn.execute("SELECT n FROM metric_packs ORDER BY last_id").fetchall()]
+    assert packs == [30, 30, 30, 5, 100, 100, 50], packs  # (the flood does not fit the open pack: packs of its own)
+    assert [p["step"] for p in s.metrics("j", "loss", 20, 140)] == list(range(140, 160))
+    reads = []
+    s.conn.set_trace_callback(reads.append)
+    s.metrics("j", "loss", 10, 200)
+    s.conn.set_trace_callback(None)
+    assert sum("WHERE rowid=" in q for q in reads) == 1  # one pack of seven read whole
+
+
+def test_the_fast_chunk_summary_is_summarize_exactly():
+    """extend's column-at-a-time path (_summarize_clean, a batch of the usual points) gives the rows
+    summarize gives chunk by chunk; on any other batch it steps aside (None)."""
+    rnd = random.Random(2)
+    fast_used = 0
+    for trial in range(2000):
+        n = rnd.choice([64, 65, 100, 257, 1000])
+        s0 = rnd.randrange(0, 50)
+        steps = list(range(s0, s0 + n)) if rnd.random() < .8 else [rnd.randrange(100) for _ in range(n)]
+        vals = [rnd.choice([rnd.random(), 0.5, 1.0, -2]) for _ in range(n)]
+        if rnd.random() < .1:
+            vals[rnd.randrange(n)] = float("inf")
+        if rnd.random() < .1:
+            vals[rnd.randrange(n)] = None
+        epochs = [s // 7 for s in steps] if rnd.random() < .9 else [None] * n
+        ids = list(range(1000, 1000 + 3 * n, 3))
+        slow = []
+        for j in range(0, n, metric_chunks.CHUNK):
+            c = slice(j, j + metric_chunks.CHUNK)
+            slow.append(metric_chunks.summarize(j // metric_chunks.CHUNK, j, ids[c], vals[c], steps[c], epochs[c],
+                                                slow[-1][metric_chunks.STEP_LAST] if slow else None))
+        assert metric_chunks.build(list(zip(ids, vals, steps, epochs))) == slow, trial
+        fast = metric_chunks._summarize_clean(0, 0, ids, vals, steps, epochs, None)
+        assert fast is None or fast == slow, trial
+        fast_used += fast is not None
+        cut = rnd.randrange(1, n)  # a series extended: its open chunk filled, then the rest
+        first = metric_chunks.extend(None, ids[:cut], vals[:cut], steps[:cut], epochs[:cut])
+        rest = metric_chunks.extend(first[-1], ids[cut:], vals[cut:], steps[cut:], epochs[cut:])
+        rows = {r[0]: r for r in first}
+        rows.update({r[0]: r for r in rest})
+        assert [rows[k] for k in sorted(rows)] == slow, (trial, cut)
+    assert fast_used > 500
+
+
+@pytest.mark.parametrize("chunks", [False, True])
+def test_a_store_of_a_row_a_point_upgrades_to_packs_in_place(tmp_path, chunks):
+    """The migration moves every point (ids, values, steps, epochs, times) into packs and drops the
+    table; the charts' chunks, whose ids are the points', still add up; new points go on from the
+    newest id."""
+    path, k = tmp_path / "runner.db", MIGRATIONS.index(_m_packs)
+    raw = sqlite3.connect(path, isolation_level=None)
+    for m in MIGRATIONS[:k]:
+        m(sqlite_utils.Database(raw))
+    raw.execute(f"PRAGMA user_version={k}")
+    _job(Store(path, migrate=False), "old")
+    _job(Store(path, migrate=False), "other")
+    rnd = random.Random(9)
+    pts = [(jid, rnd.choice(("loss", "acc")), rnd.random(), s, s // 100, float(s // 50)) for s in range(30_000) for jid in ("old", "other")]
+    pts[7] = ("old", "loss", None, 3, 0, 0.0)
+    raw.executemany("INSERT INTO metrics (job_id, name, value, step, epoch, at) VALUES (?,?,?,?,?,?)", pts)
+    before = [dict(zip(("id", "job_id", "name", "value", "step", "epoch", "at"), r))
+              for r in raw.execute("SELECT id, job_id, name, value, step, epoch, at FROM metrics ORDER BY id")]
+    if chunks:
+        for jid in ("old", "other"):
+            for name in ("loss", "acc"):
+                mine = [(b["id"], b["value"], b["step"], b["epoch"]) for b in before if b["job_id"] == jid and b["name"] == name]
+                raw.executemany(f"INSERT INTO metric_chunks VALUES (?,?,{','.join('?' * 22)})",
+                                [(jid, name, *r) for r in metric_chunks.build(mine)])
+    raw.close()
+    s = Store(path)
+    assert s.schema_version() == SCHEMA_VERSION
+    assert "metrics" not in {r["name"] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
+    assert s.metric_points() == before
+    cur = s.conn.cursor()
+    cur.row_factory = None
+    from runner.web import series
+
+    for jid in ("old", "other"):
+        for name in ("loss", "acc"):
+            ch = series.queries.series_chunks(cur, jid, name)
+            assert bool(ch) == chunks and (not chunks or series._whole(ch, *series.queries.series_extent(cur, jid, name)))
+    s.record_progress("old", [("loss", 0.5, 40_000, 400)], 1, now=99.0)
+    newest = s.metric_points("old")[-1]
+    assert newest["id"] == before[-1]["id"] + 1 and newest["step"] == 40_000
