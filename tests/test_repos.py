@@ -715,3 +715,29 @@ def test_a_repo_jobs_train_key_its_table_never_passes_is_refused(runner, home, t
     lines = [x for x in r.stderr.splitlines() if x.startswith("runner: train.")]
     assert lines == [f"runner: train.{k}: repo/testrepo's table passes no {{{k}}} to its script (it takes batch_size, epochs, "
                      "input_size, lr); map it in the table's args, or leave it out" for k in ("epoch", "stride")], r.stderr
+
+
+def test_worktrees_of_one_repo_made_at_once_all_succeed(home, trainrepo, tmp_path):
+    """A check job and its control are prepared at the same moment, each a worktree of the same clone
+    cache: `worktree prune` beside another's `worktree add` removed that add's half-made entry (CI:
+    "could not open .../worktrees/src3/locked for writing"). 8 processes at once, 4 rounds: each
+    worktree is made, at the pinned commit."""
+    import multiprocessing
+
+    from runner import repos
+    from runner.home import Home
+
+    src, first = trainrepo
+    h = Home(home).ensure()
+    table = repo_table(f"file://{src}", first)
+    repos.ensure_clone(h, table["url"], first)
+    ctx = multiprocessing.get_context("fork")
+    for rnd in range(4):
+        dests = [tmp_path / f"r{rnd}" / f"j{i}" / "src" for i in range(8)]
+        procs = [ctx.Process(target=repos.checkout, args=(h, table, d)) for d in dests]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 8, rnd
+        assert all((d / "train.py").is_file() and git("rev-parse", "HEAD", cwd=d) == first for d in dests), rnd

@@ -95,8 +95,14 @@ def checkout(home, repo: dict, dest: Path) -> Path:
         raise RepoError(f"commit {repo['commit']} is not in {repo['url']}")
     if dest.exists():
         subprocess.run(["rm", "-rf", str(dest)])
-    _git("--git-dir", str(cache), "worktree", "prune")
-    _git("--git-dir", str(cache), "worktree", "add", "--quiet", "--detach", "--no-checkout", str(dest), repo["commit"])
+    from filelock import FileLock
+
+    # under the cache's lock: a prune beside another job's `worktree add` (a check job and its
+    # control prepared at once) removed that add's half-made entry ("could not open
+    # .../worktrees/src3/locked for writing"), and two adds could pick the same entry name
+    with FileLock(str(cache) + ".lock"):
+        _git("--git-dir", str(cache), "worktree", "prune")
+        _git("--git-dir", str(cache), "worktree", "add", "--quiet", "--detach", "--no-checkout", str(dest), repo["commit"])
     excludes = repo.get("exclude", [])
     if excludes:
         _git("sparse-checkout", "set", "--no-cone", "/*", *[f"!/{e.lstrip('/')}" for e in excludes], cwd=dest)
