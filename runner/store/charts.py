@@ -14,15 +14,9 @@ def series_extent(cur, job_id: str, name: str) -> tuple[int, int | None]:
 def series_points(cur, job_id: str, name: str, lo_id: int = 0, hi_id: int = 2**63 - 1) -> list[tuple]:
     """(id, value, step, epoch) of one metric of a job, ids lo_id..hi_id, in the order recorded
     (an infinity given as None: JSON has none; a NaN is stored as None already)."""
-    from .metrics import _COLS, _decode
+    from .metrics import _between
 
-    out: list = []
-    for r in cur.execute(f"SELECT {_COLS} FROM metric_packs WHERE job_id=? AND name=? AND last_id>=? AND first_id<=? ORDER BY last_id",
-                         (job_id, name, lo_id, hi_id)):
-        ids, vals, steps, epochs, _ = _decode(r)
-        vals = [v if v is None or abs(v) < 9e999 else None for v in vals] if (INF in vals or -INF in vals) else vals
-        out += [p for p in zip(ids, vals, steps, epochs) if lo_id <= p[0] <= hi_id]
-    return out
+    return [(i, v if v is None or abs(v) < INF else None, st, e) for i, _, v, st, e, _ in _between(cur, job_id, lo_id, hi_id, name)]
 
 
 def series_chunks(cur, job_id: str, name: str) -> list[tuple] | None:
@@ -83,12 +77,6 @@ def last_metric_id(cur) -> int:
 
 def points_since(cur, job_id: str, after: int, last_id: int, limit: int) -> list[tuple]:
     """(name, step, epoch, value) of a job's points with ids in (after, last_id], `limit` at most, in id order."""
-    from .metrics import _COLS, _decode
+    from .metrics import _between
 
-    out: list = []
-    for r in cur.execute(f"SELECT {_COLS} FROM metric_packs WHERE job_id=? AND last_id>? AND first_id<=? ORDER BY first_id",
-                         (job_id, after, last_id)):
-        ids, vals, steps, epochs, _ = _decode(r)
-        out += [(i, r[2], s, e, v) for i, v, s, e in zip(ids, vals, steps, epochs) if after < i <= last_id]
-    out.sort()
-    return [p[1:] for p in out[:limit]]
+    return [(n, st, e, v) for _, n, v, st, e, _ in _between(cur, job_id, after + 1, last_id)[:limit]]

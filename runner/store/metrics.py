@@ -113,12 +113,12 @@ def _cur(c):
     return cur
 
 
-def _packs(cur, job_id: str, name: Optional[str] = None, where: str = "", args=(), order: str = "last_id") -> list:
+def _packs(cur, job_id: str, name: Optional[str] = None, where: str = "", args=()) -> list:
     sql, a = f"SELECT {_COLS} FROM metric_packs WHERE job_id=?", [job_id]
     if name is not None:
         sql += " AND name=?"
         a.append(name)
-    return cur.execute(f"{sql}{where} ORDER BY {order}", [*a, *args]).fetchall()
+    return cur.execute(f"{sql}{where} ORDER BY last_id", [*a, *args]).fetchall()
 
 
 def _flat(rows) -> list[tuple]:
@@ -129,6 +129,12 @@ def _flat(rows) -> list[tuple]:
         out += zip(ids, [r[2]] * len(ids), vals, steps, epochs, ats)
     out.sort()
     return out
+
+
+def _between(cur, job_id: str, lo: int, hi: int, name: Optional[str] = None) -> list[tuple]:
+    """(id, name, value, step, epoch, at) of a job's points (of one metric, when named) with ids
+    lo..hi, in id order: only the packs that hold such ids are read."""
+    return [p for p in _flat(_packs(cur, job_id, name, " AND last_id>=? AND first_id<=?", (lo, hi))) if lo <= p[0] <= hi]
 
 
 def _next_id(cur) -> int:
@@ -409,10 +415,6 @@ def metric_points(store, job_id: Optional[str] = None) -> list[dict]:
     """Every stored point (of one job, when named) as the row of a point table read: dicts of id,
     job_id, name, value, step, epoch, at, in id order (for tests and inspection; a page reads less)."""
     cur = _cur(store.conn)
-    rows = cur.execute(f"SELECT {_COLS} FROM metric_packs" + (" WHERE job_id=?" if job_id else ""), (job_id,) if job_id else ())
-    out: list = []
-    for r in rows:
-        ids, vals, steps, epochs, ats = _decode(r)
-        out += zip(ids, [r[1]] * len(ids), [r[2]] * len(ids), vals, steps, epochs, ats)
-    out.sort()
-    return [dict(zip(("id", "job_id", "name", "value", "step", "epoch", "at"), p)) for p in out]
+    jobs = [job_id] if job_id else [r[0] for r in cur.execute("SELECT DISTINCT job_id FROM metric_packs")]
+    pts = sorted((p[0], j, *p[1:]) for j in jobs for p in _flat(_packs(cur, j)))
+    return [dict(zip(("id", "job_id", "name", "value", "step", "epoch", "at"), p)) for p in pts]

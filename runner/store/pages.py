@@ -121,11 +121,7 @@ def latest_points(cur, ids: list[str]) -> list[tuple]:
 
 def best_between(cur, job_id: str, name: str, lower: bool, after: int, last_id: int):
     """The lowest (`lower`) or highest value of one metric of a job among its points with ids in (after, last_id]."""
-    from .metrics import _COLS, _decode
+    from .metrics import _between
 
-    vals: list = []
-    for r in cur.execute(f"SELECT {_COLS} FROM metric_packs WHERE job_id=? AND name=? AND last_id>? AND first_id<=?",
-                         (job_id, name, after, last_id)):
-        ids, vs, *_ = _decode(r)
-        vals += [v for i, v in zip(ids, vs) if after < i <= last_id and v is not None]
+    vals = [p[2] for p in _between(cur, job_id, after + 1, last_id, name) if p[2] is not None]
     return (min if lower else max)(vals) if vals else None
