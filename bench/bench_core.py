@@ -157,7 +157,7 @@ def cli_times(reps: int):
 
 def _parse_once(data: bytes):
     from runner.store import Store
-    from runner.watch import LogWatcher
+    from runner.watch import HelperWatcher
 
     home = tmp_home()
     job_dir = home / "jobs" / "bench"
@@ -165,9 +165,11 @@ def _parse_once(data: bytes):
     (job_dir / "output.log").write_bytes(data)
     s = Store(home / "runner.db")
     s.insert_job({"id": "bench", "name": "b", "user": "u", "uid": 0, "kind": "command", "spec": {}, "created_at": 0, "gpus": [], "after": []})
-    w = LogWatcher("bench", job_dir, None)
+    w = HelperWatcher("bench", job_dir, None)  # the daemon's way: a helper parses, the daemon stores
     t0 = time.perf_counter()
-    points = w.poll(s, final=True)
+    points = 0
+    while not w.done:
+        points += w.poll(s, final=True)
     dt = time.perf_counter() - t0
     w.close()
     s.close()

@@ -99,26 +99,34 @@ def _summarize_clean(k: int, start: int, ids, vals, steps, epochs, prev_step) ->
     """What summarize gives for consecutive chunks k, k + 1, ... of these points, computed a column
     at a time (min, max, index over every chunk's slice in C: a log's metrics arrive thousands at a
     time, and a call of summarize a chunk was half the store's write), or None unless the points
-    are the usual kind: every value finite, every epoch given, every step given and increasing
-    from `prev_step` (k > 0) on. tests/test_chart_chunks.py holds it to summarize."""
+    are the usual kind: every value finite, every epoch given (or none), every step given and
+    increasing from `prev_step` (k > 0) on (or none). tests/test_chart_chunks.py holds it to summarize."""
     n = len(vals)
-    if None in vals or None in epochs or None in steps or not (-INF < min(vals) and max(vals) < INF):
+    if None in vals or not (-INF < min(vals) and max(vals) < INF):
+        return None
+    no_epochs = epochs.count(None) == n  # a log that prints no epoch: every chunk's epochs are None
+    no_steps = steps.count(None) == n  # nor a step
+    if not no_epochs and None in epochs or not no_steps and None in steps:
         return None
     steps = list(steps)
-    if steps != sorted(set(steps)) or (k > 0 and (prev_step is None or not prev_step < steps[0])):
+    if not no_steps and (steps != sorted(set(steps)) or (k > 0 and (prev_step is None or not prev_step < steps[0]))):
         return None
+    ok_s, ok_e = int(not no_steps), int(not no_epochs)
     cuts = range(0, n, CHUNK)
     vs = [vals[j:j + CHUNK] for j in cuts]
-    es = [epochs[j:j + CHUNK] for j in cuts]
     lo, hi = list(map(min, vs)), list(map(max, vs))
     i_lo, i_hi = list(map(list.index, map(list, vs), lo)), list(map(list.index, map(list, vs), hi))
-    e_lo, e_hi = list(map(min, es)), list(map(max, es))
+    if no_epochs:
+        e_lo = e_hi = [None] * len(vs)
+    else:
+        es = [epochs[j:j + CHUNK] for j in cuts]
+        e_lo, e_hi = list(map(min, es)), list(map(max, es))
     out = []
     for c, j in enumerate(cuts):
         e = min(j + CHUNK, n) - 1
         a, b = j + i_lo[c], j + i_hi[c]
-        out.append((k + c, e - j + 1, ids[j], ids[e], steps[j], steps[e], 1, epochs[j], epochs[e], e_lo[c], e_hi[c], 1, vals[j], vals[e],
-                    lo[c], start + a, steps[a], epochs[a], hi[c], start + b, steps[b], epochs[b]))
+        out.append((k + c, e - j + 1, ids[j], ids[e], steps[j], steps[e], ok_s, epochs[j], epochs[e], e_lo[c], e_hi[c], ok_e, vals[j],
+                    vals[e], lo[c], start + a, steps[a], epochs[a], hi[c], start + b, steps[b], epochs[b]))
     return out
 
 
@@ -129,9 +137,14 @@ def build(pts: list) -> list[tuple]:
 
 def by_name(points: list, first_id: int) -> dict:
     """{name: (ids, values, steps, epochs)} of points (name, value, step, epoch) whose ids are
-    first_id, first_id + 1, ... in order. A batch of a log's lines usually names its metrics in
-    the same order on each line: then each name's columns are slices (in C), else one loop."""
-    names, vals, steps, epochs = zip(*points)
+    first_id, first_id + 1, ... in order (by_columns of their columns)."""
+    return by_columns(*zip(*points), first_id)
+
+
+def by_columns(names, vals, steps, epochs, first_id: int) -> dict:
+    """{name: (ids, values, steps, epochs)} of points given as columns, whose ids are first_id,
+    first_id + 1, ... in order. A batch of a log's lines usually names its metrics in the same
+    order on each line: then each name's columns are slices (in C), else one loop."""
     n = len(names)
     ids = range(first_id, first_id + n)
     p = names.index(names[0], 1) if names.count(names[0]) > 1 else n

@@ -183,16 +183,20 @@ class LogWatcher:
         # the log: never in the job folder, which the job can write
         self.owner = owner if owner is not None else os.geteuid()
         self.run_dir = Path(log_path).parent if log_path else None
-        self.assembler = LineAssembler(offset)
-        self.parser = build_parser(parser_spec, parser_state)
-        self.checkpoints = checkpoints or []
         self.offset = offset
+        self._parser_from(parser_spec, parser_state)
+        self.checkpoints = checkpoints or []
         self._fh = None
         self._final_read = 0  # log bytes read since the job's end was known (at most FINAL_BYTES)
         self.behind = False  # the last poll stopped before the end of the log (its budget spent)
         self.done = False  # a final poll has read to the end (or to FINAL_BYTES): the job's points are all in
         self._known = read_identities(self.run_dir)
         self._scanned = float("-inf")  # monotonic time of the last checkpoint scan
+
+    def _parser_from(self, spec, state):
+        """The log's line assembler and parser, at the watcher's offset."""
+        self.assembler = LineAssembler(self.offset)
+        self.parser = build_parser(spec, state)
 
     def poll(self, store, final: bool = False, seconds: float | None = None) -> int:
         """Read what is new (up to FINAL_BYTES of it after the job's end, `final`), store the
@@ -306,6 +310,99 @@ class LogWatcher:
         if self._fh:
             self._fh.close()
             self._fh = None
+
+
+class HelperWatcher(LogWatcher):
+    """The daemon's watcher: the log parsed by a helper running as the job's user
+    (runner.logparse), the daemon storing each batch with its offset and parser state in one
+    transaction (exactly once, as LogWatcher). Checkpoints are scanned here, as LogWatcher does."""
+
+    def __init__(self, *args, **kwargs):
+        self.helper = None
+        self.deaths = 0  # helpers of this job that broke
+        self.gave_up: str | None = None  # why its log is no longer parsed
+        self._final_sent = False
+        super().__init__(*args, **kwargs)
+
+    def _parser_from(self, spec, state):
+        self.spec, self.state = spec, state  # the helper builds the parser; the daemon never does
+
+    def _helper(self):
+        from .identity import Person, person
+        from .logparse import ParseHelper
+
+        if self.helper is None:
+            try:
+                who = person(self.owner)
+            except KeyError:  # a uid without a passwd entry (its user removed): no groups, nobody's group
+                who = Person(self.owner, 65534, (), str(self.owner), "/")
+            self.helper = ParseHelper(who, self.path, self.offset, self.spec, self.state, self.max_offset)
+            self._final_sent = False
+        return self.helper
+
+    def poll(self, store, final: bool = False, seconds: float | None = None) -> int:
+        """Store the batches the helper has sent (an ended job, `final`: wait up to `seconds`
+        for them, all of them when None, until the helper says it read to the end: `done`)."""
+        import logging
+
+        from .logparse import FINAL_SECONDS, RESPAWNS, HelperBroke, check_batch
+
+        self.behind = False
+        total = 0
+        if self.spec == "none" or self.gave_up:  # a log that asked for no metrics, or one given up
+            self.done = final
+        else:
+            budget = seconds if seconds is not None else FINAL_SECONDS if final else defaults.FOLLOW_PASS_SECONDS
+            until = time.monotonic() + budget
+            try:
+                h = self._helper()
+                if final and not self._final_sent:
+                    h.final(FINAL_BYTES)
+                    self._final_sent = True
+                while True:
+                    line = h.next(max(0.0, until - time.monotonic()) if final else 0.0)
+                    if line is None:
+                        if final and time.monotonic() - h.last_heard > FINAL_SECONDS:
+                            raise HelperBroke(f"sent nothing for {FINAL_SECONDS:.0f}s after the job's end")
+                        break
+                    pts, offset, state, done = check_batch(json.loads(line), self.offset, self.max_offset)
+                    if pts or offset != self.offset:
+                        try:
+                            store.record_progress(self.job_id, pts, offset, state, redo_before=self.redo_before)
+                        except BaseException:  # not stored (the daemon's disk, its store): the next helper reads it again
+                            self._let_go(kill=True)
+                            raise
+                    self.offset, self.state = offset, state
+                    total += len(pts)
+                    if done:
+                        self.done = True
+                        self._let_go()
+                        break
+                    if time.monotonic() >= until:
+                        self.behind = True
+                        break
+            except (HelperBroke, ValueError) as e:  # (a JSON error is a ValueError)
+                self._let_go(kill=True)
+                self.deaths += 1
+                log = logging.getLogger("runner.watch")
+                if self.deaths > RESPAWNS:
+                    self.gave_up = f"its log parser broke {self.deaths} times ({e})"
+                    log.warning("job %s: metrics no longer read: %s", self.job_id, self.gave_up)
+                    self.done = final
+                else:
+                    log.warning("job %s: its log parser broke (%s); started again from offset %d", self.job_id, e, self.offset)
+                    self.behind = True
+        if self.checkpoints and (final or time.monotonic() - self._scanned >= SCAN_SECONDS):
+            self.scan_artifacts(store)
+        return total
+
+    def _let_go(self, kill: bool = False):
+        if self.helper is not None:
+            self.helper.kill() if kill else self.helper.close()
+            self.helper = None
+
+    def close(self):
+        self._let_go()
 
 
 def tail_lines(path: Path, n: int = defaults.LOG_TAIL_LINES, max_bytes: int = defaults.LOG_TAIL_MAX_BYTES) -> list[str]:

@@ -115,17 +115,21 @@ def test_the_fast_chunk_summary_is_summarize_exactly():
     """extend's column-at-a-time path (_summarize_clean, a batch of the usual points) gives the rows
     summarize gives chunk by chunk; on any other batch it steps aside (None)."""
     rnd = random.Random(2)
-    fast_used = 0
+    fast_used, fast_bare = 0, 0
     for trial in range(2000):
         n = rnd.choice([64, 65, 100, 257, 1000])
         s0 = rnd.randrange(0, 50)
-        steps = list(range(s0, s0 + n)) if rnd.random() < .8 else [rnd.randrange(100) for _ in range(n)]
+        r = rnd.random()
+        steps = list(range(s0, s0 + n)) if r < .7 else [rnd.randrange(100) for _ in range(n)] if r < .85 else [None] * n
         vals = [rnd.choice([rnd.random(), 0.5, 1.0, -2]) for _ in range(n)]
         if rnd.random() < .1:
             vals[rnd.randrange(n)] = float("inf")
         if rnd.random() < .1:
             vals[rnd.randrange(n)] = None
-        epochs = [s // 7 for s in steps] if rnd.random() < .9 else [None] * n
+        r = rnd.random()
+        epochs = [i // 7 for i in range(n)] if r < .75 else [None] * n  # a log without epochs (or steps) is usual too
+        if r > .95:
+            epochs[rnd.randrange(n)] = None if epochs[0] is not None else 3  # some given, some not: the slow path
         ids = list(range(1000, 1000 + 3 * n, 3))
         slow = []
         for j in range(0, n, metric_chunks.CHUNK):
@@ -136,13 +140,14 @@ def test_the_fast_chunk_summary_is_summarize_exactly():
         fast = metric_chunks._summarize_clean(0, 0, ids, vals, steps, epochs, None)
         assert fast is None or fast == slow, trial
         fast_used += fast is not None
+        fast_bare += fast is not None and (steps[0] is None or epochs[0] is None)
         cut = rnd.randrange(1, n)  # a series extended: its open chunk filled, then the rest
         first = metric_chunks.extend(None, ids[:cut], vals[:cut], steps[:cut], epochs[:cut])
         rest = metric_chunks.extend(first[-1], ids[cut:], vals[cut:], steps[cut:], epochs[cut:])
         rows = {r[0]: r for r in first}
         rows.update({r[0]: r for r in rest})
         assert [rows[k] for k in sorted(rows)] == slow, (trial, cut)
-    assert fast_used > 500
+    assert fast_used > 500 and fast_bare > 200
 
 
 @pytest.mark.parametrize("chunks", [False, True])

@@ -445,3 +445,48 @@ def test_root_starting_the_daemon_or_doctor_in_a_teammates_folder_imports_and_re
 
     uvcheck.resolve({"UV_INDEX_URL": "file:///nonexistent"}, uv_binary())
     assert seen.get("cwd") == "/", seen  # no folder a user may write, nor any above it
+
+
+def _parse_helpers(uid: int) -> list[int]:
+    """The pids of the log-parsing helpers (runner.logparse) running as uid."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split("\n")[0].split()
+        except (OSError, IndexError):
+            continue
+        if b"runner.logparse" in cmd and uids[0] == str(uid):
+            out.append(int(pid))
+    return out
+
+
+def test_her_log_is_parsed_by_a_helper_as_her_and_killing_or_stopping_it_costs_no_one_a_point(team):
+    """The root daemon never parses a job's log: a helper dropped to its user does (runner.logparse).
+    Bob's helper runs as bob, with no privileges, and is not his to read (not dumpable): the pipe
+    to the daemon cannot be his. He may kill or stop his own helper: the daemon starts another from
+    the stored offset, his metrics come on with each point once, his job ends, and Alice's job
+    beside his loses nothing."""
+    d, alice, bob, home = team
+    n = 300
+    script = f'for i in $(seq 1 {n}); do echo "step=$i loss=0.$i"; sleep 0.02; done'
+    his = submit(bob, "printing", {**sh(script), "parser": "generic"})
+    hers = submit(alice, "printing", {**sh(script), "parser": "generic"})
+    pid = wait_for(lambda: _parse_helpers(bob.uid), 60, what="bob's parse helper")[0]
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert f"Uid:\t{bob.uid}\t{bob.uid}\t{bob.uid}\t{bob.uid}" in status and "NoNewPrivs:\t1" in status
+    assert "CapEff:\t0000000000000000" in status
+    out = bob.python(f"import os\ntry:\n    os.listdir('/proc/{pid}/fd')\n    print('listed')\nexcept PermissionError:\n    print('refused')")
+    assert out.strip() == "refused"
+    for _ in range(3):  # he kills his helper: another one follows on
+        bob.python(f"import os, signal\nos.kill({pid}, signal.SIGKILL)")
+        old = pid
+        pid = wait_for(lambda: [p for p in _parse_helpers(bob.uid) if p != old], 30, what="a new helper")[0]
+    bob.python(f"import os, signal\nos.kill({pid}, signal.SIGSTOP)")  # and holds the last one stopped
+    assert bob.wait(his, timeout=120)["state"] == "succeeded"
+    assert alice.wait(hers, timeout=120)["state"] == "succeeded"
+    for user, jid in ((bob, his), (alice, hers)):
+        pts = json.loads(user.run("metrics", jid, "--name", "loss", "--json").stdout)["series"]["loss"]
+        assert [p["step"] for p in pts] == list(range(1, n + 1)), (user.name, [p["step"] for p in pts][:20])
+    wait_for(lambda: not _parse_helpers(bob.uid) and not _parse_helpers(alice.uid), 10, what="the helpers let go")
+    assert daemon_alive(d)

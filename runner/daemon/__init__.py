@@ -144,6 +144,7 @@ class Daemon:
         self.guard.run("reconcile", self.reconcile, time.time())
         self.guard.run("spool intake", self.intake.resume, time.time())
         threading.Thread(target=lifecycle.watch_files, args=(self.home, self._stop_watch, self.wake), name="watch", daemon=True).start()
+        threading.Thread(target=self.logs.wake_on_batches, args=(self._stop_watch, self.wake), name="batches", daemon=True).start()
         if sock is not None:
             self.http_server = serve.start_http(self.home, self, self.http_bind, sock)
         self.exporters.start(self._stop_watch)  # a thread each; none without their config tables

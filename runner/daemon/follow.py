@@ -86,6 +86,7 @@ class Follow:
                 self._follow_one(job, now, share)
             except Exception as e:  # one job's bad value costs that job, never the loop
                 self._cannot_follow(job, e, now)
+        self.logs.let_go_but(j["id"] for j in jobs)
         self.gpus.sample(now)
 
     def _follow_one(self, job: dict, now: float, seconds: float | None = None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ..proctl import read_json
-from ..watch import LogWatcher
+from ..watch import HelperWatcher
 
 
 def job_log(home, job: dict):
@@ -33,25 +33,53 @@ def job_log(home, job: dict):
 
 
 class Logs:
-    """One LogWatcher per followed job, made on first use; the daemon's memory only (the offsets are in the store)."""
+    """One HelperWatcher per followed job (its log parsed by a helper as its user: runner.logparse), made on
+    first use; the daemon's memory only (the offsets are in the store)."""
 
     def __init__(self, store, home):
         self.store = store
         self.home = home
-        self.watchers: dict[str, LogWatcher] = {}
+        self.watchers: dict[str, HelperWatcher] = {}
 
-    def watcher(self, job: dict) -> LogWatcher:
+    def watcher(self, job: dict) -> HelperWatcher:
         """The job's log watcher, made on first use from its watch.json and stored offset."""
         w = self.watchers.get(job["id"])
         if w is None:
             run_dir = self.home.run_dir(job["id"])
             meta = read_json(run_dir / "watch.json") or {}
-            w = self.watchers[job["id"]] = LogWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
-                                                      job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
-                                                      log_path=run_dir / "output.log", owner=job["uid"],
-                                                      max_offset=self._read_limit(),
-                                                      redo_before=job["started_at"] if job.get("restarts") else None)
+            w = self.watchers[job["id"]] = HelperWatcher(job["id"], self.home.job_dir(job["id"]), meta.get("parser"),
+                                                          job["log_offset"] or 0, job["parser_state"], meta.get("checkpoints"),
+                                                          log_path=run_dir / "output.log", owner=job["uid"],
+                                                          max_offset=self._read_limit(),
+                                                          redo_before=job["started_at"] if job.get("restarts") else None)
         return w
+
+    def let_go_but(self, running):
+        """Let go of the parse helpers of jobs not among `running` (ids): a job that left `running` by
+        a way that did not finish its watcher keeps no helper (its watcher stays for finish())."""
+        keep = set(running)
+        for jid, w in list(self.watchers.items()):
+            if jid not in keep and w.helper is not None:
+                w.close()
+
+    def wake_on_batches(self, stop, wake):
+        """Wake the loop when a helper has sent a batch (until `stop` is set): a printed line is
+        stored within a pass of its parse, not at the next timed pass."""
+        import select
+
+        while not stop.is_set():
+            helpers = [w.helper for w in list(self.watchers.values())]  # (the loop may let one go meanwhile)
+            fds = [h.fd for h in helpers if h is not None]
+            if not fds:
+                stop.wait(0.05)
+                continue
+            try:
+                ready = select.select(fds, [], [], 0.05)[0]
+            except (OSError, ValueError):  # a helper let go meanwhile
+                ready = []
+            if ready:
+                wake.set()
+                stop.wait(0.01)  # (the loop reads them: at most a wake a pass, not a spin)
 
     def follow_log(self, job: dict, final: bool = False):
         """Read the job's new log lines into metrics (final: all of them, its end is known)."""

@@ -155,17 +155,42 @@ def _append(cur, job_id: str, name: str, ids, vals, steps, epochs, now: float):
     cur.executemany(_PUT_PACK, _pack_rows(job_id, name, ids, vals, steps, epochs, ats))
 
 
-def _insert_points(c, job_id: str, points: list, now: float):
-    """Store points (name, value, step, epoch) in the order given (their ids in that order, above
-    every id stored), and extend their series' chunks."""
-    from ..metric_chunks import by_name
+class Columns:
+    """Points as columns (what a log-parsing helper sends: runner.logparse): names, values, steps,
+    epochs, lists of one length; len() is how many points."""
 
-    if set(map(len, points)) - {4}:
-        raise ValueError("a metric point is (name, value, step, epoch)")
-    if not points:
-        return
+    __slots__ = ("names", "vals", "steps", "epochs")
+
+    def __init__(self, names, vals, steps, epochs):
+        self.names, self.vals, self.steps, self.epochs = names, vals, steps, epochs
+
+    def __iter__(self):
+        return iter((self.names, self.vals, self.steps, self.epochs))
+
+    def __len__(self):
+        return len(self.names)
+
+    def points(self) -> list:
+        return list(zip(self.names, self.vals, self.steps, self.epochs))
+
+
+def _insert_points(c, job_id: str, points, now: float):
+    """Store points (name, value, step, epoch), or Columns of them, in the order given (their ids in that order, above
+    every id stored), and extend their series' chunks."""
+    from ..metric_chunks import by_columns
+
+    if isinstance(points, Columns):
+        if not points.names:
+            return
+        cols = points
+    else:
+        if set(map(len, points)) - {4}:
+            raise ValueError("a metric point is (name, value, step, epoch)")
+        if not points:
+            return
+        cols = zip(*points)
     cur = _cur(c)
-    by = by_name(points, _next_id(cur))
+    by = by_columns(*cols, _next_id(cur))
     cols = {name: (ids, _real(v), _integer(s), _integer(e)) for name, (ids, v, s, e) in by.items()}
     for name, (ids, v, s, e) in cols.items():
         _append(cur, job_id, name, ids, v, s, e, now)
@@ -244,7 +269,7 @@ def record_progress(store, job_id: str, points: list[tuple], log_offset: int, pa
         if points and redo_before is not None:
             cur, gone = _cur(c), 0
             again: dict = {}
-            for (n, _, s, e) in points:
+            for (n, _, s, e) in (points.points() if isinstance(points, Columns) else points):
                 if s is not None or e is not None:
                     again.setdefault(n, set()).add((_integer1(s), _integer1(e)))
             for name, keys in again.items():

@@ -1,0 +1,271 @@
+"""A job's log parsed by a helper process (runner.logparse), the daemon storing its batches
+(runner.watch.HelperWatcher): exactly once across helpers killed or stopped, every batch checked
+as its user's input. The helper runs as the test's own user here; tests/test_privsep_files.py runs
+it as a second real user against a root daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from runner import logparse
+from runner.store import Store
+from runner.watch import HelperWatcher
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "runner.db")
+    s.insert_job({"id": "job1", "name": "x", "user": "u", "uid": os.geteuid(), "kind": "command", "spec": {}, "gpus": [], "after": []})
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    d = tmp_path / "jobs" / "job1"
+    d.mkdir(parents=True)
+    return d
+
+
+def lines(a: int, b: int) -> bytes:
+    return "".join(f"step={i} loss={1 / (i + 1):.6f} acc={i % 7}\n" for i in range(a, b)).encode()
+
+
+def saved(store):
+    j = store.get_job("job1")
+    return j["log_offset"], j["parser_state"]
+
+
+def poll_until(w, store, pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        w.poll(store)
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def steps(store, name="loss"):
+    return [p["step"] for p in store.metrics("job1", name)]
+
+
+def test_a_helper_follows_the_log_and_each_batch_is_stored_with_its_offset(store, job_dir, monkeypatch):
+    log = job_dir / "output.log"
+    log.write_bytes(lines(0, 100) + b"step=100 loss=0.5")  # a line not yet ended
+    calls = []
+    real = store.record_progress
+    monkeypatch.setattr(store, "record_progress", lambda jid, pts, off, st, **kw: (calls.append((len(pts), off, st)), real(jid, pts, off, st, **kw)))
+    w = HelperWatcher("job1", job_dir, None)
+    try:
+        poll_until(w, store, lambda: len(steps(store)) == 100)
+        assert saved(store) == (len(lines(0, 100)), {"epoch": None, "step": 99})  # up to the last whole line
+        with open(log, "ab") as f:  # the line ends, more come
+            f.write(b"0\n" + lines(101, 5000))
+        poll_until(w, store, lambda: len(steps(store)) == 5000)
+        assert steps(store) == list(range(5000)) and store.metrics("job1", "loss")[100]["value"] == 0.5
+        assert all(st["step"] is not None for _, _, st in calls) and [c[1] for c in calls] == sorted(c[1] for c in calls)
+        assert calls[-1][1] == log.stat().st_size
+        w.poll(store, final=True, seconds=10)
+        assert w.done and w.helper is None  # let go once its last batch is in
+    finally:
+        w.close()
+
+
+def test_the_last_line_without_an_end_is_read_when_the_job_ends(store, job_dir):
+    (job_dir / "output.log").write_bytes(lines(0, 3) + b"step=3 loss=0.25")
+    w = HelperWatcher("job1", job_dir, None)
+    w.poll(store, final=True, seconds=10)
+    assert w.done and steps(store) == [0, 1, 2, 3] and saved(store)[0] == (job_dir / "output.log").stat().st_size
+
+
+def test_a_missing_log_is_waited_for_and_an_ended_job_without_one_is_done(store, job_dir):
+    w = HelperWatcher("job1", job_dir, None)
+    w.poll(store)
+    assert steps(store) == [] and not w.done
+    (job_dir / "output.log").write_bytes(lines(0, 2))
+    poll_until(w, store, lambda: steps(store) == [0, 1])
+    w.close()
+    other = HelperWatcher("job2", job_dir / "nothing", None)
+    other.poll(store, final=True, seconds=10)
+    assert other.done
+
+
+def test_a_restart_reads_on_from_the_saved_offset_and_parser_state(store, job_dir):
+    log = job_dir / "output.log"
+    log.write_bytes(b"epoch 3\n" + lines(0, 10))
+    w = HelperWatcher("job1", job_dir, None)
+    poll_until(w, store, lambda: len(steps(store)) == 10)
+    w.close()
+    with open(log, "ab") as f:
+        f.write(b"loss=0.125\n")  # no step of its own: the saved state's
+    off, state = saved(store)
+    again = HelperWatcher("job1", job_dir, None, off, state)
+    again.poll(store, final=True, seconds=10)
+    pts = store.metrics("job1", "loss")
+    assert len(pts) == 11 and pts[-1]["step"] == 9 and pts[-1]["epoch"] == 3 and pts[-1]["value"] == 0.125
+
+
+def test_killed_helpers_lose_and_repeat_nothing(store, job_dir):
+    log = job_dir / "output.log"
+    log.write_bytes(b"")
+    w = HelperWatcher("job1", job_dir, None)
+    w.poll(store)
+    kills = 0
+    with open(log, "ab") as f:
+        for chunk in range(30):  # 30 x 2,000 lines, a helper killed after every few
+            f.write(lines(chunk * 2000, (chunk + 1) * 2000))
+            f.flush()
+            w.poll(store)
+            if chunk % 6 == 5 and w.helper is not None:
+                os.kill(w.helper.proc.pid, signal.SIGKILL)
+                kills += 1
+    deadline = time.monotonic() + 30
+    while not w.done and time.monotonic() < deadline:
+        w.poll(store, final=True, seconds=1)
+    assert kills == 5 and w.deaths >= 1 and not w.gave_up
+    assert steps(store) == list(range(60_000))  # each point once, in order
+    assert w.deaths <= logparse.RESPAWNS
+
+
+def test_a_helper_held_stopped_is_replaced_and_the_ended_job_finishes(store, job_dir, monkeypatch):
+    monkeypatch.setattr(logparse, "STOPPED_SECONDS", 0.5)
+    log = job_dir / "output.log"
+    log.write_bytes(lines(0, 10))
+    w = HelperWatcher("job1", job_dir, None)
+    poll_until(w, store, lambda: len(steps(store)) == 10)
+    os.kill(w.helper.proc.pid, signal.SIGSTOP)
+    with open(log, "ab") as f:
+        f.write(lines(10, 20))
+    t0 = time.monotonic()
+    while not w.done and time.monotonic() - t0 < 20:
+        w.poll(store, final=True, seconds=0.3)
+    assert w.done and w.deaths == 1 and steps(store) == list(range(20))
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_log_whose_helpers_keep_dying_is_given_up_and_the_job_still_ends(store, job_dir):
+    (job_dir / "output.log").write_bytes(lines(0, 5))
+    w = HelperWatcher("job1", job_dir, None)
+    for _ in range(logparse.RESPAWNS + 1):
+        w._helper()
+        os.kill(w.helper.proc.pid, signal.SIGKILL)
+        w.helper.proc.wait()
+        w.poll(store, final=True, seconds=2)
+    assert w.gave_up and "broke 6 times" in w.gave_up and w.done and w.helper is None
+    assert len(steps(store)) in (0, 5)  # what a helper sent before it was killed is stored, nothing twice
+
+
+def test_a_log_that_asks_for_no_metrics_starts_no_helper(store, job_dir):
+    (job_dir / "output.log").write_bytes(lines(0, 5))
+    w = HelperWatcher("job1", job_dir, "none")
+    w.poll(store)
+    w.poll(store, final=True)
+    assert w.done and w.helper is None and steps(store) == []
+
+
+GOOD = {"offset": 10, "state": {"step": 1}, "done": False, "keys": ["loss", "acc"], "k": [0, 1, 0],
+        "v": [0.5, 1, None], "s": [1, 1, 2], "e": [None, None, 3]}
+
+
+def test_a_good_batch_is_taken_as_columns():
+    cols, off, state, done = logparse.check_batch(GOOD, 5, 100)
+    assert cols.names == ["loss", "acc", "loss"] and cols.vals == [0.5, 1, None] and len(cols) == 3
+    assert (off, state, done) == (10, {"step": 1}, False)
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"offset": 4}, "offset"),  # backwards: points again
+    ({"offset": 101}, "offset"),  # past what may be read
+    ({"offset": 10.0}, "offset"),
+    ({"offset": True}, "offset"),
+    ({"state": "x"}, "state"),
+    ({"done": 1}, "done"),
+    ({"k": [0, 1]}, "one length"),
+    ({"v": "abc"}, "one length"),
+    ({"keys": ["loss", 3]}, "name"),
+    ({"keys": ["loss", "x" * 257]}, "name"),
+    ({"k": [0, 1, 2]}, "names no metric"),
+    ({"k": [0, 1, "0"]}, "wrong type"),
+    ({"v": [0.5, True, None]}, "wrong type"),  # a bool is not a number here
+    ({"s": [1, "1", 2]}, "wrong type"),
+    ({"e": [None, [3], 3]}, "wrong type"),
+])
+def test_a_batch_that_is_not_one_is_refused(change, why):
+    with pytest.raises(ValueError, match=why):
+        logparse.check_batch({**GOOD, **change}, 5, 100)
+    with pytest.raises(ValueError):
+        logparse.check_batch(["not", "an", "object"], 5, 100)
+
+
+def test_a_helper_that_sends_what_a_helper_never_sends_is_replaced(store, job_dir, monkeypatch):
+    """A batch that fails its checks costs the helper (started again from the stored offset),
+    never a point stored wrongly."""
+    (job_dir / "output.log").write_bytes(lines(0, 50))
+    real = logparse.check_batch
+    bad = [2]
+
+    def flaky(msg, *a):
+        if bad[0]:
+            bad[0] -= 1
+            msg = {**msg, "offset": -1}
+        return real(msg, *a)
+    monkeypatch.setattr(logparse, "check_batch", flaky)
+    w = HelperWatcher("job1", job_dir, None)
+    t0 = time.monotonic()
+    while not w.done and time.monotonic() - t0 < 20:
+        w.poll(store, final=True, seconds=1)
+    assert w.deaths == 2 and steps(store) == list(range(50))
+
+
+def test_the_helper_answers_in_json_lines_with_columns(tmp_path):
+    """The wire, as the helper writes it (runner.logparse.follow in this process)."""
+    import io
+
+    log = tmp_path / "output.log"
+    log.write_bytes(b"epoch 2\nstep=7 loss=nan acc=1\nloss=inf\n")
+    r, wfd = os.pipe()
+    os.write(wfd, b"final 1000\n")
+    out = io.BytesIO()
+    import threading
+
+    threading.Timer(1.0, os.close, (wfd,)).start()
+    logparse.follow({"path": str(log), "offset": 0, "parser": None, "state": None}, r, out)
+    msgs = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert msgs[-1]["done"] and msgs[-1]["offset"] == log.stat().st_size
+    first = msgs[0]
+    assert first["keys"] == ["loss", "acc"] and first["k"] == [0, 1, 0] and first["s"] == [7, 7, 7] and first["e"] == [2, 2, 2]
+    assert str(first["v"][0]) == "nan" and first["v"][2] == float("inf")
+
+
+def test_a_batch_the_store_could_not_take_is_read_again_not_lost(store, job_dir, monkeypatch):
+    """The daemon's own trouble (a full disk, a locked store) while storing a batch: the batch is
+    not stored, its helper is let go, and the next one reads it again from the stored offset."""
+    import sqlite3
+
+    (job_dir / "output.log").write_bytes(lines(0, 3000))
+    real, fail = store.record_progress, [1]
+
+    def flaky(*a, **kw):
+        if fail[0]:
+            fail[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*a, **kw)
+    monkeypatch.setattr(store, "record_progress", flaky)
+    w = HelperWatcher("job1", job_dir, None)
+    deadline = time.monotonic() + 20
+    while not fail[0] == 0 or not steps(store):
+        try:
+            w.poll(store)
+        except sqlite3.OperationalError:
+            assert w.helper is None
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    while not w.done:
+        w.poll(store, final=True, seconds=1)
+    assert steps(store) == list(range(3000)) and w.deaths == 0
