@@ -322,6 +322,7 @@ class HelperWatcher(LogWatcher):
         self.deaths = 0  # helpers of this job that broke
         self.gave_up: str | None = None  # why its log is no longer parsed
         self._final_sent = False
+        self._retry_at = 0.0  # (monotonic) no helper is started again before then
         super().__init__(*args, **kwargs)
 
     def _parser_from(self, spec, state):
@@ -345,12 +346,14 @@ class HelperWatcher(LogWatcher):
         for them, all of them when None, until the helper says it read to the end: `done`)."""
         import logging
 
-        from .logparse import FINAL_SECONDS, RESPAWNS, HelperBroke, check_batch
+        from .logparse import FINAL_SECONDS, RESPAWNS, RETRY_SECONDS, HelperBroke, check_batch
 
         self.behind = False
         total = 0
         if self.spec == "none" or self.gave_up:  # a log that asked for no metrics, or one given up
             self.done = final
+        elif self.helper is None and time.monotonic() < self._retry_at:  # one broke just now: the next waits a little
+            pass
         else:
             budget = seconds if seconds is not None else FINAL_SECONDS if final else defaults.FOLLOW_PASS_SECONDS
             until = time.monotonic() + budget
@@ -390,8 +393,10 @@ class HelperWatcher(LogWatcher):
                     log.warning("job %s: metrics no longer read: %s", self.job_id, self.gave_up)
                     self.done = final
                 else:
-                    log.warning("job %s: its log parser broke (%s); started again from offset %d", self.job_id, e, self.offset)
-                    self.behind = True
+                    wait = RETRY_SECONDS * 2 ** (self.deaths - 1)
+                    self._retry_at = time.monotonic() + wait
+                    log.warning("job %s: its log parser broke (%s); another starts from offset %d in %.1fs", self.job_id, e,
+                                self.offset, wait)
         if self.checkpoints and (final or time.monotonic() - self._scanned >= SCAN_SECONDS):
             self.scan_artifacts(store)
         return total

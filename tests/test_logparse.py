@@ -111,7 +111,8 @@ def test_a_restart_reads_on_from_the_saved_offset_and_parser_state(store, job_di
     assert len(pts) == 11 and pts[-1]["step"] == 9 and pts[-1]["epoch"] == 3 and pts[-1]["value"] == 0.125
 
 
-def test_killed_helpers_lose_and_repeat_nothing(store, job_dir):
+def test_killed_helpers_lose_and_repeat_nothing(store, job_dir, monkeypatch):
+    monkeypatch.setattr(logparse, "RETRY_SECONDS", 0.01)
     log = job_dir / "output.log"
     log.write_bytes(b"")
     w = HelperWatcher("job1", job_dir, None)
@@ -122,7 +123,10 @@ def test_killed_helpers_lose_and_repeat_nothing(store, job_dir):
             f.write(lines(chunk * 2000, (chunk + 1) * 2000))
             f.flush()
             w.poll(store)
-            if chunk % 6 == 5 and w.helper is not None:
+            if chunk % 6 == 5:
+                while w.helper is None:  # (the last one's successor, after its short wait)
+                    time.sleep(0.01)
+                    w.poll(store)
                 os.kill(w.helper.proc.pid, signal.SIGKILL)
                 kills += 1
     deadline = time.monotonic() + 30
@@ -147,6 +151,26 @@ def test_a_helper_held_stopped_is_replaced_and_the_ended_job_finishes(store, job
         w.poll(store, final=True, seconds=0.3)
     assert w.done and w.deaths == 1 and steps(store) == list(range(20))
     assert time.monotonic() - t0 < 10
+
+
+def test_a_broken_helper_is_started_again_after_a_wait_that_doubles(store, job_dir):
+    """A helper that breaks again and again (its user kills it in a loop) costs the daemon a start
+    every 0.2, 0.4, 0.8 ... s, not one a pass."""
+    (job_dir / "output.log").write_bytes(lines(0, 5))
+    w = HelperWatcher("job1", job_dir, None)
+    starts = []
+    for _ in range(3):
+        deadline = time.monotonic() + 10
+        while w.helper is None:
+            w.poll(store)
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        starts.append(time.monotonic())
+        w.helper.proc.kill()
+        w.helper.proc.wait()
+        w.poll(store)  # it sees the end: one more death
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert w.deaths == 3 and 0.18 <= gaps[0] < 0.35 <= gaps[1], gaps
 
 
 def test_a_log_whose_helpers_keep_dying_is_given_up_and_the_job_still_ends(store, job_dir):
