@@ -30,6 +30,8 @@ import select
 import sys
 import time
 
+from .privdrop import _stopped  # whether a process is held stopped (its state in /proc)
+
 CHUNK = 64 << 10  # log bytes a helper reads, parses and sends at a time
 MAX_MESSAGE = 64 << 20  # longest batch line the daemon takes from a helper
 MAX_NAME = 256  # longest metric name a helper sends (longer ones are cut)
@@ -154,14 +156,6 @@ class HelperBroke(Exception):
     """A helper that died, sent what a helper never sends, or was held stopped."""
 
 
-def _stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
-    except (OSError, IndexError):
-        return False
-
-
 _NUMS = frozenset({float, int, type(None)})
 
 
@@ -274,7 +268,7 @@ class ParseHelper:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if _stopped(self.proc.pid) and time.monotonic() - self.last_heard >= STOPPED_SECONDS:
+            if _stopped(self.proc.pid) and time.monotonic() - self.last_heard >= STOPPED_SECONDS:  # (privdrop's look at /proc)
                 raise HelperBroke(f"held stopped for {STOPPED_SECONDS:.0f}s")
             select.select([self.fd], [], [], min(left, 0.1))
 
