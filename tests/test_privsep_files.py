@@ -447,16 +447,17 @@ def test_root_starting_the_daemon_or_doctor_in_a_teammates_folder_imports_and_re
     assert seen.get("cwd") == "/", seen  # no folder a user may write, nor any above it
 
 
-def _parse_helpers(uid: int) -> list[int]:
-    """The pids of the log-parsing helpers (runner.logparse) running as uid."""
+def _parse_helpers(uid: int, daemon: DaemonProc) -> list[int]:
+    """The pids of the daemon's log-parsing helpers (runner.logparse) running as uid."""
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split("\n")[0].split()
-        except (OSError, IndexError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            uids, ppid = status.split("Uid:")[1].split("\n")[0].split(), int(status.split("PPid:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
             continue
-        if b"runner.logparse" in cmd and uids[0] == str(uid):
+        if b"runner.logparse" in cmd and uids[0] == str(uid) and ppid == daemon.proc.pid:
             out.append(int(pid))
     return out
 
@@ -472,7 +473,7 @@ def test_her_log_is_parsed_by_a_helper_as_her_and_killing_or_stopping_it_costs_n
     script = f'for i in $(seq 1 {n}); do echo "step=$i loss=0.$i"; sleep 0.02; done'
     his = submit(bob, "printing", {**sh(script), "parser": "generic"})
     hers = submit(alice, "printing", {**sh(script), "parser": "generic"})
-    pid = wait_for(lambda: _parse_helpers(bob.uid), 60, what="bob's parse helper")[0]
+    pid = wait_for(lambda: _parse_helpers(bob.uid, d), 60, what="bob's parse helper")[0]
     status = Path(f"/proc/{pid}/status").read_text()
     assert f"Uid:\t{bob.uid}\t{bob.uid}\t{bob.uid}\t{bob.uid}" in status and "NoNewPrivs:\t1" in status
     assert "CapEff:\t0000000000000000" in status
@@ -481,12 +482,12 @@ def test_her_log_is_parsed_by_a_helper_as_her_and_killing_or_stopping_it_costs_n
     for _ in range(3):  # he kills his helper: another one follows on
         bob.python(f"import os, signal\nos.kill({pid}, signal.SIGKILL)")
         old = pid
-        pid = wait_for(lambda: [p for p in _parse_helpers(bob.uid) if p != old], 30, what="a new helper")[0]
+        pid = wait_for(lambda: [p for p in _parse_helpers(bob.uid, d) if p != old], 30, what="a new helper")[0]
     bob.python(f"import os, signal\nos.kill({pid}, signal.SIGSTOP)")  # and holds the last one stopped
     assert bob.wait(his, timeout=120)["state"] == "succeeded"
     assert alice.wait(hers, timeout=120)["state"] == "succeeded"
     for user, jid in ((bob, his), (alice, hers)):
         pts = json.loads(user.run("metrics", jid, "--name", "loss", "--json").stdout)["series"]["loss"]
         assert [p["step"] for p in pts] == list(range(1, n + 1)), (user.name, [p["step"] for p in pts][:20])
-    wait_for(lambda: not _parse_helpers(bob.uid) and not _parse_helpers(alice.uid), 10, what="the helpers let go")
+    wait_for(lambda: not _parse_helpers(bob.uid, d) and not _parse_helpers(alice.uid, d), 10, what="the helpers let go")
     assert daemon_alive(d)
