@@ -95,6 +95,11 @@ def runner_home() -> Path:
 MAX_SPEC_BYTES = 512 * 1024
 """Largest job spec (as JSON) and job file; data belongs in files the job reads."""
 
+MAX_METRIC_NAMES = 1000
+"""Most metric names one job keeps (per-class results of 80 classes are ~400): points of further
+names are not stored, said once in its log, so a log printing ever new names cannot grow the store
+(and every listing of its metrics) without end."""
+
 MAX_SPOOL_BYTES = 1024 * 1024
 """Largest spool file the daemon reads; bigger ones are set aside unread."""
 

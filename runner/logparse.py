@@ -92,7 +92,10 @@ def follow(cmd: dict, control: int, out, pending: bytes = b"") -> None:
     def send(lines, done=False):
         pts = []
         for line in lines:
-            pts += feed(line)
+            try:
+                pts += feed(line)
+            except (ValueError, OverflowError, RecursionError):  # a line no parser should choke on (5,000 digits)
+                pass
         if pts or asm.consumed != send.offset or done:
             names, vals, steps, epochs = map(list, zip(*pts)) if pts else ([], [], [], [])
             keys: dict = {}
@@ -185,7 +188,22 @@ def check_batch(msg, offset: int, max_offset: int | None):
         names = list(map(keys.__getitem__, k))
     except IndexError:
         raise ValueError("a point names no metric of the batch") from None
+    if int in set(map(type, v)):  # (a parser gives floats) a whole number is a value as a float, one past floats' range none
+        v = [x if type(x) is not int else float(x) if -_FLOAT_MAX < x < _FLOAT_MAX else None for x in v]
+    s, e = _int64(s), _int64(e)
     return Columns(names, v, s, e), new, state, done
+
+
+_FLOAT_MAX = 2 ** 1023
+_INT64 = 2 ** 63
+
+
+def _int64(col: list) -> list:
+    """Steps or epochs with a whole number past what the store's INTEGER holds made None (a position
+    of 20 digits is not one): the column as it was when every one fits."""
+    if int not in set(map(type, col)) or all(-_INT64 <= x < _INT64 for x in col if type(x) is int):
+        return col
+    return [None if type(x) is int and not -_INT64 <= x < _INT64 else x for x in col]
 
 
 class ParseHelper:

@@ -323,6 +323,8 @@ class HelperWatcher(LogWatcher):
         self.gave_up: str | None = None  # why its log is no longer parsed
         self._final_sent = False
         self._retry_at = 0.0  # (monotonic) no helper is started again before then
+        self.names: set | None = None  # the job's metric names (at most MAX_METRIC_NAMES), read from the store at first
+        self._said_names = False
         super().__init__(*args, **kwargs)
 
     def _parser_from(self, spec, state):
@@ -369,6 +371,7 @@ class HelperWatcher(LogWatcher):
                             raise HelperBroke(f"sent nothing for {FINAL_SECONDS:.0f}s after the job's end")
                         break
                     pts, offset, state, done = check_batch(json.loads(line), self.offset, self.max_offset)
+                    pts = self._known_names(store, pts)
                     if pts or offset != self.offset:
                         try:
                             store.record_progress(self.job_id, pts, offset, state, redo_before=self.redo_before)
@@ -400,6 +403,50 @@ class HelperWatcher(LogWatcher):
         if self.checkpoints and (final or time.monotonic() - self._scanned >= SCAN_SECONDS):
             self.scan_artifacts(store)
         return total
+
+    def _known_names(self, store, pts):
+        """The batch's points of the job's first MAX_METRIC_NAMES metric names (those stored, then
+        new ones in the order they come); past them, points are not kept, said once in its log."""
+        from .store.metrics import Columns
+        from .store.pages import metric_names
+
+        if self.names is None:
+            self.names = set(metric_names(store, self.job_id))
+        new = set(pts.names) - self.names
+        if not new:
+            return pts
+        room = defaults.MAX_METRIC_NAMES - len(self.names)
+        if len(new) <= room:
+            self.names |= new
+            return pts
+        for n in pts.names:  # as many new names as there is room for, the first to come
+            if room <= 0:
+                break
+            if n not in self.names:
+                self.names.add(n)
+                room -= 1
+        if not self._said_names:
+            self._said_names = True
+            self._say(f"runner: this job printed more than {defaults.MAX_METRIC_NAMES} metric names; "
+                      "the points of further names are not kept")
+        keep = [i for i, n in enumerate(pts.names) if n in self.names]
+        return Columns(*([col[i] for i in keep] for col in pts))
+
+    def _say(self, line: str):
+        """A line of runner's into the job's log, as the daemon writes its others (daemon/logs.job_log)."""
+        import logging
+
+        logging.getLogger("runner.watch").warning("job %s: %s", self.job_id, line)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            os.write(fd, ("\n" + line + "\n").encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _let_go(self, kill: bool = False):
         if self.helper is not None:

@@ -199,7 +199,8 @@ GOOD = {"offset": 10, "state": {"step": 1}, "done": False, "keys": ["loss", "acc
 
 def test_a_good_batch_is_taken_as_columns():
     cols, off, state, done = logparse.check_batch(GOOD, 5, 100)
-    assert cols.names == ["loss", "acc", "loss"] and cols.vals == [0.5, 1, None] and len(cols) == 3
+    assert cols.names == ["loss", "acc", "loss"] and cols.vals == [0.5, 1.0, None] and len(cols) == 3
+    assert type(cols.vals[1]) is float
     assert (off, state, done) == (10, {"step": 1}, False)
 
 
@@ -293,3 +294,39 @@ def test_a_batch_the_store_could_not_take_is_read_again_not_lost(store, job_dir,
     while not w.done:
         w.poll(store, final=True, seconds=1)
     assert steps(store) == list(range(3000)) and w.deaths == 0
+
+
+def test_a_log_of_ever_new_metric_names_keeps_the_first_thousand_and_says_so(store, job_dir, monkeypatch):
+    """A hostile teammate's log printing a new name a point (m0=1 m1=1 ...) grew the store 20 bytes
+    a byte of log and every listing of the job's metrics with it; now a job keeps its first
+    MAX_METRIC_NAMES names, its log says once that the rest are not kept, its usual ones go on."""
+    from runner import defaults
+
+    monkeypatch.setattr(defaults, "MAX_METRIC_NAMES", 50)
+    log = job_dir / "output.log"
+    store.record_progress("job1", [("loss", 1.0, 0, None)], 0, {})  # one name stored before (a restart)
+    flood = "".join(" ".join(f"m{i * 10 + j}=1" for j in range(10)) + f" loss=0.{i + 1}\n" for i in range(300))
+    log.write_text(flood)
+    w = HelperWatcher("job1", job_dir, None)
+    while not w.done:
+        w.poll(store, final=True, seconds=1)
+    names = set(store.latest_metrics("job1"))
+    assert len(names) == 50 and "loss" in names and {f"m{i}" for i in range(49)} <= names
+    assert len(store.metrics("job1", "loss")) == 301  # the usual name kept every point
+    said = [line for line in log.read_text().splitlines() if line.startswith("runner:")]
+    assert said == ["runner: this job printed more than 50 metric names; the points of further names are not kept"]
+
+
+def test_a_position_or_value_no_column_can_hold_is_none_and_a_line_no_parser_takes_is_skipped(store, job_dir):
+    """`step=<26 digits>` once failed the job (SQLite's INTEGER overflowed in the daemon); `Epoch
+    <5,000 digits>` killed the helper (Python's limit on int()) until its job's log was given up."""
+    big = "9" * 26
+    (job_dir / "output.log").write_text(f"step={big} loss=1\nEpoch {'1' * 5000} acc=9\nstep=8 loss=2\nval=1e999\n")
+    w = HelperWatcher("job1", job_dir, None)
+    while not w.done:
+        w.poll(store, final=True, seconds=1)
+    assert w.deaths == 0
+    assert [(p["step"], p["value"]) for p in store.metrics("job1", "loss")] == [(None, 1.0), (8, 2.0)]
+    assert store.metrics("job1", "val")[0]["value"] == float("inf")
+    cols, *_ = logparse.check_batch({**GOOD, "v": [10 ** 400, 3, 0.5], "s": [2 ** 63, -2 ** 63, 1], "e": [None, None, 3]}, 5, 100)
+    assert cols.vals == [None, 3.0, 0.5] and cols.steps == [None, -2 ** 63, 1]
