@@ -283,11 +283,12 @@ class ParseHelper:
                 self.eof = True
                 self.proc.wait(5)
                 continue
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if now - self.last_heard >= STOPPED_SECONDS and _stopped(self.proc.pid):  # (a quiet one: privdrop's look at /proc)
+                raise HelperBroke(f"held stopped for {STOPPED_SECONDS:.0f}s")
+            left = deadline - now
             if left <= 0:
                 return None
-            if _stopped(self.proc.pid) and time.monotonic() - self.last_heard >= STOPPED_SECONDS:  # (privdrop's look at /proc)
-                raise HelperBroke(f"held stopped for {STOPPED_SECONDS:.0f}s")
             select.select([self.fd], [], [], min(left, 0.1))
 
     def close(self):

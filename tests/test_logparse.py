@@ -173,6 +173,21 @@ def test_a_broken_helper_is_started_again_after_a_wait_that_doubles(store, job_d
     assert w.deaths == 3 and 0.18 <= gaps[0] < 0.35 <= gaps[1], gaps
 
 
+def test_a_helper_held_stopped_while_its_job_runs_is_replaced(store, job_dir, monkeypatch):
+    """Its user may stop her own helper (same uid): her metrics do not wait for the job's end."""
+    monkeypatch.setattr(logparse, "STOPPED_SECONDS", 0.5)
+    log = job_dir / "output.log"
+    log.write_bytes(lines(0, 10))
+    w = HelperWatcher("job1", job_dir, None)
+    poll_until(w, store, lambda: len(steps(store)) == 10)
+    os.kill(w.helper.proc.pid, signal.SIGSTOP)
+    with open(log, "ab") as f:
+        f.write(lines(10, 20))
+    poll_until(w, store, lambda: len(steps(store)) == 20, timeout=10)
+    assert w.deaths == 1 and steps(store) == list(range(20))
+    w.close()
+
+
 def test_a_log_whose_helpers_keep_dying_is_given_up_and_the_job_still_ends(store, job_dir):
     (job_dir / "output.log").write_bytes(lines(0, 5))
     w = HelperWatcher("job1", job_dir, None)
