@@ -100,6 +100,15 @@ MAX_METRIC_NAMES = 1000
 names are not stored, said once in its log, so a log printing ever new names cannot grow the store
 (and every listing of its metrics) without end."""
 
+MAX_METRIC_NAME_BYTES = 64 * 1024
+"""Most bytes of metric names (UTF-8, all its names together) one job keeps: 1,000 names of 64
+bytes; a name that would pass it is not kept, as past MAX_METRIC_NAMES. Every row of a series
+carries its name: 1,000 names of 1 KB made a job 10 MB of store and 3 MB of every listing."""
+
+FINAL_READ_SECONDS = 120.0
+"""Longest the daemon reads an ended job's log on (its helper parsing what is left): past it the
+rest is not made into metrics, its log says so, and the job is reaped (it holds its slot until then)."""
+
 MAX_SPOOL_BYTES = 1024 * 1024
 """Largest spool file the daemon reads; bigger ones are set aside unread."""
 

@@ -324,6 +324,8 @@ class HelperWatcher(LogWatcher):
         self._final_sent = False
         self._retry_at = 0.0  # (monotonic) no helper is started again before then
         self.names: set | None = None  # the job's metric names (at most MAX_METRIC_NAMES), read from the store at first
+        self.name_bytes = 0  # their UTF-8 bytes (at most MAX_METRIC_NAME_BYTES)
+        self._final_since: float | None = None  # (monotonic) when a final read was first asked for
         self._said_names = False
         super().__init__(*args, **kwargs)
 
@@ -354,8 +356,13 @@ class HelperWatcher(LogWatcher):
         total = 0
         if self.spec == "none" or self.gave_up:  # a log that asked for no metrics, or one given up
             self.done = final
-        elif self.helper is None and time.monotonic() < self._retry_at:  # one broke just now: the next waits a little
-            pass
+        elif self.helper is None and time.monotonic() < self._retry_at and not self._final_over(final):
+            pass  # one broke just now: the next waits a little
+        elif self._final_over(final):  # an ended job's log read on long enough: the rest is not parsed
+            self._let_go(kill=True)
+            self.done = True
+            self._say(f"runner: the rest of this log, from byte {self.offset}, was not made into metrics: "
+                      f"still unread {defaults.FINAL_READ_SECONDS:g}s after the job ended")
         else:
             budget = seconds if seconds is not None else FINAL_SECONDS if final else defaults.FOLLOW_PASS_SECONDS
             until = time.monotonic() + budget
@@ -404,31 +411,42 @@ class HelperWatcher(LogWatcher):
             self.scan_artifacts(store)
         return total
 
+    def _final_over(self, final: bool) -> bool:
+        """Whether the job's end is known (`final`) since more than FINAL_READ_SECONDS."""
+        if not final:
+            return False
+        if self._final_since is None:
+            self._final_since = time.monotonic()
+        return time.monotonic() - self._final_since > defaults.FINAL_READ_SECONDS
+
     def _known_names(self, store, pts):
-        """The batch's points of the job's first MAX_METRIC_NAMES metric names (those stored, then
-        new ones in the order they come); past them, points are not kept, said once in its log."""
+        """The batch's points of the job's first MAX_METRIC_NAMES metric names, MAX_METRIC_NAME_BYTES
+        of them at most (those stored, then new ones in the order they come); past them, points are
+        not kept, said once in its log."""
         from .store.metrics import Columns
         from .store.pages import metric_names
 
         if self.names is None:
             self.names = set(metric_names(store, self.job_id))
+            self.name_bytes = sum(len(n.encode()) for n in self.names)
         new = set(pts.names) - self.names
         if not new:
             return pts
-        room = defaults.MAX_METRIC_NAMES - len(self.names)
-        if len(new) <= room:
+        room, size = defaults.MAX_METRIC_NAMES - len(self.names), defaults.MAX_METRIC_NAME_BYTES - self.name_bytes
+        grows = sum(len(n.encode()) for n in new)
+        if len(new) <= room and grows <= size:
             self.names |= new
+            self.name_bytes += grows
             return pts
-        for n in pts.names:  # as many new names as there is room for, the first to come
-            if room <= 0:
-                break
-            if n not in self.names:
+        for n in dict.fromkeys(pts.names):  # as many new names as there is room for, the first to come
+            if n not in self.names and room > 0 and len(n.encode()) <= size:
                 self.names.add(n)
-                room -= 1
+                room, size = room - 1, size - len(n.encode())
+        self.name_bytes = defaults.MAX_METRIC_NAME_BYTES - size
         if not self._said_names:
             self._said_names = True
-            self._say(f"runner: this job printed more than {defaults.MAX_METRIC_NAMES} metric names; "
-                      "the points of further names are not kept")
+            self._say(f"runner: this job printed more than {defaults.MAX_METRIC_NAMES} metric names (or "
+                      f"{defaults.MAX_METRIC_NAME_BYTES // 1024} KiB of them); the points of further names are not kept")
         keep = [i for i, n in enumerate(pts.names) if n in self.names]
         return Columns(*([col[i] for i in keep] for col in pts))
 

@@ -329,7 +329,41 @@ def test_a_log_of_ever_new_metric_names_keeps_the_first_thousand_and_says_so(sto
     assert len(names) == 50 and "loss" in names and {f"m{i}" for i in range(49)} <= names
     assert len(store.metrics("job1", "loss")) == 301  # the usual name kept every point
     said = [line for line in log.read_text().splitlines() if line.startswith("runner:")]
-    assert said == ["runner: this job printed more than 50 metric names; the points of further names are not kept"]
+    assert said == ["runner: this job printed more than 50 metric names (or 64 KiB of them); the points of further names are not kept"]
+
+
+def test_a_job_keeps_at_most_its_name_bytes(store, job_dir, monkeypatch):
+    """1,000 names of 256 four-byte letters made each job 10 MB of store and 3 MB of every listing."""
+    from runner import defaults
+
+    monkeypatch.setattr(defaults, "MAX_METRIC_NAME_BYTES", 1000)
+    long = ["a" + "\U0001D41A" * 39 + f"{i:02d}" for i in range(20)]  # 159 bytes each
+    (job_dir / "output.log").write_text("".join(f"{n}=1.5\n" for n in long) + "loss=0.5\n", encoding="utf-8")
+    w = HelperWatcher("job1", job_dir, None)
+    while not w.done:
+        w.poll(store, final=True, seconds=1)
+    names = set(store.latest_metrics("job1"))
+    assert sum(len(n.encode()) for n in names) <= 1000 and "loss" in names, names
+    assert len(names) == 7  # six long names (954 bytes), then "loss"
+
+
+def test_an_ended_jobs_log_is_read_on_for_a_while_then_the_rest_is_not_parsed(store, job_dir, monkeypatch):
+    """A log too big to read soon after its job's end held the job (and its slot) for ~24 minutes."""
+    from runner import defaults
+
+    monkeypatch.setattr(defaults, "FINAL_READ_SECONDS", 0.3)
+    monkeypatch.setattr(logparse, "CHUNK", 1 << 10)
+    log = job_dir / "output.log"
+    log.write_bytes(lines(0, 200_000))  # ~5 MB: more than a 0.3 s read of 1 KiB batches
+    w = HelperWatcher("job1", job_dir, None)
+    t0 = time.monotonic()
+    while not w.done:
+        w.poll(store, final=True, seconds=0.1)
+        assert time.monotonic() - t0 < 10
+    n = len(steps(store))
+    assert 0 < n < 200_000 and w.helper is None and steps(store) == list(range(n))
+    said = [line for line in log.read_text().splitlines() if line.startswith("runner:")]
+    assert len(said) == 1 and said[0].startswith("runner: the rest of this log, from byte ") and "0.3s after the job ended" in said[0]
 
 
 def test_a_position_or_value_no_column_can_hold_is_none_and_a_line_no_parser_takes_is_skipped(store, job_dir):
@@ -345,3 +379,29 @@ def test_a_position_or_value_no_column_can_hold_is_none_and_a_line_no_parser_tak
     assert store.metrics("job1", "val")[0]["value"] == float("inf")
     cols, *_ = logparse.check_batch({**GOOD, "v": [10 ** 400, 3, 0.5], "s": [2 ** 63, -2 ** 63, 1], "e": [None, None, 3]}, 5, 100)
     assert cols.vals == [None, 3.0, 0.5] and cols.steps == [None, -2 ** 63, 1]
+
+
+def test_the_apis_answers_kept_are_bounded_and_never_stale(tmp_path):
+    """GET /jobs answers were kept one per distinct query until 257 of them: four queries of a
+    290 MB listing held the daemon at 2.1 GB. Now stale answers go, and at most MAX_BYTES stay."""
+    from runner.home import Home
+    from runner.http import _Fresh
+
+    class Store:
+        version = 1
+
+        def data_version(self):
+            return self.version
+
+    home, store = Home(tmp_path / "home").ensure(), Store()
+    fresh = _Fresh(home, store)
+    big = fresh.MAX_BYTES // 5
+    for i in range(12):
+        assert fresh.get(("jobs", i), lambda: b"x" * big) == b"x" * big
+        assert sum(len(v[1]) for v in fresh.entries.values()) <= fresh.MAX_BYTES
+    made = []
+    assert fresh.get(("jobs", 11), lambda: made.append(1) or b"y") == b"x" * big and not made  # a fresh one is kept
+    store.version = 2  # the store changed: every answer kept is stale
+    assert fresh.get(("jobs", 11), lambda: b"new") == b"new"
+    assert list(fresh.entries) == [("jobs", 11)]
+    assert fresh.get(("jobs", 99), lambda: b"z" * fresh.MAX_BYTES) and ("jobs", 99) not in fresh.entries  # too big to keep
