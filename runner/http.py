@@ -18,7 +18,6 @@ write, at most every STORE_PROBE_SECONDS): a monitor then sees what a submitter 
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Literal, Optional
 
@@ -30,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import defaults, queries
 from .exceptions import JobNotFound, PermissionDenied, RegistryError, RunnerError, SpecError
+from .printable import finite
 from .tags import MAX_NOTES
 
 
@@ -44,17 +44,6 @@ class TagsChange(BaseModel):
 State = Literal["queued", "preparing", "running", "succeeded", "failed", "cancelled"]
 
 
-def _finite(data):
-    """NaN and infinities (a diverged loss) as null: JSON has no such numbers."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_finite(v) for v in data]
-    return data
-
-
 class FastJSON(JSONResponse):
     """JSON encoded once with the standard library (no per-field encoder pass); non-finite numbers as null."""
 
@@ -62,7 +51,7 @@ class FastJSON(JSONResponse):
         try:
             text = json.dumps(content, allow_nan=False, default=str, separators=(",", ":"))
         except ValueError:
-            text = json.dumps(_finite(content), allow_nan=False, default=str, separators=(",", ":"))
+            text = json.dumps(finite(content), allow_nan=False, default=str, separators=(",", ":"))
         return text.encode()
 
 

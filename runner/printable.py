@@ -24,3 +24,18 @@ def printable(text) -> str:
 def plain_name(text: str) -> str:
     """A name made from a command: its control characters replaced by `?` (a name is one line)."""
     return CONTROL.sub("?", text)
+
+
+def finite(data):
+    """NaN and infinities (a diverged loss) as null, all through lists and dicts: JSON has no such
+    numbers (Python's `NaN`, `Infinity` are not JSON: jq and browsers refuse them). The HTTP API's
+    answers and the CLI's --json both go through it."""
+    import math
+
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [finite(v) for v in data]
+    return data

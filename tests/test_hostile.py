@@ -274,6 +274,12 @@ def test_nan_metrics_do_not_break_json(runner, daemon):
     assert status == 200 and body["metrics"]["loss"] is None and body["metrics"]["acc"] == 0.5
     status, body = daemon.get("/jobs")
     assert status == 200
+    # the CLI's --json too: strict JSON (no NaN or Infinity, which jq and browsers refuse), null in their place
+    for args in (("metrics", jid, "--json"), ("show", jid, "--json")):
+        out = runner.run(*args).stdout
+        assert "NaN" not in out and "Infinity" not in out, out
+        json.loads(out, parse_constant=lambda c: pytest.fail(f"{args}: {c} is not JSON"))
+    assert json.loads(runner.run("metrics", jid, "--json").stdout)["series"]["loss"][0]["value"] is None
 
 
 async def _get(port, path):

@@ -20,9 +20,14 @@ def store(h):
 
 
 def print_json(data):
-    """JSON to stdout."""
-    json.dump(data, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    """JSON to stdout (strict: a NaN or an infinity, a diverged loss, as null, as the HTTP API gives it)."""
+    from runner.printable import finite
+
+    try:
+        text = json.dumps(data, indent=2, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(finite(data), indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
 
 
 def table(rows: list[list], headers: list[str]):
