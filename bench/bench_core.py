@@ -157,7 +157,7 @@ def cli_times(reps: int):
 
 def _parse_once(data: bytes):
     from runner.store import Store
-    from runner.watch import HelperWatcher
+    from runner.logbatches import HelperWatcher
 
     home = tmp_home()
     job_dir = home / "jobs" / "bench"

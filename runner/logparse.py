@@ -20,6 +20,7 @@ The daemon treats a batch as its user's input: bounded lines, every field's type
 that only moves forward and never past what may be read. A helper that breaks that, dies, or is held
 stopped is ended and another starts from the committed offset after RETRY_SECONDS, doubled each time;
 once more than RESPAWNS have broken, the job's log is no longer parsed (the daemon's log says why), the job runs on.
+The daemon's end is runner/logbatches.py (ParseHelper, check_batch, HelperWatcher).
 """
 
 from __future__ import annotations
@@ -28,22 +29,11 @@ import json
 import os
 import select
 import sys
-import time
-
-from .privdrop import _stopped  # whether a process is held stopped (its state in /proc)
 
 CHUNK = 64 << 10  # log bytes a helper reads, parses and sends at a time
-MAX_MESSAGE = 64 << 20  # longest batch line the daemon takes from a helper
 MAX_NAME = 256  # longest metric name a helper sends (longer ones are cut)
-RESPAWNS = 5  # helpers of one job that may break before its log is given up (said in the daemon's log)
-RETRY_SECONDS = 0.2  # a helper broke: the next starts this long after (doubled each time: 6 s over all five)
-FINAL_SECONDS = 120.0  # an ended job's helper that sends nothing this long is ended (its last lines lost)
-STOPPED_SECONDS = 2.0  # a helper held stopped this long (SIGSTOP from its user) is ended
-PIPE_SIZE = 1 << 20  # the helper's stdout pipe: a batch or more in flight while the daemon stores
 IDLE_MAX = 0.05  # longest a helper sleeps between looks at a quiet log (a printed line is seen within it)
 
-
-# -- the helper ---------------------------------------------------------------------------------
 
 def serve(argv: list[str]) -> int:
     """The helper's life: load, drop to UID, read the command, follow the log."""
@@ -53,8 +43,8 @@ def serve(argv: list[str]) -> int:
 
     uid, gid, groups = int(argv[0]), int(argv[1]), [int(g) for g in argv[2].split(",") if g]
     resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY, HELPER_MEMORY))
-    import ctypes  # noqa: F401  (what the drop and the follow need, loaded while the daemon's files can be
-    import select as _select  # noqa: F401  read: a user may not read root's interpreter's library)
+    # what the drop and the parse need, loaded while root's interpreter and libraries can still be read
+    import ctypes  # noqa: F401  (privdrop's prctl)
     import log_parsers  # noqa: F401  (and every parser it may build)
     import log_parsers.regex  # noqa: F401
     import log_parsers.table  # noqa: F401
@@ -151,165 +141,6 @@ def follow(cmd: dict, control: int, out, pending: bytes = b"") -> None:
             if not got:
                 return  # the daemon let it go, or died
             pending += got
-
-
-# -- the daemon's side --------------------------------------------------------------------------
-
-class HelperBroke(Exception):
-    """A helper that died, sent what a helper never sends, or was held stopped."""
-
-
-_NUMS = frozenset({float, int, type(None)})
-
-
-def check_batch(msg, offset: int, max_offset: int | None):
-    """A helper's batch as (Columns of its points, offset, state, done), every field checked;
-    ValueError if it is not one: metric names (`keys`, strings of at most MAX_NAME characters)
-    and each point's index among them, values, steps and epochs (numbers or nulls, no bools)
-    in lists of one length, an offset from `offset` on and not past `max_offset`, a state object."""
-    from .store.metrics import Columns
-
-    if not isinstance(msg, dict):
-        raise ValueError("not an object")
-    new, state, done = msg.get("offset"), msg.get("state"), msg.get("done")
-    keys, k, v, s, e = (msg.get(f) for f in ("keys", "k", "v", "s", "e"))
-    if type(new) is not int or new < offset or (max_offset is not None and new > max_offset):
-        raise ValueError(f"offset {new!r} outside {offset}..{max_offset}")
-    if not isinstance(state, dict) or type(done) is not bool:
-        raise ValueError("state or done of the wrong type")
-    if not all(type(x) is list for x in (keys, k, v, s, e)) or not len(k) == len(v) == len(s) == len(e):
-        raise ValueError("keys, k, v, s, e: lists of one length expected")
-    if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
-        raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
-    if k and (set(map(type, k)) != {int} or not set(map(type, v)) <= _NUMS or not set(map(type, s)) <= _NUMS
-              or not set(map(type, e)) <= _NUMS):
-        raise ValueError("a point's index or numbers of the wrong type")
-    try:
-        names = list(map(keys.__getitem__, k))
-    except IndexError:
-        raise ValueError("a point names no metric of the batch") from None
-    if int in set(map(type, v)):  # (a parser gives floats) a whole number is a value as a float, one past floats' range none
-        v = [x if type(x) is not int else float(x) if -_FLOAT_MAX < x < _FLOAT_MAX else None for x in v]
-    s, e = _int64(s), _int64(e)
-    return Columns(names, v, s, e), new, state, done
-
-
-_FLOAT_MAX = 2 ** 1023
-_INT64 = 2 ** 63
-
-
-def _int64(col: list) -> list:
-    """Steps or epochs with a whole number past what the store's INTEGER holds made None (a position
-    of 20 digits is not one): the column as it was when every one fits."""
-    if int not in set(map(type, col)) or all(-_INT64 <= x < _INT64 for x in col if type(x) is int):
-        return col
-    return [None if type(x) is int and not -_INT64 <= x < _INT64 else x for x in col]
-
-
-class ParseHelper:
-    """The daemon's end of one job's helper: started at (offset, state), read batch by batch."""
-
-    def __init__(self, who, path, offset: int, parser, state, max_offset: int | None):
-        import subprocess
-
-        from .identity import drops_privileges
-
-        uid, gid, groups = (who.uid, who.gid, who.groups) if drops_privileges(who.uid) else (os.geteuid(), os.getegid(), [])
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-        if drops_privileges(who.uid):  # isolated: nothing of the environment chooses what root loads
-            argv = [sys.executable, "-I", "-m", "runner.logparse"]
-        else:  # the daemon's own user: no boundary, and a personal daemon may run from a checkout
-            argv = [sys.executable, "-m", "runner.logparse"]
-            if os.environ.get("PYTHONPATH"):
-                env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        argv += [str(uid), str(gid), ",".join(map(str, groups))]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, cwd="/", start_new_session=True, close_fds=True)
-        try:
-            import fcntl
-
-            fcntl.fcntl(self.proc.stdout.fileno(), 1031, PIPE_SIZE)  # F_SETPIPE_SZ
-        except OSError:
-            pass
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.fd = self.proc.stdout.fileno()
-        self.buf = bytearray()
-        self.eof = False
-        self.last_heard = time.monotonic()
-        self.send({"path": str(path), "offset": offset, "parser": parser, "state": state, "max_offset": max_offset})
-
-    def _last_words(self) -> str:
-        """The last line a dead helper wrote to stderr (a traceback's), for the daemon's log."""
-        try:
-            os.set_blocking(self.proc.stderr.fileno(), False)
-            err = (self.proc.stderr.read(1 << 16) or b"").decode("utf-8", "replace").strip().splitlines()
-        except (OSError, ValueError):
-            return ""
-        return f": {err[-1][:300]}" if err else ""
-
-    def send(self, obj):
-        try:
-            self.proc.stdin.write((obj if isinstance(obj, str) else json.dumps(obj)).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (OSError, ValueError):
-            pass  # it died: its next read says so
-
-    def final(self, budget: int):
-        self.send(f"final {max(0, int(budget))}")
-
-    def next(self, timeout: float = 0.0):
-        """The next batch line (bytes), or None when none came within `timeout`. HelperBroke
-        when the helper ended, sent a line too long, or is held stopped."""
-        deadline = time.monotonic() + timeout
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self.buf[:nl])
-                del self.buf[:nl + 1]
-                self.last_heard = time.monotonic()
-                return line
-            if len(self.buf) > MAX_MESSAGE:
-                raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
-            if self.eof:
-                raise HelperBroke(f"it ended (exit {self.proc.poll()}){self._last_words()}")
-            try:
-                got = os.read(self.fd, 4 << 20)
-            except BlockingIOError:
-                got = None
-            if got:
-                self.buf += got
-                continue
-            if got == b"":
-                self.eof = True
-                self.proc.wait(5)
-                continue
-            now = time.monotonic()
-            if now - self.last_heard >= STOPPED_SECONDS and _stopped(self.proc.pid):  # (a quiet one: privdrop's look at /proc)
-                raise HelperBroke(f"held stopped for {STOPPED_SECONDS:.0f}s")
-            left = deadline - now
-            if left <= 0:
-                return None
-            select.select([self.fd], [], [], min(left, 0.1))
-
-    def close(self):
-        """Let it go: its pipes closed (a helper blocked on a full pipe ends on the broken one), then reaped."""
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=1)
-        except Exception:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=5)
-            except Exception:
-                pass
-
-    def kill(self):
-        self.proc.kill()
-        self.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """A job's log parsed by a helper process (runner.logparse), the daemon storing its batches
-(runner.watch.HelperWatcher): exactly once across helpers killed or stopped, every batch checked
+(runner.logbatches.HelperWatcher): exactly once across helpers killed or stopped, every batch checked
 as its user's input. The helper runs as the test's own user here; tests/test_privsep_files.py runs
 it as a second real user against a root daemon."""
 
@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from runner import logparse
+from runner import logbatches, logparse
 from runner.store import Store
-from runner.watch import HelperWatcher
+from runner.logbatches import HelperWatcher
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_a_restart_reads_on_from_the_saved_offset_and_parser_state(store, job_di
 
 
 def test_killed_helpers_lose_and_repeat_nothing(store, job_dir, monkeypatch):
-    monkeypatch.setattr(logparse, "RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(logbatches, "RETRY_SECONDS", 0.01)
     log = job_dir / "output.log"
     log.write_bytes(b"")
     w = HelperWatcher("job1", job_dir, None)
@@ -134,11 +134,11 @@ def test_killed_helpers_lose_and_repeat_nothing(store, job_dir, monkeypatch):
         w.poll(store, final=True, seconds=1)
     assert kills == 5 and w.deaths >= 1 and not w.gave_up
     assert steps(store) == list(range(60_000))  # each point once, in order
-    assert w.deaths <= logparse.RESPAWNS
+    assert w.deaths <= logbatches.RESPAWNS
 
 
 def test_a_helper_held_stopped_is_replaced_and_the_ended_job_finishes(store, job_dir, monkeypatch):
-    monkeypatch.setattr(logparse, "STOPPED_SECONDS", 0.5)
+    monkeypatch.setattr(logbatches, "STOPPED_SECONDS", 0.5)
     log = job_dir / "output.log"
     log.write_bytes(lines(0, 10))
     w = HelperWatcher("job1", job_dir, None)
@@ -175,7 +175,7 @@ def test_a_broken_helper_is_started_again_after_a_wait_that_doubles(store, job_d
 
 def test_a_helper_held_stopped_while_its_job_runs_is_replaced(store, job_dir, monkeypatch):
     """Its user may stop her own helper (same uid): her metrics do not wait for the job's end."""
-    monkeypatch.setattr(logparse, "STOPPED_SECONDS", 0.5)
+    monkeypatch.setattr(logbatches, "STOPPED_SECONDS", 0.5)
     log = job_dir / "output.log"
     log.write_bytes(lines(0, 10))
     w = HelperWatcher("job1", job_dir, None)
@@ -191,7 +191,7 @@ def test_a_helper_held_stopped_while_its_job_runs_is_replaced(store, job_dir, mo
 def test_a_log_whose_helpers_keep_dying_is_given_up_and_the_job_still_ends(store, job_dir):
     (job_dir / "output.log").write_bytes(lines(0, 5))
     w = HelperWatcher("job1", job_dir, None)
-    for _ in range(logparse.RESPAWNS + 1):
+    for _ in range(logbatches.RESPAWNS + 1):
         w._helper()
         os.kill(w.helper.proc.pid, signal.SIGKILL)
         w.helper.proc.wait()
@@ -213,7 +213,7 @@ GOOD = {"offset": 10, "state": {"step": 1}, "done": False, "keys": ["loss", "acc
 
 
 def test_a_good_batch_is_taken_as_columns():
-    cols, off, state, done = logparse.check_batch(GOOD, 5, 100)
+    cols, off, state, done = logbatches.check_batch(GOOD, 5, 100)
     assert cols.names == ["loss", "acc", "loss"] and cols.vals == [0.5, 1.0, None] and len(cols) == 3
     assert type(cols.vals[1]) is float
     assert (off, state, done) == (10, {"step": 1}, False)
@@ -238,16 +238,16 @@ def test_a_good_batch_is_taken_as_columns():
 ])
 def test_a_batch_that_is_not_one_is_refused(change, why):
     with pytest.raises(ValueError, match=why):
-        logparse.check_batch({**GOOD, **change}, 5, 100)
+        logbatches.check_batch({**GOOD, **change}, 5, 100)
     with pytest.raises(ValueError):
-        logparse.check_batch(["not", "an", "object"], 5, 100)
+        logbatches.check_batch(["not", "an", "object"], 5, 100)
 
 
 def test_a_helper_that_sends_what_a_helper_never_sends_is_replaced(store, job_dir, monkeypatch):
     """A batch that fails its checks costs the helper (started again from the stored offset),
     never a point stored wrongly."""
     (job_dir / "output.log").write_bytes(lines(0, 50))
-    real = logparse.check_batch
+    real = logbatches.check_batch
     bad = [2]
 
     def flaky(msg, *a):
@@ -255,7 +255,7 @@ def test_a_helper_that_sends_what_a_helper_never_sends_is_replaced(store, job_di
             bad[0] -= 1
             msg = {**msg, "offset": -1}
         return real(msg, *a)
-    monkeypatch.setattr(logparse, "check_batch", flaky)
+    monkeypatch.setattr(logbatches, "check_batch", flaky)
     w = HelperWatcher("job1", job_dir, None)
     t0 = time.monotonic()
     while not w.done and time.monotonic() - t0 < 20:
@@ -352,9 +352,8 @@ def test_an_ended_jobs_log_is_read_on_for_a_while_then_the_rest_is_not_parsed(st
     from runner import defaults
 
     monkeypatch.setattr(defaults, "FINAL_READ_SECONDS", 0.3)
-    monkeypatch.setattr(logparse, "CHUNK", 1 << 10)
     log = job_dir / "output.log"
-    log.write_bytes(lines(0, 200_000))  # ~5 MB: more than a 0.3 s read of 1 KiB batches
+    log.write_bytes(lines(0, 200_000))  # ~5 MB: more than a 0.3 s read
     w = HelperWatcher("job1", job_dir, None)
     t0 = time.monotonic()
     while not w.done:
@@ -377,7 +376,7 @@ def test_a_position_or_value_no_column_can_hold_is_none_and_a_line_no_parser_tak
     assert w.deaths == 0
     assert [(p["step"], p["value"]) for p in store.metrics("job1", "loss")] == [(None, 1.0), (8, 2.0)]
     assert store.metrics("job1", "val")[0]["value"] == float("inf")
-    cols, *_ = logparse.check_batch({**GOOD, "v": [10 ** 400, 3, 0.5], "s": [2 ** 63, -2 ** 63, 1], "e": [None, None, 3]}, 5, 100)
+    cols, *_ = logbatches.check_batch({**GOOD, "v": [10 ** 400, 3, 0.5], "s": [2 ** 63, -2 ** 63, 1], "e": [None, None, 3]}, 5, 100)
     assert cols.vals == [None, 3.0, 0.5] and cols.steps == [None, -2 ** 63, 1]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ..proctl import read_json
-from ..watch import HelperWatcher
+from ..logbatches import HelperWatcher
 
 
 def job_log(home, job: dict):

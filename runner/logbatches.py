@@ -1,0 +1,342 @@
+"""The daemon's end of the log-parsing helpers (runner/logparse.py, which says how they work):
+ParseHelper, one helper process and its pipes; check_batch, a batch checked as its user's input;
+HelperWatcher, the daemon's watcher of a running job, storing each batch with its offset and parser
+state in one transaction and starting a helper again from the stored offset when one breaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import time
+
+from . import defaults
+from .logparse import MAX_NAME
+from .privdrop import _stopped  # whether a process is held stopped (its state in /proc)
+from .watch import FINAL_BYTES, SCAN_SECONDS, LogWatcher
+
+MAX_MESSAGE = 64 << 20  # longest batch line the daemon takes from a helper
+RESPAWNS = 5  # helpers of one job that may break before its log is given up (said in the daemon's log)
+RETRY_SECONDS = 0.2  # a helper broke: the next starts this long after (doubled each time: 6 s over all five)
+FINAL_SECONDS = 120.0  # an ended job's helper that sends nothing this long is ended (its last lines lost)
+STOPPED_SECONDS = 2.0  # a helper held stopped this long (SIGSTOP from its user) is ended
+PIPE_SIZE = 1 << 20  # the helper's stdout pipe: a batch or more in flight while the daemon stores
+
+
+class HelperBroke(Exception):
+    """A helper that died, sent what a helper never sends, or was held stopped."""
+
+
+_NUMS = frozenset({float, int, type(None)})
+
+
+def check_batch(msg, offset: int, max_offset: int | None):
+    """A helper's batch as (Columns of its points, offset, state, done), every field checked;
+    ValueError if it is not one: metric names (`keys`, strings of at most MAX_NAME characters)
+    and each point's index among them, values, steps and epochs (numbers or nulls, no bools)
+    in lists of one length, an offset from `offset` on and not past `max_offset`, a state object."""
+    from .store.metrics import Columns
+
+    if not isinstance(msg, dict):
+        raise ValueError("not an object")
+    new, state, done = msg.get("offset"), msg.get("state"), msg.get("done")
+    keys, k, v, s, e = (msg.get(f) for f in ("keys", "k", "v", "s", "e"))
+    if type(new) is not int or new < offset or (max_offset is not None and new > max_offset):
+        raise ValueError(f"offset {new!r} outside {offset}..{max_offset}")
+    if not isinstance(state, dict) or type(done) is not bool:
+        raise ValueError("state or done of the wrong type")
+    if not all(type(x) is list for x in (keys, k, v, s, e)) or not len(k) == len(v) == len(s) == len(e):
+        raise ValueError("keys, k, v, s, e: lists of one length expected")
+    if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
+        raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
+    if k and (set(map(type, k)) != {int} or not set(map(type, v)) <= _NUMS or not set(map(type, s)) <= _NUMS
+              or not set(map(type, e)) <= _NUMS):
+        raise ValueError("a point's index or numbers of the wrong type")
+    try:
+        names = list(map(keys.__getitem__, k))
+    except IndexError:
+        raise ValueError("a point names no metric of the batch") from None
+    if int in set(map(type, v)):  # (a parser gives floats) a whole number is a value as a float, one past floats' range none
+        v = [x if type(x) is not int else float(x) if -_FLOAT_MAX < x < _FLOAT_MAX else None for x in v]
+    s, e = _int64(s), _int64(e)
+    return Columns(names, v, s, e), new, state, done
+
+
+_FLOAT_MAX = 2 ** 1023
+_INT64 = 2 ** 63
+
+
+def _int64(col: list) -> list:
+    """Steps or epochs with a whole number past what the store's INTEGER holds made None (a position
+    of 20 digits is not one): the column as it was when every one fits."""
+    if int not in set(map(type, col)) or all(-_INT64 <= x < _INT64 for x in col if type(x) is int):
+        return col
+    return [None if type(x) is int and not -_INT64 <= x < _INT64 else x for x in col]
+
+
+class ParseHelper:
+    """The daemon's end of one job's helper: started at (offset, state), read batch by batch."""
+
+    def __init__(self, who, path, offset: int, parser, state, max_offset: int | None):
+        import subprocess
+
+        from .identity import drops_privileges
+
+        uid, gid, groups = (who.uid, who.gid, who.groups) if drops_privileges(who.uid) else (os.geteuid(), os.getegid(), [])
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        if drops_privileges(who.uid):  # isolated: nothing of the environment chooses what root loads
+            argv = [sys.executable, "-I", "-m", "runner.logparse"]
+        else:  # the daemon's own user: no boundary, and a personal daemon may run from a checkout
+            argv = [sys.executable, "-m", "runner.logparse"]
+            if os.environ.get("PYTHONPATH"):
+                env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        argv += [str(uid), str(gid), ",".join(map(str, groups))]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, cwd="/", start_new_session=True, close_fds=True)
+        try:
+            import fcntl
+
+            fcntl.fcntl(self.proc.stdout.fileno(), 1031, PIPE_SIZE)  # F_SETPIPE_SZ
+        except OSError:
+            pass
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.fd = self.proc.stdout.fileno()
+        self.buf = bytearray()
+        self.eof = False
+        self.last_heard = time.monotonic()
+        self.send({"path": str(path), "offset": offset, "parser": parser, "state": state, "max_offset": max_offset})
+
+    def _last_words(self) -> str:
+        """The last line a dead helper wrote to stderr (a traceback's), for the daemon's log."""
+        try:
+            os.set_blocking(self.proc.stderr.fileno(), False)
+            err = (self.proc.stderr.read(1 << 16) or b"").decode("utf-8", "replace").strip().splitlines()
+        except (OSError, ValueError):
+            return ""
+        return f": {err[-1][:300]}" if err else ""
+
+    def send(self, obj):
+        try:
+            self.proc.stdin.write((obj if isinstance(obj, str) else json.dumps(obj)).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # it died: its next read says so
+
+    def final(self, budget: int):
+        self.send(f"final {max(0, int(budget))}")
+
+    def next(self, timeout: float = 0.0):
+        """The next batch line (bytes), or None when none came within `timeout`. HelperBroke
+        when the helper ended, sent a line too long, or is held stopped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[:nl + 1]
+                self.last_heard = time.monotonic()
+                return line
+            if len(self.buf) > MAX_MESSAGE:
+                raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
+            if self.eof:
+                raise HelperBroke(f"it ended (exit {self.proc.poll()}){self._last_words()}")
+            try:
+                got = os.read(self.fd, 4 << 20)
+            except BlockingIOError:
+                got = None
+            if got:
+                self.buf += got
+                continue
+            if got == b"":
+                self.eof = True
+                self.proc.wait(5)
+                continue
+            now = time.monotonic()
+            if now - self.last_heard >= STOPPED_SECONDS and _stopped(self.proc.pid):  # (a quiet one: privdrop's look at /proc)
+                raise HelperBroke(f"held stopped for {STOPPED_SECONDS:.0f}s")
+            left = deadline - now
+            if left <= 0:
+                return None
+            select.select([self.fd], [], [], min(left, 0.1))
+
+    def close(self):
+        """Let it go: its pipes closed (a helper blocked on a full pipe ends on the broken one), then reaped."""
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=1)
+        except Exception:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:
+                pass
+
+    def kill(self):
+        self.proc.kill()
+        self.close()
+
+
+class HelperWatcher(LogWatcher):
+    """The daemon's watcher: the log parsed by a helper running as the job's user
+    (runner.logparse), the daemon storing each batch with its offset and parser state in one
+    transaction (exactly once, as LogWatcher). Checkpoints are scanned here, as LogWatcher does."""
+
+    def __init__(self, *args, **kwargs):
+        self.helper = None
+        self.deaths = 0  # helpers of this job that broke
+        self.gave_up: str | None = None  # why its log is no longer parsed
+        self._final_sent = False
+        self._retry_at = 0.0  # (monotonic) no helper is started again before then
+        self.names: set | None = None  # the job's metric names (at most MAX_METRIC_NAMES), read from the store at first
+        self.name_bytes = 0  # their UTF-8 bytes (at most MAX_METRIC_NAME_BYTES)
+        self._final_since: float | None = None  # (monotonic) when a final read was first asked for
+        self._said_names = False
+        super().__init__(*args, **kwargs)
+
+    def _parser_from(self, spec, state):
+        self.spec, self.state = spec, state  # the helper builds the parser; the daemon never does
+
+    def _helper(self):
+        from .identity import Person, person
+
+        if self.helper is None:
+            try:
+                who = person(self.owner)
+            except KeyError:  # a uid without a passwd entry (its user removed): no groups, nobody's group
+                who = Person(self.owner, 65534, (), str(self.owner), "/")
+            self.helper = ParseHelper(who, self.path, self.offset, self.spec, self.state, self.max_offset)
+            self._final_sent = False
+        return self.helper
+
+    def poll(self, store, final: bool = False, seconds: float | None = None) -> int:
+        """Store the batches the helper has sent (an ended job, `final`: wait up to `seconds`
+        for them, all of them when None, until the helper says it read to the end: `done`)."""
+        import logging
+
+        
+        self.behind = False
+        total = 0
+        if self.spec == "none" or self.gave_up:  # a log that asked for no metrics, or one given up
+            self.done = final
+        elif self.helper is None and time.monotonic() < self._retry_at and not self._final_over(final):
+            pass  # one broke just now: the next waits a little
+        elif self._final_over(final):  # an ended job's log read on long enough: the rest is not parsed
+            self._let_go(kill=True)
+            self.done = True
+            self._say(f"runner: the rest of this log, from byte {self.offset}, was not made into metrics: "
+                      f"still unread {defaults.FINAL_READ_SECONDS:g}s after the job ended")
+        else:
+            budget = seconds if seconds is not None else FINAL_SECONDS if final else defaults.FOLLOW_PASS_SECONDS
+            until = time.monotonic() + budget
+            try:
+                h = self._helper()
+                if final and not self._final_sent:
+                    h.final(FINAL_BYTES)
+                    self._final_sent = True
+                while True:
+                    line = h.next(max(0.0, until - time.monotonic()) if final else 0.0)
+                    if line is None:
+                        if final and time.monotonic() - h.last_heard > FINAL_SECONDS:
+                            raise HelperBroke(f"sent nothing for {FINAL_SECONDS:.0f}s after the job's end")
+                        break
+                    pts, offset, state, done = check_batch(json.loads(line), self.offset, self.max_offset)
+                    pts = self._known_names(store, pts)
+                    if pts or offset != self.offset:
+                        try:
+                            store.record_progress(self.job_id, pts, offset, state, redo_before=self.redo_before)
+                        except BaseException:  # not stored (the daemon's disk, its store): the next helper reads it again
+                            self._let_go(kill=True)
+                            raise
+                    self.offset, self.state = offset, state
+                    total += len(pts)
+                    if done:
+                        self.done = True
+                        self._let_go()
+                        break
+                    if time.monotonic() >= until:
+                        self.behind = True
+                        break
+            except (HelperBroke, ValueError) as e:  # (a JSON error is a ValueError)
+                self._let_go(kill=True)
+                self.deaths += 1
+                log = logging.getLogger("runner.watch")
+                if self.deaths > RESPAWNS:
+                    self.gave_up = f"its log parser broke {self.deaths} times ({e})"
+                    log.warning("job %s: metrics no longer read: %s", self.job_id, self.gave_up)
+                    self.done = final
+                else:
+                    wait = RETRY_SECONDS * 2 ** (self.deaths - 1)
+                    self._retry_at = time.monotonic() + wait
+                    log.warning("job %s: its log parser broke (%s); another starts from offset %d in %.1fs", self.job_id, e,
+                                self.offset, wait)
+        if self.checkpoints and (final or time.monotonic() - self._scanned >= SCAN_SECONDS):
+            self.scan_artifacts(store)
+        return total
+
+    def _final_over(self, final: bool) -> bool:
+        """Whether the job's end is known (`final`) since more than FINAL_READ_SECONDS."""
+        if not final:
+            return False
+        if self._final_since is None:
+            self._final_since = time.monotonic()
+        return time.monotonic() - self._final_since > defaults.FINAL_READ_SECONDS
+
+    def _known_names(self, store, pts):
+        """The batch's points of the job's first MAX_METRIC_NAMES metric names, MAX_METRIC_NAME_BYTES
+        of them at most (those stored, then new ones in the order they come); past them, points are
+        not kept, said once in its log."""
+        from .store.metrics import Columns
+        from .store.pages import metric_names
+
+        if self.names is None:
+            self.names = set(metric_names(store, self.job_id))
+            self.name_bytes = sum(len(n.encode()) for n in self.names)
+        new = set(pts.names) - self.names
+        if not new:
+            return pts
+        room, size = defaults.MAX_METRIC_NAMES - len(self.names), defaults.MAX_METRIC_NAME_BYTES - self.name_bytes
+        grows = sum(len(n.encode()) for n in new)
+        if len(new) <= room and grows <= size:
+            self.names |= new
+            self.name_bytes += grows
+            return pts
+        for n in dict.fromkeys(pts.names):  # as many new names as there is room for, the first to come
+            if n not in self.names and room > 0 and len(n.encode()) <= size:
+                self.names.add(n)
+                room, size = room - 1, size - len(n.encode())
+        self.name_bytes = defaults.MAX_METRIC_NAME_BYTES - size
+        if not self._said_names:
+            self._said_names = True
+            self._say(f"runner: this job printed more than {defaults.MAX_METRIC_NAMES} metric names (or "
+                      f"{defaults.MAX_METRIC_NAME_BYTES // 1024} KiB of them); the points of further names are not kept")
+        keep = [i for i, n in enumerate(pts.names) if n in self.names]
+        return Columns(*([col[i] for i in keep] for col in pts))
+
+    def _say(self, line: str):
+        """A line of runner's into the job's log, as the daemon writes its others (daemon/logs.job_log)."""
+        import logging
+
+        logging.getLogger("runner.watch").warning("job %s: %s", self.job_id, line)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            os.write(fd, ("\n" + line + "\n").encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _let_go(self, kill: bool = False):
+        if self.helper is not None:
+            self.helper.kill() if kill else self.helper.close()
+            self.helper = None
+
+    def close(self):
+        self._let_go()
