@@ -137,22 +137,6 @@ def test_killed_helpers_lose_and_repeat_nothing(store, job_dir, monkeypatch):
     assert w.deaths <= logbatches.RESPAWNS
 
 
-def test_a_helper_held_stopped_is_replaced_and_the_ended_job_finishes(store, job_dir, monkeypatch):
-    monkeypatch.setattr(logbatches, "STOPPED_SECONDS", 0.5)
-    log = job_dir / "output.log"
-    log.write_bytes(lines(0, 10))
-    w = HelperWatcher("job1", job_dir, None)
-    poll_until(w, store, lambda: len(steps(store)) == 10)
-    os.kill(w.helper.proc.pid, signal.SIGSTOP)
-    with open(log, "ab") as f:
-        f.write(lines(10, 20))
-    t0 = time.monotonic()
-    while not w.done and time.monotonic() - t0 < 20:
-        w.poll(store, final=True, seconds=0.3)
-    assert w.done and w.deaths == 1 and steps(store) == list(range(20))
-    assert time.monotonic() - t0 < 10
-
-
 def test_a_broken_helper_is_started_again_after_a_wait_that_doubles(store, job_dir):
     """A helper that breaks again and again (its user kills it in a loop) costs the daemon a start
     every 0.2, 0.4, 0.8 ... s, not one a pass."""
@@ -173,8 +157,10 @@ def test_a_broken_helper_is_started_again_after_a_wait_that_doubles(store, job_d
     assert w.deaths == 3 and 0.18 <= gaps[0] < 0.35 <= gaps[1], gaps
 
 
-def test_a_helper_held_stopped_while_its_job_runs_is_replaced(store, job_dir, monkeypatch):
-    """Its user may stop her own helper (same uid): her metrics do not wait for the job's end."""
+@pytest.mark.parametrize("ended", [False, True])
+def test_a_helper_held_stopped_is_replaced(store, job_dir, monkeypatch, ended):
+    """Its user may stop her own helper (same uid): her metrics do not wait for the job's end, and
+    an ended job is still reaped."""
     monkeypatch.setattr(logbatches, "STOPPED_SECONDS", 0.5)
     log = job_dir / "output.log"
     log.write_bytes(lines(0, 10))
@@ -183,7 +169,11 @@ def test_a_helper_held_stopped_while_its_job_runs_is_replaced(store, job_dir, mo
     os.kill(w.helper.proc.pid, signal.SIGSTOP)
     with open(log, "ab") as f:
         f.write(lines(10, 20))
-    poll_until(w, store, lambda: len(steps(store)) == 20, timeout=10)
+    t0 = time.monotonic()
+    while len(steps(store)) < 20 or ended and not w.done:
+        w.poll(store, final=ended, seconds=0.3)
+        assert time.monotonic() - t0 < 10
+        time.sleep(0.02)
     assert w.deaths == 1 and steps(store) == list(range(20))
     w.close()
 
