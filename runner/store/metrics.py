@@ -156,7 +156,7 @@ def _append(cur, job_id: str, name: str, ids, vals, steps, epochs, now: float):
 
 
 class Columns:
-    """Points as columns (what a log-parsing helper sends: runner.logparse): names, values, steps,
+    """Points as columns (a log-parsing helper's batch: runner/logbatches.py): names, values, steps,
     epochs, lists of one length; len() is how many points."""
 
     __slots__ = ("names", "vals", "steps", "epochs")
@@ -175,8 +175,8 @@ class Columns:
 
 
 def _insert_points(c, job_id: str, points, now: float):
-    """Store points (name, value, step, epoch), or Columns of them, in the order given (their ids in that order, above
-    every id stored), and extend their series' chunks."""
+    """Store points (name, value, step, epoch), or Columns of them, in the order given (their ids
+    in that order, above every id stored), and extend their series' chunks."""
     from ..metric_chunks import by_columns
 
     if isinstance(points, Columns):
