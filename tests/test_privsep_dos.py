@@ -55,6 +55,7 @@ def test_a_log_grown_by_hand_neither_fills_memory_nor_stalls_the_loop(team):
     jid = bob.job("sleep", "60")
     full = bob.wait(jid, "running")["id"]
     log = home / "run" / full / "output.log"
+    wait_for(lambda: log.exists() and b"sleeping" in log.read_bytes(), 30, what="the job's first line")  # (else it lands after the 300 MB)
     rss0 = psutil.Process(d.proc.pid).memory_info().rss
     # as him: his log is his file; a sparse 300 MB of zeros with no newline
     bob.python(f"import os\nos.truncate({str(log)!r}, 300 << 20)")
