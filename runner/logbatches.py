@@ -70,7 +70,12 @@ _INT64 = 2 ** 63
 def _int64(col: list) -> list:
     """Steps or epochs with a whole number past what the store's INTEGER holds made None (a position
     of 20 digits is not one): the column as it was when every one fits."""
-    if int not in set(map(type, col)) or all(-_INT64 <= x < _INT64 for x in col if type(x) is int):
+    types = set(map(type, col))
+    if int not in types:
+        return col
+    if types == {int} and -_INT64 <= min(col) and max(col) < _INT64:  # the usual column: min and max in C
+        return col
+    if types != {int} and all(-_INT64 <= x < _INT64 for x in col if type(x) is int):
         return col
     return [None if type(x) is int and not -_INT64 <= x < _INT64 else x for x in col]
 
