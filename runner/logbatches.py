@@ -6,6 +6,7 @@ state in one transaction and starting a helper again from the stored offset when
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import sys
@@ -221,9 +222,6 @@ class HelperWatcher(LogWatcher):
     def poll(self, store, final: bool = False, seconds: float | None = None) -> int:
         """Store the batches the helper has sent (an ended job, `final`: wait up to `seconds`
         for them, all of them when None, until the helper says it read to the end: `done`)."""
-        import logging
-
-        
         self.behind = False
         total = 0
         if self.spec == "none" or self.gave_up:  # a log that asked for no metrics, or one given up
@@ -239,7 +237,13 @@ class HelperWatcher(LogWatcher):
             budget = seconds if seconds is not None else FINAL_SECONDS if final else defaults.FOLLOW_PASS_SECONDS
             until = time.monotonic() + budget
             try:
-                h = self._helper()
+                try:
+                    h = self._helper()
+                except OSError as e:  # no process to be had now (EAGAIN, ENOMEM): the daemon's trouble, not the job's
+                    self._retry_at = time.monotonic() + 1.0
+                    logging.getLogger("runner.watch").warning("job %s: cannot start its log parser (%s); trying again in 1s",
+                                                              self.job_id, e)
+                    return total
                 if final and not self._final_sent:
                     h.final(FINAL_BYTES)
                     self._final_sent = True
@@ -324,8 +328,6 @@ class HelperWatcher(LogWatcher):
 
     def _say(self, line: str):
         """A line of runner's into the job's log, as the daemon writes its others (daemon/logs.job_log)."""
-        import logging
-
         logging.getLogger("runner.watch").warning("job %s: %s", self.job_id, line)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)

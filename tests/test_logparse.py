@@ -394,3 +394,26 @@ def test_the_apis_answers_kept_are_bounded_and_never_stale(tmp_path):
     assert fresh.get(("jobs", 11), lambda: b"new") == b"new"
     assert list(fresh.entries) == [("jobs", 11)]
     assert fresh.get(("jobs", 99), lambda: b"z" * fresh.MAX_BYTES) and ("jobs", 99) not in fresh.entries  # too big to keep
+
+
+def test_no_process_to_be_had_is_the_daemons_trouble_not_the_jobs(store, job_dir, monkeypatch):
+    """A helper that cannot be started (EAGAIN: the host's process limit) is tried again a second
+    later, counted as no helper's break; the job's points come once one starts."""
+    import errno
+
+    (job_dir / "output.log").write_bytes(lines(0, 30))
+    real, fails = logbatches.ParseHelper, [2]
+
+    def spawn(*a, **kw):
+        if fails[0]:
+            fails[0] -= 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real(*a, **kw)
+    monkeypatch.setattr(logbatches, "ParseHelper", spawn)
+    w = HelperWatcher("job1", job_dir, None)
+    t0 = time.monotonic()
+    while not w.done:
+        w.poll(store, final=True, seconds=0.2)
+        assert time.monotonic() - t0 < 15
+        time.sleep(0.05)
+    assert fails == [0] and w.deaths == 0 and not w.gave_up and steps(store) == list(range(30))
