@@ -51,27 +51,25 @@ def check_batch(msg, offset: int, max_offset: int | None):
         raise ValueError("keys, k, v, s, e: lists of one length expected")
     if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
         raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
-    if k and (set(map(type, k)) != {int} or not set(map(type, v)) <= _NUMS or not set(map(type, s)) <= _NUMS
-              or not set(map(type, e)) <= _NUMS):
+    tv, ts, te = (set(map(type, col)) for col in (v, s, e))  # each column's types, looked at once
+    if k and (set(map(type, k)) != {int} or not tv <= _NUMS or not ts <= _NUMS or not te <= _NUMS):
         raise ValueError("a point's index or numbers of the wrong type")
     try:
         names = list(map(keys.__getitem__, k))
     except IndexError:
         raise ValueError("a point names no metric of the batch") from None
-    if int in set(map(type, v)):  # (a parser gives floats) a whole number is a value as a float, one past floats' range none
+    if int in tv:  # (a parser gives floats) a whole number is a value as a float, one past floats' range none
         v = [x if type(x) is not int else float(x) if -_FLOAT_MAX < x < _FLOAT_MAX else None for x in v]
-    s, e = _int64(s), _int64(e)
-    return Columns(names, v, s, e), new, state, done
+    return Columns(names, v, _int64(s, ts), _int64(e, te)), new, state, done
 
 
 _FLOAT_MAX = 2 ** 1023
 _INT64 = 2 ** 63
 
 
-def _int64(col: list) -> list:
+def _int64(col: list, types: set) -> list:
     """Steps or epochs with a whole number past what the store's INTEGER holds made None (a position
     of 20 digits is not one): the column as it was when every one fits."""
-    types = set(map(type, col))
     if int not in types:
         return col
     if types == {int} and -_INT64 <= min(col) and max(col) < _INT64:  # the usual column: min and max in C
@@ -226,13 +224,13 @@ class HelperWatcher(LogWatcher):
         total = 0
         if self.spec == "none" or self.gave_up:  # a log that asked for no metrics, or one given up
             self.done = final
-        elif self.helper is None and time.monotonic() < self._retry_at and not self._final_over(final):
-            pass  # one broke just now: the next waits a little
         elif self._final_over(final):  # an ended job's log read on long enough: the rest is not parsed
             self._let_go(kill=True)
             self.done = True
             self._say(f"runner: the rest of this log, from byte {self.offset}, was not made into metrics: "
                       f"still unread {defaults.FINAL_READ_SECONDS:g}s after the job ended")
+        elif self.helper is None and time.monotonic() < self._retry_at:
+            pass  # one broke just now: the next waits a little
         else:
             budget = seconds if seconds is not None else FINAL_SECONDS if final else defaults.FOLLOW_PASS_SECONDS
             until = time.monotonic() + budget
