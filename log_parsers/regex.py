@@ -64,6 +64,18 @@ class RegexParser:
         return points
 
 
+def feed_lines(parser, lines) -> tuple[list, list, list, list]:
+    """The points of lines as columns (names, values, steps, epochs), a line the parser raises on
+    (a position of 5,000 digits: Python's int() refuses it) passed over."""
+    pts: list = []
+    for line in lines:
+        try:
+            pts += parser.feed_line(line)
+        except (ValueError, OverflowError, RecursionError):
+            pass
+    return tuple(map(list, zip(*pts))) if pts else ([], [], [], [])
+
+
 def build_parser(spec, state: dict | None = None):
     """A parser from a registry parser spec: None/'generic' or a {patterns: ...} table."""
     if spec is None or spec == "generic":

@@ -32,13 +32,53 @@ class HelperBroke(Exception):
 _NUMS = frozenset({float, int, type(None)})
 
 
-def check_batch(msg, offset: int, max_offset: int | None):
+def decode(head: bytes, payload: bytes) -> tuple[dict, dict]:
+    """(the batch with every column a list, each binary column's types) of a header line and the
+    bytes after it (runner.logparse.encode); ValueError if they are not one."""
+    from array import array
+
+    msg = json.loads(head)
+    if not isinstance(msg, dict):
+        raise ValueError("not an object")
+    size, codes = payload_size(msg)
+    if len(payload) != size:
+        raise ValueError(f"{len(payload)} bytes after the header, {size} expected")
+    n, at, types = msg["n"], 0, {}
+    for name, code in codes:
+        if code == "-":
+            msg[name], types[name] = [None] * n, {type(None)} if n else set()
+            continue
+        end = at + n * array(code).itemsize
+        msg[name], types[name] = array(code, payload[at:end]).tolist(), ({float} if code == "d" else {int}) if n else set()
+        at = end
+    return msg, types
+
+
+def payload_size(msg: dict) -> tuple[int, list]:
+    """(bytes after the header line, [(column, code)] of its binary columns) that a header says;
+    ValueError for a count or code that no helper sends."""
+    from array import array
+
+    from .logparse import CODES
+
+    n = msg.get("n")
+    if type(n) is not int or not 0 <= n <= MAX_MESSAGE:
+        raise ValueError(f"n {n!r}: a count of points expected")
+    codes = [(name, msg.get(name)) for name in CODES if type(msg.get(name)) is str]
+    if any(code not in CODES[name] for name, code in codes):
+        raise ValueError("a column's code that no helper sends")
+    return sum(n * array(code).itemsize for _, code in codes if code != "-"), codes
+
+
+def check_batch(msg, offset: int, max_offset: int | None, types: dict | None = None):
     """A helper's batch as (Columns of its points, offset, state, done), every field checked;
     ValueError if it is not one: metric names (`keys`, strings of at most MAX_NAME characters)
     and each point's index among them, values, steps and epochs (numbers or nulls, no bools)
-    in lists of one length, an offset from `offset` on and not past `max_offset`, a state object."""
+    in lists of one length, an offset from `offset` on and not past `max_offset`, a state object.
+    `types`: the set of types of each column decoded from bytes (known: not looked at again)."""
     from .store.metrics import Columns
 
+    types = types or {}
     if not isinstance(msg, dict):
         raise ValueError("not an object")
     new, state, done = msg.get("offset"), msg.get("state"), msg.get("done")
@@ -51,8 +91,8 @@ def check_batch(msg, offset: int, max_offset: int | None):
         raise ValueError("keys, k, v, s, e: lists of one length expected")
     if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
         raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
-    tv, ts, te = (set(map(type, col)) for col in (v, s, e))  # each column's types, looked at once
-    if k and (set(map(type, k)) != {int} or not tv <= _NUMS or not ts <= _NUMS or not te <= _NUMS):
+    tk, tv, ts, te = (types.get(name) or set(map(type, col)) for name, col in (("k", k), ("v", v), ("s", s), ("e", e)))
+    if k and (tk != {int} or not tv <= _NUMS or not ts <= _NUMS or not te <= _NUMS):
         raise ValueError("a point's index or numbers of the wrong type")
     try:
         names = list(map(keys.__getitem__, k))
@@ -107,6 +147,7 @@ class ParseHelper:
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.fd = self.proc.stdout.fileno()
         self.buf = bytearray()
+        self._head = None  # (where the header line of the batch being read ends, the bytes after it)
         self.eof = False
         self.last_heard = time.monotonic()
         self.send({"path": str(path), "offset": offset, "parser": parser, "state": state, "max_offset": max_offset})
@@ -131,17 +172,30 @@ class ParseHelper:
         self.send(f"final {max(0, int(budget))}")
 
     def next(self, timeout: float = 0.0):
-        """The next batch line (bytes), or None when none came within `timeout`. HelperBroke
-        when the helper ended, sent a line too long, or is held stopped."""
+        """The next batch as decode gives it (msg, types), or None when none came within `timeout`.
+        HelperBroke when the helper ended, sent a batch too long, or is held stopped; ValueError
+        when it sent what is not a batch."""
         deadline = time.monotonic() + timeout
         while True:
             nl = self.buf.find(b"\n")
             if nl >= 0:
-                line = bytes(self.buf[:nl])
-                del self.buf[:nl + 1]
-                self.last_heard = time.monotonic()
-                return line
-            if len(self.buf) > MAX_MESSAGE:
+                if self._head is None:  # its header, read once, says how many bytes follow it
+                    if nl > MAX_MESSAGE:
+                        raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
+                    head = json.loads(bytes(self.buf[:nl]))
+                    if not isinstance(head, dict):
+                        raise ValueError("not an object")
+                    self._head = nl, payload_size(head)[0]
+                nl, size = self._head
+                if nl + size > MAX_MESSAGE:
+                    raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
+                if len(self.buf) >= nl + 1 + size:
+                    msg = decode(bytes(self.buf[:nl]), bytes(self.buf[nl + 1:nl + 1 + size]))
+                    del self.buf[:nl + 1 + size]
+                    self._head = None
+                    self.last_heard = time.monotonic()
+                    return msg
+            elif len(self.buf) > MAX_MESSAGE:
                 raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
             if self.eof:
                 raise HelperBroke(f"it ended (exit {self.proc.poll()}){self._last_words()}")
@@ -246,12 +300,13 @@ class HelperWatcher(LogWatcher):
                     h.final(FINAL_BYTES)
                     self._final_sent = True
                 while True:
-                    line = h.next(max(0.0, until - time.monotonic()) if final else 0.0)
-                    if line is None:
+                    got = h.next(max(0.0, until - time.monotonic()) if final else 0.0)
+                    if got is None:
                         if final and time.monotonic() - h.last_heard > FINAL_SECONDS:
                             raise HelperBroke(f"sent nothing for {FINAL_SECONDS:.0f}s after the job's end")
                         break
-                    pts, offset, state, done = check_batch(json.loads(line), self.offset, self.max_offset)
+                    msg, types = got
+                    pts, offset, state, done = check_batch(msg, self.offset, self.max_offset, types)
                     pts = self._known_names(store, pts)
                     if pts or offset != self.offset:
                         try:
@@ -268,7 +323,7 @@ class HelperWatcher(LogWatcher):
                     if time.monotonic() >= until:
                         self.behind = True
                         break
-            except (HelperBroke, ValueError) as e:  # (a JSON error is a ValueError)
+            except (HelperBroke, ValueError, RecursionError) as e:  # (a JSON error is a ValueError; nested too deep, a RecursionError)
                 self._let_go(kill=True)
                 self.deaths += 1
                 log = logging.getLogger("runner.watch")

@@ -124,3 +124,35 @@ def test_one_ansi_stripper_for_bytes_and_text():
     raw = "\x1b[32mepoch 1\x1b[0m \x1b[2K\x1b[1A\x1b]0;title\x07loss \x1b(Bok\x1b=\x1b>\x1bM done"
     assert strip_ansi(raw) == "epoch 1 loss ok done"
     assert strip_ansi(raw.encode()) == b"epoch 1 loss ok done"
+
+
+
+_BYTES = [b"a", b"loss=0.5", b" ", b"\t", b"\n", b"\n\n", b"\xc3\xa9", b"\xc3", b"\xe2\x82", b"\xff", b"\xc2\x85", b"\xe2\x80\xa8",
+          b"\x0b", b"\x1c", b"0123456789", b"x" * 30]
+
+
+class _LineByLine(LineAssembler):
+    def _plain(self, buf):
+        return False  # every chunk the line-by-line way
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_BYTES), max_size=40).map(b"".join), st.lists(st.integers(0, 400), max_size=6))
+def test_plain_chunks_give_the_lines_the_line_by_line_way_gives(data, cuts):
+    """A chunk of plain lines (no \\r, no escape) is decoded at once, not line by line: the same
+    lines, whatever the bytes (a sequence cut by a newline, Unicode spaces that rstrip takes, lines
+    longer than MAX_LINE) and the chunking, with the same offsets."""
+    from log_parsers import stream
+
+    real, stream.MAX_LINE = stream.MAX_LINE, 24  # lines past it come often
+    try:
+        fast, slow = LineAssembler(), _LineByLine()
+        cuts = sorted(set(x for x in cuts if x <= len(data))) + [len(data)]
+        prev = 0
+        for c in cuts:
+            assert fast.feed(data[prev:c]) == slow.feed(data[prev:c])
+            assert fast.consumed == slow.consumed
+            prev = c
+        assert fast.finish() == slow.finish()
+    finally:
+        stream.MAX_LINE = real

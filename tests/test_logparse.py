@@ -253,8 +253,20 @@ def test_a_helper_that_sends_what_a_helper_never_sends_is_replaced(store, job_di
     assert w.deaths == 2 and steps(store) == list(range(50))
 
 
-def test_the_helper_answers_in_json_lines_with_columns(tmp_path):
-    """The wire, as the helper writes it (runner.logparse.follow in this process)."""
+def batches(wire: bytes) -> list:
+    """(msg, types) of each batch in what a helper wrote."""
+    out = []
+    while wire:
+        nl = wire.index(b"\n")
+        size = logbatches.payload_size(json.loads(wire[:nl]))[0]
+        out.append(logbatches.decode(wire[:nl], wire[nl + 1:nl + 1 + size]))
+        wire = wire[nl + 1 + size:]
+    return out
+
+
+def test_the_helper_answers_in_batches_of_columns(tmp_path):
+    """The wire, as the helper writes it (runner.logparse.follow in this process): a JSON header
+    line, then the columns that fit a code as bytes (steps as 64-bit ints, values as doubles)."""
     import io
 
     log = tmp_path / "output.log"
@@ -266,11 +278,15 @@ def test_the_helper_answers_in_json_lines_with_columns(tmp_path):
 
     threading.Timer(1.0, os.close, (wfd,)).start()
     logparse.follow({"path": str(log), "offset": 0, "parser": None, "state": None}, r, out)
-    msgs = [json.loads(x) for x in out.getvalue().splitlines()]
+    got = batches(out.getvalue())
+    msgs = [m for m, _ in got]
     assert msgs[-1]["done"] and msgs[-1]["offset"] == log.stat().st_size
-    first = msgs[0]
+    first, types = got[0]
     assert first["keys"] == ["loss", "acc"] and first["k"] == [0, 1, 0] and first["s"] == [7, 7, 7] and first["e"] == [2, 2, 2]
     assert str(first["v"][0]) == "nan" and first["v"][2] == float("inf")
+    assert types == {"k": {int}, "v": {float}, "s": {int}, "e": {int}}
+    head = json.loads(out.getvalue().split(b"\n", 1)[0])
+    assert (head["n"], head["k"], head["v"], head["s"], head["e"]) == (3, "I", "d", "q", "q")
 
 
 def test_a_batch_the_store_could_not_take_is_read_again_not_lost(store, job_dir, monkeypatch):
@@ -417,3 +433,76 @@ def test_no_process_to_be_had_is_the_daemons_trouble_not_the_jobs(store, job_dir
         assert time.monotonic() - t0 < 15
         time.sleep(0.05)
     assert fails == [0] and w.deaths == 0 and not w.gave_up and steps(store) == list(range(30))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_position = st.one_of(st.none(), st.integers(-2 ** 70, 2 ** 70), st.integers(0, 10 ** 6))
+_value = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10 ** 6, 10 ** 6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["loss", "acc", "lr"]), _value, _position, _position), max_size=40),
+       st.booleans(), st.booleans())
+def test_the_wire_carries_whatever_a_parser_gives(pts, steps_all_none, ints_only):
+    """Whatever columns a parser gives (nulls among numbers, steps past 64 bits, ints as values,
+    NaN), a batch through the wire (encode, then the daemon's decode and check_batch) is what
+    check_batch makes of the same batch as JSON lists: the bytes are a faster form, not another
+    meaning."""
+    if steps_all_none:
+        pts = [(n, v, None, e) for n, v, _, e in pts]
+    if ints_only:
+        pts = [(n, v, s if s is None else s % 1000, e if e is None else e % 7) for n, v, s, e in pts]
+    names, vals, steps_, epochs = map(list, zip(*pts)) if pts else ([], [], [], [])
+    keys: dict = {}
+    k = [keys.setdefault(n, len(keys)) for n in names]
+    head = {"offset": 7, "state": {}, "done": False, "keys": list(keys)}
+    wire = logparse.encode(dict(head), k, vals, steps_, epochs)
+    (msg, types), = batches(wire)
+    got = logbatches.check_batch(msg, 0, None, types)[0]
+    want = logbatches.check_batch({**head, "k": k, "v": vals, "s": steps_, "e": epochs}, 0, None)[0]
+    assert [list(map(repr, c)) for c in got] == [list(map(repr, c)) for c in want]  # (repr: NaN == NaN)
+
+
+@pytest.mark.parametrize("head, payload, why", [
+    ({"n": -1, "k": "I"}, b"", "count"),
+    ({"n": 1.0, "k": "I"}, b"", "count"),
+    ({"n": True, "k": "I"}, b"", "count"),
+    ({"n": 1, "k": "d"}, b"\0" * 8, "code"),  # an index as a double
+    ({"n": 1, "v": "q"}, b"\0" * 8, "code"),
+    ({"n": 1, "s": "Q"}, b"\0" * 8, "code"),
+    ({"n": 2, "k": "I"}, b"\0" * 4, "expected"),  # fewer bytes than it says
+    ({"n": 1, "k": "I"}, b"\0" * 5, "expected"),
+])
+def test_a_header_that_says_what_no_helper_sends_is_refused(head, payload, why):
+    with pytest.raises(ValueError, match=why):
+        logbatches.decode(json.dumps(head).encode(), payload)
+
+
+def _reader(monkeypatch):
+    """A ParseHelper reading a pipe the test writes (no process behind it)."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    h = logbatches.ParseHelper.__new__(logbatches.ParseHelper)
+    h.fd, h.buf, h._head, h.eof, h.last_heard = r, bytearray(), None, False, time.monotonic()
+    return h, w
+
+
+def test_a_batch_is_taken_once_its_bytes_have_all_come_and_one_too_long_breaks_its_helper(monkeypatch):
+    h, w = _reader(monkeypatch)
+    wire = logparse.encode({"offset": 3, "state": {}, "done": False, "keys": ["loss"]}, [0, 0], [0.5, 0.25], [1, 2], [None, None])
+    os.write(w, wire[:-3])
+    assert h.next() is None  # its header came, not yet all its bytes
+    os.write(w, wire[-3:] + wire)
+    for _ in range(2):
+        msg, types = h.next()
+        assert (msg["v"], msg["s"], msg["e"], types["e"]) == ([0.5, 0.25], [1, 2], [None, None], {type(None)})
+    assert h.next() is None
+    os.write(w, json.dumps({"offset": 3, "n": logbatches.MAX_MESSAGE // 8, "k": "I", "v": "d", "s": "q", "e": "q"}).encode() + b"\n")
+    with pytest.raises(logbatches.HelperBroke, match="longer than"):
+        h.next()  # 2.5x MAX_MESSAGE said: refused before the daemon waits for (or holds) any of it
+    h, w = _reader(monkeypatch)
+    os.write(w, b"[1, 2]\n")
+    with pytest.raises(ValueError, match="not an object"):
+        h.next()

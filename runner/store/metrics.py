@@ -85,6 +85,10 @@ def _expand(runs) -> list:
 
 def _epoch_at(epochs, ats):
     """When the first point that names an epoch was stored (None: none does)."""
+    if epochs[0] is not None:
+        return ats[0]
+    if epochs.count(None) == len(epochs):  # (a log that prints no epoch: counted in C, not looped over)
+        return None
     for e, at in zip(epochs, ats):
         if e is not None:
             return at
