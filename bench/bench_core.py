@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Daemon, cli, commit, free_port, machine, median, pct, spread, table, tmp_home, wait_healthy
+from common import ROOT, Daemon, cli, commit, free_port, machine, median, pct, spread, table, tmp_home, wait_healthy
 
 
 class Tsp:
@@ -165,12 +165,15 @@ def _parse_once(data: bytes):
     (job_dir / "output.log").write_bytes(data)
     s = Store(home / "runner.db")
     s.insert_job({"id": "bench", "name": "b", "user": "u", "uid": 0, "kind": "command", "spec": {}, "created_at": 0, "gpus": [], "after": []})
+    os.environ["PYTHONPATH"] = str(ROOT)  # the helper is this checkout's (not whichever runner the interpreter finds first)
     w = HelperWatcher("bench", job_dir, None)  # the daemon's way: a helper parses, the daemon stores
     t0 = time.perf_counter()
     points = 0
     while not w.done:
         points += w.poll(s, final=True)
     dt = time.perf_counter() - t0
+    if w.deaths or w.gave_up:
+        raise SystemExit(f"bench: the log's parse helper broke {w.deaths} times ({w.gave_up}): not a figure")
     w.close()
     s.close()
     shutil.rmtree(home.parent, ignore_errors=True)  # the log and the store: 190 MB a run at a million lines
