@@ -12,8 +12,8 @@ a helper or daemon killed at any moment loses nothing and repeats nothing, since
 starts at the committed offset. A helper ends when its stdin closes (the daemon let it go, or died).
 
 Parsing runs beside the daemon's one core, which only stores: on a 2-core Intel Xeon, 8 jobs flooding
-their logs are stored at 513-521 k points/s (314-323 k when the daemon parsed them itself), one
-job's million-line log at 0.21 M lines/s (0.11); docs/bench/metrics-ingest.md. A helper costs about
+their logs are stored at 576-612 k points/s (314-323 k when the daemon parsed them itself), one
+job's million-line log at 0.28-0.30 M lines/s (0.11); docs/bench/metrics-ingest.md. A helper costs about
 12 MB of memory and 30 ms of CPU to start; a job whose log asks for no metrics (`parser: none`) has none.
 
 The daemon treats a batch as its user's input: bounded lines, every field's type checked, an offset
