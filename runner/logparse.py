@@ -74,6 +74,7 @@ def serve(argv: list[str]) -> int:
     uid, gid, groups = int(argv[0]), int(argv[1]), [int(g) for g in argv[2].split(",") if g]
     resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY, HELPER_MEMORY))
     # what the drop and the parse need, loaded while root's interpreter and libraries can still be read
+    import array  # noqa: F401  (encode's; an extension module in the interpreter's lib-dynload, which she may not read)
     import ctypes  # noqa: F401  (privdrop's prctl)
     import log_parsers  # noqa: F401  (and every parser it may build)
     import log_parsers.regex  # noqa: F401
