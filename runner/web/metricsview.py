@@ -155,6 +155,19 @@ def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | Non
     return {"job": job_id, "last_id": last_id, "points": points, "series": out, "groups": groups(list(out))}
 
 
+def json_by_series(out: dict) -> bytes:
+    """charts()'s answer as JSON, each series encoded by a json.dumps of its own (one call over
+    every series holds the GIL for all of them: 0.14 s at 8 MB), as JSONResponse encodes it."""
+    import json
+
+    def enc(x) -> bytes:
+        return json.dumps(x, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+    rest = {k: v for k, v in out.items() if k != "series"}
+    parts = [enc(name) + b":" + enc(one) for name, one in out["series"].items()]
+    return enc(rest)[:-1] + (b"," if rest else b"") + b'"series":{' + b",".join(parts) + b"}}"
+
+
 def groups(names: list[str]) -> list[dict]:
     """Names as small multiples: one chart per quantity, its splits overlaid, GPU samples last."""
     by: dict[str, list[str]] = {}
