@@ -89,6 +89,7 @@ _WORDS = ["Epoch", "epoch", "EPOCH", "step", "Step", "iter", "it", "ſtep", "İt
 
 @settings(max_examples=400, deadline=None)
 @example(["ſtep=3 loss=1", "İt: 4 acc=2", "Epoch 2 ıter=5 lr=1e-4", "EPOCH=7 it=8 Val-Acc: 0.5"])
+@example(["Step 5 loss=1", "ITER: 9 acc=2", "EPOCH [3/10] It=4 lr=0.1", "loss=2 STEP=6", "ePoCh: 8"])  # ASCII, any case
 @given(st.lists(st.lists(st.sampled_from(_WORDS), max_size=12).map("".join), max_size=8))
 def test_generic_parser_gives_what_the_plain_one_gives(lines):
     p = GenericParser()
