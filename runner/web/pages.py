@@ -107,14 +107,17 @@ def routes(app, ctx):
 
     # -- one job (its page, charts, log and files: jobpage.py) -----------------------------------
     @app.get("/jobs/{job_id}/series", tags=["jobs"])
-    def job_series(job_id: str, name: str = Query(..., max_length=200), points: int = Query(series.MAX_POINTS, ge=4, le=20000),
+    async def job_series(job_id: str, name: str = Query(..., max_length=200), points: int = Query(series.MAX_POINTS, ge=4, le=20000),
                          lo: float | None = Query(None, allow_inf_nan=False), hi: float | None = Query(None, allow_inf_nan=False)):
         """One metric for a chart: x (step, epoch or index), y, downsampled to at most `points`
         (the min and max of each bucket: every spike stays), with the stored count. `lo`, `hi`: only
         the points with lo <= x <= hi (a zoomed chart): every one of them when they are at most
-        `points`, else reduced again. Every point stored: GET /jobs/{id}/metrics."""
-        j = store.get_job(job_id)
-        return JSONResponse({**series.series(store, j["id"], name, points, lo, hi), "compacted": queries.compacted_view(store, j)})
+        `points`, else reduced again. Every point stored: GET /jobs/{id}/metrics. Off the event loop
+        (http._Reads): a zoom into a long series reads its packs."""
+        def make():
+            j = store.get_job(job_id)
+            return {**series.series(store, j["id"], name, points, lo, hi), "compacted": queries.compacted_view(store, j)}
+        return JSONResponse(await app.state.reads(make))
 
     @app.post("/ui/jobs/{job_id}/cancel", include_in_schema=False)
     async def ui_cancel(request: Request, job_id: str):
