@@ -1,6 +1,7 @@
 """The HTTP API under load: 200 concurrent clients with 10,000 jobs in the store, /healthz while
-they wait, a 1 GB log read through the API with the daemon's memory sampled, and an unbounded
-metrics read. Each figure is repeated and given with its spread.
+they wait, a 1 GB log read through the API with the daemon's memory sampled, an unbounded
+metrics read, and the long reads (a page of 1,000 jobs of 1,000 metric names each, the charts of
+a job of 1,000 metrics) with /healthz meanwhile. Each figure is repeated and given with its spread.
 
 The daemon keeps an answer while nothing it was read from has changed, so 200 clients asking the
 same page of an idle queue cost one read and 199 cached answers. Each list request is therefore
@@ -9,6 +10,7 @@ each answer is read from the store, the figure that matters when the queue moves
 the same page (mostly the response cache), the latter reported apart.
 
     python bench/bench_http_load.py [--jobs 10000] [--clients 200] [--rounds 5] [--log-gb 1]
+                                    [--wide-jobs 1000] [--wide-points 2000]
                                     [--compare PATH]   # another checkout (e.g. `git worktree add`), same run
 
 With --compare the same measurements run against the other checkout's daemon, side by side.
@@ -203,6 +205,65 @@ def measure_memory(label: str, root: Path, home: Path, a, rows_mem):
                          "", f"{max(samples or [0]) / 2**20:.0f} MB"))
 
 
+def wide_store(home: Path, jobs: int, chart_points: int):
+    """`jobs` ended jobs of 1,000 metric names each (the most a job keeps: a per-class table), and
+    one more whose 1,000 metrics have `chart_points` points each (its charts: 1,000 series)."""
+    from runner.store import Store
+
+    s = Store(home / "runner.db")
+    names = [f"val/per_class/{'x' * 40}_{i:04d}" for i in range(1000)]
+    for j in range(jobs + 1):
+        jid = f"w{j:07d}"
+        s.insert_job({"id": jid, "name": "wide", "user": "bench", "uid": 1000, "kind": "command", "spec": {}, "created_at": j,
+                      "gpus": [], "after": []})
+        s.conn.execute("UPDATE jobs SET state='succeeded' WHERE id=?", (jid,))
+        if j < jobs:
+            s.add_metrics(jid, [(n, 0.5, 1, 1) for n in names])
+    for step in range(0, chart_points, 100):
+        s.add_metrics(f"w{jobs:07d}", [(f"m{i:04d}", float(k % 7), k, None) for k in range(step, step + 100) for i in range(1000)])
+    s.close()
+    return f"w{jobs:07d}"
+
+
+def _healthz_while(port: int, path: str, rounds: int):
+    """(seconds of each GET path, the longest /healthz answer while each was served): /healthz
+    asked every 50 ms from another thread."""
+    times, worst = [], []
+    for _ in range(rounds):
+        waits, stop = [], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                waits.append(asyncio.run(_get(port, "/healthz"))[0])
+                time.sleep(0.05)
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.3)
+        secs, status, n = asyncio.run(_get(port, path))
+        if status != 200:
+            raise SystemExit(f"{path}: {status}")
+        time.sleep(0.2)
+        stop.set()
+        t.join()
+        times.append(secs)
+        worst.append(max(waits))
+    return times, worst, n
+
+
+def measure_wide(label: str, root: Path, home: Path, a, rows):
+    """The long reads: a page of 1,000 jobs of 1,000 metric names each, and the charts of a job of
+    1,000 metrics; how long each takes, and how long /healthz waits meanwhile."""
+    with Served(root, home) as srv:
+        for path, what in ((f"/jobs?all=true&limit=1000&offset={{}}", f"GET /jobs?all=true&limit=1000: {a.wide_jobs:,} jobs of 1,000 metric names"),
+                           (f"/ui/jobs/{a.wide_charts}/charts?points={{}}", f"its charts: a job of 1,000 metrics of {a.wide_points:,} points")):
+            times, worst, n = [], [], 0
+            for r in range(a.rounds):  # each round a request not asked before (no answer from a cache)
+                t, w, n = _healthz_while(srv.port, path.format(r if "offset" in path else 1000 - r), 1)
+                times += t
+                worst += w
+            rows.append((label, what, f"{n / 2**20:.0f} MB", _spread(times), _spread(worst)))
+
+
 def _spread(xs) -> str:
     ms = [1000 * x for x in xs]
     return f"{statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})"
@@ -215,6 +276,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--log-gb", type=float, default=1.0)
     ap.add_argument("--compare", type=Path, help="another checkout of runner to measure in the same run")
+    ap.add_argument("--wide-jobs", type=int, default=1000, help="jobs of 1,000 metric names each for the long reads (0: skip them)")
+    ap.add_argument("--wide-points", type=int, default=2000, help="points of each of the 1,000 metrics whose charts are read")
     a = ap.parse_args()
     print(f"# bench_http_load on {machine()}")
     print(f"# this checkout: {ROOT} at {commit(ROOT)}" + (f"; compared with {a.compare} at {commit(a.compare)}" if a.compare else ""))
@@ -237,6 +300,16 @@ def main():
     import shutil
 
     shutil.rmtree(home.parent, ignore_errors=True)
+    if a.wide_jobs:
+        home = tmp_home()
+        a.wide_charts = wide_store(home, a.wide_jobs, a.wide_points)
+        rows_wide: list = []
+        for label, root in daemons:
+            measure_wide(label, root, home, a, rows_wide)
+        table(f"Long reads, each a request not asked before; median (min-max) over {a.rounds} rounds, and the longest "
+              "/healthz answer while each was served (asked every 50 ms)", rows_wide,
+              ("daemon", "request", "body", "time", "/healthz meanwhile, longest"))
+        shutil.rmtree(home.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
