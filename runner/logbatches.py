@@ -32,12 +32,13 @@ class HelperBroke(Exception):
 _NUMS = frozenset({float, int, type(None)})
 
 
-def decode(head: bytes, payload: bytes) -> tuple[dict, dict]:
-    """(the batch with every column a list, each binary column's types) of a header line and the
-    bytes after it (runner.logparse.encode); ValueError if they are not one."""
+def decode(head, payload: bytes) -> tuple[dict, dict]:
+    """(the batch with every column a list, each binary column's types) of a header line (its
+    bytes, or the object they hold) and the bytes after it (runner.logparse.encode); ValueError
+    if they are not one."""
     from array import array
 
-    msg = json.loads(head)
+    msg = json.loads(head) if isinstance(head, (bytes, str)) else head
     if not isinstance(msg, dict):
         raise ValueError("not an object")
     size, codes = payload_size(msg)
@@ -147,7 +148,7 @@ class ParseHelper:
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.fd = self.proc.stdout.fileno()
         self.buf = bytearray()
-        self._head = None  # (where the header line of the batch being read ends, the bytes after it)
+        self._head = None  # (where the header line of the batch being read ends, the bytes after it, the header)
         self.eof = False
         self.last_heard = time.monotonic()
         self.send({"path": str(path), "offset": offset, "parser": parser, "state": state, "max_offset": max_offset})
@@ -185,12 +186,12 @@ class ParseHelper:
                     head = json.loads(bytes(self.buf[:nl]))
                     if not isinstance(head, dict):
                         raise ValueError("not an object")
-                    self._head = nl, payload_size(head)[0]
-                nl, size = self._head
+                    self._head = nl, payload_size(head)[0], head
+                nl, size, head = self._head
                 if nl + size > MAX_MESSAGE:
                     raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
                 if len(self.buf) >= nl + 1 + size:
-                    msg = decode(bytes(self.buf[:nl]), bytes(self.buf[nl + 1:nl + 1 + size]))
+                    msg = decode(head, bytes(self.buf[nl + 1:nl + 1 + size]))
                     del self.buf[:nl + 1 + size]
                     self._head = None
                     self.last_heard = time.monotonic()
