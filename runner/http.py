@@ -138,25 +138,24 @@ class _Fresh:
     """Most bytes of answers kept (a hostile teammate's 4 queries of 290 MB answers each once held
     the daemon at 2.1 GB): answers read before the store last changed are dropped, not kept."""
 
-    def kept(self, key):
+    def kept(self, key, stamp=None):
         """The answer kept for key, if it is fresh (else None); quick: a stat and a PRAGMA."""
-        stamp = self.stamp()
         hit = self.entries.get(key)
-        return hit[1] if hit is not None and hit[0] == stamp else None
+        return hit[1] if hit is not None and hit[0] == (self.stamp() if stamp is None else stamp) else None
 
     def get(self, key, make):
         stamp = self.stamp()
-        hit = self.entries.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
+        body = self.kept(key, stamp)
+        if body is not None:
+            return body
         with self.lock:
             if len(self.makers) > 1024:
                 self.makers.clear()
             maker = self.makers.setdefault(key, threading.Lock())
         with maker:  # one thread makes a key's answer; the others asking at once wait for it, then read it
-            hit = self.entries.get(key)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
+            body = self.kept(key, stamp)
+            if body is not None:
+                return body
             body = make()
         with self.lock:
             self.entries = {k: v for k, v in self.entries.items() if v[0] == stamp}  # a stale answer is never served
