@@ -168,24 +168,90 @@ class _Fresh:
 
 class _Reads:
     """Reads that may take long (a page of 1,000 jobs with 1,000 metric names each, the charts of a
-    job of 1,000 metrics), made off the event loop in a thread of their own, one after another as
-    they were on the loop, while the loop answers /healthz and the rest. bench_http_load, 200
-    clients each asking a page of /jobs no one asked before: p50 260-320 ms, p99 444-527 ms,
-    /healthz meanwhile 17-42 ms; on the loop p50 381-397, p99 381-395, /healthz 336-353 ms; in
-    FastAPI's 40 threads (which convoy on the GIL) p50 534-910, p99 933-1646 ms; in 2, p99 ~800."""
+    job of 1,000 metrics), made off the event loop in a thread of their own, one after another,
+    while the loop answers /healthz and the rest. bench_http_load, 200 clients each asking a page of
+    /jobs no one asked before: p50 260-320 ms, p99 444-527 ms, /healthz meanwhile 17-42 ms; on the
+    loop p50 381-397, p99 381-395, /healthz 336-353 ms; in FastAPI's 40 threads (which convoy on the
+    GIL) p50 534-910, p99 933-1646 ms; in 2, p99 ~800.
 
-    WORKERS = 1
+    The thread is shared fairly among the people asking (`who`: the uid of the request's token or
+    session, else of its loopback socket: reader()): each person's reads wait in a line of her own
+    and the thread takes one from each line in turn, so a teammate who keeps many long reads waiting
+    delays another person's read by the one being made, not by all of hers (first come, first
+    served, 8 of his 2 s pages held hers 16 s). At most WAITING reads of one person wait at once; one
+    more is refused (429). A read whose client went away is not made."""
+
+    WAITING = 16
 
     def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
+        import collections
 
-        self.pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="runner-read")
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.lines: dict = {}  # who -> her reads waiting: deque of (loop, future, call)
+        self.turns = collections.deque()  # who has reads waiting, in the order they get the thread
+        self.served = None  # whose read was taken last: her next one waits behind everyone already waiting
+        self.thread = None
 
-    async def __call__(self, fn, *args):
+    def waiting(self, who) -> int:
+        with self.lock:
+            return len(self.lines.get(who, ()))
+
+    async def __call__(self, fn, *args, who=None):
         import asyncio
+        import collections
         import functools
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self.lock:
+            line = self.lines.get(who)
+            if line is not None and len(line) >= self.WAITING:
+                raise HTTPException(429, f"{len(line)} long reads of yours are waiting already (at most {self.WAITING}): "
+                                         "ask again once they are answered")
+            if line is None:
+                line = self.lines[who] = collections.deque()
+                if who != self.served:  # (she goes back in line once her read in the making is done: _next)
+                    self.turns.append(who)
+            line.append((loop, fut, functools.partial(fn, *args)))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._serve, name="runner-read", daemon=True)
+                self.thread.start()
+            self.ready.notify()
+        return await fut
+
+    def _next(self):
+        with self.lock:
+            if self.served is not None and self.served in self.lines:
+                self.turns.append(self.served)  # after everyone who came while her read was made
+            self.served = None
+            while not self.turns:
+                self.ready.wait()
+            who = self.served = self.turns.popleft()
+            line = self.lines[who]
+            item = line.popleft()
+            if not line:
+                del self.lines[who]
+            return item
+
+    def _serve(self):
+        while True:
+            loop, fut, call = self._next()
+            if fut.cancelled():  # its client went away while it waited
+                continue
+            try:
+                result, error = call(), None
+            except BaseException as e:  # handed to the request, as run_in_executor would
+                result, error = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:  # its loop is closed (the server stopped)
+                pass
+
+
+def _settle(fut, result, error):
+    if not fut.done():
+        fut.set_exception(error) if error is not None else fut.set_result(result)
 
 
 def create_app(home, daemon=None) -> FastAPI:
@@ -227,6 +293,22 @@ def create_app(home, daemon=None) -> FastAPI:
     from .web.auth import COOKIE, Sessions
 
     sessions = Sessions(home, book)
+
+    def reader(request: Request):
+        """Whom a long read is for (http._Reads shares its thread among them): the uid of the
+        request's token or signed-in session, else the uid owning its loopback socket (reads on
+        loopback need no token), else its address. Never what she may see: caller() and the pages
+        decide that."""
+        from .peer import loopback_uid
+
+        kind, _, token = request.headers.get("authorization", "").partition(" ")
+        uid = book.uid(token.strip()) if kind.lower() == "bearer" else None
+        if uid is None:
+            uid = sessions.uid(request.cookies.get(COOKIE))
+        if uid is None and request.client is not None:
+            uid = loopback_uid(request.client.host, request.client.port)
+            return uid if uid is not None else request.client.host
+        return uid
 
     async def _beyond_loopback(request: Request, call_next):
         path = request.url.path
@@ -333,7 +415,7 @@ def create_app(home, daemon=None) -> FastAPI:
         return FastJSON(queries.status(home, store, daemon))
 
     @app.get("/jobs")
-    async def jobs(state: Optional[list[State]] = Query(None), user: Optional[str] = Query(None, max_length=64), all: bool = True,
+    async def jobs(request: Request, state: Optional[list[State]] = Query(None), user: Optional[str] = Query(None, max_length=64), all: bool = True,
              limit: int = Query(100, ge=1, le=defaults.HTTP_MAX_LIMIT), offset: int = Query(0, ge=0, le=10**9),
              tag: Optional[str] = Query(None, max_length=40)):
         def make():
@@ -345,7 +427,7 @@ def create_app(home, daemon=None) -> FastAPI:
         body = fresh.kept(key)
         if body is None:  # made off the loop: a page of 1,000 jobs with 1,000 metric names each is
             # 66 MB of JSON and ~2 s, which on the event loop held every other request (/healthz too)
-            body = await reads(fresh.get, key, make)
+            body = await reads(fresh.get, key, make, who=reader(request))
         return Response(body, media_type="application/json")
 
     @app.get("/jobs/{job_id}")
@@ -482,5 +564,5 @@ def create_app(home, daemon=None) -> FastAPI:
     from .web import mount
 
     mount(app, SimpleNamespace(home=home, store=store, daemon=daemon, book=book, registry=registry, share_logs=share_logs,
-                               bearer=caller, sessions=sessions))
+                               bearer=caller, sessions=sessions, reader=reader))
     return app

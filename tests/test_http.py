@@ -341,3 +341,80 @@ def test_a_big_read_is_made_off_the_event_loop_and_holds_no_other_request(served
         assert set(body["series"]) == {"loss", "acc"} and body["series"]["loss"]["total"] == 250 and body["job"] == "job0001"
     else:
         assert body["total"] == 250
+
+
+def test_long_reads_take_turns_among_the_people_asking():
+    """The one thread of long reads is shared among people, not first come first served: bob keeps
+    five 2 s pages waiting (any teammate can make such pages), alice's read is made right after the
+    one of his in the making, not after all of them; past WAITING of his, one more is refused (429);
+    a read whose client went away is never made."""
+    import asyncio
+    import threading
+
+    from fastapi import HTTPException
+
+    from runner.http import _Reads
+
+    reads, order, started, gate = _Reads(), [], threading.Event(), threading.Event()
+
+    def read(tag):
+        if tag == "bob0":
+            started.set()
+            gate.wait(10)
+        order.append(tag)
+        return tag
+
+    async def main():
+        first = asyncio.ensure_future(reads(read, "bob0", who="bob"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        bobs = [asyncio.ensure_future(reads(read, f"bob{i}", who="bob")) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(reads(read, "carol-gone", who="carol"))
+        alice = asyncio.ensure_future(reads(read, "alice", who=1001))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # carol closed her tab: her read is not made
+        more = [asyncio.ensure_future(reads(read, f"bob{i}", who="bob")) for i in range(6, 6 + _Reads.WAITING)]
+        await asyncio.sleep(0.05)
+        refused = [t for t in more if t.done() and isinstance(t.exception(), HTTPException)]
+        assert reads.waiting("bob") == _Reads.WAITING and len(refused) == 5
+        assert refused[0].exception().status_code == 429 and "at most 16" in refused[0].exception().detail
+        gate.set()
+        got = await asyncio.gather(first, *bobs, alice, *(t for t in more if t not in refused))
+        return got
+
+    got = asyncio.run(main())
+    assert order[:3] == ["bob0", "alice", "bob1"], order
+    assert "carol-gone" not in order and got[6] == "alice" and len(order) == 1 + 5 + 1 + 11
+    assert [t for t in order if t != "alice"] == [f"bob{i}" for i in range(17)]  # his own reads in the order he asked
+
+
+def test_a_loopback_readers_uid_is_the_owner_of_her_socket():
+    """Reads on loopback need no token: the daemon shares its long reads by the uid owning the
+    client's socket (/proc/net/tcp, tcp6, an IPv4 client of a dual-stack server as ::ffff:)."""
+    import socket
+
+    from runner.peer import loopback_uid
+
+    pairs = []
+    for fam, host, to in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "::1"),
+                          (socket.AF_INET6, "::", "127.0.0.1")):
+        srv = socket.socket(fam)
+        if host == "::":
+            srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        srv.bind((host, 0))
+        srv.listen()
+        c = socket.create_connection((to, srv.getsockname()[1]))
+        conn, peer = srv.accept()
+        pairs.append((srv, c, conn))
+        assert loopback_uid(peer[0], peer[1]) == os.getuid(), peer
+        assert loopback_uid(peer[0], srv.getsockname()[1] if peer[1] != srv.getsockname()[1] else 1) in (None, os.getuid())
+    for p in pairs:
+        for s in p:
+            s.close()
+    table = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+             "   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1234        0 1 1\n")
+    assert loopback_uid("127.0.0.1", 8080, {"/proc/net/tcp": table}) == 1234
+    assert loopback_uid("127.0.0.1", 8081, {"/proc/net/tcp": table}) is None
+    assert loopback_uid("10.1.2.3", 8080, {"/proc/net/tcp": table.replace("0100007F:1F90", "0302010A:1F90")}) is None  # not loopback
+    assert loopback_uid("not an address", 1) is None

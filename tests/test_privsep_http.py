@@ -305,6 +305,58 @@ def test_requests_whose_bodies_never_come_neither_lock_others_out_nor_stay(world
         assert d.get("/healthz")[0] == 200 and d.proc.poll() is None
 
 
+_FLOOD = """
+import json, sys, threading, time, urllib.error, urllib.request
+port, n = int(sys.argv[1]), int(sys.argv[2])
+out = []
+def one(i):
+    t0 = time.time()
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs?limit=1000&offset={i}", timeout=120).read()
+        out.append((200, time.time()))
+    except urllib.error.HTTPError as e:
+        out.append((e.code, time.time()))
+ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in ts:
+    t.start()
+    time.sleep(0.01)
+for t in ts:
+    t.join()
+print(json.dumps(out))
+"""
+
+
+def test_a_teammates_flood_of_long_reads_does_not_hold_anothers(team):
+    """bob keeps 20 long reads of the queue waiting at once (pages of 1,000 jobs with 300 metric
+    names each, no token: reads on loopback need none): alice's own read of the queue is made right
+    after the one of his in the making, not after all of his (first come first served, it waited for
+    every one); the reads past 16 of his waiting are refused (429). The daemon tells them apart by
+    the uid owning each loopback socket."""
+    from runner.store import Store
+
+    d, alice, bob, home = team
+    store = Store(home / "runner.db")
+    for i in range(500):  # wide jobs, as any teammate can make (a table of per-class metrics)
+        store.insert_job({"id": f"wide{i:04d}", "name": "wide", "user": BOB, "uid": bob.uid, "kind": "command",
+                          "spec": {"command": ["true"]}, "gpus": [], "after": [], "state": "succeeded"})
+        store.add_metrics(f"wide{i:04d}", [(f"class_{k:04d}/ap", 0.5, 1, 1) for k in range(300)])
+    store.close()
+    read = "import time, urllib.request; t0 = time.time(); urllib.request.urlopen('%s', timeout=120).read(); print(time.time() - t0)"
+    one = float(bob.python(read % f"{d.url}/jobs?limit=1000&offset=100"))  # 400 jobs of 300 names
+    flood = subprocess.Popen([SYSTEM_PY, "-c", _FLOOD, str(d.port), "20"], stdout=subprocess.PIPE, text=True, user=bob.uid,
+                             group=bob.pw.pw_gid, extra_groups=[], env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    time.sleep(1.0)  # his reads are waiting
+    asked = time.time()
+    took = float(alice.python(read % f"{d.url}/jobs?limit=3"))
+    got = json.loads(flood.communicate(timeout=300)[0])
+    codes = sorted(c for c, _ in got)
+    assert codes.count(429) >= 2 and set(codes) == {200, 429}, codes
+    served_before = sum(1 for c, at in got if c == 200 and at < asked + took)
+    assert codes.count(200) - served_before >= 8, f"alice's read came after {served_before} of bob's"
+    assert took < max(3 * one, 1.5), f"alice waited {took:.2f}s; one of bob's reads takes {one:.2f}s"
+    assert d.get("/healthz")[0] == 200
+
+
 def test_the_daemon_raises_its_open_files_limit_to_the_hard_one(world):
     home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

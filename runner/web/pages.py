@@ -107,7 +107,7 @@ def routes(app, ctx):
 
     # -- one job (its page, charts, log and files: jobpage.py) -----------------------------------
     @app.get("/jobs/{job_id}/series", tags=["jobs"])
-    async def job_series(job_id: str, name: str = Query(..., max_length=200), points: int = Query(series.MAX_POINTS, ge=4, le=20000),
+    async def job_series(request: Request, job_id: str, name: str = Query(..., max_length=200), points: int = Query(series.MAX_POINTS, ge=4, le=20000),
                          lo: float | None = Query(None, allow_inf_nan=False), hi: float | None = Query(None, allow_inf_nan=False)):
         """One metric for a chart: x (step, epoch or index), y, downsampled to at most `points`
         (the min and max of each bucket: every spike stays), with the stored count. `lo`, `hi`: only
@@ -117,7 +117,7 @@ def routes(app, ctx):
         def make():
             j = store.get_job(job_id)
             return {**series.series(store, j["id"], name, points, lo, hi), "compacted": queries.compacted_view(store, j)}
-        return JSONResponse(await app.state.reads(make))
+        return JSONResponse(await app.state.reads(make, who=ctx.reader(request)))
 
     @app.post("/ui/jobs/{job_id}/cancel", include_in_schema=False)
     async def ui_cancel(request: Request, job_id: str):
