@@ -63,9 +63,10 @@ async def _get(port: int, path: str, token: str | None = None) -> tuple[float, i
     return time.perf_counter() - t0, status, n
 
 
-async def _burst(port: int, paths: list[str]):
-    """One request per path, all at once, and one /healthz sent while they are being served."""
-    tasks = [asyncio.create_task(_get(port, path)) for path in paths]
+async def _burst(port: int, paths: list[str], tokens: list | None = None):
+    """One request per path, all at once (the i-th with tokens[i], as the i-th of as many people),
+    and one /healthz sent while they are being served."""
+    tasks = [asyncio.create_task(_get(port, path, tokens[i] if tokens else None)) for i, path in enumerate(paths)]
     await asyncio.sleep(0.05)
     health = await _get(port, "/healthz")
     done = await asyncio.gather(*tasks)
@@ -95,6 +96,17 @@ class Served:
         r = subprocess.run([sys.executable, "-m", "runner", "token"], env=env, cwd=self.root, capture_output=True, text=True)
         self.token = r.stdout.strip() or None  # an older checkout has no tokens (and an open log)
         return self
+
+    def people(self, n: int) -> list[str]:
+        """Tokens of n people (uids 70000 on): the daemon shares its long reads among people
+        (http._Reads), at most 16 of one person's waiting, so n clients model n teammates, as the
+        load this bench stands for is. (An older checkout reads them as no one's.)"""
+        from runner import tokens
+        from runner.home import Home
+
+        h = Home(self.home)
+        tokens.ensure_dir(h)
+        return [tokens.write(h, 70000 + i, 70000 + i) for i in range(n)]
 
     def __exit__(self, *a):
         self.proc.terminate()
@@ -157,7 +169,8 @@ CASES = (("/jobs?limit=50", 0, False), ("/jobs?limit=50", 5000, False), ("/jobs?
 
 def measure_latency(label: str, root: Path, home: Path, a, rows_lat):
     with Served(root, home) as srv:
-        asyncio.run(_burst(srv.port, ["/jobs?limit=50&offset=9999"] * a.clients))  # warm-up: connections (its page is never asked again)
+        people = srv.people(a.clients)
+        asyncio.run(_burst(srv.port, ["/jobs?limit=50&offset=9999"] * a.clients, people))  # warm-up: connections (its page is never asked again)
         for (query, first, writes), cached in [(c, cached) for c in CASES for cached in (False, True)]:
             stop = threading.Event()
             if writes:
@@ -167,7 +180,7 @@ def measure_latency(label: str, root: Path, home: Path, a, rows_lat):
                 # uncached: each client its own page, never asked before in this daemon's life
                 # (offsets first .. first + rounds*clients); cached: all the same page, as before
                 paths = [f"{query}&offset={first if cached else first + r * a.clients + i}" for i in range(a.clients)]
-                done, h = asyncio.run(_burst(srv.port, paths))
+                done, h = asyncio.run(_burst(srv.port, paths, people))
                 ts = [d[0] for d in done]
                 bad = sum(1 for d in done if d[1] != 200)
                 if bad:  # a latency of refusals measures nothing: stop
