@@ -33,6 +33,12 @@ HEALTH_STALL_SECONDS = 10.0
 HTTP_MAX_LIMIT = 1000
 """Largest page of jobs one HTTP request may ask for."""
 
+HTTP_MAX_PAGE_BYTES = 8 * 1024 * 1024
+"""Most bytes of JSON in one page of GET /jobs: a page stops short of its limit there (at least one
+job), and its `next_offset` says where to read on. A job may hold 1,000 metric names of 64 KiB in
+all, so 1,000 of them made a 66 MB answer, held whole in the daemon's memory by each connection
+that asked for one and read it slowly."""
+
 HTTP_MAX_METRICS = 10_000
 """Largest page of metric points one HTTP request may ask for (and the default page)."""
 

@@ -86,16 +86,23 @@ def spooled_view(rec: dict) -> dict:
 def list_jobs(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0, tag=None) -> list[dict]:
     """Jobs for `runner ls` and GET /jobs: active ones by default, every one with all_jobs (`tag`:
     only those tagged so; a job still in the spool has no tags yet)."""
+    spooled, rows = job_page(home, store, states, user, all_jobs, limit, offset, tag)
+    return spooled + rows
+
+
+def job_page(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0, tag=None) -> tuple[list, list]:
+    """(the jobs still in the spool, on the first page only, outside limit and offset; the store's
+    jobs from offset, at most limit) as list_jobs shows them."""
     if not states and not all_jobs:
         jobs = _active(store, user, limit, offset, tag)
     else:
         jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS, tag=tag)
     latest = store.latest_metrics_many([j["id"] for j in jobs])
     rows = [job_view(store, j, latest=latest[j["id"]]) for j in jobs]
+    spooled = []
     if offset == 0 and (not states or "queued" in states) and not tag:
-        spooled = [spooled_view(r) for r in _spooled(home)]
-        rows = [r for r in spooled if not user or r["user"] == user] + rows
-    return rows
+        spooled = [r for r in map(spooled_view, _spooled(home)) if not user or r["user"] == user]
+    return spooled, rows
 
 
 def _active(store, user, limit, offset, tag=None) -> list[dict]:

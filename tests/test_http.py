@@ -68,6 +68,39 @@ def test_jobs_list_filters_and_pages(served):
     assert latest["loss"] == pytest.approx(1 / 250) and latest["acc"] == 0.5
 
 
+def test_a_page_of_jobs_stops_at_its_bytes_and_says_where_to_read_on(served, monkeypatch):
+    """A job may keep 1,000 metric names (64 KiB of them): 1,000 such jobs were a 66 MB answer, held
+    whole by each connection that asked for it. A page stops short of its limit at
+    HTTP_MAX_PAGE_BYTES (at least one job, however large) and next_offset says where to read on;
+    following it reads every job once. The spool's jobs stay on the first page, outside the offsets."""
+    from runner import defaults, spool
+
+    c, h, store, auth = served
+    for i in (3, 7, 8, 20):  # wide jobs, ~40 KB each
+        store.add_metrics(f"job{i:04d}", [(f"class_{k:04d}/{'x' * 20}", 0.5, 1, 1) for k in range(1000)])
+    every = [j["id"] for j in c.get("/jobs?limit=1000&offset=0&state=failed&state=succeeded&state=queued&state=running").json()["jobs"]]
+    assert len(every) == 25
+    monkeypatch.setattr(defaults, "HTTP_MAX_PAGE_BYTES", 50_000)
+    got, offset, pages = [], 0, []
+    while offset is not None:
+        r = c.get(f"/jobs?limit=10&offset={offset}&state=failed&state=succeeded&state=queued&state=running")
+        assert r.status_code == 200 and len(r.content) <= 50_000 + 2_000 or len(r.json()["jobs"]) == 1, len(r.content)
+        body = r.json()
+        pages.append(len(body["jobs"]))
+        got += [j["id"] for j in body["jobs"]]
+        assert body["offset"] == offset and body["limit"] == 10
+        offset = body["next_offset"]
+    assert got == every and max(pages) == 10 and min(pages[:-1]) < 10, pages  # none skipped, none twice; some cut short
+    last = c.get("/jobs?limit=5&offset=20&state=failed&state=succeeded&state=queued&state=running").json()
+    assert len(last["jobs"]) == 5 and last["next_offset"] is None
+    monkeypatch.setattr(defaults, "HTTP_MAX_PAGE_BYTES", 10)
+    one = c.get("/jobs?limit=10&offset=3&state=failed&state=succeeded&state=queued&state=running").json()
+    assert [j["id"] for j in one["jobs"]] == [every[3]] and one["next_offset"] == 4  # one job, larger than the page
+    spool.submit(h, {"command": ["true"]})
+    first = c.get("/jobs?limit=2").json()
+    assert first["jobs"][0]["state"] == "submitted" and first["next_offset"] == 1  # the spool's job, then one of the store's
+
+
 @pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset"),
                                           ("state=bogus", "state"), ("limit=ten", "limit")])
 def test_jobs_list_refuses_bad_parameters_in_one_line(served, query, field):
