@@ -87,18 +87,25 @@ def list_jobs(home, store, states=(), user=None, all_jobs=False, limit=None, off
     """Jobs for `runner ls` and GET /jobs: active ones by default, every one with all_jobs (`tag`:
     only those tagged so; a job still in the spool has no tags yet)."""
     spooled, rows = job_page(home, store, states, user, all_jobs, limit, offset, tag)
-    return spooled + rows
+    return spooled + list(rows)
 
 
-def job_page(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0, tag=None) -> tuple[list, list]:
+def job_page(home, store, states=(), user=None, all_jobs=False, limit=None, offset=0, tag=None, step: int = 1000):
     """(the jobs still in the spool, on the first page only, outside limit and offset; the store's
-    jobs from offset, at most limit) as list_jobs shows them."""
+    jobs from offset, at most limit, as an iterator) as list_jobs shows them. The iterator reads
+    their latest metrics `step` jobs at a time: a reader that stops early (GET /jobs at its bytes)
+    has not read the rest, nor held it (a job may hold 1,000 metric names)."""
     if not states and not all_jobs:
         jobs = _active(store, user, limit, offset, tag)
     else:
         jobs = store.list_jobs(states, user, limit, offset, columns=JOB_FIELDS, tag=tag)
-    latest = store.latest_metrics_many([j["id"] for j in jobs])
-    rows = [job_view(store, j, latest=latest[j["id"]]) for j in jobs]
+
+    def views():
+        for i in range(0, len(jobs), step):
+            part = jobs[i:i + step]
+            latest = store.latest_metrics_many([j["id"] for j in part])
+            yield from (job_view(store, j, latest=latest[j["id"]]) for j in part)
+    rows = views()
     spooled = []
     if offset == 0 and (not states or "queued" in states) and not tag:
         spooled = [r for r in map(spooled_view, _spooled(home)) if not user or r["user"] == user]
