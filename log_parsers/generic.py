@@ -80,3 +80,24 @@ class GenericParser:
         step, epoch = self.step, self.epoch
         keys = _KEYS
         return [(key, float(value), step, epoch) for name, value in _KV.findall(line) if (key := keys[name]) is not None]
+
+
+try:  # the batch loop in C (log_parsers/_generic_c.c), built by setup.py where a compiler was found
+    from . import _generic_c
+except ImportError:
+    _generic_c = None
+
+
+def columns(parser, lines: list) -> tuple | None:
+    """The points a GenericParser gives `lines`, as a parse helper sends them: (the batch's metric
+    keys, how many points, then each point's key index, value, step and epoch as uint32, double,
+    int64 and int64 bytes, -1 for a None position), its state moved on as feed_line would move it;
+    None when the C loop is not built or the lines hold a position no int64 holds (the parser's
+    state is then as it was: parse them in Python)."""
+    if _generic_c is None or type(parser) is not GenericParser:
+        return None
+    before = parser.step, parser.epoch
+    got = _generic_c.columns(parser, lines, _KEYS)
+    if got is None:
+        parser.step, parser.epoch = before
+    return got

@@ -65,6 +65,27 @@ def encode(head: dict, k: list, vals: list, steps: list, epochs: list) -> bytes:
     return b"".join([json.dumps(head, separators=(",", ":")).encode(), b"\n", *blobs])
 
 
+def encode_columns(head: dict, n: int, k: bytes, v: bytes, s: bytes, e: bytes) -> bytes:
+    """encode() of columns already as bytes (log_parsers.generic.columns: uint32 key indexes, double
+    values, int64 steps and epochs with -1 for None): a position column all None is "-", one with
+    some None a JSON list (as encode sends them), else its bytes as they are."""
+    from array import array
+
+    head["n"] = n
+    blobs = [k, v]
+    head["k"], head["v"] = "I", "d"
+    for name, col in (("s", s), ("e", e)):
+        nones = array("q", col).count(-1) if n else 0
+        if nones == n:
+            head[name] = "-"
+        elif nones:
+            head[name] = [None if x < 0 else x for x in array("q", col)]
+        else:
+            head[name] = "q"
+            blobs.append(col)
+    return b"".join([json.dumps(head, separators=(",", ":")).encode(), b"\n", *blobs])
+
+
 def serve(argv: list[str]) -> int:
     """The helper's life: load, drop to UID, read the command, follow the log."""
     import resource
@@ -104,6 +125,7 @@ def follow(cmd: dict, control: int, out, pending: bytes = b"") -> None:
     A line "final BUDGET" on `control`: the job has ended; read to the end of the log (at most
     BUDGET more bytes), finish its last line, send a batch with done, and wait to be let go."""
     from log_parsers import LineAssembler, build_parser
+    from log_parsers.generic import columns
     from log_parsers.regex import feed_lines
 
     offset = int(cmd["offset"])
@@ -115,6 +137,15 @@ def follow(cmd: dict, control: int, out, pending: bytes = b"") -> None:
     idle = 0.005
 
     def send(lines, done=False):
+        fast = columns(parser, lines)  # the generic parser's loop in C, where it is built
+        if fast is not None:
+            keys, n, k, v, s, e = fast
+            if n or asm.consumed != send.offset or done:
+                out.write(encode_columns({"offset": asm.consumed, "state": parser.state(), "done": done,
+                                          "keys": [n[:MAX_NAME] for n in keys]}, n, k, v, s, e))
+                out.flush()
+                send.offset = asm.consumed
+            return
         names, vals, steps, epochs = feed_lines(parser, lines)  # (a line a parser chokes on, 5,000 digits, passed over)
         if names or asm.consumed != send.offset or done:
             index = {n: i for i, n in enumerate(dict.fromkeys(names))}  # each name once a batch, its points by index

@@ -96,6 +96,76 @@ def test_generic_parser_gives_what_the_plain_one_gives(lines):
     assert repr([p.feed_line(line) for line in lines]) == repr(_plain_generic(lines))  # (repr: nan is not == nan)
 
 
+def _through_c(lines, state):
+    """(the points, the state after) of the C loop (log_parsers._generic_c) over lines, as feed_lines gives them."""
+    from array import array
+
+    from log_parsers.generic import columns
+
+    p = GenericParser(state)
+    got = columns(p, list(lines))
+    if got is None:
+        return None, p.state()
+    keys, n, k, v, s, e = got
+    k, v, s, e = (array(c, b).tolist() for c, b in zip("Idqq", (k, v, s, e)))
+    assert len(k) == n
+    return [(keys[i], v[j], None if s[j] < 0 else s[j], None if e[j] < 0 else e[j]) for j, i in enumerate(k)], p.state()
+
+
+# characters and pieces the C loop decides on: word and name characters, every \s of ASCII (\x1c-\x1f
+# among them), the separators, signs, dots, exponents, nan/inf spellings, brackets, long digit runs
+_PIECES = ["epoch", "Epoch", "EPOCH", "poch", "step", "STEP", "iter", "it", "It", "ite", "steps", "loss", "val-acc", "a/b", "x.y",
+           "_", "=", ":", ": ", " ", "  ", "\t", "\x1c", "\x1f", "\x0b", "         ", "/", ".", "-", "+", "[", "(", "]", "e", "E",
+           "e+", "e-", "0", "7", "42", "3.", ".5", "1e5", "nan", "NaN", "nAn", "inf", "Inf", "INF", "infinity", "%", ",",
+           "1" * 18, "9" * 19, "1" * 400, "n" * 70, "é", "ſtep", "İt"]
+
+
+@settings(max_examples=1500, deadline=None)
+@example(["step=1 loss=0.5 lr=0.001 acc=0.12", "Epoch 3/10 loss: 1e-3 val_acc = .5", "it 5 x=nan y=-inf z=Inf w=1.5.5"],
+         {"step": None, "epoch": None})
+@example(["step " + "9" * 19 + " loss=1", "epoch=" + "1" * 400 + " step=3 acc=2", "loss=2"], {"step": 4, "epoch": 1})
+@example(["a" + " " * 8 + "=1 b" + " " * 9 + "=2 c=" + " " * 8 + "3 d=" + " " * 9 + "4", "e:" + " " * 9 + "5 f:" + " " * 10 + "6 g:7",
+          "k=5: l=5/ m=5. n=5a o=nan: p=inf/ q=-.5e+3 r=1e s=+x t=1.5e3x u=7", "g:x5 h:-1 i:=2 j::3",
+          "1.a=5 _.b=6 -c=7 /d=8 9e=1"], {"step": None, "epoch": None})
+@example(["é epoch 3 loss=1", "ſtep=3 x=1", "a" * 64 + "=1 " + "b" * 65 + "=2", "k:\x1c5 k= \x1f+.5e-3 k:5"], {"step": None, "epoch": 2})
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=14).map("".join), max_size=8),
+       st.sampled_from([{"step": None, "epoch": None}, {"step": 5, "epoch": None}, {"step": 3, "epoch": 9}]))
+def test_the_c_loop_gives_what_the_parser_gives(lines, state):
+    """log_parsers/_generic_c.c matches lines by hand as generic.py's patterns do: on any lines (ASCII
+    or not, positions too long for int64, names past 64 characters, every ASCII space) it gives the
+    points and the state that feed_line gives them, or declines (None) and leaves the state as it was."""
+    import pytest
+
+    from log_parsers.generic import _generic_c
+    from log_parsers.regex import feed_lines
+
+    if _generic_c is None:
+        pytest.skip("the C loop is not built here (no C compiler or Python headers when installed)")
+    p = GenericParser(state)
+    names, vals, steps, epochs = feed_lines(p, lines)
+    got, after = _through_c(lines, state)
+    if got is None:  # declined: a position past int64 (a line of 19 digits or more set it)
+        assert after == state and any(len(str(x)) >= 19 for x in (*steps, *epochs, p.step, p.epoch) if x is not None)
+        return
+    assert repr(got) == repr(list(zip(names, vals, steps, epochs))) and after == p.state()  # (repr: nan is not == nan)
+
+
+def test_the_c_loop_is_built_where_it_can_be():
+    """Where a C compiler and Python's headers are (as in CI, which installs them), the install
+    builds the C loop: a build that failed in silence would leave every log parsed ~10x slower."""
+    import os
+    import shutil
+    import sysconfig
+
+    import pytest
+
+    from log_parsers.generic import _generic_c
+
+    if not shutil.which("cc") or not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        pytest.skip("no C compiler or no Python.h here: the generic parser runs in Python")
+    assert _generic_c is not None, "setup.py did not build log_parsers/_generic_c.c: run scripts/setup.sh (pip install -e .)"
+
+
 def test_regex_parser_named_groups_and_ignore():
     p = RegexParser({"patterns": [r"^\s*(?P<epoch>\d+)/\d+\s+(?P<box_loss>[\d.]+)\s+(?P<cls_loss>[\d.]+)",
                                   {"regex": r"all\s+\d+\s+\d+\s+(?P<precision>[\d.]+)\s+(?P<recall>[\d.]+)", "prefix": "val_"}],
