@@ -12,8 +12,9 @@ a helper or daemon killed at any moment loses nothing and repeats nothing, since
 starts at the committed offset. A helper ends when its stdin closes (the daemon let it go, or died).
 
 Parsing runs beside the daemon's one core, which only stores: on a 2-core Intel Xeon, 8 jobs flooding
-their logs are stored at 576-612 k points/s (314-323 k when the daemon parsed them itself), one
-job's million-line log at 0.28-0.30 M lines/s (0.11); docs/bench/metrics-ingest.md. A helper costs about
+their logs are stored at 729-758 k points/s (314-323 k when the daemon parsed them itself), one
+job's million-line log at 0.37-0.38 M lines/s (0.11), the generic parser's loop in C where it is built
+(log_parsers/_generic_c.c; 0.29 in Python); docs/bench/metrics-ingest.md. A helper costs about
 12 MB of memory and 30 ms of CPU to start; a job whose log asks for no metrics (`parser: none`) has none.
 
 The daemon treats a batch as its user's input: bounded lines, every field's type checked, an offset
