@@ -306,7 +306,7 @@ def create_app(home, daemon=None) -> FastAPI:
         if uid is None:
             uid = sessions.uid(request.cookies.get(COOKIE))
         if uid is None and request.client is not None:
-            uid = loopback_uid(request.client.host, request.client.port)
+            uid = loopback_uid(request.client.host, request.client.port, server=request.scope.get("server"))
             return uid if uid is not None else request.client.host
         return uid
 

@@ -431,7 +431,7 @@ def test_a_loopback_readers_uid_is_the_owner_of_her_socket():
 
     pairs = []
     for fam, host, to in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "::1"),
-                          (socket.AF_INET6, "::", "127.0.0.1")):
+                          (socket.AF_INET6, "::", "127.0.0.1"), (socket.AF_INET6, "::", "::ffff:127.0.0.1")):
         srv = socket.socket(fam)
         if host == "::":
             srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -441,10 +441,33 @@ def test_a_loopback_readers_uid_is_the_owner_of_her_socket():
         conn, peer = srv.accept()
         pairs.append((srv, c, conn))
         assert loopback_uid(peer[0], peer[1]) == os.getuid(), peer
+        assert loopback_uid(peer[0], peer[1], server=conn.getsockname()[:2]) == os.getuid(), peer  # (sock_diag: one socket)
+        assert loopback_uid(peer[0], peer[1] ^ 1, server=conn.getsockname()[:2]) is None
         assert loopback_uid(peer[0], srv.getsockname()[1] if peer[1] != srv.getsockname()[1] else 1) in (None, os.getuid())
     for p in pairs:
         for s in p:
             s.close()
+    if os.geteuid() == 0:  # a client of another uid: a child that became nobody before it connected
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                c = socket.create_connection(srv.getsockname())
+                c.recv(1)
+            finally:
+                os._exit(0)
+        conn, peer = srv.accept()
+        try:
+            assert loopback_uid(*peer, server=conn.getsockname()) == 65534
+            assert loopback_uid(*peer) == 65534
+        finally:
+            conn.close()
+            os.waitpid(pid, 0)
+            srv.close()
     table = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
              "   0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1234        0 1 1\n")
     assert loopback_uid("127.0.0.1", 8080, {"/proc/net/tcp": table}) == 1234
