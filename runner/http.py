@@ -197,7 +197,7 @@ class _Reads:
         with self.lock:
             return len(self.lines.get(who, ()))
 
-    async def __call__(self, fn, *args, who=None):
+    async def __call__(self, fn, *args, who=None, request=None):
         import asyncio
         import collections
         import functools
@@ -206,6 +206,8 @@ class _Reads:
         fut = loop.create_future()
         with self.lock:
             line = self.lines.get(who)
+            if line is not None and len(line) >= self.WAITING:  # (those whose clients went away do not count)
+                line = self.lines[who] = collections.deque(i for i in line if not i[1].cancelled())
             if line is not None and len(line) >= self.WAITING:
                 raise HTTPException(429, f"{len(line)} long reads of yours are waiting already (at most {self.WAITING}): "
                                          "ask again once they are answered")
@@ -218,27 +220,42 @@ class _Reads:
                 self.thread = threading.Thread(target=self._serve, name="runner-read", daemon=True)
                 self.thread.start()
             self.ready.notify()
-        return await fut
+        if request is None:
+            return await fut
+        gone = asyncio.ensure_future(_gone(request))  # the client closing its connection while hers waits
+        try:
+            await asyncio.wait({fut, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not fut.done():  # (a read already in the making is finished, and its answer dropped)
+            fut.cancel()
+            raise HTTPException(499, "the client closed its connection")
+        return fut.result()
 
     def _next(self):
         with self.lock:
             if self.served is not None and self.served in self.lines:
                 self.turns.append(self.served)  # after everyone who came while her read was made
             self.served = None
-            while not self.turns:
-                self.ready.wait()
-            who = self.served = self.turns.popleft()
-            line = self.lines[who]
-            item = line.popleft()
-            if not line:
-                del self.lines[who]
-            return item
+            while True:
+                while not self.turns:
+                    self.ready.wait()
+                who = self.turns.popleft()
+                line = self.lines[who]
+                while line and line[0][1].cancelled():  # its client went away while it waited: not made, no turn spent
+                    line.popleft()
+                if not line:
+                    del self.lines[who]
+                    continue
+                self.served = who
+                item = line.popleft()
+                if not line:
+                    del self.lines[who]
+                return item
 
     def _serve(self):
         while True:
             loop, fut, call = self._next()
-            if fut.cancelled():  # its client went away while it waited
-                continue
             try:
                 result, error = call(), None
             except BaseException as e:  # handed to the request, as run_in_executor would
@@ -247,6 +264,12 @@ class _Reads:
                 loop.call_soon_threadsafe(_settle, fut, result, error)
             except RuntimeError:  # its loop is closed (the server stopped)
                 pass
+
+
+async def _gone(request):
+    """Returns once the request's client has closed its connection (ASGI's http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _settle(fut, result, error):
@@ -306,7 +329,7 @@ def create_app(home, daemon=None) -> FastAPI:
         if uid is None:
             uid = sessions.uid(request.cookies.get(COOKIE))
         if uid is None and request.client is not None:
-            uid = loopback_uid(request.client.host, request.client.port, server=request.scope.get("server"))
+            uid = loopback_uid(request.client.host, request.client.port, request.scope.get("server"))
             return uid if uid is not None else request.client.host
         return uid
 
@@ -438,7 +461,7 @@ def create_app(home, daemon=None) -> FastAPI:
         body = fresh.kept(key)
         if body is None:  # made off the loop: a page of 1,000 jobs with 1,000 metric names each is
             # 66 MB of JSON and ~2 s, which on the event loop held every other request (/healthz too)
-            body = await reads(fresh.get, key, make, who=reader(request))
+            body = await reads(fresh.get, key, make, who=reader(request), request=request)
         return Response(body, media_type="application/json")
 
     @app.get("/jobs/{job_id}")

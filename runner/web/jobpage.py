@@ -146,7 +146,7 @@ def routes(app, ctx, ui):
         def make():
             j = store.get_job(job_id)
             return metricsview.json_by_series({**metricsview.charts(store, j["id"], points), "compacted": queries.compacted_view(store, j)})
-        return Response(await app.state.reads(make, who=ctx.reader(request)), media_type="application/json")
+        return Response(await app.state.reads(make, who=ctx.reader(request), request=request), media_type="application/json")
 
     @app.get("/ui/jobs/{job_id}/live", include_in_schema=False)
     async def job_live(request: Request, job_id: str, after: int = Query(..., ge=0, le=2**62)):

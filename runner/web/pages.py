@@ -117,7 +117,7 @@ def routes(app, ctx):
         def make():
             j = store.get_job(job_id)
             return {**series.series(store, j["id"], name, points, lo, hi), "compacted": queries.compacted_view(store, j)}
-        return JSONResponse(await app.state.reads(make, who=ctx.reader(request)))
+        return JSONResponse(await app.state.reads(make, who=ctx.reader(request), request=request))
 
     @app.post("/ui/jobs/{job_id}/cancel", include_in_schema=False)
     async def ui_cancel(request: Request, job_id: str):
