@@ -12,7 +12,8 @@ TOP_KEYS = ("home",)  # the system config's only key outside a table: where the 
 
 KEYS = {  # table -> the keys runner reads of it (docs/server.md documents each)
     "daemon": ("http", "max_running", "prepare_workers", "per_user_running"),
-    "server": ("share_logs", "hostnames", "url", "max_body_bytes", "max_connections", "header_seconds", "body_seconds"),
+    "server": ("share_logs", "hostnames", "url", "max_body_bytes", "max_connections", "header_seconds", "body_seconds",
+               "write_seconds", "stalled_mb"),
     "envs": ("index_url", "extra_index_urls", "find_links", "index_strategy", "torch_backend", "ca_bundle",
              "build_user", "build_cache", "python", "allow_requirement_urls", "gc_days"),
     "gpus": ("source", "static", "static_file", "per_user_limit", "backfill_limit", "release_wait_seconds"),

@@ -53,7 +53,7 @@ def test_an_unknown_key_stops_the_daemon_naming_it_and_the_nearest_key_and_docto
     (home / "config.toml").write_text('[daemon]\nmax_runing = 2\n[envs]\nindex-strategy = "unsafe-best-match"\n')
     env = _env(tmp_path, RUNNER_HOME=str(home))
     first = (f"runner: {system}: [server] share_log: not a key of [server]; did you mean share_logs? (known: share_logs, "
-             "hostnames, url, max_body_bytes, max_connections, header_seconds, body_seconds)")
+             "hostnames, url, max_body_bytes, max_connections, header_seconds, body_seconds, write_seconds, stalled_mb)")
     r = _run(env, "daemon", "--http", "none")
     assert (r.returncode, r.stderr.strip()) == (1, first + " (and 2 more: `runner doctor` lists each)"), r.stderr
     assert not (home / "runner.db").exists()

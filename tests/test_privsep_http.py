@@ -357,6 +357,62 @@ def test_a_teammates_flood_of_long_reads_does_not_hold_anothers(team):
     assert d.get("/healthz")[0] == 200
 
 
+def test_answers_a_teammate_never_reads_neither_fill_memory_nor_lock_others_out(world, users):
+    """bob asks a 5 MB page of the queue on 60 connections at once and reads none of it (found by a
+    hostile pass: 1,000 such connections held 8 GB of the daemon's memory and every slot of the
+    server, /healthz's too). Answers held for clients that do not read stay within stalled_mb, a
+    new connection displaces the one stalled longest, and one that reads nothing for write_seconds
+    is closed: alice is answered at once, the daemon's memory stays put."""
+    from runner.store import Store
+    from test_users import team_home
+
+    with team_home(world, users, "[server]\nmax_connections = 40\nwrite_seconds = 6\nstalled_mb = 16\n") as (d, alice, bob, home):
+        store = Store(home / "runner.db")
+        for i in range(500):
+            store.insert_job({"id": f"wide{i:04d}", "name": "wide", "user": BOB, "uid": bob.uid, "kind": "command",
+                              "spec": {"command": ["true"]}, "gpus": [], "after": [], "state": "succeeded"})
+            store.add_metrics(f"wide{i:04d}", [(f"class_{k:04d}/ap", 0.5, 1, 1) for k in range(300)])
+        store.close()
+        size = len(urllib.request.urlopen(f"{d.url}/jobs?limit=1000", timeout=60).read())
+        assert size > 3_000_000, size
+        before = rss_kb(d.proc.pid)
+        held = []
+        try:
+            for _ in range(60):  # (as root here: a client's uid changes nothing of the server's bounds)
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", d.port))
+                s.sendall(f"GET /jobs?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\n\r\n".encode())
+                held.append(s)
+                time.sleep(0.02)
+            time.sleep(2)
+            peak = rss_kb(d.proc.pid)
+            for _ in range(5):
+                t0 = time.time()
+                status, body = d.get("/healthz")
+                assert status == 200 and time.time() - t0 < 5
+                out = alice.python(f"import urllib.request; print(len(urllib.request.urlopen('{d.url}/jobs?limit=1', timeout=30).read()))")
+                assert int(out) > 0, out
+            assert (peak - before) < 80_000, f"the daemon grew {(peak - before) // 1024} MB holding unread answers"
+            t0 = time.time()
+            gone = 0
+            for s in held:  # each is closed by the server: displaced, or write_seconds after its answer stalled
+                s.settimeout(max(1.0, 25 - (time.time() - t0)))
+                try:
+                    while s.recv(1 << 20):
+                        pass
+                    gone += 1
+                except ConnectionResetError:
+                    gone += 1
+                except socket.timeout:
+                    pass
+            assert gone == len(held), f"{len(held) - gone} of bob's stalled connections stayed open"
+        finally:
+            for s in held:
+                s.close()
+        assert d.get("/healthz")[0] == 200 and d.proc.poll() is None
+
+
 def test_the_daemon_raises_its_open_files_limit_to_the_hard_one(world):
     home = Path(tempfile.mkdtemp(prefix="state-", dir=world))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

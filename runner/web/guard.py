@@ -12,10 +12,13 @@ the server itself (the API and the dashboard alike).
 `server(app, bind, settings)` makes the uvicorn server: a connection must send a complete request
 head within HEADER_SECONDS and then its whole body within BODY_SECONDS, idle keep-alive connections
 close after KEEP_ALIVE_SECONDS, and at most `max_connections` are open at once: a new one displaces
-the longest-idle one, else the one that has waited longest for the rest of its body. So neither a
-flood of idle connections nor one of requests whose bodies never come (sent with a valid token:
-the body is read before the route knows who asks) can exhaust the daemon's file descriptors or
-lock everyone out.
+the longest-idle one, else the one that has waited longest for the rest of its body, else the one
+whose answer has waited longest for its client to read it. An answer its client reads nothing of
+for WRITE_SECONDS is dropped with its connection, and answers held for clients that do not read
+are STALLED_BYTES at most (the longest stalled go first). So neither a flood of idle connections,
+nor one of requests whose bodies never come (sent with a valid token: the body is read before the
+route knows who asks), nor one of requests whose answers are never read, can exhaust the daemon's
+file descriptors or memory or lock everyone out.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ BODY_SECONDS = 30.0
 
 KEEP_ALIVE_SECONDS = 5
 """How long an idle keep-alive connection is kept."""
+
+WRITE_SECONDS = 60.0
+"""How long an answer may wait for its client to read any of it ([server] write_seconds): a client
+that reads nothing that long is closed, and the answer's bytes with it."""
+
+STALLED_BYTES = 256 << 20
+"""Most bytes of answers held for clients that do not read them ([server] stalled_mb): past it the
+one stalled longest is closed. (A hostile pass held 1,000 connections each on an 8 MB answer it
+never read: 8 GB of the daemon's memory, and every slot of the server, /healthz's too.)"""
 
 BACKLOG = 128
 """Pending connections the kernel queues; asyncio accepts up to this many at once before any is
@@ -196,7 +208,8 @@ def connection_cap(max_connections: int = MAX_CONNECTIONS) -> int:
     return max(8, min(max_connections, fd_limit() // 2 - BACKLOG))
 
 
-def _protocol(max_connections: int, header_seconds: float, body_seconds: float = BODY_SECONDS):
+def _protocol(max_connections: int, header_seconds: float, body_seconds: float = BODY_SECONDS,
+              write_seconds: float = WRITE_SECONDS, stalled_bytes: int = STALLED_BYTES):
     """uvicorn's HTTP/1.1 protocol (h11) with runner's connection bounds (see `server`)."""
     from collections import OrderedDict
 
@@ -205,6 +218,7 @@ def _protocol(max_connections: int, header_seconds: float, body_seconds: float =
 
     idle: OrderedDict = OrderedDict()  # connections with no request in progress, longest idle first
     waiting: OrderedDict = OrderedDict()  # connections whose request head came and whose body has not, longest first
+    stalled: OrderedDict = OrderedDict()  # connections whose answer waits for them to read (their writing paused), longest first
 
     class Bounded(H11Protocol):
         """A connection that must send a request head in time, and that gives way when the server
@@ -223,6 +237,8 @@ def _protocol(max_connections: int, header_seconds: float, body_seconds: float =
                     oldest.transport.close()
                 elif waiting:  # none idle: the one that has waited longest for its body gives way
                     next(iter(waiting))._drop()
+                elif stalled:  # else the one whose answer has waited longest for it to read
+                    next(iter(stalled))._drop()
                 else:  # every other connection has a request in progress: this one waits its turn elsewhere
                     self._busy()
                     transport.close()
@@ -258,8 +274,36 @@ def _protocol(max_connections: int, header_seconds: float, body_seconds: float =
 
         def _drop(self):
             self._body_done()
+            self._read_again()
             self._busy()
-            self.transport.close()
+            self.transport.abort()  # (close() would still write what is buffered, to a client that does not read)
+
+        def pause_writing(self):
+            """The answer's bytes went past what the socket takes: the client is not reading (yet)."""
+            super().pause_writing()
+            if self in stalled:
+                return
+            stalled[self] = None
+            self.write_timer = self.loop.call_later(write_seconds, self._write_late)
+            held = 0
+            for c in reversed(stalled):  # newest first: past the bound, the longest stalled go
+                held += c.transport.get_write_buffer_size()
+                if held > stalled_bytes and c is not self:
+                    c._drop()
+
+        def resume_writing(self):
+            super().resume_writing()
+            self._read_again()
+
+        def _read_again(self):
+            stalled.pop(self, None)
+            if getattr(self, "write_timer", None) is not None:
+                self.write_timer.cancel()
+                self.write_timer = None
+
+        def _write_late(self):
+            if self in stalled and not self.transport.is_closing():
+                self._drop()  # its client read nothing of its answer for write_seconds
 
         def on_response_complete(self):
             super().on_response_complete()
@@ -271,6 +315,7 @@ def _protocol(max_connections: int, header_seconds: float, body_seconds: float =
         def connection_lost(self, exc):
             self.head_timer.cancel()
             self._body_done()
+            self._read_again()
             self._busy()
             super().connection_lost(exc)
 
@@ -284,7 +329,7 @@ def _protocol(max_connections: int, header_seconds: float, body_seconds: float =
 
 def server(app, bind: str, settings: dict | None = None):
     """The uvicorn server for `app` on `bind` (host:port), with runner's bounds: `settings` is the
-    config's [server] table (max_connections, header_seconds, body_seconds)."""
+    config's [server] table (max_connections, header_seconds, body_seconds, write_seconds, stalled_mb)."""
     import uvicorn
 
     settings = settings or {}
@@ -292,6 +337,8 @@ def server(app, bind: str, settings: dict | None = None):
     host, _, port = bind.rpartition(":")
     config = uvicorn.Config(app, host=host.strip("[]") or "127.0.0.1", port=int(port), log_level="warning", access_log=False,
                             lifespan="off", ws="none", http=_protocol(cap, float(settings.get("header_seconds", HEADER_SECONDS)),
-                                                                          float(settings.get("body_seconds", BODY_SECONDS))),
+                                                                          float(settings.get("body_seconds", BODY_SECONDS)),
+                                                                          float(settings.get("write_seconds", WRITE_SECONDS)),
+                                                                          int(float(settings.get("stalled_mb", STALLED_BYTES >> 20)) * (1 << 20))),
                             timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=cap + 1, backlog=BACKLOG)
     return uvicorn.Server(config)
