@@ -227,3 +227,17 @@ def test_plain_chunks_give_the_lines_the_line_by_line_way_gives(data, cuts):
         assert fast.finish() == slow.finish()
     finally:
         stream.MAX_LINE = real
+
+
+def test_a_line_of_spaces_after_a_position_word_costs_linear_time():
+    """`epoch` (or `step`), 16,000 spaces and no digit, in a line that is not ASCII (so Python's
+    patterns, not the C loop, see it): each took 1.8 s in a helper (found by a hostile pass: a job
+    printing 30 of them held its helper at full CPU 55 s); the spaces are possessive now."""
+    import time
+
+    from log_parsers.regex import feed_lines
+
+    lines = ["epoch" + " " * 16000 + "é loss=1", "step" + " " * 16000 + "é acc=2", "Epoch" + "\t" * 16000 + "x=3 é"] * 10
+    t0 = time.process_time()
+    names, vals, _, _ = feed_lines(GenericParser(), lines)
+    assert time.process_time() - t0 < 3.0 and names == ["loss", "acc", "x"] * 10 and vals == [1.0, 2.0, 3.0] * 10
