@@ -220,3 +220,23 @@ def test_a_store_from_before_the_chunks_migration_upgrades_in_place(tmp_path, ma
     stats = queries.series_chunk_stats(cur, "old", "loss", metric_chunks.CHUNK)
     assert stats[1] == (10_100 if made_by_a_write else 100)
     assert series._whole(queries.series_chunks(cur, "old", "loss"), *queries.series_extent(cur, "old", "loss")) == made_by_a_write
+
+
+def test_the_charts_of_a_job_of_many_metrics_are_bounded_and_keep_each_ones_spike(tmp_path, monkeypatch):
+    """A job of many metrics gets fewer points a chart, CHARTS_MAX_POINTS in all (a hostile pass's job
+    of 1,000 metrics of 3,000 steps answered 34 MB): every metric is still there, each with its
+    highest point (min/max decimation), and `points` says how many each got."""
+    h = Home(tmp_path).ensure()
+    store = h.store()
+    _job(store, "wide")
+    pts = [(f"class_{k:02d}/ap", 100.0 if s == 777 + k else 0.5 + (s % 7) / 100, s, s // 100) for s in range(1_000) for k in range(40)]
+    _write(store, "wide", pts, batches=(500, 4000))
+    monkeypatch.setattr(metricsview, "CHARTS_MAX_POINTS", 4_000)
+    c = TestClient(create_app(h), base_url="http://127.0.0.1:8765")
+    body = c.get("/ui/jobs/wide/charts?points=1000").json()
+    assert body["points"] == 100 and len(body["series"]) == 40
+    for k in range(40):
+        one = body["series"][f"class_{k:02d}/ap"]
+        assert one["total"] == 1_000 and len(one["x"]) <= 100 and max(one["y"]) == 100.0 and one["x"][one["y"].index(100.0)] == 777 + k
+    few = c.get("/ui/jobs/wide/charts?points=50").json()  # within the bound: as asked
+    assert few["points"] == 50

@@ -35,6 +35,13 @@ SPLIT = re.compile(r"^(train|training|val|valid|validation|eval|test)[_/.\-](.+)
 """A name's split prefix: train_loss and val_loss are one quantity, `loss`, drawn on one chart."""
 
 CHART_POINTS = 1000
+
+CHARTS_MAX_POINTS = 200_000
+"""Most points of one answer of a job's charts, all its metrics together: a job of many metrics
+gets fewer points a chart (CHARTS_MAX_POINTS // metrics, at least CHARTS_MIN_EACH). A hostile pass's
+job of 1,000 metrics of 3,000 steps made 11 MB at 1,000 points a chart, 34 MB at 4,000."""
+
+CHARTS_MIN_EACH = 50
 """Most points per series on a job page's small multiples (min and max per bucket)."""
 
 LIVE_MAX_POINTS = 5000
@@ -147,6 +154,8 @@ def charts(store, job_id: str, points: int = CHART_POINTS, only: list[str] | Non
         names = names_of(cur, job_id)
         if only is not None:
             names = [n for n in names if n in set(only)]
+        if len(names) * points > CHARTS_MAX_POINTS:  # many metrics: fewer points each, the answer bounded
+            points = max(CHARTS_MIN_EACH, min(points, CHARTS_MAX_POINTS // len(names)))
         out: dict = {}
         for name in names:
             got = series.reduced(cur, job_id, name, points)
