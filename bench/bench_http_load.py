@@ -99,7 +99,7 @@ class Served:
 
     def people(self, n: int) -> list[str]:
         """Tokens of n people (uids 70000 on): the daemon shares its long reads among people
-        (http._Reads), at most 16 of one person's waiting, so n clients model n teammates, as the
+        (web.reads.Reads), at most 16 of one person's waiting, so n clients model n teammates, as the
         load this bench stands for is. (An older checkout reads them as no one's.)"""
         from runner import tokens
         from runner.home import Home

@@ -166,117 +166,6 @@ class _Fresh:
         return body
 
 
-class _Reads:
-    """Reads that may take long (a page of 1,000 jobs with 1,000 metric names each, the charts of a
-    job of 1,000 metrics), made off the event loop in a thread of their own, one after another,
-    while the loop answers /healthz and the rest. bench_http_load, 200 clients each asking a page of
-    /jobs no one asked before: p50 260-320 ms, p99 444-527 ms, /healthz meanwhile 17-42 ms; on the
-    loop p50 381-397, p99 381-395, /healthz 336-353 ms; in FastAPI's 40 threads (which convoy on the
-    GIL) p50 534-910, p99 933-1646 ms; in 2, p99 ~800.
-
-    The thread is shared fairly among the people asking (`who`: the uid of the request's token or
-    session, else of its loopback socket: reader()): each person's reads wait in a line of her own
-    and the thread takes one from each line in turn, so a teammate who keeps many long reads waiting
-    delays another person's read by the one being made, not by all of hers (first come, first
-    served, 8 of his 2 s pages held hers 16 s). At most WAITING reads of one person wait at once; one
-    more is refused (429). A read whose client went away is not made."""
-
-    WAITING = 16
-
-    def __init__(self):
-        import collections
-
-        self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)
-        self.lines: dict = {}  # who -> her reads waiting: deque of (loop, future, call)
-        self.turns = collections.deque()  # who has reads waiting, in the order they get the thread
-        self.served = None  # whose read was taken last: her next one waits behind everyone already waiting
-        self.thread = None
-
-    def waiting(self, who) -> int:
-        with self.lock:
-            return len(self.lines.get(who, ()))
-
-    async def __call__(self, fn, *args, who=None, request=None):
-        import asyncio
-        import collections
-        import functools
-
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        with self.lock:
-            line = self.lines.get(who)
-            if line is not None and len(line) >= self.WAITING:  # (those whose clients went away do not count)
-                line = self.lines[who] = collections.deque(i for i in line if not i[1].cancelled())
-            if line is not None and len(line) >= self.WAITING:
-                raise HTTPException(429, f"{len(line)} long reads of yours are waiting already (at most {self.WAITING}): "
-                                         "ask again once they are answered")
-            if line is None:
-                line = self.lines[who] = collections.deque()
-                if who != self.served:  # (she goes back in line once her read in the making is done: _next)
-                    self.turns.append(who)
-            line.append((loop, fut, functools.partial(fn, *args)))
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._serve, name="runner-read", daemon=True)
-                self.thread.start()
-            self.ready.notify()
-        if request is None:
-            return await fut
-        gone = asyncio.ensure_future(_gone(request))  # the client closing its connection while hers waits
-        try:
-            await asyncio.wait({fut, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not fut.done():  # (a read already in the making is finished, and its answer dropped)
-            fut.cancel()
-            raise HTTPException(499, "the client closed its connection")
-        return fut.result()
-
-    def _next(self):
-        with self.lock:
-            if self.served is not None and self.served in self.lines:
-                self.turns.append(self.served)  # after everyone who came while her read was made
-            self.served = None
-            while True:
-                while not self.turns:
-                    self.ready.wait()
-                who = self.turns.popleft()
-                line = self.lines[who]
-                while line and line[0][1].cancelled():  # its client went away while it waited: not made, no turn spent
-                    line.popleft()
-                if not line:
-                    del self.lines[who]
-                    continue
-                self.served = who
-                item = line.popleft()
-                if not line:
-                    del self.lines[who]
-                return item
-
-    def _serve(self):
-        while True:
-            loop, fut, call = self._next()
-            try:
-                result, error = call(), None
-            except BaseException as e:  # handed to the request, as run_in_executor would
-                result, error = None, e
-            try:
-                loop.call_soon_threadsafe(_settle, fut, result, error)
-            except RuntimeError:  # its loop is closed (the server stopped)
-                pass
-
-
-async def _gone(request):
-    """Returns once the request's client has closed its connection (ASGI's http.disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _settle(fut, result, error):
-    if not fut.done():
-        fut.set_exception(error) if error is not None else fut.set_result(result)
-
-
 def create_app(home, daemon=None) -> FastAPI:
     """The app for one $RUNNER_HOME; `daemon` (when served by it) adds uptime, GPUs and loop health."""
     # docs_url, redoc_url None: FastAPI's pages load Swagger from a CDN; web.docs serves /docs from vendored files
@@ -284,7 +173,9 @@ def create_app(home, daemon=None) -> FastAPI:
                   description="The runner's queue, jobs, metrics, envs and GPUs.")
     store = daemon.store if daemon else home.store()
     fresh = _Fresh(home, store)
-    app.state.reads = reads = _Reads()
+    from .web.reads import Reads
+
+    app.state.reads = reads = Reads()
     from .tokens import TokenBook
 
     book = TokenBook(home)
@@ -318,7 +209,7 @@ def create_app(home, daemon=None) -> FastAPI:
     sessions = Sessions(home, book)
 
     def reader(request: Request):
-        """Whom a long read is for (http._Reads shares its thread among them): the uid of the
+        """Whom a long read is for (web.reads.Reads shares its thread among them): the uid of the
         request's token or signed-in session, else the uid owning its loopback socket (reads on
         loopback need no token), else its address. Never what she may see: caller() and the pages
         decide that."""
@@ -461,7 +352,7 @@ def create_app(home, daemon=None) -> FastAPI:
         body = fresh.kept(key)
         if body is None:  # made off the loop: a page of 1,000 jobs with 1,000 metric names each is
             # 66 MB of JSON and ~2 s, which on the event loop held every other request (/healthz too)
-            body = await reads(fresh.get, key, make, who=reader(request), request=request)
+            body = await reads(fresh.get, key, make, who=reader(request), request=request, key=key)
         return Response(body, media_type="application/json")
 
     @app.get("/jobs/{job_id}")

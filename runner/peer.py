@@ -4,7 +4,7 @@ answers it.
 
 The HTTP API takes reads on loopback without a token (anyone on the host may read the queue), so
 the daemon knows a reader only by her socket. It uses the uid to share its one thread of long reads
-fairly among the people asking (http._Reads), never to decide what she may see or do: a token or a
+fairly among the people asking (web.reads.Reads), never to decide what she may see or do: a token or a
 signed-in session does that.
 
 Not the socket tables (/proc/net/tcp): a teammate broke both ways of reading them (a hostile pass).

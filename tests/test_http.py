@@ -387,7 +387,7 @@ def test_long_reads_take_turns_among_the_people_asking():
 
     from fastapi import HTTPException
 
-    from runner.http import _Reads
+    from runner.web.reads import Reads as _Reads
 
     reads, order, started, gate = _Reads(), [], threading.Event(), threading.Event()
 
@@ -494,3 +494,41 @@ def test_a_loopback_readers_uid_is_the_owner_of_her_socket():
             conn.close()
             os.waitpid(pid, 0)
             srv.close()
+
+
+def test_reads_of_one_page_asked_at_once_share_one_read():
+    """40 clients asking the same page while the thread is busy (200 in test_hostile): one read is
+    made and each gets its answer, none refused for the 16 waiting; when the client that asked
+    first goes away before it is made, the others ask anew and are answered."""
+    import asyncio
+    import threading
+
+    from runner.web.reads import Reads
+
+    reads, calls, started, gate = Reads(), [], threading.Event(), threading.Event()
+
+    def read(tag):
+        if tag == "block":
+            started.set()
+            gate.wait(10)
+        calls.append(tag)
+        return tag
+
+    async def main():
+        first = asyncio.ensure_future(reads(read, "block", who="x"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        same = [asyncio.ensure_future(reads(read, "page", who="bob", key=("jobs", 0))) for _ in range(40)]
+        await asyncio.sleep(0.05)
+        opener = asyncio.ensure_future(reads(read, "other", who="bob", key=("jobs", 1)))
+        await asyncio.sleep(0.02)
+        sharers = [asyncio.ensure_future(reads(read, "other", who="alice", key=("jobs", 1))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        opener.cancel()  # the first to ask that page went away
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, *same, *sharers)
+
+    got = asyncio.run(main())
+    assert got == ["block"] + ["page"] * 40 + ["other"] * 3
+    assert calls == ["block", "page", "other"]  # one read of each page

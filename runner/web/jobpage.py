@@ -141,7 +141,7 @@ def routes(app, ctx, ui):
     @app.get("/ui/jobs/{job_id}/charts", include_in_schema=False)
     async def job_charts(request: Request, job_id: str, points: int = Query(metricsview.CHART_POINTS, ge=4, le=20000)):
         """Every metric of the job, downsampled, grouped for small multiples (metrics are public,
-        as on GET /jobs/{id}/metrics). Off the event loop (http._Reads), a series' JSON at a time:
+        as on GET /jobs/{id}/metrics). Off the event loop (web.reads.Reads), a series' JSON at a time:
         a job of 1,000 metrics of 4,000 points took ~1-2 s, which on the loop held every request."""
         def make():
             j = store.get_job(job_id)

@@ -113,7 +113,7 @@ def routes(app, ctx):
         (the min and max of each bucket: every spike stays), with the stored count. `lo`, `hi`: only
         the points with lo <= x <= hi (a zoomed chart): every one of them when they are at most
         `points`, else reduced again. Every point stored: GET /jobs/{id}/metrics. Off the event loop
-        (http._Reads): a zoom into a long series reads its packs."""
+        (web.reads.Reads): a zoom into a long series reads its packs."""
         def make():
             j = store.get_job(job_id)
             return {**series.series(store, j["id"], name, points, lo, hi), "compacted": queries.compacted_view(store, j)}
