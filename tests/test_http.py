@@ -377,26 +377,36 @@ def test_a_big_read_is_made_off_the_event_loop_and_holds_no_other_request(served
         assert body["total"] == 250
 
 
+def _held_reads(block: str):
+    """(a web.reads.Reads, the tags of the reads made in order, a read of a tag, an Event set once
+    the read of `block` is being made, the Event that lets it finish)."""
+    import threading
+
+    from runner.web.reads import Reads
+
+    made, started, gate = [], threading.Event(), threading.Event()
+
+    def read(tag):
+        if tag == block:
+            started.set()
+            gate.wait(10)
+        made.append(tag)
+        return tag
+    return Reads(), made, read, started, gate
+
+
 def test_long_reads_take_turns_among_the_people_asking():
     """The one thread of long reads is shared among people, not first come first served: bob keeps
     five 2 s pages waiting (any teammate can make such pages), alice's read is made right after the
     one of his in the making, not after all of them; past WAITING of his, one more is refused (429);
     a read whose client went away is never made."""
     import asyncio
-    import threading
 
     from fastapi import HTTPException
 
     from runner.web.reads import Reads as _Reads
 
-    reads, order, started, gate = _Reads(), [], threading.Event(), threading.Event()
-
-    def read(tag):
-        if tag == "bob0":
-            started.set()
-            gate.wait(10)
-        order.append(tag)
-        return tag
+    reads, order, read, started, gate = _held_reads("bob0")
 
     async def main():
         first = asyncio.ensure_future(reads(read, "bob0", who="bob"))
@@ -501,18 +511,8 @@ def test_reads_of_one_page_asked_at_once_share_one_read():
     made and each gets its answer, none refused for the 16 waiting; when the client that asked
     first goes away before it is made, the others ask anew and are answered."""
     import asyncio
-    import threading
 
-    from runner.web.reads import Reads
-
-    reads, calls, started, gate = Reads(), [], threading.Event(), threading.Event()
-
-    def read(tag):
-        if tag == "block":
-            started.set()
-            gate.wait(10)
-        calls.append(tag)
-        return tag
+    reads, calls, read, started, gate = _held_reads("block")
 
     async def main():
         first = asyncio.ensure_future(reads(read, "block", who="x"))
