@@ -196,26 +196,23 @@ typedef struct {
     int64_t step, epoch; /* -1: None */
 } Batch;
 
+/* The index of a metric key in the batch (added at its end when new), -2 on error. */
+static long batch_index(Batch *b, PyObject *key) {
+    PyObject *at = PyDict_GetItemWithError(b->index, key);
+    if (at) return PyLong_AsLong(at);
+    if (PyErr_Occurred()) return -2;
+    long i = (long)PyList_GET_SIZE(b->names);
+    PyObject *num = PyLong_FromLong(i);
+    if (!num || PyDict_SetItem(b->index, key, num) < 0 || PyList_Append(b->names, key) < 0) i = -2;
+    Py_XDECREF(num);
+    return i;
+}
+
 /* The index of a name as printed (its key's in the batch), -1 for a position name (key None), -2 on error. */
 static long key_index(Batch *b, PyObject *name) {
     PyObject *key = PyObject_GetItem(b->keys, name); /* _Keys.__missing__ normalises a new one */
     if (!key) return -2;
-    if (key == Py_None) {
-        Py_DECREF(key);
-        return -1;
-    }
-    PyObject *at = PyDict_GetItemWithError(b->index, key);
-    long i;
-    if (at) {
-        i = PyLong_AsLong(at);
-    } else if (PyErr_Occurred()) {
-        i = -2;
-    } else {
-        i = (long)PyList_GET_SIZE(b->names);
-        PyObject *num = PyLong_FromLong(i);
-        if (!num || PyDict_SetItem(b->index, key, num) < 0 || PyList_Append(b->names, key) < 0) i = -2;
-        Py_XDECREF(num);
-    }
+    long i = key == Py_None ? -1 : batch_index(b, key);
     Py_DECREF(key);
     return i;
 }
@@ -356,23 +353,10 @@ static int line_py(Batch *b, PyObject *parser, PyObject *line) {
             Py_DECREF(pts);
             return 1;
         }
-        PyObject *key = PyTuple_GET_ITEM(p, 0);
-        PyObject *at = PyDict_GetItemWithError(b->index, key);
-        long k;
-        if (at) {
-            k = PyLong_AsLong(at);
-        } else if (PyErr_Occurred()) {
+        long k = batch_index(b, PyTuple_GET_ITEM(p, 0));
+        if (k == -2) {
             Py_DECREF(pts);
             return -1;
-        } else {
-            k = (long)PyList_GET_SIZE(b->names);
-            PyObject *num = PyLong_FromLong(k);
-            if (!num || PyDict_SetItem(b->index, key, num) < 0 || PyList_Append(b->names, key) < 0) {
-                Py_XDECREF(num);
-                Py_DECREF(pts);
-                return -1;
-            }
-            Py_DECREF(num);
         }
         if (cols_push(&b->cols, (uint32_t)k, PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(p, 1)), s, e) < 0) {
             Py_DECREF(pts);

@@ -3,6 +3,9 @@ shared among the people asking: runner/http.py and the dashboard's routes hand t
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import functools
 import threading
 
 from fastapi import HTTPException
@@ -28,8 +31,6 @@ class Reads:
     WAITING = 16
 
     def __init__(self):
-        import collections
-
         self.lock = threading.Lock()
         self.ready = threading.Condition(self.lock)
         self.lines: dict = {}  # who -> her reads waiting: deque of (loop, future, call)
@@ -43,10 +44,6 @@ class Reads:
             return len(self.lines.get(who, ()))
 
     async def __call__(self, fn, *args, who=None, request=None, key=None):
-        import asyncio
-        import collections
-        import functools
-
         loop = asyncio.get_running_loop()
         while key is not None:
             same = self.shared.get(key)
