@@ -1,8 +1,12 @@
-"""The one compiled part: the generic log parser's batch loop in C (log_parsers/_generic_c.c), built
-where a C compiler and Python's headers are found. Optional: without them the build goes on and every
-line is parsed in Python, as before (the same points, ~10x slower). Everything else is in pyproject.toml."""
+"""The compiled parts, each built where a C compiler and Python's headers are found, each optional:
+without them the build goes on and the same work is done in Python (the same results, slower):
+- the generic log parser's batch loop (log_parsers/_generic_c.c), in a parse helper (the job's user);
+- a helper's batch of points made into the store's packs and chart chunks (runner/_packs_c.c), in the
+  daemon, from fixed-width numbers it decoded and checked.
+Everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("log_parsers._generic_c", ["log_parsers/_generic_c.c"], optional=True,
-                             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"])])
+_FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+setup(ext_modules=[Extension("log_parsers._generic_c", ["log_parsers/_generic_c.c"], optional=True, extra_compile_args=_FLAGS),
+                   Extension("runner._packs_c", ["runner/_packs_c.c"], optional=True, extra_compile_args=_FLAGS)])

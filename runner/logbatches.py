@@ -32,11 +32,15 @@ class HelperBroke(Exception):
 _NUMS = frozenset({float, int, type(None)})
 
 
-def decode(head, payload: bytes) -> tuple[dict, dict]:
+def decode(head, payload: bytes, raw: bool = False) -> tuple[dict, dict]:
     """(the batch with every column a list, each binary column's types) of a header line (its
     bytes, or the object they hold) and the bytes after it (runner.logparse.encode); ValueError
-    if they are not one."""
+    if they are not one. `raw` (the daemon's way): a batch whose every column is fixed-width, where
+    runner/_packs_c.c is built, keeps them as bytes (the columns None, their bytes in the types'
+    "raw"), which check_batch makes a store.metrics.Packed."""
     from array import array
+
+    from .store.packed import _packs_c
 
     msg = json.loads(head) if isinstance(head, (bytes, str)) else head
     if not isinstance(msg, dict):
@@ -45,6 +49,14 @@ def decode(head, payload: bytes) -> tuple[dict, dict]:
     if len(payload) != size:
         raise ValueError(f"{len(payload)} bytes after the header, {size} expected")
     n, at, types = msg["n"], 0, {}
+    if raw and _packs_c is not None and dict(codes).keys() == {"k", "v", "s", "e"} and dict(codes)["k"] == "I" and dict(codes)["v"] == "d":
+        # every column fixed-width (the usual batch): kept as bytes, for check_batch to hand to C (store.metrics.Packed)
+        cols = {}
+        for name, code in codes:
+            end = at + (0 if code == "-" else n * array(code).itemsize)
+            cols[name], msg[name] = (payload[at:end] if code != "-" else None), None
+            at = end
+        return msg, {"raw": cols}
     for name, code in codes:
         if code == "-":
             msg[name], types[name] = [None] * n, {type(None)} if n else set()
@@ -77,7 +89,10 @@ def check_batch(msg, offset: int, max_offset: int | None, types: dict | None = N
     and each point's index among them, values, steps and epochs (numbers or nulls, no bools)
     in lists of one length, an offset from `offset` on and not past `max_offset`, a state object.
     `types`: the set of types of each column decoded from bytes (known: not looked at again)."""
+    from array import array
+
     from .store.metrics import Columns
+    from .store.packed import Packed
 
     types = types or {}
     if not isinstance(msg, dict):
@@ -88,6 +103,15 @@ def check_batch(msg, offset: int, max_offset: int | None, types: dict | None = N
         raise ValueError(f"offset {new!r} outside {offset}..{max_offset}")
     if not isinstance(state, dict) or type(done) is not bool:
         raise ValueError("state or done of the wrong type")
+    raw = types.get("raw")
+    if raw is not None:
+        if not type(keys) is list or keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
+            raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
+        if len(set(keys)) == len(keys):  # each name once: the batch in C (which checks each point's key index)
+            return Packed(keys, raw), new, state, done
+        k, v, s, e = (array(c, raw[col]).tolist() if raw[col] is not None else [None] * msg["n"]
+                      for col, c in (("k", "I"), ("v", "d"), ("s", "q"), ("e", "q")))
+        types = {"k": {int}, "v": {float}, "s": {int} if raw["s"] is not None else {type(None)}, "e": {int} if raw["e"] is not None else {type(None)}}
     if not all(type(x) is list for x in (keys, k, v, s, e)) or not len(k) == len(v) == len(s) == len(e):
         raise ValueError("keys, k, v, s, e: lists of one length expected")
     if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
@@ -191,7 +215,7 @@ class ParseHelper:
                 if nl + size > MAX_MESSAGE:
                     raise HelperBroke(f"a batch longer than {MAX_MESSAGE} bytes")
                 if len(self.buf) >= nl + 1 + size:
-                    msg = decode(head, bytes(self.buf[nl + 1:nl + 1 + size]))
+                    msg = decode(head, bytes(self.buf[nl + 1:nl + 1 + size]), raw=True)
                     del self.buf[:nl + 1 + size]
                     self._head = None
                     self.last_heard = time.monotonic()
@@ -354,12 +378,13 @@ class HelperWatcher(LogWatcher):
         of them at most (those stored, then new ones in the order they come); past them, points are
         not kept, said once in its log."""
         from .store.metrics import Columns
+        from .store.packed import Packed
         from .store.pages import metric_names
 
         if self.names is None:
             self.names = set(metric_names(store, self.job_id))
             self.name_bytes = sum(len(n.encode()) for n in self.names)
-        new = set(pts.names) - self.names
+        new = (pts.present() if isinstance(pts, Packed) else set(pts.names)) - self.names
         if not new:
             return pts
         room, size = defaults.MAX_METRIC_NAMES - len(self.names), defaults.MAX_METRIC_NAME_BYTES - self.name_bytes
@@ -368,6 +393,8 @@ class HelperWatcher(LogWatcher):
             self.names |= new
             self.name_bytes += grows
             return pts
+        if isinstance(pts, Packed):  # (as lists: a batch past the names' bound is not the fast path)
+            pts = pts.columns()
         for n in dict.fromkeys(pts.names):  # as many new names as there is room for, the first to come
             if n not in self.names and room > 0 and len(n.encode()) <= size:
                 self.names.add(n)

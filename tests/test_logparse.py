@@ -14,6 +14,7 @@ import pytest
 
 from runner import logbatches, logparse
 from runner.store import Store
+from runner.store import packed
 from runner.logbatches import HelperWatcher
 
 
@@ -253,13 +254,13 @@ def test_a_helper_that_sends_what_a_helper_never_sends_is_replaced(store, job_di
     assert w.deaths == 2 and steps(store) == list(range(50))
 
 
-def batches(wire: bytes) -> list:
-    """(msg, types) of each batch in what a helper wrote."""
+def batches(wire: bytes, raw: bool = False) -> list:
+    """(msg, types) of each batch in what a helper wrote (`raw`: as the daemon decodes them)."""
     out = []
     while wire:
         nl = wire.index(b"\n")
         size = logbatches.payload_size(json.loads(wire[:nl]))[0]
-        out.append(logbatches.decode(wire[:nl], wire[nl + 1:nl + 1 + size]))
+        out.append(logbatches.decode(wire[:nl], wire[nl + 1:nl + 1 + size], raw=raw))
         wire = wire[nl + 1 + size:]
     return out
 
@@ -357,18 +358,18 @@ def test_an_ended_jobs_log_is_read_on_for_a_while_then_the_rest_is_not_parsed(st
     """A log too big to read soon after its job's end held the job (and its slot) for ~24 minutes."""
     from runner import defaults
 
-    monkeypatch.setattr(defaults, "FINAL_READ_SECONDS", 0.3)
+    monkeypatch.setattr(defaults, "FINAL_READ_SECONDS", 0.1)
     log = job_dir / "output.log"
-    log.write_bytes(lines(0, 200_000))  # ~5 MB: more than a 0.3 s read
+    log.write_bytes(lines(0, 600_000))  # ~15 MB: more than a 0.1 s read (at ~1.5 M lines/s)
     w = HelperWatcher("job1", job_dir, None)
     t0 = time.monotonic()
     while not w.done:
         w.poll(store, final=True, seconds=0.1)
         assert time.monotonic() - t0 < 10
     n = len(steps(store))
-    assert 0 < n < 200_000 and w.helper is None and steps(store) == list(range(n))
+    assert 0 < n < 600_000 and w.helper is None and steps(store) == list(range(n))
     said = [line for line in log.read_text().splitlines() if line.startswith("runner:")]
-    assert len(said) == 1 and said[0].startswith("runner: the rest of this log, from byte ") and "0.3s after the job ended" in said[0]
+    assert len(said) == 1 and said[0].startswith("runner: the rest of this log, from byte ") and "0.1s after the job ended" in said[0]
 
 
 def test_a_position_or_value_no_column_can_hold_is_none_and_a_line_no_parser_takes_is_skipped(store, job_dir):
@@ -463,6 +464,14 @@ def test_the_wire_carries_whatever_a_parser_gives(pts, steps_all_none, ints_only
     got = logbatches.check_batch(msg, 0, None, types)[0]
     want = logbatches.check_batch({**head, "k": k, "v": vals, "s": steps_, "e": epochs}, 0, None)[0]
     assert [list(map(repr, c)) for c in got] == [list(map(repr, c)) for c in want]  # (repr: NaN == NaN)
+    (msg, types), = batches(wire, raw=True)  # the daemon's way: every column fixed-width is kept in C (store.metrics.Packed)
+    got = logbatches.check_batch(msg, 0, None, types)[0]
+    sent = json.loads(wire.split(b"\n")[0])
+    fixed = packed._packs_c is not None and all(type(sent[c]) is str for c in "kvse")
+    assert isinstance(got, packed.Packed) == fixed  # every column fixed-width: in C, and only then
+    if fixed:
+        got = got.columns()
+    assert [list(map(repr, c)) for c in got] == [list(map(repr, c)) for c in want]
 
 
 @pytest.mark.parametrize("head, payload, why", [
@@ -497,7 +506,9 @@ def test_a_batch_is_taken_once_its_bytes_have_all_come_and_one_too_long_breaks_i
     os.write(w, wire[-3:] + wire)
     for _ in range(2):
         msg, types = h.next()
-        assert (msg["v"], msg["s"], msg["e"], types["e"]) == ([0.5, 0.25], [1, 2], [None, None], {type(None)})
+        cols = logbatches.check_batch(msg, 0, None, types)[0]
+        cols = cols.columns() if isinstance(cols, packed.Packed) else cols  # (in C where built: the same columns)
+        assert (cols.names, cols.vals, cols.steps, cols.epochs) == (["loss", "loss"], [0.5, 0.25], [1, 2], [None, None])
     assert h.next() is None
     os.write(w, json.dumps({"offset": 3, "n": logbatches.MAX_MESSAGE // 8, "k": "I", "v": "d", "s": "q", "e": "q"}).encode() + b"\n")
     with pytest.raises(logbatches.HelperBroke, match="longer than"):

@@ -12,6 +12,7 @@ import sqlite_utils
 from runner import metric_chunks
 from runner.store import MIGRATIONS, SCHEMA_VERSION, Store
 from runner.store import metrics as store_metrics
+from runner.store import packed
 from runner.store.schema import _m_packs
 
 
@@ -190,3 +191,141 @@ def test_a_store_of_a_row_a_point_upgrades_to_packs_in_place(tmp_path, chunks):
     s.record_progress("old", [("loss", 0.5, 40_000, 400)], 1, now=99.0)
     newest = s.metric_points("old")[-1]
     assert newest["id"] == before[-1]["id"] + 1 and newest["step"] == 40_000
+
+
+# -- a helper's batch made into packs and chunks in C (runner/_packs_c.c) ----------------------
+
+from array import array  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_INT64 = st.one_of(st.integers(-2**63, 2**63 - 1), st.integers(-3, 3), st.sampled_from([2**31 - 1, 2**31, -2**31, -2**31 - 1, 2**62, -2**63]))
+_VAL = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e308, -1e-308]))
+
+
+def _packed_or_skip():
+    if packed._packs_c is None:
+        pytest.skip("runner/_packs_c.c is not built here: batches are stored in Python")
+
+
+@st.composite
+def _batch(draw, keys, next_step=0):
+    """The raw columns of a helper's batch: points of some of `keys`, in any order; values of every kind;
+    steps absent, or increasing (the usual log: on from `next_step`, or back), or with repeats, or
+    anything; epochs absent or anything."""
+    n = draw(st.integers(0, 150))
+    k = draw(st.lists(st.integers(0, len(keys) - 1), min_size=n, max_size=n))
+    v = draw(st.lists(st.one_of(_VAL, st.floats(-1, 1)), min_size=n, max_size=n))
+    if draw(st.booleans()):
+        v = [x if x == x and abs(x) != float("inf") else 0.5 for x in v]  # every value finite: the usual batch
+    kind = draw(st.sampled_from(["none", "increasing", "plateau", "any"]))
+    base = draw(st.sampled_from([next_step, next_step - 1, next_step - 1000, draw(st.integers(-5, 2**40))]))  # on, back or anywhere
+    s = None if kind == "none" else [base + (i * draw(st.integers(1, 3)) if kind == "increasing" else i // 2) if kind != "any"
+                                     else draw(_INT64) for i in range(n)]
+    e = None if draw(st.booleans()) else [draw(st.one_of(st.integers(0, 3), _INT64)) for _ in range(n)]
+    raw = {"k": array("I", k).tobytes(), "v": array("d", v).tobytes(), "s": None if s is None else array("q", s).tobytes(),
+           "e": None if e is None else array("q", e).tobytes()}
+    return raw
+
+
+def _stored(store, jid: str) -> tuple:
+    """Every pack (decoded: repr, so NaN == NaN and -0.0 != 0.0) and chunk row of a job."""
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    packs = [(r[1:6], repr(store_metrics._decode(r)), r[11:]) for r in store_metrics._packs(cur, jid)]
+    chunks = [repr(r) for r in cur.execute("SELECT * FROM metric_chunks WHERE job_id=? ORDER BY name, k", (jid,))]
+    return packs, chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_a_batch_stored_in_c_is_the_batch_stored_in_python(tmp_path_factory, data):
+    """A helper's fixed-width batch stored through runner/_packs_c.c (store.metrics.Packed) leaves
+    exactly the packs (ids, values with NaN as None and -0.0 kept, steps and epochs past 32 bits,
+    the times, the last value) and the chart chunks that the same points stored as Columns leave,
+    over several batches of one job (a new series, an open chunk filled up, a small newest pack
+    taking points in, a pack cut at PACK_POINTS, steps that stop increasing or are absent)."""
+    _packed_or_skip()
+    keys = data.draw(st.lists(st.sampled_from(["loss", "acc", "lr", "val/loss"]), min_size=1, max_size=4, unique=True))
+    home = tmp_path_factory.mktemp("cs")
+    c_store, py_store = Store(home / "c.db"), Store(home / "py.db")
+    for s in (c_store, py_store):
+        _job(s, "j")
+    step = 0
+    for t in range(data.draw(st.integers(1, 4))):
+        raw = data.draw(_batch(keys, step))
+        step = min(max(array("q", raw["s"]), default=step) + 1, 2**62) if raw["s"] else step
+        pk = packed.Packed(keys, raw)
+        c_store.record_progress("j", pk, t, now=float(t))
+        py_store.record_progress("j", pk.columns(), t, now=float(t))
+    assert _stored(c_store, "j") == _stored(py_store, "j")
+
+
+def test_a_pack_past_pack_points_and_ids_past_32_bits_in_c(tmp_path, monkeypatch):
+    """Examples at the bounds: PACK_POINTS (a key's points cut into packs), ids above 2**31 (marshal's
+    long form), an open chunk filled by the next batch, the C chunk path taken for the usual points."""
+    _packed_or_skip()
+    monkeypatch.setattr(store_metrics, "PACK_POINTS", 100)
+    monkeypatch.setattr(packed, "PACK_POINTS", 100)
+    taken = []
+    real = packed._packs_c.Batch
+
+    class Spy:
+        def __init__(self, *a):
+            self.b = real(*a)
+            self.n = self.b.n
+
+        def chunks(self, *a):
+            got = self.b.chunks(*a)
+            taken.append(got is not None)
+            return got
+
+        def __getattr__(self, name):
+            return getattr(self.b, name)
+
+    monkeypatch.setattr(packed._packs_c, "Batch", Spy)
+    stores = [Store(tmp_path / "c.db"), Store(tmp_path / "py.db")]
+    for s in stores:
+        _job(s, "j")
+        s.record_progress("j", [("warm", 1.0, None, None)], 0, now=0.0)
+        s.conn.execute("UPDATE metric_packs SET first_id=?, last_id=?", (2**31 + 5, 2**31 + 5))  # the next ids past 2**31
+    for t, n in enumerate((37, 250, 3)):
+        raw = {"k": array("I", [i % 2 for i in range(n)]).tobytes(), "v": array("d", [math.sin(t * 1000 + i) for i in range(n)]).tobytes(),
+               "s": array("q", [t * 1000 + i for i in range(n)]).tobytes(), "e": array("q", [t] * n).tobytes()}
+        pk = packed.Packed(["loss", "acc"], raw)
+        stores[0].record_progress("j", pk, t + 1, now=float(t))
+        stores[1].record_progress("j", pk.columns(), t + 1, now=float(t))
+    assert _stored(*stores[:1], "j") == _stored(stores[1], "j")
+    packs, _ = _stored(stores[0], "j")
+    assert max(p[0][4] for p in packs) == 100 and min(p[0][2] for p in packs if p[0][1] == "loss") > 2**31
+    assert taken and all(taken)
+
+
+def test_the_batch_in_c_checks_its_columns():
+    """A key index past the batch's names, columns of the wrong length: refused (ValueError), before
+    a point is stored."""
+    _packed_or_skip()
+    Batch = packed._packs_c.Batch
+    k, v, s = array("I", [0, 1]).tobytes(), array("d", [1.0, 2.0]).tobytes(), array("q", [1, 2]).tobytes()
+    with pytest.raises(ValueError, match="names no metric"):
+        Batch(1, k, v, s, None)
+    with pytest.raises(ValueError, match="expected"):
+        Batch(2, k, v[:8], s, None)
+    with pytest.raises(ValueError, match="expected"):
+        Batch(2, k, v, s, s[:-1])
+    with pytest.raises(ValueError):
+        Batch(2, k[:-1], v, s, None)
+    assert Batch(2, k, v, s, None).counts() == [1, 1]
+
+
+def test_the_batch_in_c_is_built_where_it_can_be():
+    """Where a C compiler and Python's headers are (as in CI), the install builds runner/_packs_c.c:
+    a build that failed in silence would store every log's points ~2x slower."""
+    import os
+    import shutil
+    import sysconfig
+
+    if not shutil.which("cc") or not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        pytest.skip("no C compiler or no Python.h here: batches are stored in Python")
+    assert packed._packs_c is not None, "setup.py did not build runner/_packs_c.c: run scripts/setup.sh (pip install -e .)"

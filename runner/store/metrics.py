@@ -179,10 +179,12 @@ class Columns:
 
 
 def _insert_points(c, job_id: str, points, now: float):
-    """Store points (name, value, step, epoch), or Columns of them, in the order given (their ids
-    in that order, above every id stored), and extend their series' chunks."""
+    """Store points (name, value, step, epoch), or Columns of them, or a batch held in C, in the order
+    given (their ids in that order, above every id stored), and extend their series' chunks."""
     from ..metric_chunks import by_columns
 
+    if hasattr(points, "insert_batch"):  # a batch held in C (store/packed.py: Packed) stores itself the same way
+        return points.insert_batch(c, job_id, now)
     if isinstance(points, Columns):
         if not points.names:
             return
@@ -273,6 +275,8 @@ def record_progress(store, job_id: str, points: list[tuple], log_offset: int, pa
         if points and redo_before is not None:
             cur, gone = _cur(c), 0
             again: dict = {}
+            if hasattr(points, "insert_batch"):  # (a batch held in C, store/packed.py: as lists here)
+                points = points.columns()
             for (n, _, s, e) in (points.points() if isinstance(points, Columns) else points):
                 if s is not None or e is not None:
                     again.setdefault(n, set()).add((_integer1(s), _integer1(e)))
