@@ -184,8 +184,9 @@ def test_a_resumed_jobs_redone_points_replace_the_earlier_runs_in_its_chart(tmp_
 @pytest.mark.parametrize("made_by_a_write", [False, True])
 def test_a_store_from_before_the_chunks_migration_upgrades_in_place(tmp_path, made_by_a_write):
     """metric_chunks is a numbered migration (_m_chunks, #32): a store from before it, whether the first write of
-    points had made the table (as runner did then, with its rows) or not, is upgraded in place when opened; no chunk
-    is made up for its old points, so its chart reads them, spike and all; points written since extend the chunks."""
+    points had made the table (as runner did then, with its rows) or not, is upgraded in place when opened; the
+    chunks of 32 (_m_chunks32, after it) make every series' chunks again from its points, those without any too:
+    its chart keeps the spike; points written since extend the chunks."""
     import sqlite3
 
     import sqlite_utils
@@ -212,14 +213,54 @@ def test_a_store_from_before_the_chunks_migration_upgrades_in_place(tmp_path, ma
     cur = store.conn.cursor()
     cur.row_factory = None
     stats = queries.series_chunk_stats(cur, "old", "loss", metric_chunks.CHUNK)
-    assert stats[1] == (10_000 if made_by_a_write else None)  # the rows the write made are kept; none made up
+    assert stats[1] == 10_000  # made again from the points, whether the write had made them or not
     new = [("loss", 0.1, s, s // 1000) for s in range(10_000, 10_100)]
     store.record_progress("old", new, 2)
     got = metricsview.charts(store, "old")["series"]["loss"]
     assert got["total"] == 10_100 and dict(zip(got["x"], got["y"]))[1_234] == 50.0 and got["x"][-1] == 10_099
     stats = queries.series_chunk_stats(cur, "old", "loss", metric_chunks.CHUNK)
-    assert stats[1] == (10_100 if made_by_a_write else 100)
-    assert series._whole(queries.series_chunks(cur, "old", "loss"), *queries.series_extent(cur, "old", "loss")) == made_by_a_write
+    assert stats[1] == 10_100
+    assert series._whole(queries.series_chunks(cur, "old", "loss"), *queries.series_extent(cur, "old", "loss"))
+
+
+def test_chunks_of_16_become_chunks_of_32_when_the_store_is_opened(tmp_path, monkeypatch):
+    """A store whose chunks were written 16 points a chunk (before _m_chunks32) is upgraded in place: each
+    series' chunks are what metric_chunks.build makes of its points now (32 a chunk), whole, so its
+    charts come from them again, spike and dip where they were; one without chunks gets them too."""
+    import sqlite3
+
+    from runner.store import MIGRATIONS, SCHEMA_VERSION, Store
+    from runner.store.schema import _m_chunks32
+
+    path, k = tmp_path / "runner.db", MIGRATIONS.index(_m_chunks32)
+    monkeypatch.setattr(metric_chunks, "CHUNK", 16)
+    raw = sqlite3.connect(path, isolation_level=None)
+    import sqlite_utils
+
+    for m in MIGRATIONS[:k]:
+        m(sqlite_utils.Database(raw))
+    raw.execute(f"PRAGMA user_version={k}")
+    raw.close()
+    old = Store(path, migrate=False)
+    for jid in ("a", "b"):
+        _job(old, jid)
+    old.record_progress("a", _loss(40_000, {1_234: 50.0, 30_001: -9.0}), 1)
+    old.record_progress("b", _loss(20_000, {7: 3.0}), 1)
+    old.conn.execute("DELETE FROM metric_chunks WHERE job_id='b'")  # a series without chunks
+    assert {r["n"] for r in old.conn.execute("SELECT DISTINCT n FROM metric_chunks")} == {16}
+    old.close()
+    monkeypatch.setattr(metric_chunks, "CHUNK", 32)
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    for jid, n in (("a", 40_000), ("b", 20_000)):
+        pts = [(p["id"], p["value"], p["step"], p["epoch"]) for p in store.metric_points(jid)]
+        assert queries.series_chunks(cur, jid, "loss") == metric_chunks.build(pts) and len(pts) == n
+        assert series._whole(queries.series_chunks(cur, jid, "loss"), *queries.series_extent(cur, jid, "loss"))
+    got = metricsview.charts(store, "a")["series"]["loss"]
+    shown = dict(zip(got["x"], got["y"]))
+    assert got["total"] == 40_000 and shown[1_234] == 50.0 and shown[30_001] == -9.0 and len(got["x"]) < 2_000
 
 
 def test_the_charts_of_a_job_of_many_metrics_are_bounded_and_keep_each_ones_spike(tmp_path, monkeypatch):

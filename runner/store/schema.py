@@ -219,7 +219,21 @@ def _m_packs(db):
         db.execute(sql)
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11, _m_backend, _m_chunks, _m_packs]
+def _m_chunks32(db):
+    """Chart chunks of 32 points, not 16 (metric_chunks.CHUNK: a chunk row is written with each batch of
+    a job's points, and half as many rows let one job's log into the store at 1.2 M lines/s, not 0.95):
+    every series' chunks made again from its points, in this migration's transaction (a store of a
+    million points: ~1 s here). A series that had none (points from before the chunks) gets them too."""
+    from .metrics import _rebuild_chunks
+
+    db.execute(CHUNKS_TABLE)
+    jobs = [r[0] for r in db.conn.execute("SELECT DISTINCT job_id FROM metric_packs")]
+    db.execute("DELETE FROM metric_chunks")
+    for job_id in jobs:
+        _rebuild_chunks(db.conn, job_id)
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11, _m_backend, _m_chunks, _m_packs, _m_chunks32]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -74,9 +74,10 @@ def series(store, job_id: str, name: str, points: int = MAX_POINTS, lo: float | 
     return out
 
 
-RAW_MAX = 8192
+RAW_MAX = 16384
 """A series of at most this many points is read whole and downsampled (the buckets above); a longer
-one is reduced from its chunks (a zoomed range of one reads its points when few)."""
+one is reduced from its chunks (a zoomed range of one reads its points when few). 512 chunks at
+least: the buckets of a chart of 1,000 points (499) are each whole chunks of that series' points."""
 
 _INF = float("inf")
 
