@@ -188,12 +188,22 @@ static int kv_at(const unsigned char *t, Py_ssize_t n, Py_ssize_t pos, Py_ssize_
     return 1;
 }
 
+#define SEEN 32 /* names as printed remembered a batch, with their index: a log prints the same few on each line */
+
+typedef struct {
+    Py_ssize_t len;
+    char name[64]; /* (a name is at most 64 characters: kv_at's bound) */
+    long k;        /* its key's index in the batch, -1 for a position name */
+} Seen;
+
 typedef struct {
     PyObject *keys;    /* name as printed -> metric key or None (the parser module's _KEYS) */
     PyObject *index;   /* key -> its index in this batch */
     PyObject *names;   /* the batch's keys, in order */
     Cols cols;
     int64_t step, epoch; /* -1: None */
+    Seen seen[SEEN];   /* the first SEEN names as printed, without a str and two dict look-ups a point */
+    int nseen;
 } Batch;
 
 /* The index of a metric key in the batch (added at its end when new), -2 on error. */
@@ -249,11 +259,27 @@ static int line_c(Batch *b, const unsigned char *t, Py_ssize_t n) {
             pos++;
             continue;
         }
-        PyObject *name = PyUnicode_FromStringAndSize((const char *)t + pos, name_end - pos);
-        if (!name) return -1;
-        long k = key_index(b, name);
-        Py_DECREF(name);
-        if (k == -2) return -1;
+        Py_ssize_t len = name_end - pos;
+        long k = -3;
+        for (int i = 0; i < b->nseen; i++) {
+            if (b->seen[i].len == len && !memcmp(b->seen[i].name, t + pos, len)) {
+                k = b->seen[i].k;
+                break;
+            }
+        }
+        if (k == -3) {
+            PyObject *name = PyUnicode_FromStringAndSize((const char *)t + pos, len);
+            if (!name) return -1;
+            k = key_index(b, name);
+            Py_DECREF(name);
+            if (k == -2) return -1;
+            if (b->nseen < SEEN && len <= (Py_ssize_t)sizeof(b->seen[0].name)) {
+                Seen *at = &b->seen[b->nseen++];
+                at->len = len;
+                memcpy(at->name, t + pos, len);
+                at->k = k;
+            }
+        }
         if (k >= 0) {
             double v;
             if (z - a < (Py_ssize_t)sizeof(num)) {

@@ -517,3 +517,28 @@ def test_a_batch_is_taken_once_its_bytes_have_all_come_and_one_too_long_breaks_i
     os.write(w, b"[1, 2]\n")
     with pytest.raises(ValueError, match="not an object"):
         h.next()
+
+
+def test_a_batch_in_c_is_checked_as_its_users_input(monkeypatch, store):
+    """What a hostile helper (its user can ptrace it) could send the daemon's C path: an index past the
+    batch's names is refused (the helper replaced, nothing stored); a name sent twice is one series,
+    as the Python path makes it; a metric name past MAX_NAME is refused."""
+    h, w = _reader(monkeypatch)
+    os.write(w, logparse.encode({"offset": 3, "state": {}, "done": False, "keys": ["loss", "acc"]}, [0, 5], [0.5, 0.25], [1, 2], [None, None]))
+    with pytest.raises(ValueError, match="names no metric"):
+        logbatches.check_batch(*_next(h))
+    os.write(w, logparse.encode({"offset": 3, "state": {}, "done": False, "keys": ["loss", "loss"]}, [0, 1, 0], [0.5, 0.25, 0.125],
+                                [1, 2, 3], [None, None, None]))
+    cols = logbatches.check_batch(*_next(h))[0]
+    assert not isinstance(cols, packed.Packed) and cols.names == ["loss"] * 3
+    store.record_progress("job1", cols, 3)
+    assert [(p["value"], p["step"]) for p in store.metrics("job1")] == [(0.5, 1), (0.25, 2), (0.125, 3)]
+    os.write(w, logparse.encode({"offset": 3, "state": {}, "done": False, "keys": ["x" * (logparse.MAX_NAME + 1)]}, [0], [0.5], [1], [None]))
+    with pytest.raises(ValueError, match="MAX_NAME"):
+        logbatches.check_batch(*_next(h))
+
+
+def _next(h) -> tuple:
+    """The arguments of check_batch (msg, offset, max_offset, types) for the next batch, as the daemon reads it."""
+    msg, types = h.next()
+    return msg, 0, None, types
