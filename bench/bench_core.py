@@ -226,13 +226,15 @@ def parse_rows(parse) -> list[tuple]:
 def parse_stages(lines: int, reps: int = 3) -> dict:
     """Where a metrics log's time goes, stage by stage, in CPU seconds of this process (a shared
     host's other work does not count): the log's lines (LineAssembler, 256 KiB batches as the
-    watcher feeds them), their points (the generic parser), the store (record_progress, a batch's
-    points and offset a transaction), and a bare regex pass over the same lines. Best of `reps`."""
+    watcher feeds them), their points (the generic parser), the store (a helper's batch on the wire
+    decoded and checked as the daemon does, then record_progress: a batch's points and offset a
+    transaction; the parser and the store in C where built), and a bare regex pass over the same lines. Best of `reps`."""
     import re
 
     from log_parsers import LineAssembler, build_parser
     from log_parsers.generic import columns
     from runner import defaults
+    from runner.logbatches import decode
     from runner.store import Store
 
     data = "".join(f"step={i} loss={1.0 / (i + 1):.5f} lr=0.001 acc={i % 100 / 100:.2f}\n" for i in range(lines)).encode()
@@ -259,17 +261,41 @@ def parse_stages(lines: int, reps: int = 3) -> dict:
                     got += p.feed_line(line)
             points.append(got)
         out.setdefault("points (generic parser)", []).append(time.process_time() - t)
-        points = [b if isinstance(b, list) else _points(b) for b in points]
+        # the store as the daemon stores a helper's batch: its wire decoded and checked, then record_progress (in C where built)
+        wires = [_wire(b, i) for i, b in enumerate(points)]
         home = tmp_home()
         s = Store(home / "runner.db")
         s.insert_job({"id": "bench", "name": "b", "user": "u", "uid": 0, "kind": "command", "spec": {}, "created_at": 0, "gpus": [], "after": []})
         t = time.process_time()
-        for i, batch in enumerate(points):
+        for i, wire in enumerate(wires):
+            nl = wire.index(b"\n")
+            batch = _checked(decode(wire[:nl], wire[nl + 1:], raw=True), i)
             s.record_progress("bench", batch, i, p.state())
         out.setdefault("store (record_progress)", []).append(time.process_time() - t)
+        points = [b if isinstance(b, list) else _points(b) for b in points]
         s.close()
         shutil.rmtree(home.parent, ignore_errors=True)
     return {k: min(v) for k, v in out.items()} | {"lines": lines, "points": sum(map(len, points))}
+
+
+def _checked(got, offset: int):
+    """The points of a decoded batch as check_batch gives them to the store (Packed where the C part is built)."""
+    from runner.logbatches import check_batch
+
+    msg, types = got
+    return check_batch(msg, offset, None, types)[0]
+
+
+def _wire(batch, offset: int) -> bytes:
+    """A helper's batch on the wire (runner.logparse): of the C loop's columns, or of points (name, value, step, epoch)."""
+    from runner.logparse import encode, encode_columns
+
+    head = {"offset": offset, "state": {}, "done": False}
+    if not isinstance(batch, list):
+        return encode_columns(dict(head, keys=batch[0]), *batch[1:])
+    keys: dict = {}
+    k = [keys.setdefault(p[0], len(keys)) for p in batch]
+    return encode(dict(head, keys=list(keys)), k, *([p[c] for p in batch] for c in (1, 2, 3)))
 
 
 def _points(cols) -> list[tuple]:
@@ -283,7 +309,7 @@ def _points(cols) -> list[tuple]:
 
 def stage_rows(st) -> list[tuple]:
     """Table rows of parse_stages."""
-    names = ("lines (LineAssembler)", "points (generic parser)", "store (record_progress)")  # (the parser: its C loop where built)
+    names = ("lines (LineAssembler)", "points (generic parser)", "store (record_progress)")  # (the parser and the store: in C where built)
     total = sum(st[k] for k in names)
     rows = [(k, f"{st[k]:.2f} s", f"{st['lines'] / st[k] / 1e6:.2f} M lines/s", f"{100 * st[k] / total:.0f} %") for k in names]
     rows.append((f"all three ({st['points']:,} points)", f"{total:.2f} s", f"{st['lines'] / total / 1e6:.2f} M lines/s", ""))
