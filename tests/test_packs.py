@@ -329,3 +329,39 @@ def test_the_batch_in_c_is_built_where_it_can_be():
     if not shutil.which("cc") or not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
         pytest.skip("no C compiler or no Python.h here: batches are stored in Python")
     assert packed._packs_c is not None, "setup.py did not build runner/_packs_c.c: run scripts/setup.sh (pip install -e .)"
+
+
+def _col(n: int, size: int, code: str):
+    """Bytes of a column: n numbers of the right width (any bits), or bytes of any length."""
+    return st.one_of(st.binary(min_size=n * size, max_size=n * size), st.binary(max_size=8 * size),
+                     st.lists(st.integers(0, 2**(8 * size) - 1) if code in "IQ" else st.integers(-2**63, 2**63 - 1), min_size=n, max_size=n)
+                     .map(lambda xs: array(code, xs).tobytes()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_the_batch_in_c_takes_any_bytes_without_harm(data):
+    """Whatever bytes a hostile helper's batch holds (any key count, index bytes, column lengths), the
+    daemon's C batch refuses them with ValueError or holds them, and then answers any key and range
+    with rows or IndexError: never a crash, never a read past its columns (run under the same
+    interpreter as the daemon: a fault here would kill this test run)."""
+    n = data.draw(st.integers(0, 12))
+    nkeys = data.draw(st.integers(-2, 6))
+    k = data.draw(st.one_of(st.lists(st.integers(0, 7), min_size=n, max_size=n).map(lambda xs: array("I", xs).tobytes()), _col(n, 4, "I")))
+    v = data.draw(_col(n, 8, "Q"))
+    s, e = (data.draw(st.one_of(st.none(), _col(n, 8, "q"))) for _ in "se")
+    calls = data.draw(st.lists(st.tuples(st.integers(-3, 8), st.integers(-3, 14), st.integers(-3, 14)), max_size=6))
+    _packed_or_skip()
+    try:
+        b = packed._packs_c.Batch(nkeys, k, v, s, e)
+    except ValueError:
+        return
+    assert b.n == len(k) // 4 and sum(b.counts()) == b.n
+    for j, lo, hi in calls:
+        for call in (lambda: b.lists(j, lo, hi, 7), lambda: b.pack(j, lo, hi, 7), lambda: b.chunks(j, lo, 0, 0, None, 32, 7, "j", "n"),
+                     lambda: b.chunks(j, lo, 2, 5, 3, 4, 7, "j", "n")):
+            try:
+                got = call()
+            except (IndexError, ValueError):
+                continue
+            assert got is None or isinstance(got, (tuple, list))
