@@ -37,7 +37,7 @@ def decode(head, payload: bytes, raw: bool = False) -> tuple[dict, dict]:
     bytes, or the object they hold) and the bytes after it (runner.logparse.encode); ValueError
     if they are not one. `raw` (the daemon's way): a batch whose every column is fixed-width, where
     runner/_packs_c.c is built, keeps them as bytes (the columns None, their bytes in the types'
-    "raw"), which check_batch makes a store.metrics.Packed."""
+    "raw"), which check_batch makes a store.packed.Packed."""
     from array import array
 
     from .store.packed import _packs_c
@@ -50,7 +50,7 @@ def decode(head, payload: bytes, raw: bool = False) -> tuple[dict, dict]:
         raise ValueError(f"{len(payload)} bytes after the header, {size} expected")
     n, at, types = msg["n"], 0, {}
     if raw and _packs_c is not None and dict(codes).keys() == {"k", "v", "s", "e"} and dict(codes)["k"] == "I" and dict(codes)["v"] == "d":
-        # every column fixed-width (the usual batch): kept as bytes, for check_batch to hand to C (store.metrics.Packed)
+        # every column fixed-width (the usual batch): kept as bytes, for check_batch to hand to C (store.packed.Packed)
         cols = {}
         for name, code in codes:
             end = at + (0 if code == "-" else n * array(code).itemsize)
