@@ -308,12 +308,12 @@ static PyObject *batch_chunks(Batch *b, PyObject *args) {
         for (Py_ssize_t i = a + 1; i < e; i++)
             if (!(b->s[pos[i - 1]] < b->s[pos[i]])) Py_RETURN_NONE;
     }
-    Py_ssize_t rows = (e - a + chunk - 1) / chunk;
+    Py_ssize_t rows = (e - a) / chunk + ((e - a) % chunk != 0); /* (no e - a + chunk: a chunk near PY_SSIZE_T_MAX) */
     PyObject *out = PyList_New(rows);
     if (!out) return NULL;
     const int64_t *s = b->s, *ep = b->e;
     for (Py_ssize_t r = 0; r < rows; r++) {
-        Py_ssize_t lo_i = a + r * chunk, hi_i = lo_i + chunk < e ? lo_i + chunk : e;
+        Py_ssize_t lo_i = a + r * chunk, hi_i = e - lo_i > chunk ? lo_i + chunk : e;
         Py_ssize_t at_lo = lo_i, at_hi = lo_i; /* the first lowest and first highest, as min() and index() give */
         int64_t e_lo = 0, e_hi = 0;
         for (Py_ssize_t i = lo_i; i < hi_i; i++) {

@@ -107,7 +107,8 @@ def check_batch(msg, offset: int, max_offset: int | None, types: dict | None = N
     if raw is not None:
         if not type(keys) is list or keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
             raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
-        if len(set(keys)) == len(keys):  # each name once: the batch in C (which checks each point's key index)
+        if len(keys) <= msg["n"] and len(set(keys)) == len(keys):  # each name once (and no more names than points: a helper
+            # never sends a name without a point, and millions of them cost C's path more than the lists'): in C
             return Packed(keys, raw), new, state, done
         k, v, s, e = (array(c, raw[col]).tolist() if raw[col] is not None else [None] * msg["n"]
                       for col, c in (("k", "I"), ("v", "d"), ("s", "q"), ("e", "q")))

@@ -522,7 +522,8 @@ def test_a_batch_is_taken_once_its_bytes_have_all_come_and_one_too_long_breaks_i
 def test_a_batch_in_c_is_checked_as_its_users_input(monkeypatch, store):
     """What a hostile helper (its user can ptrace it) could send the daemon's C path: an index past the
     batch's names is refused (the helper replaced, nothing stored); a name sent twice is one series,
-    as the Python path makes it; a metric name past MAX_NAME is refused."""
+    as the Python path makes it; more names than points go the lists' way; a metric name past
+    MAX_NAME is refused."""
     h, w = _reader(monkeypatch)
     os.write(w, logparse.encode({"offset": 3, "state": {}, "done": False, "keys": ["loss", "acc"]}, [0, 5], [0.5, 0.25], [1, 2], [None, None]))
     with pytest.raises(ValueError, match="names no metric"):
@@ -533,6 +534,10 @@ def test_a_batch_in_c_is_checked_as_its_users_input(monkeypatch, store):
     assert not isinstance(cols, packed.Packed) and cols.names == ["loss"] * 3
     store.record_progress("job1", cols, 3)
     assert [(p["value"], p["step"]) for p in store.metrics("job1")] == [(0.5, 1), (0.25, 2), (0.125, 3)]
+    many = [f"m{i}" for i in range(1000)]  # names without points (no helper sends them; a hostile one's millions cost C's path 4x)
+    os.write(w, logparse.encode({"offset": 3, "state": {}, "done": False, "keys": many}, [7], [0.5], [1], [None]))
+    cols = logbatches.check_batch(*_next(h))[0]
+    assert not isinstance(cols, packed.Packed) and cols.names == ["m7"]
     os.write(w, logparse.encode({"offset": 3, "state": {}, "done": False, "keys": ["x" * (logparse.MAX_NAME + 1)]}, [0], [0.5], [1], [None]))
     with pytest.raises(ValueError, match="MAX_NAME"):
         logbatches.check_batch(*_next(h))

@@ -5,6 +5,7 @@ ones, times), a page of points reads only its packs, and a store of that table u
 import math
 import random
 import sqlite3
+import sys
 
 import pytest
 import sqlite_utils
@@ -317,6 +318,11 @@ def test_the_batch_in_c_checks_its_columns():
     with pytest.raises(ValueError):
         Batch(2, k[:-1], v, s, None)
     assert Batch(2, k, v, s, None).counts() == [1, 1]
+    three = Batch(1, array("I", [0, 0, 0]).tobytes(), array("d", [1.0, 2.0, 3.0]).tobytes(), None, None)
+    for a in (0, 1, 2):  # a chunk near PY_SSIZE_T_MAX (a hostile pass: a + chunk wrapped, and C read before its columns)
+        for chunk in (sys.maxsize, sys.maxsize - max(0, a - 1), sys.maxsize - a):
+            rows = three.chunks(0, a, 0, 0, None, chunk, 7, "j", "n")
+            assert [(r[3], r[4], r[5], r[15]) for r in rows] == [(3 - a, 7 + a, 9, 3.0)], (a, chunk)
 
 
 def test_the_batch_in_c_is_built_where_it_can_be():
@@ -329,6 +335,13 @@ def test_the_batch_in_c_is_built_where_it_can_be():
     if not shutil.which("cc") or not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
         pytest.skip("no C compiler or no Python.h here: batches are stored in Python")
     assert packed._packs_c is not None, "setup.py did not build runner/_packs_c.c: run scripts/setup.sh (pip install -e .)"
+
+
+def _row_sizes(rows, n: int):
+    """Chunk rows of a chunk as long as the points (a hostile pass: near PY_SSIZE_T_MAX, C's sums wrapped and read before its
+    columns): one row of all n points, or none."""
+    assert rows is None or [r[3] for r in rows] == ([n] if n > 0 else []), rows
+    return rows
 
 
 def _col(n: int, size: int, code: str):
@@ -359,7 +372,8 @@ def test_the_batch_in_c_takes_any_bytes_without_harm(data):
     assert b.n == len(k) // 4 and sum(b.counts()) == b.n
     for j, lo, hi in calls:
         for call in (lambda: b.lists(j, lo, hi, 7), lambda: b.pack(j, lo, hi, 7), lambda: b.chunks(j, lo, 0, 0, None, 32, 7, "j", "n"),
-                     lambda: b.chunks(j, lo, 2, 5, 3, 4, 7, "j", "n")):
+                     lambda: b.chunks(j, lo, 2, 5, 3, 4, 7, "j", "n"), lambda: b.chunks(j, lo, 0, 0, None, sys.maxsize - max(0, lo - 1), 7, "j", "n"),
+                     lambda: _row_sizes(b.chunks(j, lo, 0, 0, None, sys.maxsize, 7, "j", "n"), b.counts()[j] - lo if 0 <= j < len(b.counts()) else 0)):
             try:
                 got = call()
             except (IndexError, ValueError):
