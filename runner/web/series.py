@@ -77,7 +77,9 @@ def series(store, job_id: str, name: str, points: int = MAX_POINTS, lo: float | 
 RAW_MAX = 16384
 """A series of at most this many points is read whole and downsampled (the buckets above); a longer
 one is reduced from its chunks (a zoomed range of one reads its points when few). 512 chunks at
-least: the buckets of a chart of 1,000 points (499) are each whole chunks of that series' points."""
+least: the buckets of a chart of 1,000 points (499) are each whole chunks of that series' points; a
+chart of more points reads whole up to CHUNK points a bucket (2,000 points: 31,968; 4,000: 63,968),
+so that it never gets fewer points than asked for want of chunks."""
 
 _INF = float("inf")
 
@@ -90,7 +92,8 @@ def reduced(cur, job_id: str, name: str, points: int, lo: float | None = None, h
     if not total:
         return None
     ranged = lo is not None or hi is not None
-    if total > RAW_MAX and not ranged:
+    whole = max(RAW_MAX, CHUNK * ((points - 2) // 2))  # at most this many points are read whole: fewer chunks than buckets would draw fewer points than asked
+    if total > whole and not ranged:
         got = _whole_series(cur, job_id, name, points, total, newest)
         if got is not None:
             return got
@@ -123,7 +126,7 @@ def reduced(cur, job_id: str, name: str, points: int, lo: float | None = None, h
     n = sum(u[0] for u in units)
     if not n:
         return {"axis": axis, "x": [], "y": [], "total": total}
-    if n <= max(points, RAW_MAX):  # few enough to read: every point of the range (downsampled past `points`)
+    if n <= max(points, whole):  # few enough to read: every point of the range (downsampled past `points`)
         pts = [p for p in _points(cur, job_id, name, spans[0][0], spans[0][1], spans[-1][2], axis) if lo_x <= p[1] <= hi_x]
         x, y = downsample([p[1] for p in pts], [p[2] for p in pts], points)
         return {"axis": axis, "x": x, "y": y, "total": total}
