@@ -281,3 +281,25 @@ def test_the_charts_of_a_job_of_many_metrics_are_bounded_and_keep_each_ones_spik
         assert one["total"] == 1_000 and len(one["x"]) <= 100 and max(one["y"]) == 100.0 and one["x"][one["y"].index(100.0)] == 777 + k
     few = c.get("/ui/jobs/wide/charts?points=50").json()  # within the bound: as asked
     assert few["points"] == 50
+
+
+def test_a_chart_of_many_points_reads_at_most_whole_max_points_whole(tmp_path, monkeypatch):
+    """A chart asked for many points reads a series whole up to CHUNK points a bucket, so that it is not
+    short of points for want of chunks, but never past WHOLE_MAX (GET /jobs/{id}/series takes 20,000
+    points: 320,000 points read for one request); past it, whole chunks, the extremes kept."""
+    from runner.store import Store
+
+    store = Store(tmp_path / "runner.db")
+    _job(store, "j")
+    store.record_progress("j", _loss(40_000, {17_001: 9.0}), 1)
+    read = []
+    real = queries.series_points
+    monkeypatch.setattr(queries, "series_points", lambda *a, **k: read.append(1) or real(*a, **k))
+    got = series.series(store, "j", "loss", 2_000)  # 32 x 999 = 31,968 < 40,000: from chunks
+    assert not read and got["points"] <= 2_000
+    got = series.series(store, "j", "loss", 4_000)  # 63,968 >= 40,000: read whole, every point asked for
+    assert read and got["points"] == 4_000 and 9.0 in got["y"]
+    monkeypatch.setattr(series, "WHOLE_MAX", 20_000)
+    read.clear()
+    got = series.series(store, "j", "loss", 4_000)
+    assert not read and 1_000 < got["points"] <= 2_600 and 9.0 in got["y"] and got["total"] == 40_000

@@ -79,7 +79,12 @@ RAW_MAX = 16384
 one is reduced from its chunks (a zoomed range of one reads its points when few). 512 chunks at
 least: the buckets of a chart of 1,000 points (499) are each whole chunks of that series' points; a
 chart of more points reads whole up to CHUNK points a bucket (2,000 points: 31,968; 4,000: 63,968),
-so that it never gets fewer points than asked for want of chunks."""
+so that it never gets fewer points than asked for want of chunks, up to WHOLE_MAX."""
+
+WHOLE_MAX = 65536
+"""The most points a chart reads whole (65,536 drawn as 20,000: 37 ms here): GET /jobs/{id}/series takes up to 20,000 points,
+whose CHUNK points a bucket would be 320,000 points read for one request (a hostile reader's
+repeated asks); past it a chart of that many points draws fewer, from whole chunks."""
 
 _INF = float("inf")
 
@@ -92,7 +97,8 @@ def reduced(cur, job_id: str, name: str, points: int, lo: float | None = None, h
     if not total:
         return None
     ranged = lo is not None or hi is not None
-    whole = max(RAW_MAX, CHUNK * ((points - 2) // 2))  # at most this many points are read whole: fewer chunks than buckets would draw fewer points than asked
+    # at most this many points are read whole (fewer chunks than buckets would draw fewer points than asked), WHOLE_MAX at most
+    whole = min(WHOLE_MAX, max(RAW_MAX, CHUNK * ((points - 2) // 2)))
     if total > whole and not ranged:
         got = _whole_series(cur, job_id, name, points, total, newest)
         if got is not None:
