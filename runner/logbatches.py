@@ -49,7 +49,7 @@ def decode(head, payload: bytes, raw: bool = False) -> tuple[dict, dict]:
     if len(payload) != size:
         raise ValueError(f"{len(payload)} bytes after the header, {size} expected")
     n, at, types = msg["n"], 0, {}
-    if raw and _packs_c is not None and dict(codes).keys() == {"k", "v", "s", "e"} and dict(codes)["k"] == "I" and dict(codes)["v"] == "d":
+    if raw and _packs_c is not None and {name for name, _ in codes} == {"k", "v", "s", "e"}:
         # every column fixed-width (the usual batch): kept as bytes, for check_batch to hand to C (store.packed.Packed)
         cols = {}
         for name, code in codes:
@@ -89,10 +89,8 @@ def check_batch(msg, offset: int, max_offset: int | None, types: dict | None = N
     and each point's index among them, values, steps and epochs (numbers or nulls, no bools)
     in lists of one length, an offset from `offset` on and not past `max_offset`, a state object.
     `types`: the set of types of each column decoded from bytes (known: not looked at again)."""
-    from array import array
-
     from .store.metrics import Columns
-    from .store.packed import Packed
+    from .store.packed import Packed, raw_lists
 
     types = types or {}
     if not isinstance(msg, dict):
@@ -103,20 +101,18 @@ def check_batch(msg, offset: int, max_offset: int | None, types: dict | None = N
         raise ValueError(f"offset {new!r} outside {offset}..{max_offset}")
     if not isinstance(state, dict) or type(done) is not bool:
         raise ValueError("state or done of the wrong type")
-    raw = types.get("raw")
-    if raw is not None:
-        if not type(keys) is list or keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
-            raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
-        if len(keys) <= msg["n"] and len(set(keys)) == len(keys):  # each name once (and no more names than points: a helper
-            # never sends a name without a point, and millions of them cost C's path more than the lists'): in C
-            return Packed(keys, raw), new, state, done
-        k, v, s, e = (array(c, raw[col]).tolist() if raw[col] is not None else [None] * msg["n"]
-                      for col, c in (("k", "I"), ("v", "d"), ("s", "q"), ("e", "q")))
-        types = {"k": {int}, "v": {float}, "s": {int} if raw["s"] is not None else {type(None)}, "e": {int} if raw["e"] is not None else {type(None)}}
-    if not all(type(x) is list for x in (keys, k, v, s, e)) or not len(k) == len(v) == len(s) == len(e):
+    if type(keys) is not list:
         raise ValueError("keys, k, v, s, e: lists of one length expected")
     if keys and (set(map(type, keys)) != {str} or max(map(len, keys)) > MAX_NAME):
         raise ValueError("a metric name that is not a string of at most MAX_NAME characters")
+    raw = types.get("raw")
+    if raw is not None:
+        if len(keys) <= msg["n"] and len(set(keys)) == len(keys):  # each name once (and no more names than points: a helper
+            # never sends a name without a point, and millions of them cost C's path more than the lists'): in C
+            return Packed(keys, raw), new, state, done
+        (k, v, s, e), types = raw_lists(raw, msg["n"]), {}  # the lists' way (their types looked at below)
+    if not all(type(x) is list for x in (k, v, s, e)) or not len(k) == len(v) == len(s) == len(e):
+        raise ValueError("keys, k, v, s, e: lists of one length expected")
     tk, tv, ts, te = (types.get(name) or set(map(type, col)) for name, col in (("k", k), ("v", v), ("s", s), ("e", e)))
     if k and (tk != {int} or not tv <= _NUMS or not ts <= _NUMS or not te <= _NUMS):
         raise ValueError("a point's index or numbers of the wrong type")

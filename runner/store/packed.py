@@ -39,12 +39,16 @@ class Packed:
         insert_packed(c, job_id, self, now)
 
     def columns(self) -> Columns:
-        from array import array
-
-        n = self.batch.n
-        k, v = array("I", self.raw["k"]).tolist(), array("d", self.raw["v"]).tolist()
-        s, e = (array("q", self.raw[c]).tolist() if self.raw[c] is not None else [None] * n for c in ("s", "e"))
+        k, v, s, e = raw_lists(self.raw, self.batch.n)
         return Columns(list(map(self.keys.__getitem__, k)), v, s, e)
+
+
+def raw_lists(raw: dict, n: int) -> tuple:
+    """(k, v, s, e) as lists of a batch's fixed-width columns' bytes (uint32, double, int64, int64; None: n nulls)."""
+    from array import array
+
+    return tuple(array(code, raw[col]).tolist() if raw[col] is not None else [None] * n
+                 for col, code in (("k", "I"), ("v", "d"), ("s", "q"), ("e", "q")))
 
 
 def insert_packed(c, job_id: str, pk: Packed, now: float):
@@ -84,9 +88,10 @@ def insert_packed(c, job_id: str, pk: Packed, now: float):
                 rows.append((job_id, name, *got))
                 prev = got[STEP_LAST]
             k += 1
-        rest = [] if i == cnt else None if prev is not None and type(prev) is not int else b.chunks(j, i, k, start + i, prev, CHUNK,
-                                                                                                     first, job_id, name)
-        if rest is None:  # not the usual points: every chunk the Python way
+        rest = []
+        if i < cnt:  # the rest in C, or None: not the usual points (or a stored step that is not an int)
+            rest = b.chunks(j, i, k, start + i, prev, CHUNK, first, job_id, name) if prev is None or type(prev) is int else None
+        if rest is None:  # every chunk the Python way
             ids, v, s, e = b.lists(j, 0, cnt, first)
             rows = [(job_id, name, *r) for r in extend(top, ids, _real(v), s, e)]
             rest = []
