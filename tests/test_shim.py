@@ -112,6 +112,59 @@ def test_double_forked_leftover_is_ended_after_the_job_exits(tmp_path):
         time.sleep(0.05)
 
 
+def _in_a_fork(fn) -> int:
+    """fn() in a child of this process (the shim's main sets signal handlers and makes its process a
+    subreaper: never pytest's); the child's exit status."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_leftovers_are_waited_for_in_short_naps_first():
+    # bubblewrap's pid-namespace init comes to the shim a moment after the job: the shim's first
+    # naps waiting for it are short (a first nap of 10 ms made every sandboxed job end 8 ms late)
+    from runner import shim
+
+    def child():
+        naps, sleep = [], time.sleep
+        if os.fork() == 0:  # a leftover that ends by itself after 30 ms
+            sleep(0.03)
+            os._exit(0)
+        shim.time.sleep = lambda s: (naps.append(s), sleep(s))  # (the time module: this fork's only)
+        t0 = time.monotonic()
+        shim._end_leftovers()
+        took = time.monotonic() - t0
+        return 0 if naps and naps[0] <= 0.0005 and max(naps) <= 0.01 and 0.025 <= took < 0.5 else 3
+
+    assert _in_a_fork(child) == 0
+
+
+@pytest.mark.parametrize("code, counted", [(1, True), (0, False)])
+def test_host_oom_kills_are_read_after_a_failed_job_only(tmp_path, code, counted):
+    # /proc/vmstat's oom_kill before and after a job that failed: the host ran out of memory
+    # meanwhile (runner.outcome). A job that succeeded needs no second read.
+    from runner import shim
+
+    d = launch(tmp_path / "r", [SH, "-c", f"exit {code}"])
+    reads = tmp_path / "reads"
+
+    def child():
+        seen = iter([5, 7])
+        shim._host_oom_kills = lambda: (reads.open("a").write("x"), next(seen))[1]
+        return shim.main(str(d))
+
+    assert _in_a_fork(child) == 0
+    end = json.loads((d / "exit.json").read_text())
+    assert end["exit_code"] == code
+    assert end.get("host_oom_kills") == (2 if counted else None)
+    assert reads.read_text() == ("xx" if counted else "x")
+
+
 def test_rlimit_is_applied_in_the_child(tmp_path):
     d = launch(tmp_path / "r", [SH, "-c", "ulimit -n"], rlimits={"RLIMIT_NOFILE": 77})
     run(d)

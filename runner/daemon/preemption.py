@@ -179,7 +179,7 @@ def relaunch(store, home, start, job: dict, write) -> bool:
     if launch.get("resume_args"):  # a repo's args.resume: after its first run's argv, each time anew
         first = launch.setdefault("first_argv", launch["argv"])
         launch["argv"] = first + ([str(a).replace("{checkpoint}", ckpt) for a in launch["resume_args"]] if ckpt else [])
-    write_json(run / "launch.json", launch, mode=0o600)  # it holds the env_vars values
+    write_json(run / "launch.json", launch, mode=0o600, fsync=False)  # it holds the env_vars values (not flushed: launchspec._write_json)
     write(f"runner: run {(job.get('restarts') or 0) + 1} starts after a preemption, "
           f"{'from ' + ckpt if ckpt else 'from the start (no checkpoint was recorded)'}")
     prepared = Prepared(launch, meta.get("parser"), meta.get("checkpoints") or [], job.get("env_hash"), meta.get("results_file"))
