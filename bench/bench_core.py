@@ -73,7 +73,84 @@ def submit_to_start(n: int):
     return lat, tlat, typed
 
 
-def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True):
+KEPT: list[Path] = []
+"""Drain rounds' folders, removed when the bench ends (`cleanup`), not between rounds: on a filesystem
+without a journal (this host's ext4) every file made scans the inodes deleted in the last minutes, and
+one round's 10,000 removed files would be paid by the next round's jobs."""
+
+
+def cleanup():
+    while KEPT:
+        shutil.rmtree(KEPT.pop(), ignore_errors=True)
+
+
+def _busy() -> float:
+    """CPU seconds the whole machine spent busy so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        p = f.read().rsplit(")", 1)[1].split()
+    return (int(p[11]) + int(p[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def create_cost(where: Path, n: int = 300) -> float:
+    """CPU microseconds to make one empty file at `where` (its filesystem's cost of a new inode), the
+    median of 3 batches; the files are removed with the drain rounds' folders."""
+    d = Path(tempfile.mkdtemp(prefix="bench-creates-", dir=where))
+    KEPT.append(d)
+    got = []
+    for b in range(3):
+        t = time.process_time()
+        for i in range(n // 3):
+            os.close(os.open(d / f"{b}-{i}", os.O_CREAT | os.O_WRONLY, 0o600))
+        got.append((time.process_time() - t) / (n // 3) * 1e6)
+    return median(got)
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding path (/proc/mounts' longest mount point above it)."""
+    best, kind = "", "?"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                _dev, mnt, fs = line.split()[:3]
+                if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best):
+                    best, kind = mnt, fs
+    except OSError:
+        pass
+    return kind
+
+
+def _phases(home: Path, slots: int, n: int, wall: float) -> dict:
+    """Where a slot's time went, from the store and each job's exit.json (medians, ms): claimed to its
+    row running (prepare, launch.json, the shim forked), the shim's own start to end (the sandbox set
+    up, the program, its exit), and the whole cycle of a slot (slots x wall / jobs); what is left of
+    the cycle is the job's end seen, reaped and the next one claimed."""
+    import json
+    import sqlite3
+
+    c = sqlite3.connect(home / "runner.db")
+    at = {}
+    for jid, state, t in c.execute("SELECT job_id, to_state, at FROM transitions WHERE to_state IN ('preparing', 'running')"):
+        at.setdefault(jid, {})[state] = t
+    c.close()
+    claim, shim = [], []
+    for jid, d in at.items():
+        if "preparing" in d and "running" in d:
+            claim.append(d["running"] - d["preparing"])
+        try:
+            e = json.loads((home / "run" / jid / "exit.json").read_text())
+            shim.append(e["finished_at"] - e["started_at"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return {"claim": 1000 * median(claim), "shim": 1000 * median(shim), "cycle": 1000 * slots * wall / n}
+
+
+def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True, detail: dict | None = None):
     """Jobs per second through `slots` slots for a sweep of n trivial jobs, from the sweep's first
     submit to its last job's end, with a warm (idle) queue; runner's daemon with the sandbox on
     where bubblewrap is. Like is compared with like:
@@ -83,6 +160,8 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True):
     via="library": runner's spool.submit from the sweep's own process, as a Python script would
     (tsp has no library to compare): (runner, None).
     sandbox=False: the daemon runs without bubblewrap (RUNNER_NO_BWRAP), as on a host without it.
+    `detail`: a dict to fill with where the time went (CPU per job, the whole machine's and the
+    daemon's; a slot's cycle: see _phases).
     """
     from runner import spool
     from runner.home import Home
@@ -90,8 +169,9 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True):
 
     home = tmp_home()
     h = Home(home).ensure()
-    with Daemon(home, "--http", "none", "--max-running", str(slots), env={"RUNNER_NO_BWRAP": None if sandbox else "1"}):
+    with Daemon(home, "--http", "none", "--max-running", str(slots), env={"RUNNER_NO_BWRAP": None if sandbox else "1"}) as d:
         s = Store(home / "runner.db")
+        busy0, daemon0 = _busy(), _proc_cpu(d.proc.pid)
         t0 = time.time()
         for _ in range(n):
             if via == "library":
@@ -102,7 +182,10 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True):
         while s.count_by_state().get("succeeded", 0) < n:
             time.sleep(0.01)
         dt = time.time() - t0
-    shutil.rmtree(home.parent, ignore_errors=True)
+        if detail is not None:
+            detail.update(cpu=1000 * (_busy() - busy0) / n, daemon=1000 * (_proc_cpu(d.proc.pid) - daemon0) / n,
+                          **_phases(home, slots, n, dt))
+    KEPT.append(home.parent)
     rate = n / dt
     if via == "library" or not shutil.which("tsp"):
         return rate, None
@@ -116,6 +199,36 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True):
     finally:
         tsp.close()
     return rate, trate
+
+
+def drain_rows(sweep: int) -> list[tuple]:
+    """bench_core --only drain: 3 rounds with the sandbox on (where bubblewrap is) and 3 off, each
+    with where its time went."""
+    from runner.sandbox import bwrap_path
+
+    where = Path(tempfile.gettempdir())
+    print(f"# drain rounds' folders in {where} ({filesystem(where)}): a new file there costs "
+          f"{create_cost(where):.0f} us of CPU now (a tmpfs: ~10)")
+    rows = []
+    for label, on, target in (("sandbox on", True, 250), ("sandbox off", False, 500)):
+        if on and not bwrap_path():
+            rows.append((f"{label}: no bubblewrap here", "—", "", f">= {target}/s", False))
+            continue
+        rates, det = [], []
+        for _ in range(3):
+            det.append({})
+            rates.append(drain(sweep, via="library", sandbox=on, detail=det[-1])[0])
+        rows.append((f"jobs drained per second, a sweep of {sweep:,} `/bin/true` jobs submitted through runner's library, "
+                     f"4 slots, {label} (3 rounds)", spread(rates, fmt="{:.0f}") + "/s", "", f">= {target}/s", median(rates) >= target))
+
+        def col(k):
+            return spread([x[k] for x in det], fmt="{:.1f}") + " ms"
+        rows += [("  CPU a job, the whole machine (all processes: daemon, shims, sandbox, the job, the sweep)", col("cpu"), "", "", ""),
+                 ("    of which the daemon's process", col("daemon"), "", "", ""),
+                 ("  a slot's cycle (4 x wall / jobs)", col("cycle"), "", "", ""),
+                 ("    claimed to running (prepare, launch.json, the shim forked)", col("claim"), "", "", ""),
+                 ("    the shim's start to end (sandbox set up, program, exit)", col("shim"), "", "", "")]
+    return rows
 
 
 def cli_times(reps: int):
@@ -593,17 +706,14 @@ def main():
                     "second SQLite takes in each storage form a store could give them)")
     a = ap.parse_args()
     if a.only == "drain":
-        from runner.sandbox import bwrap_path
-
         sweep = 100 if a.quick else 1000
         print(f"# bench_core (drain only) on {machine()}; commit {commit()}; load average {os.getloadavg()[0]:.1f}")
-        on = [drain(sweep, via="library")[0] for _ in range(3)] if bwrap_path() else []
-        off = [drain(sweep, via="library", sandbox=False)[0] for _ in range(3)]
-        rows = [(f"jobs drained per second, a sweep of {sweep:,} `/bin/true` jobs submitted through runner's library, 4 slots, "
-                 "sandbox on (3 rounds)", (spread(on, fmt="{:.0f}") + "/s") if on else "— (no bubblewrap here)", "", ">= 250/s",
-                 bool(on) and median(on) >= 250),
-                ("  the same, sandbox off (3 rounds)", spread(off, fmt="{:.0f}") + "/s", "", ">= 500/s", median(off) >= 500)]
-        table("drain", rows, headers=("figure", "runner", "alternative", "target", "ok"))
+        try:
+            rows = drain_rows(sweep)
+        finally:
+            cleanup()
+        table("drain (medians (min-max) of 3 rounds; the CPU and cycle rows: medians over each round's jobs)", rows,
+              headers=("figure", "runner", "alternative", "target", "ok"))
         print(f"# load average after: {os.getloadavg()[0]:.1f}")
         return
     if a.only == "live":
@@ -676,4 +786,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        cleanup()
