@@ -85,16 +85,11 @@ def cleanup():
 
 
 def _busy() -> float:
-    """CPU seconds the whole machine spent busy so far (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:8]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine spent busy so far (all but idle, iowait and steal)."""
+    import psutil
 
-
-def _proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        p = f.read().rsplit(")", 1)[1].split()
-    return (int(p[11]) + int(p[12])) / os.sysconf("SC_CLK_TCK")
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq
 
 
 def create_cost(where: Path, n: int = 300) -> float:
@@ -112,17 +107,11 @@ def create_cost(where: Path, n: int = 300) -> float:
 
 
 def filesystem(path: Path) -> str:
-    """The type of the filesystem holding path (/proc/mounts' longest mount point above it)."""
-    best, kind = "", "?"
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                _dev, mnt, fs = line.split()[:3]
-                if (str(path) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best):
-                    best, kind = mnt, fs
-    except OSError:
-        pass
-    return kind
+    """The type of the filesystem holding path (the longest mount point above it)."""
+    import psutil
+
+    above = [p for p in psutil.disk_partitions(all=True) if (str(path) + "/").startswith(p.mountpoint.rstrip("/") + "/")]
+    return max(above, key=lambda p: len(p.mountpoint)).fstype if above else "?"
 
 
 def _phases(home: Path, slots: int, n: int, wall: float) -> dict:
@@ -171,7 +160,10 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True, detail
     h = Home(home).ensure()
     with Daemon(home, "--http", "none", "--max-running", str(slots), env={"RUNNER_NO_BWRAP": None if sandbox else "1"}) as d:
         s = Store(home / "runner.db")
-        busy0, daemon0 = _busy(), _proc_cpu(d.proc.pid)
+        import psutil
+
+        proc = psutil.Process(d.proc.pid)
+        busy0, daemon0 = _busy(), sum(proc.cpu_times()[:2])
         t0 = time.time()
         for _ in range(n):
             if via == "library":
@@ -183,7 +175,7 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True, detail
             time.sleep(0.01)
         dt = time.time() - t0
         if detail is not None:
-            detail.update(cpu=1000 * (_busy() - busy0) / n, daemon=1000 * (_proc_cpu(d.proc.pid) - daemon0) / n,
+            detail.update(cpu=1000 * (_busy() - busy0) / n, daemon=1000 * (sum(proc.cpu_times()[:2]) - daemon0) / n,
                           **_phases(home, slots, n, dt))
     KEPT.append(home.parent)
     rate = n / dt

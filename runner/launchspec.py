@@ -14,13 +14,20 @@ from .exceptions import EnvBuildError, RunnerError
 from .identity import Person, drops_privileges, person
 
 def _write_json(path: Path, data, mode: int = 0o644):
-    """launch.json, atomically but not flushed to disk: a copy that is made again. After a crash of
-    the machine the job it started is gone, and a launch.json that did not reach the disk (empty, or
-    missing) makes its job prepared anew (daemon/preemption.relaunch); an fsync a job cost each
-    start on 2 cores ~0.3 ms of CPU and the prepare thread a wait for the disk."""
     from .atomic import write_json
 
-    write_json(path, data, mode, indent=1, fsync=False)
+    write_json(path, data, mode, indent=1)
+
+
+def save_launch(run_dir: Path, launch: dict):
+    """RUN_DIR/launch.json (0600: it holds the env_vars values), atomically but not flushed to disk: a
+    copy that is made again. After a crash of the machine the job it started is gone, and a
+    launch.json that did not reach the disk (empty, or missing) makes its job prepared anew
+    (daemon/preemption.relaunch); an fsync cost each start ~0.3 ms of CPU on 2 cores and the
+    prepare thread a wait for the disk."""
+    from .atomic import write_json
+
+    write_json(run_dir / "launch.json", launch, 0o600, indent=1, fsync=False)
 
 
 def job_secrets(home, job: dict) -> dict:
@@ -78,7 +85,7 @@ def write_launch(job: dict, home, argv: list, cwd: Path, path_dirs: list, extra_
         launch["user"] = {"uid": who.uid, "gid": who.gid, "groups": list(who.groups)}
     if resume_args:  # a repo's args.resume: what a run after a preemption adds, {checkpoint} filled then
         launch["resume_args"] = list(resume_args)
-    _write_json(home.run_dir(job["id"]) / "launch.json", launch, mode=0o600)  # it holds the env_vars values
+    save_launch(home.run_dir(job["id"]), launch)
     return launch
 
 

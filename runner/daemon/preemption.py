@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from .. import fairshare, preempt
-from ..atomic import write_json
 from ..proctl import read_json
 from ..states import JobState, Reason
 from .logs import job_log
@@ -162,6 +161,7 @@ def relaunch(store, home, start, job: dict, write) -> bool:
     """Start a preempted job again with its first run's launch (env, folder, sandbox), its new
     GPUs and RUNNER_RESTARTS / RUNNER_RESUME_FROM in its environment, by `start` (the backend's).
     False: it has none to reuse."""
+    from ..launchspec import save_launch
     from ..prepare import Prepared
 
     run = home.run_dir(job["id"])
@@ -179,7 +179,7 @@ def relaunch(store, home, start, job: dict, write) -> bool:
     if launch.get("resume_args"):  # a repo's args.resume: after its first run's argv, each time anew
         first = launch.setdefault("first_argv", launch["argv"])
         launch["argv"] = first + ([str(a).replace("{checkpoint}", ckpt) for a in launch["resume_args"]] if ckpt else [])
-    write_json(run / "launch.json", launch, mode=0o600, fsync=False)  # it holds the env_vars values (not flushed: launchspec._write_json)
+    save_launch(run, launch)
     write(f"runner: run {(job.get('restarts') or 0) + 1} starts after a preemption, "
           f"{'from ' + ckpt if ckpt else 'from the start (no checkpoint was recorded)'}")
     prepared = Prepared(launch, meta.get("parser"), meta.get("checkpoints") or [], job.get("env_hash"), meta.get("results_file"))
