@@ -458,7 +458,10 @@ def test_a_preempted_transformers_job_resumes_from_its_trainer_checkpoint_with_e
         vit = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}  # a small ViT
         sitereg.put(Path(home) / "registry.toml", 'models.transformers."google/vit-base-patch16-224"', {"config": vit})
         apw = alice.pw
-        data = make_shapes(os.path.join(apw.pw_dir, f"shapes-{os.getpid()}"), per_class=6, val_per_class=3)
+        # 60 images a class: an epoch of ~0.5 s with its checkpoint. His job, submitted once her first
+        # epoch is in her log, stops hers ~2.5 s later (at epoch 8 with 40 a class, here); with 6 a
+        # class her 30 epochs (0.05 s each) had all ended by then on CI
+        data = make_shapes(os.path.join(apw.pw_dir, f"shapes-{os.getpid()}"), per_class=60, val_per_class=3)
         subprocess.run(["chown", "-R", f"{apw.pw_uid}:{apw.pw_gid}", str(data)], check=True)
         try:
             hold = alice.job("sleep", "600", extra=("--gpus", "1"))
