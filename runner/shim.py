@@ -19,6 +19,12 @@ status 1 with one line of its own, which is how the shim tells that from a progr
 When launch.json names a user, the job runs with her uid, gid and groups, with no way to gain
 privileges (no_new_privs), while the shim stays as it was to record the end. Standard library
 only, no site-packages: it must start in ~10 ms.
+
+Where runner/_shim_c.c is built (setup.py), the same shim in C runs instead, from the warm launcher
+and on its own: a trivial job's shim in Python costs ~3 ms of CPU, most of it the copy-on-write
+faults of a forked interpreter, and one in C ~1 ms (docs/bench/drain.md). This file stays the
+reference: tests/test_shim.py holds both to the same results, and RUNNER_SHIM=python in the daemon's
+environment (or the module not built) runs this one.
 """
 
 import json
@@ -61,6 +67,28 @@ def _load_atomic():
 
 
 _atomic = _load_atomic()
+
+
+def _load_c():
+    """runner/_shim_c (this shim in C), loaded by its path as atomic.py is; None where it is not
+    built, or where RUNNER_SHIM=python asks for this file's."""
+    if os.environ.get("RUNNER_SHIM") == "python":
+        return None
+    from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_shim_c" + suffix)
+        if os.path.exists(path):
+            try:
+                loader = ExtensionFileLoader("_shim_c", path)
+                mod = module_from_spec(spec_from_loader("_shim_c", loader))
+                loader.exec_module(mod)
+                return mod
+            except ImportError:
+                return None
+    return None
 
 
 def _write_json(path, data, reserved=None, fsync=True):
@@ -162,10 +190,10 @@ class _Relay:
         if self.lost:
             note = (f"{'' if self.ended_line else chr(10)}runner: {self.lost} bytes of output were lost here: "
                     "the disk holding this log was full\n").encode()
+            lost, self.lost = self.lost, 0
             if not self._write(note):
-                self.lost += len(data)
+                self.lost = lost + len(data)  # the job's bytes (not the note's)
                 return
-            self.lost = 0
             self.ended_line = True
         if self._write(data):
             self.ended_line = data.endswith(b"\n")
@@ -460,6 +488,10 @@ def serve():
     running shims go on, each its own session, as those started one by one do."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its shims are reaped by the kernel
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    c = _load_c()
+    if c is not None:  # the same loop in C, whose forked shims run no Python (no page of this interpreter's is copied)
+        c.serve()
+        return 0
     while True:
         line = sys.stdin.readline()
         if not line:
@@ -482,5 +514,11 @@ def serve():
         sys.stdout.flush()
 
 
+def run(job_dir):
+    """One job's shim in this process: the C one where it is built, else main()."""
+    c = _load_c()
+    return c.run(job_dir) if c is not None else main(job_dir)
+
+
 if __name__ == "__main__":
-    sys.exit(serve() if sys.argv[1] == "--serve" else main(sys.argv[1]))
+    sys.exit(serve() if sys.argv[1] == "--serve" else run(sys.argv[1]))

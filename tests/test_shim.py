@@ -1,5 +1,7 @@
 """The shim on its own: exit codes, signals, spawn errors, leftovers and limits, as the daemon
-starts it (`python -I -S runner/shim.py RUN_DIR`), without a daemon."""
+starts it (`python -I -S runner/shim.py RUN_DIR`, or the warm launcher), without a daemon. Every
+test runs twice: with shim.py's own main() (RUNNER_SHIM=python) and with the shim in C
+(runner/_shim_c.c, where it is built), which must give the same results."""
 
 from __future__ import annotations
 
@@ -17,6 +19,31 @@ from conftest import wait_for
 from runner.prepare import spawn_shim
 
 SH = "/bin/sh"
+C_BUILT = any((Path("runner") / f"_shim_c{suffix}").exists() for suffix in __import__("importlib.machinery").machinery.EXTENSION_SUFFIXES)
+
+
+@pytest.fixture(autouse=True, params=["python", "c"])
+def shim_impl(request, monkeypatch):
+    """Which shim the shims these tests start run: shim.py's main() or the C one (RUNNER_SHIM)."""
+    if request.param == "c" and not C_BUILT:
+        pytest.skip("runner/_shim_c is not built here (no C compiler): shim.py's main() runs")
+    monkeypatch.setenv("RUNNER_SHIM", request.param)
+    return request.param
+
+
+def test_the_shim_asked_for_is_the_one_that_runs(tmp_path, shim_impl):
+    # the job's parent is its shim: the C one has runner/_shim_c mapped, shim.py's main() has not
+    d = launch(tmp_path / "r", [SH, "-c", "grep -c _shim_c /proc/$PPID/maps; true"])
+    assert run(d)["exit_code"] == 0
+    assert int((d / "output.log").read_text().split()[0]) > 0 if shim_impl == "c" else (d / "output.log").read_text().startswith("0")
+    from runner.prepare import ShimLauncher
+
+    launcher = ShimLauncher()  # and so does the warm launcher's
+    w = launch(tmp_path / "w", [SH, "-c", "grep -c _shim_c /proc/$PPID/maps; true"])
+    launcher.spawn(w)
+    wait_for(lambda: (w / "exit.json").exists(), 30, what="the launcher's shim to end")
+    launcher.close()
+    assert int((w / "output.log").read_text().split()[0]) > 0 if shim_impl == "c" else (w / "output.log").read_text().startswith("0")
 
 
 def launch(run_dir: Path, argv: list, **extra) -> Path:
