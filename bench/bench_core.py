@@ -193,6 +193,17 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True, detail
     return rate, trate
 
 
+def shim_kind() -> str:
+    """Which shim the daemon's launcher forks here (runner/shim.py's run())."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    if os.environ.get("RUNNER_SHIM") == "python":
+        return "shim.py's main() (RUNNER_SHIM=python)"
+    if any((ROOT / "runner" / f"_shim_c{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        return "the C one (runner/_shim_c)"
+    return "shim.py's main() (runner/_shim_c is not built)"
+
+
 def drain_rows(sweep: int) -> list[tuple]:
     """bench_core --only drain: 3 rounds with the sandbox on (where bubblewrap is) and 3 off, each
     with where its time went."""
@@ -201,6 +212,7 @@ def drain_rows(sweep: int) -> list[tuple]:
     where = Path(tempfile.gettempdir())
     print(f"# drain rounds' folders in {where} ({filesystem(where)}): a new file there costs "
           f"{create_cost(where):.0f} us of CPU now (a tmpfs: ~10)")
+    print(f"# the shim: {shim_kind()}")
     rows = []
     for label, on, target in (("sandbox on", True, 250), ("sandbox off", False, 500)):
         if on and not bwrap_path():
