@@ -553,10 +553,10 @@ static long long host_oom_kills(void) {
 /* atomic.py's temporary name: beside path, hidden, of this process, never used before */
 static void tmp_name(char *out, size_t size, const char *dir, const char *name) {
     unsigned char rnd[4] = {0};
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, rnd, 4) != 4) memset(rnd, 0, 4);
-        close(fd);
+    if (syscall(SYS_getrandom, rnd, 4, 0) != 4) { /* (the name is also made with O_EXCL: never another's file) */
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        memcpy(rnd, &t.tv_nsec, 4);
     }
     snprintf(out, size, "%s/.%.*s.%d.%02x%02x%02x%02x", dir, STEM_MAX, name, (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]);
 }

@@ -70,25 +70,13 @@ _atomic = _load_atomic()
 
 
 def _load_c():
-    """runner/_shim_c (this shim in C), loaded by its path as atomic.py is; None where it is not
-    built, or where RUNNER_SHIM=python asks for this file's."""
-    if os.environ.get("RUNNER_SHIM") == "python":
-        return None
-    from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader
-    from importlib.util import module_from_spec, spec_from_loader
+    """runner/_shim_c (this shim in C), or None: shim_serve.load_c (shim_serve.py loaded by its path)."""
+    from importlib.util import module_from_spec, spec_from_file_location
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    for suffix in EXTENSION_SUFFIXES:
-        path = os.path.join(here, "_shim_c" + suffix)
-        if os.path.exists(path):
-            try:
-                loader = ExtensionFileLoader("_shim_c", path)
-                mod = module_from_spec(spec_from_loader("_shim_c", loader))
-                loader.exec_module(mod)
-                return mod
-            except ImportError:
-                return None
-    return None
+    spec = spec_from_file_location("runner_shim_serve", os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_serve.py"))
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.load_c()
 
 
 def _write_json(path, data, reserved=None, fsync=True):
@@ -479,8 +467,8 @@ def main(job_dir):
 
 
 def serve():
-    """The warm launcher (`shim.py --serve`): started once by the daemon, in a session of its own.
-    For each RUN_DIR line on stdin it forks a shim, already imported, that becomes the leader of a
+    """The warm launcher in Python (runner/shim_serve.py runs this where the C shim is not built):
+    for each RUN_DIR line on stdin it forks a shim, already imported, that becomes the leader of a
     new session and runs main(RUN_DIR); it answers the shim's pid on stdout. A fork costs about a
     millisecond where a new interpreter with these imports costs ~20 ms of CPU per job.
 
@@ -488,10 +476,6 @@ def serve():
     running shims go on, each its own session, as those started one by one do."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its shims are reaped by the kernel
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    c = _load_c()
-    if c is not None:  # the same loop in C, whose forked shims run no Python (no page of this interpreter's is copied)
-        c.serve()
-        return 0
     while True:
         line = sys.stdin.readline()
         if not line:
@@ -514,6 +498,15 @@ def serve():
         sys.stdout.flush()
 
 
+def _load_c_serve():
+    """`shim.py --serve` (as started before shim_serve.py was): the launcher, the C one where built."""
+    c = _load_c()
+    if c is None:
+        return serve()
+    c.serve()
+    return 0
+
+
 def run(job_dir):
     """One job's shim in this process: the C one where it is built, else main()."""
     c = _load_c()
@@ -521,4 +514,4 @@ def run(job_dir):
 
 
 if __name__ == "__main__":
-    sys.exit(serve() if sys.argv[1] == "--serve" else run(sys.argv[1]))
+    sys.exit(_load_c_serve() if sys.argv[1] == "--serve" else run(sys.argv[1]))

@@ -225,18 +225,31 @@ def test_log_that_is_a_symlink_is_refused(tmp_path):
     assert not (d / "exit.json").exists() or json.loads((d / "exit.json").read_text()).get("exit_code") is None
 
 
-def test_shim_starts_without_site_packages(tmp_path):
-    # -I -S: the shim must not depend on anything but the standard library
+@pytest.mark.parametrize("name", ["shim.py", "shim_serve.py"])
+def test_shim_starts_without_site_packages(tmp_path, name):
+    # -I -S: the shim and its launcher must not depend on anything but the standard library
     r = subprocess.run([sys.executable, "-I", "-S", "-c", "import ast, sys; ast.parse(open(sys.argv[1]).read());"
-                        "import json, os, resource, signal, subprocess, time", str(Path("runner/shim.py").resolve())])
+                        "import json, os, resource, signal, subprocess, time", str(Path("runner", name).resolve())])
     assert r.returncode == 0
-    src = Path("runner/shim.py").read_text()
-    imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
+    src = Path("runner", name).read_text()
+    imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.strip().startswith(("import ", "from "))}
     assert imports <= set(sys.stdlib_module_names), imports - set(sys.stdlib_module_names)
 
 
+def test_the_warm_launcher_imports_nearly_nothing(shim_impl):
+    # every module the launcher holds is paid by every job (a fork copies its page tables): with the
+    # C shim it holds none of shim.py's (json, subprocess, threading, ctypes)
+    code = ("import os, runpy, sys; sys.argv = [sys.argv[1]]; import signal; "
+            "import importlib.util as u; s = u.spec_from_file_location('m', sys.argv[0]); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); c = m.load_c(); "
+            "print(sorted({'json', 'subprocess', 'threading', 'ctypes'} & set(sys.modules)), c is not None)")
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(Path("runner/shim_serve.py").resolve())],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.split("]")[0] + "]" == "[]" and r.stdout.strip().endswith(str(shim_impl == "c")), r.stdout
+
+
 def test_warm_launcher_forks_shims_that_outlive_it(tmp_path):
-    """`shim.py --serve` (the daemon's launcher): each RUN_DIR line starts a shim, a session
+    """`shim_serve.py` (the daemon's launcher): each RUN_DIR line starts a shim, a session
     leader of its own whose pid comes back; at EOF (the daemon gone) the launcher exits and the
     shims go on to record their jobs' ends."""
     from runner.prepare import ShimLauncher

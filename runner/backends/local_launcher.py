@@ -1,5 +1,5 @@
-"""The local backend's launcher: each job's shim (runner/shim.py) forked from a warm interpreter
-(`shim.py --serve`), or started on its own when that cannot be had. Made and closed by the local
+"""The local backend's launcher: each job's shim (runner/_shim_c.c, or runner/shim.py where that is
+not built) forked from a warm launcher (`shim_serve.py`), or started on its own when that cannot be had. Made and closed by the local
 backend (runner/backends/local.py); a shim outlives the daemon that started it."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 SHIM = Path(__file__).resolve().parent.parent / "shim.py"
+SERVE = SHIM.with_name("shim_serve.py")
 
 
 class ShimLauncher:
-    """Starts shims through the warm launcher (`shim.py --serve`), started on first use and again
+    """Starts shims through the warm launcher (`shim_serve.py`), started on first use and again
     whenever it is gone; falls back to one interpreter per shim if it cannot be had."""
 
     def __init__(self):
@@ -28,7 +29,7 @@ class ShimLauncher:
             for _ in range(2):
                 if self.proc is None or self.proc.poll() is not None:
                     self.proc = subprocess.Popen(
-                        [sys.executable, "-I", "-S", str(SHIM), "--serve"],
+                        [sys.executable, "-I", "-S", str(SERVE)],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                         start_new_session=True, close_fds=True)
                 try:
