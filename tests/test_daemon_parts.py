@@ -58,3 +58,30 @@ def test_intake_hands_each_file_to_the_handler_of_its_kind(tmp_path):
     reason = (home.quarantine / "3-c.job.json.reason").read_text()
     assert "not a .ping.json or .pong.json file" in reason, reason
     assert not list(home.taking.iterdir()) and not list(home.spool.glob("*.json"))
+
+
+def test_alive_and_started_at_agree_with_psutil_and_see_zombies_and_reused_pids():
+    # proctl reads /proc/PID/stat once (the daemon asks for each running job on each pass); its start
+    # time is psutil's create_time(), which rows written before it hold
+    import subprocess
+
+    import psutil
+
+    from conftest import wait_for
+
+    from runner.proctl import alive, started_at
+
+    me = os.getpid()
+    assert abs(started_at(me) - psutil.Process(me).create_time()) < 0.02
+    assert alive(me) and alive(me, psutil.Process(me).create_time())
+    assert not alive(me, psutil.Process(me).create_time() - 10)  # another process with this pid
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert alive(child.pid, started_at(child.pid))
+        child.kill()
+        wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 10, what="a zombie")
+        assert not alive(child.pid)  # a zombie is not alive
+    finally:
+        child.kill()
+        child.wait()
+    assert not alive(child.pid) and started_at(child.pid) is None and not alive(None) and not alive(0)

@@ -342,3 +342,4 @@ def test_a_job_that_says_its_disk_is_full_is_told_apart(small_disk, tmp_path):
     assert ok["exit_code"] == 2 and ok["disk_full"]["folder"] == str(tmp_path / "ok")  # said: the fullest of its folders
     fine = run(launch(tmp_path / "fine", [SH, "-c", "echo fine; exit 2"]))
     assert "disk_full" not in fine
+

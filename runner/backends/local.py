@@ -12,7 +12,7 @@ import signal
 import time
 
 from ..exceptions import InvalidTransition
-from ..proctl import kill_tree
+from ..proctl import kill_tree, started_at
 from ..states import JobState, Reason
 from .base import Backend
 from .local_launcher import ShimLauncher
@@ -47,12 +47,7 @@ class Local(Backend):
         except OSError as e:
             self.host.fail_preparing(jid, Reason.SPAWN_FAILED, str(e), write)
             return
-        import psutil
-
-        try:
-            started = psutil.Process(pid).create_time()
-        except psutil.Error:
-            started = None
+        started = started_at(pid)
         store = self.host.store
         try:
             store.transition(jid, JobState.RUNNING, None, expect=JobState.PREPARING, shim_pid=pid, shim_started=started,
