@@ -336,6 +336,7 @@ typedef struct {
     long long cut;
     int cutting;
     long long lost;
+    char why_lost[160]; /* what took them: the full disk, or the error */
     int log_full;
     Buf said[4];
     int nsaid;
@@ -368,11 +369,16 @@ static int relay_write(Relay *r, const char *data, size_t n) {
         ssize_t w = write(r->log_fd, data, n);
         if (w < 0) {
             if (errno == EINTR) continue;
+            /* Any error loses output, never the job (a relay that stopped would leave it blocked on a
+             * full pipe; a job can make its own log refuse writes: it is hers, its size hers to set). */
             if (errno == ENOSPC || errno == EDQUOT) {
                 r->log_full = 1;
-                r->lost += n;
+                snprintf(r->why_lost, sizeof r->why_lost, "the disk holding this log was full");
+            } else {
+                snprintf(r->why_lost, sizeof r->why_lost, "writing this log failed (%s)", strerror(errno));
             }
-            return 0; /* (another error: the output is dropped; the job runs on) */
+            r->lost += n;
+            return 0;
         }
         data += w;
         n -= w;
@@ -383,9 +389,9 @@ static int relay_write(Relay *r, const char *data, size_t n) {
 static void relay_out(Relay *r, const char *data, size_t n) {
     if (!n) return;
     if (r->lost) {
-        char note[200];
-        snprintf(note, sizeof note, "%srunner: %lld bytes of output were lost here: the disk holding this log was full\n",
-                 r->ended_line ? "" : "\n", r->lost);
+        char note[300];
+        snprintf(note, sizeof note, "%srunner: %lld bytes of output were lost here: %s\n", r->ended_line ? "" : "\n", r->lost,
+                 r->why_lost);
         long long lost = r->lost;
         r->lost = 0;
         if (!relay_write(r, note, strlen(note))) {

@@ -121,8 +121,9 @@ class _Relay:
         self.tail = bytearray()
         self.cut = 0  # bytes past the head (the kept tail among them)
         self.cutting = False
-        self.lost = 0  # bytes a full disk took, not yet said in the log
+        self.lost = 0  # bytes a full disk (or another write error) took, not yet said in the log
         self.log_full = False
+        self.why_lost = ""  # what took them: the full disk, or the error
         self.said_full = []  # short pieces of the job's output that spoke of a full disk
         self.ended_line = True
         self._prev = b""
@@ -177,7 +178,7 @@ class _Relay:
             return
         if self.lost:
             note = (f"{'' if self.ended_line else chr(10)}runner: {self.lost} bytes of output were lost here: "
-                    "the disk holding this log was full\n").encode()
+                    f"{self.why_lost}\n").encode()
             lost, self.lost = self.lost, 0
             if not self._write(note):
                 self.lost = lost + len(data)  # the job's bytes (not the note's)
@@ -187,14 +188,19 @@ class _Relay:
             self.ended_line = data.endswith(b"\n")
 
     def _write(self, data) -> bool:
+        """Write it all to the log; False when the log would not take it (its bytes counted as lost).
+        Any error loses output, never the job: a relay that stopped would leave the job blocked on a
+        full pipe (a job can make its own log refuse writes: it is hers, its size hers to set)."""
         view = memoryview(data)
         while view:
             try:
                 view = view[os.write(self.log_fd, view):]
             except OSError as e:
-                if e.errno not in _FULL:
-                    raise
-                self.log_full = True
+                if e.errno in _FULL:
+                    self.log_full = True
+                    self.why_lost = "the disk holding this log was full"
+                else:
+                    self.why_lost = f"writing this log failed ({os.strerror(e.errno) if e.errno else e})"
                 self.lost += len(view)
                 return False
         return True

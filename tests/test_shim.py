@@ -343,3 +343,18 @@ def test_a_job_that_says_its_disk_is_full_is_told_apart(small_disk, tmp_path):
     fine = run(launch(tmp_path / "fine", [SH, "-c", "echo fine; exit 2"]))
     assert "disk_full" not in fine
 
+
+
+def test_a_log_that_refuses_writes_loses_output_not_the_job(tmp_path):
+    # the shim itself limited to 100 kB a file (RLIMIT_FSIZE): past it every write of the log fails
+    # with EFBIG, as when a job sets its own log's size to the filesystem's largest. The relay goes on
+    # (a relay that stopped left the job blocked on a full pipe, never ending)
+    import resource
+
+    d = launch(tmp_path / "r", [SH, "-c", "head -c 400000 /dev/zero | tr '\\0' 'y'; echo; echo done; exit 0"])
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(Path("runner/shim.py").resolve()), str(d)],
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)))
+    assert proc.wait(timeout=30) == 0
+    end = json.loads((d / "exit.json").read_text())
+    assert end["exit_code"] == 0 and "disk_full" not in end, end
+    assert (d / "output.log").stat().st_size <= 100_000
