@@ -985,6 +985,10 @@ static int run_shim(const char *job_dir) {
     for (;;) {
         pid_t w = waitpid(pid, &status, WNOHANG);
         if (w == pid) break;
+        if (w < 0 && errno == ECHILD) { /* reaped by someone else (never here): ended, as Popen.wait() takes it */
+            status = 0;
+            break;
+        }
         struct pollfd p[2] = {{out[0], POLLIN, 0}, {pidfd, POLLIN, 0}};
         int np = 0;
         struct pollfd *pp = p;
