@@ -20,11 +20,9 @@ When launch.json names a user, the job runs with her uid, gid and groups, with n
 privileges (no_new_privs), while the shim stays as it was to record the end. Standard library
 only, no site-packages: it must start in ~10 ms.
 
-Where runner/_shim_c.c is built (setup.py), the same shim in C runs instead, from the warm launcher
-and on its own: a trivial job's shim in Python costs ~3 ms of CPU, most of it the copy-on-write
-faults of a forked interpreter, and one in C ~1 ms (docs/bench/drain.md). This file stays the
-reference: tests/test_shim.py holds both to the same results, and RUNNER_SHIM=python in the daemon's
-environment (or the module not built) runs this one.
+Where runner/_shim_c.c is built, that shim in C runs instead (~1 ms of CPU a trivial job, this one
+~3 ms: docs/bench/drain.md); this file is the reference, run where it is not built or with
+RUNNER_SHIM=python, and tests/test_shim.py holds both to the same results.
 """
 
 import json
@@ -69,14 +67,14 @@ def _load_atomic():
 _atomic = _load_atomic()
 
 
-def _load_c():
-    """runner/_shim_c (this shim in C), or None: shim_serve.load_c (shim_serve.py loaded by its path)."""
+def _launcher():
+    """runner/shim_serve.py (the warm launcher, which loads the C shim), loaded by its path."""
     from importlib.util import module_from_spec, spec_from_file_location
 
     spec = spec_from_file_location("runner_shim_serve", os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_serve.py"))
     mod = module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.load_c()
+    return mod
 
 
 def _write_json(path, data, reserved=None, fsync=True):
@@ -188,9 +186,8 @@ class _Relay:
             self.ended_line = data.endswith(b"\n")
 
     def _write(self, data) -> bool:
-        """Write it all to the log; False when the log would not take it (its bytes counted as lost).
-        Any error loses output, never the job: a relay that stopped would leave the job blocked on a
-        full pipe (a job can make its own log refuse writes: it is hers, its size hers to set)."""
+        """All of it into the log, or False (its bytes counted lost): any error loses output, never the
+        job, whose own log may refuse writes (its size is hers to set; a dead relay blocked her pipe)."""
         view = memoryview(data)
         while view:
             try:
@@ -283,7 +280,7 @@ def _own_folders(folders):
 
 
 def _load_prctl():
-    """libc's prctl, or None. Loaded when the shim module is: the warm launcher (`--serve`) loads
+    """libc's prctl, or None. Loaded when the shim module is: the Python warm launcher (shim_serve.py) loads
     ctypes once, and each shim it forks has it (importing ctypes in every shim cost ~1.6 ms of CPU a
     job, most of a trivial job's shim)."""
     try:
@@ -472,52 +469,11 @@ def main(job_dir):
     return 0
 
 
-def serve():
-    """The warm launcher in Python (runner/shim_serve.py runs this where the C shim is not built):
-    for each RUN_DIR line on stdin it forks a shim, already imported, that becomes the leader of a
-    new session and runs main(RUN_DIR); it answers the shim's pid on stdout. A fork costs about a
-    millisecond where a new interpreter with these imports costs ~20 ms of CPU per job.
-
-    Its shims do not depend on it: when the daemon goes (stdin at EOF) the launcher exits and the
-    running shims go on, each its own session, as those started one by one do."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its shims are reaped by the kernel
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        run_dir = line.rstrip("\n")
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the shim waits for its job
-                os.setsid()
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                os.close(null)
-                code = main(run_dir)
-            finally:
-                os._exit(code)
-        sys.stdout.write(f"{pid}\n")
-        sys.stdout.flush()
-
-
-def _load_c_serve():
-    """`shim.py --serve` (as started before shim_serve.py was): the launcher, the C one where built."""
-    c = _load_c()
-    if c is None:
-        return serve()
-    c.serve()
-    return 0
-
-
 def run(job_dir):
     """One job's shim in this process: the C one where it is built, else main()."""
-    c = _load_c()
+    c = _launcher().load_c()
     return c.run(job_dir) if c is not None else main(job_dir)
 
 
 if __name__ == "__main__":
-    sys.exit(_load_c_serve() if sys.argv[1] == "--serve" else run(sys.argv[1]))
+    sys.exit(_launcher().serve() if sys.argv[1] == "--serve" else run(sys.argv[1]))
