@@ -195,13 +195,11 @@ def drain(n: int, slots: int = 4, via: str = "cli", sandbox: bool = True, detail
 
 def shim_kind() -> str:
     """Which shim the daemon's launcher forks here (runner/shim.py's run())."""
-    from importlib.machinery import EXTENSION_SUFFIXES
+    from runner.shim_serve import load_c
 
-    if os.environ.get("RUNNER_SHIM") == "python":
-        return "shim.py's main() (RUNNER_SHIM=python)"
-    if any((ROOT / "runner" / f"_shim_c{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+    if load_c() is not None:
         return "the C one (runner/_shim_c)"
-    return "shim.py's main() (runner/_shim_c is not built)"
+    return f"shim.py's main() ({'RUNNER_SHIM=python' if os.environ.get('RUNNER_SHIM') == 'python' else 'runner/_shim_c is not built'})"
 
 
 def drain_rows(sweep: int) -> list[tuple]:

@@ -53,28 +53,23 @@ def _bwrap_failure(rc, first):
     return why
 
 
-def _load_atomic():
-    """runner/atomic.py, the one atomic writer, loaded by its path: the shim runs as `python -I -S
-    shim.py`, outside the package (atomic.py is standard library only, and so stays the shim)."""
+def _load_sibling(name):
+    """runner/NAME.py loaded by its path: the shim runs as `python -I -S shim.py`, outside the package
+    (what it loads is standard library only, and so stays the shim)."""
     from importlib.util import module_from_spec, spec_from_file_location
 
-    spec = spec_from_file_location("runner_atomic", os.path.join(os.path.dirname(os.path.abspath(__file__)), "atomic.py"))
+    spec = spec_from_file_location(f"runner_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
     mod = module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-_atomic = _load_atomic()
+_atomic = _load_sibling("atomic")  # the one atomic writer
 
 
 def _launcher():
-    """runner/shim_serve.py (the warm launcher, which loads the C shim), loaded by its path."""
-    from importlib.util import module_from_spec, spec_from_file_location
-
-    spec = spec_from_file_location("runner_shim_serve", os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim_serve.py"))
-    mod = module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """runner/shim_serve.py (the warm launcher, which loads the C shim)."""
+    return _load_sibling("shim_serve")
 
 
 def _write_json(path, data, reserved=None, fsync=True):
