@@ -1,6 +1,7 @@
 """The local backend's launcher: each job's shim (runner/_shim_c.c, or runner/shim.py where that is
-not built) forked from a warm launcher (`shim_serve.py`), or started on its own when that cannot be had. Made and closed by the local
-backend (runner/backends/local.py); a shim outlives the daemon that started it."""
+not built) forked from a warm launcher (`shim_serve.py`), or started on its own when that cannot be
+had. Made and closed by the local backend (runner/backends/local.py); a shim outlives the daemon
+that started it."""
 
 from __future__ import annotations
 
